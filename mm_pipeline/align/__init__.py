@@ -1,0 +1,1 @@
+"""Alignment: per-modality projections into one space, contrastive (InfoNCE) loss, attention fusion."""

@@ -1,0 +1,102 @@
+"""Trained recommenders: the multimodal GNN and the baselines it must beat."""
+
+import dagster as dg
+import pandas as pd
+
+from mm_pipeline.defs.config import config_from_dataclass, to_dataclass
+from mm_pipeline.defs.metadata import history_metadata
+from mm_pipeline.defs.resources import MlflowResource, PipelineResource
+from mm_pipeline.registry.tracking import metric_key
+from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.baselines import EASE_MAX_ITEMS, ease, most_popular
+from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal
+from mm_pipeline.recommend.train import TrainConfig
+
+GROUP = "train"
+
+LightGCNRunConfig = config_from_dataclass(TrainConfig, "LightGCNRunConfig")
+MultimodalRunConfig = config_from_dataclass(MultimodalConfig, "MultimodalRunConfig")
+
+
+class EaseConfig(dg.Config):
+    l2: float = 200.0
+
+
+def split_data(interaction_split: dict) -> SplitData:
+    return SplitData.from_frame(interaction_split["table"], int(interaction_split["n_users"]),
+                                int(interaction_split["n_items"]))
+
+
+def _finish(context: dg.AssetExecutionContext, model: EmbeddingRecommender, history: pd.DataFrame | None,
+            data: SplitData, interaction_split: dict, raw_items: pd.DataFrame, params: dict,
+            mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """Log params, curves and the servable model to MLflow; return the model bundle with metadata."""
+    import mlflow
+
+    from mm_pipeline.registry.pyfunc import log_recommender
+    from mm_pipeline.registry.tracking import log_history, safe_params
+
+    with mlflow_tracking.start_run(context, run_name=model.name) as run:
+        mlflow.log_params(safe_params({**params, "model": model.name, "users": data.n_users,
+                                       "items": data.n_items, "train_interactions": int(data.train.nnz)}))
+        if history is not None and len(history):
+            log_history(history)
+        final = {k: float(v) for k, v in model.info.items() if isinstance(v, (int, float))}
+        if final:
+            mlflow.log_metrics({metric_key(k): v for k, v in final.items()})
+        info = log_recommender(model, interaction_split["user_ids"].tolist(),
+                               raw_items["item_id"].astype(str).tolist(), data.train, name="recommender")
+    bundle = {**model.to_bundle(), "history": history if history is not None else pd.DataFrame()}
+    meta = {"mlflow_run_id": run.info.run_id, "mlflow_model": info.model_uri,
+            "embedding_dim": int(model.item_embeddings.shape[1]),
+            **{k: dg.MetadataValue.float(v) if isinstance(v, float) else v for k, v in final.items()}}
+    if history is not None and len(history):
+        meta.update(history_metadata(history, [c for c in ("loss", "valid_ndcg@20", "valid_recall@20")],
+                                     f"{model.name} training"))
+    return dg.Output(bundle, metadata=meta)
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+def popularity_model(context: dg.AssetExecutionContext, interaction_split: dict, raw_items: pd.DataFrame,
+                     mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """Most-popular baseline: every user gets the items with the most training interactions."""
+    data = split_data(interaction_split)
+    return _finish(context, most_popular(data.train), None, data, interaction_split, raw_items, {},
+                   mlflow_tracking)
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+def ease_model(context: dg.AssetExecutionContext, config: EaseConfig, interaction_split: dict,
+               raw_items: pd.DataFrame, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """EASE, the closed-form linear item-item baseline (skipped above ``EASE_MAX_ITEMS`` items)."""
+    data = split_data(interaction_split)
+    if data.n_items > EASE_MAX_ITEMS:
+        reason = f"{data.n_items} items > {EASE_MAX_ITEMS}: the dense inverse is too large"
+        return dg.Output({"name": "ease", "skipped": reason}, metadata={"skipped": reason})
+    return _finish(context, ease(data.train, l2=config.l2), None, data, interaction_split, raw_items,
+                   {"l2": config.l2}, mlflow_tracking)
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+def lightgcn_model(context: dg.AssetExecutionContext, config: LightGCNRunConfig,  # type: ignore[valid-type]
+                   interaction_split: dict, raw_items: pd.DataFrame, pipeline: PipelineResource,
+                   mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """ID-only baseline: PyG LightGCN with BPR and early stopping on validation NDCG@20."""
+    train_config = to_dataclass(TrainConfig, config, seed=pipeline.seed)
+    data = split_data(interaction_split)
+    model, history = fit_lightgcn(data, train_config)
+    return _finish(context, model, history, data, interaction_split, raw_items, train_config.__dict__,
+                   mlflow_tracking)
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+def mm_gcn_model(context: dg.AssetExecutionContext, config: MultimodalRunConfig,  # type: ignore[valid-type]
+                 interaction_split: dict, aligned_item_embeddings: dict, raw_items: pd.DataFrame,
+                 pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """The primary model: LightGCN collaborative score + content score from the aligned embeddings."""
+    train_config = to_dataclass(MultimodalConfig, config, seed=pipeline.seed)
+    data = split_data(interaction_split)
+    model, history = fit_multimodal(data, aligned_item_embeddings, train_config)
+    return _finish(context, model, history, data, interaction_split, raw_items,
+                   {**train_config.__dict__, "modalities": ",".join(aligned_item_embeddings["modalities"])},
+                   mlflow_tracking)

@@ -1,0 +1,35 @@
+"""Assembles the Definitions: every asset, the full-pipeline job, resources and the executor."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, train
+from mm_pipeline.defs.io_manager import BundleIOManager
+from mm_pipeline.defs.resources import MlflowResource, PipelineResource
+
+ASSET_MODULES = [raw, augmented, features, align, train, compress, evaluate, registry]
+
+full_pipeline_job = dg.define_asset_job("full_pipeline", selection=dg.AssetSelection.all(),
+                                        description="Materialize every stage, raw data to registry.")
+
+
+def all_assets() -> list:
+    return dg.load_assets_from_modules(ASSET_MODULES)
+
+
+def default_resources(home: str = "", dataset: str = "", tracking_uri: str = "") -> dict:
+    return {"pipeline": PipelineResource(home=home, dataset=dataset),
+            "mlflow_tracking": MlflowResource(tracking_uri=tracking_uri, home=home),
+            "io_manager": BundleIOManager(base_dir=os.path.join(home, "assets") if home else "")}
+
+
+def build_definitions() -> dg.Definitions:
+    # One process by default: every step re-importing torch in its own process costs more than it saves
+    # on one machine. MM_PIPELINE_EXECUTOR=multiprocess restores Dagster's default.
+    executor = (dg.multiprocess_executor if os.environ.get("MM_PIPELINE_EXECUTOR") == "multiprocess"
+                else dg.in_process_executor)
+    return dg.Definitions(assets=all_assets(), jobs=[full_pipeline_job], resources=default_resources(),
+                          executor=executor)

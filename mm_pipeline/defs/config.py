@@ -1,0 +1,35 @@
+"""Dagster run config classes generated from the core's config dataclasses (one source of truth)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+import dagster as dg
+from pydantic import create_model
+
+T = TypeVar("T")
+
+
+def config_from_dataclass(dc: type, name: str) -> type[dg.Config]:
+    """A ``dg.Config`` with the dataclass's fields and defaults (tuples become lists for Dagster)."""
+    hints = typing.get_type_hints(dc)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(dc):
+        annotation = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if typing.get_origin(annotation) is tuple:
+            annotation = list[typing.get_args(annotation)[0]]  # type: ignore[misc,index]
+            default = list(default)
+        fields[f.name] = (annotation, default)
+    return create_model(name, __base__=dg.Config, __doc__=f"Run config for {dc.__name__}.", **fields)
+
+
+def to_dataclass(dc: type[T], config: dg.Config, **overrides: Any) -> T:
+    values = {**config.model_dump(), **overrides}
+    hints = typing.get_type_hints(dc)
+    for key, annotation in hints.items():
+        if typing.get_origin(annotation) is tuple and isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    return dc(**values)

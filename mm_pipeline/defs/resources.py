@@ -1,0 +1,65 @@
+"""Resources: where the pipeline writes, which dataset it reads, and MLflow tracking."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import dagster as dg
+
+from mm_pipeline import settings
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """Project home, dataset spec and seed. Empty strings mean: take the environment / defaults."""
+
+    home: str = ""
+    dataset: str = ""
+    seed: int = 0
+    torch_threads: int = 0
+
+    def paths(self) -> settings.ProjectPaths:
+        return settings.project_paths(self.home or None).ensure()
+
+    def dataset_spec(self) -> str:
+        return self.dataset or settings.dataset_spec()
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking: ``tracking_uri`` empty means ``$MLFLOW_TRACKING_URI`` or SQLite in the project home."""
+
+    tracking_uri: str = ""
+    experiment_name: str = settings.EXPERIMENT_NAME
+    home: str = ""
+
+    def uri(self) -> str:
+        paths = settings.project_paths(self.home or None)
+        return self.tracking_uri or settings.mlflow_tracking_uri(paths)
+
+    @contextlib.contextmanager
+    def start_run(self, context: dg.AssetExecutionContext, run_name: str | None = None) -> Iterator["object"]:
+        """An MLflow run tagged with the Dagster run id, asset key and code version."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+
+        from mm_pipeline.registry.tracking import configure_mlflow, run_tags
+
+        paths = settings.project_paths(self.home or None)
+        uri = self.uri()
+        artifact_root = settings.mlflow_artifact_root(paths) if uri.startswith("sqlite:") else None
+        if uri.startswith("sqlite:"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        configure_mlflow(uri, self.experiment_name, artifact_root)
+        key = context.asset_key
+        code_version = (context.assets_def.code_versions_by_key or {}).get(key)
+        tags = run_tags(context.run_id, key.to_user_string(), code_version, None)
+        with mlflow.start_run(run_name=run_name or key.to_user_string(), tags=tags) as run:
+            yield run

@@ -1,0 +1,16 @@
+"""Evaluation: chronological splits, full-ranking top-k metrics and evaluation reports."""
+
+from mm_pipeline.evaluate.metrics import PAD, per_user_metrics, ranking_metrics, top_k
+from mm_pipeline.evaluate.report import (
+    metrics_table_markdown,
+    png_markdown,
+    training_curve_png,
+    write_report,
+)
+from mm_pipeline.evaluate.split import chronological_split, cold_items, interaction_matrix
+
+__all__ = [
+    "PAD", "chronological_split", "cold_items", "interaction_matrix", "metrics_table_markdown",
+    "per_user_metrics", "png_markdown", "ranking_metrics", "top_k", "training_curve_png",
+    "write_report",
+]

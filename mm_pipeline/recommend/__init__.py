@@ -1,0 +1,1 @@
+"""Recommenders: graphs, the multimodal GNN, baselines and the training loop."""

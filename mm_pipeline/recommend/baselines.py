@@ -1,0 +1,41 @@
+"""Non-neural baselines, each reduced to the dot-product form of :class:`EmbeddingRecommender`."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from mm_pipeline.recommend.base import EmbeddingRecommender
+
+EASE_MAX_ITEMS = 12_000  # the closed form inverts an n_items x n_items matrix
+
+
+def most_popular(train: sp.csr_matrix) -> EmbeddingRecommender:
+    """Scores every item by its number of training interactions, the same for every user."""
+    n_users, n_items = train.shape
+    counts = np.asarray(train.sum(axis=0), dtype=np.float32).ravel()
+    return EmbeddingRecommender("popularity", torch.ones(n_users, 1),
+                                torch.from_numpy(counts).unsqueeze(1), {"kind": "most-popular"})
+
+
+def ease(train: sp.csr_matrix, l2: float = 200.0) -> EmbeddingRecommender:
+    r"""EASE (Steck, 2019): the item-item weights :math:`B` minimising
+    :math:`\lVert X - XB\rVert_F^2 + \lambda\lVert B\rVert_F^2` with :math:`\operatorname{diag}(B) = 0`:
+
+    .. math:: P = (X^\top X + \lambda I)^{-1}, \qquad B_{ij} = -P_{ij} / P_{jj}\ (i \ne j)
+
+    Scores are :math:`X_u B`, i.e. user embeddings :math:`X` and item embeddings :math:`B^\top`.
+    """
+    n_users, n_items = train.shape
+    if n_items > EASE_MAX_ITEMS:
+        raise ValueError(f"EASE needs a dense {n_items}x{n_items} inverse; it is limited to "
+                         f"{EASE_MAX_ITEMS} items")
+    x = train.astype(np.float64)
+    gram = (x.T @ x).toarray()
+    gram[np.diag_indices_from(gram)] += l2
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    b[np.diag_indices_from(b)] = 0.0
+    return EmbeddingRecommender("ease", torch.from_numpy(train.toarray().astype(np.float32)),
+                                torch.from_numpy(b.T.astype(np.float32)), {"kind": "EASE", "l2": l2})

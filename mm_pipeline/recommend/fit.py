@@ -1,0 +1,95 @@
+"""Fitting every recommender on one interaction split: the entry points the pipeline calls.
+
+The split is a DataFrame with ``user_idx``, ``item_idx``, ``timestamp``, ``weight`` and ``split``
+(``train`` / ``valid`` / ``test``). Validation during training ranks all items for users with
+validation interactions, excluding their training items, and monitors NDCG@20.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from mm_pipeline.evaluate.metrics import ranking_metrics
+from mm_pipeline.evaluate.split import interaction_matrix
+from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.graph import bipartite_edge_index, normalized_adjacency
+from mm_pipeline.recommend.models import IDLightGCN, MultimodalGCN
+from mm_pipeline.recommend.train import TrainConfig, train_bpr
+
+
+@dataclass
+class MultimodalConfig(TrainConfig):
+    hidden: int = 256
+    dropout: float = 0.1
+    content_weight: float = 0.0
+    cold_prob: float = 0.2
+
+
+@dataclass
+class SplitData:
+    """Sparse views of a split, built once and shared by every model."""
+
+    n_users: int
+    n_items: int
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    adj: torch.Tensor = field(repr=False)
+
+    @classmethod
+    def from_frame(cls, split: pd.DataFrame, n_users: int, n_items: int) -> "SplitData":
+        train = interaction_matrix(split, n_users, n_items, splits=("train",))
+        coo = train.tocoo()
+        edge_index = bipartite_edge_index(coo.row, coo.col, n_users)
+        return cls(n_users, n_items, train,
+                   interaction_matrix(split, n_users, n_items, splits=("valid",)),
+                   interaction_matrix(split, n_users, n_items, splits=("test",)),
+                   normalized_adjacency(edge_index, n_users + n_items))
+
+    @property
+    def warm_items(self) -> np.ndarray:
+        return np.asarray(self.train.sum(axis=0)).ravel() > 0
+
+    def validator(self, ks: tuple[int, ...] = (20,)) -> Callable[[EmbeddingRecommender], dict[str, float]]:
+        popularity = np.asarray(self.train.sum(axis=0)).ravel()
+
+        def validate(model: EmbeddingRecommender) -> dict[str, float]:
+            metrics = ranking_metrics(model, truth=self.valid, exclude=self.train, ks=ks,
+                                      item_popularity=popularity, n_train_users=self.n_users)
+            return {k: metrics[k] for k in (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}")}
+
+        return validate
+
+
+def content_matrix(aligned: dict[str, np.ndarray]) -> np.ndarray:
+    """Content input of the multimodal model: fused + per-modality aligned embeddings + modality mask."""
+    z = np.asarray(aligned["modality_embeddings"], dtype=np.float32)
+    parts = [np.asarray(aligned["fused"], dtype=np.float32), z.reshape(z.shape[0], -1),
+             np.asarray(aligned["present"], dtype=np.float32)]
+    return np.concatenate(parts, axis=1)
+
+
+def fit_lightgcn(data: SplitData, config: TrainConfig, on_epoch=None) -> tuple[EmbeddingRecommender, pd.DataFrame]:
+    torch.manual_seed(config.seed)
+    model = IDLightGCN(data.n_users, data.n_items, data.adj, dim=config.dim, num_layers=config.num_layers,
+                       reg=config.reg)
+    return train_bpr(model, "lightgcn", data.train, data.validator(), config, on_epoch=on_epoch)
+
+
+def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray], config: MultimodalConfig,
+                   on_epoch=None, name: str = "mm_gcn") -> tuple[EmbeddingRecommender, pd.DataFrame]:
+    torch.manual_seed(config.seed)
+    content = torch.from_numpy(content_matrix(aligned))
+    if content.shape[0] != data.n_items:
+        raise ValueError(f"aligned embeddings cover {content.shape[0]} items but the split has {data.n_items}")
+    model = MultimodalGCN(data.n_users, data.n_items, data.adj, content, torch.from_numpy(data.warm_items),
+                          dim=config.dim, num_layers=config.num_layers, hidden=config.hidden,
+                          dropout=config.dropout, reg=config.reg, content_weight=config.content_weight,
+                          cold_prob=config.cold_prob)
+    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)

@@ -1,0 +1,111 @@
+"""The BPR training loop shared by every trainable recommender, with early stopping on validation."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from mm_pipeline.recommend.base import EmbeddingRecommender
+
+
+@dataclass
+class TrainConfig:
+    dim: int = 64
+    num_layers: int = 2
+    epochs: int = 60
+    batch_size: int = 4096
+    lr: float = 5e-3
+    reg: float = 1e-4
+    patience: int = 6
+    eval_every: int = 1
+    seed: int = 0
+
+
+class BPRModel(Protocol):
+    def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def sample_negatives(users: np.ndarray, train: sp.csr_matrix, rng: np.random.Generator,
+                     max_tries: int = 5) -> np.ndarray:
+    """Uniform negative items for ``users``, re-drawn (vectorized) where they hit a training item."""
+    n_items = train.shape[1]
+    train = train.tocsr()
+    train.sort_indices()
+    neg = rng.integers(0, n_items, size=len(users))
+    for _ in range(max_tries):
+        hit = np.asarray(train[users, neg]).ravel() > 0
+        if not hit.any():
+            break
+        neg[hit] = rng.integers(0, n_items, size=int(hit.sum()))
+    return neg
+
+
+def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
+              validate: Callable[[EmbeddingRecommender], dict[str, float]], config: TrainConfig,
+              monitor: str = "ndcg@20", on_epoch: Callable[[dict], None] | None = None
+              ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
+    """Mini-batch BPR over the training interactions; keeps the weights with the best ``monitor``.
+
+    Each epoch visits every training interaction once in a seeded random order, with one uniformly
+    drawn negative per positive. Stops after ``patience`` evaluations without improvement.
+    Returns the best model as an :class:`EmbeddingRecommender` and the per-epoch history.
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    coo = train.tocoo()
+    users_all, items_all = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    optim = torch.optim.Adam(model.parameters(), lr=config.lr)  # type: ignore[attr-defined]
+    best_score, best_state, best_epoch, bad = -np.inf, None, 0, 0
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()  # type: ignore[attr-defined]
+        order = rng.permutation(len(users_all))
+        losses: dict[str, float] = {"loss": 0.0}
+        n_batches = 0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            u, p = users_all[batch], items_all[batch]
+            n = sample_negatives(u, train, rng)
+            loss, parts = model.bpr_loss(torch.from_numpy(u), torch.from_numpy(p), torch.from_numpy(n))
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            losses["loss"] += loss.item()
+            for key, value in parts.items():
+                losses[key] = losses.get(key, 0.0) + value
+            n_batches += 1
+        row = {"epoch": epoch, **{k: v / n_batches for k, v in losses.items()},
+               "train_seconds": time.perf_counter() - started}
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            model.eval()  # type: ignore[attr-defined]
+            user_emb, item_emb = model.embeddings()
+            metrics = validate(EmbeddingRecommender(name, user_emb, item_emb))
+            row.update({f"valid_{k}": v for k, v in metrics.items()})
+            if metrics[monitor] > best_score:
+                best_score, best_epoch, bad = metrics[monitor], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())  # type: ignore[attr-defined]
+            else:
+                bad += 1
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if bad >= config.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)  # type: ignore[attr-defined]
+    model.eval()  # type: ignore[attr-defined]
+    user_emb, item_emb = model.embeddings()
+    info = {"best_epoch": best_epoch, f"best_valid_{monitor}": float(best_score), "epochs_run": len(history)}
+    return EmbeddingRecommender(name, user_emb.detach().clone(), item_emb.detach().clone(), info), \
+        pd.DataFrame(history)

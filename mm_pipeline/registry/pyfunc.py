@@ -1,0 +1,420 @@
+r"""An MLflow pyfunc that serves any :class:`~mm_pipeline.recommend.base.EmbeddingRecommender`.
+
+The logged model is :class:`RecommenderPyfunc` plus one ``.npz`` artifact (see
+:func:`export_serving_arrays`). It is logged as MLflow *models-from-code*: the model directory
+holds a copy of this file's source (``recommender_model.py``) with one
+``set_model(RecommenderPyfunc())`` line appended, so
+loading executes that plain-text file (no pickle to deserialize) and needs numpy, pandas and
+MLflow, not PyTorch and not ``mm_pipeline``. **Keep this module's top-level imports to the standard
+library, numpy, pandas and MLflow**; anything else is imported inside the functions that need it.
+
+Privacy: the artifact holds no raw user identifier. Users are looked up by a salted SHA-256 digest
+of ``str(user_id)``; the salt is stored next to the digests so the server can hash incoming ids.
+That is *pseudonymisation*: whoever holds the artifact can still test a guessed id, so treat the
+artifact as personal data, but it cannot be read back into a list of users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.models.model import ModelInfo
+
+    from mm_pipeline.recommend.base import EmbeddingRecommender
+
+DEFAULT_K = 10
+ARTIFACT_KEY = "serving"
+ARTIFACT_FILE = "serving_arrays.npz"
+MODEL_CODE_FILE = "recommender_model.py"
+FORMAT_VERSION = 1
+EXAMPLE_USER = "example-user"
+_REQUIRED_ARRAYS = ("user_embeddings", "item_embeddings", "item_ids", "user_keys", "salt",
+                    "popular_items")
+_ALIAS = re.compile(r"^[\w\-]+$")
+
+INPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)])
+OUTPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "rank"),
+                        ColSpec("string", "item_id"), ColSpec("double", "score"),
+                        ColSpec("boolean", "fallback")])
+SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
+
+
+def hash_user_id(user_id: Any, salt: str) -> str:
+    """The key a user is stored under: ``sha256(salt + "\\x1f" + str(user_id))`` as hex."""
+    return hashlib.sha256(f"{salt}\x1f{user_id}".encode("utf-8")).hexdigest()
+
+
+def _empty_output() -> pd.DataFrame:
+    return pd.DataFrame({"user_id": pd.Series([], dtype=object), "rank": pd.Series([], dtype=np.int64),
+                         "item_id": pd.Series([], dtype=object), "score": pd.Series([], dtype=np.float64),
+                         "fallback": pd.Series([], dtype=bool)})
+
+
+class RecommenderPyfunc(PythonModel):
+    """Top-k recommendations from a dot-product recommender, in long format.
+
+    Input: a DataFrame with a ``user_id`` column (compared as ``str(user_id)``) and an optional
+    integer ``k`` column (missing -> 10; capped at the number of items). Output: one row per
+    recommendation with columns ``user_id`` (as given), ``rank`` (1..k), ``item_id``, ``score`` and
+    ``fallback``, grouped by input row in input order.
+
+    * **Known users** get the ``k`` items with the highest :math:`\\langle p_u, q_i \\rangle`,
+      excluding the items they interacted with in training when the artifact holds them (so a user
+      who has seen nearly every item can get fewer than ``k`` rows). Rows are ordered by score, then
+      item index; which of several items tied at the k-th place gets in is deterministic.
+      All known users in a call are scored with one matrix product, which holds a
+      ``[n_known_users, n_items]`` float32 matrix: send very large requests in batches.
+    * **Unknown users** (cold start, or ids the model was not trained on) get the ``k`` most popular
+      training items, ``fallback=True`` and ``score=NaN`` (the popularity ranking has no score on
+      the model's scale). Nothing is excluded for them, since nothing is known about them.
+
+    The instance passed to ``log_model`` is empty: every array lives in the ``serving`` ``.npz``
+    artifact, read with ``allow_pickle=False`` in :meth:`load_context`.
+    """
+
+    def load_context(self, context) -> None:
+        path = context.artifacts[ARTIFACT_KEY]
+        with np.load(path, allow_pickle=False) as npz:
+            self.load_arrays({name: npz[name] for name in npz.files})
+
+    def load_arrays(self, arrays: Mapping[str, np.ndarray]) -> "RecommenderPyfunc":
+        """Load the serving arrays (as built by :func:`export_serving_arrays`) and validate them."""
+        missing = [name for name in _REQUIRED_ARRAYS if name not in arrays]
+        if missing:
+            raise ValueError(f"serving arrays are missing {missing}")
+        users = np.ascontiguousarray(arrays["user_embeddings"], dtype=np.float32)
+        items = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)
+        if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+            raise ValueError(f"user_embeddings {users.shape} and item_embeddings {items.shape} must be "
+                             f"2-D with the same width")
+        item_ids = np.asarray(arrays["item_ids"])
+        user_keys = np.asarray(arrays["user_keys"])
+        popular = np.asarray(arrays["popular_items"], dtype=np.int64)
+        if item_ids.shape != (items.shape[0],):
+            raise ValueError(f"item_ids has shape {item_ids.shape}, expected ({items.shape[0]},)")
+        if user_keys.shape != (users.shape[0],):
+            raise ValueError(f"user_keys has shape {user_keys.shape}, expected ({users.shape[0]},)")
+        if popular.ndim != 1 or popular.size == 0 or popular.min() < 0 or popular.max() >= items.shape[0]:
+            raise ValueError("popular_items must be a non-empty 1-D array of item indices")
+        has_indptr, has_indices = "seen_indptr" in arrays, "seen_indices" in arrays
+        if has_indptr != has_indices:
+            raise ValueError("seen_indptr and seen_indices must be given together")
+        if has_indptr:
+            indptr = np.asarray(arrays["seen_indptr"], dtype=np.int64)
+            indices = np.asarray(arrays["seen_indices"], dtype=np.int64)
+            if indptr.shape != (users.shape[0] + 1,) or indptr[0] != 0 or indptr[-1] != indices.size:
+                raise ValueError("seen_indptr does not describe one row per user over seen_indices")
+            if indices.size and (indices.min() < 0 or indices.max() >= items.shape[0]):
+                raise ValueError("seen_indices holds item indices out of range")
+        else:
+            indptr = indices = None
+        self._users, self._items = users, items
+        self._item_ids = item_ids.astype(str)
+        self._salt = str(np.asarray(arrays["salt"]).item())
+        self._key_to_user = {str(key): row for row, key in enumerate(user_keys.tolist())}
+        self._popular = popular
+        self._seen_indptr, self._seen_indices = indptr, indices
+        return self
+
+    @property
+    def n_items(self) -> int:
+        return int(self._items.shape[0])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame):
+            raise TypeError(f"model_input must be a pandas DataFrame, got {type(model_input).__name__}")
+        if "user_id" not in model_input.columns:
+            raise ValueError(f"model_input must have a 'user_id' column, got columns "
+                             f"{list(map(str, model_input.columns))}")
+        if not hasattr(self, "_items"):
+            raise RuntimeError("RecommenderPyfunc has no arrays: load it with mlflow.pyfunc.load_model "
+                               "or call load_arrays first")
+        raw_ids = model_input["user_id"]
+        if raw_ids.isna().any():
+            raise ValueError("model_input column 'user_id' has missing values")
+        n_rows = len(model_input)
+        if n_rows == 0:
+            return _empty_output()
+        ks = self._requested_k(model_input)
+        ids = [str(u) for u in raw_ids.tolist()]
+        rows = np.fromiter((self._key_to_user.get(hash_user_id(u, self._salt), -1) for u in ids),
+                           dtype=np.int64, count=n_rows)
+
+        # Known users: one matmul, mask seen items, top-k (sorted by score, then item index).
+        known = np.flatnonzero(rows >= 0)
+        position_parts, item_parts, score_parts, rank_parts = [], [], [], []
+        if known.size:
+            users = rows[known]
+            scores = self._users[users] @ self._items.T  # [B, N] float32
+            if self._seen_indptr is not None:
+                starts, ends = self._seen_indptr[users], self._seen_indptr[users + 1]
+                counts = ends - starts
+                if counts.sum():
+                    batch_rows = np.repeat(np.arange(users.size), counts)
+                    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+                    scores[batch_rows, self._seen_indices[np.repeat(starts, counts) + offsets]] = -np.inf
+            k_known = ks[known]
+            kmax = int(k_known.max())
+            if kmax < self.n_items:
+                candidates = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
+            else:
+                candidates = np.broadcast_to(np.arange(self.n_items), scores.shape)
+            cand_scores = np.take_along_axis(scores, candidates, axis=1)
+            order = np.lexsort((candidates, -cand_scores), axis=-1)
+            top = np.take_along_axis(candidates, order, axis=1)
+            top_scores = np.take_along_axis(cand_scores, order, axis=1)
+            rank = np.broadcast_to(np.arange(kmax), top.shape)
+            keep = (rank < k_known[:, None]) & (top_scores != -np.inf)
+            position_parts.append(np.broadcast_to(known[:, None], top.shape)[keep])
+            item_parts.append(top[keep])
+            score_parts.append(top_scores[keep].astype(np.float64))
+            rank_parts.append(rank[keep])
+
+        # Unknown users: the most popular training items, no score.
+        unknown = np.flatnonzero(rows < 0)
+        if unknown.size:
+            k_unknown = np.minimum(ks[unknown], self._popular.size)
+            kmax = int(k_unknown.max())
+            rank = np.broadcast_to(np.arange(kmax), (unknown.size, kmax))
+            keep = rank < k_unknown[:, None]
+            position_parts.append(np.broadcast_to(unknown[:, None], rank.shape)[keep])
+            item_parts.append(np.broadcast_to(self._popular[:kmax], rank.shape)[keep])
+            score_parts.append(np.full(int(keep.sum()), np.nan))
+            rank_parts.append(rank[keep])
+
+        position = np.concatenate(position_parts)
+        ranks = np.concatenate(rank_parts)
+        items = np.concatenate(item_parts)
+        scores_out = np.concatenate(score_parts)
+        order = np.lexsort((ranks, position))
+        position, ranks, items, scores_out = position[order], ranks[order], items[order], scores_out[order]
+        out = pd.DataFrame({
+            "user_id": np.asarray(ids, dtype=object)[position],
+            "rank": (ranks + 1).astype(np.int64),
+            "item_id": self._item_ids[items].astype(object),
+            "score": scores_out,
+            "fallback": rows[position] < 0,
+        })
+        return out
+
+    def _requested_k(self, model_input: pd.DataFrame) -> np.ndarray:
+        n_rows = len(model_input)
+        if "k" not in model_input.columns:
+            return np.full(n_rows, min(DEFAULT_K, self.n_items), dtype=np.int64)
+        raw = pd.to_numeric(model_input["k"], errors="coerce")
+        bad = raw.notna() & ((raw < 1) | (raw != raw.round()))
+        bad |= raw.isna() & model_input["k"].notna()
+        if bad.any():
+            example = model_input["k"][bad].iloc[0]
+            raise ValueError(f"model_input column 'k' must hold positive integers, got {example!r}")
+        ks = raw.fillna(DEFAULT_K).to_numpy(dtype=np.float64)
+        return np.minimum(ks, self.n_items).astype(np.int64)
+
+
+def _ids(values: Sequence[Any], name: str, expected: int) -> list[str]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, pd.Index, pd.Series)):
+        raise TypeError(f"{name} must be a sequence of ids, got {type(values).__name__}")
+    out = []
+    for value in values:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            raise ValueError(f"{name} contains a missing id")
+        out.append(str(value))
+    if len(out) != expected:
+        raise ValueError(f"{name} has {len(out)} ids but the model has {expected} rows for them")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} contains duplicate ids (after str())")
+    return out
+
+
+def _default_salt(users: np.ndarray, items: np.ndarray) -> str:
+    # Deterministic per model: the same embeddings give the same artifact, different models
+    # different salts (so digests cannot be matched across artifacts).
+    digest = hashlib.sha256(b"mm_pipeline.user_keys\x00")
+    digest.update(users.tobytes())
+    digest.update(items.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str], item_ids: Sequence[str],
+                          train: "sp.csr_matrix | None", salt: str | None = None) -> dict[str, np.ndarray]:
+    """The content of the serving ``.npz``: embeddings, item ids, hashed user keys, fallback, seen items.
+
+    ``user_ids[u]`` / ``item_ids[i]`` are the raw ids of embedding rows ``u`` / ``i``; user ids are
+    stored only as :func:`hash_user_id` digests. ``train`` (``[n_users, n_items]``, any scipy
+    sparse matrix) gives the already-seen items to exclude (``seen_indptr`` / ``seen_indices``, the
+    stored non-zeros per user in CSR form) and the popularity order for the fallback (number of
+    users with a non-zero entry per item; ties to the lower index). Without ``train`` nothing is
+    excluded and the fallback ranks items by their score for the mean user embedding. ``salt``
+    defaults to one derived from the embeddings, so the export is deterministic.
+    """
+    from mm_pipeline.recommend.base import EmbeddingRecommender
+
+    if not isinstance(model, EmbeddingRecommender):
+        raise TypeError(f"model must be an EmbeddingRecommender, got {type(model).__name__}")
+    users = np.ascontiguousarray(model.user_embeddings.detach().cpu().float().numpy(), dtype=np.float32)
+    items = np.ascontiguousarray(model.item_embeddings.detach().cpu().float().numpy(), dtype=np.float32)
+    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+        raise ValueError(f"model embeddings must be 2-D with the same width, got user_embeddings "
+                         f"{users.shape} and item_embeddings {items.shape}")
+    if items.shape[0] == 0:
+        raise ValueError("model has no items")
+    if not (np.isfinite(users).all() and np.isfinite(items).all()):
+        raise ValueError("model embeddings contain NaN or infinite values")
+    n_users, n_items = users.shape[0], items.shape[0]
+    users_str = _ids(user_ids, "user_ids", n_users)
+    items_str = _ids(item_ids, "item_ids", n_items)
+    item_array = np.asarray(items_str, dtype=str)
+    if item_array.tolist() != items_str:  # fixed-width unicode drops trailing NULs
+        raise ValueError("item_ids must not end in NUL characters")
+    if salt is None:
+        salt = _default_salt(users, items)
+    elif not isinstance(salt, str) or not salt:
+        raise ValueError(f"salt must be a non-empty string or None, got {salt!r}")
+
+    arrays: dict[str, np.ndarray] = {
+        "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
+        "user_embeddings": users,
+        "item_embeddings": items,
+        "item_ids": item_array,
+        "user_keys": np.asarray([hash_user_id(u, salt) for u in users_str], dtype="<U64"),
+        "salt": np.asarray(salt, dtype=str),
+    }
+    order_ties = np.arange(n_items)
+    if train is not None:
+        import scipy.sparse as sp
+
+        if not sp.issparse(train):
+            raise TypeError(f"train must be a scipy sparse matrix or None, got {type(train).__name__}")
+        if train.shape != (n_users, n_items):
+            raise ValueError(f"train has shape {train.shape}, expected (n_users, n_items) = "
+                             f"({n_users}, {n_items})")
+        seen = sp.csr_matrix(train, copy=True)
+        seen.sum_duplicates()
+        seen.eliminate_zeros()
+        seen.sort_indices()
+        arrays["seen_indptr"] = seen.indptr.astype(np.int64)
+        arrays["seen_indices"] = seen.indices.astype(np.int64)
+        popularity = np.bincount(seen.indices, minlength=n_items).astype(np.float64)
+    else:
+        popularity = (items @ users.mean(axis=0)).astype(np.float64) if n_users else np.zeros(n_items)
+    arrays["popular_items"] = np.lexsort((order_ties, -popularity)).astype(np.int64)
+    return arrays
+
+
+def _pip_requirements() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name)}" for name in ("mlflow", "numpy", "pandas", "scipy")]
+
+
+def _model_code() -> str:
+    """This module's source plus the ``set_model`` call MLflow's models-from-code loader looks for."""
+    try:
+        source = Path(__file__).read_text(encoding="utf-8")
+    except OSError as exc:  # e.g. a zipped / bytecode-only install
+        raise RuntimeError(f"log_recommender needs the source of {__name__} ({__file__}) to log the "
+                           f"model from code: {exc}") from exc
+    return (f"{source.rstrip()}\n\n\n# Appended by mm_pipeline.registry.pyfunc.log_recommender: the model "
+            f"MLflow loads.\nfrom mlflow.models import set_model  # noqa: E402\n\n"
+            f"set_model(RecommenderPyfunc())\n")
+
+
+def log_recommender(model: "EmbeddingRecommender", user_ids: Sequence[str], item_ids: Sequence[str],
+                    train: "sp.csr_matrix | None", name: str = "model",
+                    registered_model_name: str | None = None, tags: Mapping[str, Any] | None = None,
+                    input_example_users: int = 3) -> "ModelInfo":
+    """Log ``model`` as a :class:`RecommenderPyfunc` MLflow model in the active run.
+
+    Builds the serving arrays (:func:`export_serving_arrays`, default salt), writes them to a
+    temporary ``.npz`` and calls ``mlflow.pyfunc.log_model(name=name, ...)`` with an explicit
+    signature and pinned pip requirements (mlflow, numpy, pandas, scipy), creating an MLflow 3
+    LoggedModel linked to the run, and registering a new version of ``registered_model_name`` when
+    given. The input example is ``input_example_users`` rows of pseudonymous ids
+    (``example-user-0``, ...; 0 for none) that no model knows, so logging exercises the fallback
+    path and no real id is written. ``tags`` pass the :func:`~mm_pipeline.registry.tracking.safe_params`
+    identifier filter and go to the LoggedModel (and the registered version).
+
+    The model is logged from code (this module's source, see the module docstring): nothing is
+    pickled, and loading needs MLflow, numpy and pandas but not ``mm_pipeline`` itself.
+    """
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_recommender must be called inside an active MLflow run (mlflow.start_run())")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if registered_model_name is not None and (not isinstance(registered_model_name, str)
+                                              or not registered_model_name):
+        raise ValueError(f"registered_model_name must be a non-empty string or None, "
+                         f"got {registered_model_name!r}")
+    if isinstance(input_example_users, bool) or not isinstance(input_example_users, int) \
+            or input_example_users < 0:
+        raise ValueError(f"input_example_users must be a non-negative integer, got {input_example_users!r}")
+    if tags is not None and not isinstance(tags, Mapping):
+        raise TypeError(f"tags must be a mapping or None, got {type(tags).__name__}")
+
+    from mm_pipeline.registry.tracking import safe_params
+
+    arrays = export_serving_arrays(model, user_ids, item_ids, train)
+    n_items = int(arrays["item_embeddings"].shape[0])
+    model_tags = {"mm_pipeline.recommender": model.name, **safe_params(tags or {})}
+    model_params = {"recommender": model.name, "n_users": int(arrays["user_embeddings"].shape[0]),
+                    "n_items": n_items, "embedding_dim": int(arrays["item_embeddings"].shape[1]),
+                    "excludes_seen": "seen_indptr" in arrays}
+    example = None
+    if input_example_users:
+        example = pd.DataFrame({
+            "user_id": [f"{EXAMPLE_USER}-{i}" for i in range(input_example_users)],
+            "k": np.full(input_example_users, min(3, n_items), dtype=np.int64),
+        })
+
+    with tempfile.TemporaryDirectory(prefix="mm_pipeline_serving_") as tmp:
+        arrays_path = os.path.join(tmp, ARTIFACT_FILE)
+        np.savez(arrays_path, **arrays)
+        code_path = Path(tmp) / MODEL_CODE_FILE
+        code_path.write_text(_model_code(), encoding="utf-8")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=code_path,
+            artifacts={ARTIFACT_KEY: arrays_path},
+            signature=SIGNATURE,
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+            registered_model_name=registered_model_name,
+            params=model_params,
+            tags=model_tags,
+        )
+
+
+def register_alias(name: str, version: str | int, alias: str) -> "ModelVersion":
+    """Point ``alias`` (e.g. ``"champion"``) of registered model ``name`` at ``version``.
+
+    Aliases replace MLflow 2's stages; load with ``models:/<name>@<alias>``. Returns the version
+    the alias now resolves to.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if isinstance(version, bool) or not (isinstance(version, int) and version >= 1
+                                         or isinstance(version, str) and version.isdigit() and int(version) >= 1):
+        raise ValueError(f"version must be a positive integer (or its string), got {version!r}")
+    if not isinstance(alias, str) or not _ALIAS.match(alias) or re.fullmatch(r"[vV]\d+", alias) \
+            or alias.lower() == "latest":
+        raise ValueError(f"alias must be letters, digits, '_' or '-' and not 'latest' or 'v<number>', "
+                         f"got {alias!r}")
+    client = MlflowClient()
+    client.set_registered_model_alias(name, alias, str(int(version)))
+    return client.get_model_version_by_alias(name, alias)

@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mm_pipeline.datasets import media, synthetic
+from mm_pipeline.datasets.folder import load_folder
+from mm_pipeline.datasets.schema import DataError
+from mm_pipeline.datasets.sources import resolve_source
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return synthetic.generate(synthetic.spec_for("tiny"), tmp_path_factory.mktemp("d") / "tiny")
+
+
+def test_generator_is_deterministic(tmp_path, tiny):
+    again = synthetic.generate(synthetic.spec_for("tiny"), tmp_path / "again")
+    for name in ("items.csv", "interactions.csv"):
+        assert (tiny / name).read_bytes() == (again / name).read_bytes()
+    assert (tiny / "images" / "i000001.png").read_bytes() == (again / "images" / "i000001.png").read_bytes()
+    other = synthetic.generate(synthetic.spec_for("tiny", seed=1), tmp_path / "other")
+    assert (tiny / "interactions.csv").read_bytes() != (other / "interactions.csv").read_bytes()
+
+
+def test_generator_realism(tiny):
+    data = load_folder(tiny)
+    spec = synthetic.spec_for("tiny")
+    assert len(data.items) == spec.n_items and data.interactions["user_id"].nunique() == spec.n_users
+    assert (data.interactions.groupby("user_id").size() >= spec.min_interactions).all()
+    assert not data.interactions.duplicated(["user_id", "item_id"]).any()
+    counts = data.interactions["item_id"].value_counts()
+    assert counts.iloc[0] > 4 * counts.median()  # popularity skew
+    for column in ("image", "audio"):
+        missing = data.items[column].isna().mean()
+        assert 0 < missing < 0.1, column  # a few percent of items lack each modality
+    truth = pd.read_parquet(tiny / "_truth" / "item_latents.parquet")
+    new_items = set(truth.loc[truth["is_new"], "item_id"])
+    inter = data.interactions.sort_values(["user_id", "timestamp"])
+    # New-arrival items come last in every user's history (that is what makes them cold-start items).
+    last_old = inter[~inter["item_id"].isin(new_items)].groupby("user_id")["timestamp"].max()
+    first_new = inter[inter["item_id"].isin(new_items)].groupby("user_id")["timestamp"].min()
+    joined = pd.concat([last_old, first_new], axis=1, join="inner")
+    assert len(joined) > 0 and (joined.iloc[:, 0] <= joined.iloc[:, 1]).all()
+
+
+def test_generation_is_skipped_when_present_and_refuses_other_data(tmp_path, tiny):
+    mtime = (tiny / "items.csv").stat().st_mtime_ns
+    synthetic.generate(synthetic.spec_for("tiny"), tiny)
+    assert (tiny / "items.csv").stat().st_mtime_ns == mtime
+    with pytest.raises(FileExistsError):
+        synthetic.generate(synthetic.spec_for("tiny", seed=3), tiny)
+
+
+def test_resolve_source(tmp_path):
+    src = resolve_source("builtin:tiny:ecommerce", tmp_path)
+    data = load_folder(src.root)
+    assert data.items["audio"].isna().all()  # the e-commerce scenario has no audio
+    with pytest.raises(DataError, match="unknown dataset spec"):
+        resolve_source("s3:bucket", tmp_path)
+    with pytest.raises(ValueError, match="unknown built-in size"):
+        resolve_source("builtin:huge", tmp_path)
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_folder(tmp_path / "nope")
+    (tmp_path / "items.csv").write_text("item_id,title\na,x\n")
+    with pytest.raises(DataError, match="interactions"):
+        load_folder(tmp_path)
+    (tmp_path / "interactions.csv").write_text("user_id,item_id\nu,a\n")
+    with pytest.raises(DataError, match=r"missing required column\(s\) \['timestamp'\]"):
+        load_folder(tmp_path)
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp\nu,a,yesterday\n")
+    with pytest.raises(DataError, match="row 2 has timestamp 'yesterday'"):
+        load_folder(tmp_path)
+
+
+def test_folder_reads_iso_dates_and_keeps_extra_columns(tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,title,brand\nb,Blue shoe,acme\na,Red hat,zeta\n")
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp,rating\nu1,a,2024-01-02T00:00:00Z,4\n")
+    data = load_folder(tmp_path)
+    assert list(data.items["item_id"]) == ["a", "b"] and "brand" in data.items
+    assert data.interactions["timestamp"].iloc[0] == 1704153600
+    assert data.interactions["weight"].iloc[0] == 4.0
+    assert data.modalities == ("text",)
+
+
+def test_media_decoding_quarantines_bad_files(tmp_path):
+    import cv2
+
+    good = np.full((40, 20, 3), 200, np.uint8)
+    cv2.imwrite(str(tmp_path / "good.png"), good)
+    gray16 = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600)
+    cv2.imwrite(str(tmp_path / "gray16.png"), gray16)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    outside = tmp_path.parent / "outside.png"
+    cv2.imwrite(str(outside), good)
+    paths = [str(tmp_path / "good.png"), str(tmp_path / "gray16.png"), str(tmp_path / "broken.png"),
+             str(tmp_path / "../outside.png"), None, str(tmp_path / "missing.png")]
+    images, present, quarantine = media.decode_images(tmp_path, list("abcdef"), paths, 16)
+    assert images.shape == (6, 16, 16, 3)
+    assert present.tolist() == [True, True, False, False, False, False]
+    reasons = {q.item_id: q.reason for q in quarantine}
+    assert set(reasons) == {"c", "d", "f"}
+    assert "cannot decode" in reasons["c"] and "leaves the dataset folder" in reasons["d"]
+    assert reasons["f"] == "file not found"
+
+
+def test_audio_decoding(tmp_path):
+    from scipy.io import wavfile
+
+    wavfile.write(tmp_path / "a.wav", 16000, (np.sin(np.arange(16000) / 5) * 10000).astype(np.int16))
+    wavfile.write(tmp_path / "empty.wav", 8000, np.zeros(0, np.int16))
+    (tmp_path / "fake.wav").write_text("not audio")
+    waves, present, quarantine = media.decode_audio(
+        tmp_path, ["a", "b", "c"], [str(tmp_path / n) for n in ("a.wav", "empty.wav", "fake.wav")], 8000, 0.5)
+    assert waves.shape == (3, 4000) and present.tolist() == [True, False, False]
+    assert np.abs(waves[0]).max() > 0.2
+    assert {q.item_id for q in quarantine} == {"b", "c"}

@@ -1,0 +1,126 @@
+"""Materializes the whole asset graph on the tiny built-in dataset, in process, and checks every output."""
+
+import json
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mm_pipeline.defs.build import all_assets, default_resources
+from mm_pipeline.settings import REGISTERED_MODEL_NAME
+
+FAST = {"ops": {
+    "image_features": {"config": {"epochs": 2}},
+    "aligned_item_embeddings": {"config": {"epochs": 5}},
+    "lightgcn_model": {"config": {"epochs": 8, "patience": 3}},
+    "mm_gcn_model": {"config": {"epochs": 8, "patience": 3}},
+    "compressed_model": {"config": {"latency_users": 64}},
+}}
+TRAINING_ASSETS = ["image_features", "aligned_item_embeddings", "popularity_model", "ease_model",
+                   "lightgcn_model", "mm_gcn_model"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MM_PIPELINE_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    result = dg.materialize(all_assets(), run_config=FAST, instance=dg.DagsterInstance.ephemeral(),
+                            resources=default_resources(home=str(home), dataset="builtin:tiny", tracking_uri=uri))
+    yield result, home, uri
+    mp.undo()
+
+
+def test_run_succeeds_and_every_asset_materializes(pipeline_run):
+    result, _, _ = pipeline_run
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    expected = {key.to_user_string() for a in all_assets() for key in a.keys}
+    assert materialized == expected
+
+
+def test_raw_and_split_outputs(pipeline_run):
+    result, _, _ = pipeline_run
+    items = result.output_for_node("raw_items")
+    assert len(items) == 360 and items["item_id"].is_monotonic_increasing
+    images = result.output_for_node("raw_item_images")
+    assert images["images"].shape == (360, 32, 32, 3) and images["images"].dtype == np.uint8
+    assert 0.9 < images["present"].mean() < 1.0  # a few percent of items lack an image
+    audio = result.output_for_node("raw_item_audio")
+    assert audio["waves"].shape == (360, 8000) and np.isfinite(audio["waves"]).all()
+    split = result.output_for_node("interaction_split")
+    table = split["table"]
+    assert set(table["split"]) == {"train", "valid", "test"}
+    assert split["n_users"] == 240 and table["user_idx"].max() == 239
+    # Chronology: within each user, every test interaction is no earlier than every train interaction.
+    last_train = table[table["split"] == "train"].groupby("user_idx")["timestamp"].max()
+    first_test = table[table["split"] == "test"].groupby("user_idx")["timestamp"].min()
+    both = pd.concat([last_train, first_test], axis=1, join="inner")
+    assert (both.iloc[:, 0] <= both.iloc[:, 1]).all()
+
+
+def test_feature_and_alignment_outputs(pipeline_run):
+    result, _, _ = pipeline_run
+    for name, dim in (("text_features", 384), ("image_features", 64), ("audio_features", 120)):
+        feats = result.output_for_node(name)
+        assert feats["features"].shape == (360, dim), name
+        assert np.isfinite(feats["features"]).all(), name
+        assert feats["augmented"].shape[0] == 360 and feats["augmented"].shape[-1] == dim, name
+    aligned = result.output_for_node("aligned_item_embeddings")
+    assert aligned["modalities"] == ["text", "image", "audio"]
+    assert aligned["fused"].shape == (360, 64)
+    weights, present = aligned["weights"], aligned["present"]
+    np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-5)
+    assert (weights[~present] == 0).all()  # a missing modality gets no fusion weight
+
+
+def test_models_and_compression(pipeline_run):
+    result, _, _ = pipeline_run
+    for name in ("popularity_model", "ease_model", "lightgcn_model", "mm_gcn_model"):
+        bundle = result.output_for_node(name)
+        assert bundle["user_embeddings"].shape[0] == 240, name
+        assert bundle["item_embeddings"].shape[0] == 360, name
+        assert np.isfinite(bundle["item_embeddings"]).all(), name
+    history = result.output_for_node("mm_gcn_model")["history"]
+    assert len(history) >= 1 and "valid_ndcg@20" in history
+    stats = result.output_for_node("compressed_model")["stats"]
+    assert list(stats["variant"]) == ["fp32", "pruned", "int8", "pruned_int8"]
+    assert (stats["params_total"] > 0).all() and (stats["latency_median_ms"] > 0).all()
+
+
+def test_metrics_json(pipeline_run):
+    _, home, _ = pipeline_run
+    metrics = json.loads((home / "reports" / "latest" / "metrics.json").read_text())
+    assert metrics["primary_model"] == "mm_gcn"
+    assert {"popularity", "lightgcn", "mm_gcn", "ease"} <= set(metrics["models"])
+    for name, values in metrics["models"].items():
+        for key in ("recall@20", "ndcg@20", "precision@20", "f1@20", "coverage@20", "novelty@20", "recall@10"):
+            assert key in values, (name, key)
+        assert 0.0 <= values["recall@20"] <= 1.0
+    assert metrics["dataset"]["cold_items"] > 0 and set(metrics["cold_start"]) >= {"popularity", "mm_gcn"}
+    assert (home / "reports" / "latest" / "report.md").exists()
+
+
+def test_mlflow_runs_models_and_registry(pipeline_run):
+    _, _, uri = pipeline_run
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("mm_pipeline")
+    runs = client.search_runs([experiment.experiment_id])
+    by_asset = {r.data.tags.get("dagster.asset_key"): r for r in runs}
+    for asset in TRAINING_ASSETS:
+        run = by_asset[asset]
+        assert run.data.tags.get("dagster.run_id"), asset
+        assert run.data.params, asset
+        models = client.search_logged_models([experiment.experiment_id],
+                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        assert models, f"{asset} logged no model"
+    assert client.get_metric_history(by_asset["mm_gcn_model"].info.run_id, "valid_ndcg_at_20")
+    versions = client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'")
+    assert len(versions) == 1
+    assert client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "challenger").version == versions[0].version
+    mlflow.set_tracking_uri(None)
