@@ -21,7 +21,7 @@ def test_definitions_load_with_every_stage():
     assert {"raw_items", "augmented_images", "text_features", "aligned_item_embeddings", "mm_gcn_model",
             "lightgcn_model", "popularity_model", "compressed_model", "evaluation_report",
             "registered_model"} <= keys
-    assert defs.get_job_def("full_pipeline") is not None
+    assert defs.resolve_job_def("full_pipeline") is not None
 
 
 def test_config_classes_mirror_dataclasses():

@@ -25,6 +25,10 @@ from mm_pipeline.recommend.train import TrainConfig, train_bpr
 
 @dataclass
 class MultimodalConfig(TrainConfig):
+    # A lower rate than LightGCN's: on the default dataset 5e-3 beat 1e-2 on validation, while
+    # LightGCN reached the same validation NDCG with both and 1e-2 needs half the epochs.
+    lr: float = 5e-3
+    patience: int = 10
     hidden: int = 256
     dropout: float = 0.1
     content_weight: float = 0.0

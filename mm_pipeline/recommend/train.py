@@ -19,11 +19,11 @@ from mm_pipeline.recommend.base import EmbeddingRecommender
 class TrainConfig:
     dim: int = 64
     num_layers: int = 2
-    epochs: int = 60
+    epochs: int = 150
     batch_size: int = 4096
-    lr: float = 5e-3
+    lr: float = 1e-2
     reg: float = 1e-4
-    patience: int = 6
+    patience: int = 8
     eval_every: int = 1
     seed: int = 0
 
