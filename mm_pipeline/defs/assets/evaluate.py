@@ -61,7 +61,7 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
     for bundle in (lightgcn_model, mm_gcn_model):
         history = bundle.get("history")
         if isinstance(history, pd.DataFrame) and len(history):
-            figures[f"curve_{bundle['name']}.png"] = training_curve_png(
+            figures[f"curve_{bundle['name']}"] = training_curve_png(
                 history, [c for c in ("loss", "valid_ndcg@20") if c in history], f"{bundle['name']} training")
     markdown = "\n\n".join([
         f"# Evaluation report\n\nDataset: `{source_dataset['spec']}` ({data.n_users} users, {data.n_items} items). "
@@ -69,7 +69,7 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
         "## All items (full ranking)", main_table,
         "## Cold-start items", cold_table,
         "## Compression (validation split)", frame_markdown(compressed_model["stats"]),
-        "## Training curves", *[f"![{name}]({name})" for name in figures]])
+        "## Training curves", *[f"![{name}]({name}.png)" for name in figures]])
     paths = pipeline.paths()
     written = write_report(paths.reports / "latest", metrics, markdown, figures)
     write_report(paths.reports / "runs" / context.run_id, metrics, markdown, figures)
