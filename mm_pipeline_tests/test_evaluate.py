@@ -376,3 +376,19 @@ def test_write_report(tmp_path):
     assert written == ["loss.png", "metrics.json", "report.md"]  # no temporary files left behind
     with pytest.raises(ValueError, match="figure name"):
         write_report(tmp_path, {}, "", {"../x": png})
+
+
+def test_bootstrap_interval_and_paired_test():
+    from mm_pipeline.evaluate.bootstrap import bootstrap_ci, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    a = rng.random(400)
+    lo, hi = bootstrap_ci(a, seed=1)
+    assert lo < a.mean() < hi and hi - lo < 0.1
+    assert bootstrap_ci(a, seed=1) == (lo, hi)  # deterministic with a seed
+    better = paired_bootstrap(a + 0.05, a, seed=1)
+    assert better["significant"] and better["ci"][0] > 0 and abs(better["difference"] - 0.05) < 1e-12
+    noise = paired_bootstrap(a, rng.permutation(a), seed=1)
+    assert noise["ci"][0] < 0 < noise["ci"][1] and not noise["significant"]
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, a[:-1])

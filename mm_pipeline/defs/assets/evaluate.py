@@ -13,6 +13,21 @@ from mm_pipeline.recommend.base import EmbeddingRecommender
 
 GROUP = "evaluate"
 PRIMARY_MODEL = "mm_gcn"
+BASELINES = ("popularity", "ease", "lightgcn")
+
+
+def significance_markdown(significance: dict | None) -> str:
+    if not significance:
+        return "_no baseline to compare with_"
+    lines = [f"Paired bootstrap over test users (1,000 resamples), **{significance['primary']}** minus the "
+             f"best baseline **{significance['best_baseline']}**:", ""]
+    for metric in ("recall@20", "ndcg@20"):
+        test = significance[metric]
+        lo, hi = test["ci"]
+        verdict = "significant" if test["significant"] else "not significant"
+        lines.append(f"- {metric}: {test['difference']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}], "
+                     f"p = {test['p_value']:.3f} ({verdict})")
+    return "\n".join(lines)
 
 
 def _recommenders(bundles: list[dict], compressed_model: dict) -> dict[str, EmbeddingRecommender]:
@@ -37,7 +52,9 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
     """
     data = split_data(interaction_split)
     models = _recommenders([popularity_model, ease_model, lightgcn_model, mm_gcn_model], compressed_model)
-    results = evaluate_models(models, data, ks=(10, 20))
+    baselines = [name for name in BASELINES if name in models]
+    results = evaluate_models(models, data, ks=(10, 20), primary=PRIMARY_MODEL, baselines=tuple(baselines),
+                              seed=pipeline.seed)
     table = interaction_split["table"]
     metrics = {
         "dataset": {"spec": source_dataset["spec"], "name": source_dataset["name"],
@@ -48,13 +65,18 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
                     "cold_test_interactions": results["cold_test_interactions"]},
         "protocol": results["protocol"],
         "primary_model": PRIMARY_MODEL,
-        "baselines": [name for name in ("popularity", "ease", "lightgcn") if name in models],
+        "baselines": baselines,
         "models": results["models"],
+        "significance": results.get("significance"),
         "cold_start": results["cold_start"],
         "compression": compressed_model["stats"].to_dict(orient="records"),
         "dagster_run_id": context.run_id,
     }
     main_table = metrics_table_markdown(results["models"], highlight=PRIMARY_MODEL)
+    ci_table = frame_markdown(pd.DataFrame([
+        {"model": name, **{f"{m} 95% CI": "[{:.4f}, {:.4f}]".format(*values[f"{m}_ci"]) for m in ("recall@20", "ndcg@20")}}
+        for name, values in results["models"].items()]))
+    significance = significance_markdown(results.get("significance"))
     cold_table = metrics_table_markdown(results["cold_start"], columns=("recall@20", "ndcg@20", "precision@20",
                                                                          "hit_ratio@20"), highlight=PRIMARY_MODEL)
     figures = {}
@@ -66,7 +88,7 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
     markdown = "\n\n".join([
         f"# Evaluation report\n\nDataset: `{source_dataset['spec']}` ({data.n_users} users, {data.n_items} items). "
         f"Primary model: **{PRIMARY_MODEL}**.\n\n{results['protocol']}",
-        "## All items (full ranking)", main_table,
+        "## All items (full ranking)", main_table, ci_table, significance,
         "## Cold-start items", cold_table,
         "## Compression (validation split)", frame_markdown(compressed_model["stats"]),
         "## Training curves", *[f"![{name}]({name}.png)" for name in figures]])
@@ -74,7 +96,7 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
     written = write_report(paths.reports / "latest", metrics, markdown, figures)
     write_report(paths.reports / "runs" / context.run_id, metrics, markdown, figures)
     return dg.Output({"metrics": metrics}, metadata={
-        "metrics": dg.MetadataValue.md(main_table),
+        "metrics": dg.MetadataValue.md(main_table + "\n\n" + ci_table + "\n\n" + significance),
         "cold_start": dg.MetadataValue.md(cold_table),
         "report": dg.MetadataValue.path(str(written["report.md"])),
         "metrics_json": dg.MetadataValue.path(str(written["metrics.json"])),
