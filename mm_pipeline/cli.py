@@ -58,7 +58,9 @@ def run_demo(dataset: str | None) -> int:
 
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("full_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def("full_pipeline").execute_in_process(
+            instance=instance, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     elapsed = time.perf_counter() - started
     print("\nStage timings (s):")
     for event in result.all_events:
