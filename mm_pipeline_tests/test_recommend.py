@@ -92,3 +92,23 @@ def test_models_train_deterministically_and_content_carries_cold_items():
     assert (preferred == np.arange(n_users) % 2).mean() > 0.9
     lightgcn, lg_history = fit_lightgcn(data, TrainConfig(epochs=5, batch_size=128, dim=8))
     assert lightgcn.user_embeddings.shape == (n_users, 8) and len(lg_history) == 5
+
+
+def test_content_knn_is_sum_of_cosine_similarities():
+    from mm_pipeline.recommend.baselines import content_knn
+
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((5, 7)) < 0.4).astype(np.float32))
+    f = rng.normal(size=(7, 3)).astype(np.float32)
+    model = content_knn(x, f)
+    fn = f / np.linalg.norm(f, axis=1, keepdims=True)
+    expected = x.toarray() @ (fn @ fn.T)
+    np.testing.assert_allclose(model.score(torch.arange(5)).numpy(), expected, atol=1e-5)
+
+
+def test_bpr_mf_is_lightgcn_without_layers():
+    frame, n_users, n_items = _toy_split()
+    data = SplitData.from_frame(frame, n_users, n_items)
+    model, history = fit_lightgcn(data, TrainConfig(epochs=3, batch_size=128, dim=8, num_layers=0), name="bpr_mf")
+    assert model.name == "bpr_mf" and len(history) == 3
+    assert model.user_embeddings.shape == (n_users, 8)

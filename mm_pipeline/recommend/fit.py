@@ -79,11 +79,13 @@ def content_matrix(aligned: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def fit_lightgcn(data: SplitData, config: TrainConfig, on_epoch=None) -> tuple[EmbeddingRecommender, pd.DataFrame]:
+def fit_lightgcn(data: SplitData, config: TrainConfig, on_epoch=None, name: str = "lightgcn"
+                 ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
+    """ID-only LightGCN; with ``config.num_layers = 0`` it is plain BPR matrix factorisation."""
     torch.manual_seed(config.seed)
     model = IDLightGCN(data.n_users, data.n_items, data.adj, dim=config.dim, num_layers=config.num_layers,
                        reg=config.reg)
-    return train_bpr(model, "lightgcn", data.train, data.validator(), config, on_epoch=on_epoch)
+    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
 
 
 def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray], config: MultimodalConfig,
