@@ -13,7 +13,7 @@ from mm_pipeline.recommend.base import EmbeddingRecommender
 
 GROUP = "evaluate"
 PRIMARY_MODEL = "mm_gcn"
-BASELINES = ("popularity", "ease", "lightgcn")
+BASELINES = ("popularity", "ease", "bpr_mf", "lightgcn", "content_knn")
 
 
 def significance_markdown(significance: dict | None) -> str:
@@ -42,8 +42,9 @@ def _recommenders(bundles: list[dict], compressed_model: dict) -> dict[str, Embe
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
 def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, interaction_split: dict,
-                      popularity_model: dict, ease_model: dict, lightgcn_model: dict, mm_gcn_model: dict,
-                      compressed_model: dict, pipeline: PipelineResource) -> dg.Output[dict]:
+                      popularity_model: dict, ease_model: dict, bpr_mf_model: dict, lightgcn_model: dict,
+                      content_knn_model: dict, mm_gcn_model: dict, compressed_model: dict,
+                      pipeline: PipelineResource) -> dg.Output[dict]:
     """Recall/NDCG/Precision/F1/MAP/hit ratio at 10 and 20, coverage and novelty for every model.
 
     Protocol: per-user chronological split; each test user's scores over *all* items with their
@@ -51,7 +52,8 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
     interaction, ranked among those cold items only. Writes ``reports/latest/metrics.json``.
     """
     data = split_data(interaction_split)
-    models = _recommenders([popularity_model, ease_model, lightgcn_model, mm_gcn_model], compressed_model)
+    models = _recommenders([popularity_model, ease_model, bpr_mf_model, lightgcn_model, content_knn_model,
+                            mm_gcn_model], compressed_model)
     baselines = [name for name in BASELINES if name in models]
     results = evaluate_models(models, data, ks=(10, 20), primary=PRIMARY_MODEL, baselines=tuple(baselines),
                               seed=pipeline.seed)
@@ -80,7 +82,7 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
     cold_table = metrics_table_markdown(results["cold_start"], columns=("recall@20", "ndcg@20", "precision@20",
                                                                          "hit_ratio@20"), highlight=PRIMARY_MODEL)
     figures = {}
-    for bundle in (lightgcn_model, mm_gcn_model):
+    for bundle in (bpr_mf_model, lightgcn_model, mm_gcn_model):
         history = bundle.get("history")
         if isinstance(history, pd.DataFrame) and len(history):
             figures[f"curve_{bundle['name']}"] = training_curve_png(

@@ -8,7 +8,7 @@ from mm_pipeline.defs.metadata import history_metadata
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.registry.tracking import metric_key
 from mm_pipeline.recommend.base import EmbeddingRecommender
-from mm_pipeline.recommend.baselines import EASE_MAX_ITEMS, ease, most_popular
+from mm_pipeline.recommend.baselines import EASE_MAX_ITEMS, content_knn, ease, most_popular
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal
 from mm_pipeline.recommend.train import TrainConfig
 
@@ -87,6 +87,28 @@ def lightgcn_model(context: dg.AssetExecutionContext, config: LightGCNRunConfig,
     model, history = fit_lightgcn(data, train_config)
     return _finish(context, model, history, data, interaction_split, raw_items, train_config.__dict__,
                    mlflow_tracking)
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+def bpr_mf_model(context: dg.AssetExecutionContext, config: LightGCNRunConfig,  # type: ignore[valid-type]
+                 interaction_split: dict, raw_items: pd.DataFrame, pipeline: PipelineResource,
+                 mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """ID-only matrix factorisation with BPR (LightGCN with no propagation layers)."""
+    train_config = to_dataclass(TrainConfig, config, seed=pipeline.seed, num_layers=0)
+    data = split_data(interaction_split)
+    model, history = fit_lightgcn(data, train_config, name="bpr_mf")
+    return _finish(context, model, history, data, interaction_split, raw_items, train_config.__dict__,
+                   mlflow_tracking)
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+def content_knn_model(context: dg.AssetExecutionContext, interaction_split: dict,
+                      aligned_item_embeddings: dict, raw_items: pd.DataFrame,
+                      mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """Content-based item kNN on the fused aligned embeddings: a content baseline that needs no training."""
+    data = split_data(interaction_split)
+    return _finish(context, content_knn(data.train, aligned_item_embeddings["fused"]), None, data,
+                   interaction_split, raw_items, {}, mlflow_tracking)
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
