@@ -119,3 +119,40 @@ def test_audio_decoding(tmp_path):
     assert waves.shape == (3, 4000) and present.tolist() == [True, False, False]
     assert np.abs(waves[0]).max() > 0.2
     assert {q.item_id for q in quarantine} == {"b", "c"}
+
+
+def test_folder_rows_are_named_exactly_and_bad_cells_are_refused(tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,title\na,x\nb,y\n")
+    # A blank line does not shift the row numbers in errors.
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp\nu,a,1\n\nu,b,soon\n")
+    with pytest.raises(DataError, match="row 4 has timestamp 'soon'"):
+        load_folder(tmp_path)
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp\nu,a,1\n,b,2\n")
+    with pytest.raises(DataError, match="line 3 has no value in column 'user_id'"):
+        load_folder(tmp_path)
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp,rating\nu,a,1,4\nu,b,2,inf\n")
+    with pytest.raises(DataError, match="row 3 has rating 'inf', which is not a number"):
+        load_folder(tmp_path)
+    (tmp_path / "dataset.json").write_text("{name: shop}")
+    with pytest.raises(DataError, match="dataset.json: not valid JSON"):
+        load_folder(tmp_path)
+
+
+def test_folder_mixes_integer_and_iso_timestamps(tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,title\na,x\n")
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,timestamp\nu,a,1704153600\nv,a,2024-01-02T00:00:00Z\nw,a,2024-01-02\n\n")
+    data = load_folder(tmp_path)
+    assert data.interactions["timestamp"].tolist() == [1704153600] * 3
+    assert data.interactions.index.tolist() == [0, 1, 2]
+
+
+def test_spec_options_are_parsed_and_checked(tmp_path):
+    src = resolve_source("movielens:/data/ml-100k?min_rating=3.5&kcore=5", tmp_path)
+    assert src.kind == "movielens" and str(src.root).endswith("ml-100k")
+    assert src.option_dict == {"min_rating": "3.5", "kcore": "5"}
+    with pytest.raises(DataError, match=r"option\(s\) \['kcore'\] are not understood by 'mmrec:'"):
+        resolve_source("mmrec:/data/baby?kcore=5", tmp_path)
+    with pytest.raises(DataError, match="must be a whole number"):
+        from mm_pipeline.datasets.movielens import options_from
+        options_from({"kcore": "-2"})

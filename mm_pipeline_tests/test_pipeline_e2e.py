@@ -16,11 +16,12 @@ FAST = {"ops": {
     "image_features": {"config": {"epochs": 2}},
     "aligned_item_embeddings": {"config": {"epochs": 5}},
     "lightgcn_model": {"config": {"epochs": 8, "patience": 3}},
+    "bpr_mf_model": {"config": {"epochs": 8, "patience": 3}},
     "mm_gcn_model": {"config": {"epochs": 8, "patience": 3}},
     "compressed_model": {"config": {"latency_users": 64}},
 }}
 TRAINING_ASSETS = ["image_features", "aligned_item_embeddings", "popularity_model", "ease_model",
-                   "lightgcn_model", "mm_gcn_model"]
+                   "bpr_mf_model", "lightgcn_model", "content_knn_model", "mm_gcn_model"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,8 @@ def test_feature_and_alignment_outputs(pipeline_run):
 
 def test_models_and_compression(pipeline_run):
     result, _, _ = pipeline_run
-    for name in ("popularity_model", "ease_model", "lightgcn_model", "mm_gcn_model"):
+    for name in ("popularity_model", "ease_model", "bpr_mf_model", "lightgcn_model", "content_knn_model",
+                 "mm_gcn_model"):
         bundle = result.output_for_node(name)
         assert bundle["user_embeddings"].shape[0] == 240, name
         assert bundle["item_embeddings"].shape[0] == 360, name
@@ -97,13 +99,16 @@ def test_metrics_json(pipeline_run):
     _, home, _ = pipeline_run
     metrics = json.loads((home / "reports" / "latest" / "metrics.json").read_text())
     assert metrics["primary_model"] == "mm_gcn"
-    assert {"popularity", "lightgcn", "mm_gcn", "ease"} <= set(metrics["models"])
+    assert {"popularity", "lightgcn", "mm_gcn", "ease", "bpr_mf", "content_knn"} <= set(metrics["models"])
     for name, values in metrics["models"].items():
         for key in ("recall@20", "ndcg@20", "precision@20", "f1@20", "coverage@20", "novelty@20", "recall@10"):
             assert key in values, (name, key)
         assert 0.0 <= values["recall@20"] <= 1.0
     assert metrics["dataset"]["cold_items"] > 0 and set(metrics["cold_start"]) >= {"popularity", "mm_gcn"}
     assert (home / "reports" / "latest" / "report.md").exists()
+    lo, hi = metrics["models"]["mm_gcn"]["recall@20_ci"]
+    assert lo <= metrics["models"]["mm_gcn"]["recall@20"] <= hi
+    assert metrics["significance"]["best_baseline"] in metrics["baselines"]
 
 
 def test_mlflow_runs_models_and_registry(pipeline_run):
@@ -123,4 +128,29 @@ def test_mlflow_runs_models_and_registry(pipeline_run):
     versions = client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'")
     assert len(versions) == 1
     assert client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "challenger").version == versions[0].version
+    mlflow.set_tracking_uri(None)
+
+
+def test_first_run_promotes_the_challenger(pipeline_run):
+    result, _, uri = pipeline_run
+    promotion = result.output_for_node("model_promotion")
+    assert promotion["decision"] == "promoted" and promotion["champion_before"] is None
+    (event,) = [e for e in result.get_asset_materialization_events()
+                if e.asset_key.to_user_string() == "model_promotion"]
+    metadata = event.materialization.metadata
+    assert metadata["decision"].value == "promoted" and "no champion" in metadata["reason"].value
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    challenger = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "challenger")
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "champion")
+    assert str(champion.version) == str(challenger.version) == promotion["challenger_version"]
+    assert champion.tags["mm_pipeline.promotion.decision"] == "promoted"
+    assert client.get_registered_model(REGISTERED_MODEL_NAME).tags["mm_pipeline.champion_history"] == str(champion.version)
+    # Re-scored from the registered artifact, with the evaluation report's protocol: the same numbers.
+    report = result.output_for_node("evaluation_report")["metrics"]
+    for key in ("ndcg@20", "recall@20", "coverage@20"):
+        assert promotion["challenger_metrics"][key] == pytest.approx(report["models"]["mm_gcn"][key], abs=1e-9), key
+    assert promotion["challenger_metrics"]["cold_recall@20"] == pytest.approx(
+        report["cold_start"]["mm_gcn"]["recall@20"], abs=1e-9)
+    assert promotion["challenger_metrics"]["known_user_share"] == 1.0
+    assert promotion["challenger_metrics"]["served_rows_checked"] > 0
     mlflow.set_tracking_uri(None)

@@ -1,6 +1,7 @@
-"""Datasets: the built-in synthetic generator, readers for on-disk formats, and the table schemas."""
+"""Datasets: the built-in synthetic generator, readers for on-disk formats (folder, MovieLens, MMRec),
+and the table schemas. No Dagster here: usable from a notebook."""
 
-from mm_pipeline.datasets.schema import RawDataset, QuarantineRecord
-from mm_pipeline.datasets.sources import resolve_source
+from mm_pipeline.datasets.schema import DataError, QuarantineRecord, RawDataset
+from mm_pipeline.datasets.sources import Source, load_source, resolve_source
 
-__all__ = ["RawDataset", "QuarantineRecord", "resolve_source"]
+__all__ = ["DataError", "QuarantineRecord", "RawDataset", "Source", "load_source", "resolve_source"]

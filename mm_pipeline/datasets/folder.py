@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.datasets.schema import DataError, RawDataset
+from mm_pipeline.datasets.tables import line_number, parse_timestamps, require_filled
 
 DEFAULT_TEXT_COLUMNS = ("title", "description")
 
@@ -30,8 +31,10 @@ def _read_table(root: Path, stem: str) -> tuple[pd.DataFrame, Path]:
             try:
                 if suffix == ".parquet":
                     return pd.read_parquet(path), path
-                return pd.read_csv(path, dtype={"item_id": str, "user_id": str}, keep_default_na=False,
-                                   na_values=[""], encoding="utf-8"), path
+                frame = pd.read_csv(path, dtype={"item_id": str, "user_id": str}, keep_default_na=False,
+                                    na_values=[""], encoding="utf-8", skip_blank_lines=False)
+                # Blank lines are dropped but keep their place in the index, so row numbers stay exact.
+                return frame[~frame.isna().all(axis=1)], path
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start}); "
                                 "re-save the file as UTF-8") from exc
@@ -46,18 +49,15 @@ def _require(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
         raise DataError(f"{path}: missing required column(s) {missing}; found {list(frame.columns)}")
 
 
-def _parse_timestamps(values: pd.Series, path: Path) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(values):
-        if values.isna().any():
-            row = int(values.isna().to_numpy().argmax())
-            raise DataError(f"{path}: row {row + 2} has an empty timestamp; every interaction needs one")
-        return values.to_numpy().astype(np.int64)
-    parsed = pd.to_datetime(values, errors="coerce", utc=True)
-    if parsed.isna().any():
-        row = int(parsed.isna().to_numpy().argmax())
-        raise DataError(f"{path}: row {row + 2} has timestamp {values.iloc[row]!r}, which is neither integer "
-                        "seconds nor an ISO-8601 date; fix or remove that row")
-    return (parsed.astype("int64") // 1_000_000_000).to_numpy()
+def _parse_weights(inter: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    values = pd.to_numeric(inter[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        pos = int(bad.argmax())
+        line = line_number(int(inter.index[pos]), path.suffix == ".csv")
+        raise DataError(f"{path}: row {line} has {column} {str(inter[column].iloc[pos])!r}, which is "
+                        f"not a number; fix that row or drop the {column} column (every interaction then weighs 1)")
+    return values.astype(np.float32)
 
 
 def _resolve_media(root: Path, values: pd.Series) -> list[str | None]:
@@ -71,15 +71,29 @@ def _resolve_media(root: Path, values: pd.Series) -> list[str | None]:
     return out
 
 
+def _read_meta(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); fix it or delete it (it is optional)") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: must hold a JSON object such as {{\"name\": \"shop\"}}")
+    return meta
+
+
 def load_folder(root: str | Path, text_columns: tuple[str, ...] | None = None) -> RawDataset:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist; check MM_PIPELINE_DATASET or the source config")
-    meta = json.loads((root / "dataset.json").read_text()) if (root / "dataset.json").exists() else {}
+    meta = _read_meta(root / "dataset.json")
     items, items_path = _read_table(root, "items")
     _require(items, items_path, ("item_id",))
     inter, inter_path = _read_table(root, "interactions")
     _require(inter, inter_path, ("user_id", "item_id", "timestamp"))
+    require_filled(items, items_path, ("item_id",), header=items_path.suffix == ".csv")
+    require_filled(inter, inter_path, ("user_id", "item_id"), header=inter_path.suffix == ".csv")
     if len(inter) == 0:
         raise DataError(f"{inter_path}: holds no interactions; the recommender needs at least some")
 
@@ -102,11 +116,11 @@ def load_folder(root: str | Path, text_columns: tuple[str, ...] | None = None) -
 
     weight_col = "weight" if "weight" in inter.columns else ("rating" if "rating" in inter.columns else None)
     interactions = pd.DataFrame({
-        "user_id": inter["user_id"].astype(str),
-        "item_id": inter["item_id"].astype(str),
-        "timestamp": _parse_timestamps(inter["timestamp"], inter_path),
-        "weight": (pd.to_numeric(inter[weight_col], errors="raise").astype(np.float32)
-                   if weight_col else np.ones(len(inter), dtype=np.float32)),
+        "user_id": inter["user_id"].astype(str).to_numpy(),
+        "item_id": inter["item_id"].astype(str).to_numpy(),
+        "timestamp": parse_timestamps(inter["timestamp"], inter_path, header=inter_path.suffix == ".csv"),
+        "weight": (_parse_weights(inter, weight_col, inter_path) if weight_col
+                   else np.ones(len(inter), dtype=np.float32)),
     })
     modalities = tuple(m for m, present in (("text", bool(text_columns)), ("image", has_image),
                                             ("audio", has_audio)) if present)

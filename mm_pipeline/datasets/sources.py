@@ -1,20 +1,53 @@
-"""Dataset specs (``builtin:default``, ``builtin:tiny:ecommerce``, ``folder:/data/shop``) -> loaded data."""
+"""Dataset specs -> loaded data.
+
+``builtin:default``, ``builtin:tiny:ecommerce``  the generated dataset
+``folder:/data/shop``                          the project's folder format (:mod:`.folder`)
+``movielens:/data/ml-100k?min_rating=4&kcore=5``  MovieLens ml-100k or ml-latest(-small) (:mod:`.movielens`)
+``mmrec:/data/baby``                           the MMRec layout with precomputed features (:mod:`.mmrec`)
+
+Options follow the path after a ``?`` as ``key=value`` pairs joined by ``&``; each format lists the
+options it understands and refuses the others.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from mm_pipeline.datasets import synthetic
 from mm_pipeline.datasets.folder import load_folder
 from mm_pipeline.datasets.schema import DataError, RawDataset
 
+KINDS = ("builtin", "folder", "movielens", "mmrec")
+OPTIONS = {"builtin": (), "folder": (), "movielens": ("min_rating", "kcore"), "mmrec": ("name",)}
+
 
 @dataclass(frozen=True)
 class Source:
-    kind: str          # "builtin" | "folder"
+    kind: str          # "builtin" | "folder" | "movielens" | "mmrec"
     root: Path
     description: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def option_dict(self) -> dict[str, str]:
+        return dict(self.options)
+
+
+def _split_options(kind: str, rest: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    path, sep, query = rest.partition("?")
+    if not sep:
+        return path, ()
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError as exc:
+        raise DataError(f"dataset spec options {query!r} are not key=value pairs joined by '&'") from exc
+    unknown = sorted({k for k, _ in pairs} - set(OPTIONS[kind]))
+    if unknown:
+        allowed = ", ".join(OPTIONS[kind]) or "none"
+        raise DataError(f"dataset spec option(s) {unknown} are not understood by '{kind}:' (options: {allowed})")
+    return path, tuple(pairs)
 
 
 def resolve_source(spec: str, data_dir: str | Path, seed: int = 0) -> Source:
@@ -26,12 +59,24 @@ def resolve_source(spec: str, data_dir: str | Path, seed: int = 0) -> Source:
         root = Path(data_dir) / "builtin" / f"{size}-{gen_spec.scenario}-seed{seed}"
         synthetic.generate(gen_spec, root)
         return Source("builtin", root, f"built-in {size} ({gen_spec.scenario}), seed {seed}")
-    if kind == "folder":
-        if not rest:
-            raise DataError("dataset spec 'folder:' needs a path, e.g. folder:/data/shop")
-        return Source("folder", Path(rest).expanduser().resolve(), f"folder {rest}")
-    raise DataError(f"unknown dataset spec {spec!r}; use builtin:<tiny|default|large>[:scenario] or folder:<path>")
+    if kind in ("folder", "movielens", "mmrec"):
+        path, options = _split_options(kind, rest)
+        if not path:
+            raise DataError(f"dataset spec '{kind}:' needs a path, e.g. {kind}:/data/"
+                            + {"folder": "shop", "movielens": "ml-100k", "mmrec": "baby"}[kind])
+        shown = "".join(f"&{k}={v}" for k, v in options).replace("&", "?", 1)
+        return Source(kind, Path(path).expanduser().resolve(), f"{kind} {path}{shown}", options)
+    raise DataError(f"unknown dataset spec {spec!r}; use builtin:<tiny|default|large>[:scenario], folder:<path>, "
+                    "movielens:<path> or mmrec:<path>")
 
 
 def load_source(source: Source, text_columns: tuple[str, ...] | None = None) -> RawDataset:
+    if source.kind == "movielens":
+        from mm_pipeline.datasets.movielens import load_movielens, options_from
+
+        return load_movielens(source.root, options_from(source.option_dict))
+    if source.kind == "mmrec":
+        from mm_pipeline.datasets.mmrec import load_mmrec
+
+        return load_mmrec(source.root, name=source.option_dict.get("name") or None)
     return load_folder(source.root, text_columns=text_columns)

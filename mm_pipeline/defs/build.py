@@ -7,10 +7,13 @@ import os
 import dagster as dg
 
 from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, train
+from mm_pipeline.defs.assets import promotion
+from mm_pipeline.defs.checks import all_asset_checks
 from mm_pipeline.defs.io_manager import BundleIOManager
+from mm_pipeline.defs.lifecycle import LIFECYCLE_JOBS, LIFECYCLE_SCHEDULES, LIFECYCLE_SENSORS
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 
-ASSET_MODULES = [raw, augmented, features, align, train, compress, evaluate, registry]
+ASSET_MODULES = [raw, augmented, features, align, train, compress, evaluate, registry, promotion]
 
 full_pipeline_job = dg.define_asset_job("full_pipeline", selection=dg.AssetSelection.all(),
                                         description="Materialize every stage, raw data to registry.")
@@ -31,5 +34,7 @@ def build_definitions() -> dg.Definitions:
     # on one machine. MM_PIPELINE_EXECUTOR=multiprocess restores Dagster's default.
     executor = (dg.multiprocess_executor if os.environ.get("MM_PIPELINE_EXECUTOR") == "multiprocess"
                 else dg.in_process_executor)
-    return dg.Definitions(assets=all_assets(), jobs=[full_pipeline_job], resources=default_resources(),
+    return dg.Definitions(assets=all_assets(), asset_checks=all_asset_checks(),
+                          jobs=[full_pipeline_job, *LIFECYCLE_JOBS], resources=default_resources(),
+                          schedules=LIFECYCLE_SCHEDULES, sensors=LIFECYCLE_SENSORS,
                           executor=executor)

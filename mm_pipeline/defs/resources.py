@@ -44,13 +44,11 @@ class MlflowResource(dg.ConfigurableResource):
         paths = settings.project_paths(self.home or None)
         return self.tracking_uri or settings.mlflow_tracking_uri(paths)
 
-    @contextlib.contextmanager
-    def start_run(self, context: dg.AssetExecutionContext, run_name: str | None = None) -> Iterator["object"]:
-        """An MLflow run tagged with the Dagster run id, asset key and code version."""
+    def configure(self) -> str:
+        """Point MLflow (tracking and registry) at :meth:`uri` and activate the experiment, without
+        starting a run. Returns the URI."""
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        import mlflow
-
-        from mm_pipeline.registry.tracking import configure_mlflow, run_tags
+        from mm_pipeline.registry.tracking import configure_mlflow
 
         paths = settings.project_paths(self.home or None)
         uri = self.uri()
@@ -58,6 +56,23 @@ class MlflowResource(dg.ConfigurableResource):
         if uri.startswith("sqlite:"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         configure_mlflow(uri, self.experiment_name, artifact_root)
+        return uri
+
+    def client(self):
+        """An ``MlflowClient`` on the configured store (see :meth:`configure`)."""
+        from mlflow.tracking import MlflowClient
+
+        uri = self.configure()
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    @contextlib.contextmanager
+    def start_run(self, context: dg.AssetExecutionContext, run_name: str | None = None) -> Iterator["object"]:
+        """An MLflow run tagged with the Dagster run id, asset key and code version."""
+        import mlflow
+
+        from mm_pipeline.registry.tracking import run_tags
+
+        self.configure()
         key = context.asset_key
         code_version = (context.assets_def.code_versions_by_key or {}).get(key)
         tags = run_tags(context.run_id, key.to_user_string(), code_version, None)

@@ -14,7 +14,7 @@ from mm_pipeline.recommend.base import EmbeddingRecommender
 if TYPE_CHECKING:
     from mm_pipeline.recommend.fit import SplitData
 
-PROTOCOL = ("Per-user chronological split (8:1:1). Test: every item is scored for each test user, the "
+PROTOCOL = ("Split: {split}. Test: every item is scored for each test user, the "
             "user's training and validation items are excluded, and the top-k is compared with the user's "
             "test items. Cold start: test interactions on items with no training interaction, ranked among "
             "those cold items only. Coverage: share of the catalogue recommended to anyone; novelty: mean "
@@ -26,7 +26,7 @@ CI_METRICS = ("recall@20", "ndcg@20")
 
 def evaluate_models(models: dict[str, EmbeddingRecommender], data: "SplitData", ks=(10, 20),
                     primary: str | None = None, baselines: tuple[str, ...] = (), n_resamples: int = 1000,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, split: str = "per-user chronological split (8:1:1)") -> dict:
     """Test metrics for each model on all items and on cold-start items.
 
     Adds 95% bootstrap intervals over test users for recall@20 and ndcg@20 (``"recall@20_ci"``), and,
@@ -38,7 +38,7 @@ def evaluate_models(models: dict[str, EmbeddingRecommender], data: "SplitData", 
     cold = ~data.warm_items
     cold_truth = data.test.multiply(sp.csr_matrix(cold.astype(np.float32)[None, :])).tocsr()
     cold_truth.eliminate_zeros()
-    out: dict = {"models": {}, "cold_start": {}, "protocol": PROTOCOL,
+    out: dict = {"models": {}, "cold_start": {}, "protocol": PROTOCOL.format(split=split),
                  "cold_test_interactions": int(cold_truth.nnz)}
     per_user = {}
     for name, model in models.items():

@@ -47,7 +47,7 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
                       pipeline: PipelineResource) -> dg.Output[dict]:
     """Recall/NDCG/Precision/F1/MAP/hit ratio at 10 and 20, coverage and novelty for every model.
 
-    Protocol: per-user chronological split; each test user's scores over *all* items with their
+    Protocol: the interaction split (chronological, or the source's published one); each test user's scores over *all* items with their
     training and validation items excluded. Cold start: test interactions on items with no training
     interaction, ranked among those cold items only. Writes ``reports/latest/metrics.json``.
     """
@@ -56,7 +56,8 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
                             mm_gcn_model], compressed_model)
     baselines = [name for name in BASELINES if name in models]
     results = evaluate_models(models, data, ks=(10, 20), primary=PRIMARY_MODEL, baselines=tuple(baselines),
-                              seed=pipeline.seed)
+                              seed=pipeline.seed,
+                              split=interaction_split.get("split_method", "per-user chronological split (8:1:1)"))
     table = interaction_split["table"]
     metrics = {
         "dataset": {"spec": source_dataset["spec"], "name": source_dataset["name"],
@@ -79,8 +80,9 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
         {"model": name, **{f"{m} 95% CI": "[{:.4f}, {:.4f}]".format(*values[f"{m}_ci"]) for m in ("recall@20", "ndcg@20")}}
         for name, values in results["models"].items()]))
     significance = significance_markdown(results.get("significance"))
-    cold_table = metrics_table_markdown(results["cold_start"], columns=("recall@20", "ndcg@20", "precision@20",
-                                                                         "hit_ratio@20"), highlight=PRIMARY_MODEL)
+    cold_table = (metrics_table_markdown(results["cold_start"], columns=("recall@20", "ndcg@20", "precision@20",
+                                                                          "hit_ratio@20"), highlight=PRIMARY_MODEL)
+                  if results["cold_start"] else "_no test interactions on cold-start items in this split_")
     figures = {}
     for bundle in (bpr_mf_model, lightgcn_model, mm_gcn_model):
         history = bundle.get("history")

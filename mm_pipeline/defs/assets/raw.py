@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.datasets import media
-from mm_pipeline.datasets.schema import quarantine_frame
+from mm_pipeline.datasets.schema import MODALITIES, quarantine_frame
 from mm_pipeline.datasets.sources import load_source, resolve_source, Source
 from mm_pipeline.defs.metadata import quarantine_metadata
 from mm_pipeline.defs.resources import PipelineResource
@@ -25,17 +25,38 @@ def _source(pipeline: PipelineResource) -> Source:
     return resolve_source(pipeline.dataset_spec(), pipeline.paths().data, seed=pipeline.seed)
 
 
-@dg.asset(group_name=GROUP, kinds={"python"}, code_version="1")
+def skipped_modalities(data) -> dict[str, str]:
+    """Modalities the source lacks entirely, each with the reason (from the reader when it gives one)."""
+    reasons = dict(data.info.get("skipped_modalities") or {})
+    return {m: reasons.get(m, f"the source has no {m} column or files") for m in MODALITIES
+            if m not in data.modalities}
+
+
+@dg.asset(group_name=GROUP, kinds={"python"}, code_version="2")
 def source_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.Output[dict]:
-    """The dataset folder: generated for ``builtin:*`` specs, checked for user folders."""
+    """The dataset: generated for ``builtin:*`` specs; read and checked for ``folder:``, ``movielens:``, ``mmrec:``.
+
+    The manifest carries the reader's ``info``: counts before/after filtering, and the contract for
+    precomputed features (``info["precomputed"]``) and a published split (``info["split_column"]``).
+    """
     source = _source(pipeline)
     data = load_source(source)
+    skipped = skipped_modalities(data)
     manifest = {"spec": pipeline.dataset_spec(), "kind": source.kind, "root": str(source.root),
-                "name": data.name, "modalities": list(data.modalities), "info": data.info}
+                "name": data.name, "modalities": list(data.modalities), "skipped_modalities": skipped,
+                "info": data.info}
+    counts = data.info.get("counts") or {}
     return dg.Output(manifest, metadata={
-        "dataset": source.description, "root": dg.MetadataValue.path(str(source.root)),
-        "modalities": ", ".join(data.modalities), "items": len(data.items),
-        "interactions": len(data.interactions)})
+        "dataset": source.description, "format": str(data.info.get("format", source.kind)),
+        "root": dg.MetadataValue.path(str(source.root)),
+        "modalities": ", ".join(data.modalities),
+        "skipped_modalities": "; ".join(f"{m}: {why}" for m, why in skipped.items()) or "none",
+        "precomputed_features": ", ".join(data.info.get("precomputed") or {}) or "none",
+        "split": (f"published, from column {data.info['split_column']!r}" if data.info.get("split_column")
+                  else "per-user chronological 8:1:1"),
+        "items": len(data.items), "interactions": len(data.interactions),
+        **({"counts": dg.MetadataValue.json(counts)} if counts else {}),
+        "info": dg.MetadataValue.json(data.info)})
 
 
 def _load(source_dataset: dict, pipeline: PipelineResource):
@@ -46,10 +67,12 @@ def _load(source_dataset: dict, pipeline: PipelineResource):
 def raw_items(source_dataset: dict, pipeline: PipelineResource) -> dg.Output[pd.DataFrame]:
     """The item catalogue, sorted by ``item_id``: text, image and audio paths, extra columns kept."""
     items = _load(source_dataset, pipeline).items
-    coverage = {m: float(items[m].notna().mean()) if m != "text" else float((items["text"] != "").mean())
-                for m in ("text", "image", "audio")}
+    coverage = {m: (float(items[m].notna().mean()) if m != "text" else float((items["text"] != "").mean()))
+                if len(items) else 0.0 for m in MODALITIES}
+    precomputed = (source_dataset.get("info") or {}).get("precomputed") or {}
     return dg.Output(items, metadata={"items": len(items), "columns": ", ".join(items.columns),
-                                      **{f"has_{m}": round(v, 4) for m, v in coverage.items()}})
+                                      **{f"has_{m}": round(v, 4) for m, v in coverage.items()},
+                                      "precomputed_features": ", ".join(precomputed) or "none"})
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
@@ -59,8 +82,18 @@ def raw_interactions(source_dataset: dict, pipeline: PipelineResource) -> dg.Out
     return dg.Output(inter, metadata={
         "interactions": len(inter), "users": int(inter["user_id"].nunique()),
         "items": int(inter["item_id"].nunique()),
-        "first": str(pd.to_datetime(inter["timestamp"].min(), unit="s")),
-        "last": str(pd.to_datetime(inter["timestamp"].max(), unit="s"))})
+        "first": _when(inter["timestamp"].min() if len(inter) else None),
+        "last": _when(inter["timestamp"].max() if len(inter) else None)})
+
+
+def _when(seconds) -> str:
+    """A timestamp for metadata; values no calendar can show (e.g. milliseconds read as seconds) stay numbers."""
+    if seconds is None:
+        return "none"
+    try:
+        return str(pd.to_datetime(int(seconds), unit="s"))
+    except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
+        return f"{int(seconds)} s (out of range)"
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
@@ -80,7 +113,7 @@ def raw_item_images(config: MediaConfig, source_dataset: dict, raw_items: pd.Dat
     table = quarantine_frame(quarantine)
     return dg.Output({"images": images, "present": present, "quarantine": table}, metadata={
         "with_image": int(present.sum()), "shape": str(images.shape),
-        **quarantine_metadata(table)})
+        **_none_metadata("image", raw_items, present, source_dataset), **quarantine_metadata(table)})
 
 
 @dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="1")
@@ -93,17 +126,38 @@ def raw_item_audio(config: MediaConfig, source_dataset: dict, raw_items: pd.Data
     return dg.Output({"waves": waves, "present": present, "sample_rate": config.sample_rate,
                       "quarantine": table}, metadata={
         "with_audio": int(present.sum()), "shape": str(waves.shape),
-        **quarantine_metadata(table)})
+        **_none_metadata("audio", raw_items, present, source_dataset), **quarantine_metadata(table)})
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
-def interaction_split(raw_interactions: pd.DataFrame, raw_items: pd.DataFrame) -> dg.Output[dict]:
-    """Per-user chronological train/valid/test split (8:1:1) over indexed users and items.
+def _none_metadata(modality: str, raw_items: pd.DataFrame, present: np.ndarray, source_dataset: dict) -> dict:
+    """Say why nothing was decoded when no item ends up with this modality (the modality is skipped)."""
+    if present.any():
+        return {}
+    if ((source_dataset.get("info") or {}).get("precomputed") or {}).get(modality):
+        why = f"the source provides precomputed {modality} features; there are no {modality} files to decode"
+    elif raw_items[modality].notna().any():
+        why = f"no {modality} file could be used (see the quarantine table)"
+    else:
+        why = (source_dataset.get("skipped_modalities") or {}).get(modality) or f"no item names a {modality} file"
+    return {"skipped": why}
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2")
+def interaction_split(raw_interactions: pd.DataFrame, raw_items: pd.DataFrame, source_dataset: dict
+                      ) -> dg.Output[dict]:
+    """Train/valid/test split over indexed users and items: per-user chronological (8:1:1), or the
+    source's published split when it has one (``info["split_column"]``, e.g. MMRec's ``x_label``:
+    0 train, 1 valid, 2 test).
 
     Interactions naming items missing from the catalogue are not used and are counted in metadata;
     repeated (user, item) pairs keep their first occurrence.
     """
-    from mm_pipeline.evaluate.split import chronological_split
+    from mm_pipeline.evaluate.split import SPLITS, chronological_split
+
+    split_column = (source_dataset.get("info") or {}).get("split_column")
+    if split_column and split_column not in raw_interactions.columns:
+        raise dg.Failure(f"the source declares its split in column {split_column!r}, but raw_interactions has "
+                         f"only {list(raw_interactions.columns)}; re-materialize raw_interactions")
 
     item_index = pd.Series(np.arange(len(raw_items)), index=raw_items["item_id"].to_numpy())
     known = raw_interactions["item_id"].isin(item_index.index)
@@ -116,14 +170,25 @@ def interaction_split(raw_interactions: pd.DataFrame, raw_items: pd.DataFrame) -
         "item_idx": item_index.loc[inter["item_id"].to_numpy()].to_numpy().astype(np.int64),
         "timestamp": inter["timestamp"].to_numpy(np.int64),
         "weight": inter["weight"].to_numpy(np.float32)})
-    frame["split"] = chronological_split(frame).to_numpy()
+    if split_column:
+        labels = inter[split_column].to_numpy(np.int64)
+        bad = (labels < 0) | (labels >= len(SPLITS))
+        if bad.any():
+            raise dg.Failure(f"column {split_column!r} holds {int(bad.sum())} value(s) outside 0/1/2 "
+                             f"(train/valid/test), e.g. {int(labels[bad][0])}")
+        frame["split"] = np.asarray(SPLITS, dtype=object)[labels]
+    else:
+        frame["split"] = chronological_split(frame).to_numpy()
     counts = frame["split"].value_counts()
     train_items = np.zeros(len(raw_items), dtype=bool)
     train_items[frame.loc[frame["split"] == "train", "item_idx"].to_numpy()] = True
+    split_method = f"published split from column {split_column!r}" if split_column else \
+        "per-user chronological split (8:1:1)"
     return dg.Output({"table": frame, "user_ids": user_ids.astype(str), "n_users": len(user_ids),
-                      "n_items": len(raw_items)}, metadata={
+                      "n_items": len(raw_items), "split_method": split_method}, metadata={
         "users": len(user_ids), "items": len(raw_items),
         **{k: int(counts.get(k, 0)) for k in ("train", "valid", "test")},
         "unknown_item_interactions": int((~known).sum()), "duplicate_interactions": int(duplicated.sum()),
         "cold_items": int((~train_items).sum()),
+        "split_method": split_method,
         "density": float(len(frame) / (len(user_ids) * max(len(raw_items), 1)))})

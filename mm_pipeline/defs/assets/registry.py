@@ -30,7 +30,8 @@ def registered_model(context: dg.AssetExecutionContext, config: RegistryConfig, 
     data = split_data(interaction_split)
     test_metrics = evaluation_report["metrics"]["models"][model.name]
     with mlflow_tracking.start_run(context, run_name=f"register {model.name}") as run:
-        mlflow.log_metrics({f"test_{metric_key(k)}": float(v) for k, v in test_metrics.items()})
+        mlflow.log_metrics({f"test_{metric_key(k)}": float(v) for k, v in test_metrics.items()
+                            if isinstance(v, (int, float))})
         info = log_recommender(model, interaction_split["user_ids"].tolist(), raw_items["item_id"].astype(str).tolist(),
                                data.train, name="recommender", registered_model_name=config.registered_model_name)
     version = str(info.registered_model_version)

@@ -1,0 +1,124 @@
+"""Promotion: re-score the new version (``challenger``) and the ``champion`` on the current test split
+and move the ``champion`` alias only when the promotion rule says so."""
+
+import math
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from mm_pipeline.defs.assets.train import split_data
+from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.resources import MlflowResource
+from mm_pipeline.registry.promotion import DEFAULT_GATE_METRIC, DEFAULT_GUARDRAILS, PromotionPolicy, decide
+
+GROUP = "registry"
+K = 20
+
+
+class PromotionConfig(dg.Config):
+    gate_metric: str = Field(default=DEFAULT_GATE_METRIC,
+                             description="Metric the challenger must improve (higher is better).")
+    min_improvement: float = Field(default=0.0, description="Absolute margin: promote only when "
+                                   "challenger - champion > min_improvement on the gate metric.")
+    guardrails: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GUARDRAILS),
+                                         description="Metric -> largest allowed absolute drop vs the champion.")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="1")
+def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, registered_model: dict,
+                    interaction_split: dict, raw_items: pd.DataFrame,
+                    mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """Challenger vs champion on today's test split; moves the ``champion`` alias when promoted.
+
+    Both registered versions are downloaded and re-scored *now* (their served arrays, checked against
+    their pyfunc ``predict``) with the evaluation report's protocol at k=20; logged numbers are never
+    reused. The rule (:func:`mm_pipeline.registry.promotion.decide`): promote when there is no
+    champion, else when the gate metric improves by more than ``min_improvement`` and no guardrail
+    metric drops by more than its tolerance. The decision, both scores and the reason go to this
+    asset's metadata and to ``mm_pipeline.promotion.*`` tags on the challenger version.
+    """
+    from mm_pipeline.registry.champion import CHAMPION_ALIAS, alias_version, set_champion, tag_version
+    from mm_pipeline.registry.served import load_served_model, score_served_model
+
+    try:
+        policy = PromotionPolicy(config.gate_metric, config.min_improvement, dict(config.guardrails))
+    except (TypeError, ValueError) as exc:
+        raise dg.Failure(f"invalid promotion config: {exc}") from exc
+    client = mlflow_tracking.client()
+    name, challenger_version = registered_model["name"], str(registered_model["version"])
+    champion_version = alias_version(client, name, CHAMPION_ALIAS)
+
+    data = split_data(interaction_split)
+    user_ids = [str(u) for u in interaction_split["user_ids"].tolist()]
+    item_ids = raw_items["item_id"].astype(str).tolist()
+
+    def rescore(version: str, role: str) -> dict[str, float]:
+        try:
+            served = load_served_model(f"models:/{name}/{version}")
+            return score_served_model(served, data, user_ids, item_ids, k=K, name=f"v{version}")
+        except Exception as exc:
+            raise dg.Failure(f"could not re-score the {role} {name} v{version} on the current test split: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    challenger = rescore(challenger_version, "challenger")
+    champion = (None if champion_version is None else challenger if champion_version == challenger_version
+                else rescore(champion_version, "champion"))
+    if champion_version == challenger_version:
+        decision_label, promote = "unchanged", False
+        reason = f"version {challenger_version} already is the champion"
+        gate_delta, deltas = 0.0, {m: 0.0 for m in policy.guardrails}
+    else:
+        decision = decide(challenger, champion, policy)
+        promote, reason = decision.promote, decision.reason
+        gate_delta, deltas = decision.gate_delta, decision.guardrail_deltas
+        decision_label = "promoted" if promote else "rejected"
+
+    champion_after = champion_version
+    history: list[str] = []
+    if promote:
+        change = set_champion(client, name, challenger_version)
+        champion_after, history = change.current, change.history
+    context.log.info(f"{name} v{challenger_version} vs champion "
+                     f"{'v' + champion_version if champion_version else '(none)'}: {reason}")
+
+    tags = {"decision": decision_label, "reason": reason, "gate_metric": policy.gate_metric,
+            "min_improvement": policy.min_improvement,
+            "guardrails": ",".join(f"{m}:{t:g}" for m, t in policy.guardrails.items()),
+            "compared_with": champion_version or "none", "dagster_run_id": context.run_id,
+            **{f"challenger.{m}": v for m, v in challenger.items() if m in policy.metrics},
+            **({f"champion.{m}": v for m, v in champion.items() if m in policy.metrics} if champion else {}),
+            **({"gate_delta": gate_delta} if math.isfinite(gate_delta) else {})}
+    written = tag_version(client, name, challenger_version, tags)
+
+    rows = sorted(set(challenger) | set(champion or {}))
+    table = pd.DataFrame({"metric": rows, "challenger": [challenger.get(m, math.nan) for m in rows],
+                          "champion": [(champion or {}).get(m, math.nan) for m in rows]})
+    value = {"name": name, "decision": decision_label, "promote": promote, "reason": reason,
+             "challenger_version": challenger_version, "champion_before": champion_version,
+             "champion_after": champion_after, "gate_metric": policy.gate_metric,
+             "gate_delta": _finite_or_none(gate_delta),
+             "guardrail_deltas": {m: _finite_or_none(d) for m, d in deltas.items()},
+             "challenger_metrics": challenger, "champion_metrics": champion}
+    metadata = {
+        "decision": decision_label, "reason": reason, "registered_model": name,
+        "challenger_version": challenger_version, "champion_before": champion_version or "none",
+        "champion_after": champion_after or "none", "gate_metric": policy.gate_metric,
+        "min_improvement": policy.min_improvement,
+        "scores": dg.MetadataValue.md(frame_markdown(table, 50, digits=5)),
+        "guardrails": dg.MetadataValue.json(dict(policy.guardrails)),
+        "mlflow_version_tags": dg.MetadataValue.json(written),
+    }
+    for role, scores in (("challenger", challenger), ("champion", champion or {})):
+        for metric in policy.metrics:
+            if _finite_or_none(scores.get(metric)) is not None:
+                metadata[f"{role}_{metric}"] = float(scores[metric])
+    if math.isfinite(gate_delta):
+        metadata["gate_delta"] = float(gate_delta)
+    if history:
+        metadata["champion_history"] = ",".join(history)
+    return dg.Output(value, metadata=metadata)

@@ -1,0 +1,161 @@
+"""The ``champion`` alias of a registered model, its history, and promotion tags on model versions.
+
+Plain MLflow (no Dagster). Every function takes an :class:`~mlflow.tracking.MlflowClient`, so the
+caller decides which store it talks to.
+
+* The alias ``champion`` is the version that serves (``models:/<name>@champion``); ``challenger`` is
+  the newest registered version (set by the ``registered_model`` asset).
+* Every change of champion made through :func:`set_champion` is appended to the registered-model tag
+  ``mm_pipeline.champion_history`` (comma-separated versions, oldest first, last
+  :data:`MAX_HISTORY` kept). :func:`rollback_champion` moves the alias back to the previous entry and
+  drops the entries after it, so repeated rollbacks walk further back.
+* Promotion decisions are written as model-version tags under ``mm_pipeline.promotion.``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+TAG_CHAMPION_HISTORY = "mm_pipeline.champion_history"
+PROMOTION_TAG_PREFIX = "mm_pipeline.promotion."
+MAX_HISTORY = 100
+_MAX_TAG_VALUE = 5000  # model-registry tag values are limited to 5000 characters
+_INVALID_TAG_CHAR = re.compile(r"[^/\w.\- :]")
+
+
+@dataclass(frozen=True)
+class ChampionChange:
+    """What :func:`set_champion` / :func:`rollback_champion` did: the alias moved from
+    ``previous`` (``None``: there was no champion) to ``current``; ``history`` is the new tag value."""
+
+    name: str
+    previous: str | None
+    current: str
+    history: list[str]
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"registered model name must be a non-empty string, got {name!r}")
+    return name
+
+
+def _check_version(version: Any) -> str:
+    text = str(version).strip() if isinstance(version, (int, str)) and not isinstance(version, bool) else ""
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"version must be a positive integer (or its string), got {version!r}")
+    return str(int(text))
+
+
+def _is_not_found(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or ``None`` when the alias is not set.
+
+    Raises a ``LookupError`` when the registered model itself does not exist."""
+    _check_name(name)
+    registered = _registered_model(client, name)
+    version = (registered.aliases or {}).get(alias)
+    return str(version) if version is not None else None
+
+
+def _registered_model(client: MlflowClient, name: str):
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            raise LookupError(f"registered model {name!r} does not exist in the MLflow model registry; "
+                              f"materialize registered_model first") from exc
+        raise
+
+
+def champion_history(client: MlflowClient, name: str) -> list[str]:
+    """The recorded champions of ``name``, oldest first (empty when none was recorded)."""
+    registered = _registered_model(client, _check_name(name))
+    raw = (registered.tags or {}).get(TAG_CHAMPION_HISTORY, "")
+    return [v.strip() for v in raw.split(",") if v.strip()]
+
+
+def _write_history(client: MlflowClient, name: str, history: list[str]) -> list[str]:
+    history = history[-MAX_HISTORY:]
+    client.set_registered_model_tag(name, TAG_CHAMPION_HISTORY, ",".join(history))
+    return history
+
+
+def _require_version(client: MlflowClient, name: str, version: str) -> None:
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            raise LookupError(f"registered model {name!r} has no version {version}") from exc
+        raise
+
+
+def set_champion(client: MlflowClient, name: str, version: str | int) -> ChampionChange:
+    """Point the ``champion`` alias of ``name`` at ``version`` and append it to the history.
+
+    The version must exist. Setting the version that already is champion changes nothing (and adds
+    no history entry)."""
+    _check_name(name)
+    version = _check_version(version)
+    _require_version(client, name, version)
+    previous = alias_version(client, name, CHAMPION_ALIAS)
+    history = champion_history(client, name)
+    if previous == version and history and history[-1] == version:
+        return ChampionChange(name, previous, version, history)
+    if previous is not None and (not history or history[-1] != previous):
+        history.append(previous)  # the alias was moved outside this module: keep it in the record
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    if not history or history[-1] != version:
+        history.append(version)
+    return ChampionChange(name, previous, version, _write_history(client, name, history))
+
+
+def rollback_champion(client: MlflowClient, name: str) -> ChampionChange:
+    """Move ``champion`` back to the champion before the current one, per the history tag.
+
+    The trailing history entries equal to the current champion are dropped; the alias moves to the
+    last remaining entry, which stays last. Raises ``LookupError`` when there is no earlier
+    champion to go back to."""
+    _check_name(name)
+    current = alias_version(client, name, CHAMPION_ALIAS)
+    history = champion_history(client, name)
+    while history and history[-1] == current:
+        history.pop()
+    if not history:
+        raise LookupError(f"registered model {name!r} has no earlier champion to roll back to "
+                          f"(current champion: {current or 'none'}; {TAG_CHAMPION_HISTORY} holds no other "
+                          f"version)")
+    target = history[-1]
+    _require_version(client, name, target)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, target)
+    return ChampionChange(name, current, target, _write_history(client, name, history))
+
+
+def tag_key(name: str) -> str:
+    """``name`` as a model-version tag key: ``@`` becomes ``_at_``, other unusual characters ``_``."""
+    return _INVALID_TAG_CHAR.sub("_", name.replace("@", "_at_"))
+
+
+def tag_version(client: MlflowClient, name: str, version: str | int, tags: Mapping[str, Any],
+                prefix: str = PROMOTION_TAG_PREFIX) -> dict[str, str]:
+    """Set ``prefix + key`` tags on a model version (values stringified, floats to 6 significant
+    digits, truncated to the registry's limit). Returns the tags written."""
+    version = _check_version(version)
+    written: dict[str, str] = {}
+    for key, value in tags.items():
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        full = prefix + tag_key(str(key))
+        written[full] = text[:_MAX_TAG_VALUE]
+        client.set_model_version_tag(name, version, full, written[full])
+    return written
