@@ -8,6 +8,7 @@ import shutil
 import time
 
 import dagster as dg
+from fast_config import fast_run_config
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -171,20 +172,8 @@ def test_promote_model_sets_and_rolls_back_the_champion(registry):
 
 
 # ------------------------------------------------------------------------ the loop, end to end
-_FAST_OPS = {
-    "image_features": {"config": {"epochs": 2}},
-    "aligned_item_embeddings": {"config": {"epochs": 5}},
-    "lightgcn_model": {"config": {"epochs": 8, "patience": 3}},
-    "bpr_mf_model": {"config": {"epochs": 8, "patience": 3}},
-    "mm_gcn_model": {"config": {"epochs": 8, "patience": 3}},
-    "compressed_model": {"config": {"latency_users": 64}},
-}
-
-
 def _fast(**overrides) -> dict:
-    """Short training for the assets that exist (the same settings as test_pipeline_e2e)."""
-    names = {key.to_user_string() for a in all_assets() for key in a.keys}
-    return {"ops": {k: v for k, v in {**_FAST_OPS, **overrides}.items() if k in names}}
+    return fast_run_config(**overrides)
 
 
 def test_promotion_loop_promotes_rejects_a_worse_model_and_rolls_back(tmp_path, monkeypatch):

@@ -12,14 +12,9 @@ from mlflow.tracking import MlflowClient
 from mm_pipeline.defs.build import all_assets, default_resources
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
 
-FAST = {"ops": {
-    "image_features": {"config": {"epochs": 2}},
-    "aligned_item_embeddings": {"config": {"epochs": 5}},
-    "lightgcn_model": {"config": {"epochs": 8, "patience": 3}},
-    "bpr_mf_model": {"config": {"epochs": 8, "patience": 3}},
-    "mm_gcn_model": {"config": {"epochs": 8, "patience": 3}},
-    "compressed_model": {"config": {"latency_users": 64}},
-}}
+from fast_config import fast_run_config
+
+FAST = fast_run_config()
 TRAINING_ASSETS = ["image_features", "aligned_item_embeddings", "popularity_model", "ease_model",
                    "bpr_mf_model", "lightgcn_model", "content_knn_model", "mm_gcn_model"]
 

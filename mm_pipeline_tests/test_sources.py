@@ -27,22 +27,14 @@ from mm_pipeline.datasets.sources import load_source, resolve_source
 from mm_pipeline.defs.build import all_assets, default_resources
 from mm_pipeline.defs.checks import all_asset_checks
 
+from fast_config import FASTER_OPS, fast_run_config
+
 N_USERS, N_ITEMS = 60, 80
-# Smaller than test_pipeline_e2e's FAST: three whole-graph runs must stay well under two minutes.
-_FAST_OPS = {
-    "image_features": {"config": {"epochs": 1}},
-    "aligned_item_embeddings": {"config": {"epochs": 3}},
-    "lightgcn_model": {"config": {"epochs": 4, "patience": 2}},
-    "bpr_mf_model": {"config": {"epochs": 4, "patience": 2}},
-    "mm_gcn_model": {"config": {"epochs": 4, "patience": 2}},
-    "compressed_model": {"config": {"latency_users": 16}},
-}
 
 
-def fast_run_config() -> dict:
-    """``_FAST_OPS`` for the training assets this graph has (run config naming an unknown op is refused)."""
-    names = {key.to_user_string() for a in all_assets() for key in a.keys}
-    return {"ops": {op: cfg for op, cfg in _FAST_OPS.items() if op in names}}
+def fast_run_config_small() -> dict:
+    """Fewer epochs than the e2e test: three whole-graph runs must stay well under two minutes."""
+    return fast_run_config(FASTER_OPS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +330,7 @@ def _materialize(tmp_path: Path, spec: str):
     try:
         uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
         start = time.perf_counter()
-        result = dg.materialize([*all_assets(), *all_asset_checks()], run_config=fast_run_config(),
+        result = dg.materialize([*all_assets(), *all_asset_checks()], run_config=fast_run_config_small(),
                                 instance=dg.DagsterInstance.ephemeral(),
                                 resources=default_resources(home=str(home), dataset=spec, tracking_uri=uri))
         print(f"{spec}: {time.perf_counter() - start:.1f}s")

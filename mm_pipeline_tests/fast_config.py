@@ -1,0 +1,30 @@
+"""Short-training run config shared by the tests that materialize the whole graph."""
+
+FAST_OPS = {
+    "image_features": {"config": {"epochs": 2}},
+    "aligned_item_embeddings": {"config": {"epochs": 5}},
+    "lightgcn_model": {"config": {"epochs": 8, "patience": 3}},
+    "bpr_mf_model": {"config": {"epochs": 8, "patience": 3}},
+    "mm_gcn_model": {"config": {"epochs": 8, "patience": 3}},
+    "compressed_model": {"config": {"latency_users": 64}},
+}
+
+# For tests that materialize the graph several times: fewer epochs still.
+FASTER_OPS = {
+    "image_features": {"config": {"epochs": 1}},
+    "aligned_item_embeddings": {"config": {"epochs": 3}},
+    "lightgcn_model": {"config": {"epochs": 4, "patience": 2}},
+    "bpr_mf_model": {"config": {"epochs": 4, "patience": 2}},
+    "mm_gcn_model": {"config": {"epochs": 4, "patience": 2}},
+    "compressed_model": {"config": {"latency_users": 16}},
+}
+
+
+def fast_run_config(ops: dict | None = None, **overrides) -> dict:
+    """``ops`` (default ``FAST_OPS``) with ``overrides``, kept to the assets the graph has
+    (Dagster refuses run config that names an unknown op)."""
+    from mm_pipeline.defs.build import all_assets
+
+    names = {key.to_user_string() for a in all_assets() for key in a.keys}
+    merged = {**(FAST_OPS if ops is None else ops), **overrides}
+    return {"ops": {op: cfg for op, cfg in merged.items() if op in names}}
