@@ -27,15 +27,15 @@ def _rss_mb() -> float:
 class MemorySampler(threading.Thread):
     def __init__(self, interval: float = 0.05):
         super().__init__(daemon=True)
-        self.interval, self.samples, self._stop = interval, [], threading.Event()
+        self.interval, self.samples, self._halt = interval, [], threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.samples.append((time.time(), _rss_mb()))
             time.sleep(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def peak(self, start: float, end: float) -> float:
@@ -48,10 +48,11 @@ def run_once(dataset: str, home: Path) -> tuple[dict[str, tuple[float, float]], 
 
     from mm_pipeline.defs.build import all_assets, default_resources
 
+    instance = dg.DagsterInstance.ephemeral()
     sampler = MemorySampler()
     sampler.start()
     started = time.perf_counter()
-    result = dg.materialize(all_assets(), instance=dg.DagsterInstance.ephemeral(),
+    result = dg.materialize(all_assets(), instance=instance,
                             resources=default_resources(home=str(home), dataset=dataset,
                                                         tracking_uri=f"sqlite:///{home / 'mlflow.db'}"))
     total = time.perf_counter() - started
@@ -59,12 +60,15 @@ def run_once(dataset: str, home: Path) -> tuple[dict[str, tuple[float, float]], 
     if not result.success:
         raise SystemExit("the pipeline failed; run `make demo` for the error")
     starts, stages = {}, {}
-    for event in result.all_events:
+    for record in instance.all_logs(result.run_id):
+        event = record.dagster_event
+        if event is None:
+            continue
         if event.event_type_value == "STEP_START":
-            starts[event.step_key] = event.timestamp
+            starts[event.step_key] = record.timestamp
         elif event.event_type_value == "STEP_SUCCESS":
             seconds = event.event_specific_data.duration_ms / 1000
-            stages[event.step_key] = (seconds, sampler.peak(starts[event.step_key], event.timestamp))
+            stages[event.step_key] = (seconds, sampler.peak(starts[event.step_key], record.timestamp))
     return stages, total, max(m for _, m in sampler.samples)
 
 
