@@ -120,6 +120,8 @@ def test_mlflow_runs_models_and_registry(pipeline_run):
                                              filter_string=f"source_run_id = '{run.info.run_id}'")
         assert models, f"{asset} logged no model"
     assert client.get_metric_history(by_asset["mm_gcn_model"].info.run_id, "valid_ndcg_at_20")
+    inputs = client.get_run(by_asset["mm_gcn_model"].info.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["interaction_split"] and inputs[0].dataset.digest
     versions = client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'")
     assert len(versions) == 1
     assert client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "challenger").version == versions[0].version
