@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -25,13 +22,3 @@ def log_torch_module(module: torch.nn.Module, name: str, example: np.ndarray) ->
         signature=infer_signature(example, output),
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"])
     return info.model_uri
-
-
-def log_state_dict_artifact(module: torch.nn.Module, name: str) -> None:
-    """Fallback: the weights as a safetensors-free ``.npz`` artifact (no pickle)."""
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.npz"
-        np.savez(path, **{k: v.detach().cpu().numpy() for k, v in module.state_dict().items()})
-        mlflow.log_artifact(str(path), artifact_path=name)

@@ -31,29 +31,6 @@ def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tens
         return adj_t.to_sparse_csr()
 
 
-def knn_item_graph(embeddings: torch.Tensor, k: int = 10, chunk_size: int = 4096) -> torch.Tensor:
-    r"""Item-item graph from content: each item links to its ``k`` most cosine-similar items.
-
-    The kNN relation is symmetrised (:math:`A = \max(A, A^\top)`) and normalised as
-    :math:`D^{-1/2} A D^{-1/2}`, returned as a sparse CSR matrix. Cold-start items get neighbours
-    here even though they have no interactions. Built in row chunks to bound memory.
-    """
-    x = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-    n = x.shape[0]
-    k = min(k, n - 1)
-    rows, cols = [], []
-    for start in range(0, n, chunk_size):
-        sim = x[start:start + chunk_size] @ x.T
-        idx = torch.arange(start, min(n, start + chunk_size))
-        sim[torch.arange(len(idx)), idx] = float("-inf")  # no self loops
-        top = sim.topk(k, dim=1).indices
-        rows.append(idx.repeat_interleave(k))
-        cols.append(top.reshape(-1))
-    r, c = torch.cat(rows), torch.cat(cols)
-    edge_index = torch.unique(torch.stack([torch.cat([r, c]), torch.cat([c, r])]), dim=1)
-    return normalized_adjacency(edge_index, n)
-
-
 class _SymmetricSpMM(torch.autograd.Function):
     """``adj @ x`` whose backward reuses ``adj`` itself, valid because ``adj`` is symmetric.
 

@@ -60,7 +60,8 @@ def source_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResource
 
 
 def _load(source_dataset: dict, pipeline: PipelineResource):
-    return load_source(_source(pipeline))
+    """Read the dataset that ``source_dataset`` recorded (its spec), not whatever the environment says now."""
+    return load_source(resolve_source(source_dataset["spec"], pipeline.paths().data, seed=pipeline.seed))
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
