@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install demo test ui mlflow-ui bench validate materialize clean-home
+.PHONY: install demo research test ui mlflow-ui bench bench-models validate materialize clean-home
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,13 @@ home: $(DAGSTER_HOME)/dagster.yaml
 demo: install home
 	$(BIN)/python -m mm_pipeline.cli demo
 
+# The demo plus the ablations of the primary model: the report then holds the ablation rows too.
+research: install home
+	$(BIN)/python -m mm_pipeline.cli demo --job research_pipeline
+
+# Every asset but the inbox partitions (inbox_interactions needs a partition key: the sensor's runs).
 materialize: install home
-	$(BIN)/dagster asset materialize --select '*' -m mm_pipeline.definitions
+	$(BIN)/dagster asset materialize --select 'not key:inbox_interactions and not group:research' -m mm_pipeline.definitions
 
 validate: install home
 	$(BIN)/dagster definitions validate -w workspace.yaml
@@ -52,6 +57,11 @@ mlflow-ui: install
 
 bench: install home
 	$(BIN)/python benchmarks/pipeline_stages.py --dataset builtin:default
+
+# Epoch time, evaluation time and peak memory of mm_gcn and LightGCN on the default and large datasets.
+bench-models: install
+	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large \
+		--out $(MM_PIPELINE_HOME)/reports/bench/model_training.json
 
 clean-home:
 	rm -rf $(MM_PIPELINE_HOME)

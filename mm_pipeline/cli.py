@@ -46,7 +46,7 @@ def print_report(metrics_path: Path) -> None:
         print(format_table(metrics["cold_start"], ("recall@20", "ndcg@20", "precision@20", "hit_ratio@20")))
 
 
-def run_demo(dataset: str | None) -> int:
+def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:
     if dataset:
         os.environ["MM_PIPELINE_DATASET"] = dataset
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,7 +58,7 @@ def run_demo(dataset: str | None) -> int:
 
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("full_pipeline").execute_in_process(
+        result = defs.resolve_job_def(job).execute_in_process(
             instance=instance, raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     elapsed = time.perf_counter() - started
@@ -79,7 +79,7 @@ def run_demo(dataset: str | None) -> int:
         print("\nThe pipeline failed; open the run in the Dagster UI (make ui) for the error.", file=sys.stderr)
         return 1
     print_report(paths.reports / "latest" / "metrics.json")
-    print(f"\nReports:    {paths.reports / 'latest'}  (metrics.json, report.md)")
+    print(f"\nReports:    {paths.reports / 'latest'}  (metrics.json, report.md, report.html)")
     print(f"Dagster:    run {result.run_id}; browse it with `make ui` -> http://127.0.0.1:3000")
     print(f"MLflow:     {settings.mlflow_tracking_uri(paths)}; browse it with `make mlflow-ui` -> http://127.0.0.1:5000")
     return 0
@@ -90,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="materialize every asset and print the metrics")
     demo.add_argument("--dataset", help="dataset spec (default: $MM_PIPELINE_DATASET or builtin:default)")
+    demo.add_argument("--job", default="full_pipeline", choices=("full_pipeline", "research_pipeline"),
+                      help="research_pipeline adds the ablations of the primary model (several minutes more)")
     sub.add_parser("report", help="print the latest metrics table")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        return run_demo(args.dataset)
+        return run_demo(args.dataset, args.job)
     print_report(settings.project_paths().reports / "latest" / "metrics.json")
     return 0
 

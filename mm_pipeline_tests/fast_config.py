@@ -6,6 +6,8 @@ FAST_OPS = {
     "lightgcn_model": {"config": {"epochs": 8, "patience": 3}},
     "bpr_mf_model": {"config": {"epochs": 8, "patience": 3}},
     "mm_gcn_model": {"config": {"epochs": 8, "patience": 3}},
+    "vbpr_model": {"config": {"epochs": 8, "patience": 3}},
+    "mm_gcn_ablations": {"config": {"epochs": 8, "patience": 3}},
     "compressed_model": {"config": {"latency_users": 64}},
 }
 
@@ -16,15 +18,17 @@ FASTER_OPS = {
     "lightgcn_model": {"config": {"epochs": 4, "patience": 2}},
     "bpr_mf_model": {"config": {"epochs": 4, "patience": 2}},
     "mm_gcn_model": {"config": {"epochs": 4, "patience": 2}},
+    "vbpr_model": {"config": {"epochs": 4, "patience": 2}},
+    "mm_gcn_ablations": {"config": {"epochs": 4, "patience": 2}},
     "compressed_model": {"config": {"latency_users": 16}},
 }
 
 
-def fast_run_config(ops: dict | None = None, **overrides) -> dict:
-    """``ops`` (default ``FAST_OPS``) with ``overrides``, kept to the assets the graph has
-    (Dagster refuses run config that names an unknown op)."""
+def fast_run_config(ops: dict | None = None, assets: list | None = None, **overrides) -> dict:
+    """``ops`` (default ``FAST_OPS``) with ``overrides``, kept to the ops of ``assets`` (default: the
+    unpartitioned graph, ``all_assets()``): Dagster refuses run config that names an unknown op."""
     from mm_pipeline.defs.build import all_assets
 
-    names = {key.to_user_string() for a in all_assets() for key in a.keys}
+    names = {key.to_user_string() for a in (all_assets() if assets is None else assets) for key in a.keys}
     merged = {**(FAST_OPS if ops is None else ops), **overrides}
     return {"ops": {op: cfg for op, cfg in merged.items() if op in names}}

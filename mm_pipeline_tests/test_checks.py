@@ -137,6 +137,20 @@ def test_decode_failures_counted_from_quarantine():
     assert _meta(result, "by_reason") == {"file not found": 2, "cannot decode image": 1}
 
 
+def test_quarantined_rows_warn_with_counts_by_table_and_reason():
+    assert checks.raw_rows_quarantined(_inter(), {"info": {}}).passed  # the default bad_rows=error
+    summary = {"items": {"rows": 0, "problems": 0, "by_reason": {}},
+               "interactions": {"rows": 3, "problems": 4,
+                                "by_reason": {"empty user_id": 2, "rating is not a number": 2}}}
+    clean = {"items": summary["items"], "interactions": {"rows": 0, "problems": 0, "by_reason": {}}}
+    assert checks.raw_rows_quarantined(_inter(), {"info": {"row_quarantine": clean}}).passed
+    result = checks.raw_rows_quarantined(_inter(), {"info": {"row_quarantine": summary}})
+    assert not result.passed and result.severity == WARN
+    assert _meta(result, "rows_quarantined") == 3 and _meta(result, "by_table") == {"items": 0, "interactions": 3}
+    assert _meta(result, "by_reason") == {"interactions: empty user_id": 2, "interactions: rating is not a number": 2}
+    assert "3 table row(s) were quarantined" in result.description
+
+
 # ----------------------------------------------------------------------------------------------
 # In a run: checks execute with the raw assets; a blocking failure stops what is downstream
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from mm_pipeline.evaluate import (
     per_user_metrics,
     png_markdown,
     ranking_metrics,
+    ranking_metrics_from_top_k,
     top_k,
     training_curve_png,
     write_report,
@@ -242,6 +243,8 @@ def test_ranking_metrics_hand_computed():
         "novelty@3": 15 / 9,
         "recall@1": 1 / 3, "precision@1": 1 / 3, "f1@1": 1 / 3, "ndcg@1": 1 / 3, "map@1": 1 / 3,
         "hit_ratio@1": 1 / 3, "coverage@1": 3 / 6, "novelty@1": (2 + 2 + 1) / 3,
+        # overlaps of the top-3 lists: u0-u1 {2, 3}, u0-u2 {1, 2}, u1-u2 {2}: mean 5/3 of 3 slots
+        "personalization@3": 1 - (5 / 3) / 3, "personalization@1": 1.0,   # top-1: [1], [4], [0]
     }
     assert set(m) == set(expected) | {"n_users_evaluated"}
     for key, value in expected.items():
@@ -392,3 +395,318 @@ def test_bootstrap_interval_and_paired_test():
     assert noise["ci"][0] < 0 < noise["ci"][1] and not noise["significant"]
     with pytest.raises(ValueError):
         paired_bootstrap(a, a[:-1])
+
+
+def test_bootstrap_intervals_share_resamples_across_rows():
+    from mm_pipeline.evaluate.bootstrap import (
+        bootstrap_ci,
+        bootstrap_intervals,
+        paired_bootstrap,
+        paired_bootstraps,
+    )
+
+    rng = np.random.default_rng(2)
+    rows = rng.random((3, 250))
+    intervals = bootstrap_intervals(rows, n_resamples=300, seed=4)
+    for r in range(3):   # one resampling for all rows = each row alone with the same seed
+        np.testing.assert_allclose(intervals[r], bootstrap_ci(rows[r], 300, seed=4), atol=1e-12)
+    tests = paired_bootstraps(rows, rows[1], n_resamples=300, seed=4)
+    assert tests[1] == {"difference": 0.0, "ci": [0.0, 0.0], "p_value": 1.0, "significant": False}
+    single = paired_bootstrap(rows[2], rows[1], 300, seed=4)
+    assert tests[2]["ci"] == pytest.approx(single["ci"], abs=1e-12)
+    assert tests[2]["p_value"] == single["p_value"]
+    with pytest.raises(ValueError, match="reference"):
+        paired_bootstraps(rows, rows[0, :-1])
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_intervals(np.array([[0.1, np.nan]]))
+
+
+# ------------------------------------------------------------------- personalization and diversity
+def _lists_case(seed=0, n_users=25, n_items=30, k=6):
+    model, truth, train, pop = _random_case(seed, n_users=n_users, n_items=n_items)
+    users = np.flatnonzero(truth.getnnz(axis=1) > 0)
+    return model, truth, train, pop, users, top_k(model, users, train, k=k)
+
+
+def test_personalization_matches_pyg_pairwise():
+    from torch_geometric.metrics import LinkPredPersonalization
+
+    model, truth, train, pop, users, top = _lists_case()
+    assert (top != PAD).all()   # PyG has no notion of padding
+    ours = ranking_metrics_from_top_k(top, users, truth, ks=(3, 6), item_popularity=pop,
+                                      n_train_users=model.n_users, chunk_size=7)
+    for k in (3, 6):
+        pyg = LinkPredPersonalization(k, max_src_nodes=None, batch_size=50)   # all pairs, small batches
+        pyg.update(top, (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
+        assert ours[f"personalization@{k}"] == pytest.approx(float(pyg.compute()), abs=1e-6), k
+    same = ranking_metrics_from_top_k(top[:1].repeat(len(users), 1), users, truth, ks=(6,), item_popularity=pop,
+                                      n_train_users=model.n_users)
+    assert same["personalization@6"] == pytest.approx(0.0)   # everyone gets the same list
+
+
+def test_personalization_ignores_padding():
+    # Lists [0, 1, -1], [1, 2, -1], [3, -1, -1]: overlaps 1, 0, 0 over 3 pairs of 3 slots.
+    top = torch.tensor([[0, 1, PAD], [1, 2, PAD], [3, PAD, PAD]])
+    truth = _csr([(0, 5), (1, 5), (2, 5)])
+    m = ranking_metrics_from_top_k(top, np.arange(3), truth, ks=(3,), item_popularity=POP, n_train_users=3)
+    assert m["personalization@3"] == pytest.approx(1 - (1 / 3) / 3)
+
+
+def _brute_force_diversity(top, features, k):
+    per_user = []
+    for row in top[:, :k].tolist():
+        items = [i for i in row if i != PAD]
+        if len(items) < 2:
+            continue
+        distances = []
+        for a in items:
+            for b in items:
+                if a != b:
+                    fa, fb = features[a], features[b]
+                    na, nb = np.linalg.norm(fa), np.linalg.norm(fb)
+                    cosine = fa @ fb / (na * nb) if na > 0 and nb > 0 else 0.0
+                    distances.append(1.0 - cosine)
+        per_user.append(np.mean(distances))
+    return float(np.mean(per_user))
+
+
+def test_intra_list_diversity_matches_brute_force():
+    rng = np.random.default_rng(5)
+    model, truth, train, pop, users, top = _lists_case(seed=5, k=8)
+    features = rng.normal(size=(30, 4))
+    features[top[0, 0]] = 0.0           # a zero feature row: cosine 0 with everything
+    top = top.clone()
+    top[1, 1:] = PAD                    # one item only: no pair, the user is left out
+    top[2, 5:] = PAD
+    m = ranking_metrics_from_top_k(top, users, truth, ks=(2, 5, 8), item_popularity=pop,
+                                   n_train_users=model.n_users, item_features=features, chunk_size=4)
+    for k in (2, 5, 8):
+        assert m[f"intra_list_diversity@{k}"] == pytest.approx(_brute_force_diversity(top, features, k), abs=1e-9)
+    scaled = ranking_metrics_from_top_k(top, users, truth, ks=(8,), item_popularity=pop, n_train_users=model.n_users,
+                                        item_features=features * 7.5)
+    assert scaled["intra_list_diversity@8"] == pytest.approx(m["intra_list_diversity@8"], abs=1e-9)  # cosine
+    plain = ranking_metrics_from_top_k(top, users, truth, ks=(8,), item_popularity=pop, n_train_users=model.n_users)
+    assert "intra_list_diversity@8" not in plain and "tail_share@8" not in plain
+    with pytest.raises(ValueError, match="item_features"):
+        ranking_metrics_from_top_k(top, users, truth, ks=(8,), item_popularity=pop, n_train_users=model.n_users,
+                                   item_features=features[:-1])
+
+
+def test_intra_list_diversity_with_one_hot_categories_is_pyg_diversity():
+    from torch_geometric.metrics import LinkPredDiversity
+
+    model, truth, train, pop, users, top = _lists_case(seed=6)
+    category = torch.from_numpy(np.random.default_rng(6).integers(0, 4, size=30))
+    one_hot = np.eye(4)[category.numpy()]
+    m = ranking_metrics(model, truth, train, ks=(4, 6), item_popularity=pop, n_train_users=model.n_users,
+                        item_features=one_hot)
+    for k in (4, 6):
+        pyg = LinkPredDiversity(k, category)
+        pyg.update(top, (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
+        assert m[f"intra_list_diversity@{k}"] == pytest.approx(float(pyg.compute()), abs=1e-6), k
+
+
+def test_from_top_k_matches_model_path_and_rejects_inconsistent_lists():
+    model, truth, train, pop, users, top = _lists_case(seed=7)
+    direct = ranking_metrics(model, truth, train, ks=(3, 6), item_popularity=pop, n_train_users=model.n_users)
+    shuffled = np.random.default_rng(0).permutation(len(users))   # row order is free
+    lists = ranking_metrics_from_top_k(top[torch.from_numpy(shuffled)], users[shuffled], truth, ks=(3, 6),
+                                       item_popularity=pop, n_train_users=model.n_users)
+    assert lists == pytest.approx(direct, abs=1e-6)
+    kwargs = dict(ks=(6,), item_popularity=pop, n_train_users=model.n_users)
+    with pytest.raises(ValueError, match="not in users"):
+        ranking_metrics_from_top_k(top[1:], users[1:], truth, **kwargs)
+    with pytest.raises(ValueError, match="duplicates"):
+        ranking_metrics_from_top_k(top[[0, 0]], users[[0, 0]], truth, **kwargs)
+    with pytest.raises(ValueError, match="twice"):
+        ranking_metrics_from_top_k(top[:, [0, 0, 1, 2, 3, 4]], users, truth, **kwargs)
+    with pytest.raises(ValueError, match="max\\(ks\\)"):
+        ranking_metrics_from_top_k(top[:, :4], users, truth, **kwargs)
+
+
+# ------------------------------------------------------------------------------------- long tail
+def test_popularity_groups_head_holds_the_share_of_training_interactions():
+    from mm_pipeline.evaluate.protocol import popularity_groups
+
+    # item popularity: 0 -> 5, 1 -> 3, 2 -> 3, 3 -> 1, 4 -> 0 (cold), 5 -> 8; total 20
+    counts = [5, 3, 3, 1, 0, 8]
+    pairs = [(u, i) for i, c in enumerate(counts) for u in range(c)]
+    train = _csr(pairs, shape=(8, 6))
+    head, tail = popularity_groups(train, head_share=0.2)    # 8 >= 4: item 5 alone
+    assert np.flatnonzero(head).tolist() == [5] and np.flatnonzero(tail).tolist() == [0, 1, 2, 3]
+    head, tail = popularity_groups(train, head_share=0.65)   # 8 + 5 = 13 >= 13
+    assert np.flatnonzero(head).tolist() == [0, 5] and np.flatnonzero(tail).tolist() == [1, 2, 3]
+    head, tail = popularity_groups(train, head_share=0.7)    # 13 < 14 -> + item 1 (tie with 2: lower index)
+    assert np.flatnonzero(head).tolist() == [0, 1, 5] and np.flatnonzero(tail).tolist() == [2, 3]
+    assert not (head | tail)[4]                              # cold items are in neither group
+    with pytest.raises(ValueError, match="head_share"):
+        popularity_groups(train, head_share=1.0)
+
+
+def _tiny_split(seed=0, n_users=60, n_items=45):
+    from mm_pipeline.recommend.fit import SplitData
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    weights = 1.0 / np.arange(1, n_items - 4) ** 0.8          # popularity skew over the warm items
+    for user in range(n_users):
+        items = rng.choice(n_items - 5, size=10, replace=False, p=weights / weights.sum())
+        rows += [(user, int(item), t) for t, item in enumerate(items)]
+    frame = _frame(rows)
+    frame["split"] = chronological_split(frame)
+    test_rows = frame.index[frame["split"] == "test"][::3]
+    frame.loc[test_rows, "item_idx"] = rng.integers(n_items - 5, n_items, size=len(test_rows))  # cold items
+    frame = frame.drop_duplicates(["user_idx", "item_idx"])
+    return SplitData.from_frame(frame, n_users, n_items)
+
+
+def _oracle(data, name="oracle"):
+    """Scores each user's test items 1 and everything else 0: the best possible ranking."""
+    return EmbeddingRecommender(name, torch.from_numpy(data.test.toarray()), torch.eye(data.n_items))
+
+
+def test_long_tail_results_use_the_full_ranking_restricted_to_tail_truth():
+    from mm_pipeline.evaluate.protocol import evaluate_models, popularity_groups
+
+    data = _tiny_split()
+    model, *_ = _random_case(seed=8, n_users=60, n_items=45)
+    out = evaluate_models({"rand": model}, data, ks=(5, 10), n_resamples=50)
+    head, tail = popularity_groups(data.train)
+    tail_truth = sp.csr_matrix(data.test.multiply(tail[None, :]))
+    tail_truth.eliminate_zeros()
+    assert tail_truth.nnz > 0 and head.sum() < tail.sum()
+    exclude = data.train + data.valid
+    pop = np.asarray(data.train.sum(axis=0)).ravel()
+    # Independently: rank all items (no candidate restriction), score only tail truth.
+    expected = ranking_metrics(model, tail_truth, exclude, ks=(5, 10), item_popularity=pop,
+                               n_train_users=60, tail_items=tail)
+    assert out["long_tail"]["rand"] == pytest.approx(expected, abs=1e-9)
+    assert out["popularity_groups"] == {"head_share": 0.2, "head_items": int(head.sum()), "tail_items": int(tail.sum()),
+                                        "cold_items": 5, "tail_test_interactions": int(tail_truth.nnz)}
+    # tail_share on the main lists, by hand
+    users = np.flatnonzero(data.test.getnnz(axis=1) > 0)
+    top = top_k(model, users, exclude, k=10).numpy()
+    assert out["models"]["rand"]["tail_share@10"] == pytest.approx(tail[top].mean())
+    # An oracle's lists are its test items: every long-tail test item is found.
+    oracle = evaluate_models({"oracle": _oracle(data)}, data, ks=(10,), n_resamples=50)
+    assert oracle["long_tail"]["oracle"]["recall@10"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------ comparison report
+def _comparison(data, ablations=("mm_gcn_no_text",), aligned=True):
+    from mm_pipeline.evaluate.comparison import build_comparison
+
+    pop = np.asarray(data.train.sum(axis=0)).ravel().astype(np.float32)
+    rand, *_ = _random_case(seed=9, n_users=data.n_users, n_items=data.n_items)
+    popularity = EmbeddingRecommender("popularity", torch.ones(data.n_users, 1), torch.from_numpy(pop)[:, None])
+    models = {"popularity": popularity,
+              "rand": rand, "mm_gcn": _oracle(data, "mm_gcn"), "mm_gcn[int8]": _oracle(data, "mm_gcn[int8]")}
+    if ablations:
+        models["mm_gcn_no_text"] = EmbeddingRecommender("mm_gcn_no_text", rand.user_embeddings, rand.item_embeddings)
+    rng = np.random.default_rng(0)
+    present = rng.random((data.n_items, 2)) > 0.1
+    weights = rng.random((data.n_items, 2)) * present
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
+    history = pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.7, 0.5, 0.45], "valid_ndcg@20": [0.1, np.nan, 0.2]})
+    return build_comparison(
+        models, data, primary="mm_gcn", baselines=["popularity", "rand"], ablations=list(ablations),
+        histories={"mm_gcn": history}, compression=pd.DataFrame({"variant": ["fp32", "int8"], "size_mb": [1.0, 0.3]}),
+        aligned={"fused": rng.normal(size=(data.n_items, 8)), "weights": weights, "present": present,
+                 "modalities": ["text", "image"]} if aligned else None,
+        dataset={"spec": "builtin:test"}, n_resamples=200)
+
+
+def test_build_comparison_metrics_keys_and_significance():
+    data = _tiny_split(seed=1)
+    comparison = _comparison(data)
+    metrics = comparison.metrics
+    assert metrics["primary_model"] == "mm_gcn" and metrics["baselines"] == ["popularity", "rand"]
+    assert metrics["ablations"] == ["mm_gcn_no_text"] and metrics["variants"] == ["mm_gcn[int8]"]
+    assert list(metrics["models"]) == ["popularity", "rand", "mm_gcn", "mm_gcn_no_text", "mm_gcn[int8]"]
+    for name, values in metrics["models"].items():
+        for key in ("recall@20_ci", "ndcg@20_ci"):
+            lo, hi = values[key]
+            assert lo <= values[key[:-3]] + 1e-9 and values[key[:-3]] <= hi + 1e-9, (name, key)
+        assert {"personalization@10", "intra_list_diversity@20", "tail_share@20", "map@10", "hit_ratio@20",
+                "f1@20"} <= set(values)
+        assert set(values["significant_vs_best_baseline"]) == {"recall@20", "ndcg@20"}
+    best = metrics["significance"]["best_baseline"]
+    assert best == max(["popularity", "rand"], key=lambda b: metrics["models"][b]["recall@20"])
+    # the oracle primary is far better than any baseline; the best baseline never differs from itself
+    assert metrics["models"]["mm_gcn"]["significant_vs_best_baseline"] == {"recall@20": True, "ndcg@20": True}
+    assert metrics["significance"]["primary"] == "mm_gcn" and metrics["significance"]["recall@20"]["significant"]
+    assert metrics["models"][best]["significant_vs_best_baseline"] == {"recall@20": False, "ndcg@20": False}
+    assert set(metrics["cold_start"]) == set(metrics["long_tail"]) == set(metrics["models"])
+    assert metrics["dataset"]["spec"] == "builtin:test" and metrics["dataset"]["tail_items"] > 0
+    assert [row["modality"] for row in metrics["modality_weights"]] == ["text", "image"]
+    assert metrics["compression"] == [{"variant": "fp32", "size_mb": 1.0}, {"variant": "int8", "size_mb": 0.3}]
+    json.dumps(metrics)   # JSON-ready as it is
+    primary_row = next(line for line in comparison.tables["comparison"].splitlines()
+                       if line.startswith("| **mm_gcn** |"))   # bold
+    assert primary_row.count(r"\*") == 2   # recall and ndcg marked significant
+    assert set(comparison.figures) == {"recall_at_20_ci", "modality_weights", "training_curves"}
+    assert "mm_gcn_no_text" in comparison.tables["ablations"]
+
+
+def test_build_comparison_report_files(tmp_path):
+    data = _tiny_split(seed=2)
+    comparison = _comparison(data)
+    paths = write_report(tmp_path, comparison.metrics, comparison.markdown, comparison.figures, comparison.html)
+    assert set(paths) == {"metrics.json", "report.md", "report.html", "recall_at_20_ci.png", "modality_weights.png",
+                          "training_curves.png"}
+    page = paths["report.html"].read_text()
+    for section in ("All items (full ranking)", "Significance vs the best baseline", "Ablations", "Cold-start items",
+                    "Long-tail items", "Compression", "Modality weights", "Training curves"):
+        assert f">{section}" in page and f"## {section}" in comparison.markdown, section
+    assert page.count('src="data:image/png;base64,') == 3 and ".png\"" not in page   # self-contained
+    assert "<table>" in page and "95% CI" in page and "mm_gcn_no_text" in page
+    for name in comparison.figures:
+        assert f"({name}.png)" in comparison.markdown
+    assert json.loads(paths["metrics.json"].read_text())["ablations"] == ["mm_gcn_no_text"]
+    # deterministic: the same inputs give the same files
+    again = _comparison(data)
+    assert again.html == comparison.html and again.metrics == comparison.metrics
+
+
+def test_build_comparison_without_ablations_or_features():
+    data = _tiny_split(seed=3)
+    comparison = _comparison(data, ablations=(), aligned=False)
+    assert comparison.metrics["ablations"] == [] and comparison.metrics["modality_weights"] == []
+    assert "intra_list_diversity@20" not in comparison.metrics["models"]["mm_gcn"]
+    assert "No ablation models in this report." in comparison.markdown
+    assert "modality_weights" not in comparison.figures
+
+
+def test_build_comparison_rejects_inconsistent_roles():
+    from mm_pipeline.evaluate.comparison import build_comparison
+
+    data = _tiny_split(seed=4)
+    models = {"mm_gcn": _oracle(data, "mm_gcn"), "popularity": _oracle(data, "popularity")}
+    with pytest.raises(ValueError, match="ablations \\['nope'\\]"):
+        build_comparison(models, data, primary="mm_gcn", ablations=["nope"])
+    with pytest.raises(ValueError, match="more than one"):
+        build_comparison(models, data, primary="mm_gcn", baselines=["popularity"], ablations=["popularity"])
+    with pytest.raises(ValueError, match="primary model"):
+        build_comparison(models, data, primary="lightgcn")
+    with pytest.raises(ValueError, match="another dataset"):
+        build_comparison(models, data, primary="mm_gcn", aligned={
+            "fused": np.zeros((3, 2)), "weights": np.zeros((3, 1)), "present": np.ones((3, 1), bool),
+            "modalities": ["text"]})
+
+
+def test_report_figures_are_deterministic_pngs():
+    from mm_pipeline.evaluate.report import interval_bar_png, modality_weights_png, training_curves_png
+
+    bar = interval_bar_png(["a", "b"], [0.2, 0.3], [[0.1, 0.25], [0.2, 0.4]], ["baseline", "primary"], "recall@20",
+                           marked=[False, True])
+    assert bar.startswith(b"\x89PNG") and bar == interval_bar_png(
+        ["a", "b"], [0.2, 0.3], [[0.1, 0.25], [0.2, 0.4]], ["baseline", "primary"], "recall@20", marked=[False, True])
+    weights = np.array([[0.7, 0.3, 0.0], [0.5, 0.5, 0.0]])
+    present = weights > 0                     # nobody has the third modality: plotted without it
+    assert modality_weights_png(weights, present, ["text", "image", "audio"]).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="one column per"):
+        modality_weights_png(weights, present, ["text", "image"])
+    with pytest.raises(ValueError, match="roles"):
+        interval_bar_png(["a"], [0.1], [[0.0, 0.2]], ["champion"], "recall@20")
+    curves = training_curves_png({"m": pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5]})})
+    assert curves.startswith(b"\x89PNG")

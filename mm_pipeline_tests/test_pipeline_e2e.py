@@ -9,14 +9,16 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mm_pipeline.defs.build import all_assets, default_resources
+from mm_pipeline.defs.build import all_assets, default_resources, research_assets
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
 
 from fast_config import fast_run_config
 
-FAST = fast_run_config()
 TRAINING_ASSETS = ["image_features", "aligned_item_embeddings", "popularity_model", "ease_model",
-                   "bpr_mf_model", "lightgcn_model", "content_knn_model", "mm_gcn_model"]
+                   "bpr_mf_model", "lightgcn_model", "content_knn_model", "vbpr_model", "mm_gcn_model"]
+# The whole graph plus the research assets (ablations and the report with them), as research_pipeline runs it.
+GRAPH = [*all_assets(), *research_assets()]
+FAST = fast_run_config(assets=GRAPH)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def pipeline_run(tmp_path_factory):
     mp.setenv("MM_PIPELINE_HOME", str(home))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-    result = dg.materialize(all_assets(), run_config=FAST, instance=dg.DagsterInstance.ephemeral(),
+    result = dg.materialize(GRAPH, run_config=FAST, instance=dg.DagsterInstance.ephemeral(),
                             resources=default_resources(home=str(home), dataset="builtin:tiny", tracking_uri=uri))
     yield result, home, uri
     mp.undo()
@@ -36,7 +38,7 @@ def test_run_succeeds_and_every_asset_materializes(pipeline_run):
     result, _, _ = pipeline_run
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    expected = {key.to_user_string() for a in all_assets() for key in a.keys}
+    expected = {key.to_user_string() for a in GRAPH for key in a.keys}
     assert materialized == expected
 
 
@@ -92,6 +94,7 @@ def test_models_and_compression(pipeline_run):
 
 def test_metrics_json(pipeline_run):
     _, home, _ = pipeline_run
+    # research_report runs after evaluation_report and replaces reports/latest with the superset.
     metrics = json.loads((home / "reports" / "latest" / "metrics.json").read_text())
     assert metrics["primary_model"] == "mm_gcn"
     assert {"popularity", "lightgcn", "mm_gcn", "ease", "bpr_mf", "content_knn"} <= set(metrics["models"])
@@ -104,6 +107,16 @@ def test_metrics_json(pipeline_run):
     lo, hi = metrics["models"]["mm_gcn"]["recall@20_ci"]
     assert lo <= metrics["models"]["mm_gcn"]["recall@20"] <= hi
     assert metrics["significance"]["best_baseline"] in metrics["baselines"]
+    assert set(metrics["ablations"]) == {"mm_gcn-text_only", "mm_gcn-image_only", "mm_gcn-audio_only",
+                                         "mm_gcn-no_alignment", "mm_gcn-no_item_graph"}
+    assert "vbpr" in metrics["baselines"] and set(metrics["long_tail"]) >= {"popularity", "mm_gcn"}
+    result, _, _ = pipeline_run
+    assert result.output_for_node("evaluation_report")["metrics"]["ablations"] == []
+    for values in metrics["models"].values():
+        assert {"recall@20_ci", "ndcg@20_ci", "significant_vs_best_baseline", "personalization@20",
+                "intra_list_diversity@20"} <= set(values)
+    page = (home / "reports" / "latest" / "report.html").read_text()
+    assert "Long-tail items" in page and "Modality weights" in page and "data:image/png;base64," in page
 
 
 def test_mlflow_runs_models_and_registry(pipeline_run):

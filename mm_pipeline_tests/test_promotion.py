@@ -115,3 +115,80 @@ def test_a_missing_metric_never_promotes(challenger, champion, dropped, side):
     (challenger if side else champion).pop(dropped)
     decision = decide(challenger, champion)
     assert not decision.promote and repr(dropped) in decision.reason
+
+
+# ------------------------------------------------------------- guardrails that cannot be measured
+NO_COLD = {"cold_recall@20": "the test split has no interaction on a cold item"}
+
+
+def test_cold_guardrail_without_cold_items_is_not_applicable_instead_of_blocking():
+    champion = {GATE: 0.20, "coverage@20": 0.50}  # no cold_recall@20: nothing cold to rank
+    better = {GATE: 0.25, "coverage@20": 0.49}
+    blocked = decide(better, champion)
+    assert not blocked.promote and "lacks 'cold_recall@20'" in blocked.reason  # without the waiver: stuck
+    decision = decide(better, champion, not_applicable=NO_COLD)
+    assert decision.promote and decision.not_applicable == NO_COLD
+    assert "every applicable guardrail held" in decision.reason
+    assert "guardrail cold_recall@20 not applicable (the test split has no interaction" in decision.reason
+    assert decision.guardrail_deltas == pytest.approx({"coverage@20": -0.01})
+    # The other guardrails and the gate still apply.
+    worse_coverage = decide({GATE: 0.25, "coverage@20": 0.40}, champion, not_applicable=NO_COLD)
+    assert not worse_coverage.promote and "coverage@20 dropped" in worse_coverage.reason
+    assert "not applicable" in worse_coverage.reason
+    assert not decide({GATE: 0.20, "coverage@20": 0.5}, champion, not_applicable=NO_COLD).promote
+    missing = decide({GATE: 0.3}, champion, not_applicable=NO_COLD)
+    assert not missing.promote and "challenger lacks 'coverage@20'" in missing.reason
+    first = decide(better, None, not_applicable=NO_COLD)
+    assert first.promote and first.not_applicable == NO_COLD
+
+
+def test_the_gate_metric_cannot_be_waived_and_unknown_names_are_ignored():
+    with pytest.raises(ValueError, match="gate metric"):
+        decide({GATE: 0.3}, {GATE: 0.1}, not_applicable={GATE: "no data"})
+    with pytest.raises(TypeError, match="not_applicable"):
+        decide({GATE: 0.3}, None, not_applicable=["cold_recall@20"])
+    decision = decide({GATE: 0.3, "coverage@20": 0.5, "cold_recall@20": 0.2},
+                      {GATE: 0.1, "coverage@20": 0.5, "cold_recall@20": 0.2}, not_applicable={"mrr@5": "?"})
+    assert decision.promote and decision.not_applicable == {}
+
+
+def test_promotion_asset_waives_cold_guardrails_only_without_cold_test_interactions():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from mm_pipeline.defs.assets.promotion import cold_test_interactions, not_applicable_guardrails
+
+    policy = PromotionPolicy()
+    assert not_applicable_guardrails(policy, cold_test=3) == {}
+    assert list(not_applicable_guardrails(policy, cold_test=0)) == ["cold_recall@20"]
+    assert not_applicable_guardrails(PromotionPolicy(gate_metric="cold_recall@20"), 0) == {}  # never the gate
+
+    class Split:  # the two fields the count reads
+        train = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32))
+        test = sp.csr_matrix(np.array([[0, 1, 1], [0, 0, 1]], dtype=np.float32))
+        warm_items = np.asarray(train.sum(axis=0)).ravel() > 0
+
+    assert cold_test_interactions(Split) == 2  # item 2 has no training interaction
+    Split.test = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32))
+    assert cold_test_interactions(Split) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(challenger=scores, champion=scores, policy=policies(), waive=st.sets(st.sampled_from(GUARDS)),
+       drop_waived=st.booleans())
+def test_never_promotes_a_worse_challenger_or_one_breaking_an_applicable_guardrail(
+        challenger, champion, policy, waive, drop_waived):
+    waived = {m: "not measurable" for m in waive}
+    if drop_waived:  # what the evaluation yields when there is nothing to measure: the metric is absent
+        for m in waive:
+            challenger.pop(m)
+            champion.pop(m)
+    decision = decide(challenger, champion, policy, not_applicable=waived)
+    assert decision.not_applicable == waived
+    applicable = {m: t for m, t in policy.guardrails.items() if m not in waived}
+    if decision.promote:
+        assert challenger[GATE] - champion[GATE] > policy.min_improvement
+        assert all(champion[m] - challenger[m] <= t for m, t in applicable.items())
+    expected = (challenger[GATE] - champion[GATE] > policy.min_improvement
+                and all(champion[m] - challenger[m] <= t for m, t in applicable.items()))
+    assert decision.promote == expected

@@ -112,3 +112,79 @@ def test_bpr_mf_is_lightgcn_without_layers():
     model, history = fit_lightgcn(data, TrainConfig(epochs=3, batch_size=128, dim=8, num_layers=0), name="bpr_mf")
     assert model.name == "bpr_mf" and len(history) == 3
     assert model.user_embeddings.shape == (n_users, 8)
+
+
+def test_knn_item_adjacency_links_nearest_items_symmetrically():
+    from mm_pipeline.recommend.graph import knn_item_adjacency
+
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.normal(size=(30, 5)).astype(np.float32))
+    features[7] = 0  # an item with no usable content: no links
+    adj = knn_item_adjacency(features, k=3, chunk_size=8).to_dense()
+    assert torch.allclose(adj, adj.T) and (adj.diagonal() == 0).all()
+    assert (adj[7] == 0).all() and (adj[:, 7] == 0).all()
+    # Brute force: every item's 3 most cosine-similar other usable items are among its links.
+    x = torch.nn.functional.normalize(features, dim=1)
+    sim = x @ x.T
+    sim.fill_diagonal_(-np.inf)
+    sim[:, 7] = -np.inf
+    for i in (0, 12, 29):
+        assert set(sim[i].topk(3).indices.tolist()) <= set(adj[i].nonzero().ravel().tolist())
+    # The union of the k-NN links and their reverse, normalised D^-1/2 A D^-1/2.
+    links = (adj > 0).float()
+    deg = links.sum(1)
+    expected = links / torch.sqrt(deg[:, None] * deg[None, :]).clamp_min(1e-12)
+    assert torch.allclose(adj, expected * links, atol=1e-6)
+
+
+def test_item_graph_gives_cold_items_their_warm_neighbours_collaborative_signal():
+    frame, n_users, n_items = _toy_split()
+    data = SplitData.from_frame(frame, n_users, n_items)
+    group = np.arange(n_items) % 2
+    aligned = {"fused": np.eye(2, dtype=np.float32)[group],
+               "modality_embeddings": np.eye(2, dtype=np.float32)[group][:, None],
+               "present": np.ones((n_items, 1), bool)}
+    config = MultimodalConfig(epochs=10, batch_size=128, dim=8, hidden=16, lr=0.02, patience=10, knn_k=4,
+                              align_weight=0.5)
+    model, history = fit_multimodal(data, aligned, config)
+    assert "align_infonce" in history and history["align_infonce"].iloc[-1] < history["align_infonce"].iloc[0]
+    dim = config.dim
+    collab = model.item_embeddings[:, :dim]
+    cold = np.flatnonzero(~data.warm_items)
+    # Cold items have no ID embedding of their own; the k-NN term fills their collaborative part.
+    assert collab[cold].norm(dim=1).min() > 0
+    no_graph, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**config.__dict__, "knn_k": 0}))
+    assert torch.allclose(no_graph.item_embeddings[cold, :dim], torch.zeros(len(cold), dim))
+
+
+def test_vbpr_scores_are_one_dot_product_and_use_visual_features():
+    from mm_pipeline.recommend.fit import fit_vbpr
+
+    frame, n_users, n_items = _toy_split()
+    data = SplitData.from_frame(frame, n_users, n_items)
+    rng = np.random.default_rng(0)
+    visual = np.eye(2, dtype=np.float32)[np.arange(n_items) % 2] + 0.05 * rng.normal(size=(n_items, 2)).astype(np.float32)
+    present = np.ones(n_items, bool)
+    present[3] = False
+    model, history = fit_vbpr(data, visual, present, TrainConfig(epochs=8, batch_size=128, dim=8, lr=0.02))
+    again, _ = fit_vbpr(data, visual, present, TrainConfig(epochs=8, batch_size=128, dim=8, lr=0.02))
+    assert torch.allclose(model.item_embeddings, again.item_embeddings)
+    assert model.user_embeddings.shape == (n_users, 8 + 8 + 2) and len(history) >= 1
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+
+
+def test_ablations_remove_one_part_each():
+    from mm_pipeline.recommend.ablations import ablations
+
+    rng = np.random.default_rng(0)
+    n = 12
+    aligned = {"modalities": ["text", "image"], "fused": rng.normal(size=(n, 4)).astype(np.float32),
+               "modality_embeddings": rng.normal(size=(n, 2, 4)).astype(np.float32),
+               "present": np.ones((n, 2), bool)}
+    raw = {"text": (rng.normal(size=(n, 6)), np.ones(n, bool)), "image": (rng.normal(size=(n, 3)), np.ones(n, bool))}
+    variants = {a.name: a for a in ablations(aligned, raw)}
+    assert set(variants) == {"mm_gcn-text_only", "mm_gcn-image_only", "mm_gcn-no_alignment", "mm_gcn-no_item_graph"}
+    np.testing.assert_array_equal(variants["mm_gcn-image_only"].graph_features, aligned["modality_embeddings"][:, 1])
+    assert variants["mm_gcn-no_alignment"].content.shape == (n, 6 + 3 + 2)
+    assert variants["mm_gcn-no_alignment"].config(MultimodalConfig()).align_weight == 0
+    assert variants["mm_gcn-no_item_graph"].config(MultimodalConfig()).knn_k == 0

@@ -16,6 +16,8 @@ import pandas as pd
 MODALITIES = ("text", "image", "audio")
 ITEM_COLUMNS = ("item_id", "text", "image", "audio")
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "weight")
+#: The row-quarantine table (``bad_rows=quarantine``): one record per unusable cell of a table.
+ROW_QUARANTINE_COLUMNS = ("file", "row", "column", "value", "reason")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class RawDataset:
     interactions: pd.DataFrame
     modalities: tuple[str, ...]
     info: dict = field(default_factory=dict)
+    #: Table rows set aside instead of loaded (``bad_rows=quarantine``), columns ROW_QUARANTINE_COLUMNS.
+    row_quarantine: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(ROW_QUARANTINE_COLUMNS)))
 
 
 class DataError(ValueError):

@@ -1,7 +1,7 @@
 """Dataset specs -> loaded data.
 
 ``builtin:default``, ``builtin:tiny:ecommerce``  the generated dataset
-``folder:/data/shop``                          the project's folder format (:mod:`.folder`)
+``folder:/data/shop?bad_rows=quarantine``      the project's folder format (:mod:`.folder`)
 ``movielens:/data/ml-100k?min_rating=4&kcore=5``  MovieLens ml-100k or ml-latest(-small) (:mod:`.movielens`)
 ``mmrec:/data/baby``                           the MMRec layout with precomputed features (:mod:`.mmrec`)
 
@@ -16,11 +16,11 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from mm_pipeline.datasets import synthetic
-from mm_pipeline.datasets.folder import load_folder
+from mm_pipeline.datasets.folder import folder_options, load_folder
 from mm_pipeline.datasets.schema import DataError, RawDataset
 
 KINDS = ("builtin", "folder", "movielens", "mmrec")
-OPTIONS = {"builtin": (), "folder": (), "movielens": ("min_rating", "kcore"), "mmrec": ("name",)}
+OPTIONS = {"builtin": (), "folder": ("bad_rows", "encoding"), "movielens": ("min_rating", "kcore"), "mmrec": ("name",)}
 
 
 @dataclass(frozen=True)
@@ -79,4 +79,4 @@ def load_source(source: Source, text_columns: tuple[str, ...] | None = None) -> 
         from mm_pipeline.datasets.mmrec import load_mmrec
 
         return load_mmrec(source.root, name=source.option_dict.get("name") or None)
-    return load_folder(source.root, text_columns=text_columns)
+    return load_folder(source.root, text_columns=text_columns, **folder_options(source.option_dict))

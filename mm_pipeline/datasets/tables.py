@@ -7,18 +7,77 @@ silently turning a whole column into another type.
 
 from __future__ import annotations
 
+import codecs
 import csv
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mm_pipeline.datasets.schema import DataError
+from mm_pipeline.datasets.schema import ROW_QUARANTINE_COLUMNS, DataError
+
+#: What a reader does with a row it cannot use: stop with an error naming it (the default), or set it
+#: aside in the row-quarantine table and load the rest.
+BAD_ROWS = ("error", "quarantine")
 
 
-def line_number(position: int, header: bool) -> int:
-    """1-based line in the file of the ``position``-th data row (blank lines are kept, so this is exact)."""
+def line_number(position, header: bool):
+    """1-based line in the file of the ``position``-th data row (blank lines are kept, so this is exact).
+
+    Works on one position or an array of them. For Parquet (``header=False``) it is the 1-based row.
+    """
     return position + (2 if header else 1)
+
+
+def undecodable_line(path: Path, encoding: str) -> tuple[int, int] | None:
+    """``(line, byte offset)`` of the first byte that is not ``encoding`` text, or ``None``."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as exc:
+                return number, offset + exc.start
+            offset += len(line)
+    return None
+
+
+def encoding_error(path: Path, encoding: str, exc: UnicodeDecodeError, hint: str = "") -> DataError:
+    """A DataError naming the line and byte where ``path`` stops being ``encoding`` text."""
+    where = undecodable_line(path, encoding)
+    at = f"line {where[0]} (byte {where[1]})" if where else f"byte {exc.start}"
+    return DataError(f"{path}: not valid {encoding} text at {at} ({exc.reason}); re-save the file as {encoding}"
+                     + (f"{hint}" if hint else ""))
+
+
+class RowQuarantine:
+    """Rows set aside under ``bad_rows=quarantine``: one record per bad cell.
+
+    Columns ``file``, ``row`` (the line in the file for CSV, counting the header; the 1-based row for
+    Parquet), ``column``, ``value`` (the cell as text, empty when missing) and ``reason``.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[pd.DataFrame] = []
+
+    def add(self, path: Path, frame: pd.DataFrame, mask: np.ndarray, column: str, reason, header: bool) -> None:
+        """Record ``frame``'s rows where ``mask`` is set; ``reason`` is one text or one per masked row."""
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            return
+        cells = frame[column][mask] if column in frame.columns else pd.Series([""] * int(mask.sum()))
+        values = cells.astype("string").fillna("").to_numpy(dtype=object)
+        self._parts.append(pd.DataFrame({
+            "file": str(path), "row": line_number(frame.index.to_numpy()[mask].astype(np.int64), header),
+            "column": column, "value": values.astype(str), "reason": reason}))
+
+    def frame(self) -> pd.DataFrame:
+        if not self._parts:
+            return pd.DataFrame({c: pd.Series(dtype=np.int64 if c == "row" else object)
+                                 for c in ROW_QUARANTINE_COLUMNS})
+        table = pd.concat(self._parts, ignore_index=True)[list(ROW_QUARANTINE_COLUMNS)]
+        return table.sort_values(["file", "row"], kind="stable").reset_index(drop=True)
 
 
 def read_delimited(path: Path, *, sep: str, names: list[str] | None = None, encoding: str = "utf-8",
@@ -43,8 +102,7 @@ def read_delimited(path: Path, *, sep: str, names: list[str] | None = None, enco
                             keep_default_na=False, na_values=[""], encoding=encoding, quoting=quoting,
                             skip_blank_lines=False, index_col=False)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid {encoding} text ({exc.reason} at byte {exc.start}); "
-                        f"re-save the file as {encoding}") from exc
+        raise encoding_error(path, encoding, exc) from exc
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: the file is empty{'; ' + what if what else ''}") from exc
     except pd.errors.ParserError as exc:
@@ -92,15 +150,22 @@ def require_filled(frame: pd.DataFrame, path: Path, columns: tuple[str, ...] | l
                             f"{column!r} (an empty field or too few fields on the line); fix or remove that line")
 
 
+def number_values(values: pd.Series, integer: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(float64 values, bad mask)``: bad where a cell is empty, not a number, infinite or (``integer``)
+    not a whole number."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(numbers)
+    if integer:
+        with np.errstate(invalid="ignore"):
+            bad |= (numbers != np.round(numbers)) | (np.abs(numbers) > 2 ** 62)
+    return numbers, bad
+
+
 def parse_numbers(frame: pd.DataFrame, column: str, path: Path, header: bool, integer: bool = False,
                   allowed: tuple | None = None) -> np.ndarray:
     """``frame[column]`` as int64 (``integer``) or float64; the first bad cell raises a DataError."""
     raw = frame[column]
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if integer:
-        with np.errstate(invalid="ignore"):
-            bad |= (values != np.round(values)) | (np.abs(values) > 2 ** 62)
+    values, bad = number_values(raw, integer)
     if allowed is not None:
         bad |= ~np.isin(values, np.asarray(allowed, dtype=np.float64))
     if bad.any():
@@ -112,10 +177,14 @@ def parse_numbers(frame: pd.DataFrame, column: str, path: Path, header: bool, in
     return values.astype(np.int64) if integer else values
 
 
-def parse_timestamps(values: pd.Series, path: Path, header: bool = True, column: str = "timestamp") -> np.ndarray:
-    """Integer seconds or ISO-8601 dates (mixed is fine) -> int64 seconds since the epoch.
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or bool(pd.isna(value))
 
-    The first value that is neither names its line: ``row <line>`` in the file.
+
+def timestamp_seconds(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer seconds or ISO-8601 dates (mixed is fine) -> ``(int64 seconds since the epoch, bad mask)``.
+
+    Bad cells (empty, neither form) are 0 in the seconds.
     """
     if pd.api.types.is_numeric_dtype(values):
         numbers = values.to_numpy(dtype=np.float64)
@@ -127,17 +196,33 @@ def parse_timestamps(values: pd.Series, path: Path, header: bool = True, column:
     with np.errstate(invalid="ignore"):
         numeric_ok = np.isfinite(numbers) & (np.abs(numbers) < 2 ** 62)
     date_ok = parsed_dates.notna().to_numpy()
-    bad = ~(numeric_ok | date_ok)
-    if bad.any():
-        pos = int(bad.argmax())
-        value = values.iloc[pos]
-        line = line_number(int(values.index[pos]), header)
-        if value is None or (isinstance(value, float) and np.isnan(value)) or pd.isna(value):
-            raise DataError(f"{path}: row {line} has an empty {column}; every interaction needs one")
-        raise DataError(f"{path}: row {line} has {column} {str(value)!r}, which is neither integer seconds nor an "
-                        "ISO-8601 date; fix or remove that row")
     seconds = np.where(numeric_ok, numbers, 0.0).astype(np.int64)
     from_dates = date_ok & ~numeric_ok
     if from_dates.any():
         seconds[from_dates] = parsed_dates[from_dates].astype("int64").to_numpy() // 1_000_000_000
+    return seconds, ~(numeric_ok | date_ok)
+
+
+def timestamp_problem(value, column: str = "timestamp") -> str:
+    """Why one cell is not a timestamp (for errors and the row-quarantine table)."""
+    if _missing(value) or str(value).strip() == "":
+        return f"empty {column}; every interaction needs one"
+    return f"{column} is neither integer seconds nor an ISO-8601 date"
+
+
+def parse_timestamps(values: pd.Series, path: Path, header: bool = True, column: str = "timestamp",
+                     hint: str = "") -> np.ndarray:
+    """Integer seconds or ISO-8601 dates (mixed is fine) -> int64 seconds since the epoch.
+
+    The first value that is neither names its line: ``row <line>`` in the file.
+    """
+    seconds, bad = timestamp_seconds(values)
+    if bad.any():
+        pos = int(bad.argmax())
+        value = values.iloc[pos]
+        line = line_number(int(values.index[pos]), header)
+        if _missing(value) or str(value).strip() == "":
+            raise DataError(f"{path}: row {line} has an empty {column}; every interaction needs one{hint}")
+        raise DataError(f"{path}: row {line} has {column} {str(value)!r}, which is neither integer seconds nor an "
+                        f"ISO-8601 date; fix or remove that row{hint}")
     return seconds

@@ -8,19 +8,44 @@ import dagster as dg
 
 from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, train
 from mm_pipeline.defs.assets import promotion
+from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_interactions
+from mm_pipeline.defs.assets.research import mm_gcn_ablations, research_report
+from mm_pipeline.defs.assets.search import SEARCH_JOBS, mm_gcn_hyperparameter_search
 from mm_pipeline.defs.checks import all_asset_checks
 from mm_pipeline.defs.io_manager import BundleIOManager
-from mm_pipeline.defs.lifecycle import LIFECYCLE_JOBS, LIFECYCLE_SCHEDULES, LIFECYCLE_SENSORS
+from mm_pipeline.defs.lifecycle import (
+    LIFECYCLE_JOBS,
+    LIFECYCLE_SCHEDULES,
+    LIFECYCLE_SENSORS,
+    build_inbox_retrain_job,
+)
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 
 ASSET_MODULES = [raw, augmented, features, align, train, compress, evaluate, registry, promotion]
 
-full_pipeline_job = dg.define_asset_job("full_pipeline", selection=dg.AssetSelection.all(),
+# The inbox partitions are ingested by inbox_retrain runs (one partition each); full_pipeline reads
+# whatever is stored, so it needs no partition key.
+full_pipeline_job = dg.define_asset_job("full_pipeline",
+                                        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(INBOX_ASSET_KEY)
+                                        - dg.AssetSelection.groups("research"),
                                         description="Materialize every stage, raw data to registry.")
+# Everything full_pipeline does, plus the ablations and the report that includes them (not the search,
+# which has its own job): several more minutes of training.
+research_pipeline_job = dg.define_asset_job(
+    "research_pipeline", selection=dg.AssetSelection.all() - dg.AssetSelection.assets(INBOX_ASSET_KEY)
+    - dg.AssetSelection.assets(mm_gcn_hyperparameter_search),
+    description="full_pipeline plus the ablations of the primary model and the research report.")
 
 
 def all_assets() -> list:
+    """The unpartitioned graph (what ``full_pipeline`` and ``dg.materialize`` run); the partitioned
+    ``inbox_interactions`` is added by :func:`build_definitions`."""
     return dg.load_assets_from_modules(ASSET_MODULES)
+
+
+def research_assets() -> list:
+    """The ablations and the report that includes them (group ``research``; not in ``full_pipeline``)."""
+    return [mm_gcn_ablations, research_report]
 
 
 def default_resources(home: str = "", dataset: str = "", tracking_uri: str = "") -> dict:
@@ -34,7 +59,11 @@ def build_definitions() -> dg.Definitions:
     # on one machine. MM_PIPELINE_EXECUTOR=multiprocess restores Dagster's default.
     executor = (dg.multiprocess_executor if os.environ.get("MM_PIPELINE_EXECUTOR") == "multiprocess"
                 else dg.in_process_executor)
-    return dg.Definitions(assets=all_assets(), asset_checks=all_asset_checks(),
-                          jobs=[full_pipeline_job, *LIFECYCLE_JOBS], resources=default_resources(),
+    return dg.Definitions(assets=[*all_assets(), inbox_interactions, *research_assets(),
+                                  mm_gcn_hyperparameter_search],
+                          asset_checks=all_asset_checks(),
+                          jobs=[full_pipeline_job, research_pipeline_job, *LIFECYCLE_JOBS, *SEARCH_JOBS,
+                                build_inbox_retrain_job(full_pipeline_job)],
+                          resources=default_resources(),
                           schedules=LIFECYCLE_SCHEDULES, sensors=LIFECYCLE_SENSORS,
                           executor=executor)

@@ -3,8 +3,8 @@
 Blocking checks (``blocking=True``, ERROR) guard what the rest of the graph cannot work with: a
 broken schema and an empty interaction table. When one fails, the assets downstream of the checked
 asset do not run. The others are warnings (WARN): the pipeline copes (duplicates keep their first
-occurrence, unknown items are ignored, bad media are quarantined), but the check makes the problem
-visible with counts and a few examples in its metadata.
+occurrence, unknown items are ignored, bad media and, under ``bad_rows=quarantine``, bad table rows
+are quarantined), but the check makes the problem visible with counts and a few examples in its metadata.
 """
 
 from __future__ import annotations
@@ -213,6 +213,27 @@ def raw_items_have_a_modality(raw_items: pd.DataFrame, raw_item_text: pd.DataFra
                   **({"unreadable_feature_files": dg.MetadataValue.json(unreadable)} if unreadable else {})})
 
 
+@dg.asset_check(asset="raw_interactions", additional_ins={"source_dataset": dg.AssetIn("source_dataset")},
+                description="Table rows the source set aside under bad_rows=quarantine (empty ids, unparsable "
+                            "timestamps, non-numeric weights, unknown or repeated items). The rows are listed in "
+                            "the raw_items / raw_interactions metadata.")
+def raw_rows_quarantined(raw_interactions: pd.DataFrame, source_dataset: dict) -> dg.AssetCheckResult:
+    summary = (source_dataset.get("info") or {}).get("row_quarantine") or {}
+    rows = {table: int(part.get("rows", 0)) for table, part in summary.items()}
+    n = sum(rows.values())
+    per_table = ", ".join(f"{table}: {count}" for table, count in rows.items())
+    by_reason = {f"{table}: {reason}": count for table, part in summary.items()
+                 for reason, count in (part.get("by_reason") or {}).items()}
+    return dg.AssetCheckResult(
+        passed=n == 0, severity=WARN,
+        description=("no table row was quarantined" if n == 0 else
+                     f"{n} table row(s) were quarantined and not loaded ({per_table}); "
+                     "see the row_quarantine table in the raw_items / raw_interactions metadata and fix the source "
+                     "files."),
+        metadata={"rows_quarantined": n, "by_table": dg.MetadataValue.json(rows),
+                  "by_reason": dg.MetadataValue.json(by_reason)})
+
+
 def _decode_check(bundle: dict, modality: str) -> dg.AssetCheckResult:
     table = bundle.get("quarantine")
     table = table if isinstance(table, pd.DataFrame) else pd.DataFrame(columns=["item_id", "modality", "file",
@@ -241,7 +262,7 @@ def raw_item_audio_decoded(raw_item_audio: dict) -> dg.AssetCheckResult:
 
 ALL_CHECKS = [raw_items_schema, raw_interactions_schema, raw_interactions_not_empty, raw_interactions_duplicates,
               raw_interactions_known_items, raw_interactions_timestamps_plausible, raw_items_have_a_modality,
-              raw_item_images_decoded, raw_item_audio_decoded]
+              raw_item_images_decoded, raw_item_audio_decoded, raw_rows_quarantined]
 
 
 def all_asset_checks() -> list[dg.AssetChecksDefinition]:

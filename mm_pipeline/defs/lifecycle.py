@@ -1,33 +1,42 @@
 """Model lifecycle: the manual ``promote_model`` job (set or roll back ``champion``), the weekly
-retraining schedule and the ``new_interactions_sensor`` that retrains when new interaction files
-arrive. Thin Dagster wrappers: the rules live in :mod:`mm_pipeline.registry.champion`.
+retraining schedule, and the ``new_interactions_sensor`` that ingests new interaction files as
+partitions of ``inbox_interactions`` and retrains on them. Thin Dagster wrappers: the rules live in
+:mod:`mm_pipeline.registry.champion` and :mod:`mm_pipeline.datasets.inbox`.
 
 Both the schedule and the sensor start **stopped**: turn them on in the UI (Automation) or with
 ``dagster schedule start retrain_schedule`` / ``dagster sensor start new_interactions_sensor``; they
 need the Dagster daemon (``dagster dev`` runs one).
+
+``$MM_PIPELINE_RUN_CONFIG`` names a YAML run-config file (``ops: {mm_gcn_model: {config: ...}}``)
+that both put on every run they request, e.g. shorter training for a smoke test.
 """
 
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
 import dagster as dg
+import yaml
 from pydantic import Field
 
+from mm_pipeline.datasets.inbox import file_digest, inbox_dir as _inbox_dir, is_inbox_file
+from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_partitions
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
 
 RETRAIN_JOB = "full_pipeline"
+INBOX_JOB = "inbox_retrain"
 DEFAULT_RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00
 RETRAIN_CRON_ENV = "MM_PIPELINE_RETRAIN_CRON"
 RETRAIN_TIMEZONE_ENV = "MM_PIPELINE_RETRAIN_TIMEZONE"
-INBOX_ENV = "MM_PIPELINE_INBOX"
+RUN_CONFIG_ENV = "MM_PIPELINE_RUN_CONFIG"
 INBOX_SETTLE_ENV = "MM_PIPELINE_INBOX_SETTLE_S"
+INBOX_INTERVAL_ENV = "MM_PIPELINE_INBOX_INTERVAL_S"
 DEFAULT_INBOX_SETTLE_S = 30.0
-INBOX_SUFFIXES = (".csv", ".parquet")
+DEFAULT_INBOX_INTERVAL_S = 60
 TRIGGER_TAG = "mm_pipeline.trigger"
+INBOX_OP = INBOX_ASSET_KEY.to_user_string()
 
 
 # ------------------------------------------------------------------------------ promote / rollback
@@ -42,6 +51,7 @@ class PromoteModelConfig(dg.Config):
 def set_champion_alias(context: dg.OpExecutionContext, config: PromoteModelConfig,
                        mlflow_tracking: MlflowResource):
     """Points the ``champion`` alias at ``version``, or with ``rollback`` at the previous champion."""
+    from mm_pipeline.defs.assets.promotion import champion_lock_for
     from mm_pipeline.registry.champion import rollback_champion, set_champion, tag_version
 
     if config.rollback == (config.version > 0):
@@ -50,9 +60,12 @@ def set_champion_alias(context: dg.OpExecutionContext, config: PromoteModelConfi
     client = mlflow_tracking.client()
     name = config.registered_model_name
     try:
-        change = (rollback_champion(client, name) if config.rollback
-                  else set_champion(client, name, config.version))
-    except (LookupError, ValueError) as exc:
+        # The same lock as model_promotion: a concurrent automatic promotion waits, then sees the
+        # alias moved (its compare-and-set fails) instead of overwriting this change.
+        with champion_lock_for(mlflow_tracking, name):
+            change = (rollback_champion(client, name) if config.rollback
+                      else set_champion(client, name, config.version))
+    except (LookupError, ValueError, TimeoutError) as exc:
         raise dg.Failure(f"promote_model: {exc}") from exc
     action = "rollback" if config.rollback else "manual"
     tag_version(client, name, change.current, {"action": action, "previous": change.previous or "none",
@@ -70,19 +83,60 @@ def promote_model_job():
     set_champion_alias()
 
 
+# ----------------------------------------------------------------------------------- run config
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (_deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
+                    else value)
+    return out
+
+
+def automation_run_config(exclude_ops: tuple[str, ...] = ()) -> dict:
+    """The run config from the YAML file named by ``$MM_PIPELINE_RUN_CONFIG`` (empty when unset), minus
+    the ``ops`` in ``exclude_ops`` (a job refuses config for an op it does not have). Read on every
+    tick, so an edit applies to the next run. A missing or malformed file raises ``ValueError``
+    naming it: the tick fails visibly in the UI instead of launching runs with the wrong config."""
+    raw = os.environ.get(RUN_CONFIG_ENV, "").strip()
+    if not raw:
+        return {}
+    path = Path(raw).expanduser()
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{RUN_CONFIG_ENV}={raw}: cannot read the run-config file ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{RUN_CONFIG_ENV}={raw}: not valid YAML ({exc})") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("ops", {}), dict):
+        raise ValueError(f"{RUN_CONFIG_ENV}={raw}: must hold a run-config mapping such as "
+                         "'ops: {mm_gcn_model: {config: {epochs: 5}}}'")
+    if exclude_ops and "ops" in loaded:
+        loaded = {**loaded, "ops": {op: cfg for op, cfg in loaded["ops"].items() if op not in exclude_ops}}
+    return loaded
+
+
 # --------------------------------------------------------------------------------------- schedule
 def build_retrain_schedule(cron: str | None = None, timezone: str | None = None) -> dg.ScheduleDefinition:
     """The retraining schedule for ``full_pipeline``: ``cron`` (default ``$MM_PIPELINE_RETRAIN_CRON``,
     else weekly ``0 3 * * 1``) in ``timezone`` (default ``$MM_PIPELINE_RETRAIN_TIMEZONE`` or UTC).
-    Starts stopped."""
+    Each run carries ``$MM_PIPELINE_RUN_CONFIG``. Starts stopped."""
     cron = (cron if cron is not None else os.environ.get(RETRAIN_CRON_ENV, "")).strip() or DEFAULT_RETRAIN_CRON
     timezone = (timezone if timezone is not None else os.environ.get(RETRAIN_TIMEZONE_ENV, "")).strip() or "UTC"
+    tags = {TRIGGER_TAG: "retrain_schedule"}
+
+    def retrain(context: dg.ScheduleEvaluationContext):
+        # full_pipeline leaves the inbox partitions out (they are ingested by inbox_retrain runs).
+        return dg.RunRequest(run_config=automation_run_config(exclude_ops=(INBOX_OP,)), tags=tags)
+
     try:
-        return dg.ScheduleDefinition(
+        return dg.schedule(
             name="retrain_schedule", job_name=RETRAIN_JOB, cron_schedule=cron, execution_timezone=timezone,
-            default_status=dg.DefaultScheduleStatus.STOPPED, tags={TRIGGER_TAG: "retrain_schedule"},
+            default_status=dg.DefaultScheduleStatus.STOPPED,
             description=f"Retrain, evaluate, register and (if it wins) promote: {RETRAIN_JOB} at '{cron}' "
-                        f"({timezone}). Set {RETRAIN_CRON_ENV} to change.")
+                        f"({timezone}), on the source plus every ingested inbox file. Set {RETRAIN_CRON_ENV} "
+                        f"to change.")(retrain)
     except (dg.DagsterInvalidDefinitionError, ValueError) as exc:
         raise ValueError(f"invalid retraining schedule (cron {cron!r} from {RETRAIN_CRON_ENV}, timezone "
                          f"{timezone!r}): {exc}") from exc
@@ -92,91 +146,116 @@ retrain_schedule = build_retrain_schedule()
 
 
 # ----------------------------------------------------------------------------------------- sensor
+def build_inbox_retrain_job(retrain_job):
+    """``inbox_retrain``: what ``retrain_job`` (``full_pipeline``, from ``dg.define_asset_job``)
+    materializes, preceded by one partition of ``inbox_interactions``; each run targets one
+    partition (a file's SHA-256)."""
+    return dg.define_asset_job(
+        INBOX_JOB, selection=dg.AssetSelection.assets(INBOX_ASSET_KEY) | retrain_job.selection,
+        partitions_def=inbox_partitions,
+        description=f"Ingest one inbox file (a partition of inbox_interactions, key = its SHA-256), then do what "
+                    f"{retrain_job.name} does (retrain, evaluate, register, maybe promote) on the source plus "
+                    f"every ingested file.")
+
+
 def inbox_dir(pipeline: PipelineResource) -> Path:
     """``$MM_PIPELINE_INBOX``, else ``<project home>/inbox``."""
-    env = os.environ.get(INBOX_ENV, "").strip()
-    return Path(env).expanduser().resolve() if env else pipeline.paths().home / "inbox"
+    return _inbox_dir(pipeline.paths().home)
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of the file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _seen_digests(context: dg.SensorEvaluationContext) -> set[str]:
+def _read_cursor(context: dg.SensorEvaluationContext) -> tuple[set[str], dict[str, list]]:
+    """``(seen digests, {file name: [size, mtime_ns, digest]})`` from the cursor. The second part
+    spares re-hashing unchanged files on every tick."""
     if not context.cursor:
-        return set()
+        return set(), {}
     try:
-        seen = json.loads(context.cursor)["seen"]
-        if not isinstance(seen, list):
-            raise TypeError("'seen' is not a list")
-        return {str(d) for d in seen}
+        cursor = json.loads(context.cursor)
+        seen, known = cursor["seen"], cursor.get("files", {})
+        if not isinstance(seen, list) or not isinstance(known, dict):
+            raise TypeError("'seen' is not a list or 'files' not a mapping")
+        known = {str(name): entry for name, entry in known.items()
+                 if isinstance(entry, list) and len(entry) == 3}
+        return {str(d) for d in seen}, known
     except (ValueError, KeyError, TypeError) as exc:
         # Safe to start over: Dagster still drops a run request whose run_key (the digest) it launched.
         context.log.warning(f"new_interactions_sensor: unreadable cursor ({exc}); starting from an empty one")
-        return set()
+        return set(), {}
 
 
-def _settle_seconds() -> float:
-    raw = os.environ.get(INBOX_SETTLE_ENV, "").strip()
+def _seconds_from_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
     try:
-        value = float(raw) if raw else DEFAULT_INBOX_SETTLE_S
+        value = float(raw) if raw else default
     except ValueError as exc:
-        raise ValueError(f"{INBOX_SETTLE_ENV} must be a number of seconds, got {raw!r}") from exc
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
     return max(value, 0.0)
 
 
-@dg.sensor(name="new_interactions_sensor", job_name=RETRAIN_JOB, minimum_interval_seconds=60,
-           default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Retrain when a new interaction file (*.csv, *.parquet) lands in the inbox "
-                       "($MM_PIPELINE_INBOX or <home>/inbox). One run per distinct file content.")
-def new_interactions_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
-    """One ``full_pipeline`` run per new file content in the inbox.
+def _settle_seconds() -> float:
+    return _seconds_from_env(INBOX_SETTLE_ENV, DEFAULT_INBOX_SETTLE_S)
 
-    ``run_key`` is the SHA-256 of the file's bytes, and the cursor keeps every digest seen, so the
-    same data never triggers twice, whatever the file is called. Hidden files (``.name``) and files
-    modified in the last ``$MM_PIPELINE_INBOX_SETTLE_S`` seconds (default 30: still being written)
-    are left for a later tick; write to a hidden name and rename to publish a file atomically.
+
+@dg.sensor(name="new_interactions_sensor", job_name=INBOX_JOB,
+           minimum_interval_seconds=max(1, int(_seconds_from_env(INBOX_INTERVAL_ENV, DEFAULT_INBOX_INTERVAL_S))),
+           default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Ingest each new interaction file (*.csv, *.parquet) in the inbox ($MM_PIPELINE_INBOX or "
+                       "<home>/inbox) as a partition of inbox_interactions and retrain: one inbox_retrain run per "
+                       "distinct file content.")
+def new_interactions_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+    """One ``inbox_retrain`` run per new file content in the inbox.
+
+    The file's SHA-256 is the new ``inbox_files`` partition (added in the same tick), the run's
+    partition and its ``run_key``; the cursor keeps every digest seen, so the same data never
+    triggers twice, whatever the file is called. The run's config names the file (and adds
+    ``$MM_PIPELINE_RUN_CONFIG``). Hidden files (``.name``) and files modified in the last
+    ``$MM_PIPELINE_INBOX_SETTLE_S`` seconds (default 30: still being written) are left for a later
+    tick; write to a hidden name and rename to publish a file atomically. Evaluated at most every
+    ``$MM_PIPELINE_INBOX_INTERVAL_S`` seconds (default 60, read when the code loads).
     """
     folder = inbox_dir(pipeline)
     if not folder.is_dir():
         return dg.SkipReason(f"no inbox folder at {folder}")
-    seen = _seen_digests(context)
+    seen, known = _read_cursor(context)
     settle, now = _settle_seconds(), time.time()
     candidates = []
     for path in folder.iterdir():
-        if path.name.startswith(".") or path.suffix.lower() not in INBOX_SUFFIXES or not path.is_file():
-            continue
         try:
-            candidates.append((path.stat().st_mtime, path.name, path))
+            if is_inbox_file(path):
+                stat = path.stat()
+                candidates.append((stat.st_mtime, path.name, path, [stat.st_size, stat.st_mtime_ns]))
         except FileNotFoundError:  # removed since the listing
             continue
-    requests, settling = [], 0
-    for mtime, _, path in sorted(candidates):
+    new, settling, files = [], 0, {}
+    for mtime, name, path, size_mtime in sorted(candidates):
         if now - mtime < settle:
             settling += 1
             continue
-        try:
-            digest = file_digest(path)
-        except FileNotFoundError:
-            continue
-        if digest in seen:
-            continue
-        seen.add(digest)
-        requests.append(dg.RunRequest(run_key=digest, tags={
-            TRIGGER_TAG: "new_interactions_sensor", "mm_pipeline.inbox_file": path.name[:200],
-            "mm_pipeline.inbox_sha256": digest}))
-    cursor = json.dumps({"seen": sorted(seen)})
-    if requests:
-        return dg.SensorResult(run_requests=requests, cursor=cursor)
-    why = f"no new interaction file in {folder}" + (f" ({settling} still settling)" if settling else "")
-    return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=cursor)
+        entry = known.get(name)
+        if entry is not None and entry[:2] == size_mtime:
+            digest = str(entry[2])  # unchanged since it was hashed
+        else:
+            try:
+                digest = file_digest(path)
+            except FileNotFoundError:
+                continue
+        files[name] = [*size_mtime, digest]
+        if digest not in seen:
+            seen.add(digest)
+            new.append((digest, path))
+    cursor = json.dumps({"seen": sorted(seen), "files": files})
+    if not new:
+        why = f"no new interaction file in {folder}" + (f" ({settling} still settling)" if settling else "")
+        return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=cursor)
+    base_config = automation_run_config()
+    requests = [dg.RunRequest(
+        run_key=digest, partition_key=digest,
+        run_config=_deep_merge(base_config, {"ops": {INBOX_OP: {"config": {"file": str(path)}}}}),
+        tags={TRIGGER_TAG: "new_interactions_sensor", "mm_pipeline.inbox_file": path.name[:200],
+              "mm_pipeline.inbox_sha256": digest}) for digest, path in new]
+    return dg.SensorResult(run_requests=requests, cursor=cursor,
+                           dynamic_partitions_requests=[inbox_partitions.build_add_request([d for d, _ in new])])
 
 
-LIFECYCLE_JOBS = [promote_model_job]
+LIFECYCLE_JOBS = [promote_model_job]  # plus build_inbox_retrain_job(full_pipeline), made in build.py
 LIFECYCLE_SCHEDULES = [retrain_schedule]
 LIFECYCLE_SENSORS = [new_interactions_sensor]

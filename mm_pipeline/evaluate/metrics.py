@@ -18,13 +18,13 @@ with relevant set :math:`T` (``truth`` row) and top-:math:`k` list :math:`L`, :m
 * ``hit_ratio@k`` :math:`= [h > 0]`,
 
 each averaged over the users with :math:`|T| > 0`; ``coverage@k`` is the fraction of the whole
-catalogue recommended to at least one of them, and ``novelty@k`` is defined in
-:func:`ranking_metrics`.
+catalogue recommended to at least one of them; ``novelty@k``, ``personalization@k``,
+``intra_list_diversity@k`` and ``tail_share@k`` are defined in :func:`ranking_metrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -216,20 +216,86 @@ def top_k(model: EmbeddingRecommender, users: np.ndarray, exclude: sp.csr_matrix
                       for start in range(0, len(users), chunk_size)])
 
 
-def _ranked_chunks(model: EmbeddingRecommender, truth, exclude, max_k: int, candidates,
-                   chunk_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(users, top [B, max_k], truth_row, truth_col)`` for users with a non-empty truth row."""
-    n_users, n_items = _check_model(model)
-    truth = _check_matrix("truth", truth, (n_users, n_items))
-    exclude = _check_matrix("exclude", exclude, (n_users, n_items), optional=True)
-    cand = _check_candidates(candidates, n_items)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
-    users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
-    for start in range(0, len(users), chunk_size):
-        chunk = users[start:start + chunk_size]
-        top = _top_k_chunk(model, chunk, exclude, max_k, cand)
-        rows, cols = _rows_coo(truth, chunk)
-        yield chunk, top, rows, cols
+def _check_truth(truth, shape: tuple[int, int] | None = None) -> sp.csr_matrix:
+    if shape is None:
+        if not sp.issparse(truth):
+            raise TypeError(f"truth must be a scipy.sparse (n_users, n_items) matrix, got {type(truth).__name__}")
+        shape = tuple(truth.shape)
+    return _check_matrix("truth", truth, shape)
+
+
+def _check_top(top, n_rows: int, max_k: int, n_items: int) -> torch.Tensor:
+    """``top[:, :max_k]`` after checking it is a ranked-list matrix as :func:`top_k` returns it."""
+    if not isinstance(top, torch.Tensor):
+        top = torch.as_tensor(np.asarray(top))
+    if top.dtype != torch.long or top.ndim != 2 or top.shape[0] != n_rows or top.shape[1] < max_k:
+        raise ValueError(f"top must be an int64 tensor [len(users)={n_rows}, >= max(ks)={max_k}] as top_k "
+                         f"returns it, got dtype {top.dtype} and shape {tuple(top.shape)}")
+    top = top[:, :max_k]
+    if top.numel() and (int(top.min()) < PAD or int(top.max()) >= n_items):
+        raise ValueError(f"top holds item indices outside [0, {n_items}) other than the padding {PAD}")
+    ordered = top.sort(dim=1).values
+    if bool(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != PAD)).any()):
+        raise ValueError("top recommends an item twice in one list; pass the output of top_k")
+    return top
+
+
+def _evaluated_rows(truth: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
+    """Rows of ``users`` (and of the top-k matrix) whose truth row is non-empty."""
+    if np.unique(users).size != users.size:
+        raise ValueError("users has duplicates: each user needs exactly one top-k row")
+    n_true = np.diff(truth.indptr)
+    has_truth = n_true[users] > 0
+    missing = int((n_true > 0).sum() - has_truth.sum())
+    if missing:
+        raise ValueError(f"truth has items for {missing} users that are not in users (no top-k row); "
+                         "rank every user that has a truth row")
+    return np.flatnonzero(has_truth)
+
+
+def _self_information(item_popularity, n_train_users, n_items: int) -> torch.Tensor:
+    """Self-information of each item, plus a 0-bit entry at index ``n_items`` for padding."""
+    if item_popularity is None or n_train_users is None:
+        raise ValueError("item_popularity and n_train_users are required (novelty@k needs them)")
+    pop = np.asarray(item_popularity, dtype=np.float64)
+    if pop.shape != (n_items,):
+        raise ValueError(f"item_popularity must have shape ({n_items},), got {pop.shape}")
+    if isinstance(n_train_users, bool) or int(n_train_users) != n_train_users or n_train_users < 1:
+        raise ValueError(f"n_train_users must be a positive integer, got {n_train_users!r}")
+    if pop.size and (not np.isfinite(pop).all() or pop.min() < 0 or pop.max() > n_train_users):
+        raise ValueError(f"item_popularity must be counts of distinct training users in "
+                         f"[0, n_train_users={n_train_users}], got range [{pop.min()}, {pop.max()}]")
+    return torch.from_numpy(np.append(-np.log2((pop + 1.0) / (n_train_users + 1.0)), 0.0))
+
+
+def _unit_features(item_features, n_items: int) -> torch.Tensor | None:
+    """Row-normalised ``item_features`` (float64) plus an all-zero row at index ``n_items`` for padding.
+
+    An all-zero feature row stays zero: its cosine with every item is 0 (the pair counts as fully
+    dissimilar) rather than undefined.
+    """
+    if item_features is None:
+        return None
+    features = np.asarray(item_features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] != n_items or features.shape[1] < 1:
+        raise ValueError(f"item_features must be a [n_items={n_items}, d] array, got shape {features.shape}")
+    if not np.isfinite(features).all():
+        raise ValueError(f"item_features has {int((~np.isfinite(features)).any(axis=1).sum())} rows with "
+                         "NaN or inf values; intra-list diversity needs finite item features")
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    unit = np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)
+    return torch.from_numpy(np.vstack([unit, np.zeros((1, features.shape[1]))]))
+
+
+def _check_item_mask(name: str, mask, n_items: int) -> torch.Tensor | None:
+    """Bool ``mask`` as a tensor with an extra ``False`` at index ``n_items`` for padding."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (n_items,):
+        raise ValueError(f"{name} must be a bool array of shape ({n_items},), got dtype {mask.dtype} "
+                         f"and shape {mask.shape}")
+    return torch.from_numpy(np.append(mask, False))
 
 
 def _ideal_dcg(max_k: int) -> torch.Tensor:
@@ -239,6 +305,46 @@ def _ideal_dcg(max_k: int) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------- metrics
+def per_user_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.csr_matrix,
+                                ks: Sequence[int] = (10, 20), chunk_size: int = 2048) -> dict[str, np.ndarray]:
+    r"""Per-user ``recall@k`` and ``ndcg@k`` of precomputed ranked lists (see :func:`per_user_metrics`).
+
+    ``top[j]`` is the ranked list of user ``users[j]`` (as :func:`top_k` returns it). Only the users
+    with a non-empty ``truth`` row are evaluated, in the order of ``users``; a user with truth items
+    but no row in ``top`` is an error. Computed independently of PyG: a dense relevance mask per
+    chunk of users, gathered at the top-k items.
+    """
+    truth = _check_truth(truth)
+    n_users, n_items = truth.shape
+    ks = _check_ks(ks)
+    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    users = _check_users(users, n_users)
+    max_k = ks[-1]
+    top = _check_top(top, len(users), max_k, n_items)
+    evaluated = _evaluated_rows(truth, users)
+    idcg = _ideal_dcg(max_k)
+    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64))
+    recall, ndcg = {k: [np.zeros(0)] for k in ks}, {k: [np.zeros(0)] for k in ks}
+    for start in range(0, len(evaluated), chunk_size):
+        selected = evaluated[start:start + chunk_size]
+        rows, cols = _rows_coo(truth, users[selected])
+        # Column n_items is a never-relevant sink for PAD slots.
+        relevant = torch.zeros((len(selected), n_items + 1), dtype=torch.bool)
+        relevant[rows, cols] = True
+        chunk_top = top[torch.from_numpy(selected)]
+        hits = relevant.gather(1, chunk_top.masked_fill(chunk_top == PAD, n_items)).to(torch.float64)
+        n_true = torch.bincount(rows, minlength=len(selected)).to(torch.float64)
+        for k in ks:
+            recall[k].append((hits[:, :k].sum(1) / n_true).numpy())
+            dcg = (hits[:, :k] * discount[:k]).sum(1)
+            ndcg[k].append((dcg / idcg[n_true.clamp(max=k).long()]).numpy())
+    out: dict[str, np.ndarray] = {"user_idx": users[evaluated]}
+    for k in ks:
+        out[f"recall@{k}"] = np.concatenate(recall[k])
+        out[f"ndcg@{k}"] = np.concatenate(ndcg[k])
+    return out
+
+
 def per_user_metrics(model: EmbeddingRecommender, truth: sp.csr_matrix, exclude: sp.csr_matrix | None,
                      ks: Sequence[int] = (10, 20), candidates: np.ndarray | None = None,
                      chunk_size: int = 2048) -> dict[str, np.ndarray]:
@@ -247,42 +353,115 @@ def per_user_metrics(model: EmbeddingRecommender, truth: sp.csr_matrix, exclude:
     Returns ``{"user_idx": int64 [m], "recall@k": [m], "ndcg@k": [m], ...}`` with users in
     ascending order. Same definitions as :func:`ranking_metrics` (module docstring), so the mean of
     each array is that function's value; the arrays are what bootstrap intervals resample.
-    Computed independently of PyG: a dense relevance mask per chunk, gathered at the top-k items.
     """
-    _, n_items = _check_model(model)
+    n_users, n_items = _check_model(model)
     ks = _check_ks(ks)
+    truth = _check_truth(truth, (n_users, n_items))
+    users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
+    top = top_k(model, users, exclude, ks[-1], candidates=candidates, chunk_size=chunk_size)
+    return per_user_metrics_from_top_k(top, users, truth, ks, chunk_size=chunk_size)
+
+
+def ranking_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.csr_matrix,
+                               ks: Sequence[int] = (10, 20), item_popularity: np.ndarray | None = None,
+                               n_train_users: int | None = None, item_features: np.ndarray | None = None,
+                               tail_items: np.ndarray | None = None, chunk_size: int = 2048) -> dict[str, float]:
+    r"""The metrics of :func:`ranking_metrics` for precomputed ranked lists.
+
+    ``top[j]`` is the ranked list of user ``users[j]`` (as :func:`top_k` returns it, ``-1``-padded);
+    the evaluated users are those with a non-empty ``truth`` row, and each of them must have a row.
+    Scoring once and evaluating several truths (all test items, the long-tail ones) on the same lists
+    saves a full scoring pass per truth.
+    """
+    truth = _check_truth(truth)
+    n_users, n_items = truth.shape
+    ks = _check_ks(ks)
+    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    self_info = _self_information(item_popularity, n_train_users, n_items)
+    features = _unit_features(item_features, n_items)
+    tail = _check_item_mask("tail_items", tail_items, n_items)
+    users = _check_users(users, n_users)
     max_k = ks[-1]
-    idcg = _ideal_dcg(max_k)
-    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64))
-    users_out, recall, ndcg = [], {k: [] for k in ks}, {k: [] for k in ks}
-    for users, top, rows, cols in _ranked_chunks(model, truth, exclude, max_k, candidates, chunk_size):
-        # Column n_items is a never-relevant sink for PAD slots.
-        relevant = torch.zeros((len(users), n_items + 1), dtype=torch.bool)
-        relevant[rows, cols] = True
-        hits = relevant.gather(1, top.masked_fill(top == PAD, n_items)).to(torch.float64)
-        n_true = torch.bincount(rows, minlength=len(users)).to(torch.float64)
+    top = _check_top(top, len(users), max_k, n_items)
+    evaluated = _evaluated_rows(truth, users)
+
+    collection = LinkPredMetricCollection({
+        name: metric for k in ks for name, metric in (
+            (f"recall@{k}", LinkPredRecall(k)), (f"precision@{k}", LinkPredPrecision(k)),
+            (f"f1@{k}", LinkPredF1(k)), (f"ndcg@{k}", LinkPredNDCG(k)), (f"map@{k}", LinkPredMAP(k)),
+            (f"hit_ratio@{k}", LinkPredHitRatio(k)))})
+    coverage = {k: LinkPredCoverage(k, num_dst_nodes=n_items) for k in ks}
+    slots = dict.fromkeys(ks, 0)
+    novelty_sum, tail_slots = dict.fromkeys(ks, 0.0), dict.fromkeys(ks, 0)
+    diversity_sum, diversity_users = dict.fromkeys(ks, 0.0), dict.fromkeys(ks, 0)
+    item_lists = {k: torch.zeros(n_items, dtype=torch.float64) for k in ks}  # lists holding each item
+
+    for start in range(0, len(evaluated), chunk_size):
+        selected = evaluated[start:start + chunk_size]
+        rows, cols = _rows_coo(truth, users[selected])
+        chunk_top = top[torch.from_numpy(selected)]
+        filled = chunk_top != PAD
+        # PAD -> n_items: an index no truth entry has, and larger than all of them, so PyG's
+        # row * M + item flattening can never alias it onto another user's item.
+        sink = chunk_top.masked_fill(~filled, n_items)
+        collection.update(sink, (rows, cols))
+        if features is not None:
+            # sum_{i != j} cos(i, j) = |sum_i e_i|^2 - sum_i |e_i|^2 for unit (or zero) e_i: prefix
+            # sums over the slots give it for every k at once, O(B k d) instead of O(B k^2 d).
+            embedded = features[sink]                                  # [B, max_k, d]
+            running_sum = embedded.cumsum(dim=1)
+            running_norm = (embedded * embedded).sum(dim=2).cumsum(dim=1)
         for k in ks:
-            recall[k].append((hits[:, :k].sum(1) / n_true).numpy())
-            dcg = (hits[:, :k] * discount[:k]).sum(1)
-            ndcg[k].append((dcg / idcg[n_true.clamp(max=k).long()]).numpy())
-        users_out.append(users)
-    out: dict[str, np.ndarray] = {
-        "user_idx": np.concatenate(users_out) if users_out else np.zeros(0, dtype=np.int64)}
+            kept = filled[:, :k]
+            # LinkPredCoverage only accepts real item ids: pass the filled slots as a column.
+            coverage[k].update(chunk_top[:, :k][kept].view(-1, 1), (rows, cols))
+            slots[k] += int(kept.sum())
+            novelty_sum[k] += float(self_info[sink[:, :k]].sum())
+            item_lists[k] += torch.bincount(chunk_top[:, :k][kept], minlength=n_items).to(torch.float64)
+            if tail is not None:
+                tail_slots[k] += int(tail[sink[:, :k]].sum())
+            if features is not None:
+                total = running_sum[:, k - 1]
+                pair_similarity = (total * total).sum(dim=1) - running_norm[:, k - 1]
+                length = kept.sum(dim=1).to(torch.float64)
+                has_pairs = length >= 2
+                diversity = 1.0 - pair_similarity / (length * (length - 1)).clamp(min=1.0)
+                diversity_sum[k] += float(diversity[has_pairs].sum())
+                diversity_users[k] += int(has_pairs.sum())
+
+    values = {name: float(value) for name, value in collection.compute().items()}
+    n_evaluated = len(evaluated)
+    out: dict[str, float] = {}
     for k in ks:
-        out[f"recall@{k}"] = np.concatenate(recall[k]) if users_out else np.zeros(0)
-        out[f"ndcg@{k}"] = np.concatenate(ndcg[k]) if users_out else np.zeros(0)
+        for name in ("recall", "precision", "f1", "ndcg", "map", "hit_ratio"):
+            out[f"{name}@{k}"] = values[f"{name}@{k}"]
+        out[f"coverage@{k}"] = float(coverage[k].compute()) if n_items else 0.0
+        out[f"novelty@{k}"] = novelty_sum[k] / slots[k] if slots[k] else 0.0
+        # Every pair of lists, through the item counts c_i: sum_pairs |L_u & L_v| = sum_i c_i (c_i - 1) / 2.
+        shared = float((item_lists[k] * (item_lists[k] - 1)).sum())
+        out[f"personalization@{k}"] = (1.0 - shared / (k * n_evaluated * (n_evaluated - 1))
+                                       if n_evaluated >= 2 else 0.0)
+        if features is not None:
+            out[f"intra_list_diversity@{k}"] = (diversity_sum[k] / diversity_users[k]
+                                                if diversity_users[k] else 0.0)
+        if tail is not None:
+            out[f"tail_share@{k}"] = tail_slots[k] / slots[k] if slots[k] else 0.0
+    out["n_users_evaluated"] = n_evaluated
     return out
 
 
 def ranking_metrics(model: EmbeddingRecommender, truth: sp.csr_matrix, exclude: sp.csr_matrix | None,
                     ks: Sequence[int] = (10, 20), item_popularity: np.ndarray | None = None,
                     n_train_users: int | None = None, candidates: np.ndarray | None = None,
-                    chunk_size: int = 2048) -> dict[str, float]:
+                    chunk_size: int = 2048, item_features: np.ndarray | None = None,
+                    tail_items: np.ndarray | None = None) -> dict[str, float]:
     r"""Top-:math:`k` ranking quality of ``model`` against ``truth`` for every ``k`` in ``ks``.
 
-    Keys: ``recall@k, precision@k, f1@k, ndcg@k, map@k, hit_ratio@k, coverage@k, novelty@k`` and
-    ``n_users_evaluated`` (users with at least one ``truth`` item; the others are skipped). A truth
-    item that is also in ``exclude`` cannot be recommended and simply counts as missed.
+    Keys: ``recall@k, precision@k, f1@k, ndcg@k, map@k, hit_ratio@k, coverage@k, novelty@k,
+    personalization@k``, ``intra_list_diversity@k`` (only when ``item_features`` is given),
+    ``tail_share@k`` (only when ``tail_items`` is given) and ``n_users_evaluated`` (users with at
+    least one ``truth`` item; the others are skipped). A truth item that is also in ``exclude`` cannot
+    be recommended and simply counts as missed.
 
     The first seven come from :mod:`torch_geometric.metrics` (definitions in the module docstring),
     fed chunk by chunk. ``-1`` padding is translated first: PyG finds hits by flattening
@@ -300,52 +479,30 @@ def ranking_metrics(model: EmbeddingRecommender, truth: sp.csr_matrix, exclude: 
     train :func:`~mm_pipeline.evaluate.split.interaction_matrix`) and :math:`N` is ``n_train_users``.
     The add-one smoothing keeps never-seen items finite (:math:`\log_2(N+1)` bits) and an item every
     user saw at exactly 0 bits. Novelty is 0 when :math:`S` is empty.
+
+    Personalization is one minus the mean overlap of two users' lists, over all pairs of the
+    :math:`n` evaluated users (PyG's ``LinkPredPersonalization`` with ``max_src_nodes=None``, whose
+    pairwise loop is :math:`O(n^2)`): with :math:`c_i` the number of lists holding item :math:`i`,
+
+    .. math::
+        \text{personalization@}k = 1 - \frac{\sum_i c_i (c_i - 1)}{k\, n (n - 1)}
+
+    exactly, in :math:`O(nk)`. Padding slots overlap nothing; 0 when :math:`n < 2`.
+
+    Intra-list diversity is the mean, over users with at least two recommended items, of the mean
+    cosine distance :math:`1 - \cos(f_i, f_j)` over the ordered pairs :math:`i \ne j` of their
+    top-:math:`k` items, where :math:`f` are the rows of ``item_features`` (one fixed item
+    representation for every model, e.g. the fused content embeddings). With one-hot categories as
+    features it equals PyG's ``LinkPredDiversity``.
+
+    ``tail_share@k`` is the share of filled top-:math:`k` slots that hold a ``tail_items`` item.
     """
     n_users, n_items = _check_model(model)
     ks = _check_ks(ks)
-    if item_popularity is None or n_train_users is None:
-        raise ValueError("item_popularity and n_train_users are required (novelty@k needs them)")
-    pop = np.asarray(item_popularity, dtype=np.float64)
-    if pop.shape != (n_items,):
-        raise ValueError(f"item_popularity must have shape ({n_items},), got {pop.shape}")
-    if isinstance(n_train_users, bool) or int(n_train_users) != n_train_users or n_train_users < 1:
-        raise ValueError(f"n_train_users must be a positive integer, got {n_train_users!r}")
-    if not np.isfinite(pop).all() or pop.min() < 0 or pop.max() > n_train_users:
-        raise ValueError(f"item_popularity must be counts of distinct training users in "
-                         f"[0, n_train_users={n_train_users}], got range [{pop.min()}, {pop.max()}]")
-    # One extra entry (0 bits) so PAD slots, mapped to index n_items, add nothing.
-    self_info = torch.from_numpy(np.append(-np.log2((pop + 1.0) / (n_train_users + 1.0)), 0.0))
-
-    max_k = ks[-1]
-    collection = LinkPredMetricCollection({
-        name: metric for k in ks for name, metric in (
-            (f"recall@{k}", LinkPredRecall(k)), (f"precision@{k}", LinkPredPrecision(k)),
-            (f"f1@{k}", LinkPredF1(k)), (f"ndcg@{k}", LinkPredNDCG(k)), (f"map@{k}", LinkPredMAP(k)),
-            (f"hit_ratio@{k}", LinkPredHitRatio(k)))})
-    coverage = {k: LinkPredCoverage(k, num_dst_nodes=n_items) for k in ks}
-    novelty_sum = dict.fromkeys(ks, 0.0)
-    novelty_n = dict.fromkeys(ks, 0)
-    n_evaluated = 0
-
-    for users, top, rows, cols in _ranked_chunks(model, truth, exclude, max_k, candidates, chunk_size):
-        n_evaluated += len(users)
-        filled = top != PAD
-        # PAD -> n_items: an index no truth entry has, and larger than all of them, so PyG's
-        # row * M + item flattening can never alias it onto another user's item.
-        sink = top.masked_fill(~filled, n_items)
-        collection.update(sink, (rows, cols))
-        for k in ks:
-            # LinkPredCoverage only accepts real item ids: pass the filled slots as a column.
-            coverage[k].update(top[:, :k][filled[:, :k]].view(-1, 1), (rows, cols))
-            novelty_sum[k] += float(self_info[sink[:, :k]].sum())
-            novelty_n[k] += int(filled[:, :k].sum())
-
-    values = {name: float(value) for name, value in collection.compute().items()}
-    out: dict[str, float] = {}
-    for k in ks:
-        for name in ("recall", "precision", "f1", "ndcg", "map", "hit_ratio"):
-            out[f"{name}@{k}"] = values[f"{name}@{k}"]
-        out[f"coverage@{k}"] = float(coverage[k].compute()) if n_items else 0.0
-        out[f"novelty@{k}"] = novelty_sum[k] / novelty_n[k] if novelty_n[k] else 0.0
-    out["n_users_evaluated"] = n_evaluated
-    return out
+    _self_information(item_popularity, n_train_users, n_items)  # fail before any scoring
+    truth = _check_truth(truth, (n_users, n_items))
+    users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
+    top = top_k(model, users, exclude, ks[-1], candidates=candidates, chunk_size=chunk_size)
+    return ranking_metrics_from_top_k(top, users, truth, ks, item_popularity=item_popularity,
+                                      n_train_users=n_train_users, item_features=item_features,
+                                      tail_items=tail_items, chunk_size=chunk_size)

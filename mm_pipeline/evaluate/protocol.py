@@ -1,61 +1,133 @@
-"""The evaluation protocol: every model, one split, full ranking and cold-start ranking."""
+"""The evaluation protocol: every model, one split; full ranking, cold-start and long-tail items."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
-from mm_pipeline.evaluate.bootstrap import bootstrap_ci, paired_bootstrap
-from mm_pipeline.evaluate.metrics import per_user_metrics, ranking_metrics
+from mm_pipeline.evaluate.bootstrap import bootstrap_intervals, paired_bootstraps
+from mm_pipeline.evaluate.metrics import (
+    per_user_metrics_from_top_k,
+    ranking_metrics,
+    ranking_metrics_from_top_k,
+    top_k,
+)
 from mm_pipeline.recommend.base import EmbeddingRecommender
 
 if TYPE_CHECKING:
     from mm_pipeline.recommend.fit import SplitData
 
+HEAD_SHARE = 0.2
+
 PROTOCOL = ("Split: {split}. Test: every item is scored for each test user, the "
             "user's training and validation items are excluded, and the top-k is compared with the user's "
             "test items. Cold start: test interactions on items with no training interaction, ranked among "
-            "those cold items only. Coverage: share of the catalogue recommended to anyone; novelty: mean "
-            "self-information -log2((pop+1)/(users+1)) of recommended items.")
+            "those cold items only. Long tail: test interactions on warm items outside the head (the most "
+            "popular items that together hold {head:.0%} of the training interactions), on the same "
+            "full ranking. Coverage: share of the catalogue recommended to anyone; novelty: mean "
+            "self-information -log2((pop+1)/(users+1)) of recommended items; personalization: 1 - mean "
+            "overlap of two users' top-k lists;{diversity} tail share: share of recommended slots "
+            "holding long-tail items. Intervals: 95% percentile bootstrap over test users ({resamples} "
+            "resamples, the same resamples for every model).")
+DIVERSITY = (" intra-list diversity: mean cosine distance between the items of one list, on one item "
+             "representation for every model (the fused content embeddings);")
 
 
-CI_METRICS = ("recall@20", "ndcg@20")
+def popularity_groups(train: sp.spmatrix, head_share: float = HEAD_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    r"""``(head, tail)`` bool masks over items, from training popularity.
 
-
-def evaluate_models(models: dict[str, EmbeddingRecommender], data: "SplitData", ks=(10, 20),
-                    primary: str | None = None, baselines: tuple[str, ...] = (), n_resamples: int = 1000,
-                    seed: int = 0, split: str = "per-user chronological split (8:1:1)") -> dict:
-    """Test metrics for each model on all items and on cold-start items.
-
-    Adds 95% bootstrap intervals over test users for recall@20 and ndcg@20 (``"recall@20_ci"``), and,
-    when ``primary`` and ``baselines`` are given, a paired bootstrap of the primary model against the
-    baseline with the best recall@20 (``out["significance"]``).
+    Items are ordered by their number of training interactions (descending; ties by lower index).
+    The **head** is the shortest prefix of that order whose interactions reach ``head_share`` of
+    all training interactions; the **long tail** is every other item with at least one training
+    interaction. Cold items (no training interaction) are in neither.
     """
+    if not 0 < head_share < 1:
+        raise ValueError(f"head_share must lie in (0, 1), got {head_share!r}")
+    if not sp.issparse(train):
+        raise TypeError(f"train must be a scipy.sparse matrix, got {type(train).__name__}")
+    counts = np.asarray((train != 0).sum(axis=0)).ravel().astype(np.int64)
+    n_items = counts.size
+    head = np.zeros(n_items, dtype=bool)
+    total = int(counts.sum())
+    if total:
+        order = np.lexsort((np.arange(n_items), -counts))
+        n_head = int(np.searchsorted(np.cumsum(counts[order]), head_share * total, side="left")) + 1
+        head[order[:n_head]] = True
+    return head, (counts > 0) & ~head
+
+
+def _restrict(matrix: sp.spmatrix, items: np.ndarray) -> sp.csr_matrix:
+    out = sp.csr_matrix(matrix.multiply(sp.csr_matrix(items.astype(np.float32)[None, :])))
+    out.eliminate_zeros()
+    return out
+
+
+def evaluate_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData", ks: Sequence[int] = (10, 20),
+                    primary: str | None = None, baselines: Sequence[str] = (), n_resamples: int = 1000,
+                    seed: int = 0, split: str = "per-user chronological split (8:1:1)",
+                    item_features: np.ndarray | None = None, head_share: float = HEAD_SHARE) -> dict:
+    """Test metrics for each model on all items, on cold-start items and on long-tail items.
+
+    Each model scores each test user once; the full-ranking and long-tail metrics share those
+    top-k lists. Adds, per model, 95% bootstrap intervals over test users for recall@K and ndcg@K
+    (``K = max(ks)``, keys ``"recall@K_ci"``). When ``baselines`` are given, every model is compared
+    with the baseline of best recall@K by a paired bootstrap (``"significant_vs_best_baseline"``
+    per model, the full tests in ``out["significance"]["models"]``; the primary model's tests also
+    at ``out["significance"][metric]``). ``item_features`` (``[n_items, d]``) adds intra-list
+    diversity.
+    """
+    if not models:
+        raise ValueError("models is empty: nothing to evaluate")
+    max_k = max(ks)
     exclude = (data.train + data.valid).tocsr()
     popularity = np.asarray(data.train.sum(axis=0)).ravel()
+    test_users = np.flatnonzero(data.test.getnnz(axis=1) > 0).astype(np.int64)
+    if test_users.size == 0:
+        raise ValueError("the test split has no interactions: nothing to evaluate (check the interaction split)")
     cold = ~data.warm_items
-    cold_truth = data.test.multiply(sp.csr_matrix(cold.astype(np.float32)[None, :])).tocsr()
-    cold_truth.eliminate_zeros()
-    out: dict = {"models": {}, "cold_start": {}, "protocol": PROTOCOL.format(split=split),
-                 "cold_test_interactions": int(cold_truth.nnz)}
+    head, tail = popularity_groups(data.train, head_share)
+    cold_truth, tail_truth = _restrict(data.test, cold), _restrict(data.test, tail)
+    common = dict(ks=ks, item_popularity=popularity, n_train_users=data.n_users, item_features=item_features)
+    out: dict = {"models": {}, "cold_start": {}, "long_tail": {},
+                 "protocol": PROTOCOL.format(split=split, head=head_share, resamples=n_resamples,
+                                             diversity="" if item_features is None else DIVERSITY),
+                 "cold_test_interactions": int(cold_truth.nnz),
+                 "popularity_groups": {"head_share": head_share, "head_items": int(head.sum()),
+                                       "tail_items": int(tail.sum()), "cold_items": int(cold.sum()),
+                                       "tail_test_interactions": int(tail_truth.nnz)}}
+    ci_metrics = (f"recall@{max_k}", f"ndcg@{max_k}")
     per_user = {}
     for name, model in models.items():
-        out["models"][name] = ranking_metrics(model, truth=data.test, exclude=exclude, ks=ks,
-                                              item_popularity=popularity, n_train_users=data.n_users)
-        per_user[name] = per_user_metrics(model, truth=data.test, exclude=exclude, ks=(20,))
-        for metric in CI_METRICS:
-            out["models"][name][f"{metric}_ci"] = list(bootstrap_ci(per_user[name][metric], n_resamples,
-                                                                    seed=seed))
-        if cold.any() and cold_truth.nnz:
-            out["cold_start"][name] = ranking_metrics(model, truth=cold_truth, exclude=exclude, ks=ks,
-                                                      item_popularity=popularity, n_train_users=data.n_users,
-                                                      candidates=cold)
+        top = top_k(model, test_users, exclude, max_k)
+        out["models"][name] = ranking_metrics_from_top_k(top, test_users, data.test, tail_items=tail, **common)
+        per_user[name] = per_user_metrics_from_top_k(top, test_users, data.test, ks=(max_k,))
+        if tail_truth.nnz:
+            out["long_tail"][name] = ranking_metrics_from_top_k(top, test_users, tail_truth, tail_items=tail,
+                                                                **common)
+        if cold_truth.nnz:
+            out["cold_start"][name] = ranking_metrics(model, truth=cold_truth, exclude=exclude, candidates=cold,
+                                                      **common)
+
+    names = list(models)
+    stacked = {metric: np.stack([per_user[name][metric] for name in names]) for metric in ci_metrics}
+    for metric, values in stacked.items():
+        intervals = bootstrap_intervals(values, n_resamples, seed=seed)
+        for name, (lo, hi) in zip(names, intervals):
+            out["models"][name][f"{metric}_ci"] = [float(lo), float(hi)]
+
     present = [b for b in baselines if b in out["models"]]
-    if primary in out["models"] and present:
-        best = max(present, key=lambda b: out["models"][b]["recall@20"])
-        out["significance"] = {"primary": primary, "best_baseline": best, **{
-            metric: paired_bootstrap(per_user[primary][metric], per_user[best][metric], n_resamples, seed=seed)
-            for metric in CI_METRICS}}
+    if present:
+        best = max(present, key=lambda b: out["models"][b][f"recall@{max_k}"])  # ties: the first listed
+        tests = {metric: paired_bootstraps(values, stacked[metric][names.index(best)], n_resamples, seed=seed)
+                 for metric, values in stacked.items()}
+        per_model = {name: {metric: tests[metric][row] for metric in ci_metrics} for row, name in enumerate(names)}
+        for name in names:
+            out["models"][name]["significant_vs_best_baseline"] = {
+                metric: per_model[name][metric]["significant"] for metric in ci_metrics}
+        out["significance"] = {"best_baseline": best, "metrics": list(ci_metrics), "models": per_model}
+        if primary in out["models"]:
+            out["significance"].update({"primary": primary, **per_model[primary]})
     return out

@@ -1,13 +1,22 @@
-"""Human-readable evaluation outputs: a markdown metrics table, PNG training curves, report files."""
+"""Human-readable evaluation outputs: tables (markdown and HTML), PNG figures, report files.
+
+A report is a list of blocks (:class:`Heading`, :class:`Paragraph`, :class:`Table`,
+:class:`Figure`) rendered twice from the same content: :func:`render_markdown` (figures linked as
+``<name>.png`` next to the file) and :func:`render_html` (one self-contained page, figures inline).
+Figures use a bare :class:`matplotlib.figure.Figure` on the Agg canvas: no pyplot state, no backend
+switch, safe inside a Dagster worker; PNGs carry no timestamp, so equal inputs give equal bytes.
+"""
 
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +120,12 @@ def _json_default(value: Any) -> Any:
 
 
 def write_report(report_dir: str | Path, metrics: Mapping[str, Any], markdown: str,
-                 figures: Mapping[str, bytes]) -> dict[str, Path]:
+                 figures: Mapping[str, bytes], html_page: str | None = None) -> dict[str, Path]:
     """Write ``metrics.json`` (sorted keys, indent 2), ``report.md`` and ``<name>.png`` per figure.
 
-    Each file is written atomically. Returns ``{file name: path}``, e.g. ``{"metrics.json": ...,
-    "report.md": ..., "loss.png": ...}``. Figure names must be plain file stems.
+    With ``html_page``, also ``report.html``. Each file is written atomically. Returns
+    ``{file name: path}``, e.g. ``{"metrics.json": ..., "report.md": ..., "loss.png": ...}``.
+    Figure names must be plain file stems.
     """
     report_dir = Path(report_dir)
     for name, png in figures.items():
@@ -127,6 +137,264 @@ def write_report(report_dir: str | Path, metrics: Mapping[str, Any], markdown: s
     text = json.dumps(dict(metrics), sort_keys=True, indent=2, default=_json_default) + "\n"
     written = {"metrics.json": atomic_write_text(report_dir / "metrics.json", text),
                "report.md": atomic_write_text(report_dir / "report.md", markdown)}
+    if html_page is not None:
+        written["report.html"] = atomic_write_text(report_dir / "report.html", html_page)
     for name, png in figures.items():
         written[f"{name}.png"] = atomic_write_bytes(report_dir / f"{name}.png", bytes(png))
     return written
+
+
+def figure_name(text: str) -> str:
+    """A plain file stem for a figure (``mm_gcn[int8]`` -> ``mm_gcn_int8_``)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(text))
+    return name if _PLAIN_NAME.match(name) else f"figure_{name}"
+
+
+# ------------------------------------------------------------------------------------ report blocks
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of already formatted cells; ``bold`` holds the indices of rows to emphasise."""
+
+    columns: Sequence[str]
+    rows: Sequence[Sequence[str]]
+    bold: frozenset[int] = field(default_factory=frozenset)
+    note: str = ""
+
+    def __post_init__(self):
+        for index, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(f"table row {index} has {len(row)} cells for {len(self.columns)} columns")
+
+    def markdown(self) -> str:
+        if not self.rows:
+            return "_empty_\n"
+        def escape(text: str) -> str:  # a significance mark must not start emphasis
+            return _cell(text).replace("*", r"\*")
+
+        lines = ["| " + " | ".join(escape(c) for c in self.columns) + " |",
+                 "|---|" + "---:|" * (len(self.columns) - 1)]
+        for index, row in enumerate(self.rows):
+            cells = [escape(c) for c in row]
+            if index in self.bold:
+                cells = [f"**{c}**" if c else c for c in cells]
+            lines.append("| " + " | ".join(cells) + " |")
+        note = f"\n{escape(self.note)}\n" if self.note else ""
+        return "\n".join(lines) + "\n" + note
+
+    def html(self) -> str:
+        if not self.rows:
+            return "<p><em>empty</em></p>"
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.columns)
+        body = []
+        for index, row in enumerate(self.rows):
+            cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
+            body.append(f'<tr class="bold">{cells}</tr>' if index in self.bold else f"<tr>{cells}</tr>")
+        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG figure; ``name`` is its file stem in the markdown report."""
+
+    name: str
+    png: bytes
+    caption: str = ""
+
+
+Block = Heading | Paragraph | Table | Figure
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+    """Markdown report: figures as ``![caption](<name>.png)`` links to files written next to it."""
+    parts = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append("#" * block.level + " " + block.text)
+        elif isinstance(block, Paragraph):
+            parts.append(block.text)
+        elif isinstance(block, Table):
+            parts.append(block.markdown().rstrip("\n"))
+        elif isinstance(block, Figure):
+            alt = (block.caption or block.name).replace("[", "(").replace("]", ")")
+            parts.append(f"![{alt}]({block.name}.png)")
+        else:
+            raise TypeError(f"not a report block: {type(block).__name__}")
+    return "\n\n".join(parts) + "\n"
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px}
+td{text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f0f0f0}
+tr.bold td{font-weight:bold}p.note{font-size:0.85em;color:#555}figure{margin:1em 0}
+figcaption{font-size:0.85em;color:#555}img{max-width:100%}"""
+
+
+def render_html(blocks: Sequence[Block], title: str) -> str:
+    """One self-contained HTML page: tables as HTML, figures inline as base64 PNG."""
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{_STYLE}</style></head><body>"]
+    for block in blocks:
+        if isinstance(block, Heading):
+            level = min(max(block.level, 1), 6)
+            parts.append(f"<h{level}>{html.escape(block.text)}</h{level}>")
+        elif isinstance(block, Paragraph):
+            parts.append(f"<p>{html.escape(block.text)}</p>")
+        elif isinstance(block, Table):
+            parts.append(block.html())
+        elif isinstance(block, Figure):
+            if not bytes(block.png).startswith(_PNG_SIGNATURE):
+                raise ValueError(f"figure {block.name!r} is not PNG bytes")
+            data = base64.b64encode(bytes(block.png)).decode("ascii")
+            caption = html.escape(block.caption or block.name)
+            parts.append(f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{caption}</figcaption></figure>")
+        else:
+            raise TypeError(f"not a report block: {type(block).__name__}")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+ROLE_COLORS = {"baseline": "#9e9e9e", "primary": "#1f77b4", "ablation": "#ff7f0e", "variant": "#2ca02c"}
+
+
+def interval_bar_png(names: Sequence[str], values: Sequence[float], intervals: Sequence[Sequence[float]],
+                     roles: Sequence[str], metric: str, marked: Sequence[bool] | None = None) -> bytes:
+    """Horizontal bars of ``values`` per model with ``intervals`` (lo, hi) as error bars.
+
+    Bars are coloured by ``roles`` (keys of :data:`ROLE_COLORS`); a ``*`` follows the value of
+    every model with ``marked`` true (e.g. significantly different from the best baseline).
+    """
+    n = len(names)
+    if n == 0:
+        raise ValueError("names is empty: nothing to plot")
+    if not (len(values) == len(intervals) == len(roles) == n) or (marked is not None and len(marked) != n):
+        raise ValueError("names, values, intervals, roles (and marked) must have the same length")
+    unknown = sorted(set(roles) - set(ROLE_COLORS))
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; use {sorted(ROLE_COLORS)}")
+    values_arr = np.asarray(values, dtype=float)
+    bounds = np.asarray(intervals, dtype=float).reshape(n, 2)
+    errors = np.clip(np.stack([values_arr - bounds[:, 0], bounds[:, 1] - values_arr]), 0, None)
+    fig = _new_figure(7, 0.8 + 0.35 * n)
+    ax = fig.add_subplot()
+    y = np.arange(n)[::-1]
+    ax.barh(y, values_arr, xerr=errors, color=[ROLE_COLORS[r] for r in roles], capsize=3,
+            error_kw={"elinewidth": 1})
+    ax.set_yticks(y, [str(name) for name in names], fontsize="small")
+    for row, value in enumerate(values_arr):
+        label = f"{value:.4f}" + (" *" if marked is not None and marked[row] else "")
+        ax.text(bounds[row, 1] if np.isfinite(bounds[row, 1]) else value, y[row], " " + label,
+                va="center", fontsize="x-small")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=ROLE_COLORS[r], label=r) for r in ROLE_COLORS if r in roles],
+              fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlabel(f"{metric} (bars: 95% bootstrap interval; * significant vs best baseline)")
+    ax.set_xlim(0, max(float(np.nanmax(bounds[:, 1])), float(np.nanmax(values_arr)), 1e-6) * 1.25)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def modality_weights_png(weights: np.ndarray, present: np.ndarray, modalities: Sequence[str]) -> bytes:
+    """Distribution of the attention-fusion weight of each modality over the items that have it.
+
+    Left: box plot per modality (mean as a triangle); right: histograms of the same weights.
+    Items missing a modality carry weight 0 for it by construction and are left out of its
+    distribution (the legend gives each modality's item coverage).
+    """
+    weights, present = np.asarray(weights, dtype=float), np.asarray(present, dtype=bool)
+    modalities = [str(m) for m in modalities]
+    if weights.ndim != 2 or weights.shape[1] != len(modalities) or present.shape != weights.shape:
+        raise ValueError(f"weights and present must both be [n_items, {len(modalities)}] (one column per "
+                         f"modality {modalities}), got {weights.shape} and {present.shape}")
+    samples = [weights[present[:, m], m] for m in range(len(modalities))]
+    shown = [m for m, sample in enumerate(samples) if sample.size]
+    fig = _new_figure(9, 3.2)
+    box, hist = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    if shown:
+        box.boxplot([samples[m] for m in shown], showmeans=True, showfliers=False)
+        box.set_xticks(range(1, len(shown) + 1), [modalities[m] for m in shown])
+        bins = np.linspace(0.0, 1.0, 31)
+        for m in shown:
+            hist.hist(samples[m], bins=bins, histtype="step", linewidth=1.5,
+                      label=f"{modalities[m]} ({samples[m].size / max(len(weights), 1):.0%} of items)")
+        hist.legend(fontsize="small")
+    box.set_ylabel("fusion weight")
+    box.set_title("per modality (items that have it)", fontsize="small")
+    box.grid(axis="y", alpha=0.3)
+    hist.set_xlabel("fusion weight")
+    hist.set_ylabel("items")
+    hist.set_title("histogram", fontsize="small")
+    return _png(fig)
+
+
+LOSS_COLUMNS = ("loss", "cross_modal", "collaborative")
+VALIDATION_COLUMNS = ("valid_ndcg@20", "valid_recall@20")
+
+
+def training_curves_png(histories: Mapping[str, pd.DataFrame]) -> bytes:
+    """One panel per model: training losses (left axis) and validation metrics (right axis) per epoch.
+
+    Plots the columns of :data:`LOSS_COLUMNS` and :data:`VALIDATION_COLUMNS` a history has; epochs
+    without a validation pass (NaN) are skipped for that curve.
+    """
+    histories = {name: h for name, h in histories.items() if isinstance(h, pd.DataFrame) and len(h)}
+    if not histories:
+        raise ValueError("no non-empty history to plot")
+    n = len(histories)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = _new_figure(4.2 * ncols, 3.0 * nrows)
+    for index, (name, history) in enumerate(histories.items()):
+        ax = fig.add_subplot(nrows, ncols, index + 1)
+        x = history["epoch"].to_numpy(dtype=float) if "epoch" in history else np.arange(1, len(history) + 1.0)
+        handles = []
+        for column in [c for c in LOSS_COLUMNS if c in history]:
+            y = history[column].to_numpy(dtype=float)
+            keep = np.isfinite(y)
+            handles += ax.plot(x[keep], y[keep], marker="o", markersize=2, label=column)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss")
+        valid = [c for c in VALIDATION_COLUMNS if c in history]
+        if valid:
+            right = ax.twinx()
+            for offset, column in enumerate(valid):
+                y = history[column].to_numpy(dtype=float)
+                keep = np.isfinite(y)
+                handles += right.plot(x[keep], y[keep], marker="s", markersize=2, linestyle="--",
+                                      color=f"C{len(LOSS_COLUMNS) + offset}", label=column)
+            right.set_ylabel("validation")
+        ax.set_title(str(name), fontsize="small")
+        ax.grid(alpha=0.3)
+        if handles:
+            ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize="x-small")
+    return _png(fig)

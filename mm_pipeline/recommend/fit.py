@@ -18,8 +18,8 @@ import torch
 from mm_pipeline.evaluate.metrics import ranking_metrics
 from mm_pipeline.evaluate.split import interaction_matrix
 from mm_pipeline.recommend.base import EmbeddingRecommender
-from mm_pipeline.recommend.graph import bipartite_edge_index, normalized_adjacency
-from mm_pipeline.recommend.models import IDLightGCN, MultimodalGCN
+from mm_pipeline.recommend.graph import bipartite_edge_index, knn_item_adjacency, normalized_adjacency
+from mm_pipeline.recommend.models import VBPR, IDLightGCN, MultimodalGCN
 from mm_pipeline.recommend.train import TrainConfig, train_bpr
 
 
@@ -33,6 +33,11 @@ class MultimodalConfig(TrainConfig):
     dropout: float = 0.1
     content_weight: float = 0.0
     cold_prob: float = 0.2
+    knn_k: int = 10              # item-item graph neighbours (0: no item-item graph)
+    item_layers: int = 1         # propagation steps over the item-item graph
+    graph_mode: str = "cold"     # item-graph term: stands in for cold items' ID embedding, or "add" to all
+    align_weight: float = 0.03   # content <-> collaborative InfoNCE in the multi-task loss (0: off)
+    align_temperature: float = 0.2
 
 
 @dataclass
@@ -88,14 +93,49 @@ def fit_lightgcn(data: SplitData, config: TrainConfig, on_epoch=None, name: str 
     return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
 
 
-def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray], config: MultimodalConfig,
-                   on_epoch=None, name: str = "mm_gcn") -> tuple[EmbeddingRecommender, pd.DataFrame]:
+def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, config: MultimodalConfig,
+                   on_epoch=None, name: str = "mm_gcn", content: np.ndarray | None = None,
+                   graph_features: np.ndarray | None = None) -> tuple[EmbeddingRecommender, pd.DataFrame]:
+    """The primary model on the aligned embeddings (``content_matrix(aligned)``; item-item graph over
+    the fused vectors). ``content`` / ``graph_features`` replace those inputs (the ablations do)."""
     torch.manual_seed(config.seed)
-    content = torch.from_numpy(content_matrix(aligned))
-    if content.shape[0] != data.n_items:
-        raise ValueError(f"aligned embeddings cover {content.shape[0]} items but the split has {data.n_items}")
-    model = MultimodalGCN(data.n_users, data.n_items, data.adj, content, torch.from_numpy(data.warm_items),
+    if content is None or (graph_features is None and config.knn_k > 0):
+        if aligned is None:
+            raise ValueError("fit_multimodal needs aligned embeddings or explicit content and graph_features")
+        content = content_matrix(aligned) if content is None else content
+        graph_features = np.asarray(aligned["fused"]) if graph_features is None else graph_features
+    content_t = torch.from_numpy(np.asarray(content, dtype=np.float32))
+    if content_t.shape[0] != data.n_items:
+        raise ValueError(f"item content covers {content_t.shape[0]} items but the split has {data.n_items}")
+    item_adj = (knn_item_adjacency(torch.from_numpy(np.asarray(graph_features, dtype=np.float32)), config.knn_k)
+                if config.knn_k > 0 else None)
+    model = MultimodalGCN(data.n_users, data.n_items, data.adj, content_t, torch.from_numpy(data.warm_items),
                           dim=config.dim, num_layers=config.num_layers, hidden=config.hidden,
                           dropout=config.dropout, reg=config.reg, content_weight=config.content_weight,
-                          cold_prob=config.cold_prob)
+                          cold_prob=config.cold_prob, item_adj=item_adj, item_layers=config.item_layers,
+                          align_weight=config.align_weight, align_temperature=config.align_temperature,
+                          graph_mode=config.graph_mode)
+    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
+
+
+def standardized_features(features: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Features scaled to zero mean and unit variance over the items that have them; zeros elsewhere."""
+    x = np.asarray(features, dtype=np.float32)
+    present = np.asarray(present, dtype=bool)
+    out = np.zeros_like(x)
+    if present.any():
+        rows = x[present]
+        out[present] = (rows - rows.mean(0)) / np.maximum(rows.std(0), 1e-4)
+    return out
+
+
+def fit_vbpr(data: SplitData, visual: np.ndarray, present: np.ndarray, config: TrainConfig, on_epoch=None,
+             name: str = "vbpr") -> tuple[EmbeddingRecommender, pd.DataFrame]:
+    """VBPR on the items' visual features (standardised; items without an image get zeros)."""
+    torch.manual_seed(config.seed)
+    visual = standardized_features(visual, present)
+    if visual.shape[0] != data.n_items:
+        raise ValueError(f"visual features cover {visual.shape[0]} items but the split has {data.n_items}")
+    model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), dim=config.dim, visual_dim=config.dim,
+                 reg=config.reg)
     return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)

@@ -62,3 +62,34 @@ class SymmetricLGConv(LGConv):
         if isinstance(edge_index, torch.Tensor) and edge_index.layout == torch.sparse_csr:
             return _SymmetricSpMM.apply(edge_index, x)
         return super().forward(x, edge_index, edge_weight)
+
+
+def knn_item_adjacency(features: torch.Tensor, k: int, chunk_size: int = 2048) -> torch.Tensor:
+    r"""Item-item :math:`k`-nearest-neighbour graph over ``features`` (cosine), normalised like the
+    user-item graph: :math:`D^{-1/2} (A \lor A^\top) D^{-1/2}` as a sparse CSR tensor.
+
+    Each item links to its ``k`` most similar other items; the union with the reverse links makes the
+    matrix symmetric (so :class:`SymmetricLGConv` can propagate over it). Items whose feature row is
+    all zero (no usable modality) get no links. Built once, in chunks of ``chunk_size`` rows, so
+    memory is :math:`O(\text{chunk\_size} \cdot n)`; the graph is frozen during training, as in
+    FREEDOM (Zhou & Shen, 2023).
+    """
+    n = features.shape[0]
+    if k < 1 or n < 2:
+        raise ValueError(f"knn_item_adjacency needs k >= 1 and at least 2 items, got k={k}, n={n}")
+    k = min(k, n - 1)
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    usable = x.abs().sum(1) > 0
+    rows, cols = [], []
+    for start in range(0, n, chunk_size):
+        sim = x[start:start + chunk_size] @ x.T
+        local = torch.arange(sim.shape[0])
+        sim[local, start + local] = -torch.inf           # no self loops
+        sim[:, ~usable] = -torch.inf                      # featureless items are nobody's neighbour
+        values, top = sim.topk(k, dim=1)
+        keep = usable[start:start + sim.shape[0], None] & torch.isfinite(values)
+        rows.append((start + local)[:, None].expand(-1, k)[keep])
+        cols.append(top[keep])
+    row, col = torch.cat(rows), torch.cat(cols)
+    edge_index = torch.unique(torch.stack([torch.cat([row, col]), torch.cat([col, row])]), dim=1)
+    return normalized_adjacency(edge_index, n)

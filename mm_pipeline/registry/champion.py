@@ -10,13 +10,24 @@ caller decides which store it talks to.
   :data:`MAX_HISTORY` kept). :func:`rollback_champion` moves the alias back to the previous entry and
   drops the entries after it, so repeated rollbacks walk further back.
 * Promotion decisions are written as model-version tags under ``mm_pipeline.promotion.``.
+* Moving the alias is a read-modify-write of the alias and the history tag, so callers hold
+  :func:`champion_lock` around it: a file lock (``fcntl.flock``) for every process sharing the store
+  or project home, plus a PostgreSQL advisory lock when the tracking store is a PostgreSQL database
+  (processes on other hosts). ``set_champion(..., expected_previous=v)`` is the compare-and-set: it
+  refuses (:class:`ChampionMovedError`) when the alias no longer points where the caller last saw it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -27,6 +38,9 @@ CHALLENGER_ALIAS = "challenger"
 TAG_CHAMPION_HISTORY = "mm_pipeline.champion_history"
 PROMOTION_TAG_PREFIX = "mm_pipeline.promotion."
 MAX_HISTORY = 100
+LOCK_TIMEOUT_S = 300.0  # a promotion holds the lock for a few registry calls, never for training
+_LOCK_POLL_S = 0.05
+_ANY = object()  # expected_previous default: no compare-and-set
 _MAX_TAG_VALUE = 5000  # model-registry tag values are limited to 5000 characters
 _INVALID_TAG_CHAR = re.compile(r"[^/\w.\- :]")
 
@@ -40,6 +54,15 @@ class ChampionChange:
     previous: str | None
     current: str
     history: list[str]
+
+
+class ChampionMovedError(RuntimeError):
+    """The ``champion`` alias moved since the caller read it (compare-and-set failed)."""
+
+    def __init__(self, name: str, expected: str | None, current: str | None):
+        self.name, self.expected, self.current = name, expected, current
+        super().__init__(f"the champion of {name!r} moved from {expected or '(none)'} to {current or '(none)'} "
+                         "while this change was being prepared; decide again against the current champion")
 
 
 def _check_name(name: str) -> str:
@@ -101,15 +124,22 @@ def _require_version(client: MlflowClient, name: str, version: str) -> None:
         raise
 
 
-def set_champion(client: MlflowClient, name: str, version: str | int) -> ChampionChange:
+def set_champion(client: MlflowClient, name: str, version: str | int, expected_previous: Any = _ANY
+                 ) -> ChampionChange:
     """Point the ``champion`` alias of ``name`` at ``version`` and append it to the history.
 
     The version must exist. Setting the version that already is champion changes nothing (and adds
-    no history entry)."""
+    no history entry). ``expected_previous`` (a version, or ``None`` for "no champion"): raise
+    :class:`ChampionMovedError` instead when the alias points elsewhere now. Hold
+    :func:`champion_lock` around the call so that the check and the change are one step."""
     _check_name(name)
     version = _check_version(version)
     _require_version(client, name, version)
     previous = alias_version(client, name, CHAMPION_ALIAS)
+    if expected_previous is not _ANY:
+        expected = None if expected_previous is None else _check_version(expected_previous)
+        if previous != expected:
+            raise ChampionMovedError(name, expected, previous)
     history = champion_history(client, name)
     if previous == version and history and history[-1] == version:
         return ChampionChange(name, previous, version, history)
@@ -159,3 +189,96 @@ def tag_version(client: MlflowClient, name: str, version: str | int, tags: Mappi
         written[full] = text[:_MAX_TAG_VALUE]
         client.set_model_version_tag(name, version, full, written[full])
     return written
+
+
+# ------------------------------------------------------------------------------------------- locking
+def _lock_file(name: str, tracking_uri: str | None, lock_dir: str | Path) -> Path:
+    """Next to the SQLite database when the store is one (every process writing it shares that
+    folder, whatever its project home), else in ``lock_dir``."""
+    folder = Path(lock_dir)
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+    return folder / f".{tag_key(name)}.champion.lock"
+
+
+def advisory_lock_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_lock``, from the registered model name."""
+    return int.from_bytes(hashlib.sha256(f"mm_pipeline.champion:{name}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
+def _is_postgres(tracking_uri: str | None) -> bool:
+    return bool(tracking_uri) and tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def _wait(what: str, timeout_s: float, attempt) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not attempt():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"could not take {what} within {timeout_s:g} s: another promotion or rollback "
+                               "holds it; retry when it has finished")
+        time.sleep(_LOCK_POLL_S)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        def attempt() -> bool:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+        _wait(f"the champion lock {path}", timeout_s, attempt)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _postgres_lock(tracking_uri: str, name: str, timeout_s: float) -> Iterator[None]:
+    import sqlalchemy as sa
+
+    key = advisory_lock_key(name)
+    # A session-level advisory lock lives as long as this connection; NullPool: nothing is reused.
+    engine = sa.create_engine(tracking_uri, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            def attempt() -> bool:
+                taken = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+                conn.commit()
+                return bool(taken)
+
+            _wait(f"the PostgreSQL advisory lock {key} for {name!r}", timeout_s, attempt)
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def champion_lock(name: str, lock_dir: str | Path, tracking_uri: str | None = None,
+                  timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the lock that serialises changes of ``name``'s champion alias and history.
+
+    Always an exclusive ``fcntl.flock`` on a lock file next to the SQLite store (``tracking_uri``
+    ``sqlite:///...``) or in ``lock_dir``; with a PostgreSQL ``tracking_uri`` also a session-level
+    advisory lock keyed by the name, so processes on other machines wait too. (An MLflow tracking
+    *server* URI, ``http(s)://``, gets only the file lock: use :func:`set_champion`'s
+    ``expected_previous`` as well.) Raises ``TimeoutError`` after ``timeout_s`` seconds."""
+    _check_name(name)
+    with _file_lock(_lock_file(name, tracking_uri, lock_dir), timeout_s):
+        if _is_postgres(tracking_uri):
+            with _postgres_lock(tracking_uri, name, timeout_s):
+                yield
+        else:
+            yield

@@ -67,32 +67,52 @@ class Decision:
 
     ``gate_delta`` is ``challenger - champion`` on the gate metric (NaN when there is nothing to
     compare: no champion, or a metric is missing); ``guardrail_deltas`` maps each guardrail metric
-    that could be compared to ``challenger - champion`` (negative = a drop).
+    that could be compared to ``challenger - champion`` (negative = a drop); ``not_applicable`` maps
+    each guardrail that was not evaluated to why (see :func:`decide`).
     """
 
     promote: bool
     reason: str
     gate_delta: float = math.nan
     guardrail_deltas: dict[str, float] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
 
 def _missing(metrics: Mapping[str, float], names: list[str]) -> list[str]:
     return [name for name in names if name not in metrics or not _finite_number(metrics[name])]
 
 
+def _check_not_applicable(not_applicable: Mapping[str, str] | None, policy: PromotionPolicy) -> dict[str, str]:
+    if not_applicable is None:
+        return {}
+    if not isinstance(not_applicable, Mapping):
+        raise TypeError(f"not_applicable must be a mapping of guardrail metric -> reason, "
+                        f"got {type(not_applicable).__name__}")
+    if policy.gate_metric in not_applicable:
+        raise ValueError(f"the gate metric {policy.gate_metric!r} cannot be marked not applicable: a challenger "
+                         "that cannot be measured on it is never promoted")
+    # Only guardrails of the policy can be waived; other names have nothing to waive.
+    return {str(m): str(why) for m, why in not_applicable.items() if m in policy.guardrails}
+
+
 def decide(challenger: Mapping[str, float], champion: Mapping[str, float] | None,
-           policy: PromotionPolicy | None = None) -> Decision:
+           policy: PromotionPolicy | None = None, not_applicable: Mapping[str, str] | None = None) -> Decision:
     """Apply the promotion rule. Higher is better for every metric.
+
+    ``not_applicable`` maps guardrail metrics that the evaluation data cannot measure to the reason
+    (e.g. cold-start recall when the test split has no interaction on a cold item): those guardrails
+    are not evaluated and are listed in ``Decision.not_applicable`` and the reason. The gate metric
+    can never be waived (ValueError); names that are not guardrails of the policy are ignored.
 
     The challenger is promoted if and only if:
 
     1. its gate metric is present and finite (a challenger that cannot be measured is never
        promoted, even when there is no champion), and
     2. there is no champion (``champion is None``): the first measured model becomes champion; or
-    3. both have every metric of the policy, present and finite (otherwise: not promoted, and the
-       reason names the missing metrics), **and**
-       ``challenger[gate] - champion[gate] > policy.min_improvement``, **and**, for every guardrail
-       ``m`` with max drop ``t``: ``champion[m] - challenger[m] <= t``.
+    3. both have every *applicable* metric of the policy, present and finite (otherwise: not
+       promoted, and the reason names the missing metrics), **and**
+       ``challenger[gate] - champion[gate] > policy.min_improvement``, **and**, for every applicable
+       guardrail ``m`` with max drop ``t``: ``champion[m] - challenger[m] <= t``.
 
     ``reason`` says which clause decided, with the numbers.
     """
@@ -101,24 +121,30 @@ def decide(challenger: Mapping[str, float], champion: Mapping[str, float] | None
         raise TypeError(f"challenger must be a mapping of metric -> value, got {type(challenger).__name__}")
     if champion is not None and not isinstance(champion, Mapping):
         raise TypeError(f"champion must be a mapping of metric -> value or None, got {type(champion).__name__}")
+    waived = _check_not_applicable(not_applicable, policy)
     gate = policy.gate_metric
+    waived_note = "".join(f"; guardrail {m} not applicable ({why})" for m, why in waived.items())
 
     if _missing(challenger, [gate]):
-        return Decision(False, f"not promoted: the challenger has no finite value for the gate metric {gate!r}")
+        return Decision(False, f"not promoted: the challenger has no finite value for the gate metric {gate!r}",
+                        not_applicable=waived)
     if champion is None:
-        return Decision(True, f"promoted: there is no champion yet (challenger {gate}={challenger[gate]:.6g})")
+        return Decision(True, f"promoted: there is no champion yet (challenger {gate}={challenger[gate]:.6g})",
+                        not_applicable=waived)
 
-    needed = policy.metrics
+    needed = [m for m in policy.metrics if m not in waived]
+    guardrails = {m: t for m, t in policy.guardrails.items() if m not in waived}
     missing = [f"challenger lacks {m!r}" for m in _missing(challenger, needed)]
     missing += [f"champion lacks {m!r}" for m in _missing(champion, needed)]
     if missing:
         return Decision(False, "not promoted: cannot compare, " + "; ".join(missing)
-                        + " (a missing or non-finite metric never passes the rule)")
+                        + " (a missing or non-finite metric never passes the rule)" + waived_note,
+                        not_applicable=waived)
 
     gate_delta = float(challenger[gate]) - float(champion[gate])
-    deltas = {m: float(challenger[m]) - float(champion[m]) for m in policy.guardrails}
-    broken = [f"{m} dropped by {-d:.6g} (> {policy.guardrails[m]:.6g} allowed)"
-              for m, d in deltas.items() if -d > policy.guardrails[m]]
+    deltas = {m: float(challenger[m]) - float(champion[m]) for m in guardrails}
+    broken = [f"{m} dropped by {-d:.6g} (> {guardrails[m]:.6g} allowed)"
+              for m, d in deltas.items() if -d > guardrails[m]]
     comparison = (f"{gate}: challenger {float(challenger[gate]):.6g} vs champion {float(champion[gate]):.6g} "
                   f"(delta {gate_delta:+.6g}, needs > {policy.min_improvement:.6g})")
     failures = [] if gate_delta > policy.min_improvement else [f"gate not passed, {comparison}"]
@@ -127,5 +153,6 @@ def decide(challenger: Mapping[str, float], champion: Mapping[str, float] | None
     if failures:
         if len(failures) == 1 and broken:
             failures.append(comparison)
-        return Decision(False, "not promoted: " + "; ".join(failures), gate_delta, deltas)
-    return Decision(True, f"promoted: {comparison}; every guardrail held", gate_delta, deltas)
+        return Decision(False, "not promoted: " + "; ".join(failures) + waived_note, gate_delta, deltas, waived)
+    held = "every applicable guardrail held" if waived else "every guardrail held"
+    return Decision(True, f"promoted: {comparison}; {held}{waived_note}", gate_delta, deltas, waived)

@@ -4,6 +4,7 @@ and move the ``champion`` alias only when the promotion rule says so."""
 import math
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -11,6 +12,7 @@ from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.metadata import frame_markdown
 from mm_pipeline.defs.resources import MlflowResource
 from mm_pipeline.registry.promotion import DEFAULT_GATE_METRIC, DEFAULT_GUARDRAILS, PromotionPolicy, decide
+from mm_pipeline.settings import project_paths
 
 GROUP = "registry"
 K = 20
@@ -29,7 +31,28 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="1")
+def cold_test_interactions(data) -> int:
+    """Test interactions on items with no training interaction (what cold-start metrics rank)."""
+    return int(data.test[:, np.flatnonzero(~data.warm_items)].nnz)
+
+
+def not_applicable_guardrails(policy: PromotionPolicy, cold_test: int) -> dict[str, str]:
+    """Cold-start guardrails (``cold_*``) cannot be measured when the split has no cold test interaction:
+    waive them (recorded) instead of blocking promotion for good."""
+    if cold_test > 0:
+        return {}
+    why = "the current test split has no interaction on a cold item (one without training interactions)"
+    return {m: why for m in policy.guardrails if m.startswith("cold_") and m != policy.gate_metric}
+
+
+def champion_lock_for(mlflow_tracking: MlflowResource, name: str):
+    """The lock around champion alias changes, for this resource's store (see ``champion_lock``)."""
+    from mm_pipeline.registry.champion import champion_lock
+
+    return champion_lock(name, project_paths(mlflow_tracking.home or None).home / "locks", mlflow_tracking.uri())
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="2")
 def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, registered_model: dict,
                     interaction_split: dict, raw_items: pd.DataFrame,
                     mlflow_tracking: MlflowResource) -> dg.Output[dict]:
@@ -39,10 +62,20 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
     their pyfunc ``predict``) with the evaluation report's protocol at k=20; logged numbers are never
     reused. The rule (:func:`mm_pipeline.registry.promotion.decide`): promote when there is no
     champion, else when the gate metric improves by more than ``min_improvement`` and no guardrail
-    metric drops by more than its tolerance. The decision, both scores and the reason go to this
-    asset's metadata and to ``mm_pipeline.promotion.*`` tags on the challenger version.
+    metric drops by more than its tolerance. Cold-start guardrails are *not applicable* (recorded
+    as such, not failed) when the split has no cold test interaction. The alias moves under the
+    champion lock, and only if it still points at the champion that was compared (compare-and-set):
+    a champion changed meanwhile (a manual ``promote_model`` run) makes the decision ``stale``. The
+    decision, both scores and the reason go to this asset's metadata and to
+    ``mm_pipeline.promotion.*`` tags on the challenger version.
     """
-    from mm_pipeline.registry.champion import CHAMPION_ALIAS, alias_version, set_champion, tag_version
+    from mm_pipeline.registry.champion import (
+        CHAMPION_ALIAS,
+        ChampionMovedError,
+        alias_version,
+        set_champion,
+        tag_version,
+    )
     from mm_pipeline.registry.served import load_served_model, score_served_model
 
     try:
@@ -54,6 +87,8 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
     champion_version = alias_version(client, name, CHAMPION_ALIAS)
 
     data = split_data(interaction_split)
+    cold_test = cold_test_interactions(data)
+    waived = not_applicable_guardrails(policy, cold_test)
     user_ids = [str(u) for u in interaction_split["user_ids"].tolist()]
     item_ids = raw_items["item_id"].astype(str).tolist()
 
@@ -71,9 +106,9 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
     if champion_version == challenger_version:
         decision_label, promote = "unchanged", False
         reason = f"version {challenger_version} already is the champion"
-        gate_delta, deltas = 0.0, {m: 0.0 for m in policy.guardrails}
+        gate_delta, deltas = 0.0, {m: 0.0 for m in policy.guardrails if m not in waived}
     else:
-        decision = decide(challenger, champion, policy)
+        decision = decide(challenger, champion, policy, not_applicable=waived)
         promote, reason = decision.promote, decision.reason
         gate_delta, deltas = decision.gate_delta, decision.guardrail_deltas
         decision_label = "promoted" if promote else "rejected"
@@ -81,8 +116,16 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
     champion_after = champion_version
     history: list[str] = []
     if promote:
-        change = set_champion(client, name, challenger_version)
-        champion_after, history = change.current, change.history
+        try:
+            with champion_lock_for(mlflow_tracking, name):
+                change = set_champion(client, name, challenger_version, expected_previous=champion_version)
+            champion_after, history = change.current, change.history
+        except ChampionMovedError as exc:
+            promote, decision_label, champion_after = False, "stale", exc.current
+            reason = (f"not promoted: {exc} (this run compared with "
+                      f"{'v' + champion_version if champion_version else 'no champion'}: {reason})")
+        except TimeoutError as exc:
+            raise dg.Failure(f"model_promotion: {exc}") from exc
     context.log.info(f"{name} v{challenger_version} vs champion "
                      f"{'v' + champion_version if champion_version else '(none)'}: {reason}")
 
@@ -90,6 +133,7 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
             "min_improvement": policy.min_improvement,
             "guardrails": ",".join(f"{m}:{t:g}" for m, t in policy.guardrails.items()),
             "compared_with": champion_version or "none", "dagster_run_id": context.run_id,
+            "not_applicable": ",".join(waived) or "none", "cold_test_interactions": cold_test,
             **{f"challenger.{m}": v for m, v in challenger.items() if m in policy.metrics},
             **({f"champion.{m}": v for m, v in champion.items() if m in policy.metrics} if champion else {}),
             **({"gate_delta": gate_delta} if math.isfinite(gate_delta) else {})}
@@ -103,6 +147,7 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
              "champion_after": champion_after, "gate_metric": policy.gate_metric,
              "gate_delta": _finite_or_none(gate_delta),
              "guardrail_deltas": {m: _finite_or_none(d) for m, d in deltas.items()},
+             "guardrails_not_applicable": waived, "cold_test_interactions": cold_test,
              "challenger_metrics": challenger, "champion_metrics": champion}
     metadata = {
         "decision": decision_label, "reason": reason, "registered_model": name,
@@ -111,6 +156,8 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
         "min_improvement": policy.min_improvement,
         "scores": dg.MetadataValue.md(frame_markdown(table, 50, digits=5)),
         "guardrails": dg.MetadataValue.json(dict(policy.guardrails)),
+        "guardrails_not_applicable": dg.MetadataValue.json(waived),
+        "cold_test_interactions": cold_test,
         "mlflow_version_tags": dg.MetadataValue.json(written),
     }
     for role, scores in (("challenger", challenger), ("champion", champion or {})):

@@ -7,7 +7,8 @@ import pandas as pd
 from mm_pipeline.datasets import media
 from mm_pipeline.datasets.schema import MODALITIES, quarantine_frame
 from mm_pipeline.datasets.sources import load_source, resolve_source, Source
-from mm_pipeline.defs.metadata import quarantine_metadata
+from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, with_inbox_interactions
+from mm_pipeline.defs.metadata import frame_markdown, quarantine_metadata
 from mm_pipeline.defs.resources import PipelineResource
 
 GROUP = "raw"
@@ -19,6 +20,7 @@ class MediaConfig(dg.Config):
     image_size: int = 32
     sample_rate: int = 8000
     clip_seconds: float = 1.0
+    max_image_pixels: int = media.MAX_IMAGE_PIXELS  # larger images are quarantined, never decoded
 
 
 def _source(pipeline: PipelineResource) -> Source:
@@ -64,27 +66,45 @@ def _load(source_dataset: dict, pipeline: PipelineResource):
     return load_source(resolve_source(source_dataset["spec"], pipeline.paths().data, seed=pipeline.seed))
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
+def _row_quarantine_metadata(data, file_key: str) -> dict:
+    """The rows of one table the source set aside (``bad_rows=quarantine``): count, reasons, the first 50."""
+    table = data.row_quarantine
+    table = table[table["file"] == str(data.info.get(file_key))] if len(table) else table
+    if data.info.get("bad_rows") != "quarantine" and not len(table):
+        return {}
+    reasons = table["reason"].str.split(";").str[0].value_counts() if len(table) else pd.Series(dtype=int)
+    return {"rows_quarantined": int(table["row"].nunique()) if len(table) else 0,
+            "row_quarantine_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
+            "row_quarantine": dg.MetadataValue.md(frame_markdown(table, 50) if len(table) else "none")}
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2")
 def raw_items(source_dataset: dict, pipeline: PipelineResource) -> dg.Output[pd.DataFrame]:
     """The item catalogue, sorted by ``item_id``: text, image and audio paths, extra columns kept."""
-    items = _load(source_dataset, pipeline).items
+    data = _load(source_dataset, pipeline)
+    items = data.items
     coverage = {m: (float(items[m].notna().mean()) if m != "text" else float((items["text"] != "").mean()))
                 if len(items) else 0.0 for m in MODALITIES}
     precomputed = (source_dataset.get("info") or {}).get("precomputed") or {}
     return dg.Output(items, metadata={"items": len(items), "columns": ", ".join(items.columns),
                                       **{f"has_{m}": round(v, 4) for m, v in coverage.items()},
-                                      "precomputed_features": ", ".join(precomputed) or "none"})
+                                      "precomputed_features": ", ".join(precomputed) or "none",
+                                      **_row_quarantine_metadata(data, "items_file")})
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
-def raw_interactions(source_dataset: dict, pipeline: PipelineResource) -> dg.Output[pd.DataFrame]:
-    """User-item interactions with timestamps and weights, as read from the source."""
-    inter = _load(source_dataset, pipeline).interactions
-    return dg.Output(inter, metadata={
+@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2", deps=[INBOX_ASSET_KEY])
+def raw_interactions(context: dg.AssetExecutionContext, source_dataset: dict, pipeline: PipelineResource
+                     ) -> dg.Output[pd.DataFrame]:
+    """User-item interactions with timestamps and weights, as read from the source, then every
+    materialized ``inbox_interactions`` partition appended (column ``origin``; see defs/assets/inbox.py)."""
+    data = _load(source_dataset, pipeline)
+    inter, inbox_metadata = with_inbox_interactions(context, pipeline, data.interactions, source_dataset)
+    return dg.Output(inter, metadata={**inbox_metadata,
         "interactions": len(inter), "users": int(inter["user_id"].nunique()),
         "items": int(inter["item_id"].nunique()),
         "first": _when(inter["timestamp"].min() if len(inter) else None),
-        "last": _when(inter["timestamp"].max() if len(inter) else None)})
+        "last": _when(inter["timestamp"].max() if len(inter) else None),
+        **_row_quarantine_metadata(data, "interactions_file")})
 
 
 def _when(seconds) -> str:
@@ -106,18 +126,19 @@ def raw_item_text(raw_items: pd.DataFrame) -> dg.Output[pd.DataFrame]:
                                      "mean_words": float(text["text"].str.split().str.len().mean())})
 
 
-@dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="2")
 def raw_item_images(config: MediaConfig, source_dataset: dict, raw_items: pd.DataFrame) -> dg.Output[dict]:
     """Decoded RGB images ``[N, S, S, 3]`` uint8; undecodable files go to the quarantine table."""
     images, present, quarantine = media.decode_images(source_dataset["root"], raw_items["item_id"].tolist(),
-                                                      raw_items["image"].tolist(), config.image_size)
+                                                      raw_items["image"].tolist(), config.image_size,
+                                                      max_pixels=config.max_image_pixels)
     table = quarantine_frame(quarantine)
     return dg.Output({"images": images, "present": present, "quarantine": table}, metadata={
         "with_image": int(present.sum()), "shape": str(images.shape),
         **_none_metadata("image", raw_items, present, source_dataset), **quarantine_metadata(table)})
 
 
-@dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="2")
 def raw_item_audio(config: MediaConfig, source_dataset: dict, raw_items: pd.DataFrame) -> dg.Output[dict]:
     """Decoded mono audio clips ``[N, T]`` float32 at ``sample_rate``; bad files are quarantined."""
     waves, present, quarantine = media.decode_audio(source_dataset["root"], raw_items["item_id"].tolist(),

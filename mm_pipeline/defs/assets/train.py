@@ -11,7 +11,7 @@ from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.registry.tracking import metric_key
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.baselines import EASE_MAX_ITEMS, content_knn, ease, most_popular
-from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal
+from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal, fit_vbpr
 from mm_pipeline.recommend.train import TrainConfig
 
 GROUP = "train"
@@ -130,3 +130,23 @@ def mm_gcn_model(context: dg.AssetExecutionContext, config: MultimodalRunConfig,
     return _finish(context, model, history, data, interaction_split, raw_items,
                    {**train_config.__dict__, "modalities": ",".join(aligned_item_embeddings["modalities"])},
                    mlflow_tracking)
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+def vbpr_model(context: dg.AssetExecutionContext, config: LightGCNRunConfig,  # type: ignore[valid-type]
+               interaction_split: dict, image_features: dict, raw_items: pd.DataFrame,
+               pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """VBPR: BPR matrix factorisation plus a visual term on the image features (ID + visual baseline).
+
+    Skipped, with the reason in metadata, when the dataset has no images at all."""
+    import numpy as np
+
+    present = np.asarray(image_features["present"], dtype=bool)
+    if not present.any():
+        reason = "the dataset has no usable images: VBPR needs visual features"
+        return dg.Output({"name": "vbpr", "skipped": reason}, metadata={"skipped": reason})
+    train_config = to_dataclass(TrainConfig, config, seed=pipeline.seed, num_layers=0)
+    data = split_data(interaction_split)
+    model, history = fit_vbpr(data, np.asarray(image_features["features"]), present, train_config)
+    return _finish(context, model, history, data, interaction_split, raw_items,
+                   {**train_config.__dict__, "visual_items": int(present.sum())}, mlflow_tracking)

@@ -1,0 +1,218 @@
+"""Training cost of the primary model (mm_gcn) and LightGCN: epoch time, evaluation time, peak memory.
+
+    python benchmarks/model_training.py --dataset builtin:default builtin:large --epochs 3 --out bench.json
+
+Inputs, per dataset spec (the output says which was used):
+
+* ``builtin:<size>[:scenario]``: the interactions the built-in dataset holds, drawn in memory by the same
+  seeded generator (no image/audio files are written), split by the pipeline's own ``interaction_split``.
+  The aligned item embeddings would need the text model, the CNN and the alignment training, so they
+  are replaced by seeded random unit vectors of the shape that stage produces (one 64-d vector per
+  modality, a fused 64-d vector, a presence mask): the models' cost depends on that shape only.
+* ``folder:`` / ``movielens:`` / ``mmrec:`` specs: read from disk, split the same way, random content.
+* ``assets:/path/to/home``: the ``interaction_split`` and ``aligned_item_embeddings`` a pipeline run
+  stored in that project home, as they are.
+
+Per model, ``--epochs`` epochs with early stopping off. Epoch time: the trainer's own per-epoch
+``train_seconds`` (training only). Evaluation time: ``--eval-repeats`` calls of the trainer's
+validation, ``ranking_metrics`` over every validation user with all items ranked and training items
+excluded. Peak RSS: the highest sample of ``pipeline_stages.MemorySampler`` (every 50 ms) while the
+model is built, trained and evaluated; the RSS just before is printed too, since models run one after
+another in one process and memory that the allocator kept is not returned. Medians are printed as a
+table and everything is written as JSON with ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline_stages import MemorySampler, _rss_mb  # noqa: E402  (the sampler shared with the stage benchmark)
+
+MODELS = ("mm_gcn", "lightgcn")
+CONTENT_DIM = 64  # the aligned embedding size (align stage default)
+
+
+def random_aligned(n_items: int, n_modalities: int, seed: int, dim: int = CONTENT_DIM,
+                   missing: float = 0.03) -> dict:
+    """Seeded unit vectors shaped like the ``aligned_item_embeddings`` asset."""
+    rng = np.random.default_rng(seed)
+    present = rng.random((n_items, n_modalities)) > missing
+    present[~present.any(1), 0] = True
+    modality = rng.normal(size=(n_items, n_modalities, dim)).astype(np.float32)
+    modality /= np.linalg.norm(modality, axis=2, keepdims=True)
+    modality[~present] = 0.0
+    weights = (present / present.sum(1, keepdims=True)).astype(np.float32)
+    fused = (weights[:, :, None] * modality).sum(1)
+    fused /= np.linalg.norm(fused, axis=1, keepdims=True)
+    return {"modality_embeddings": modality, "fused": fused.astype(np.float32), "weights": weights,
+            "present": present}
+
+
+def builtin_tables(rest: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, int, str]:
+    """Items and interactions of ``builtin:<rest>``, drawn in memory: the same draws, in the same order,
+    as the first steps of ``synthetic.generate`` (latents, preferences, interactions), with its ids."""
+    from mm_pipeline.datasets import synthetic
+
+    size, _, scenario = (rest or "default").partition(":")
+    spec = synthetic.spec_for(size, scenario or "video", seed=seed)
+    rng = np.random.default_rng(spec.seed)
+    latents = synthetic._item_latents(spec, rng)
+    prefs = synthetic._user_preferences(spec, rng)
+    inter = synthetic._sample_interactions(spec, latents, prefs, rng)
+    item_ids = np.array([f"i{i:06d}" for i in range(spec.n_items)])
+    user_ids = np.array([f"u{u:06d}" for u in range(spec.n_users)])
+    items = pd.DataFrame({"item_id": item_ids})
+    interactions = pd.DataFrame({"user_id": user_ids[inter["user"].to_numpy()],
+                                 "item_id": item_ids[inter["item"].to_numpy()],
+                                 "timestamp": inter["timestamp"].to_numpy(np.int64),
+                                 "weight": np.ones(len(inter), dtype=np.float32)})
+    return items, interactions, len(synthetic.SCENARIOS[spec.scenario]), \
+        f"built-in {size} ({spec.scenario}) interactions generated in memory, seed {seed}"
+
+
+def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict]:
+    """``(SplitData, aligned embeddings, description)`` for one dataset spec (see the module doc)."""
+    from mm_pipeline.recommend.fit import SplitData
+    from mm_pipeline.storage import load_bundle
+
+    kind, _, rest = spec.partition(":")
+    if kind == "assets":
+        assets = Path(rest).expanduser() / "assets"
+        missing = [name for name in ("interaction_split", "aligned_item_embeddings") if not (assets / name).is_dir()]
+        if missing:
+            raise SystemExit(f"{assets} has no stored {', '.join(missing)}: materialize them first "
+                             f"(make demo with MM_PIPELINE_HOME={rest})")
+        split, aligned = load_bundle(assets / "interaction_split"), load_bundle(assets / "aligned_item_embeddings")
+        about = {"inputs": f"pipeline assets in {rest}", "content": "stored aligned_item_embeddings"}
+    else:
+        from mm_pipeline.defs.assets.raw import interaction_split
+
+        if kind == "builtin":
+            items, interactions, n_modalities, source = builtin_tables(rest, seed)
+            info: dict = {}
+        else:
+            from mm_pipeline.datasets import load_source, resolve_source
+
+            with tempfile.TemporaryDirectory(prefix="mm_bench_data_") as data_dir:
+                data = load_source(resolve_source(spec, data_dir, seed=seed))
+            items, interactions, info = data.items, data.interactions, data.info
+            n_modalities, source = max(1, len(data.modalities)), f"{spec} read from disk"
+        # The pipeline's own split asset, called directly: the same indexing and split as a run.
+        split = interaction_split(raw_interactions=interactions, raw_items=items,
+                                  source_dataset={"info": info}).value
+        aligned = random_aligned(int(split["n_items"]), n_modalities, seed)
+        about = {"inputs": source, "content": f"seeded random unit vectors, {n_modalities} modalities x "
+                                              f"{CONTENT_DIM} (no encoders run)"}
+    data = SplitData.from_frame(split["table"], int(split["n_users"]), int(split["n_items"]))
+    about.update(users=data.n_users, items=data.n_items, train_interactions=int(data.train.nnz),
+                 valid_users=int((np.diff(data.valid.indptr) > 0).sum()))
+    return data, aligned, about
+
+
+def bench_model(name: str, data, aligned: dict, epochs: int, eval_repeats: int, seed: int,
+                sampler: MemorySampler) -> dict:
+    from mm_pipeline.recommend.fit import MultimodalConfig, fit_lightgcn, fit_multimodal
+    from mm_pipeline.recommend.train import TrainConfig
+
+    # Early stopping off (patience beyond the budget); validate once, after the last epoch.
+    settings = {"epochs": epochs, "patience": epochs + 1, "eval_every": epochs, "seed": seed}
+    gc.collect()
+    rss_before = _rss_mb()
+    started = time.time()
+    if name == "mm_gcn":
+        model, history = fit_multimodal(data, aligned, MultimodalConfig(**settings))
+    elif name == "lightgcn":
+        model, history = fit_lightgcn(data, TrainConfig(**settings))
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose from {MODELS}")
+    validate = data.validator()
+    eval_seconds, metrics = [], {}
+    for _ in range(eval_repeats):
+        tick = time.perf_counter()
+        metrics = validate(model)
+        eval_seconds.append(time.perf_counter() - tick)
+    peak = max(sampler.peak(started, time.time()), _rss_mb())  # a run shorter than one sample still counts
+    epoch_seconds = history["train_seconds"].astype(float).tolist()
+    return {"epochs": len(epoch_seconds), "epoch_seconds": epoch_seconds,
+            "epoch_seconds_median": statistics.median(epoch_seconds), "eval_seconds": eval_seconds,
+            "eval_seconds_median": statistics.median(eval_seconds), "peak_rss_mb": peak,
+            "rss_before_mb": rss_before, **{f"valid_{k}": float(v) for k, v in metrics.items()}}
+
+
+def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, seed: int) -> dict:
+    import torch
+
+    sampler = MemorySampler()
+    sampler.start()
+    results = []
+    try:
+        for spec in datasets:
+            started = time.perf_counter()
+            data, aligned, about = build_inputs(spec, seed)
+            entry = {"dataset": spec, **about, "prepare_seconds": time.perf_counter() - started, "models": {}}
+            for name in models:
+                entry["models"][name] = bench_model(name, data, aligned, epochs, eval_repeats, seed, sampler)
+            results.append(entry)
+            del data, aligned
+    finally:
+        sampler.stop()
+    return {"epochs": epochs, "eval_repeats": eval_repeats, "seed": seed, "torch_threads": torch.get_num_threads(),
+            "results": results}
+
+
+def print_table(report: dict) -> None:
+    print(f"\nmedian over {report['epochs']} epoch(s) / {report['eval_repeats']} evaluation(s), "
+          f"torch threads={report['torch_threads']}")
+    for entry in report["results"]:
+        print(f"\n{entry['dataset']}: {entry['users']} users, {entry['items']} items, "
+              f"{entry['train_interactions']} train interactions, {entry['valid_users']} validation users")
+        print(f"  inputs: {entry['inputs']}; content: {entry['content']}")
+        print(f"  {'model':<10}{'epoch s':>10}{'eval s':>10}{'peak RSS MB':>14}{'RSS before MB':>16}"
+              f"{'valid ndcg@20':>15}")
+        for name, m in entry["models"].items():
+            print(f"  {name:<10}{m['epoch_seconds_median']:>10.3f}{m['eval_seconds_median']:>10.3f}"
+                  f"{m['peak_rss_mb']:>14.0f}{m['rss_before_mb']:>16.0f}{m.get('valid_ndcg@20', float('nan')):>15.4f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", nargs="+", default=["builtin:default"],
+                        help="dataset specs (builtin:default builtin:large, folder:..., assets:/path/to/home)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per model (early stopping off)")
+    parser.add_argument("--eval-repeats", type=int, default=3, help="timed full-ranking validation passes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.eval_repeats < 1:
+        parser.error("--epochs and --eval-repeats must be at least 1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    report = run(args.dataset, args.models, args.epochs, args.eval_repeats, args.seed)
+    print_table(report)
+    if args.out:
+        from mm_pipeline.storage import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(report, indent=2, sort_keys=True))
+        print(f"\nwrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

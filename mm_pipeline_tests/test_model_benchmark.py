@@ -1,0 +1,52 @@
+"""benchmarks/model_training.py on the tiny dataset: it runs, reports what it promises, and its in-memory
+built-in interactions are the ones the generated dataset files hold. (Not a timing test.)"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mm_pipeline.datasets import load_source, resolve_source
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "model_training.py"
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("model_training", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_reports_epoch_eval_time_and_memory_for_both_models(tmp_path, capsys):
+    out = tmp_path / "bench" / "models.json"
+    _load_benchmark().main(["--dataset", "builtin:tiny", "--epochs", "2", "--eval-repeats", "2",
+                            "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["epochs"] == 2 and report["torch_threads"] >= 1
+    (entry,) = report["results"]
+    assert entry["dataset"] == "builtin:tiny" and (entry["users"], entry["items"]) == (240, 360)
+    assert "generated in memory" in entry["inputs"] and "random" in entry["content"]
+    assert entry["valid_users"] > 0 and entry["train_interactions"] > 0
+    assert set(entry["models"]) == {"mm_gcn", "lightgcn"}
+    for name, m in entry["models"].items():
+        assert len(m["epoch_seconds"]) == m["epochs"] == 2, name  # early stopping off
+        assert m["epoch_seconds_median"] > 0 and len(m["eval_seconds"]) == 2 and m["eval_seconds_median"] > 0, name
+        assert m["peak_rss_mb"] >= m["rss_before_mb"] > 0, name
+        assert 0.0 <= m["valid_ndcg@20"] <= 1.0, name
+    printed = capsys.readouterr().out
+    assert "mm_gcn" in printed and "lightgcn" in printed and "peak RSS MB" in printed
+
+
+def test_in_memory_builtin_interactions_match_the_generated_files(tmp_path):
+    items, interactions, n_modalities, _ = _load_benchmark().builtin_tables("tiny", seed=0)
+    on_disk = load_source(resolve_source("builtin:tiny", tmp_path, seed=0))
+    assert n_modalities == len(on_disk.modalities) == 3
+    assert list(items["item_id"]) == list(on_disk.items["item_id"])
+    columns = ["user_id", "item_id", "timestamp"]
+    ours = interactions[columns].sort_values(columns, ignore_index=True)
+    theirs = on_disk.interactions[columns].sort_values(columns, ignore_index=True)
+    pd.testing.assert_frame_equal(ours, theirs.astype(ours.dtypes.to_dict()))
+    np.testing.assert_array_equal(interactions["weight"].to_numpy(), 1.0)
