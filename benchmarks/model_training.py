@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import statistics
 import sys
@@ -143,7 +144,9 @@ def bench_model(name: str, data, aligned: dict, epochs: int, eval_repeats: int, 
         tick = time.perf_counter()
         metrics = validate(model)
         eval_seconds.append(time.perf_counter() - tick)
-    peak = max(sampler.peak(started, time.time()), _rss_mb())  # a run shorter than one sample still counts
+    # A run shorter than one sampling interval has no sample (NaN): the direct readings still count.
+    sampled = sampler.peak(started, time.time())
+    peak = max([rss_before, _rss_mb()] + ([] if math.isnan(sampled) else [sampled]))
     epoch_seconds = history["train_seconds"].astype(float).tolist()
     return {"epochs": len(epoch_seconds), "epoch_seconds": epoch_seconds,
             "epoch_seconds_median": statistics.median(epoch_seconds), "eval_seconds": eval_seconds,

@@ -119,11 +119,12 @@ def content_knn_model(context: dg.AssetExecutionContext, interaction_split: dict
                    interaction_split, raw_items, {}, mlflow_tracking)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="2")
 def mm_gcn_model(context: dg.AssetExecutionContext, config: MultimodalRunConfig,  # type: ignore[valid-type]
                  interaction_split: dict, aligned_item_embeddings: dict, raw_items: pd.DataFrame,
                  pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
-    """The primary model: LightGCN collaborative score + content score from the aligned embeddings."""
+    """The primary model: LightGCN collaborative score + content score from the aligned embeddings,
+    an item-item k-NN graph for cold items, BPR + content-collaborative InfoNCE."""
     train_config = to_dataclass(MultimodalConfig, config, seed=pipeline.seed)
     data = split_data(interaction_split)
     model, history = fit_multimodal(data, aligned_item_embeddings, train_config)
