@@ -527,6 +527,11 @@ def test_dirty_dataset_runs_to_an_evaluation_report(tmp_path):
         assert f"| {dirty.root / name} | {line} | {column} |" in table and reason in table, (name, line)
     manifest = result.output_for_node("source_dataset")
     assert sum(p["rows"] for p in manifest["info"]["row_quarantine"].values()) == len(dirty.row_quarantine)
+    # The whole row-quarantine table is stored too, not only the first rows shown in metadata.
+    stored = pd.concat([pd.read_parquet(events[a]["row_quarantine_table"].value)
+                        for a in ("raw_items", "raw_interactions")])
+    assert {(Path(f).name, int(r)) for f, r in zip(stored["file"], stored["row"])} == \
+        {(name, line) for name, line, _, _ in dirty.row_quarantine}
 
     # No good item is lost: all in raw_items, in the aligned embeddings and in the split.
     items = result.output_for_node("raw_items")

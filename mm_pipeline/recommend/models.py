@@ -17,6 +17,9 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
+ALIGN_MAX_ITEMS = 1024  # in-batch items per content-collaborative InfoNCE step
+
+
 def bpr(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     r"""Bayesian personalised ranking: :math:`-\operatorname{mean}\log\sigma(s_{ui} - s_{uj})`."""
     return -F.logsigmoid(pos_scores - neg_scores).mean()
@@ -159,6 +162,8 @@ class MultimodalGCN(nn.Module):
         if self.align_weight > 0:
             items = torch.unique(pos)
             items = items[self.warm[items, 0] > 0]
+            if len(items) > ALIGN_MAX_ITEMS:  # the logits are items x items: a random subset is plenty
+                items = items[torch.randperm(len(items))[:ALIGN_MAX_ITEMS]]
             # Stop-gradient on the behaviour side: the content tower learns to predict it; pulling the
             # ID embeddings toward content instead cost warm-item accuracy (validation NDCG).
             align = info_nce(c_i[items], g_i[items].detach(), self.align_temperature)

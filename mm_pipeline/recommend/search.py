@@ -43,6 +43,10 @@ DEFAULT_SPACE: dict[str, Any] = {
     "reg": {"low": 1e-6, "high": 1e-3, "log": True},
     "cold_prob": {"low": 0.0, "high": 0.5},
     "dropout": {"low": 0.0, "high": 0.3},
+    # The multimodal parts: on sparse catalogues FREEDOM-style smoothing of every item ("add") may win.
+    "knn_k": [0, 5, 10, 20],
+    "graph_mode": ["cold", "add"],
+    "align_weight": {"low": 0.0, "high": 0.2},
 }
 
 # Fields the search owns: searching them would make trials incomparable or change what is measured.

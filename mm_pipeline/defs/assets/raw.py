@@ -66,16 +66,21 @@ def _load(source_dataset: dict, pipeline: PipelineResource):
     return load_source(resolve_source(source_dataset["spec"], pipeline.paths().data, seed=pipeline.seed))
 
 
-def _row_quarantine_metadata(data, file_key: str) -> dict:
-    """The rows of one table the source set aside (``bad_rows=quarantine``): count, reasons, the first 50."""
+def _row_quarantine_metadata(data, file_key: str, pipeline: PipelineResource, asset: str) -> dict:
+    """The rows of one table the source set aside (``bad_rows=quarantine``): count, reasons, the first
+    50 in metadata, and the whole table as a bundle under ``<home>/quarantine/<asset>`` (Parquet)."""
+    from mm_pipeline.storage import save_bundle
+
     table = data.row_quarantine
     table = table[table["file"] == str(data.info.get(file_key))] if len(table) else table
     if data.info.get("bad_rows") != "quarantine" and not len(table):
         return {}
+    path = save_bundle(pipeline.paths().home / "quarantine" / asset, {"rows": table.reset_index(drop=True)})
     reasons = table["reason"].str.split(";").str[0].value_counts() if len(table) else pd.Series(dtype=int)
     return {"rows_quarantined": int(table["row"].nunique()) if len(table) else 0,
             "row_quarantine_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
-            "row_quarantine": dg.MetadataValue.md(frame_markdown(table, 50) if len(table) else "none")}
+            "row_quarantine": dg.MetadataValue.md(frame_markdown(table, 50) if len(table) else "none"),
+            "row_quarantine_table": dg.MetadataValue.path(str(path / "rows.parquet"))}
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2")
@@ -89,7 +94,7 @@ def raw_items(source_dataset: dict, pipeline: PipelineResource) -> dg.Output[pd.
     return dg.Output(items, metadata={"items": len(items), "columns": ", ".join(items.columns),
                                       **{f"has_{m}": round(v, 4) for m, v in coverage.items()},
                                       "precomputed_features": ", ".join(precomputed) or "none",
-                                      **_row_quarantine_metadata(data, "items_file")})
+                                      **_row_quarantine_metadata(data, "items_file", pipeline, "raw_items")})
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2", deps=[INBOX_ASSET_KEY])
@@ -104,7 +109,8 @@ def raw_interactions(context: dg.AssetExecutionContext, source_dataset: dict, pi
         "items": int(inter["item_id"].nunique()),
         "first": _when(inter["timestamp"].min() if len(inter) else None),
         "last": _when(inter["timestamp"].max() if len(inter) else None),
-        **_row_quarantine_metadata(data, "interactions_file")})
+        **_row_quarantine_metadata(data, "interactions_file", pipeline,
+                                    "raw_interactions")})
 
 
 def _when(seconds) -> str:
