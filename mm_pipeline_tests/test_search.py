@@ -17,12 +17,12 @@ from mm_pipeline.defs.assets.search import SEARCH_JOBS, mm_gcn_hyperparameter_se
 from mm_pipeline.defs.build import all_assets, default_resources
 from mm_pipeline.recommend import fit as fit_module
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData
-from mm_pipeline.recommend.search import OBJECTIVE, parse_space, search_hyperparameters
+from mm_pipeline.recommend.search import DEFAULT_SPACE, OBJECTIVE, parse_space, search_hyperparameters
 from mm_pipeline.storage import load_bundle, save_bundle
 
 SEARCH = "mm_gcn_hyperparameter_search"
 SEARCH_CONFIG = {"n_trials": 3, "max_epochs": 3, "patience": 5}
-PARAM_COLUMNS = ["lr", "dim", "reg", "cold_prob", "dropout"]
+PARAM_COLUMNS = list(DEFAULT_SPACE)
 TIMING_COLUMNS = ["seconds", "train_seconds"]
 
 
@@ -108,7 +108,11 @@ def test_job_runs_only_the_search_and_logs_nested_trial_runs(searched):
         assert child.data.tags["search.state"] == trials.loc[number, "state"]
         assert child.data.params["epochs"] == "3"  # the per-trial budget
         for name in PARAM_COLUMNS:  # the sampled values, as logged
-            assert float(child.data.params[name]) == pytest.approx(float(trials.loc[number, name]), rel=1e-12)
+            expected = trials.loc[number, name]
+            if isinstance(expected, str):
+                assert child.data.params[name] == expected
+            else:
+                assert float(child.data.params[name]) == pytest.approx(float(expected), rel=1e-12)
         assert child.data.metrics["best_valid_ndcg_at_20"] == pytest.approx(trials.loc[number, OBJECTIVE])
         assert child.data.metrics["epochs_run"] == trials.loc[number, "epochs_run"]
         curve = client.get_metric_history(child.info.run_id, "valid_ndcg_at_20")
