@@ -31,15 +31,11 @@ def _recommenders(bundles: Sequence[dict], compressed_model: dict | None) -> dic
 def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResource, source_dataset: dict,
                       interaction_split: dict, bundles: Sequence[dict], aligned_item_embeddings: dict,
                       compressed_model: dict | None = None, ablation_bundles: Sequence[dict] = (),
-                      subdir: str | None = None, title: str = "Evaluation report") -> dg.Output[dict]:
+                      title: str = "Evaluation report") -> dg.Output[dict]:
     """Evaluate model bundles (baselines + the primary), compressed variants and ablations; write the report.
 
-    Files go to ``reports/latest[/subdir]`` and ``reports/runs/<run id>[/subdir]``: ``metrics.json``,
-    ``report.md``, ``report.html`` and the PNG figures. An asset with ablation models is one call::
-
-        return comparison_report(context, pipeline, source_dataset, interaction_split, [..bundles..],
-                                 aligned_item_embeddings, ablation_bundles=[...], subdir="research",
-                                 title="Research report")
+    Files go to ``reports/latest`` and ``reports/runs/<run id>``: ``metrics.json``, ``report.md``,
+    ``report.html`` and the PNG figures (``research_report`` calls this with the ablation bundles).
     """
     data = split_data(interaction_split)
     names = [b["name"] for b in [*bundles, *ablation_bundles] if "skipped" not in b]
@@ -63,8 +59,6 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
     metrics = {**comparison.metrics, "dagster_run_id": context.run_id}
     paths = pipeline.paths()
     latest, this_run = paths.reports / "latest", paths.reports / "runs" / context.run_id
-    if subdir:
-        latest, this_run = latest / subdir, this_run / subdir
     written = write_report(latest, metrics, comparison.markdown, comparison.figures, comparison.html)
     write_report(this_run, metrics, comparison.markdown, comparison.figures, comparison.html)
     primary = metrics["models"][PRIMARY_MODEL]
