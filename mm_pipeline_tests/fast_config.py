@@ -8,6 +8,7 @@ FAST_OPS = {
     "mm_gcn_model": {"config": {"epochs": 8, "patience": 3}},
     "vbpr_model": {"config": {"epochs": 8, "patience": 3}},
     "mm_gcn_ablations": {"config": {"epochs": 8, "patience": 3}},
+    "freedom_model": {"config": {"epochs": 8, "patience": 3}},
     "compressed_model": {"config": {"latency_users": 64}},
 }
 
@@ -20,6 +21,7 @@ FASTER_OPS = {
     "mm_gcn_model": {"config": {"epochs": 4, "patience": 2}},
     "vbpr_model": {"config": {"epochs": 4, "patience": 2}},
     "mm_gcn_ablations": {"config": {"epochs": 4, "patience": 2}},
+    "freedom_model": {"config": {"epochs": 4, "patience": 2}},
     "compressed_model": {"config": {"latency_users": 16}},
 }
 

@@ -15,7 +15,8 @@ from mm_pipeline.settings import REGISTERED_MODEL_NAME
 from fast_config import fast_run_config
 
 TRAINING_ASSETS = ["image_features", "aligned_item_embeddings", "popularity_model", "ease_model",
-                   "bpr_mf_model", "lightgcn_model", "content_knn_model", "vbpr_model", "mm_gcn_model"]
+                   "bpr_mf_model", "lightgcn_model", "content_knn_model", "vbpr_model", "freedom_model",
+                   "mm_gcn_model"]
 # The whole graph plus the research assets (ablations and the report with them), as research_pipeline runs it.
 GRAPH = [*all_assets(), *research_assets()]
 FAST = fast_run_config(assets=GRAPH)
@@ -109,7 +110,7 @@ def test_metrics_json(pipeline_run):
     assert metrics["significance"]["best_baseline"] in metrics["baselines"]
     assert set(metrics["ablations"]) == {"mm_gcn-text_only", "mm_gcn-image_only", "mm_gcn-audio_only",
                                          "mm_gcn-no_alignment", "mm_gcn-no_item_graph"}
-    assert "vbpr" in metrics["baselines"] and set(metrics["long_tail"]) >= {"popularity", "mm_gcn"}
+    assert {"vbpr", "freedom"} <= set(metrics["baselines"]) and set(metrics["long_tail"]) >= {"popularity", "mm_gcn"}
     result, _, _ = pipeline_run
     assert result.output_for_node("evaluation_report")["metrics"]["ablations"] == []
     for values in metrics["models"].values():

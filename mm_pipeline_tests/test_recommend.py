@@ -188,3 +188,32 @@ def test_ablations_remove_one_part_each():
     assert variants["mm_gcn-no_alignment"].content.shape == (n, 6 + 3 + 2)
     assert variants["mm_gcn-no_alignment"].config(MultimodalConfig()).align_weight == 0
     assert variants["mm_gcn-no_item_graph"].config(MultimodalConfig()).knn_k == 0
+
+
+def test_freedom_prunes_by_degree_and_trains_deterministically():
+    from mm_pipeline.recommend.fit import FreedomConfig, fit_freedom
+    from mm_pipeline.recommend.models import FREEDOM
+
+    frame, n_users, n_items = _toy_split()
+    data = SplitData.from_frame(frame, n_users, n_items)
+    rng = np.random.default_rng(0)
+    group = np.arange(n_items) % 2
+    raw = {"text": (np.eye(2)[group] + 0.05 * rng.normal(size=(n_items, 2)), np.ones(n_items, bool)),
+           "image": (rng.normal(size=(n_items, 3)), np.arange(n_items) != 5)}
+    config = FreedomConfig(epochs=6, batch_size=128, dim=8, lr=0.02, patience=6)
+    model, history = fit_freedom(data, raw, config)
+    again, _ = fit_freedom(data, raw, config)
+    assert torch.allclose(model.item_embeddings, again.item_embeddings)
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0] and "feature_bpr" in history
+    # The pruned graph keeps 1 - edge_dropout of the edges, symmetrically, drawn with weight 1/sqrt(d_u d_i).
+    coo = data.train.tocoo()
+    edges = bipartite_edge_index(coo.row, coo.col, n_users)
+    adj = torch.eye(n_items).to_sparse_csr()
+    freedom = FREEDOM(n_users, n_items, edges, adj, [torch.zeros(n_items, 1)], dim=4, edge_dropout=0.5)
+    pruned = freedom._pruned_adjacency().to_dense()
+    assert torch.allclose(pruned, pruned.T)
+    assert int((pruned > 0).sum()) == 2 * round(coo.nnz * 0.5)
+    d_user = np.asarray(data.train.sum(1)).ravel()
+    d_item = np.asarray(data.train.sum(0)).ravel()
+    expected = 1 / np.sqrt(d_user[freedom.ui_edges[0].numpy()] * d_item[freedom.ui_edges[1].numpy() - n_users])
+    np.testing.assert_allclose(freedom.edge_weight.numpy(), expected, rtol=1e-6)

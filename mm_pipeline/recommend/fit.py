@@ -19,7 +19,7 @@ from mm_pipeline.evaluate.metrics import ranking_metrics
 from mm_pipeline.evaluate.split import interaction_matrix
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.graph import bipartite_edge_index, knn_item_adjacency, normalized_adjacency
-from mm_pipeline.recommend.models import VBPR, IDLightGCN, MultimodalGCN
+from mm_pipeline.recommend.models import FREEDOM, VBPR, IDLightGCN, MultimodalGCN
 from mm_pipeline.recommend.train import TrainConfig, train_bpr
 
 
@@ -138,4 +138,35 @@ def fit_vbpr(data: SplitData, visual: np.ndarray, present: np.ndarray, config: T
         raise ValueError(f"visual features cover {visual.shape[0]} items but the split has {data.n_items}")
     model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), dim=config.dim, visual_dim=config.dim,
                  reg=config.reg)
+    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
+
+
+@dataclass
+class FreedomConfig(TrainConfig):
+    lr: float = 5e-3             # the primary model's rate, for a like-for-like comparison
+    patience: int = 10
+    knn_k: int = 10
+    item_layers: int = 1
+    edge_dropout: float = 0.8    # share of user-item edges pruned at each training step (FREEDOM's default)
+    feature_weight: float = 1e-4
+
+
+def fit_freedom(data: SplitData, raw_features: dict[str, tuple[np.ndarray, np.ndarray]], config: FreedomConfig,
+                on_epoch=None, name: str = "freedom") -> tuple[EmbeddingRecommender, pd.DataFrame]:
+    """FREEDOM on the raw per-modality features ``{modality: (features, present)}`` (standardised;
+    zeros where an item lacks the modality). The item-item graph is the mean of one k-NN graph per
+    modality."""
+    torch.manual_seed(config.seed)
+    if not raw_features:
+        raise ValueError("FREEDOM needs at least one modality's features")
+    features = [torch.from_numpy(standardized_features(*raw_features[m])) for m in sorted(raw_features)]
+    for x in features:
+        if x.shape[0] != data.n_items:
+            raise ValueError(f"features cover {x.shape[0]} items but the split has {data.n_items}")
+    graphs = [knn_item_adjacency(x, config.knn_k).to_sparse_coo() for x in features]
+    item_adj = (sum(graphs[1:], graphs[0]) * (1.0 / len(graphs))).coalesce().to_sparse_csr()
+    coo = data.train.tocoo()
+    model = FREEDOM(data.n_users, data.n_items, bipartite_edge_index(coo.row, coo.col, data.n_users), item_adj,
+                    features, dim=config.dim, num_layers=config.num_layers, item_layers=config.item_layers,
+                    edge_dropout=config.edge_dropout, feature_weight=config.feature_weight, reg=config.reg)
     return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)

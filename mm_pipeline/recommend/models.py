@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch_geometric.nn.models import LightGCN
 
 from mm_pipeline.align.losses import info_nce
-from mm_pipeline.recommend.graph import SymmetricLGConv
+from mm_pipeline.recommend.graph import SymmetricLGConv, normalized_adjacency
 
 # Sparse CSR products are stable for this use; the beta notice would repeat every step.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -228,3 +228,83 @@ class VBPR(nn.Module):
         items = torch.cat([self.item_factors.weight, self.projection(self.visual), self.item_bias.weight,
                            self.visual_bias(self.visual)], 1)
         return users, items
+
+
+class FREEDOM(nn.Module):
+    r"""FREEDOM (Zhou & Shen, 2023), the published multimodal baseline: a frozen item-item graph plus
+    degree-sensitive pruning of the user-item graph.
+
+    .. math::
+        s(u, i) = \langle h_u,\ g_i + (S^{L'} e)_i \rangle, \qquad
+        S = \sum_m w_m\, \mathrm{kNN}_k(x^{(m)})
+
+    * :math:`g, h`: LightGCN (PyG ``LGConv``) over the user-item graph, where during training only a
+      ``1 - edge_dropout`` share of the edges is kept, drawn with probability
+      :math:`\propto 1/\sqrt{d_u d_i}` (popular users' and items' edges are pruned first), re-drawn
+      at every step; evaluation uses the whole graph;
+    * :math:`S`: the frozen item-item graph, a weighted sum of one normalised :math:`k`-NN graph per
+      modality over the raw (un-aligned) features, propagated :math:`L'` times over the item ID
+      embeddings :math:`e`;
+    * loss: BPR on :math:`s` plus ``feature_weight`` times a BPR of :math:`h_u` against each modality's
+      projected features :math:`W_m x^{(m)}_i`, plus L2 on the batch's ID embeddings.
+    """
+
+    def __init__(self, n_users: int, n_items: int, edge_index: torch.Tensor, item_adj: torch.Tensor,
+                 features: list[torch.Tensor], dim: int = 64, num_layers: int = 2, item_layers: int = 1,
+                 edge_dropout: float = 0.8, feature_weight: float = 1e-4, reg: float = 1e-4):
+        super().__init__()
+        if not 0.0 <= edge_dropout < 1.0:
+            raise ValueError(f"edge_dropout must be in [0, 1), got {edge_dropout}")
+        self.n_users, self.n_items, self.num_layers, self.item_layers = n_users, n_items, num_layers, item_layers
+        self.edge_dropout, self.feature_weight, self.reg = edge_dropout, feature_weight, reg
+        half = edge_index.shape[1] // 2  # bipartite_edge_index: user->item edges, then their reverse
+        self.register_buffer("ui_edges", edge_index[:, :half].clone(), persistent=False)
+        degree = torch.bincount(edge_index[0], minlength=n_users + n_items).float()
+        self.register_buffer("edge_weight", 1.0 / torch.sqrt(degree[self.ui_edges[0]] * degree[self.ui_edges[1]]),
+                             persistent=False)
+        self.register_buffer("full_adj", normalized_adjacency(edge_index, n_users + n_items), persistent=False)
+        self.register_buffer("item_adj", item_adj, persistent=False)
+        for index, x in enumerate(features):
+            self.register_buffer(f"features_{index}", x.float(), persistent=False)
+        self.n_modalities = len(features)
+        self.user_embedding = nn.Embedding(n_users, dim)
+        self.item_embedding = nn.Embedding(n_items, dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.projections = nn.ModuleList([nn.Linear(x.shape[1], dim) for x in features])
+        self.conv = SymmetricLGConv()
+
+    def _pruned_adjacency(self) -> torch.Tensor:
+        keep = max(1, int(round(self.ui_edges.shape[1] * (1.0 - self.edge_dropout))))
+        chosen = torch.multinomial(self.edge_weight, keep, replacement=False)
+        u, i = self.ui_edges[:, chosen]
+        return normalized_adjacency(torch.stack([torch.cat([u, i]), torch.cat([i, u])]), self.n_users + self.n_items)
+
+    def _forward(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        total = x
+        for _ in range(self.num_layers):
+            x = self.conv(x, adj)
+            total = total + x
+        out = total / (self.num_layers + 1)
+        e = self.item_embedding.weight
+        for _ in range(self.item_layers):
+            e = self.conv(e, self.item_adj)
+        return out[: self.n_users], out[self.n_users:] + e
+
+    def bpr_loss(self, users, pos, neg):
+        adj = self._pruned_adjacency() if self.training and self.edge_dropout > 0 else self.full_adj
+        h_u, g_i = self._forward(adj)
+        h = h_u[users]
+        rank = bpr((h * g_i[pos]).sum(-1), (h * g_i[neg]).sum(-1))
+        feature_loss = torch.zeros(())
+        for index, projection in enumerate(self.projections):
+            x = getattr(self, f"features_{index}")
+            feature_loss = feature_loss + bpr((h * projection(x[pos])).sum(-1), (h * projection(x[neg])).sum(-1))
+        reg = self.reg * (self.user_embedding.weight[users].pow(2).sum() + self.item_embedding.weight[pos].pow(2).sum()
+                          + self.item_embedding.weight[neg].pow(2).sum()) / len(users)
+        return rank + self.feature_weight * feature_loss + reg, {"bpr": rank.item(), "feature_bpr": feature_loss.item()}
+
+    @torch.no_grad()
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(self.full_adj)

@@ -14,7 +14,7 @@ from mm_pipeline.recommend.base import EmbeddingRecommender
 
 GROUP = "evaluate"
 PRIMARY_MODEL = "mm_gcn"
-BASELINES = ("popularity", "ease", "bpr_mf", "lightgcn", "content_knn", "vbpr")
+BASELINES = ("popularity", "ease", "bpr_mf", "lightgcn", "content_knn", "vbpr", "freedom")
 DEFAULT_SPLIT = "per-user chronological split (8:1:1)"
 
 

@@ -1,7 +1,7 @@
-"""Research: ablations of the primary model and the full comparison report that includes them.
+"""Research: FREEDOM as a baseline, ablations of the primary model, and the report with both.
 
-Not part of ``full_pipeline`` (they retrain the primary model once per ablation, several minutes on
-the default dataset); the ``research_pipeline`` job materializes them with the rest of the graph.
+Not part of ``full_pipeline`` (several more minutes of training on the default dataset); the
+``research_pipeline`` job materializes them with the rest of the graph.
 """
 
 import dagster as dg
@@ -9,14 +9,38 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.defs.assets.evaluate import comparison_report
-from mm_pipeline.defs.assets.train import MultimodalRunConfig, split_data
-from mm_pipeline.defs.config import to_dataclass
+from mm_pipeline.defs.assets.train import MultimodalRunConfig, _finish, split_data
+from mm_pipeline.defs.config import config_from_dataclass, to_dataclass
 from mm_pipeline.defs.metadata import frame_markdown
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.recommend.ablations import ablations
-from mm_pipeline.recommend.fit import MultimodalConfig, fit_multimodal
+from mm_pipeline.recommend.fit import FreedomConfig, MultimodalConfig, fit_freedom, fit_multimodal
 
 GROUP = "research"
+
+FreedomRunConfig = config_from_dataclass(FreedomConfig, "FreedomRunConfig")
+
+
+def _raw_features(text_features: dict, image_features: dict, audio_features: dict) -> dict:
+    """``{modality: (features, present)}`` for the modalities some item has."""
+    out = {m: (np.asarray(f["features"]), np.asarray(f["present"], dtype=bool))
+           for m, f in (("text", text_features), ("image", image_features), ("audio", audio_features))}
+    return {m: value for m, value in out.items() if value[1].any()}
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+def freedom_model(context: dg.AssetExecutionContext, config: FreedomRunConfig,  # type: ignore[valid-type]
+                  interaction_split: dict, text_features: dict, image_features: dict, audio_features: dict,
+                  raw_items: pd.DataFrame, pipeline: PipelineResource,
+                  mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """FREEDOM, the published multimodal recommender, as a baseline: frozen item-item k-NN graphs over
+    the raw modality features, degree-sensitive pruning of the user-item graph, BPR."""
+    train_config = to_dataclass(FreedomConfig, config, seed=pipeline.seed)
+    data = split_data(interaction_split)
+    raw = _raw_features(text_features, image_features, audio_features)
+    model, history = fit_freedom(data, raw, train_config)
+    return _finish(context, model, history, data, interaction_split, raw_items,
+                   {**train_config.__dict__, "modalities": ",".join(raw)}, mlflow_tracking)
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
@@ -32,9 +56,7 @@ def mm_gcn_ablations(context: dg.AssetExecutionContext, config: MultimodalRunCon
 
     base = to_dataclass(MultimodalConfig, config, seed=pipeline.seed)
     data = split_data(interaction_split)
-    raw = {m: (np.asarray(f["features"]), np.asarray(f["present"], dtype=bool))
-           for m, f in (("text", text_features), ("image", image_features), ("audio", audio_features))}
-    variants = ablations(aligned_item_embeddings, raw)
+    variants = ablations(aligned_item_embeddings, _raw_features(text_features, image_features, audio_features))
     # Stored flat (the IO manager keeps arrays, tables and JSON, not nested bundles): see ablation_bundles.
     bundle: dict = {"names": [v.name for v in variants], "infos": {}}
     rows = []
@@ -70,14 +92,14 @@ def ablation_bundles(stored: dict) -> list[dict]:
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1", deps=["evaluation_report"])
 def research_report(context: dg.AssetExecutionContext, source_dataset: dict, interaction_split: dict,
                     popularity_model: dict, ease_model: dict, bpr_mf_model: dict, lightgcn_model: dict,
-                    content_knn_model: dict, vbpr_model: dict, mm_gcn_model: dict, compressed_model: dict,
-                    aligned_item_embeddings: dict, mm_gcn_ablations: dict,
+                    content_knn_model: dict, vbpr_model: dict, freedom_model: dict, mm_gcn_model: dict,
+                    compressed_model: dict, aligned_item_embeddings: dict, mm_gcn_ablations: dict,
                     pipeline: PipelineResource) -> dg.Output[dict]:
-    """The evaluation report with the ablations added: the same protocol, split and bootstrap, so the
-    ablation rows are directly comparable with ``mm_gcn`` and the baselines. Runs after
+    """The evaluation report with FREEDOM and the ablations added: the same protocol, split and
+    bootstrap, so those rows are directly comparable with ``mm_gcn`` and the baselines. Runs after
     ``evaluation_report`` and replaces ``reports/latest`` with this superset."""
     return comparison_report(context, pipeline, source_dataset, interaction_split,
                              [popularity_model, ease_model, bpr_mf_model, lightgcn_model, content_knn_model,
-                              vbpr_model, mm_gcn_model], aligned_item_embeddings, compressed_model=compressed_model,
-                             ablation_bundles=ablation_bundles(mm_gcn_ablations),
+                              vbpr_model, freedom_model, mm_gcn_model], aligned_item_embeddings,
+                             compressed_model=compressed_model, ablation_bundles=ablation_bundles(mm_gcn_ablations),
                              title="Research report (with ablations)")
