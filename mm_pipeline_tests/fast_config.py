@@ -34,3 +34,26 @@ def fast_run_config(ops: dict | None = None, assets: list | None = None, **overr
     names = {key.to_user_string() for a in (all_assets() if assets is None else assets) for key in a.keys}
     merged = {**(FAST_OPS if ops is None else ops), **overrides}
     return {"ops": {op: cfg for op, cfg in merged.items() if op in names}}
+
+
+def materialize_graph(home, spec: str, run_config: dict):
+    """The unpartitioned graph and its asset checks on dataset ``spec``, in process, with the project
+    home and a SQLite MLflow store under ``home``; the environment is restored afterwards."""
+    import dagster as dg
+    import mlflow
+    import pytest
+
+    from mm_pipeline.defs.build import all_assets, default_resources
+    from mm_pipeline.defs.checks import all_asset_checks
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MM_PIPELINE_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        return dg.materialize([*all_assets(), *all_asset_checks()], run_config=run_config,
+                              instance=dg.DagsterInstance.ephemeral(),
+                              resources=default_resources(home=str(home), dataset=spec,
+                                                          tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"))
+    finally:
+        mp.undo()
+        mlflow.set_tracking_uri(None)

@@ -29,10 +29,10 @@ from mm_pipeline.datasets.folder import load_folder
 from mm_pipeline.datasets.schema import DataError
 from mm_pipeline.datasets.sources import load_source, resolve_source
 from mm_pipeline.defs import checks
-from mm_pipeline.defs.build import all_assets, default_resources
+from mm_pipeline.defs.build import all_assets
 
 from dirty_dataset import build_dirty_dataset, folder_digest
-from fast_config import FASTER_OPS, fast_run_config
+from fast_config import FASTER_OPS, fast_run_config, materialize_graph
 
 ITEMS = "item_id,title\na,Red hat\nb,Blue shoe\n"
 INTERACTIONS = "user_id,item_id,timestamp,rating\nu1,a,1600000000,4\nu2,b,1600000100,5\n"
@@ -489,19 +489,7 @@ def test_dirty_dataset_runs_to_an_evaluation_report(tmp_path):
     dirty = build_dirty_dataset(tmp_path / "user")
     before = folder_digest(tmp_path / "user")
     home = tmp_path / "home"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MM_PIPELINE_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    try:
-        result = dg.materialize([*all_assets(), *checks.all_asset_checks()], run_config=fast_run_config(FASTER_OPS),
-                                instance=dg.DagsterInstance.ephemeral(),
-                                resources=default_resources(home=str(home), dataset=dirty.spec,
-                                                            tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"))
-    finally:
-        mp.undo()
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
+    result = materialize_graph(home, dirty.spec, fast_run_config(FASTER_OPS))
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == {key.to_user_string() for a in all_assets() for key in a.keys}

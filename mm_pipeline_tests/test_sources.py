@@ -24,10 +24,10 @@ from mm_pipeline.datasets import movielens
 from mm_pipeline.datasets.folder import load_folder
 from mm_pipeline.datasets.schema import DataError
 from mm_pipeline.datasets.sources import load_source, resolve_source
-from mm_pipeline.defs.build import all_assets, default_resources
+from mm_pipeline.defs.build import all_assets
 from mm_pipeline.defs.checks import all_asset_checks
 
-from fast_config import FASTER_OPS, fast_run_config
+from fast_config import FASTER_OPS, fast_run_config, materialize_graph
 
 N_USERS, N_ITEMS = 60, 80
 
@@ -324,21 +324,9 @@ def test_ml100k_threshold_counts(ratings, threshold):
 # ----------------------------------------------------------------------------------------------
 def _materialize(tmp_path: Path, spec: str):
     home = tmp_path / "home"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MM_PIPELINE_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    try:
-        uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-        start = time.perf_counter()
-        result = dg.materialize([*all_assets(), *all_asset_checks()], run_config=fast_run_config_small(),
-                                instance=dg.DagsterInstance.ephemeral(),
-                                resources=default_resources(home=str(home), dataset=spec, tracking_uri=uri))
-        print(f"{spec}: {time.perf_counter() - start:.1f}s")
-    finally:
-        mp.undo()
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
+    start = time.perf_counter()
+    result = materialize_graph(home, spec, fast_run_config_small())
+    print(f"{spec}: {time.perf_counter() - start:.1f}s")
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == {key.to_user_string() for a in all_assets() for key in a.keys}
