@@ -8,10 +8,12 @@ Inputs, per dataset spec (the output says which was used):
   seeded generator (no image/audio files are written), split by the pipeline's own ``interaction_split``.
   The aligned item embeddings would need the text model, the CNN and the alignment training, so they
   are replaced by seeded random unit vectors of the shape that stage produces (one 64-d vector per
-  modality, a fused 64-d vector, a presence mask): the models' cost depends on that shape only.
+  modality, a fused 64-d vector, a presence mask), and the raw modality features the item-item graph
+  is built from by seeded Gaussian ones of the feature stages' sizes (text 384, image 64, audio 120):
+  the models' cost depends on those shapes only.
 * ``folder:`` / ``movielens:`` / ``mmrec:`` specs: read from disk, split the same way, random content.
-* ``assets:/path/to/home``: the ``interaction_split`` and ``aligned_item_embeddings`` a pipeline run
-  stored in that project home, as they are.
+* ``assets:/path/to/home``: the ``interaction_split``, ``aligned_item_embeddings`` and ``*_features``
+  a pipeline run stored in that project home, as they are.
 
 Per model, ``--epochs`` epochs with early stopping off. Epoch time: the trainer's own per-epoch
 ``train_seconds`` (training only). Evaluation time: ``--eval-repeats`` calls of the trainer's
@@ -61,6 +63,16 @@ def random_aligned(n_items: int, n_modalities: int, seed: int, dim: int = CONTEN
             "present": present}
 
 
+RAW_DIMS = {"text": 384, "image": 64, "audio": 120}  # the feature stages' output sizes on the built-in data
+
+
+def random_raw(n_items: int, n_modalities: int, seed: int) -> dict:
+    """Seeded stand-ins for the raw ``*_features`` the item-item graph is built from."""
+    rng = np.random.default_rng(seed + 1)
+    return {m: (rng.normal(size=(n_items, d)).astype(np.float32), rng.random(n_items) > 0.03)
+            for m, d in list(RAW_DIMS.items())[:n_modalities]}
+
+
 def builtin_tables(rest: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, int, str]:
     """Items and interactions of ``builtin:<rest>``, drawn in memory: the same draws, in the same order,
     as the first steps of ``synthetic.generate`` (latents, preferences, interactions), with its ids."""
@@ -83,8 +95,8 @@ def builtin_tables(rest: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, in
         f"built-in {size} ({spec.scenario}) interactions generated in memory, seed {seed}"
 
 
-def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict]:
-    """``(SplitData, aligned embeddings, description)`` for one dataset spec (see the module doc)."""
+def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict, dict]:
+    """``(SplitData, aligned embeddings, raw features, description)`` for one dataset spec (see the module doc)."""
     from mm_pipeline.recommend.fit import SplitData
     from mm_pipeline.storage import load_bundle
 
@@ -96,7 +108,14 @@ def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict]:
             raise SystemExit(f"{assets} has no stored {', '.join(missing)}: materialize them first "
                              f"(make demo with MM_PIPELINE_HOME={rest})")
         split, aligned = load_bundle(assets / "interaction_split"), load_bundle(assets / "aligned_item_embeddings")
-        about = {"inputs": f"pipeline assets in {rest}", "content": "stored aligned_item_embeddings"}
+        raw = {}
+        for modality in RAW_DIMS:
+            if (assets / f"{modality}_features").is_dir():
+                stored = load_bundle(assets / f"{modality}_features")
+                present = np.asarray(stored["present"], dtype=bool)
+                if present.any():
+                    raw[modality] = (np.asarray(stored["features"]), present)
+        about = {"inputs": f"pipeline assets in {rest}", "content": "stored aligned_item_embeddings and *_features"}
     else:
         from mm_pipeline.defs.assets.raw import interaction_split
 
@@ -114,15 +133,16 @@ def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict]:
         split = interaction_split(raw_interactions=interactions, raw_items=items,
                                   source_dataset={"info": info}).value
         aligned = random_aligned(int(split["n_items"]), n_modalities, seed)
+        raw = random_raw(int(split["n_items"]), n_modalities, seed)
         about = {"inputs": source, "content": f"seeded random unit vectors, {n_modalities} modalities x "
-                                              f"{CONTENT_DIM} (no encoders run)"}
+                                              f"{CONTENT_DIM}, and random raw features {list(raw)} (no encoders run)"}
     data = SplitData.from_frame(split["table"], int(split["n_users"]), int(split["n_items"]))
     about.update(users=data.n_users, items=data.n_items, train_interactions=int(data.train.nnz),
                  valid_users=int((np.diff(data.valid.indptr) > 0).sum()))
-    return data, aligned, about
+    return data, aligned, raw, about
 
 
-def bench_model(name: str, data, aligned: dict, epochs: int, eval_repeats: int, seed: int,
+def bench_model(name: str, data, aligned: dict, raw: dict, epochs: int, eval_repeats: int, seed: int,
                 sampler: MemorySampler) -> dict:
     from mm_pipeline.recommend.fit import MultimodalConfig, fit_lightgcn, fit_multimodal
     from mm_pipeline.recommend.train import TrainConfig
@@ -133,7 +153,7 @@ def bench_model(name: str, data, aligned: dict, epochs: int, eval_repeats: int, 
     rss_before = _rss_mb()
     started = time.time()
     if name == "mm_gcn":
-        model, history = fit_multimodal(data, aligned, MultimodalConfig(**settings))
+        model, history = fit_multimodal(data, aligned, MultimodalConfig(**settings), raw_features=raw)
     elif name == "lightgcn":
         model, history = fit_lightgcn(data, TrainConfig(**settings))
     else:
@@ -163,12 +183,12 @@ def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, 
     try:
         for spec in datasets:
             started = time.perf_counter()
-            data, aligned, about = build_inputs(spec, seed)
+            data, aligned, raw, about = build_inputs(spec, seed)
             entry = {"dataset": spec, **about, "prepare_seconds": time.perf_counter() - started, "models": {}}
             for name in models:
-                entry["models"][name] = bench_model(name, data, aligned, epochs, eval_repeats, seed, sampler)
+                entry["models"][name] = bench_model(name, data, aligned, raw, epochs, eval_repeats, seed, sampler)
             results.append(entry)
-            del data, aligned
+            del data, aligned, raw
     finally:
         sampler.stop()
     return {"epochs": epochs, "eval_repeats": eval_repeats, "seed": seed, "torch_threads": torch.get_num_threads(),

@@ -1,11 +1,12 @@
 import numpy as np
+import pytest
 import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch_geometric.nn import LGConv
 
 from mm_pipeline.recommend.baselines import ease, most_popular
-from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal
+from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal, standardized_features
 from mm_pipeline.recommend.graph import SymmetricLGConv, bipartite_edge_index, normalized_adjacency
 from mm_pipeline.recommend.train import TrainConfig, sample_negatives
 
@@ -81,9 +82,10 @@ def test_models_train_deterministically_and_content_carries_cold_items():
     group = np.arange(n_items) % 2
     aligned = {"fused": np.eye(2, dtype=np.float32)[group], "modality_embeddings": np.eye(2, dtype=np.float32)[group][:, None],
                "present": np.ones((n_items, 1), bool)}
+    raw = {"text": (np.eye(2, dtype=np.float32)[group], np.ones(n_items, bool))}
     config = MultimodalConfig(epochs=15, batch_size=128, dim=8, hidden=16, lr=0.02, patience=15)
-    model, history = fit_multimodal(data, aligned, config)
-    again, _ = fit_multimodal(data, aligned, config)
+    model, history = fit_multimodal(data, aligned, config, raw_features=raw)
+    again, _ = fit_multimodal(data, aligned, config, raw_features=raw)
     assert torch.allclose(model.item_embeddings, again.item_embeddings)
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     # Cold items: each user should score the cold item of their own group above the other one.
@@ -146,7 +148,8 @@ def test_item_graph_gives_cold_items_their_warm_neighbours_collaborative_signal(
                "present": np.ones((n_items, 1), bool)}
     config = MultimodalConfig(epochs=10, batch_size=128, dim=8, hidden=16, lr=0.02, patience=10, knn_k=4,
                               align_weight=0.5)
-    model, history = fit_multimodal(data, aligned, config)
+    raw = {"text": (np.eye(2, dtype=np.float32)[group], np.ones(n_items, bool))}
+    model, history = fit_multimodal(data, aligned, config, raw_features=raw)
     assert "align_infonce" in history and history["align_infonce"].iloc[-1] < history["align_infonce"].iloc[0]
     dim = config.dim
     collab = model.item_embeddings[:, :dim]
@@ -155,6 +158,44 @@ def test_item_graph_gives_cold_items_their_warm_neighbours_collaborative_signal(
     assert collab[cold].norm(dim=1).min() > 0
     no_graph, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**config.__dict__, "knn_k": 0}))
     assert torch.allclose(no_graph.item_embeddings[cold, :dim], torch.zeros(len(cold), dim))
+    # content_mode="cold": the content score speaks for cold items only; warm items are scored by
+    # their collaborative (ID + item-graph) embedding alone.
+    content = model.item_embeddings[:, dim:]
+    assert torch.allclose(content[data.warm_items], torch.zeros_like(content[data.warm_items]))
+    assert content[cold].norm(dim=1).min() > 0
+    everywhere, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**config.__dict__, "content_mode": "all"}),
+                                   raw_features=raw)
+    assert everywhere.item_embeddings[data.warm_items, dim:].norm(dim=1).min() > 0
+    # The item graph needs its source: raw features by default, or the aligned fused vectors.
+    with pytest.raises(ValueError, match="raw_features"):
+        fit_multimodal(data, aligned, config)
+    aligned_graph, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**config.__dict__, "graph_source": "aligned"}))
+    assert aligned_graph.item_embeddings[cold, :dim].norm(dim=1).min() > 0
+
+
+def test_degree_sensitive_pruning_keeps_a_share_and_drops_popular_edges_first():
+    from mm_pipeline.recommend.graph import DegreeSensitivePruning
+
+    # User 0 and item 0 are popular (a star); the other users each have one edge to their own item.
+    users = np.array([0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6])
+    items = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    users = np.concatenate([users, np.arange(7, 13)])
+    items = np.concatenate([items, np.zeros(6, dtype=int)])
+    n_users, n_items = 13, 12
+    edge_index = bipartite_edge_index(users, items, n_users)
+    pruning = DegreeSensitivePruning(edge_index, n_users + n_items, dropout=0.5)
+    torch.manual_seed(0)
+    kept_star = []
+    for _ in range(200):
+        adj = pruning().to_dense()
+        assert torch.allclose(adj, adj.T)                                    # undirected, normalised
+        kept_u, kept_i = (adj[:n_users, n_users:] > 0).nonzero(as_tuple=True)
+        assert len(kept_u) == round(len(users) * 0.5)
+        kept_star.append(int(((kept_u == 0) | (kept_i == 0)).sum()))
+    # 12 of the 18 edges touch user 0 or item 0: a uniform half would keep 6 of them on average.
+    assert np.mean(kept_star) < 5
+    with pytest.raises(ValueError, match="edge dropout"):
+        DegreeSensitivePruning(edge_index, n_users + n_items, dropout=1.0)
 
 
 def test_vbpr_scores_are_one_dot_product_and_use_visual_features():
@@ -184,7 +225,12 @@ def test_ablations_remove_one_part_each():
     raw = {"text": (rng.normal(size=(n, 6)), np.ones(n, bool)), "image": (rng.normal(size=(n, 3)), np.ones(n, bool))}
     variants = {a.name: a for a in ablations(aligned, raw)}
     assert set(variants) == {"mm_gcn-text_only", "mm_gcn-image_only", "mm_gcn-no_alignment", "mm_gcn-no_item_graph"}
-    np.testing.assert_array_equal(variants["mm_gcn-image_only"].graph_features, aligned["modality_embeddings"][:, 1])
+    # The item graph follows the primary model's graph_source: raw features by default, else aligned.
+    [graph] = variants["mm_gcn-image_only"].graph_features
+    np.testing.assert_allclose(graph, standardized_features(raw["image"][0], raw["image"][1]))
+    [graph] = {a.name: a for a in ablations(aligned, raw, "aligned")}["mm_gcn-image_only"].graph_features
+    np.testing.assert_array_equal(graph, aligned["modality_embeddings"][:, 1])
+    assert len(variants["mm_gcn-no_alignment"].graph_features) == 2  # one raw k-NN graph per modality
     assert variants["mm_gcn-no_alignment"].content.shape == (n, 6 + 3 + 2)
     assert variants["mm_gcn-no_alignment"].config(MultimodalConfig()).align_weight == 0
     assert variants["mm_gcn-no_item_graph"].config(MultimodalConfig()).knn_k == 0
@@ -210,10 +256,10 @@ def test_freedom_prunes_by_degree_and_trains_deterministically():
     edges = bipartite_edge_index(coo.row, coo.col, n_users)
     adj = torch.eye(n_items).to_sparse_csr()
     freedom = FREEDOM(n_users, n_items, edges, adj, [torch.zeros(n_items, 1)], dim=4, edge_dropout=0.5)
-    pruned = freedom._pruned_adjacency().to_dense()
+    pruned = freedom.pruning().to_dense()
     assert torch.allclose(pruned, pruned.T)
     assert int((pruned > 0).sum()) == 2 * round(coo.nnz * 0.5)
     d_user = np.asarray(data.train.sum(1)).ravel()
     d_item = np.asarray(data.train.sum(0)).ravel()
-    expected = 1 / np.sqrt(d_user[freedom.ui_edges[0].numpy()] * d_item[freedom.ui_edges[1].numpy() - n_users])
-    np.testing.assert_allclose(freedom.edge_weight.numpy(), expected, rtol=1e-6)
+    expected = 1 / np.sqrt(d_user[freedom.pruning.edges[0].numpy()] * d_item[freedom.pruning.edges[1].numpy() - n_users])
+    np.testing.assert_allclose(freedom.pruning.weight.numpy(), expected, rtol=1e-6)

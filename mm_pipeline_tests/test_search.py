@@ -52,6 +52,17 @@ def _stand_in_aligned(n_items: int, seed: int = 0) -> dict:
             "fused": fused.astype(np.float32), "weights": weights.astype(np.float32), "present": present}
 
 
+def _stand_in_features(n_items: int, seed: int = 0) -> dict[str, dict]:
+    """Seeded raw features shaped like the ``*_features`` assets (text 384-d, image 64-d, audio 120-d)."""
+    rng = np.random.default_rng(seed)
+    return {m: {"features": rng.normal(size=(n_items, d)).astype(np.float32), "present": rng.random(n_items) > 0.03}
+            for m, d in (("text", 384), ("image", 64), ("audio", 120))}
+
+
+def _raw(features: dict[str, dict]) -> dict:
+    return {m: (f["features"], f["present"]) for m, f in features.items()}
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     """The raw stages up to ``interaction_split`` materialized on the tiny dataset, a stand-in for the
@@ -69,6 +80,9 @@ def searched(tmp_path_factory):
     assert prepared.success
     n_items = int(prepared.output_for_node("interaction_split")["n_items"])
     save_bundle(home / "assets" / "aligned_item_embeddings", _stand_in_aligned(n_items))
+    features = _stand_in_features(n_items)
+    for modality, bundle in features.items():
+        save_bundle(home / "assets" / f"{modality}_features", bundle)
     defs = dg.Definitions(assets=_assets(), jobs=SEARCH_JOBS, resources=resources)
     result = defs.resolve_job_def("hyperparameter_search").execute_in_process(
         run_config={"ops": {SEARCH: {"config": SEARCH_CONFIG}}}, instance=instance)
@@ -76,15 +90,16 @@ def searched(tmp_path_factory):
     aligned = load_bundle(home / "assets" / "aligned_item_embeddings")
     data = SplitData.from_frame(split["table"], int(split["n_users"]), int(split["n_items"]))
     yield {"result": result, "home": home, "uri": uri, "data": data, "aligned": aligned, "defs": defs,
-           "instance": instance}
+           "instance": instance, "raw": _raw(features)}
     mlflow.set_tracking_uri(None)
     mp.undo()
 
 
 def _direct_search(data, aligned, seed=0, **kwargs):
-    """The core search with the settings the asset used in the fixture."""
+    """The core search with the settings (and stand-in raw features) the asset used in the fixture."""
     base = MultimodalConfig(seed=seed, patience=SEARCH_CONFIG["patience"], epochs=SEARCH_CONFIG["max_epochs"])
-    settings = {"n_trials": SEARCH_CONFIG["n_trials"], "max_epochs": SEARCH_CONFIG["max_epochs"], **kwargs}
+    settings = {"n_trials": SEARCH_CONFIG["n_trials"], "max_epochs": SEARCH_CONFIG["max_epochs"],
+                "raw_features": _raw(_stand_in_features(data.n_items)), **kwargs}
     return search_hyperparameters(data, aligned, None, seed=seed, base_config=base, **settings)
 
 

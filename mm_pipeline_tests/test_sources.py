@@ -379,3 +379,58 @@ def test_graph_on_mmrec_uses_precomputed_features_and_published_split(tmp_path):
     assert len(merged) == len(inter) and (merged["split"] == merged["split_published"]).all()
     assert (table["split"].value_counts().reindex(["train", "valid", "test"]).to_numpy()
             == np.bincount(inter["x_label"], minlength=3)).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# builtin-mmrec: the generated stand-in for a published MMRec dataset
+
+
+def test_builtin_mmrec_is_an_mmrec_folder_with_the_published_protocol(tmp_path):
+    from mm_pipeline.datasets import synthetic_mmrec
+    from mm_pipeline.evaluate.split import chronological_split
+
+    source = resolve_source("builtin-mmrec:small", tmp_path, seed=3)
+    assert source.kind == "mmrec"
+    data = load_source(source)
+    spec = synthetic_mmrec.spec_for("small", seed=3)
+    inter = data.interactions
+    # 5-core on users and items, as the public Amazon sets are.
+    assert inter.groupby("user_id").size().min() >= spec.core
+    assert inter.groupby("item_id").size().min() >= spec.core
+    assert set(data.info["feature_dims"]) == {"text", "image"}
+    assert data.info["feature_dims"] == {"text": spec.text_dim, "image": spec.image_dim}
+    # x_label is the per-user chronological 8:1:1 split of the published tables.
+    frame = inter.assign(user_idx=inter["user_id"].astype(int), item_idx=inter["item_id"].astype(int))
+    expected = chronological_split(frame, 0.1, 0.1).map({"train": 0, "valid": 1, "test": 2})
+    np.testing.assert_array_equal(inter["x_label"].to_numpy(), expected.to_numpy())
+    share = np.bincount(inter["x_label"], minlength=3) / len(inter)
+    assert 0.7 < share[0] < 0.8 and share[1] == share[2]   # every user here has >= 5 interactions
+    # Same spec: the folder is reused as it is; another spec never overwrites it.
+    before = {p.name: p.stat().st_mtime_ns for p in source.root.iterdir()}
+    assert resolve_source("builtin-mmrec:small", tmp_path, seed=3).root == source.root
+    assert {p.name: p.stat().st_mtime_ns for p in source.root.iterdir()} == before
+    with pytest.raises(FileExistsError, match="not written from this spec"):
+        synthetic_mmrec.generate_mmrec_like(synthetic_mmrec.spec_for("small", seed=4), source.root, name="small")
+    with pytest.raises(DataError, match="choose one of"):
+        resolve_source("builtin-mmrec:huge", tmp_path)
+
+
+def test_builtin_mmrec_is_seeded_and_features_follow_the_items(tmp_path):
+    from mm_pipeline.datasets import synthetic_mmrec
+
+    spec = synthetic_mmrec.spec_for("small", seed=1)
+    a = synthetic_mmrec.generate_mmrec_like(spec, tmp_path / "a", name="small")
+    b = synthetic_mmrec.generate_mmrec_like(spec, tmp_path / "b", name="small")
+    for name in ("small.inter", "text_feat.npy", "image_feat.npy"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    # Text carries the item content: items co-consumed in training are closer in text space than random pairs.
+    inter = pd.read_csv(a / "small.inter", sep="\t")
+    text = np.load(a / "text_feat.npy")
+    text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    train = inter[inter["x_label"] == 0].sort_values(["userID", "timestamp"])
+    first = train.groupby("userID")["itemID"].nth(0).to_numpy()
+    second = train.groupby("userID")["itemID"].nth(1).to_numpy()
+    rng = np.random.default_rng(0)
+    co = (text[first] * text[second]).sum(1).mean()
+    random_pairs = (text[first] * text[rng.permutation(second)]).sum(1).mean()
+    assert co > random_pairs + 0.05

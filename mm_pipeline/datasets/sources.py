@@ -4,6 +4,7 @@
 ``folder:/data/shop?bad_rows=quarantine``      the project's folder format (:mod:`.folder`)
 ``movielens:/data/ml-100k?min_rating=4&kcore=5``  MovieLens ml-100k or ml-latest(-small) (:mod:`.movielens`)
 ``mmrec:/data/baby``                           the MMRec layout with precomputed features (:mod:`.mmrec`)
+``builtin-mmrec:baby``                         a generated stand-in in the MMRec layout (:mod:`.synthetic_mmrec`)
 
 Options follow the path after a ``?`` as ``key=value`` pairs joined by ``&``; each format lists the
 options it understands and refuses the others.
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from mm_pipeline.datasets import synthetic
+from mm_pipeline.datasets import synthetic, synthetic_mmrec
 from mm_pipeline.datasets.folder import folder_options, load_folder
 from mm_pipeline.datasets.schema import DataError, RawDataset
 
-KINDS = ("builtin", "folder", "movielens", "mmrec")
-OPTIONS = {"builtin": (), "folder": ("bad_rows", "encoding"), "movielens": ("min_rating", "kcore"), "mmrec": ("name",)}
+KINDS = ("builtin", "builtin-mmrec", "folder", "movielens", "mmrec")
+OPTIONS = {"builtin": (), "builtin-mmrec": (), "folder": ("bad_rows", "encoding"), "movielens": ("min_rating", "kcore"),
+           "mmrec": ("name",)}
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,16 @@ def resolve_source(spec: str, data_dir: str | Path, seed: int = 0) -> Source:
         root = Path(data_dir) / "builtin" / f"{size}-{gen_spec.scenario}-seed{seed}"
         synthetic.generate(gen_spec, root)
         return Source("builtin", root, f"built-in {size} ({gen_spec.scenario}), seed {seed}")
+    if kind == "builtin-mmrec":
+        size = rest or "baby"
+        try:
+            gen_spec = synthetic_mmrec.spec_for(size, seed=seed)
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
+        root = Path(data_dir) / "builtin-mmrec" / f"{size}-seed{seed}"
+        synthetic_mmrec.generate_mmrec_like(gen_spec, root, name=size)
+        # Read back exactly as a user's MMRec folder is: same loader, same published-split contract.
+        return Source("mmrec", root, f"built-in MMRec-like {size}, seed {seed}")
     if kind in ("folder", "movielens", "mmrec"):
         path, options = _split_options(kind, rest)
         if not path:
@@ -66,8 +78,8 @@ def resolve_source(spec: str, data_dir: str | Path, seed: int = 0) -> Source:
                             + {"folder": "shop", "movielens": "ml-100k", "mmrec": "baby"}[kind])
         shown = "".join(f"&{k}={v}" for k, v in options).replace("&", "?", 1)
         return Source(kind, Path(path).expanduser().resolve(), f"{kind} {path}{shown}", options)
-    raise DataError(f"unknown dataset spec {spec!r}; use builtin:<tiny|default|large>[:scenario], folder:<path>, "
-                    "movielens:<path> or mmrec:<path>")
+    raise DataError(f"unknown dataset spec {spec!r}; use builtin:<tiny|default|large>[:scenario], "
+                    "builtin-mmrec:<small|baby>, folder:<path>, movielens:<path> or mmrec:<path>")
 
 
 def load_source(source: Source, text_columns: tuple[str, ...] | None = None) -> RawDataset:

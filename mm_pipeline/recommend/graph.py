@@ -31,6 +31,33 @@ def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tens
         return adj_t.to_sparse_csr()
 
 
+class DegreeSensitivePruning(torch.nn.Module):
+    r"""FREEDOM's degree-sensitive edge pruning (Zhou & Shen, 2023) of an undirected bipartite graph.
+
+    Each call keeps a ``1 - dropout`` share of the undirected user-item edges, drawn without
+    replacement with probability :math:`\propto 1/\sqrt{d_u d_i}` (edges between popular users and
+    items are dropped first), and returns the pruned graph re-normalised as by
+    :func:`normalized_adjacency`. Training sees a different sparse graph at every step, which
+    regularises the ID embeddings; evaluation uses the full graph.
+    """
+
+    def __init__(self, edge_index: torch.Tensor, num_nodes: int, dropout: float):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"edge dropout must be in [0, 1), got {dropout}")
+        self.num_nodes, self.dropout = num_nodes, dropout
+        half = edge_index.shape[1] // 2  # bipartite_edge_index: user->item edges, then their reverse
+        self.register_buffer("edges", edge_index[:, :half].clone(), persistent=False)
+        degree = torch.bincount(edge_index[0], minlength=num_nodes).float()
+        self.register_buffer("weight", 1.0 / torch.sqrt(degree[self.edges[0]] * degree[self.edges[1]]),
+                             persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        keep = max(1, int(round(self.edges.shape[1] * (1.0 - self.dropout))))
+        u, i = self.edges[:, torch.multinomial(self.weight, keep, replacement=False)]
+        return normalized_adjacency(torch.stack([torch.cat([u, i]), torch.cat([i, u])]), self.num_nodes)
+
+
 class _SymmetricSpMM(torch.autograd.Function):
     """``adj @ x`` whose backward reuses ``adj`` itself, valid because ``adj`` is symmetric.
 

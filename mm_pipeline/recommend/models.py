@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch_geometric.nn.models import LightGCN
 
 from mm_pipeline.align.losses import info_nce
-from mm_pipeline.recommend.graph import SymmetricLGConv, normalized_adjacency
+from mm_pipeline.recommend.graph import DegreeSensitivePruning, SymmetricLGConv, normalized_adjacency
 
 # Sparse CSR products are stable for this use; the beta notice would repeat every step.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -94,16 +94,22 @@ class MultimodalGCN(nn.Module):
                  dim: int = 64, num_layers: int = 2, hidden: int = 256, dropout: float = 0.1,
                  reg: float = 1e-4, content_weight: float = 0.0, cold_prob: float = 0.2,
                  item_adj: torch.Tensor | None = None, item_layers: int = 1, align_weight: float = 0.0,
-                 align_temperature: float = 0.2, graph_mode: str = "cold"):
+                 align_temperature: float = 0.2, graph_mode: str = "cold", content_mode: str = "all",
+                 edge_index: torch.Tensor | None = None, edge_dropout: float = 0.0):
         super().__init__()
         if graph_mode not in ("cold", "add"):
             raise ValueError(f"graph_mode must be 'cold' or 'add', got {graph_mode!r}")
-        self.graph_mode = graph_mode
+        if content_mode not in ("all", "cold"):
+            raise ValueError(f"content_mode must be 'all' or 'cold', got {content_mode!r}")
+        self.graph_mode, self.content_mode = graph_mode, content_mode
         self.n_users, self.n_items, self.num_layers = n_users, n_items, num_layers
         self.reg, self.content_weight, self.cold_prob = reg, content_weight, cold_prob
         self.item_layers, self.align_weight, self.align_temperature = item_layers, align_weight, align_temperature
         self.register_buffer("adj", adj, persistent=False)
         self.register_buffer("item_adj", item_adj, persistent=False)
+        if edge_dropout > 0 and edge_index is None:
+            raise ValueError("edge_dropout needs the user-item edge_index (bipartite_edge_index)")
+        self.pruning = DegreeSensitivePruning(edge_index, n_users + n_items, edge_dropout) if edge_dropout > 0 else None
         self.register_buffer("content", content.float())
         self.register_buffer("warm", warm.float().unsqueeze(-1))
         self.user_embedding = nn.Embedding(n_users, dim)
@@ -115,10 +121,10 @@ class MultimodalGCN(nn.Module):
                                            nn.Linear(hidden, dim))
         self.conv = SymmetricLGConv()
 
-    def _lightgcn(self, x: torch.Tensor) -> torch.Tensor:
+    def _lightgcn(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         total = x
         for _ in range(self.num_layers):
-            x = self.conv(x, self.adj)
+            x = self.conv(x, adj)
             total = total + x
         return total / (self.num_layers + 1)
 
@@ -131,27 +137,35 @@ class MultimodalGCN(nn.Module):
             total = total + x
         return total / self.item_layers
 
-    def _forward(self) -> tuple[torch.Tensor, ...]:
-        g = self._lightgcn(torch.cat([self.user_embedding.weight, self.item_embedding.weight * self.warm]))
-        g_item = g[self.n_users:] * self.warm
+    def _forward(self, adj: torch.Tensor) -> tuple[torch.Tensor, ...]:
         c = self.content_tower(self.content)
-        q = self._lightgcn(torch.cat([self.user_content.weight, c]))[: self.n_users]
-        return g[: self.n_users], g_item, self._item_graph(g_item), q, c
+        ids = torch.cat([self.user_embedding.weight, self.item_embedding.weight * self.warm])
+        taste = torch.cat([self.user_content.weight, c])
+        # Both propagate over the same graph: one product on the side-by-side columns reads the sparse
+        # matrix once instead of twice (same result, column by column).
+        g, q = self._lightgcn(torch.cat([ids, taste], 1), adj).split([ids.shape[1], taste.shape[1]], 1)
+        g_item = g[self.n_users:] * self.warm
+        return g[: self.n_users], g_item, self._item_graph(g_item), q[: self.n_users], c
 
     def bpr_loss(self, users, pos, neg):
-        h_u, g_i, n_i, q_u, c_i = self._forward()
+        pruned = self.training and self.pruning is not None
+        h_u, g_i, n_i, q_u, c_i = self._forward(self.pruning() if pruned else self.adj)
         h, q = h_u[users], q_u[users]
         collab_pos, collab_neg = (h * g_i[pos]).sum(-1), (h * g_i[neg]).sum(-1)
         neigh_pos, neigh_neg = (h * n_i[pos]).sum(-1), (h * n_i[neg]).sum(-1)
         if self.graph_mode == "add":
             collab_pos, collab_neg = collab_pos + neigh_pos, collab_neg + neigh_neg
+        # The item's cold form: its own ID embedding is gone; only its content neighbours speak for it.
+        # Items without training interactions only have that form; warm ones take it with cold_prob.
+        cold_pos, cold_neg = self.warm[pos, 0] == 0, self.warm[neg, 0] == 0
         if self.training and self.cold_prob > 0:
-            # The item's cold form: its own ID embedding is gone; only its content neighbours speak for it.
-            cold_pos = torch.rand_like(collab_pos) < self.cold_prob
-            cold_neg = torch.rand_like(collab_neg) < self.cold_prob
-            collab_pos = torch.where(cold_pos, neigh_pos, collab_pos)
-            collab_neg = torch.where(cold_neg, neigh_neg, collab_neg)
+            cold_pos = cold_pos | (torch.rand_like(collab_pos) < self.cold_prob)
+            cold_neg = cold_neg | (torch.rand_like(collab_neg) < self.cold_prob)
+        collab_pos = torch.where(cold_pos, neigh_pos, collab_pos)
+        collab_neg = torch.where(cold_neg, neigh_neg, collab_neg)
         content_pos, content_neg = (q * c_i[pos]).sum(-1), (q * c_i[neg]).sum(-1)
+        if self.content_mode == "cold":  # the content score speaks for an item in its cold form only
+            content_pos, content_neg = content_pos * cold_pos, content_neg * cold_neg
         rank = bpr(collab_pos + content_pos, collab_neg + content_neg)
         loss = rank
         parts = {"bpr": rank.item()}
@@ -176,8 +190,10 @@ class MultimodalGCN(nn.Module):
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        h_u, g_i, n_i, q_u, c_i = self._forward()
+        h_u, g_i, n_i, q_u, c_i = self._forward(self.adj)
         collab = g_i + n_i if self.graph_mode == "add" else g_i + n_i * (1 - self.warm)
+        if self.content_mode == "cold":
+            c_i = c_i * (1 - self.warm)
         return torch.cat([h_u, q_u], 1), torch.cat([collab, c_i], 1)
 
 
@@ -257,11 +273,7 @@ class FREEDOM(nn.Module):
             raise ValueError(f"edge_dropout must be in [0, 1), got {edge_dropout}")
         self.n_users, self.n_items, self.num_layers, self.item_layers = n_users, n_items, num_layers, item_layers
         self.edge_dropout, self.feature_weight, self.reg = edge_dropout, feature_weight, reg
-        half = edge_index.shape[1] // 2  # bipartite_edge_index: user->item edges, then their reverse
-        self.register_buffer("ui_edges", edge_index[:, :half].clone(), persistent=False)
-        degree = torch.bincount(edge_index[0], minlength=n_users + n_items).float()
-        self.register_buffer("edge_weight", 1.0 / torch.sqrt(degree[self.ui_edges[0]] * degree[self.ui_edges[1]]),
-                             persistent=False)
+        self.pruning = DegreeSensitivePruning(edge_index, n_users + n_items, edge_dropout)
         self.register_buffer("full_adj", normalized_adjacency(edge_index, n_users + n_items), persistent=False)
         self.register_buffer("item_adj", item_adj, persistent=False)
         for index, x in enumerate(features):
@@ -273,12 +285,6 @@ class FREEDOM(nn.Module):
         nn.init.xavier_uniform_(self.item_embedding.weight)
         self.projections = nn.ModuleList([nn.Linear(x.shape[1], dim) for x in features])
         self.conv = SymmetricLGConv()
-
-    def _pruned_adjacency(self) -> torch.Tensor:
-        keep = max(1, int(round(self.ui_edges.shape[1] * (1.0 - self.edge_dropout))))
-        chosen = torch.multinomial(self.edge_weight, keep, replacement=False)
-        u, i = self.ui_edges[:, chosen]
-        return normalized_adjacency(torch.stack([torch.cat([u, i]), torch.cat([i, u])]), self.n_users + self.n_items)
 
     def _forward(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
@@ -293,7 +299,7 @@ class FREEDOM(nn.Module):
         return out[: self.n_users], out[self.n_users:] + e
 
     def bpr_loss(self, users, pos, neg):
-        adj = self._pruned_adjacency() if self.training and self.edge_dropout > 0 else self.full_adj
+        adj = self.pruning() if self.training and self.edge_dropout > 0 else self.full_adj
         h_u, g_i = self._forward(adj)
         h = h_u[users]
         rank = bpr((h * g_i[pos]).sum(-1), (h * g_i[neg]).sum(-1))

@@ -43,9 +43,11 @@ DEFAULT_SPACE: dict[str, Any] = {
     "reg": {"low": 1e-6, "high": 1e-3, "log": True},
     "cold_prob": {"low": 0.0, "high": 0.5},
     "dropout": {"low": 0.0, "high": 0.3},
-    # The multimodal parts: on sparse catalogues FREEDOM-style smoothing of every item ("add") may win.
+    # The multimodal parts: where the item graph comes from, whom it smooths, whom content scores.
     "knn_k": [0, 5, 10, 20],
     "graph_mode": ["cold", "add"],
+    "graph_source": ["raw", "aligned"],
+    "content_mode": ["all", "cold"],
     "align_weight": {"low": 0.0, "high": 0.2},
 }
 
@@ -241,7 +243,8 @@ def search_hyperparameters(data: SplitData, aligned: Mapping[str, np.ndarray],
                            base_config: MultimodalConfig | None = None,
                            on_trial: Callable[[TrialResult], None] | None = None, *,
                            max_epochs: int | None = None, prune: bool = True,
-                           startup_trials: int | None = None, pruner: Any = None) -> SearchResult:
+                           startup_trials: int | None = None, pruner: Any = None,
+                           raw_features: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> SearchResult:
     """Run ``n_trials`` trials of ``fit_multimodal``, maximising validation NDCG@20.
 
     ``space`` (default :data:`DEFAULT_SPACE`) maps ``MultimodalConfig`` fields to choices or ranges;
@@ -249,8 +252,9 @@ def search_hyperparameters(data: SplitData, aligned: Mapping[str, np.ndarray],
     also seeds the sampler) and at most ``max_epochs`` epochs per trial. ``on_trial`` is called with
     each :class:`TrialResult` as soon as the trial ends (e.g. to log it). ``startup_trials`` (default
     half the trials, 2 to 10) are seeded random draws before TPE takes over; the pruner waits for as
-    many complete trials. ``pruner`` replaces that MedianPruner with another Optuna pruner. Exceptions
-    raised by training propagate.
+    many complete trials. ``pruner`` replaces that MedianPruner with another Optuna pruner.
+    ``raw_features`` (``{modality: (features, present)}``) feed the item graph when a trial's
+    ``graph_source`` is ``"raw"``. Exceptions raised by training propagate.
     """
     import optuna
 
@@ -301,7 +305,8 @@ def search_hyperparameters(data: SplitData, aligned: Mapping[str, np.ndarray],
 
         started = time.perf_counter()
         try:
-            _, history = fit_multimodal(visible, aligned, config, on_epoch=on_epoch)
+            _, history = fit_multimodal(visible, aligned, config, on_epoch=on_epoch,
+                                        raw_features=None if raw_features is None else dict(raw_features))
             state = "complete"
         except optuna.TrialPruned:
             history, state = pd.DataFrame(rows), "pruned"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.defs.assets.evaluate import comparison_report
-from mm_pipeline.defs.assets.train import MultimodalRunConfig, _finish, split_data
+from mm_pipeline.defs.assets.train import MultimodalRunConfig, _finish, raw_modality_features, split_data
 from mm_pipeline.defs.config import config_from_dataclass, to_dataclass
 from mm_pipeline.defs.metadata import frame_markdown
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
@@ -21,13 +21,6 @@ GROUP = "research"
 FreedomRunConfig = config_from_dataclass(FreedomConfig, "FreedomRunConfig")
 
 
-def _raw_features(text_features: dict, image_features: dict, audio_features: dict) -> dict:
-    """``{modality: (features, present)}`` for the modalities some item has."""
-    out = {m: (np.asarray(f["features"]), np.asarray(f["present"], dtype=bool))
-           for m, f in (("text", text_features), ("image", image_features), ("audio", audio_features))}
-    return {m: value for m, value in out.items() if value[1].any()}
-
-
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
 def freedom_model(context: dg.AssetExecutionContext, config: FreedomRunConfig,  # type: ignore[valid-type]
                   interaction_split: dict, text_features: dict, image_features: dict, audio_features: dict,
@@ -37,7 +30,7 @@ def freedom_model(context: dg.AssetExecutionContext, config: FreedomRunConfig,  
     the raw modality features, degree-sensitive pruning of the user-item graph, BPR."""
     train_config = to_dataclass(FreedomConfig, config, seed=pipeline.seed)
     data = split_data(interaction_split)
-    raw = _raw_features(text_features, image_features, audio_features)
+    raw = raw_modality_features(text_features, image_features, audio_features)
     model, history = fit_freedom(data, raw, train_config)
     return _finish(context, model, history, data, interaction_split, raw_items,
                    {**train_config.__dict__, "modalities": ",".join(raw)}, mlflow_tracking)
@@ -56,7 +49,8 @@ def mm_gcn_ablations(context: dg.AssetExecutionContext, config: MultimodalRunCon
 
     base = to_dataclass(MultimodalConfig, config, seed=pipeline.seed)
     data = split_data(interaction_split)
-    variants = ablations(aligned_item_embeddings, _raw_features(text_features, image_features, audio_features))
+    variants = ablations(aligned_item_embeddings, raw_modality_features(text_features, image_features, audio_features),
+                         graph_source=base.graph_source)
     # Stored flat (the IO manager keeps arrays, tables and JSON, not nested bundles): see ablation_bundles.
     bundle: dict = {"names": [v.name for v in variants], "infos": {}}
     rows = []

@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from mm_pipeline.defs.assets.train import raw_modality_features
 from mm_pipeline.defs.metadata import frame_markdown
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData
@@ -45,9 +46,10 @@ def _scalar_metrics(trial: TrialResult) -> dict[str, float]:
     return {metric_key(k): float(v) for k, v in values.items()}
 
 
-@dg.asset(group_name=GROUP, kinds={"optuna", "mlflow"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"optuna", "mlflow"}, code_version="2")
 def mm_gcn_hyperparameter_search(context: dg.AssetExecutionContext, config: HyperparameterSearchConfig,
-                                 interaction_split: dict, aligned_item_embeddings: dict,
+                                 interaction_split: dict, aligned_item_embeddings: dict, text_features: dict,
+                                 image_features: dict, audio_features: dict,
                                  pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
     """Optuna TPE search over mm_gcn's hyper-parameters, scored on validation NDCG@20 (never the test split).
 
@@ -94,7 +96,9 @@ def mm_gcn_hyperparameter_search(context: dg.AssetExecutionContext, config: Hype
 
         result = search_hyperparameters(data, aligned_item_embeddings, config.space, config.n_trials,
                                         seed=pipeline.seed, base_config=base, on_trial=log_trial,
-                                        max_epochs=config.max_epochs, prune=config.prune)
+                                        max_epochs=config.max_epochs, prune=config.prune,
+                                        raw_features=raw_modality_features(text_features, image_features,
+                                                                           audio_features))
         best = result.best
         n_pruned = int((result.trials["state"] == "pruned").sum())
         mlflow.log_params(safe_params({f"best.{k}": v for k, v in best.params.items()}))

@@ -119,18 +119,29 @@ def content_knn_model(context: dg.AssetExecutionContext, interaction_split: dict
                    interaction_split, raw_items, {}, mlflow_tracking)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="2")
+def raw_modality_features(text_features: dict, image_features: dict, audio_features: dict) -> dict:
+    """``{modality: (features, present)}`` for the modalities some item has."""
+    import numpy as np
+
+    out = {m: (np.asarray(f["features"]), np.asarray(f["present"], dtype=bool))
+           for m, f in (("text", text_features), ("image", image_features), ("audio", audio_features))}
+    return {m: value for m, value in out.items() if value[1].any()}
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="3")
 def mm_gcn_model(context: dg.AssetExecutionContext, config: MultimodalRunConfig,  # type: ignore[valid-type]
-                 interaction_split: dict, aligned_item_embeddings: dict, raw_items: pd.DataFrame,
+                 interaction_split: dict, aligned_item_embeddings: dict, text_features: dict,
+                 image_features: dict, audio_features: dict, raw_items: pd.DataFrame,
                  pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
-    """The primary model: LightGCN collaborative score + content score from the aligned embeddings,
-    an item-item k-NN graph for cold items, BPR + content-collaborative InfoNCE."""
+    """The primary model: LightGCN over the user-item graph plus an item-item k-NN graph over the raw
+    modality features; the aligned content carries cold items; BPR + content-collaborative InfoNCE."""
     train_config = to_dataclass(MultimodalConfig, config, seed=pipeline.seed)
     data = split_data(interaction_split)
-    model, history = fit_multimodal(data, aligned_item_embeddings, train_config)
+    raw = raw_modality_features(text_features, image_features, audio_features)
+    model, history = fit_multimodal(data, aligned_item_embeddings, train_config, raw_features=raw)
     return _finish(context, model, history, data, interaction_split, raw_items,
-                   {**train_config.__dict__, "modalities": ",".join(aligned_item_embeddings["modalities"])},
-                   mlflow_tracking)
+                   {**train_config.__dict__, "modalities": ",".join(aligned_item_embeddings["modalities"]),
+                    "graph_modalities": ",".join(raw)}, mlflow_tracking)
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
