@@ -141,8 +141,8 @@ class MultimodalGCN(nn.Module):
         c = self.content_tower(self.content)
         ids = torch.cat([self.user_embedding.weight, self.item_embedding.weight * self.warm])
         taste = torch.cat([self.user_content.weight, c])
-        # Both propagate over the same graph: one product on the side-by-side columns reads the sparse
-        # matrix once instead of twice (same result, column by column).
+        # Both propagate over the same graph: one sparse product on the side-by-side columns (the same
+        # result, column by column; on builtin:large the epoch time did not change measurably).
         g, q = self._lightgcn(torch.cat([ids, taste], 1), adj).split([ids.shape[1], taste.shape[1]], 1)
         g_item = g[self.n_users:] * self.warm
         return g[: self.n_users], g_item, self._item_graph(g_item), q[: self.n_users], c
