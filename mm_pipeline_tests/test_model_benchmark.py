@@ -50,3 +50,21 @@ def test_in_memory_builtin_interactions_match_the_generated_files(tmp_path):
     theirs = on_disk.interactions[columns].sort_values(columns, ignore_index=True)
     pd.testing.assert_frame_equal(ours, theirs.astype(ours.dtypes.to_dict()))
     np.testing.assert_array_equal(interactions["weight"].to_numpy(), 1.0)
+
+
+def test_config_compare_reports_validation_and_test_per_seed(capsys):
+    spec = importlib.util.spec_from_file_location("config_compare", SCRIPT.parent / "config_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    settings = '{"epochs": 2, "patience": 3}'
+    rows = module.main(["--inputs", "builtin:tiny", "--model", "mm_gcn", "--config", settings, "--seeds", "0", "0", "1"])
+    assert [r["seed"] for r in rows] == [0, 0, 1]
+    for row in rows:
+        assert 0.0 <= row["valid_ndcg@20"] <= 1.0 and 0.0 <= row["test_recall@20"] <= 1.0
+        assert row["config"] == {"epochs": 2, "patience": 3} and row["epochs_run"] == 2
+    assert rows[0]["valid_ndcg@20"] == rows[1]["valid_ndcg@20"]      # seeded: the same seed, the same result
+    assert rows[0]["test_recall@20"] == rows[1]["test_recall@20"]
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert printed == rows
+    (freedom,) = module.main(["--inputs", "builtin:tiny", "--model", "freedom", "--config", settings])
+    assert freedom["model"] == "freedom" and freedom["epochs_run"] == 2

@@ -1,0 +1,77 @@
+"""Train one model config on a run's stored inputs, over several seeds: how the defaults were chosen.
+
+    python benchmarks/config_compare.py --inputs assets:.mm_pipeline --model mm_gcn \
+        --config '{"graph_source": "aligned"}' --seeds 0 1 2
+
+``--inputs`` takes what ``model_training.py`` takes (``assets:/path/to/home`` uses the split, aligned
+embeddings and raw ``*_features`` a pipeline run stored; a dataset spec uses seeded random content).
+``--config`` overrides fields of the model's config dataclass. Per seed it prints one JSON line with the
+best **validation** NDCG@20 (what a choice between configs should read) and, for the record only, the
+test recall@20 and NDCG@20 of those weights under the report's protocol (training and validation items
+excluded). Choosing a config on the test numbers would leak the test split into the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_training import build_inputs  # noqa: E402  (the benchmark's input loader)
+
+MODELS = ("mm_gcn", "lightgcn", "freedom")
+
+
+def run_config(data, aligned: dict, raw: dict, model: str, overrides: dict, seed: int) -> dict:
+    from mm_pipeline.evaluate.metrics import ranking_metrics
+    from mm_pipeline.recommend.fit import (FreedomConfig, MultimodalConfig, fit_freedom, fit_lightgcn,
+                                           fit_multimodal)
+    from mm_pipeline.recommend.train import TrainConfig
+
+    started = time.perf_counter()
+    if model == "mm_gcn":
+        fitted, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**overrides, "seed": seed}), raw_features=raw)
+    elif model == "lightgcn":
+        fitted, _ = fit_lightgcn(data, TrainConfig(**{**overrides, "seed": seed}))
+    elif model == "freedom":
+        fitted, _ = fit_freedom(data, raw, FreedomConfig(**{**overrides, "seed": seed}))
+    else:
+        raise SystemExit(f"unknown model {model!r}; choose from {MODELS}")
+    popularity = np.asarray(data.train.sum(axis=0)).ravel()
+    test = ranking_metrics(fitted, truth=data.test, exclude=(data.train + data.valid).tocsr(), ks=(20,),
+                           item_popularity=popularity, n_train_users=data.n_users)
+    return {"model": model, "config": overrides, "seed": seed,
+            "valid_ndcg@20": float(fitted.info["best_valid_ndcg@20"]), "best_epoch": int(fitted.info["best_epoch"]),
+            "epochs_run": int(fitted.info["epochs_run"]), "test_recall@20": float(test["recall@20"]),
+            "test_ndcg@20": float(test["ndcg@20"]), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", required=True, help="assets:/path/to/home, or a dataset spec")
+    parser.add_argument("--model", default="mm_gcn", choices=MODELS)
+    parser.add_argument("--config", default="{}", help="JSON object of config fields to override")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    args = parser.parse_args(argv)
+    try:
+        overrides = json.loads(args.config)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--config is not JSON: {exc}") from exc
+    if not isinstance(overrides, dict) or "seed" in overrides:
+        raise SystemExit("--config must be a JSON object of config fields; give seeds with --seeds")
+    data, aligned, raw, _ = build_inputs(args.inputs, seed=0)
+    rows = []
+    for seed in args.seeds:
+        row = run_config(data, aligned, raw, args.model, overrides, seed)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
