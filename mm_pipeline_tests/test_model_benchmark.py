@@ -57,7 +57,8 @@ def test_config_compare_reports_validation_and_test_per_seed(capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     settings = '{"epochs": 2, "patience": 3}'
-    rows = module.main(["--inputs", "builtin:tiny", "--model", "mm_gcn", "--config", settings, "--seeds", "0", "0", "1"])
+    rows = module.main(["--inputs", "builtin:tiny", "--model", "mm_gcn", "--config", settings,
+                        "--seeds", "0", "0", "1"])
     assert [r["seed"] for r in rows] == [0, 0, 1]
     for row in rows:
         assert 0.0 <= row["valid_ndcg@20"] <= 1.0 and 0.0 <= row["test_recall@20"] <= 1.0

@@ -171,6 +171,13 @@ def test_item_graph_gives_cold_items_their_warm_neighbours_collaborative_signal(
         fit_multimodal(data, aligned, config)
     aligned_graph, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**config.__dict__, "graph_source": "aligned"}))
     assert aligned_graph.item_embeddings[cold, :dim].norm(dim=1).min() > 0
+    # FREEDOM's edge pruning during training: seeded, and evaluation still sees the whole graph.
+    pruned_config = MultimodalConfig(**{**config.__dict__, "edge_dropout": 0.5})
+    pruned, pruned_history = fit_multimodal(data, aligned, pruned_config, raw_features=raw)
+    again, _ = fit_multimodal(data, aligned, pruned_config, raw_features=raw)
+    assert torch.allclose(pruned.item_embeddings, again.item_embeddings)
+    assert not torch.allclose(pruned.item_embeddings, model.item_embeddings)
+    assert pruned_history["loss"].iloc[-1] < pruned_history["loss"].iloc[0]
 
 
 def test_degree_sensitive_pruning_keeps_a_share_and_drops_popular_edges_first():

@@ -155,14 +155,15 @@ def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, confi
         if x.shape[0] != data.n_items:
             raise ValueError(f"graph features cover {x.shape[0]} items but the split has {data.n_items}")
     item_adj = item_knn_graph(graph_features, config.knn_k) if config.knn_k > 0 else None
-    coo = data.train.tocoo()
+    # The user-item edge list is only needed to prune the graph at every step.
+    coo = data.train.tocoo() if config.edge_dropout > 0 else None
     model = MultimodalGCN(data.n_users, data.n_items, data.adj, content_t, torch.from_numpy(data.warm_items),
                           dim=config.dim, num_layers=config.num_layers, hidden=config.hidden,
                           dropout=config.dropout, reg=config.reg, content_weight=config.content_weight,
                           cold_prob=config.cold_prob, item_adj=item_adj, item_layers=config.item_layers,
                           align_weight=config.align_weight, align_temperature=config.align_temperature,
                           graph_mode=config.graph_mode, content_mode=config.content_mode,
-                          edge_index=bipartite_edge_index(coo.row, coo.col, data.n_users),
+                          edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users),
                           edge_dropout=config.edge_dropout)
     return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
 

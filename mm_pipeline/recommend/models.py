@@ -63,31 +63,34 @@ class MultimodalGCN(nn.Module):
     r"""A collaborative score from LightGCN plus a content score from the aligned multimodal embeddings.
 
     .. math::
-        s(u, i) = \langle h_u, \tilde g_i \rangle + \langle q_u, c_i \rangle, \qquad
-        \tilde g_i = \begin{cases} g_i & i \text{ warm} \\ \bar g_i & i \text{ cold} \end{cases}
+        s(u, i) = \langle h_u, \tilde g_i \rangle + \langle q_u, \tilde c_i \rangle
 
     * :math:`g = \mathrm{LightGCN}(e)`: ID embeddings propagated by PyG ``LGConv`` layers over the
-      normalised user-item graph (the ID-only model);
+      normalised user-item graph (the ID-only model); with ``edge_dropout > 0`` training propagates over
+      a degree-sensitively pruned graph at every step (FREEDOM's :class:`DegreeSensitivePruning`);
     * :math:`\bar g = \frac{1}{L'} \sum_{l=1}^{L'} S^l g`: the same item embeddings propagated over a
-      frozen item-item :math:`k`-NN graph :math:`S` built from the aligned content (FREEDOM-style), so
-      an item with no interactions of its own borrows the collaborative signal of the items it looks,
-      reads or sounds like (zero when no ``item_adj`` is given). ``graph_mode="add"`` instead adds
-      :math:`\bar g_i` to every item's :math:`g_i`, as FREEDOM does; on the built-in data that
-      smoothing hurt warm items (validation NDCG), so the default uses the graph for cold items only;
+      frozen item-item :math:`k`-NN graph :math:`S` (``item_adj``, zero when none is given), so an item
+      borrows the collaborative signal of the items it looks, reads or sounds like.
+      ``graph_mode="add"``: :math:`\tilde g_i = g_i + \bar g_i` for every item, as FREEDOM does;
+      ``"cold"``: :math:`\tilde g_i = \bar g_i` for cold items and :math:`g_i` for warm ones;
     * :math:`c_i = \mathrm{MLP}(x_i)`: a content tower over item content :math:`x_i` (fused and
       per-modality aligned embeddings plus the modality mask);
     * :math:`q = \mathrm{LightGCN}([q^{(0)}_u;\, c_i])` restricted to users: a user's content taste
       is its own vector plus the content of the items it consumed, propagated the same way.
+      ``content_mode="all"``: :math:`\tilde c_i = c_i` for every item; ``"cold"``: only in the item's
+      cold form (below), else 0, since scoring warm items by content overfits sparse data.
 
-    Cold-start items have no ID embedding and no user-item edges (:math:`g_i = 0`). To put cold and
-    warm items on one scale, training shows each positive and negative item in its cold form
-    (:math:`\bar g_i` in place of :math:`g_i`) with probability ``cold_prob`` (DropoutNet-style).
+    Cold-start items have no ID embedding and no user-item edges (:math:`g_i = 0`): they only have
+    their *cold form*, :math:`\bar g_i` in place of :math:`g_i`. To put cold and warm items on one
+    scale, training also shows each warm positive and negative item in its cold form with probability
+    ``cold_prob`` (DropoutNet-style).
 
     Multi-task objective: BPR on :math:`s`, plus ``align_weight`` times an in-batch InfoNCE between
     each positive warm item's content embedding :math:`c_i` and its collaborative embedding :math:`g_i`
     (the content and behaviour views of one item pulled together, other items pushed apart), plus
     optionally ``content_weight`` times a content-only BPR. ``embeddings()`` returns the
-    concatenations :math:`[h_u; q_u]` and :math:`[\tilde g_i; c_i]`, so the score is one dot product.
+    concatenations :math:`[h_u; q_u]` and :math:`[\tilde g_i; \tilde c_i]`, so the score is one dot
+    product.
     """
 
     def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, content: torch.Tensor, warm: torch.Tensor,
@@ -269,8 +272,6 @@ class FREEDOM(nn.Module):
                  features: list[torch.Tensor], dim: int = 64, num_layers: int = 2, item_layers: int = 1,
                  edge_dropout: float = 0.8, feature_weight: float = 1e-4, reg: float = 1e-4):
         super().__init__()
-        if not 0.0 <= edge_dropout < 1.0:
-            raise ValueError(f"edge_dropout must be in [0, 1), got {edge_dropout}")
         self.n_users, self.n_items, self.num_layers, self.item_layers = n_users, n_items, num_layers, item_layers
         self.edge_dropout, self.feature_weight, self.reg = edge_dropout, feature_weight, reg
         self.pruning = DegreeSensitivePruning(edge_index, n_users + n_items, edge_dropout)

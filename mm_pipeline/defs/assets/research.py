@@ -5,7 +5,6 @@ Not part of ``full_pipeline`` (several more minutes of training on the default d
 """
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from mm_pipeline.defs.assets.evaluate import comparison_report
@@ -36,7 +35,7 @@ def freedom_model(context: dg.AssetExecutionContext, config: FreedomRunConfig,  
                    {**train_config.__dict__, "modalities": ",".join(raw)}, mlflow_tracking)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="2")
 def mm_gcn_ablations(context: dg.AssetExecutionContext, config: MultimodalRunConfig,  # type: ignore[valid-type]
                      interaction_split: dict, aligned_item_embeddings: dict, text_features: dict,
                      image_features: dict, audio_features: dict, pipeline: PipelineResource,

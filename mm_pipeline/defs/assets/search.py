@@ -1,6 +1,6 @@
 """Hyper-parameter search for the primary model: an Optuna study logged as one MLflow run with one nested
 run per trial. Not part of ``full_pipeline``: launch the ``hyperparameter_search`` job, which reads the
-split and the aligned embeddings already stored in the project home."""
+split, the aligned embeddings and the modality features already stored in the project home."""
 
 import dataclasses
 import json
@@ -128,7 +128,7 @@ def mm_gcn_hyperparameter_search(context: dg.AssetExecutionContext, config: Hype
 
 hyperparameter_search_job = dg.define_asset_job(
     "hyperparameter_search", selection=dg.AssetSelection.assets(mm_gcn_hyperparameter_search),
-    description="Optuna search for mm_gcn on the stored split and aligned embeddings (materialize those "
-                "first, e.g. with full_pipeline); one nested MLflow run per trial.")
+    description="Optuna search for mm_gcn on the stored split, aligned embeddings and modality features "
+                "(materialize those first, e.g. with full_pipeline); one nested MLflow run per trial.")
 
 SEARCH_JOBS = [hyperparameter_search_job]
