@@ -24,13 +24,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_training import build_inputs  # noqa: E402  (the benchmark's input loader)
 
-MODELS = ("mm_gcn", "lightgcn", "freedom")
+MODELS = ("mm_gcn", "lightgcn", "freedom", "vbpr")
 
 
 def run_config(data, aligned: dict, raw: dict, model: str, overrides: dict, seed: int) -> dict:
     from mm_pipeline.evaluate.metrics import ranking_metrics
     from mm_pipeline.recommend.fit import (FreedomConfig, MultimodalConfig, fit_freedom, fit_lightgcn,
-                                           fit_multimodal)
+                                           fit_multimodal, fit_vbpr)
     from mm_pipeline.recommend.train import TrainConfig
 
     started = time.perf_counter()
@@ -38,6 +38,10 @@ def run_config(data, aligned: dict, raw: dict, model: str, overrides: dict, seed
         fitted, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**overrides, "seed": seed}), raw_features=raw)
     elif model == "lightgcn":
         fitted, _ = fit_lightgcn(data, TrainConfig(**{**overrides, "seed": seed}))
+    elif model == "vbpr":  # as the pipeline's vbpr_model asset runs it: no propagation layers, image features
+        if "image" not in raw:
+            raise SystemExit("vbpr needs stored image_features in the inputs")
+        fitted, _ = fit_vbpr(data, *raw["image"], TrainConfig(**{"num_layers": 0, **overrides, "seed": seed}))
     elif model == "freedom":
         fitted, _ = fit_freedom(data, raw, FreedomConfig(**{**overrides, "seed": seed}))
     else:

@@ -69,3 +69,5 @@ def test_config_compare_reports_validation_and_test_per_seed(capsys):
     assert printed == rows
     (freedom,) = module.main(["--inputs", "builtin:tiny", "--model", "freedom", "--config", settings])
     assert freedom["model"] == "freedom" and freedom["epochs_run"] == 2
+    (vbpr,) = module.main(["--inputs", "builtin:tiny", "--model", "vbpr", "--config", settings])
+    assert vbpr["model"] == "vbpr" and vbpr["epochs_run"] == 2 and 0.0 <= vbpr["test_recall@20"] <= 1.0

@@ -270,3 +270,59 @@ def test_freedom_prunes_by_degree_and_trains_deterministically():
     d_item = np.asarray(data.train.sum(0)).ravel()
     expected = 1 / np.sqrt(d_user[freedom.pruning.edges[0].numpy()] * d_item[freedom.pruning.edges[1].numpy() - n_users])
     np.testing.assert_allclose(freedom.pruning.weight.numpy(), expected, rtol=1e-6)
+
+
+def test_pre_graph_mode_smooths_item_ids_before_the_user_item_propagation():
+    from mm_pipeline.recommend.graph import knn_item_adjacency
+    from mm_pipeline.recommend.models import MultimodalGCN
+
+    n_users, n_items, dim = 5, 6, 4
+    users = np.array([0, 0, 1, 2, 3, 4, 4, 1])
+    items = np.array([0, 1, 2, 3, 4, 0, 2, 4])  # item 5 has no training edge: cold
+    adj = normalized_adjacency(bipartite_edge_index(users, items, n_users), n_users + n_items)
+    item_adj = knn_item_adjacency(torch.randn(n_items, 3, generator=torch.Generator().manual_seed(0)), 2)
+    warm = torch.tensor([True] * 5 + [False])
+    models = {}
+    for mode in ("pre", "add", "cold"):
+        torch.manual_seed(0)
+        models[mode] = MultimodalGCN(n_users, n_items, adj, torch.randn(n_items, 3), warm, dim=dim, num_layers=2,
+                                     hidden=8, item_adj=item_adj, graph_mode=mode, content_mode="cold",
+                                     init="xavier").eval()
+    model = models["pre"]
+    # The math of graph_mode="pre" on dense matrices: g = mean_l A^l [e_u; e_i + S e_i] over l = 0..2.
+    e = model.item_embedding.weight.detach() * warm[:, None]
+    x = torch.cat([model.user_embedding.weight.detach(), e + item_adj.to_dense() @ e])
+    a, total = adj.to_dense(), x.clone()
+    for _ in range(2):
+        x = a @ x
+        total = total + x
+    expected = total / 3
+    users_out, items_out = model.embeddings()
+    assert torch.allclose(users_out[:, :dim], expected[:n_users], atol=1e-5)
+    g_item = expected[n_users:] * warm[:, None]
+    # Warm items score by g alone; the cold item by its item-graph neighbours' g.
+    assert torch.allclose(items_out[:5, :dim], g_item[:5], atol=1e-5)
+    assert torch.allclose(items_out[5, :dim], (item_adj.to_dense() @ g_item)[5], atol=1e-5)
+    # The same weights in the other modes: users do not see the item graph there.
+    for mode in ("add", "cold"):
+        other_users, _ = models[mode].embeddings()
+        assert torch.allclose(models[mode].user_embedding.weight, model.user_embedding.weight)
+        assert not torch.allclose(other_users[:, :dim], users_out[:, :dim])
+    with pytest.raises(ValueError, match="graph_mode"):
+        MultimodalGCN(n_users, n_items, adj, torch.randn(n_items, 3), warm, graph_mode="both")
+
+
+def test_init_xavier_scales_with_the_table_and_unknown_init_is_an_error():
+    from mm_pipeline.recommend.models import MultimodalGCN
+
+    adj = normalized_adjacency(bipartite_edge_index(np.array([0]), np.array([0]), 1), 3001)
+    content, warm = torch.zeros(3000, 2), torch.ones(3000, dtype=torch.bool)
+    torch.manual_seed(0)
+    xavier = MultimodalGCN(1, 3000, adj, content, warm, dim=64, init="xavier")
+    normal = MultimodalGCN(1, 3000, adj, content, warm, dim=64, init="normal")
+    bound = (6 / (3000 + 64)) ** 0.5  # Glorot: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
+    assert xavier.item_embedding.weight.abs().max() <= bound
+    assert abs(xavier.item_embedding.weight.std().item() - bound / 3 ** 0.5) < 2e-3
+    assert abs(normal.item_embedding.weight.std().item() - 0.1) < 2e-3
+    with pytest.raises(ValueError, match="init"):
+        MultimodalGCN(1, 3000, adj, content, warm, init="zeros")

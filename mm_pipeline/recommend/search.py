@@ -45,10 +45,11 @@ DEFAULT_SPACE: dict[str, Any] = {
     "dropout": {"low": 0.0, "high": 0.3},
     # The multimodal parts: where the item graph comes from, whom it smooths, whom content scores.
     "knn_k": [0, 5, 10, 20],
-    "graph_mode": ["cold", "add"],
+    "graph_mode": ["pre", "add", "cold"],
     "graph_source": ["raw", "aligned"],
     "content_mode": ["all", "cold"],
     "align_weight": {"low": 0.0, "high": 0.2},
+    "init": ["xavier", "normal"],
 }
 
 # Fields the search owns: searching them would make trials incomparable or change what is measured.

@@ -35,7 +35,7 @@ def freedom_model(context: dg.AssetExecutionContext, config: FreedomRunConfig,  
                    {**train_config.__dict__, "modalities": ",".join(raw)}, mlflow_tracking)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="2")
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="3")
 def mm_gcn_ablations(context: dg.AssetExecutionContext, config: MultimodalRunConfig,  # type: ignore[valid-type]
                      interaction_split: dict, aligned_item_embeddings: dict, text_features: dict,
                      image_features: dict, audio_features: dict, pipeline: PipelineResource,

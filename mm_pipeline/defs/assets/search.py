@@ -46,7 +46,7 @@ def _scalar_metrics(trial: TrialResult) -> dict[str, float]:
     return {metric_key(k): float(v) for k, v in values.items()}
 
 
-@dg.asset(group_name=GROUP, kinds={"optuna", "mlflow"}, code_version="2")
+@dg.asset(group_name=GROUP, kinds={"optuna", "mlflow"}, code_version="3")
 def mm_gcn_hyperparameter_search(context: dg.AssetExecutionContext, config: HyperparameterSearchConfig,
                                  interaction_split: dict, aligned_item_embeddings: dict, text_features: dict,
                                  image_features: dict, audio_features: dict,

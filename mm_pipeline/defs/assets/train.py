@@ -128,7 +128,7 @@ def raw_modality_features(text_features: dict, image_features: dict, audio_featu
     return {m: value for m, value in out.items() if value[1].any()}
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="3")
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="4")
 def mm_gcn_model(context: dg.AssetExecutionContext, config: MultimodalRunConfig,  # type: ignore[valid-type]
                  interaction_split: dict, aligned_item_embeddings: dict, text_features: dict,
                  image_features: dict, audio_features: dict, raw_items: pd.DataFrame,
