@@ -221,6 +221,18 @@ def test_vbpr_scores_are_one_dot_product_and_use_visual_features():
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
 
 
+def test_vbpr_features_are_unit_rows_without_touching_the_input():
+    from mm_pipeline.recommend.fit import unit_rows
+
+    features = np.array([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0], [5.0, 5.0]], dtype=np.float32)
+    present = np.array([True, True, True, False])
+    before = features.copy()
+    out = unit_rows(features, present)
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]], atol=1e-6)
+    np.testing.assert_array_equal(features, before)  # the caller's array is left as it was
+    assert out.dtype == np.float32
+
+
 def test_ablations_remove_one_part_each():
     from mm_pipeline.recommend.ablations import ablations
 

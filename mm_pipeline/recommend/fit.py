@@ -188,11 +188,20 @@ def standardized_features(features: np.ndarray, present: np.ndarray) -> np.ndarr
     return out
 
 
+def unit_rows(features: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Each item's feature vector scaled to unit L2 norm; zeros where an item lacks the features."""
+    x = np.where(np.asarray(present, dtype=bool)[:, None], np.asarray(features, dtype=np.float32), 0.0)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def fit_vbpr(data: SplitData, visual: np.ndarray, present: np.ndarray, config: TrainConfig, on_epoch=None,
              name: str = "vbpr") -> tuple[EmbeddingRecommender, pd.DataFrame]:
-    """VBPR on the items' visual features (standardised; items without an image get zeros)."""
+    """VBPR on the items' visual features, each item's vector at unit length (items without an image get
+    zeros). Not standardised: per-dimension scaling blows rare dimensions of 4,096-d CNN features up to
+    outliers (validation NDCG@20 on builtin-mmrec:baby 0.0244 standardised, 0.0405 unit rows)."""
     torch.manual_seed(config.seed)
-    visual = standardized_features(visual, present)
+    visual = unit_rows(visual, present)
     if visual.shape[0] != data.n_items:
         raise ValueError(f"visual features cover {visual.shape[0]} items but the split has {data.n_items}")
     model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), dim=config.dim, visual_dim=config.dim,

@@ -221,7 +221,7 @@ class VBPR(nn.Module):
         s(u, i) = \beta_i + \langle \gamma_u, \gamma_i \rangle + \langle \theta_u, E f_i \rangle
                   + \beta'^\top f_i
 
-    :math:`f_i` are the item's (fixed) visual features, standardised, zero where an item has no image;
+    :math:`f_i` are the item's (fixed) visual features at unit length, zero where an item has no image;
     :math:`E` projects them to the visual factor space. Cold items keep their (untrained) ID factors,
     as in the original. ``embeddings()`` returns :math:`[\gamma_u; \theta_u; 1; 1]` and
     :math:`[\gamma_i; E f_i; \beta_i; \beta'^\top f_i]`, so the score is one dot product.

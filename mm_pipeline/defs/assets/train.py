@@ -144,7 +144,7 @@ def mm_gcn_model(context: dg.AssetExecutionContext, config: MultimodalRunConfig,
                     "graph_modalities": ",".join(raw)}, mlflow_tracking)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="2")
 def vbpr_model(context: dg.AssetExecutionContext, config: LightGCNRunConfig,  # type: ignore[valid-type]
                interaction_split: dict, image_features: dict, raw_items: pd.DataFrame,
                pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
