@@ -106,8 +106,8 @@ class MultimodalGCN(nn.Module):
                  dim: int = 64, num_layers: int = 2, hidden: int = 256, dropout: float = 0.1,
                  reg: float = 1e-4, content_weight: float = 0.0, cold_prob: float = 0.2,
                  item_adj: torch.Tensor | None = None, item_layers: int = 1, align_weight: float = 0.0,
-                 align_temperature: float = 0.2, graph_mode: str = "cold", content_mode: str = "all",
-                 edge_index: torch.Tensor | None = None, edge_dropout: float = 0.0, init: str = "normal"):
+                 align_temperature: float = 0.2, graph_mode: str = "pre", content_mode: str = "cold",
+                 edge_index: torch.Tensor | None = None, edge_dropout: float = 0.0, init: str = "xavier"):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
