@@ -5,6 +5,9 @@
 
 ``--inputs`` takes what ``model_training.py`` takes (``assets:/path/to/home`` uses the split, aligned
 embeddings and raw ``*_features`` a pipeline run stored; a dataset spec uses seeded random content).
+``--model mm_hybrid`` needs ``assets:`` inputs: it re-runs the hybrid's validation search over the stored
+``ease_model``, ``mm_gcn_model`` and ``lightgcn_model`` (``--config`` overrides ``HybridConfig`` fields,
+e.g. ``{"decays": [0.0]}``); ``--model ease`` re-runs EASE's L2 search (``{"l2": 100}`` sets the start).
 ``--config`` overrides fields of the model's config dataclass. Per seed it prints one JSON line with the
 best **validation** NDCG@20 (what a choice between configs should read) and, for the record only, the
 test recall@20 and NDCG@20 of those weights under the report's protocol (training and validation items
@@ -24,17 +27,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_training import build_inputs  # noqa: E402  (the benchmark's input loader)
 
-MODELS = ("mm_gcn", "lightgcn", "freedom", "vbpr")
+MODELS = ("mm_gcn", "lightgcn", "freedom", "vbpr", "ease", "mm_hybrid")
 
 
-def run_config(data, aligned: dict, raw: dict, model: str, overrides: dict, seed: int) -> dict:
+def run_config(data, aligned: dict, raw: dict, model: str, overrides: dict, seed: int, home: Path | None = None
+               ) -> dict:
     from mm_pipeline.evaluate.metrics import ranking_metrics
     from mm_pipeline.recommend.fit import (FreedomConfig, MultimodalConfig, fit_freedom, fit_lightgcn,
                                            fit_multimodal, fit_vbpr)
     from mm_pipeline.recommend.train import TrainConfig
 
     started = time.perf_counter()
-    if model == "mm_gcn":
+    if model in ("ease", "mm_hybrid"):
+        fitted, search = _closed_form(data, raw, model, overrides, seed, home)
+        fitted.info = {**fitted.info, "best_valid_ndcg@20": search.score, "best_epoch": 0, "epochs_run": 0,
+                       "chosen": search.params}
+    elif model == "mm_gcn":
         fitted, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**overrides, "seed": seed}), raw_features=raw)
     elif model == "lightgcn":
         fitted, _ = fit_lightgcn(data, TrainConfig(**{**overrides, "seed": seed}))
@@ -49,10 +57,34 @@ def run_config(data, aligned: dict, raw: dict, model: str, overrides: dict, seed
     popularity = np.asarray(data.train.sum(axis=0)).ravel()
     test = ranking_metrics(fitted, truth=data.test, exclude=(data.train + data.valid).tocsr(), ks=(20,),
                            item_popularity=popularity, n_train_users=data.n_users)
-    return {"model": model, "config": overrides, "seed": seed,
+    extra = {"chosen": fitted.info["chosen"]} if "chosen" in fitted.info else {}
+    return {"model": model, "config": overrides, "seed": seed, **extra,
             "valid_ndcg@20": float(fitted.info["best_valid_ndcg@20"]), "best_epoch": int(fitted.info["best_epoch"]),
             "epochs_run": int(fitted.info["epochs_run"]), "test_recall@20": float(test["recall@20"]),
             "test_ndcg@20": float(test["ndcg@20"]), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _closed_form(data, raw: dict, model: str, overrides: dict, seed: int, home: Path | None):
+    """EASE's L2 search, or the hybrid's weight search over a run's stored component models."""
+    from mm_pipeline.recommend.tuning import Tuning, tune_ease
+
+    if model == "ease":
+        result = tune_ease(data, Tuning(budget_s=1e9, max_trials=20), start=float(overrides.get("l2", 200.0)))
+        return result.model, result
+    if home is None:
+        raise SystemExit("--model mm_hybrid needs --inputs assets:<home> (it reads the stored component models)")
+    from mm_pipeline.defs.assets.train import hybrid_parts
+    from mm_pipeline.recommend.hybrid import HybridConfig, fit_hybrid
+    from mm_pipeline.storage import load_bundle
+
+    config = HybridConfig(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
+                             "seed": seed, "budget_s": 1e9})
+    stored = {name: load_bundle(home / "assets" / name) for name in
+              ("interaction_split", "ease_model", "mm_gcn_model", "lightgcn_model")}
+    parts = hybrid_parts(data, stored["interaction_split"], stored["ease_model"], stored["mm_gcn_model"],
+                         stored["lightgcn_model"], raw, config)
+    result = fit_hybrid(parts, data.validator(max_users=config.validation_users, seed=seed), config)
+    return result.model, result
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -71,7 +103,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data, aligned, raw, _ = build_inputs(args.inputs, seed=0)
     rows = []
     for seed in args.seeds:
-        row = run_config(data, aligned, raw, args.model, overrides, seed)
+        home = Path(args.inputs.partition(":")[2]).expanduser() if args.inputs.startswith("assets:") else None
+        row = run_config(data, aligned, raw, args.model, overrides, seed, home)
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

@@ -41,9 +41,13 @@ def print_report(metrics_path: Path) -> None:
           f"{ds['cold_items']} cold-start items")
     print("\nTest, full ranking over all items:")
     print(format_table(metrics["models"]))
+    support = metrics.get("support", {}).get("cold_start")
     if metrics.get("cold_start"):
-        print("\nTest, cold-start items (ranked among cold items):")
+        about = f" {support['interactions']} test interactions, {support['users']} users" if support else ""
+        print(f"\nTest, cold-start items (ranked among cold items;{about}):")
         print(format_table(metrics["cold_start"], ("recall@20", "ndcg@20", "precision@20", "hit_ratio@20")))
+    elif support and support["interactions"]:
+        print(f"\nTest, cold-start items: not enough data ({support['reason']})")
 
 
 def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:

@@ -1,14 +1,20 @@
 """Short-training run config shared by the tests that materialize the whole graph."""
 
+# LightGCN's validation search tries two settings (the search runs end to end); the other trained
+# models one (their search is the same code).
+ONE_TRIAL = {"tuning_max_trials": 1}
 FAST_OPS = {
     "image_features": {"config": {"epochs": 2}},
     "aligned_item_embeddings": {"config": {"epochs": 5}},
-    "lightgcn_model": {"config": {"epochs": 8, "patience": 3}},
-    "bpr_mf_model": {"config": {"epochs": 8, "patience": 3}},
-    "mm_gcn_model": {"config": {"epochs": 8, "patience": 3}},
-    "vbpr_model": {"config": {"epochs": 8, "patience": 3}},
-    "mm_gcn_ablations": {"config": {"epochs": 8, "patience": 3}},
-    "freedom_model": {"config": {"epochs": 8, "patience": 3}},
+    "ease_model": {"config": {"tuning_max_trials": 3}},
+    "item_knn_model": {"config": {"tuning_max_trials": 2}},
+    "lightgcn_model": {"config": {"epochs": 8, "patience": 3, "tuning_max_trials": 2}},
+    "bpr_mf_model": {"config": {"epochs": 8, "patience": 3, **ONE_TRIAL}},
+    "mm_gcn_model": {"config": {"epochs": 8, "patience": 3, **ONE_TRIAL}},
+    "vbpr_model": {"config": {"epochs": 8, "patience": 3, **ONE_TRIAL}},
+    "freedom_model": {"config": {"epochs": 8, "patience": 3, **ONE_TRIAL}},
+    "mm_hybrid_model": {"config": {"rounds": 1}},
+    "mm_hybrid_ablations": {"config": {"rounds": 1}},
     "compressed_model": {"config": {"latency_users": 64}},
 }
 
@@ -16,12 +22,15 @@ FAST_OPS = {
 FASTER_OPS = {
     "image_features": {"config": {"epochs": 1}},
     "aligned_item_embeddings": {"config": {"epochs": 3}},
-    "lightgcn_model": {"config": {"epochs": 4, "patience": 2}},
-    "bpr_mf_model": {"config": {"epochs": 4, "patience": 2}},
-    "mm_gcn_model": {"config": {"epochs": 4, "patience": 2}},
-    "vbpr_model": {"config": {"epochs": 4, "patience": 2}},
-    "mm_gcn_ablations": {"config": {"epochs": 4, "patience": 2}},
-    "freedom_model": {"config": {"epochs": 4, "patience": 2}},
+    "ease_model": {"config": ONE_TRIAL},
+    "item_knn_model": {"config": ONE_TRIAL},
+    "lightgcn_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
+    "bpr_mf_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
+    "mm_gcn_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
+    "vbpr_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
+    "freedom_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
+    "mm_hybrid_model": {"config": {"rounds": 1}},
+    "mm_hybrid_ablations": {"config": {"rounds": 1}},
     "compressed_model": {"config": {"latency_users": 16}},
 }
 

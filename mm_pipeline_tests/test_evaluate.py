@@ -543,19 +543,20 @@ def test_popularity_groups_head_holds_the_share_of_training_interactions():
         popularity_groups(train, head_share=1.0)
 
 
-def _tiny_split(seed=0, n_users=60, n_items=45):
+def _tiny_split(seed=0, n_users=60, n_items=45, n_cold=5):
     from mm_pipeline.recommend.fit import SplitData
 
     rng = np.random.default_rng(seed)
     rows = []
-    weights = 1.0 / np.arange(1, n_items - 4) ** 0.8          # popularity skew over the warm items
+    n_warm = n_items - n_cold
+    weights = 1.0 / np.arange(1, n_warm + 1) ** 0.8          # popularity skew over the warm items
     for user in range(n_users):
-        items = rng.choice(n_items - 5, size=10, replace=False, p=weights / weights.sum())
+        items = rng.choice(n_warm, size=10, replace=False, p=weights / weights.sum())
         rows += [(user, int(item), t) for t, item in enumerate(items)]
     frame = _frame(rows)
     frame["split"] = chronological_split(frame)
     test_rows = frame.index[frame["split"] == "test"][::3]
-    frame.loc[test_rows, "item_idx"] = rng.integers(n_items - 5, n_items, size=len(test_rows))  # cold items
+    frame.loc[test_rows, "item_idx"] = rng.integers(n_warm, n_items, size=len(test_rows))  # cold items
     frame = frame.drop_duplicates(["user_idx", "item_idx"])
     return SplitData.from_frame(frame, n_users, n_items)
 
@@ -570,7 +571,7 @@ def test_long_tail_results_use_the_full_ranking_restricted_to_tail_truth():
 
     data = _tiny_split()
     model, *_ = _random_case(seed=8, n_users=60, n_items=45)
-    out = evaluate_models({"rand": model}, data, ks=(5, 10), n_resamples=50)
+    out = evaluate_models({"rand": model}, data, ks=(5, 10), n_resamples=50, min_subgroup=(1, 1))
     head, tail = popularity_groups(data.train)
     tail_truth = sp.csr_matrix(data.test.multiply(tail[None, :]))
     tail_truth.eliminate_zeros()
@@ -588,12 +589,12 @@ def test_long_tail_results_use_the_full_ranking_restricted_to_tail_truth():
     top = top_k(model, users, exclude, k=10).numpy()
     assert out["models"]["rand"]["tail_share@10"] == pytest.approx(tail[top].mean())
     # An oracle's lists are its test items: every long-tail test item is found.
-    oracle = evaluate_models({"oracle": _oracle(data)}, data, ks=(10,), n_resamples=50)
+    oracle = evaluate_models({"oracle": _oracle(data)}, data, ks=(10,), n_resamples=50, min_subgroup=(1, 1))
     assert oracle["long_tail"]["oracle"]["recall@10"] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------ comparison report
-def _comparison(data, ablations=("mm_gcn_no_text",), aligned=True):
+def _comparison(data, ablations=("mm_gcn_no_text",), aligned=True, min_subgroup=(1, 1)):
     from mm_pipeline.evaluate.comparison import build_comparison
 
     pop = np.asarray(data.train.sum(axis=0)).ravel().astype(np.float32)
@@ -613,11 +614,11 @@ def _comparison(data, ablations=("mm_gcn_no_text",), aligned=True):
         histories={"mm_gcn": history}, compression=pd.DataFrame({"variant": ["fp32", "int8"], "size_mb": [1.0, 0.3]}),
         aligned={"fused": rng.normal(size=(data.n_items, 8)), "weights": weights, "present": present,
                  "modalities": ["text", "image"]} if aligned else None,
-        dataset={"spec": "builtin:test"}, n_resamples=200)
+        dataset={"spec": "builtin:test"}, n_resamples=200, min_subgroup=min_subgroup)
 
 
 def test_build_comparison_metrics_keys_and_significance():
-    data = _tiny_split(seed=1)
+    data = _tiny_split(seed=1, n_items=70, n_cold=25)
     comparison = _comparison(data)
     metrics = comparison.metrics
     assert metrics["primary_model"] == "mm_gcn" and metrics["baselines"] == ["popularity", "rand"]
@@ -649,7 +650,7 @@ def test_build_comparison_metrics_keys_and_significance():
 
 
 def test_build_comparison_report_files(tmp_path):
-    data = _tiny_split(seed=2)
+    data = _tiny_split(seed=2, n_items=70, n_cold=25)
     comparison = _comparison(data)
     paths = write_report(tmp_path, comparison.metrics, comparison.markdown, comparison.figures, comparison.html)
     assert set(paths) == {"metrics.json", "report.md", "report.html", "recall_at_20_ci.png", "modality_weights.png",
@@ -669,7 +670,7 @@ def test_build_comparison_report_files(tmp_path):
 
 
 def test_build_comparison_without_ablations_or_features():
-    data = _tiny_split(seed=3)
+    data = _tiny_split(seed=3, n_items=70, n_cold=25)
     comparison = _comparison(data, ablations=(), aligned=False)
     assert comparison.metrics["ablations"] == [] and comparison.metrics["modality_weights"] == []
     assert "intra_list_diversity@20" not in comparison.metrics["models"]["mm_gcn"]
@@ -680,7 +681,7 @@ def test_build_comparison_without_ablations_or_features():
 def test_build_comparison_rejects_inconsistent_roles():
     from mm_pipeline.evaluate.comparison import build_comparison
 
-    data = _tiny_split(seed=4)
+    data = _tiny_split(seed=4, n_items=70, n_cold=25)
     models = {"mm_gcn": _oracle(data, "mm_gcn"), "popularity": _oracle(data, "popularity")}
     with pytest.raises(ValueError, match="ablations \\['nope'\\]"):
         build_comparison(models, data, primary="mm_gcn", ablations=["nope"])
@@ -710,3 +711,26 @@ def test_report_figures_are_deterministic_pngs():
         interval_bar_png(["a"], [0.1], [[0.0, 0.2]], ["champion"], "recall@20")
     curves = training_curves_png({"m": pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5]})})
     assert curves.startswith(b"\x89PNG")
+
+
+def test_small_subgroups_say_not_enough_data_instead_of_numbers():
+    from mm_pipeline.evaluate.protocol import subgroup_support
+
+    # 5 cold items ranked at k=20: every model's top-20 holds all of them, so recall@20 would be 1.0.
+    data = _tiny_split(seed=1)
+    comparison = _comparison(data, min_subgroup=(1, 1))
+    support = comparison.metrics["support"]["cold_start"]
+    assert not support["enough"] and support["items"] == 5 and "5 candidate items" in support["reason"]
+    assert comparison.metrics["cold_start"] == {}
+    assert "Not enough data: " in comparison.markdown and "No metrics are reported" in comparison.tables["cold_start"]
+    # The long tail (full ranking) is measured at (1, 1) but not at the default thresholds.
+    assert comparison.metrics["long_tail"] and comparison.metrics["support"]["long_tail"]["enough"]
+    default = _comparison(data, min_subgroup=(10_000, 1))
+    assert default.metrics["long_tail"] == {} and "need 10000" in default.metrics["support"]["long_tail"]["reason"]
+    # The rule itself: interactions, users and (for a candidate set) more than k items.
+    truth = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 0]], dtype=np.float32))
+    assert subgroup_support(truth, None, 20, 4, 2)["enough"] is False  # 3 interactions
+    assert subgroup_support(truth, None, 20, 3, 3)["enough"] is False  # 2 users
+    assert subgroup_support(truth, None, 20, 3, 2)["enough"] is True
+    assert subgroup_support(truth, np.array([True, True, False]), 1, 3, 1) == {
+        "interactions": 3, "users": 2, "items": 2, "enough": True, "reason": None}

@@ -10,13 +10,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mm_pipeline.defs.build import all_assets, default_resources, research_assets
+from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
 
 from fast_config import fast_run_config
 
-TRAINING_ASSETS = ["image_features", "aligned_item_embeddings", "popularity_model", "ease_model",
+TRAINING_ASSETS = ["image_features", "aligned_item_embeddings", "popularity_model", "ease_model", "item_knn_model",
                    "bpr_mf_model", "lightgcn_model", "content_knn_model", "vbpr_model", "freedom_model",
-                   "mm_gcn_model"]
+                   "mm_gcn_model", "mm_hybrid_model"]
 # The whole graph plus the research assets (ablations and the report with them), as research_pipeline runs it.
 GRAPH = [*all_assets(), *research_assets()]
 FAST = fast_run_config(assets=GRAPH)
@@ -80,14 +81,28 @@ def test_feature_and_alignment_outputs(pipeline_run):
 
 def test_models_and_compression(pipeline_run):
     result, _, _ = pipeline_run
-    for name in ("popularity_model", "ease_model", "bpr_mf_model", "lightgcn_model", "content_knn_model",
-                 "mm_gcn_model"):
-        bundle = result.output_for_node(name)
-        assert bundle["user_embeddings"].shape[0] == 240, name
-        assert bundle["item_embeddings"].shape[0] == 360, name
-        assert np.isfinite(bundle["item_embeddings"]).all(), name
+    for name in ("popularity_model", "ease_model", "item_knn_model", "bpr_mf_model", "lightgcn_model", "content_knn_model",
+                 "mm_gcn_model", "mm_hybrid_model"):
+        model = EmbeddingRecommender.from_bundle(result.output_for_node(name))
+        assert (model.n_users, model.n_items) == (240, 360), name
+        assert np.isfinite(model.item_embeddings.numpy()).all(), name
+    # Item-item models keep the user's history as a sparse user table.
+    assert EmbeddingRecommender.from_bundle(result.output_for_node("mm_hybrid_model")).sparse_users
     history = result.output_for_node("mm_gcn_model")["history"]
     assert len(history) >= 1 and "valid_ndcg@20" in history
+    # Every tuned model keeps the table of the settings its validation search tried.
+    ease_search = result.output_for_node("ease_model")["search"]
+    assert len(ease_search) == 3 and ease_search["chosen"].sum() == 1 and "valid_ndcg@20" in ease_search
+    assert len(result.output_for_node("lightgcn_model")["search"]) == 2
+    hybrid_search = result.output_for_node("mm_hybrid_model")["search"]
+    first = hybrid_search.iloc[0]
+    assert (first["decay"], first["content_weight"], first["graph_weight"]) == (0.0, 0.0, 0.0)  # EASE alone
+    selected = result.output_for_node("selected_model")
+    validation = selected["selection"]
+    assert selected["selected"] == validation.loc[0, "model"] == selected["name"]
+    assert validation["valid_ndcg@20"].is_monotonic_decreasing and len(validation) == 9  # every trained model
+    assert validation.loc[validation["model"] == "mm_hybrid", "valid_ndcg@20"].iloc[0] >= \
+        validation.loc[validation["model"] == "ease", "valid_ndcg@20"].iloc[0] - 0.01
     stats = result.output_for_node("compressed_model")["stats"]
     assert list(stats["variant"]) == ["fp32", "pruned", "int8", "pruned_int8"]
     assert (stats["params_total"] > 0).all() and (stats["latency_median_ms"] > 0).all()
@@ -97,20 +112,30 @@ def test_metrics_json(pipeline_run):
     _, home, _ = pipeline_run
     # research_report runs after evaluation_report and replaces reports/latest with the superset.
     metrics = json.loads((home / "reports" / "latest" / "metrics.json").read_text())
-    assert metrics["primary_model"] == "mm_gcn"
-    assert {"popularity", "lightgcn", "mm_gcn", "ease", "bpr_mf", "content_knn"} <= set(metrics["models"])
+    assert metrics["primary_model"] == "mm_hybrid" and metrics["components"] == ["mm_gcn"]
+    assert {"popularity", "lightgcn", "mm_gcn", "ease", "bpr_mf", "content_knn", "mm_hybrid"} <= set(metrics["models"])
+    assert metrics["selection"]["selected"] in metrics["models"] and metrics["selection"]["reason"]
+    assert {row["model"] for row in metrics["selection"]["searches"]} >= {"ease", "lightgcn", "mm_hybrid"}
     for name, values in metrics["models"].items():
         for key in ("recall@20", "ndcg@20", "precision@20", "f1@20", "coverage@20", "novelty@20", "recall@10"):
             assert key in values, (name, key)
         assert 0.0 <= values["recall@20"] <= 1.0
-    assert metrics["dataset"]["cold_items"] > 0 and set(metrics["cold_start"]) >= {"popularity", "mm_gcn"}
+    support = metrics["support"]["cold_start"]
+    assert metrics["dataset"]["cold_items"] > 0 and support["interactions"] == metrics["dataset"]["cold_test_interactions"]
+    if support["enough"]:
+        assert set(metrics["cold_start"]) >= {"popularity", "mm_gcn", "mm_hybrid"}
+    else:
+        assert metrics["cold_start"] == {} and support["reason"]
     assert (home / "reports" / "latest" / "report.md").exists()
-    lo, hi = metrics["models"]["mm_gcn"]["recall@20_ci"]
-    assert lo <= metrics["models"]["mm_gcn"]["recall@20"] <= hi
+    lo, hi = metrics["models"]["mm_hybrid"]["recall@20_ci"]
+    assert lo <= metrics["models"]["mm_hybrid"]["recall@20"] <= hi
     assert metrics["significance"]["best_baseline"] in metrics["baselines"]
     assert set(metrics["ablations"]) == {"mm_gcn-text_only", "mm_gcn-image_only", "mm_gcn-audio_only",
-                                         "mm_gcn-no_alignment", "mm_gcn-no_item_graph"}
-    assert {"vbpr", "freedom"} <= set(metrics["baselines"]) and set(metrics["long_tail"]) >= {"popularity", "mm_gcn"}
+                                         "mm_gcn-no_alignment", "mm_gcn-no_item_graph", "mm_hybrid-no_content",
+                                         "mm_hybrid-no_gnn", "mm_hybrid-no_recency", "mm_hybrid-no_ease"}
+    assert {"vbpr", "freedom"} <= set(metrics["baselines"]) and "mm_gcn" not in metrics["baselines"]
+    if metrics["support"]["long_tail"]["enough"]:
+        assert set(metrics["long_tail"]) >= {"popularity", "mm_hybrid"}
     result, _, _ = pipeline_run
     assert result.output_for_node("evaluation_report")["metrics"]["ablations"] == []
     for values in metrics["models"].values():
@@ -158,10 +183,13 @@ def test_first_run_promotes_the_challenger(pipeline_run):
     assert client.get_registered_model(REGISTERED_MODEL_NAME).tags["mm_pipeline.champion_history"] == str(champion.version)
     # Re-scored from the registered artifact, with the evaluation report's protocol: the same numbers.
     report = result.output_for_node("evaluation_report")["metrics"]
+    shipped = report["selection"]["selected"]  # the best on validation is what was registered
+    assert client.get_run(challenger.run_id).data.tags["mm_pipeline.selected_model"] == shipped
     for key in ("ndcg@20", "recall@20", "coverage@20"):
-        assert promotion["challenger_metrics"][key] == pytest.approx(report["models"]["mm_gcn"][key], abs=1e-9), key
-    assert promotion["challenger_metrics"]["cold_recall@20"] == pytest.approx(
-        report["cold_start"]["mm_gcn"]["recall@20"], abs=1e-9)
+        assert promotion["challenger_metrics"][key] == pytest.approx(report["models"][shipped][key], abs=1e-9), key
+    if report["cold_start"]:
+        assert promotion["challenger_metrics"]["cold_recall@20"] == pytest.approx(
+            report["cold_start"][shipped]["recall@20"], abs=1e-9)
     assert promotion["challenger_metrics"]["known_user_share"] == 1.0
     assert promotion["challenger_metrics"]["served_rows_checked"] > 0
     mlflow.set_tracking_uri(None)

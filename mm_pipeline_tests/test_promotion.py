@@ -152,25 +152,31 @@ def test_the_gate_metric_cannot_be_waived_and_unknown_names_are_ignored():
     assert decision.promote and decision.not_applicable == {}
 
 
-def test_promotion_asset_waives_cold_guardrails_only_without_cold_test_interactions():
+def test_promotion_asset_waives_cold_guardrails_only_without_enough_cold_test_data():
     import numpy as np
     import scipy.sparse as sp
 
-    from mm_pipeline.defs.assets.promotion import cold_test_interactions, not_applicable_guardrails
+    from mm_pipeline.defs.assets.promotion import cold_start_support, not_applicable_guardrails
 
     policy = PromotionPolicy()
-    assert not_applicable_guardrails(policy, cold_test=3) == {}
-    assert list(not_applicable_guardrails(policy, cold_test=0)) == ["cold_recall@20"]
-    assert not_applicable_guardrails(PromotionPolicy(gate_metric="cold_recall@20"), 0) == {}  # never the gate
+    enough = {"enough": True, "interactions": 90, "reason": None}
+    few = {"enough": False, "interactions": 3, "reason": "3 test interactions (need 30)"}
+    none = {"enough": False, "interactions": 0, "reason": "0 test interactions (need 30)"}
+    assert not_applicable_guardrails(policy, enough) == {}
+    assert "not enough cold-start test data" in not_applicable_guardrails(policy, few)["cold_recall@20"]
+    assert "no interaction on a cold item" in not_applicable_guardrails(policy, none)["cold_recall@20"]
+    assert not_applicable_guardrails(PromotionPolicy(gate_metric="cold_recall@20"), none) == {}  # never the gate
 
     class Split:  # the two fields the count reads
         train = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32))
         test = sp.csr_matrix(np.array([[0, 1, 1], [0, 0, 1]], dtype=np.float32))
         warm_items = np.asarray(train.sum(axis=0)).ravel() > 0
 
-    assert cold_test_interactions(Split) == 2  # item 2 has no training interaction
+    support = cold_start_support(Split)  # item 2 has no training interaction: 2 test interactions on it
+    assert (support["interactions"], support["users"], support["items"], support["enough"]) == (2, 2, 1, False)
+    assert "1 candidate items" in support["reason"]
     Split.test = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32))
-    assert cold_test_interactions(Split) == 0
+    assert cold_start_support(Split)["interactions"] == 0
 
 
 @settings(max_examples=300, deadline=None)

@@ -14,15 +14,39 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.base import EmbeddingRecommender, select_rows
+
+
+class SparseUserTable(nn.Module):
+    """A frozen sparse (CSR) user table: ``forward(users)`` gives the batch's rows, dense.
+
+    Item-item models score from the user's history (as wide as the catalogue, a few nonzeros per
+    user): the history is data, not weights, so it is neither pruned nor quantized.
+    """
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        # Kept as its three dense CSR arrays: state dicts and deep copies do not handle CSR tensors.
+        self.register_buffer("crow_indices", table.crow_indices().clone())
+        self.register_buffer("col_indices", table.col_indices().clone())
+        self.register_buffer("values", table.values().detach().to(torch.float32).clone())
+        self.shape = tuple(table.shape)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, size=self.shape)
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return select_rows(self.weight, users).to_dense()
 
 
 class ServingScorer(nn.Module):
     r"""Scores a batch of users against every item: ``forward(users) -> [B, n_items]``.
 
-    ``user_embeddings`` is a frozen ``nn.Embedding`` holding :math:`P`; ``item_scorer`` is an
-    ``nn.Linear(d, n_items, bias=False)`` whose weight is :math:`Q`, so
-    ``item_scorer(user_embeddings(users))`` is :math:`P_B Q^\top`. Nothing is trainable.
+    ``user_embeddings`` is a frozen ``nn.Embedding`` holding :math:`P` (a :class:`SparseUserTable`
+    for a sparse user table); ``item_scorer`` is an ``nn.Linear(d, n_items, bias=False)`` whose weight
+    is :math:`Q`, so ``item_scorer(user_embeddings(users))`` is :math:`P_B Q^\top`. Nothing is
+    trainable. With a sparse user table and a float ``item_scorer`` the product is a sparse one.
     """
 
     def __init__(self, user_embeddings: torch.Tensor, item_embeddings: torch.Tensor) -> None:
@@ -33,14 +57,17 @@ class ServingScorer(nn.Module):
         if user_embeddings.shape[1] != item_embeddings.shape[1]:
             raise ValueError(f"embedding widths differ: user_embeddings has d={user_embeddings.shape[1]}, "
                              f"item_embeddings has d={item_embeddings.shape[1]}")
-        users = user_embeddings.detach().to(torch.float32).clone()
         items = item_embeddings.detach().to(torch.float32).clone()
-        self.user_embeddings = nn.Embedding.from_pretrained(users, freeze=True)
+        if user_embeddings.layout == torch.sparse_csr:
+            self.user_embeddings: nn.Module = SparseUserTable(user_embeddings)
+        else:
+            users = user_embeddings.detach().to(torch.float32).clone()
+            self.user_embeddings = nn.Embedding.from_pretrained(users, freeze=True)
         self.item_scorer = nn.Linear(items.shape[1], items.shape[0], bias=False)
         self.item_scorer.weight = nn.Parameter(items, requires_grad=False)
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
-        return self.item_scorer(self.user_embeddings(users))
+        return score_batch(self, users)
 
     @classmethod
     def from_recommender(cls, model: EmbeddingRecommender) -> "ServingScorer":
@@ -48,6 +75,14 @@ class ServingScorer(nn.Module):
         if not isinstance(model, EmbeddingRecommender):
             raise TypeError(f"model must be an EmbeddingRecommender, got {type(model).__name__}")
         return cls(model.user_embeddings, model.item_embeddings)
+
+
+def score_batch(scorer: nn.Module, users: torch.Tensor) -> torch.Tensor:
+    """``[len(users), n_items]`` scores of a scorer or of its quantized copy (whose ``forward`` this is too)."""
+    table, layer = scorer.user_embeddings, scorer.item_scorer
+    if isinstance(table, SparseUserTable) and isinstance(layer, nn.Linear):
+        return torch.sparse.mm(select_rows(table.weight, users), layer.weight.T)
+    return layer(table(users))
 
 
 def _check_scorer(scorer: nn.Module) -> None:
@@ -60,7 +95,7 @@ def prune_scorer(scorer: ServingScorer, amount: float) -> ServingScorer:
     r"""A deep copy of ``scorer`` with the smallest-magnitude ``amount`` of all weights set to zero.
 
     Only global unstructured *magnitude* (L1) pruning is done: the user and item tables are pooled
-    (:math:`N` weights in all), the ``round(amount * N)`` with the smallest :math:`|w|` are zeroed
+    (:math:`N` weights in all; a sparse user table, a user's history, is left as it is), the ``round(amount * N)`` with the smallest :math:`|w|` are zeroed
     (PyTorch's count; Python rounding), and the mask is made permanent with ``prune.remove``. There is
     no fine-tuning afterwards and the tensors stay dense, so the win is sparsity (for sparse storage
     or kernels downstream), not a smaller state dict by itself. ``scorer`` is left untouched.
@@ -70,7 +105,9 @@ def prune_scorer(scorer: ServingScorer, amount: float) -> ServingScorer:
     if isinstance(amount, bool) or not 0.0 <= float(amount) <= 1.0:
         raise ValueError(f"amount must be a fraction in [0, 1], got {amount!r}")
     pruned = copy.deepcopy(scorer)
-    targets = [(pruned.user_embeddings, "weight"), (pruned.item_scorer, "weight")]
+    targets = [(pruned.item_scorer, "weight")]
+    if not isinstance(pruned.user_embeddings, SparseUserTable):  # a user's history is data, not a weight
+        targets.append((pruned.user_embeddings, "weight"))
     prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=float(amount))
     for module, name in targets:
         prune.remove(module, name)  # bake the mask into the weight; drop weight_orig / weight_mask
@@ -124,6 +161,6 @@ def scorer_to_recommender(scorer: nn.Module, name: str, info: dict | None = None
     _check_scorer(scorer)
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    users = scorer.user_embeddings.weight.detach().to(torch.float32).clone()
+    users = scorer.user_embeddings.weight.detach().to(torch.float32).clone()  # CSR stays CSR
     return EmbeddingRecommender(name=name, user_embeddings=users, item_embeddings=item_weight(scorer),
                                 info=dict(info or {}))

@@ -6,10 +6,10 @@ import os
 
 import dagster as dg
 
-from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, train
+from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, select, train
 from mm_pipeline.defs.assets import promotion
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_interactions
-from mm_pipeline.defs.assets.research import freedom_model, mm_gcn_ablations, research_report
+from mm_pipeline.defs.assets.research import freedom_model, mm_gcn_ablations, mm_hybrid_ablations, research_report
 from mm_pipeline.defs.assets.search import SEARCH_JOBS, mm_gcn_hyperparameter_search
 from mm_pipeline.defs.checks import all_asset_checks
 from mm_pipeline.defs.io_manager import BundleIOManager
@@ -21,7 +21,7 @@ from mm_pipeline.defs.lifecycle import (
 )
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 
-ASSET_MODULES = [raw, augmented, features, align, train, compress, evaluate, registry, promotion]
+ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, registry, promotion]
 
 # The inbox partitions are ingested by inbox_retrain runs (one partition each); full_pipeline reads
 # whatever is stored, so it needs no partition key.
@@ -45,7 +45,7 @@ def all_assets() -> list:
 
 def research_assets() -> list:
     """FREEDOM, the ablations and the report that includes them (group ``research``; not in ``full_pipeline``)."""
-    return [freedom_model, mm_gcn_ablations, research_report]
+    return [freedom_model, mm_gcn_ablations, mm_hybrid_ablations, research_report]
 
 
 def default_resources(home: str = "", dataset: str = "", tracking_uri: str = "") -> dict:

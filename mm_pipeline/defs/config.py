@@ -7,7 +7,7 @@ import typing
 from typing import Any, TypeVar
 
 import dagster as dg
-from pydantic import create_model
+from pydantic import Field, create_model
 
 T = TypeVar("T")
 
@@ -26,8 +26,20 @@ def config_from_dataclass(dc: type, name: str) -> type[dg.Config]:
     return create_model(name, __base__=dg.Config, __doc__=f"Run config for {dc.__name__}.", **fields)
 
 
+def with_tuning(config: type[dg.Config], name: str, budget_s: float, max_trials: int) -> type[dg.Config]:
+    """``config`` plus the two fields of the model's validation search (``Tuning``)."""
+    return create_model(
+        name, __base__=config, __doc__=config.__doc__,
+        tuning_budget_s=(float, Field(budget_s, description="Time budget of the validation search over this "
+                                      "model's settings (seconds); the given settings always train once.")),
+        tuning_max_trials=(int, Field(max_trials, description="Most settings the validation search tries "
+                                      "(1: train the given settings only).")))
+
+
 def to_dataclass(dc: type[T], config: dg.Config, **overrides: Any) -> T:
-    values = {**config.model_dump(), **overrides}
+    """The dataclass from the run config's fields that it has (a run config may hold more, e.g. tuning)."""
+    names = {f.name for f in dataclasses.fields(dc)}  # type: ignore[arg-type]
+    values = {k: v for k, v in {**config.model_dump(), **overrides}.items() if k in names}
     hints = typing.get_type_hints(dc)
     for key, annotation in hints.items():
         if typing.get_origin(annotation) is tuple and isinstance(values.get(key), list):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from mm_pipeline.evaluate.protocol import HEAD_SHARE, evaluate_models
+from mm_pipeline.evaluate.protocol import HEAD_SHARE, MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS, evaluate_models
 from mm_pipeline.evaluate.report import (
     Figure,
     Heading,
@@ -57,21 +57,24 @@ def _interval(bounds: Sequence[float] | None) -> str:
 
 
 def _roles(models: Mapping[str, Any], primary: str, baselines: Sequence[str],
-           ablations: Sequence[str]) -> dict[str, str]:
-    """Role of each model (baseline / primary / ablation / variant), in report order."""
+           ablations: Sequence[str], components: Sequence[str] = ()) -> dict[str, str]:
+    """Role of each model (baseline / primary / component / ablation / variant), in report order."""
     if primary not in models:
         raise ValueError(f"primary model {primary!r} is not among the models {list(models)}")
-    for label, names in (("baselines", baselines), ("ablations", ablations)):
+    for label, names in (("baselines", baselines), ("ablations", ablations), ("components", components)):
         missing = [n for n in names if n not in models]
         if missing:
             raise ValueError(f"{label} {missing} are not among the models {list(models)}")
         if len(set(names)) != len(names):
             raise ValueError(f"{label} has duplicates: {list(names)}")
-    overlap = (set(baselines) & set(ablations)) | ({primary} & (set(baselines) | set(ablations)))
+    groups = [{primary}, set(baselines), set(ablations), set(components)]
+    overlap = {name for i, a in enumerate(groups) for b in groups[i + 1:] for name in a & b}
     if overlap:
-        raise ValueError(f"models {sorted(overlap)} are listed in more than one of primary/baselines/ablations")
+        raise ValueError(f"models {sorted(overlap)} are listed in more than one of "
+                         "primary/baselines/ablations/components")
     roles = {name: "baseline" for name in baselines}
     roles[primary] = "primary"
+    roles.update({name: "component" for name in components})
     roles.update({name: "ablation" for name in ablations})
     roles.update({name: "variant" for name in models if name not in roles})  # e.g. compressed models
     return roles
@@ -107,6 +110,10 @@ def modality_weight_stats(aligned: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _not_enough(support: Mapping[str, Any]) -> str:
+    return f"Not enough data: {support['reason']}. No metrics are reported for this group."
+
+
 def _frame_table(frame: pd.DataFrame) -> Table:
     rows = [[_number(v) if isinstance(v, (float, np.floating)) else str(v) for v in row]
             for row in frame.itertuples(index=False)]
@@ -114,16 +121,21 @@ def _frame_table(frame: pd.DataFrame) -> Table:
 
 
 def build_comparison(models: Mapping[str, EmbeddingRecommender], data: "SplitData", *, primary: str,
-                     baselines: Sequence[str] = (), ablations: Sequence[str] = (),
+                     baselines: Sequence[str] = (), ablations: Sequence[str] = (), components: Sequence[str] = (),
                      histories: Mapping[str, pd.DataFrame] | None = None,
                      compression: pd.DataFrame | None = None, aligned: Mapping[str, Any] | None = None,
                      dataset: Mapping[str, Any] | None = None, ks: Sequence[int] = (10, 20),
                      n_resamples: int = 1000, seed: int = 0, split: str = "per-user chronological split (8:1:1)",
-                     head_share: float = HEAD_SHARE, title: str = "Evaluation report") -> Comparison:
+                     head_share: float = HEAD_SHARE, title: str = "Evaluation report",
+                     min_subgroup: tuple[int, int] = (MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS),
+                     selection: Mapping[str, Any] | None = None) -> Comparison:
     """Evaluate ``models`` on ``data``'s test split and build the report.
 
     ``baselines`` and ``ablations`` name models of ``models``; every other model except ``primary``
-    is a *variant* (e.g. a compressed copy). ``histories`` maps a model (or ``"alignment"``) to its
+    is a *variant* (e.g. a compressed copy), except ``components``: models the primary one is built from
+    (reported, not tested as baselines). ``selection`` (``{"selected", "reason", "validation": DataFrame,
+    "searches": DataFrame}``) adds the model-selection section: which model ships and why, from
+    validation only. ``histories`` maps a model (or ``"alignment"``) to its
     per-epoch training history; ``compression`` is the compressed-model stats table; ``aligned`` is
     the ``aligned_item_embeddings`` value (``fused`` gives the item features of intra-list diversity;
     ``weights``/``present``/``modalities`` the modality-weight plot); ``dataset`` is copied into
@@ -137,12 +149,12 @@ def build_comparison(models: Mapping[str, EmbeddingRecommender], data: "SplitDat
     if not models:
         raise ValueError("models is empty: nothing to compare")
     baselines, ablations = list(baselines), list(ablations)
-    roles = _roles(models, primary, baselines, ablations)
+    roles = _roles(models, primary, baselines, ablations, components)
     aligned = _check_aligned(aligned, data.n_items)
     max_k, other_ks = max(ks), sorted(k for k in ks if k != max(ks))
     ordered = {name: models[name] for name in roles}
     results = evaluate_models(ordered, data, ks=ks, primary=primary, baselines=baselines, n_resamples=n_resamples,
-                              seed=seed, split=split, head_share=head_share,
+                              seed=seed, split=split, head_share=head_share, min_subgroup=min_subgroup,
                               item_features=None if aligned is None else np.asarray(aligned["fused"]))
     significance = results.get("significance")
     best = significance["best_baseline"] if significance else None
@@ -153,10 +165,12 @@ def build_comparison(models: Mapping[str, EmbeddingRecommender], data: "SplitDat
                     "cold_items": groups["cold_items"], "cold_test_interactions": results["cold_test_interactions"],
                     "head_items": groups["head_items"], "tail_items": groups["tail_items"],
                     "tail_test_interactions": groups["tail_test_interactions"], "head_share": head_share},
+        "support": results["support"],
         "protocol": results["protocol"],
         "primary_model": primary,
         "baselines": baselines,
         "ablations": ablations,
+        "components": [name for name, role in roles.items() if role == "component"],
         "variants": [name for name, role in roles.items() if role == "variant"],
         "models": results["models"],
         "significance": significance,
@@ -224,22 +238,30 @@ def build_comparison(models: Mapping[str, EmbeddingRecommender], data: "SplitDat
                   if results["long_tail"] else None)
 
     if ablations:
-        reference = results["models"][primary]
+        def parent(name: str) -> str:
+            """An ablation ``<model>-<what>`` is compared with ``<model>`` when it is in the report."""
+            head = name.split("-", 1)[0]
+            return head if head in results["models"] and head != name else primary
 
         def delta(name: str, section: dict, metric: str) -> str:
-            if name not in section or primary not in section:
+            reference = parent(name)
+            if name not in section or reference not in section:
                 return "n/a"
-            return f"{section[name][metric] - section[primary][metric]:+.4f}"
+            return f"{section[name][metric] - section[reference][metric]:+.4f}"
 
+        parents = list(dict.fromkeys([primary, *[parent(n) for n in ablations]]))
         ablation_table = Table(
-            ["model", recall, f"Δ {recall} vs {primary}", ndcg, f"Δ {ndcg} vs {primary}",
+            ["model", "compared with", recall, f"Δ {recall}", ndcg, f"Δ {ndcg}",
              f"cold {recall}", "Δ", f"long-tail {recall}", "Δ"],
-            [[name, _number(results["models"][name][recall]), delta(name, results["models"], recall),
-              _number(results["models"][name][ndcg]), delta(name, results["models"], ndcg),
-              _number(results["cold_start"].get(name, {}).get(recall)), delta(name, results["cold_start"], recall),
-              _number(results["long_tail"].get(name, {}).get(recall)), delta(name, results["long_tail"], recall)]
-             for name in [primary, *ablations]],
-            frozenset([0]), f"{primary}: {_number(reference[recall])} {recall}; Δ = ablation minus {primary}.")
+            [[name, "" if name in parents else parent(name), _number(results["models"][name][recall]),
+              "" if name in parents else delta(name, results["models"], recall),
+              _number(results["models"][name][ndcg]), "" if name in parents else delta(name, results["models"], ndcg),
+              _number(results["cold_start"].get(name, {}).get(recall)),
+              "" if name in parents else delta(name, results["cold_start"], recall),
+              _number(results["long_tail"].get(name, {}).get(recall)),
+              "" if name in parents else delta(name, results["long_tail"], recall)]
+             for name in [*parents, *ablations]],
+            frozenset([0]), f"Δ = ablation minus the model it is an ablation of ({', '.join(parents)}).")
     else:
         ablation_table = None
 
@@ -262,15 +284,51 @@ def build_comparison(models: Mapping[str, EmbeddingRecommender], data: "SplitDat
     if curves:
         figures["training_curves"] = training_curves_png(curves)
 
+    # ------------------------------------------------------------------------------- selection
+    selection_blocks: list = []
+    if selection is not None:
+        validation = selection["validation"]
+        chosen = selection["selected"]
+        test_of_chosen = results["models"].get(chosen, {})
+        metrics["selection"] = {"selected": chosen, "reason": selection["reason"],
+                                "validation": validation.to_dict(orient="records"),
+                                "searches": selection["searches"].to_dict(orient="records")}
+        validation_table = Table(
+            ["model", *validation.columns[1:], f"test {recall}", f"test {ndcg}"],
+            [[str(row["model"]), *[_number(row[c]) for c in validation.columns[1:]],
+              _number(results["models"].get(row["model"], {}).get(recall)),
+              _number(results["models"].get(row["model"], {}).get(ndcg))] for _, row in validation.iterrows()],
+            frozenset([int(np.flatnonzero(validation["model"].to_numpy() == chosen)[0])]),
+            "Chosen on validation only; the test columns are for the record, they played no part.")
+        searches = selection["searches"]
+        search_table = Table([str(c) for c in searches.columns],
+                             [[_number(v) if isinstance(v, float) else str(v) for v in row]
+                              for row in searches.itertuples(index=False)]) if len(searches) else None
+        selection_blocks = [Heading("Model selection"),
+                            Paragraph(f"Shipped (registered as the challenger): {chosen}, because "
+                                      f"{selection['reason']}. Its test {recall}: "
+                                      f"{_number(test_of_chosen.get(recall))}."),
+                            validation_table]
+        if search_table is not None:
+            selection_blocks += [Paragraph("Each model's own settings were chosen on validation within a time "
+                                           "budget (the settings tried, the seconds spent, what was chosen):"),
+                                 search_table]
+        tables_extra = {"selection": validation_table.markdown(),
+                        **({"searches": search_table.markdown()} if search_table is not None else {})}
+    else:
+        tables_extra = {}
+
     # ----------------------------------------------------------------------------------- report
     ds = metrics["dataset"]
     spec = f"{ds['spec']} " if "spec" in ds else ""
     blocks: list = [
         Heading(title, 1),
         Paragraph(f"Dataset {spec}({data.n_users} users, {data.n_items} items). Primary model: {primary}; "
-                  f"baselines: {', '.join(baselines) or 'none'}; ablations: {', '.join(ablations) or 'none'}; "
+                  f"baselines: {', '.join(baselines) or 'none'}; components of the primary model: "
+                  f"{', '.join(metrics['components']) or 'none'}; ablations: {', '.join(ablations) or 'none'}; "
                   f"variants: {', '.join(metrics['variants']) or 'none'}."),
         Paragraph(results["protocol"]),
+        *selection_blocks,
         Heading("All items (full ranking)"), main_table,
         Figure(bar_name, figures[bar_name], f"{recall} per model with 95% bootstrap intervals"),
     ]
@@ -280,17 +338,19 @@ def build_comparison(models: Mapping[str, EmbeddingRecommender], data: "SplitDat
     blocks += [significance_table] if significance_table else [Paragraph("No baseline to compare with.")]
     blocks += [Heading("Ablations")]
     blocks += [ablation_table] if ablation_table else [Paragraph("No ablation models in this report.")]
+    support = results["support"]
     blocks += [Heading("Cold-start items"),
                Paragraph(f"{ds['cold_items']} items have no training interaction; {ds['cold_test_interactions']} "
-                         "test interactions on them, ranked among the cold items only.")]
-    blocks += [cold_table] if cold_table else [Paragraph("No test interactions on cold-start items in this split.")]
+                         f"test interactions on them from {support['cold_start']['users']} test users, ranked "
+                         "among the cold items only.")]
+    blocks += [cold_table] if cold_table else [Paragraph(_not_enough(support["cold_start"]))]
     blocks += [Heading("Long-tail items"),
                Paragraph(f"Head: the {ds['head_items']} most popular items, which together hold {head_share:.0%} "
                          f"of the training interactions. Long tail: the other {ds['tail_items']} items with a "
                          f"training interaction ({ds['tail_test_interactions']} test interactions), evaluated on "
                          "the full ranking with the truth restricted to them. tail_share@k: share of the "
                          "recommended slots holding long-tail items.")]
-    blocks += [tail_table] if tail_table else [Paragraph("No test interactions on long-tail items in this split.")]
+    blocks += [tail_table] if tail_table else [Paragraph(_not_enough(support["long_tail"]))]
     if compression_table:
         blocks += [Heading("Compression (validation split)"), compression_table]
     blocks += [Heading("Modality weights")]
@@ -309,8 +369,9 @@ def build_comparison(models: Mapping[str, EmbeddingRecommender], data: "SplitDat
               **{f"comparison_at_{k}": other_tables[k].markdown() for k in other_ks},
               "significance": significance_table.markdown() if significance_table else "_no baseline_",
               "ablations": ablation_table.markdown() if ablation_table else "_no ablations_",
-              "cold_start": cold_table.markdown() if cold_table else "_no cold-start test interactions_",
-              "long_tail": tail_table.markdown() if tail_table else "_no long-tail test interactions_"}
+              "cold_start": cold_table.markdown() if cold_table else f"_{_not_enough(support['cold_start'])}_",
+              "long_tail": tail_table.markdown() if tail_table else f"_{_not_enough(support['long_tail'])}_"}
+    tables.update(tables_extra)
     if weights_table:
         tables["modality_weights"] = weights_table.markdown()
     return Comparison(metrics, render_markdown(blocks), render_html(blocks, title), figures, tables)

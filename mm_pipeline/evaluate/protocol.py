@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from mm_pipeline.recommend.fit import SplitData
 
 HEAD_SHARE = 0.2
+# Below these a subgroup's metrics are noise or trivially perfect (one cold item: recall@20 = 1 for
+# every model), so the report says "not enough data" instead of printing them.
+MIN_SUBGROUP_INTERACTIONS = 30
+MIN_SUBGROUP_USERS = 10
 
 PROTOCOL = ("Split: {split}. Test: every item is scored for each test user, the "
             "user's training and validation items are excluded, and the top-k is compared with the user's "
@@ -30,7 +34,9 @@ PROTOCOL = ("Split: {split}. Test: every item is scored for each test user, the 
             "full ranking. Coverage: share of the catalogue recommended to anyone; novelty: mean "
             "self-information -log2((pop+1)/(users+1)) of recommended items; personalization: 1 - mean "
             "overlap of two users' top-k lists;{diversity} tail share: share of recommended slots "
-            "holding long-tail items. Intervals: 95% percentile bootstrap over test users ({resamples} "
+            "holding long-tail items. A cold-start or long-tail group with fewer than {min_interactions} test "
+            "interactions or {min_users} test users (or, for cold start, no more than k cold items) is "
+            "reported as not enough data, not as numbers. Intervals: 95% percentile bootstrap over test users ({resamples} "
             "resamples, the same resamples for every model).")
 DIVERSITY = (" intra-list diversity: mean cosine distance between the items of one list, on one item "
              "representation for every model (the fused content embeddings);")
@@ -59,6 +65,30 @@ def popularity_groups(train: sp.spmatrix, head_share: float = HEAD_SHARE) -> tup
     return head, (counts > 0) & ~head
 
 
+def subgroup_support(truth: sp.csr_matrix, candidates: np.ndarray | None, k: int,
+                     min_interactions: int = MIN_SUBGROUP_INTERACTIONS,
+                     min_users: int = MIN_SUBGROUP_USERS) -> dict:
+    """How much test data a subgroup (cold-start or long-tail items) has, and whether it is enough.
+
+    ``truth`` holds the subgroup's test interactions; ``candidates`` (bool over items, or ``None`` for
+    the full ranking) is what they are ranked among. Enough means at least ``min_interactions`` test
+    interactions from at least ``min_users`` users and, when ranking among candidates, more than ``k``
+    of them (with ``k`` or fewer, every model's top-``k`` holds them all). ``reason`` says what is missing.
+    """
+    interactions = int(truth.nnz)
+    users = int((np.diff(truth.tocsr().indptr) > 0).sum())
+    items = int(np.asarray(candidates).sum()) if candidates is not None else int(truth.shape[1])
+    missing = []
+    if interactions < min_interactions:
+        missing.append(f"{interactions} test interactions (need {min_interactions})")
+    if users < min_users:
+        missing.append(f"{users} test users (need {min_users})")
+    if candidates is not None and items <= k:
+        missing.append(f"{items} candidate items (need more than {k}, else every top-{k} holds them all)")
+    return {"interactions": interactions, "users": users, "items": items, "enough": not missing,
+            "reason": "; ".join(missing) if missing else None}
+
+
 def _restrict(matrix: sp.spmatrix, items: np.ndarray) -> sp.csr_matrix:
     out = sp.csr_matrix(matrix.multiply(sp.csr_matrix(items.astype(np.float32)[None, :])))
     out.eliminate_zeros()
@@ -68,7 +98,8 @@ def _restrict(matrix: sp.spmatrix, items: np.ndarray) -> sp.csr_matrix:
 def evaluate_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData", ks: Sequence[int] = (10, 20),
                     primary: str | None = None, baselines: Sequence[str] = (), n_resamples: int = 1000,
                     seed: int = 0, split: str = "per-user chronological split (8:1:1)",
-                    item_features: np.ndarray | None = None, head_share: float = HEAD_SHARE) -> dict:
+                    item_features: np.ndarray | None = None, head_share: float = HEAD_SHARE,
+                    min_subgroup: tuple[int, int] = (MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS)) -> dict:
     """Test metrics for each model on all items, on cold-start items and on long-tail items.
 
     Each model scores each test user once; the full-ranking and long-tail metrics share those
@@ -77,7 +108,8 @@ def evaluate_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData
     with the baseline of best recall@K by a paired bootstrap (``"significant_vs_best_baseline"``
     per model, the full tests in ``out["significance"]["models"]``; the primary model's tests also
     at ``out["significance"][metric]``). ``item_features`` (``[n_items, d]``) adds intra-list
-    diversity.
+    diversity. ``min_subgroup`` is ``(interactions, users)`` a cold-start or long-tail group needs to be
+    reported (:func:`subgroup_support`); ``out["support"]`` says what each group had.
     """
     if not models:
         raise ValueError("models is empty: nothing to evaluate")
@@ -90,11 +122,15 @@ def evaluate_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData
     cold = ~data.warm_items
     head, tail = popularity_groups(data.train, head_share)
     cold_truth, tail_truth = _restrict(data.test, cold), _restrict(data.test, tail)
+    cold_support = subgroup_support(cold_truth, cold, max_k, *min_subgroup)
+    tail_support = subgroup_support(tail_truth, None, max_k, *min_subgroup)
     common = dict(ks=ks, item_popularity=popularity, n_train_users=data.n_users, item_features=item_features)
     out: dict = {"models": {}, "cold_start": {}, "long_tail": {},
                  "protocol": PROTOCOL.format(split=split, head=head_share, resamples=n_resamples,
+                                             min_interactions=min_subgroup[0], min_users=min_subgroup[1],
                                              diversity="" if item_features is None else DIVERSITY),
                  "cold_test_interactions": int(cold_truth.nnz),
+                 "support": {"cold_start": cold_support, "long_tail": tail_support},
                  "popularity_groups": {"head_share": head_share, "head_items": int(head.sum()),
                                        "tail_items": int(tail.sum()), "cold_items": int(cold.sum()),
                                        "tail_test_interactions": int(tail_truth.nnz)}}
@@ -104,10 +140,10 @@ def evaluate_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData
         top = top_k(model, test_users, exclude, max_k)
         out["models"][name] = ranking_metrics_from_top_k(top, test_users, data.test, tail_items=tail, **common)
         per_user[name] = per_user_metrics_from_top_k(top, test_users, data.test, ks=(max_k,))
-        if tail_truth.nnz:
+        if tail_support["enough"]:
             out["long_tail"][name] = ranking_metrics_from_top_k(top, test_users, tail_truth, tail_items=tail,
                                                                 **common)
-        if cold_truth.nnz:
+        if cold_support["enough"]:
             out["cold_start"][name] = ranking_metrics(model, truth=cold_truth, exclude=exclude, candidates=cold,
                                                       **common)
 

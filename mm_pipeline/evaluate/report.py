@@ -283,7 +283,8 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-ROLE_COLORS = {"baseline": "#9e9e9e", "primary": "#1f77b4", "ablation": "#ff7f0e", "variant": "#2ca02c"}
+ROLE_COLORS = {"baseline": "#9e9e9e", "primary": "#1f77b4", "component": "#9467bd", "ablation": "#ff7f0e",
+               "variant": "#2ca02c"}
 
 
 def interval_bar_png(names: Sequence[str], values: Sequence[float], intervals: Sequence[Sequence[float]],

@@ -8,6 +8,36 @@ from typing import Any
 import numpy as np
 import torch
 
+# Array names of a sparse user table, prefixed with "user_" (see EmbeddingRecommender.to_arrays).
+SPARSE_KEYS = ("crow_indices", "col_indices", "values", "shape")
+
+
+def select_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``table[rows]`` for a dense tensor or a sparse CSR one (which PyTorch cannot index directly).
+
+    The CSR gather is vectorized: the selected rows' slices of ``col_indices``/``values`` are found
+    from ``crow_indices`` with one ``repeat_interleave``; the result is CSR again.
+    """
+    if table.layout != torch.sparse_csr:
+        return table[rows]
+    rows = torch.as_tensor(rows, dtype=torch.int64)
+    crow = table.crow_indices()
+    starts, counts = crow[rows], crow[rows + 1] - crow[rows]
+    new_crow = torch.zeros(len(rows) + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=new_crow[1:])
+    gather = torch.repeat_interleave(starts - new_crow[:-1], counts) + torch.arange(int(new_crow[-1]))
+    return torch.sparse_csr_tensor(new_crow, table.col_indices()[gather], table.values()[gather],
+                                   size=(len(rows), table.shape[1]))
+
+
+def sparse_from_scipy(matrix) -> torch.Tensor:
+    """A float32 torch CSR tensor with the same entries as the scipy sparse ``matrix``."""
+    csr = matrix.tocsr().astype(np.float32)
+    csr.sort_indices()
+    return torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
+                                   torch.from_numpy(csr.indices.astype(np.int64)),
+                                   torch.from_numpy(csr.data), size=csr.shape)
+
 
 @dataclass
 class EmbeddingRecommender:
@@ -16,12 +46,20 @@ class EmbeddingRecommender:
     Every model in the project (most-popular included, with :math:`p_u = 1` and :math:`q_i` the item's
     training popularity) exports this form, so one evaluation, one compression step and one serving
     wrapper cover them all.
+
+    The user table may be a sparse CSR tensor: item-item models (EASE, the hybrid) score from the
+    user's interaction history, :math:`p_u = x_u`, which is as wide as the catalogue but holds only a
+    few nonzeros per user. Scoring then costs :math:`O(\mathrm{nnz}(x_u) \cdot n_\text{items})` per
+    user instead of :math:`O(n_\text{items}^2)`.
     """
 
     name: str
-    user_embeddings: torch.Tensor  # [n_users, d] float32
+    user_embeddings: torch.Tensor  # [n_users, d] float32, dense or sparse CSR
     item_embeddings: torch.Tensor  # [n_items, d] float32
     info: dict[str, Any] = field(default_factory=dict)
+    # Sparse @ dense is 4x faster on a contiguous right-hand side than on a transposed view: cached.
+    _item_columns: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False,
+                                                                      compare=False)
 
     @property
     def n_users(self) -> int:
@@ -31,17 +69,55 @@ class EmbeddingRecommender:
     def n_items(self) -> int:
         return int(self.item_embeddings.shape[0])
 
+    @property
+    def sparse_users(self) -> bool:
+        return self.user_embeddings.layout == torch.sparse_csr
+
+    def user_rows(self, users: torch.Tensor) -> torch.Tensor:
+        """The dense ``[len(users), d]`` user vectors (gathered and densified for a sparse table)."""
+        rows = select_rows(self.user_embeddings, users)
+        return rows.to_dense() if self.sparse_users else rows
+
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of ``users`` (a 1-D index tensor) against every item: ``[len(users), n_items]``."""
-        return self.user_embeddings[users] @ self.item_embeddings.T
+        if not self.sparse_users:
+            return self.user_embeddings[users] @ self.item_embeddings.T
+        if self._item_columns is None or self._item_columns[0] is not self.item_embeddings:
+            self._item_columns = (self.item_embeddings, self.item_embeddings.T.contiguous())
+        return select_rows(self.user_embeddings, users) @ self._item_columns[1]
+
+    def to_arrays(self) -> dict[str, Any]:
+        """The tables as flat arrays: ``user_embeddings`` and ``item_embeddings``, or for a sparse user
+        table ``user_crow_indices``, ``user_col_indices``, ``user_values`` and ``user_shape``."""
+        if not self.sparse_users:
+            return {"user_embeddings": self.user_embeddings.float(), "item_embeddings": self.item_embeddings.float()}
+        users = self.user_embeddings
+        return {"user_crow_indices": users.crow_indices(), "user_col_indices": users.col_indices(),
+                "user_values": users.values().float(), "user_shape": np.asarray(users.shape, dtype=np.int64),
+                "item_embeddings": self.item_embeddings.float()}
+
+    @classmethod
+    def from_arrays(cls, name: str, arrays: dict[str, Any], info: dict[str, Any] | None = None
+                    ) -> "EmbeddingRecommender":
+        """The inverse of :meth:`to_arrays` (numpy arrays or tensors)."""
+        if "user_embeddings" in arrays:
+            users = torch.as_tensor(np.asarray(arrays["user_embeddings"], dtype=np.float32))
+        else:
+            missing = [f"user_{k}" for k in SPARSE_KEYS if f"user_{k}" not in arrays]
+            if missing:
+                raise ValueError(f"model {name!r} has neither user_embeddings nor a sparse user table ({missing})")
+            users = torch.sparse_csr_tensor(
+                torch.as_tensor(np.asarray(arrays["user_crow_indices"], dtype=np.int64)),
+                torch.as_tensor(np.asarray(arrays["user_col_indices"], dtype=np.int64)),
+                torch.as_tensor(np.asarray(arrays["user_values"], dtype=np.float32)),
+                size=tuple(int(n) for n in np.asarray(arrays["user_shape"])))
+        return cls(name=name, user_embeddings=users,
+                   item_embeddings=torch.as_tensor(np.asarray(arrays["item_embeddings"], dtype=np.float32)),
+                   info=dict(info or {}))
 
     def to_bundle(self) -> dict[str, Any]:
-        return {"name": self.name, "user_embeddings": self.user_embeddings.float(),
-                "item_embeddings": self.item_embeddings.float(), "info": self.info}
+        return {"name": self.name, **self.to_arrays(), "info": self.info}
 
     @classmethod
     def from_bundle(cls, bundle: dict[str, Any]) -> "EmbeddingRecommender":
-        return cls(name=bundle["name"],
-                   user_embeddings=torch.from_numpy(np.asarray(bundle["user_embeddings"], dtype=np.float32)),
-                   item_embeddings=torch.from_numpy(np.asarray(bundle["item_embeddings"], dtype=np.float32)),
-                   info=bundle.get("info", {}))
+        return cls.from_arrays(bundle["name"], bundle, bundle.get("info", {}))

@@ -6,9 +6,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.base import EmbeddingRecommender, sparse_from_scipy
+from mm_pipeline.recommend.linear import ItemGram
 
-EASE_MAX_ITEMS = 12_000  # the closed form inverts an n_items x n_items matrix
+# EASE inverts a dense n_items x n_items matrix: 20,000 items take 1.6 GB per copy in float32 (about
+# four copies at the peak) and minutes of CPU per solve.
+EASE_MAX_ITEMS = 20_000
 
 
 def most_popular(train: sp.csr_matrix) -> EmbeddingRecommender:
@@ -19,26 +22,29 @@ def most_popular(train: sp.csr_matrix) -> EmbeddingRecommender:
                                 torch.from_numpy(counts).unsqueeze(1), {"kind": "most-popular"})
 
 
-def ease(train: sp.csr_matrix, l2: float = 200.0) -> EmbeddingRecommender:
-    r"""EASE (Steck, 2019): the item-item weights :math:`B` minimising
-    :math:`\lVert X - XB\rVert_F^2 + \lambda\lVert B\rVert_F^2` with :math:`\operatorname{diag}(B) = 0`:
-
-    .. math:: P = (X^\top X + \lambda I)^{-1}, \qquad B_{ij} = -P_{ij} / P_{jj}\ (i \ne j)
-
-    Scores are :math:`X_u B`, i.e. user embeddings :math:`X` and item embeddings :math:`B^\top`.
-    """
-    n_users, n_items = train.shape
+def check_ease_size(n_items: int) -> None:
     if n_items > EASE_MAX_ITEMS:
         raise ValueError(f"EASE needs a dense {n_items}x{n_items} inverse; it is limited to "
                          f"{EASE_MAX_ITEMS} items")
-    x = train.astype(np.float64)
-    gram = (x.T @ x).toarray()
-    gram[np.diag_indices_from(gram)] += l2
-    p = np.linalg.inv(gram)
-    b = -p / np.diag(p)[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    return EmbeddingRecommender("ease", torch.from_numpy(train.toarray().astype(np.float32)),
-                                torch.from_numpy(b.T.astype(np.float32)), {"kind": "EASE", "l2": l2})
+
+
+def item_item(name: str, profile: sp.csr_matrix, weights: np.ndarray, info: dict) -> EmbeddingRecommender:
+    r"""An item-item model in dot-product form: :math:`s(u, \cdot) = x_u W` with the (sparse) history
+    :math:`x_u` as user table and :math:`W^\top` as item table."""
+    return EmbeddingRecommender(name, sparse_from_scipy(profile),
+                                torch.from_numpy(np.ascontiguousarray(weights.T, dtype=np.float32)), info)
+
+
+def ease(train: sp.csr_matrix, l2: float = 200.0, gram: ItemGram | None = None) -> EmbeddingRecommender:
+    r"""EASE (Steck, 2019): the item-item weights :math:`B` minimising
+    :math:`\lVert X - XB\rVert_F^2 + \lambda\lVert B\rVert_F^2` with :math:`\operatorname{diag}(B) = 0`
+    (see :meth:`~mm_pipeline.recommend.linear.ItemGram.ease`). Scores are :math:`X_u B`: the user table
+    is the sparse training matrix :math:`X`, the item table :math:`B^\top`. Pass ``gram`` to reuse one
+    Gram matrix across several ``l2``.
+    """
+    check_ease_size(train.shape[1])
+    gram = gram or ItemGram(train)
+    return item_item("ease", train, gram.ease(l2), {"kind": "EASE", "l2": float(l2)})
 
 
 def content_knn(train: sp.csr_matrix, item_embeddings: np.ndarray) -> EmbeddingRecommender:

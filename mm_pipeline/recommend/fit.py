@@ -84,11 +84,21 @@ class SplitData:
     def warm_items(self) -> np.ndarray:
         return np.asarray(self.train.sum(axis=0)).ravel() > 0
 
-    def validator(self, ks: tuple[int, ...] = (20,)) -> Callable[[EmbeddingRecommender], dict[str, float]]:
+    def validator(self, ks: tuple[int, ...] = (20,), max_users: int | None = None, seed: int = 0
+                  ) -> Callable[[EmbeddingRecommender], dict[str, float]]:
+        """Validation recall and NDCG at ``ks[-1]`` (all items ranked, training items excluded); with
+        ``max_users``, on a seeded sample of that many validation users (a cheaper, noisier estimate)."""
         popularity = np.asarray(self.train.sum(axis=0)).ravel()
+        truth = self.valid
+        users = np.flatnonzero(np.diff(truth.indptr) > 0)
+        if max_users is not None and users.size > max_users:
+            keep = np.zeros(self.n_users, dtype=np.float32)
+            keep[np.random.default_rng(seed).choice(users, size=max_users, replace=False)] = 1.0
+            truth = sp.csr_matrix(sp.diags(keep) @ truth)
+            truth.eliminate_zeros()
 
         def validate(model: EmbeddingRecommender) -> dict[str, float]:
-            metrics = ranking_metrics(model, truth=self.valid, exclude=self.train, ks=ks,
+            metrics = ranking_metrics(model, truth=truth, exclude=self.train, ks=ks,
                                       item_popularity=popularity, n_train_users=self.n_users)
             return {k: metrics[k] for k in (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}")}
 
@@ -130,6 +140,14 @@ RawFeatures = dict[str, tuple[np.ndarray, np.ndarray]]  # modality -> (features 
 def raw_graph_features(raw_features: RawFeatures) -> list[np.ndarray]:
     """Each modality's raw features, standardised over the items that have them (zeros elsewhere)."""
     return [standardized_features(*raw_features[m]) for m in sorted(raw_features)]
+
+
+def content_graph(raw_features: RawFeatures, k: int = 10) -> sp.csr_matrix:
+    """The item-item k-NN graph over the raw modality features (the mean of one normalised k-NN graph
+    per modality, each over the standardised features): the graph ``mm_gcn`` and FREEDOM use, as scipy CSR."""
+    graph = item_knn_graph(raw_graph_features(raw_features), k)
+    return sp.csr_matrix((graph.values().numpy(), graph.col_indices().numpy(), graph.crow_indices().numpy()),
+                         shape=tuple(graph.shape))
 
 
 def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, config: MultimodalConfig,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -11,10 +9,6 @@ from torch_geometric.nn.models import LightGCN
 
 from mm_pipeline.align.losses import info_nce
 from mm_pipeline.recommend.graph import DegreeSensitivePruning, SymmetricLGConv, normalized_adjacency
-
-# Sparse CSR products are stable for this use; the beta notice would repeat every step.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 ALIGN_MAX_ITEMS = 1024  # in-batch items per content-collaborative InfoNCE step

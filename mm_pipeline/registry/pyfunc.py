@@ -46,8 +46,9 @@ ARTIFACT_FILE = "serving_arrays.npz"
 MODEL_CODE_FILE = "recommender_model.py"
 FORMAT_VERSION = 1
 EXAMPLE_USER = "example-user"
-_REQUIRED_ARRAYS = ("user_embeddings", "item_embeddings", "item_ids", "user_keys", "salt",
-                    "popular_items")
+_REQUIRED_ARRAYS = ("item_embeddings", "item_ids", "user_keys", "salt", "popular_items")
+# A sparse user table (item-item models: the user's weighted history) is stored in CSR form.
+SPARSE_USER_ARRAYS = ("user_indptr", "user_indices", "user_values")
 _ALIAS = re.compile(r"^[\w\-]+$")
 
 INPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)])
@@ -66,6 +67,51 @@ def _empty_output() -> pd.DataFrame:
     return pd.DataFrame({"user_id": pd.Series([], dtype=object), "rank": pd.Series([], dtype=np.int64),
                          "item_id": pd.Series([], dtype=object), "score": pd.Series([], dtype=np.float64),
                          "fallback": pd.Series([], dtype=bool)})
+
+
+def _csr_gather(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For CSR rows ``rows``: the position of each stored entry in the batch and in the arrays."""
+    starts, counts = indptr[rows], indptr[rows + 1] - indptr[rows]
+    batch_rows = np.repeat(np.arange(rows.size), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return batch_rows, np.repeat(starts, counts) + offsets
+
+
+class _UserTable:
+    """The user vectors, dense ``[n_users, d]`` or sparse CSR (``user_indptr``/``user_indices``/
+    ``user_values``, width ``d``); ``rows(users)`` gives the dense ``[len(users), d]`` batch."""
+
+    def __init__(self, dense: np.ndarray | None, csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                 width: int):
+        self.dense, self.csr, self.width = dense, csr, width
+        self.n_rows = dense.shape[0] if dense is not None else csr[0].size - 1
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], width: int) -> "_UserTable":
+        if "user_embeddings" in arrays:
+            users = np.ascontiguousarray(arrays["user_embeddings"], dtype=np.float32)
+            if users.ndim != 2 or width < 0 or users.shape[1] != width:
+                raise ValueError(f"user_embeddings {users.shape} and item_embeddings (width {width}) must be "
+                                 f"2-D with the same width")
+            return cls(users, None, width)
+        indptr = np.asarray(arrays["user_indptr"], dtype=np.int64)
+        indices = np.asarray(arrays["user_indices"], dtype=np.int64)
+        values = np.asarray(arrays["user_values"], dtype=np.float32)
+        if (indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or indptr[-1] != indices.size
+                or values.shape != indices.shape or np.any(np.diff(indptr) < 0)):
+            raise ValueError("user_indptr, user_indices and user_values do not describe a CSR matrix")
+        if width < 0 or (indices.size and (indices.min() < 0 or indices.max() >= width)):
+            raise ValueError(f"user_indices must lie in [0, {width}) (the item_embeddings width)")
+        return cls(None, (indptr, indices, values), width)
+
+    def rows(self, users: np.ndarray) -> np.ndarray:
+        if self.dense is not None:
+            return self.dense[users]
+        indptr, indices, values = self.csr
+        out = np.zeros((users.size, self.width), dtype=np.float32)
+        batch_rows, entries = _csr_gather(indptr, users)
+        out[batch_rows, indices[entries]] = values[entries]
+        return out
 
 
 class RecommenderPyfunc(PythonModel):
@@ -98,20 +144,19 @@ class RecommenderPyfunc(PythonModel):
     def load_arrays(self, arrays: Mapping[str, np.ndarray]) -> "RecommenderPyfunc":
         """Load the serving arrays (as built by :func:`export_serving_arrays`) and validate them."""
         missing = [name for name in _REQUIRED_ARRAYS if name not in arrays]
+        if "user_embeddings" not in arrays and not all(k in arrays for k in SPARSE_USER_ARRAYS):
+            missing.append("user_embeddings (or the sparse user_indptr, user_indices, user_values)")
         if missing:
             raise ValueError(f"serving arrays are missing {missing}")
-        users = np.ascontiguousarray(arrays["user_embeddings"], dtype=np.float32)
         items = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)
-        if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
-            raise ValueError(f"user_embeddings {users.shape} and item_embeddings {items.shape} must be "
-                             f"2-D with the same width")
+        users = _UserTable.from_arrays(arrays, items.shape[1] if items.ndim == 2 else -1)
         item_ids = np.asarray(arrays["item_ids"])
         user_keys = np.asarray(arrays["user_keys"])
         popular = np.asarray(arrays["popular_items"], dtype=np.int64)
         if item_ids.shape != (items.shape[0],):
             raise ValueError(f"item_ids has shape {item_ids.shape}, expected ({items.shape[0]},)")
-        if user_keys.shape != (users.shape[0],):
-            raise ValueError(f"user_keys has shape {user_keys.shape}, expected ({users.shape[0]},)")
+        if user_keys.shape != (users.n_rows,):
+            raise ValueError(f"user_keys has shape {user_keys.shape}, expected ({users.n_rows},)")
         if popular.ndim != 1 or popular.size == 0 or popular.min() < 0 or popular.max() >= items.shape[0]:
             raise ValueError("popular_items must be a non-empty 1-D array of item indices")
         has_indptr, has_indices = "seen_indptr" in arrays, "seen_indices" in arrays
@@ -120,7 +165,7 @@ class RecommenderPyfunc(PythonModel):
         if has_indptr:
             indptr = np.asarray(arrays["seen_indptr"], dtype=np.int64)
             indices = np.asarray(arrays["seen_indices"], dtype=np.int64)
-            if indptr.shape != (users.shape[0] + 1,) or indptr[0] != 0 or indptr[-1] != indices.size:
+            if indptr.shape != (users.n_rows + 1,) or indptr[0] != 0 or indptr[-1] != indices.size:
                 raise ValueError("seen_indptr does not describe one row per user over seen_indices")
             if indices.size and (indices.min() < 0 or indices.max() >= items.shape[0]):
                 raise ValueError("seen_indices holds item indices out of range")
@@ -163,14 +208,12 @@ class RecommenderPyfunc(PythonModel):
         position_parts, item_parts, score_parts, rank_parts = [], [], [], []
         if known.size:
             users = rows[known]
-            scores = self._users[users] @ self._items.T  # [B, N] float32
+            scores = self._users.rows(users) @ self._items.T  # [B, N] float32
             if self._seen_indptr is not None:
                 starts, ends = self._seen_indptr[users], self._seen_indptr[users + 1]
-                counts = ends - starts
-                if counts.sum():
-                    batch_rows = np.repeat(np.arange(users.size), counts)
-                    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-                    scores[batch_rows, self._seen_indices[np.repeat(starts, counts) + offsets]] = -np.inf
+                if (ends - starts).sum():
+                    batch_rows, entries = _csr_gather(self._seen_indptr, users)
+                    scores[batch_rows, self._seen_indices[entries]] = -np.inf
             k_known = ks[known]
             kmax = int(k_known.max())
             if kmax < self.n_items:
@@ -244,11 +287,12 @@ def _ids(values: Sequence[Any], name: str, expected: int) -> list[str]:
     return out
 
 
-def _default_salt(users: np.ndarray, items: np.ndarray) -> str:
+def _default_salt(user_arrays: Sequence[np.ndarray], items: np.ndarray) -> str:
     # Deterministic per model: the same embeddings give the same artifact, different models
     # different salts (so digests cannot be matched across artifacts).
     digest = hashlib.sha256(b"mm_pipeline.user_keys\x00")
-    digest.update(users.tobytes())
+    for array in user_arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
     digest.update(items.tobytes())
     return digest.hexdigest()[:32]
 
@@ -269,29 +313,37 @@ def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str]
 
     if not isinstance(model, EmbeddingRecommender):
         raise TypeError(f"model must be an EmbeddingRecommender, got {type(model).__name__}")
-    users = np.ascontiguousarray(model.user_embeddings.detach().cpu().float().numpy(), dtype=np.float32)
     items = np.ascontiguousarray(model.item_embeddings.detach().cpu().float().numpy(), dtype=np.float32)
-    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+    if model.sparse_users:  # stored in CSR form: the user's history, as wide as the catalogue
+        table = model.user_embeddings.detach().cpu()
+        user_arrays = {"user_indptr": table.crow_indices().numpy().astype(np.int64),
+                       "user_indices": table.col_indices().numpy().astype(np.int64),
+                       "user_values": table.values().float().numpy()}
+        user_shape, user_values = tuple(table.shape), user_arrays["user_values"]
+    else:
+        users = np.ascontiguousarray(model.user_embeddings.detach().cpu().float().numpy(), dtype=np.float32)
+        user_arrays, user_shape, user_values = {"user_embeddings": users}, users.shape, users
+    if len(user_shape) != 2 or items.ndim != 2 or user_shape[1] != items.shape[1]:
         raise ValueError(f"model embeddings must be 2-D with the same width, got user_embeddings "
-                         f"{users.shape} and item_embeddings {items.shape}")
+                         f"{user_shape} and item_embeddings {items.shape}")
     if items.shape[0] == 0:
         raise ValueError("model has no items")
-    if not (np.isfinite(users).all() and np.isfinite(items).all()):
+    if not (np.isfinite(user_values).all() and np.isfinite(items).all()):
         raise ValueError("model embeddings contain NaN or infinite values")
-    n_users, n_items = users.shape[0], items.shape[0]
+    n_users, n_items = user_shape[0], items.shape[0]
     users_str = _ids(user_ids, "user_ids", n_users)
     items_str = _ids(item_ids, "item_ids", n_items)
     item_array = np.asarray(items_str, dtype=str)
     if item_array.tolist() != items_str:  # fixed-width unicode drops trailing NULs
         raise ValueError("item_ids must not end in NUL characters")
     if salt is None:
-        salt = _default_salt(users, items)
+        salt = _default_salt([user_arrays[k] for k in sorted(user_arrays)], items)
     elif not isinstance(salt, str) or not salt:
         raise ValueError(f"salt must be a non-empty string or None, got {salt!r}")
 
     arrays: dict[str, np.ndarray] = {
         "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
-        "user_embeddings": users,
+        **user_arrays,
         "item_embeddings": items,
         "item_ids": item_array,
         "user_keys": np.asarray([hash_user_id(u, salt) for u in users_str], dtype="<U64"),
@@ -314,7 +366,14 @@ def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str]
         arrays["seen_indices"] = seen.indices.astype(np.int64)
         popularity = np.bincount(seen.indices, minlength=n_items).astype(np.float64)
     else:
-        popularity = (items @ users.mean(axis=0)).astype(np.float64) if n_users else np.zeros(n_items)
+        if not n_users:
+            mean_user = np.zeros(items.shape[1], dtype=np.float32)
+        elif model.sparse_users:
+            mean_user = np.bincount(user_arrays["user_indices"], weights=user_values,
+                                    minlength=items.shape[1]).astype(np.float32) / n_users
+        else:
+            mean_user = user_values.mean(axis=0)
+        popularity = (items @ mean_user).astype(np.float64)
     arrays["popular_items"] = np.lexsort((order_ties, -popularity)).astype(np.int64)
     return arrays
 
@@ -372,7 +431,7 @@ def log_recommender(model: "EmbeddingRecommender", user_ids: Sequence[str], item
     arrays = export_serving_arrays(model, user_ids, item_ids, train)
     n_items = int(arrays["item_embeddings"].shape[0])
     model_tags = {"mm_pipeline.recommender": model.name, **safe_params(tags or {})}
-    model_params = {"recommender": model.name, "n_users": int(arrays["user_embeddings"].shape[0]),
+    model_params = {"recommender": model.name, "n_users": int(arrays["user_keys"].shape[0]),
                     "n_items": n_items, "embedding_dim": int(arrays["item_embeddings"].shape[1]),
                     "excludes_seen": "seen_indptr" in arrays}
     example = None

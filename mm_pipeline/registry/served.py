@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.base import EmbeddingRecommender, sparse_from_scipy
 from mm_pipeline.registry.pyfunc import ARTIFACT_KEY, hash_user_id
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class ServedScorer(EmbeddingRecommender):
     fallback_scores: torch.Tensor | None = None  # float32 [n_items]: higher = more popular
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        scores = self.user_embeddings[users] @ self.item_embeddings.T
+        scores = super().score(users)
         scores[:, ~self.known_items] = float("-inf")
         unknown = ~self.known_users[users]
         if bool(unknown.any()):
@@ -100,10 +100,10 @@ def served_scorer(served: ServedModel, user_ids: Sequence[str], item_ids: Sequen
     """Map ``served``'s arrays onto users ``user_ids`` and items ``item_ids`` (raw ids, in the
     split's index order); see the module docstring."""
     arrays = served.arrays
-    for key in ("user_embeddings", "item_embeddings", "item_ids", "user_keys", "salt", "popular_items"):
+    for key in ("item_embeddings", "item_ids", "user_keys", "salt", "popular_items"):
         if key not in arrays:
             raise ValueError(f"{served.uri}: serving arrays lack {key!r}")
-    users_art = np.asarray(arrays["user_embeddings"], dtype=np.float32)
+    sparse_users = "user_embeddings" not in arrays
     items_art = np.asarray(arrays["item_embeddings"], dtype=np.float32)
     salt = str(np.asarray(arrays["salt"]).item())
     key_to_row = {str(key): row for row, key in enumerate(np.asarray(arrays["user_keys"]).tolist())}
@@ -112,9 +112,23 @@ def served_scorer(served: ServedModel, user_ids: Sequence[str], item_ids: Sequen
     art_item = {str(item): i for i, item in enumerate(np.asarray(arrays["item_ids"]).astype(str).tolist())}
     cols = np.fromiter((art_item.get(str(i), -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
 
+    # Rows move to the split's users and items; the columns (embedding dimensions, or for an item-item
+    # model the artifact's items as features) stay as they are.
     dim = items_art.shape[1]
-    users = np.zeros((len(rows), dim), dtype=np.float32)
-    users[rows >= 0] = users_art[rows[rows >= 0]]
+    if sparse_users:
+        import scipy.sparse as sp
+
+        table = sp.csr_matrix((np.asarray(arrays["user_values"], dtype=np.float32),
+                               np.asarray(arrays["user_indices"]), np.asarray(arrays["user_indptr"])),
+                              shape=(len(arrays["user_keys"]), dim))
+        known_rows = sp.diags((rows >= 0).astype(np.float32)) @ table[np.maximum(rows, 0)]
+        known_rows.eliminate_zeros()
+        users = sparse_from_scipy(known_rows)
+    else:
+        users_art = np.asarray(arrays["user_embeddings"], dtype=np.float32)
+        dense = np.zeros((len(rows), dim), dtype=np.float32)
+        dense[rows >= 0] = users_art[rows[rows >= 0]]
+        users = torch.from_numpy(dense)
     items = np.zeros((len(cols), dim), dtype=np.float32)
     items[cols >= 0] = items_art[cols[cols >= 0]]
     # Popularity fallback: popular_items is the served order over the artifact's items (best first).
@@ -122,7 +136,7 @@ def served_scorer(served: ServedModel, user_ids: Sequence[str], item_ids: Sequen
     art_score = np.full(items_art.shape[0], -np.inf, dtype=np.float32)
     art_score[popular] = np.arange(popular.size, 0, -1, dtype=np.float32)
     fallback = np.where(cols >= 0, art_score[np.maximum(cols, 0)], -np.inf).astype(np.float32)
-    return ServedScorer(name, torch.from_numpy(users), torch.from_numpy(items),
+    return ServedScorer(name, users, torch.from_numpy(items),
                         info={"model_uri": served.uri},
                         known_users=torch.from_numpy(rows >= 0), known_items=torch.from_numpy(cols >= 0),
                         fallback_scores=torch.from_numpy(fallback))
@@ -158,7 +172,7 @@ def check_served_predictions(served: ServedModel, scorer: ServedScorer, user_ids
         u = answer_users[scored]
         i = cols[scored].to_numpy(dtype=np.int64)
         with torch.no_grad():
-            ours = (scorer.user_embeddings[torch.from_numpy(u)]
+            ours = (scorer.user_rows(torch.from_numpy(u))
                     * scorer.item_embeddings[torch.from_numpy(i)]).sum(1).double().numpy()
         theirs = answer["score"].to_numpy(dtype=np.float64)[scored]
         bad = ~np.isclose(theirs, ours, rtol=atol, atol=atol)

@@ -1,4 +1,4 @@
-"""Compressed model: magnitude pruning and int8 quantization of the primary model's serving scorer."""
+"""Compressed model: magnitude pruning and int8 quantization of the selected model's serving scorer."""
 
 import dagster as dg
 import pandas as pd
@@ -18,14 +18,14 @@ class CompressConfig(dg.Config):
     latency_users: int = 1024
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"}, code_version="1")
-def compressed_model(config: CompressConfig, mm_gcn_model: dict, interaction_split: dict,
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, code_version="2")
+def compressed_model(config: CompressConfig, selected_model: dict, interaction_split: dict,
                      pipeline: PipelineResource) -> dg.Output[dict]:
     """fp32, pruned, int8 and pruned+int8 variants with parameter count, size, latency and quality.
 
     The quality change here is measured on the *validation* split; test numbers are in the report.
     """
-    model = EmbeddingRecommender.from_bundle(mm_gcn_model)
+    model = EmbeddingRecommender.from_bundle(selected_model)
     data = split_data(interaction_split)
     result = compress_recommender(model, prune_amount=config.prune_amount, latency_users=config.latency_users,
                                   seed=pipeline.seed)
@@ -38,8 +38,7 @@ def compressed_model(config: CompressConfig, mm_gcn_model: dict, interaction_spl
     stats = result["stats"].merge(pd.DataFrame(quality), on="variant")
     base = stats.loc[stats["variant"] == "fp32"].iloc[0]
     stats["valid_recall@20_change"] = stats["valid_recall@20"] - base["valid_recall@20"]
-    variants = {name: {"user_embeddings": rec.user_embeddings, "item_embeddings": rec.item_embeddings}
-                for name, rec in result["recommenders"].items() if name != "fp32"}
+    variants = {name: rec.to_arrays() for name, rec in result["recommenders"].items() if name != "fp32"}
     return dg.Output({"stats": stats, "variants": list(variants), "source_model": model.name,
                       **{f"variant_{k}": v for k, v in variants.items()}},
                      metadata={"compression": dg.MetadataValue.md(frame_markdown(stats)),

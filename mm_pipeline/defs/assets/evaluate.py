@@ -4,7 +4,6 @@ from collections.abc import Sequence
 
 import dagster as dg
 import pandas as pd
-import torch
 
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import PipelineResource
@@ -13,25 +12,48 @@ from mm_pipeline.evaluate.report import png_markdown, write_report
 from mm_pipeline.recommend.base import EmbeddingRecommender
 
 GROUP = "evaluate"
-PRIMARY_MODEL = "mm_gcn"
-BASELINES = ("popularity", "ease", "bpr_mf", "lightgcn", "content_knn", "vbpr", "freedom")
+PRIMARY_MODEL = "mm_hybrid"
+BASELINES = ("popularity", "ease", "item_knn", "bpr_mf", "lightgcn", "content_knn", "vbpr", "freedom")
+COMPONENTS = ("mm_gcn",)  # the multimodal GNN the hybrid may use: reported, not a baseline
 DEFAULT_SPLIT = "per-user chronological split (8:1:1)"
 
 
 def _recommenders(bundles: Sequence[dict], compressed_model: dict | None) -> dict[str, EmbeddingRecommender]:
     models = {b["name"]: EmbeddingRecommender.from_bundle(b) for b in bundles if "skipped" not in b}
     for variant in (compressed_model or {}).get("variants", []):
-        arrays = compressed_model[f"variant_{variant}"]
         name = f"{compressed_model['source_model']}[{variant}]"
-        models[name] = EmbeddingRecommender(name, torch.from_numpy(arrays["user_embeddings"]),
-                                            torch.from_numpy(arrays["item_embeddings"]))
+        models[name] = EmbeddingRecommender.from_arrays(name, compressed_model[f"variant_{variant}"])
     return models
+
+
+def selection_summary(selected_model: dict, bundles: Sequence[dict]) -> dict:
+    """What the report says about model selection: the validation table, the choice and why, and what each
+    model's own validation search chose."""
+    searches = []
+    for bundle in bundles:
+        if "skipped" in bundle:
+            continue
+        search = bundle.get("search")
+        if not isinstance(search, pd.DataFrame) or not len(search):
+            searches.append({"model": bundle["name"], "settings tried": 0, "search seconds": 0.0,
+                             "chosen": "nothing to choose"})
+            continue
+        row = search.loc[search["chosen"].astype(bool)].iloc[0]
+        # A trained model's grid changes one setting at a time from its config: the chosen row names the
+        # change (none: the config as given).
+        changed = {k: row[k] for k in search.columns if not k.startswith("valid_")
+                   and k not in ("seconds", "chosen", "best_epoch", "epochs_run") and pd.notna(row[k])}
+        searches.append({"model": bundle["name"], "settings tried": int(len(search)),
+                         "search seconds": float(search["seconds"].sum()),
+                         "chosen": ", ".join(f"{k}={v}" for k, v in changed.items()) or "the given settings"})
+    return {"selected": selected_model["selected"], "reason": selected_model["selection_reason"],
+            "validation": selected_model["selection"], "searches": pd.DataFrame(searches)}
 
 
 def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResource, source_dataset: dict,
                       interaction_split: dict, bundles: Sequence[dict], aligned_item_embeddings: dict,
                       compressed_model: dict | None = None, ablation_bundles: Sequence[dict] = (),
-                      title: str = "Evaluation report") -> dg.Output[dict]:
+                      title: str = "Evaluation report", selected_model: dict | None = None) -> dg.Output[dict]:
     """Evaluate model bundles (baselines + the primary), compressed variants and ablations; write the report.
 
     Files go to ``reports/latest`` and ``reports/runs/<run id>``: ``metrics.json``, ``report.md``,
@@ -53,9 +75,11 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
                **{f"{k}_interactions": int((table["split"] == k).sum()) for k in ("train", "valid", "test")}}
     comparison = build_comparison(
         models, data, primary=PRIMARY_MODEL, baselines=[n for n in BASELINES if n in models], ablations=ablations,
+        components=[n for n in COMPONENTS if n in models],
         histories=histories, compression=compressed_model["stats"] if compressed_model else None,
         aligned=aligned_item_embeddings, dataset=dataset, seed=pipeline.seed, title=title,
-        split=interaction_split.get("split_method", DEFAULT_SPLIT))
+        split=interaction_split.get("split_method", DEFAULT_SPLIT),
+        selection=selection_summary(selected_model, bundles) if selected_model is not None else None)
     metrics = {**comparison.metrics, "dagster_run_id": context.run_id}
     paths = pipeline.paths()
     latest, this_run = paths.reports / "latest", paths.reports / "runs" / context.run_id
@@ -73,11 +97,13 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
     })
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="3")
+@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="4")
 def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, interaction_split: dict,
-                      popularity_model: dict, ease_model: dict, bpr_mf_model: dict, lightgcn_model: dict,
-                      content_knn_model: dict, vbpr_model: dict, mm_gcn_model: dict, compressed_model: dict,
-                      aligned_item_embeddings: dict, pipeline: PipelineResource) -> dg.Output[dict]:
+                      popularity_model: dict, ease_model: dict, item_knn_model: dict, bpr_mf_model: dict,
+                      lightgcn_model: dict, content_knn_model: dict, vbpr_model: dict, mm_gcn_model: dict,
+                      mm_hybrid_model: dict,
+                      selected_model: dict, compressed_model: dict, aligned_item_embeddings: dict,
+                      pipeline: PipelineResource) -> dg.Output[dict]:
     """Every model on the same test split: Recall/NDCG/Precision/F1/MAP/hit ratio at 10 and 20, coverage,
     novelty, personalization and intra-list diversity, with bootstrap intervals and a paired test against
     the best baseline; cold-start and long-tail results; modality weights and training curves.
@@ -87,5 +113,6 @@ def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, i
     ``reports/latest/{metrics.json,report.md,report.html}`` and the figures.
     """
     return comparison_report(context, pipeline, source_dataset, interaction_split,
-                             [popularity_model, ease_model, bpr_mf_model, lightgcn_model, content_knn_model,
-                              vbpr_model, mm_gcn_model], aligned_item_embeddings, compressed_model=compressed_model)
+                             [popularity_model, ease_model, item_knn_model, bpr_mf_model, lightgcn_model,
+                              content_knn_model, vbpr_model, mm_gcn_model, mm_hybrid_model], aligned_item_embeddings,
+                             compressed_model=compressed_model, selected_model=selected_model)

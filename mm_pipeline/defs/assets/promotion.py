@@ -31,17 +31,24 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def cold_test_interactions(data) -> int:
-    """Test interactions on items with no training interaction (what cold-start metrics rank)."""
-    return int(data.test[:, np.flatnonzero(~data.warm_items)].nnz)
+def cold_start_support(data) -> dict:
+    """The cold-start test data of the split and whether it is enough to measure (the report's rule,
+    :func:`mm_pipeline.evaluate.protocol.subgroup_support`)."""
+    from mm_pipeline.evaluate.protocol import _restrict, subgroup_support
+
+    cold = ~data.warm_items
+    return subgroup_support(_restrict(data.test, cold), cold, K)
 
 
-def not_applicable_guardrails(policy: PromotionPolicy, cold_test: int) -> dict[str, str]:
-    """Cold-start guardrails (``cold_*``) cannot be measured when the split has no cold test interaction:
-    waive them (recorded) instead of blocking promotion for good."""
-    if cold_test > 0:
+def not_applicable_guardrails(policy: PromotionPolicy, support: dict) -> dict[str, str]:
+    """Cold-start guardrails (``cold_*``) cannot be measured when the split has too little cold-start test
+    data (none at all, or so little that every model scores the same): waive them (recorded) instead
+    of blocking promotion for good."""
+    if support["enough"]:
         return {}
-    why = "the current test split has no interaction on a cold item (one without training interactions)"
+    why = (f"not enough cold-start test data in the current split ({support['reason']})"
+           if support["interactions"] else
+           "the current test split has no interaction on a cold item (one without training interactions)")
     return {m: why for m in policy.guardrails if m.startswith("cold_") and m != policy.gate_metric}
 
 
@@ -63,7 +70,7 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
     reused. The rule (:func:`mm_pipeline.registry.promotion.decide`): promote when there is no
     champion, else when the gate metric improves by more than ``min_improvement`` and no guardrail
     metric drops by more than its tolerance. Cold-start guardrails are *not applicable* (recorded
-    as such, not failed) when the split has no cold test interaction. The alias moves under the
+    as such, not failed) when the split has too little cold-start test data (the report's rule). The alias moves under the
     champion lock, and only if it still points at the champion that was compared (compare-and-set):
     a champion changed meanwhile (a manual ``promote_model`` run) makes the decision ``stale``. The
     decision, both scores and the reason go to this asset's metadata and to
@@ -87,8 +94,9 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
     champion_version = alias_version(client, name, CHAMPION_ALIAS)
 
     data = split_data(interaction_split)
-    cold_test = cold_test_interactions(data)
-    waived = not_applicable_guardrails(policy, cold_test)
+    cold_support = cold_start_support(data)
+    cold_test = cold_support["interactions"]
+    waived = not_applicable_guardrails(policy, cold_support)
     user_ids = [str(u) for u in interaction_split["user_ids"].tolist()]
     item_ids = raw_items["item_id"].astype(str).tolist()
 

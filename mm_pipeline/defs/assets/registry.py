@@ -1,4 +1,5 @@
-"""Registry: the primary model registered as a new MLflow model version (alias ``challenger``)."""
+"""Registry: the selected model (best on validation) registered as a new MLflow model version (alias
+``challenger``)."""
 
 import dagster as dg
 import pandas as pd
@@ -17,28 +18,33 @@ class RegistryConfig(dg.Config):
     alias: str = "challenger"
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="1")
-def registered_model(context: dg.AssetExecutionContext, config: RegistryConfig, mm_gcn_model: dict,
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="2")
+def registered_model(context: dg.AssetExecutionContext, config: RegistryConfig, selected_model: dict,
                      interaction_split: dict, raw_items: pd.DataFrame, evaluation_report: dict,
                      mlflow_tracking: MlflowResource) -> dg.Output[dict]:
-    """Logs the primary model as a pyfunc with its test metrics and registers a new version."""
+    """Logs the selected model (the best validation NDCG@20 among the trained models, see ``selected_model``) as
+    a pyfunc with its test metrics and registers a new version; the choice and its reason are tags."""
     import mlflow
 
     from mm_pipeline.registry.pyfunc import log_recommender, register_alias
 
-    model = EmbeddingRecommender.from_bundle(mm_gcn_model)
+    model = EmbeddingRecommender.from_bundle(selected_model)
     data = split_data(interaction_split)
     test_metrics = evaluation_report["metrics"]["models"][model.name]
     with mlflow_tracking.start_run(context, run_name=f"register {model.name}") as run:
         mlflow.log_metrics({f"test_{metric_key(k)}": float(v) for k, v in test_metrics.items()
                             if isinstance(v, (int, float))})
+        mlflow.set_tags({"mm_pipeline.selected_model": model.name,
+                         "mm_pipeline.selection_reason": selected_model.get("selection_reason", "")})
         info = log_recommender(model, interaction_split["user_ids"].tolist(), raw_items["item_id"].astype(str).tolist(),
-                               data.train, name="recommender", registered_model_name=config.registered_model_name)
+                               data.train, name="recommender", registered_model_name=config.registered_model_name,
+                               tags={"selected_model": model.name})
     version = str(info.registered_model_version)
     register_alias(config.registered_model_name, version, config.alias)
     return dg.Output({"name": config.registered_model_name, "version": version, "model_uri": info.model_uri,
                       "run_id": run.info.run_id},
                      metadata={"registered_model": config.registered_model_name, "version": version,
+                               "selected_model": model.name,
                                "alias": config.alias, "mlflow_run_id": run.info.run_id,
                                "model_uri": info.model_uri,
                                "test_recall@20": float(test_metrics["recall@20"])})

@@ -1,4 +1,4 @@
-"""Research: FREEDOM as a baseline, ablations of the primary model, and the report with both.
+"""Research: FREEDOM as a baseline, ablations of the primary model and of its GNN, and the report with them.
 
 Not part of ``full_pipeline`` (several more minutes of training on the default dataset); the
 ``research_pipeline`` job materializes them with the rest of the graph.
@@ -8,8 +8,17 @@ import dagster as dg
 import pandas as pd
 
 from mm_pipeline.defs.assets.evaluate import comparison_report
-from mm_pipeline.defs.assets.train import MultimodalRunConfig, _finish, raw_modality_features, split_data
-from mm_pipeline.defs.config import config_from_dataclass, to_dataclass
+from mm_pipeline.defs.assets.train import (
+    HybridRunConfig,
+    _finish,
+    tuned_training,
+    tuning,
+    hybrid_parts,
+    log_trials,
+    raw_modality_features,
+    split_data,
+)
+from mm_pipeline.defs.config import config_from_dataclass, to_dataclass, with_tuning
 from mm_pipeline.defs.metadata import frame_markdown
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.recommend.ablations import ablations
@@ -17,36 +26,46 @@ from mm_pipeline.recommend.fit import FreedomConfig, MultimodalConfig, fit_freed
 
 GROUP = "research"
 
-FreedomRunConfig = config_from_dataclass(FreedomConfig, "FreedomRunConfig")
+FreedomRunConfig = with_tuning(config_from_dataclass(FreedomConfig, "FreedomBase"), "FreedomRunConfig", 120.0, 3)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="2")
 def freedom_model(context: dg.AssetExecutionContext, config: FreedomRunConfig,  # type: ignore[valid-type]
                   interaction_split: dict, text_features: dict, image_features: dict, audio_features: dict,
                   raw_items: pd.DataFrame, pipeline: PipelineResource,
                   mlflow_tracking: MlflowResource) -> dg.Output[dict]:
     """FREEDOM, the published multimodal recommender, as a baseline: frozen item-item k-NN graphs over
-    the raw modality features, degree-sensitive pruning of the user-item graph, BPR."""
-    train_config = to_dataclass(FreedomConfig, config, seed=pipeline.seed)
+    the raw modality features, degree-sensitive pruning of the user-item graph, BPR; rate and
+    regularisation searched on validation like every other model."""
     data = split_data(interaction_split)
     raw = raw_modality_features(text_features, image_features, audio_features)
-    model, history = fit_freedom(data, raw, train_config)
+
+    def fit(data, cfg: FreedomConfig):
+        return fit_freedom(data, raw, cfg)
+
+    model, history, params, search = tuned_training(
+        context, "freedom", fit, to_dataclass(FreedomConfig, config, seed=pipeline.seed), data, tuning(config))
     return _finish(context, model, history, data, interaction_split, raw_items,
-                   {**train_config.__dict__, "modalities": ",".join(raw)}, mlflow_tracking)
+                   {**params, "modalities": ",".join(raw)}, mlflow_tracking, search)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="3")
-def mm_gcn_ablations(context: dg.AssetExecutionContext, config: MultimodalRunConfig,  # type: ignore[valid-type]
-                     interaction_split: dict, aligned_item_embeddings: dict, text_features: dict,
-                     image_features: dict, audio_features: dict, pipeline: PipelineResource,
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="4")
+def mm_gcn_ablations(context: dg.AssetExecutionContext, mm_gcn_model: dict, interaction_split: dict,
+                     aligned_item_embeddings: dict, text_features: dict, image_features: dict,
+                     audio_features: dict, pipeline: PipelineResource,
                      mlflow_tracking: MlflowResource) -> dg.Output[dict]:
-    """The primary model with one part removed at a time (each modality alone, no alignment, no
-    item-item graph), same config, seed and split. One nested MLflow run per variant."""
+    """The multimodal GNN with one part removed at a time (each modality alone, no alignment, no
+    item-item graph), with the config ``mm_gcn_model`` chose on validation, same seed and split. One
+    nested MLflow run per variant."""
+    import dataclasses
+
     import mlflow
 
     from mm_pipeline.registry.tracking import log_history, metric_key, safe_params
 
-    base = to_dataclass(MultimodalConfig, config, seed=pipeline.seed)
+    fields = {f.name for f in dataclasses.fields(MultimodalConfig)}
+    chosen = {k: v for k, v in (mm_gcn_model.get("config") or {}).items() if k in fields}
+    base = MultimodalConfig(**{**chosen, "seed": pipeline.seed})
     data = split_data(interaction_split)
     variants = ablations(aligned_item_embeddings, raw_modality_features(text_features, image_features, audio_features),
                          graph_source=base.graph_source)
@@ -65,8 +84,7 @@ def mm_gcn_ablations(context: dg.AssetExecutionContext, config: MultimodalRunCon
                 mlflow.log_metrics({metric_key(k): float(v) for k, v in model.info.items()})
             index = len(bundle["infos"])
             bundle["infos"][variant.name] = model.info
-            bundle[f"embeddings_{index}"] = {"user_embeddings": model.user_embeddings,
-                                             "item_embeddings": model.item_embeddings}
+            bundle[f"embeddings_{index}"] = model.to_arrays()
             bundle[f"history_{index}"] = history
             rows.append({"ablation": variant.name, "what is removed": variant.description,
                          "best valid ndcg@20": round(float(model.info["best_valid_ndcg@20"]), 4),
@@ -76,23 +94,73 @@ def mm_gcn_ablations(context: dg.AssetExecutionContext, config: MultimodalRunCon
                                        "variants": len(variants)})
 
 
+@dg.asset(group_name=GROUP, kinds={"scipy", "mlflow"}, code_version="1")
+def mm_hybrid_ablations(context: dg.AssetExecutionContext, config: HybridRunConfig,  # type: ignore[valid-type]
+                        interaction_split: dict, ease_model: dict, mm_gcn_model: dict, lightgcn_model: dict,
+                        text_features: dict, image_features: dict, audio_features: dict,
+                        pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+    """The primary model with one part taken away at a time (no multimodal content, no GNN, no recency
+    weighting, no EASE core), its remaining weights chosen on validation again. One nested MLflow run
+    per variant."""
+    import mlflow
+
+    from mm_pipeline.recommend.hybrid import ABLATIONS, HybridConfig, ablate, fit_hybrid
+    from mm_pipeline.registry.tracking import safe_params
+
+    hybrid = to_dataclass(HybridConfig, config, seed=pipeline.seed)
+    data = split_data(interaction_split)
+    parts = hybrid_parts(data, interaction_split, ease_model, mm_gcn_model, lightgcn_model,
+                         raw_modality_features(text_features, image_features, audio_features), hybrid)
+    validate = data.validator(max_users=hybrid.validation_users, seed=hybrid.seed)
+    bundle: dict = {"names": [], "infos": {}}
+    rows = []
+    with mlflow_tracking.start_run(context):
+        for what, description in ABLATIONS.items():
+            try:
+                ablated, ablated_config = ablate(parts, hybrid, what)
+            except ValueError as exc:  # e.g. no GNN to stand in for EASE
+                context.log.info(f"mm_hybrid-{what} skipped: {exc}")
+                continue
+            name = f"mm_hybrid-{what}"
+            search = fit_hybrid(ablated, validate, ablated_config, name=name, on_trial=log_trials(context, name))
+            with mlflow.start_run(run_name=name, nested=True):
+                mlflow.log_params(safe_params({"ablation": name, "description": description,
+                                               **{f"chosen.{k}": v for k, v in search.params.items()}}))
+                mlflow.log_metric("valid_ndcg_at_20", search.score)
+            index = len(bundle["names"])
+            bundle["names"].append(name)
+            bundle["infos"][name] = search.model.info
+            bundle[f"embeddings_{index}"] = search.model.to_arrays()
+            bundle[f"history_{index}"] = pd.DataFrame()
+            rows.append({"ablation": name, "what is removed": description, "chosen": str(search.params),
+                         "valid ndcg@20": round(search.score, 4)})
+    return dg.Output(bundle, metadata={"ablations": dg.MetadataValue.md(frame_markdown(pd.DataFrame(rows))),
+                                       "variants": len(rows)})
+
+
 def ablation_bundles(stored: dict) -> list[dict]:
-    """The ``mm_gcn_ablations`` value as model bundles (see :meth:`EmbeddingRecommender.from_bundle`)."""
+    """An ablations value (``mm_gcn_ablations``, ``mm_hybrid_ablations``) as model bundles (see
+    :meth:`EmbeddingRecommender.from_bundle`)."""
     return [{"name": name, **stored[f"embeddings_{index}"], "info": stored["infos"][name],
              "history": stored[f"history_{index}"]} for index, name in enumerate(stored["names"])]
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1", deps=["evaluation_report"])
+@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2", deps=["evaluation_report"])
 def research_report(context: dg.AssetExecutionContext, source_dataset: dict, interaction_split: dict,
-                    popularity_model: dict, ease_model: dict, bpr_mf_model: dict, lightgcn_model: dict,
-                    content_knn_model: dict, vbpr_model: dict, freedom_model: dict, mm_gcn_model: dict,
-                    compressed_model: dict, aligned_item_embeddings: dict, mm_gcn_ablations: dict,
+                    popularity_model: dict, ease_model: dict, item_knn_model: dict, bpr_mf_model: dict,
+                    lightgcn_model: dict, content_knn_model: dict, vbpr_model: dict, freedom_model: dict,
+                    mm_gcn_model: dict,
+                    mm_hybrid_model: dict, selected_model: dict, compressed_model: dict,
+                    aligned_item_embeddings: dict, mm_gcn_ablations: dict, mm_hybrid_ablations: dict,
                     pipeline: PipelineResource) -> dg.Output[dict]:
     """The evaluation report with FREEDOM and the ablations added: the same protocol, split and
-    bootstrap, so those rows are directly comparable with ``mm_gcn`` and the baselines. Runs after
-    ``evaluation_report`` and replaces ``reports/latest`` with this superset."""
+    bootstrap, so those rows are directly comparable with the primary model and the baselines. Runs
+    after ``evaluation_report`` and replaces ``reports/latest`` with this superset."""
     return comparison_report(context, pipeline, source_dataset, interaction_split,
-                             [popularity_model, ease_model, bpr_mf_model, lightgcn_model, content_knn_model,
-                              vbpr_model, freedom_model, mm_gcn_model], aligned_item_embeddings,
-                             compressed_model=compressed_model, ablation_bundles=ablation_bundles(mm_gcn_ablations),
-                             title="Research report (with ablations)")
+                             [popularity_model, ease_model, item_knn_model, bpr_mf_model, lightgcn_model,
+                              content_knn_model, vbpr_model, freedom_model, mm_gcn_model, mm_hybrid_model],
+                             aligned_item_embeddings,
+                             compressed_model=compressed_model,
+                             ablation_bundles=[*ablation_bundles(mm_hybrid_ablations),
+                                               *ablation_bundles(mm_gcn_ablations)],
+                             title="Research report (with ablations)", selected_model=selected_model)

@@ -1,0 +1,140 @@
+"""Choosing a model's hyper-parameters on the validation split, within a time budget.
+
+Every model of the pipeline, the baselines included, gets the same treatment: a *proposer* names
+the next setting to try from the ones tried so far, ``fit`` trains a model with it, and the model's
+validation NDCG@20 (users' validation items, their training items excluded) decides. The test split
+is never read. The first setting (the documented default) always runs; another starts only while the
+time spent plus the mean trial time stays within ``budget_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from mm_pipeline.recommend.base import EmbeddingRecommender
+
+Proposer = Callable[[list[dict]], dict | None]  # tried trials (params + score) -> next params, or None
+MONITOR = "ndcg@20"
+
+
+@dataclass
+class SearchResult:
+    """The chosen setting, its model and the table of every trial (``chosen`` marks the winner)."""
+
+    params: dict[str, Any]
+    model: EmbeddingRecommender
+    score: float
+    trials: pd.DataFrame
+    stopped: str  # why no further setting was tried
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready facts for MLflow params and Dagster metadata."""
+        return {"chosen": self.params, f"valid_{MONITOR}": self.score, "trials": int(len(self.trials)),
+                "stopped": self.stopped, "seconds": float(self.trials["seconds"].sum())}
+
+
+def grid(candidates: Sequence[dict]) -> Proposer:
+    """Try ``candidates`` in order (put the default first: it is the one that always runs)."""
+    candidates = [dict(c) for c in candidates]
+    if not candidates:
+        raise ValueError("a grid needs at least one candidate setting")
+
+    def propose(tried: list[dict]) -> dict | None:
+        return candidates[len(tried)] if len(tried) < len(candidates) else None
+
+    return propose
+
+
+def log_line(name: str, start: float, factor: float, low: float, high: float,
+             fixed: dict | None = None) -> Proposer:
+    """Hill-climb one positive parameter on the grid ``start * factor**k`` within ``[low, high]``.
+
+    After ``start``, it tries the untried neighbour of the best value so far, the larger one first,
+    and stops when both neighbours of the best are tried (or out of range): for a score that is
+    unimodal in ``log(name)`` that is the grid's best value, reached in few trials.
+    """
+    if not (start > 0 and factor > 1 and 0 < low <= start <= high):
+        raise ValueError(f"log_line needs 0 < low <= start <= high and factor > 1, got start={start}, "
+                         f"factor={factor}, low={low}, high={high}")
+    fixed = dict(fixed or {})
+
+    def value(step: int) -> float:
+        return float(f"{start * factor ** step:.6g}")
+
+    def propose(tried: list[dict]) -> dict | None:
+        if not tried:
+            return {**fixed, name: value(0)}
+        steps = {round(math.log(t[name] / start, factor)): t["score"] for t in tried}
+        best = max(steps, key=lambda s: (steps[s], -abs(s)))
+        for step in (best + 1, best - 1):
+            if step not in steps and low <= value(step) <= high:
+                return {**fixed, name: value(step)}
+        return None
+
+    return propose
+
+
+def search(propose: Proposer, fit: Callable[[dict], EmbeddingRecommender],
+           validate: Callable[[EmbeddingRecommender], dict[str, float]], budget_s: float,
+           max_trials: int = 20, on_trial: Callable[[dict], None] | None = None) -> SearchResult:
+    """Run trials from ``propose`` until it is done, ``max_trials`` ran, or the budget would be exceeded.
+
+    ``fit(params)`` returns a trained model (a trained model's early stopping may read the validation
+    split too: that is still choosing on validation); ``validate(model)`` returns its validation
+    metrics, of which ``ndcg@20`` decides (ties: the earlier trial). Only the best model is kept.
+    """
+    if budget_s < 0 or max_trials < 1:
+        raise ValueError(f"budget_s must be >= 0 and max_trials >= 1, got {budget_s} and {max_trials}")
+    tried: list[dict] = []
+    rows: list[dict] = []
+    best: tuple[float, dict, EmbeddingRecommender, int] | None = None
+    started = time.perf_counter()
+    stopped = "max_trials reached"
+    while len(tried) < max_trials:
+        params = propose(tried)
+        if params is None:
+            stopped = "every proposed setting tried"
+            break
+        spent = time.perf_counter() - started
+        if tried and spent + spent / len(tried) > budget_s:
+            stopped = f"time budget ({budget_s:.0f} s) spent"
+            break
+        trial_start = time.perf_counter()
+        model = fit(params)
+        metrics = validate(model)
+        score = float(metrics[MONITOR])
+        row = {**params, **{f"valid_{k}": float(v) for k, v in metrics.items()},
+               "seconds": round(time.perf_counter() - trial_start, 3)}
+        for key in ("best_epoch", "epochs_run"):
+            if key in model.info:
+                row[key] = model.info[key]
+        tried.append({**params, "score": score})
+        rows.append(row)
+        if on_trial:
+            on_trial(row)
+        if best is None or score > best[0]:
+            best = (score, params, model, len(rows) - 1)
+    assert best is not None  # the first trial always runs
+    trials = pd.DataFrame(rows)
+    trials["chosen"] = trials.index == best[3]
+    model = best[2]
+    model.info = {**model.info, f"valid_{MONITOR}": best[0]}
+    return SearchResult(dict(best[1]), model, best[0], trials, stopped)
+
+
+def compare_on_validation(models: dict[str, EmbeddingRecommender], data, ks: tuple[int, ...] = (20,)
+                          ) -> pd.DataFrame:
+    """Every model's validation recall and NDCG (all validation users, training items excluded), best
+    NDCG first (ties: the order of ``models``): what choosing the model to ship reads. Never the test split."""
+    validate = data.validator(ks)
+    rows = [{"model": name, **{f"valid_{k}": float(v) for k, v in validate(model).items()}}
+            for name, model in models.items()]
+    table = pd.DataFrame(rows)
+    key = f"valid_ndcg@{ks[-1]}"
+    return table.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)

@@ -1,0 +1,121 @@
+"""The primary model: EASE over the recency-weighted history + content graph + GNN, weights on validation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.fit import SplitData, content_graph
+from mm_pipeline.recommend.hybrid import ABLATIONS, HybridConfig, HybridParts, ablate, coordinate_ascent, fit_hybrid
+from mm_pipeline.recommend.linear import ItemGram, recency_profile, training_age
+
+
+def _split(n_users=80, n_items=30, seed=0):
+    """Two tastes (even / odd items); each user drifts to a new pair of items at the end of its history,
+    so the recent items predict the held-out ones better than the old ones. Items 28, 29 are cold."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        parity = u % 2
+        liked = np.arange(parity, 28, 2)
+        history = rng.choice(liked, size=9, replace=False)
+        rows += [(u, int(i), t) for t, i in enumerate(history)]
+        rows += [(u, 28 + parity, 100)]  # test: the cold item of the user's taste
+    frame = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"])
+    frame["weight"] = 1.0
+    order = frame.groupby("user_idx")["timestamp"].rank(ascending=False, method="first")
+    frame["split"] = np.where(order == 1, "test", np.where(order == 2, "valid", "train"))
+    return frame, n_users, n_items
+
+
+def _parts(gnns=None, content_aware=("mm_gcn",)):
+    frame, n_users, n_items = _split()
+    data = SplitData.from_frame(frame, n_users, n_items)
+    features = np.zeros((n_items, 2), dtype=np.float32)
+    features[np.arange(n_items) % 2 == 0, 0] = 1.0  # content tells the two tastes apart
+    features[np.arange(n_items) % 2 == 1, 1] = 1.0
+    features += np.random.default_rng(1).normal(scale=0.05, size=features.shape).astype(np.float32)
+    graph = content_graph({"text": (features, np.ones(n_items, dtype=bool))}, k=5)
+    parts = HybridParts(data.train, training_age(frame, data.train), ItemGram(data.train).ease(5.0), graph,
+                        gnns, content_aware=content_aware, scale_users=50)
+    return data, parts, graph
+
+
+def test_coordinate_ascent_sweeps_one_parameter_at_a_time_from_the_start():
+    score = {0: 0.0, 1: 1.0, 2: 0.5}  # a's best is 1, b only helps once a moved
+    proposer = coordinate_ascent({"a": (0, 1, 2), "b": (0, 1)}, {"a": 0, "b": 0}, rounds=3)
+    tried = []
+    while (params := proposer(tried)) is not None:
+        tried.append({**params, "score": score[params["a"]] + 0.1 * params["b"] * params["a"]})
+    assert [(t["a"], t["b"]) for t in tried] == [(0, 0), (1, 0), (2, 0), (1, 1), (0, 1), (2, 1)]
+    with pytest.raises(ValueError, match="not in its grid"):
+        coordinate_ascent({"a": (1, 2)}, {"a": 0}, 1)
+
+
+def test_hybrid_score_is_the_documented_blend_in_one_dot_product():
+    data, parts, graph = _parts()
+    gnn = EmbeddingRecommender("mm_gcn", torch.randn(data.n_users, 4), torch.randn(data.n_items, 4))
+    parts = HybridParts(parts.train, parts.age, parts.ease, graph, {"mm_gcn": gnn}, ("mm_gcn",), scale_users=50)
+    model = parts.model(decay=2.0, content_weight=0.3, graph_weight=0.5, gnn="mm_gcn")
+    x = recency_profile(parts.train, parts.age, 2.0).toarray()
+    b, k = parts.ease, graph.toarray()
+    sample = x[parts.sample]
+
+    def rms(s):
+        return np.sqrt(np.mean(np.square(s, dtype=np.float64)))
+
+    g = gnn.user_embeddings.numpy() @ gnn.item_embeddings.numpy().T
+    expected = (x @ b / rms(sample @ b) + 0.3 * x @ k / rms(sample @ k) + 0.5 * g / rms(g[parts.sample]))
+    np.testing.assert_allclose(model.score(torch.arange(data.n_users)).numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert model.sparse_users and model.info["gnn"] == "mm_gcn"
+
+
+def test_the_search_starts_at_ease_and_only_keeps_what_helps_on_validation():
+    data, parts, _ = _parts()
+    result = fit_hybrid(parts, data.validator(), HybridConfig(budget_s=60))
+    first = result.trials.iloc[0]
+    assert (first["decay"], first["content_weight"], first["graph_weight"]) == (0.0, 0.0, 0.0)
+    ease_scores = recency_profile(parts.train, None, 0.0) @ parts.ease
+    start = parts.model(0.0, 0.0, 0.0)
+    # The start is EASE itself (scaled): the same ranking.
+    np.testing.assert_allclose(start.score(torch.arange(5)).numpy() * start.info["ease_rms"], ease_scores[:5],
+                               atol=1e-4)
+    assert result.score >= first["valid_ndcg@20"] and result.score == result.trials["valid_ndcg@20"].max()
+    # The content graph is what ranks the held-out cold items (EASE cannot score them at all).
+    assert result.params["content_weight"] > 0
+    assert result.trials["chosen"].sum() == 1
+
+
+def test_id_only_gnns_do_not_score_cold_items_and_ablations_remove_one_part():
+    data, parts, graph = _parts()
+    rng = torch.Generator().manual_seed(0)
+    gnns = {name: EmbeddingRecommender(name, torch.randn(data.n_users, 3, generator=rng),
+                                       torch.randn(data.n_items, 3, generator=rng)) for name in ("mm_gcn", "lightgcn")}
+    parts = HybridParts(parts.train, parts.age, parts.ease, graph, gnns, ("mm_gcn",), scale_users=50)
+    cold = ~data.warm_items
+    assert np.all(parts.gnns["lightgcn"][1][cold] == 0) and np.any(parts.gnns["mm_gcn"][1][cold] != 0)
+    # With the ID-only GNN chosen, cold items still get a GNN score: the content-aware GNN's, at its scale.
+    with_lightgcn = parts.model(0.0, 0.0, 0.5, gnn="lightgcn").score(torch.arange(data.n_users)).numpy()
+    ease_only = parts.model(0.0, 0.0, 0.0).score(torch.arange(data.n_users)).numpy()
+    mm_users, mm_items, mm_scale = parts.gnns["mm_gcn"]
+    np.testing.assert_allclose(with_lightgcn[:, cold] - ease_only[:, cold],
+                               0.5 * mm_users @ mm_items[cold].T / mm_scale, atol=1e-4)
+    lg_users, lg_items, lg_scale = parts.gnns["lightgcn"]
+    np.testing.assert_allclose(with_lightgcn[:, ~cold] - ease_only[:, ~cold],
+                               0.5 * lg_users @ lg_items[~cold].T / lg_scale, atol=1e-4)
+    config = HybridConfig()
+    no_content, _ = ablate(parts, config, "no_content")
+    assert no_content.content is None and list(no_content.gnns) == ["lightgcn"]
+    assert parts.content is not None and list(parts.gnns) == ["mm_gcn", "lightgcn"]  # untouched
+    assert ablate(parts, config, "no_gnn")[0].gnns == {}
+    assert ablate(parts, config, "no_recency")[1].decays == (0.0,)
+    no_ease, _ = ablate(parts, config, "no_ease")
+    assert no_ease.ease is None and no_ease.start()["graph_weight"] == 1.0
+    assert no_ease.grids(config)["graph_weight"] == (1.0,)
+    assert set(ABLATIONS) == {"no_content", "no_gnn", "no_recency", "no_ease"}
+    with pytest.raises(ValueError, match="unknown ablation"):
+        ablate(parts, config, "no_everything")
+    with pytest.raises(ValueError, match="needs a GNN"):
+        ablate(HybridParts(parts.train, parts.age, parts.ease, graph), config, "no_ease")

@@ -1,0 +1,133 @@
+"""Closed-form item-item models, recency-weighted histories, sparse user tables, validation search."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from mm_pipeline.compress.measure import compress_recommender
+from mm_pipeline.evaluate.split import interaction_matrix
+from mm_pipeline.recommend.base import EmbeddingRecommender, select_rows, sparse_from_scipy
+from mm_pipeline.recommend.baselines import ease, item_item
+from mm_pipeline.recommend.linear import ItemGram, recency_profile, training_age
+from mm_pipeline.recommend.selection import grid, log_line, search
+
+
+def _random_binary(n_users=40, n_items=12, density=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    return sp.csr_matrix((rng.random((n_users, n_items)) < density).astype(np.float32))
+
+
+@pytest.mark.parametrize("n_items", [12, 5100])  # float64 and float32 inverses
+def test_item_gram_ease_matches_the_closed_form(n_items):
+    x = _random_binary(n_users=60, n_items=n_items, density=0.3 if n_items < 100 else 0.002, seed=1)
+    b = ItemGram(x).ease(7.0)
+    if n_items > 100:  # check a corner of the big one against a direct float64 solve on the same Gram
+        g = (x.T @ x).toarray().astype(np.float64) + 7.0 * np.eye(n_items)
+        p = np.linalg.inv(g)[:, :50]
+        expected = -p / np.diag(np.linalg.inv(g))[None, :50]
+        expected[np.arange(50), np.arange(50)] = 0.0
+        np.testing.assert_allclose(b[:, :50], expected, atol=2e-4)
+        return
+    g = (x.T @ x).toarray().astype(np.float64) + 7.0 * np.eye(n_items)
+    p = np.linalg.inv(g)
+    expected = -p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(b, expected, atol=1e-6)
+    assert b.dtype == np.float32 and np.all(np.diag(b) == 0)
+    with pytest.raises(ValueError, match="must be > 0"):
+        ItemGram(x).ease(0.0)
+
+
+def test_ease_scores_from_the_sparse_history():
+    x = _random_binary()
+    model = ease(x, l2=5.0)
+    assert model.sparse_users and model.user_embeddings.shape == (40, 12)
+    b = ItemGram(x).ease(5.0)
+    users = torch.tensor([3, 0, 39, 3])
+    np.testing.assert_allclose(model.score(users).numpy(), (x[[3, 0, 39, 3]] @ b), atol=1e-5)
+    np.testing.assert_allclose(model.user_rows(users).numpy(), x[[3, 0, 39, 3]].toarray())
+
+
+def test_training_age_orders_each_users_history_and_shares_ties():
+    frame = pd.DataFrame({"user_idx": [0, 0, 0, 1, 1, 0, 0], "item_idx": [2, 1, 0, 0, 3, 2, 3],
+                          "timestamp": [5, 3, 3, 1, 1, 9, 10], "split": ["train"] * 6 + ["test"]})
+    train = interaction_matrix(frame, 2, 4)
+    age = training_age(frame, train)
+    # user 0: item 2 is the newest (t=9, its latest), items 0 and 1 tie at t=3; user 1: one tie.
+    np.testing.assert_allclose(age, [0.5, 0.5, 0.0, 0.25, 0.25])
+    profile = recency_profile(train, age, decay=2.0)
+    np.testing.assert_allclose(profile.toarray()[0], [np.exp(-1.0), np.exp(-1.0), 1.0, 0.0], rtol=1e-6)
+    assert (recency_profile(train, age, 0.0) != train).nnz == 0 and train.data.min() == 1.0  # input untouched
+    with pytest.raises(ValueError, match="different splits"):
+        training_age(frame.drop(index=1), train)
+    with pytest.raises(ValueError, match=">= 0"):
+        recency_profile(train, age, -1.0)
+
+
+def test_sparse_user_tables_round_trip_and_compress():
+    x = _random_binary(n_users=30, n_items=10)
+    dense = EmbeddingRecommender("d", torch.from_numpy(x.toarray()), torch.randn(10, 10))
+    sparse = EmbeddingRecommender("s", sparse_from_scipy(x), dense.item_embeddings)
+    users = torch.tensor([5, 5, 0, 29])
+    assert torch.allclose(sparse.score(users), dense.score(users), atol=1e-6)
+    assert torch.equal(select_rows(sparse.user_embeddings, users).to_dense(), dense.user_embeddings[users])
+    again = EmbeddingRecommender.from_bundle({k: v.numpy() if torch.is_tensor(v) else v
+                                              for k, v in sparse.to_bundle().items()})
+    assert again.sparse_users and torch.allclose(again.score(users), dense.score(users), atol=1e-6)
+    result = compress_recommender(sparse, prune_amount=0.5, latency_users=16, repeats=1)
+    fp32, pruned = result["recommenders"]["fp32"], result["recommenders"]["pruned"]
+    assert fp32.sparse_users and torch.allclose(fp32.score(users), dense.score(users), atol=1e-5)
+    # The history is data: pruning zeroes half of the item table only.
+    assert torch.equal(pruned.user_embeddings.values(), sparse.user_embeddings.values())
+    assert (pruned.item_embeddings == 0).float().mean() == pytest.approx(0.5, abs=0.01)
+    int8 = result["recommenders"]["int8"]
+    assert torch.allclose(int8.score(users), dense.score(users), atol=0.05)
+    assert torch.allclose(result["variants"]["int8"](users), dense.score(users), atol=0.1)
+
+
+def test_grid_and_log_line_searches_choose_on_validation_within_the_budget():
+    fitted = []
+
+    def fit(params):
+        fitted.append(params)
+        return EmbeddingRecommender("m", torch.ones(1, 1), torch.ones(1, 1), {})
+
+    # A unimodal score in log(l2) peaking at 400: the line climbs from 100 and stops past the peak.
+    peak = lambda model: {"ndcg@20": -abs(np.log(fitted[-1]["l2"] / 400.0)), "recall@20": 0.0}  # noqa: E731
+    result = search(log_line("l2", 100.0, 2.0, 1.0, 1e5), fit, peak, budget_s=1e9)
+    assert result.params == {"l2": 400.0} and result.trials["chosen"].sum() == 1
+    assert [p["l2"] for p in fitted] == [100.0, 200.0, 400.0, 800.0]  # 50 is never needed
+    assert result.stopped == "every proposed setting tried" and result.model.info["valid_ndcg@20"] == 0.0
+    # A zero budget still runs the first (default) setting, and only it.
+    fitted.clear()
+    one = search(grid([{"lr": 0.01}, {"lr": 0.1}]), fit, lambda m: {"ndcg@20": 1.0}, budget_s=0.0)
+    assert len(fitted) == 1 and one.params == {"lr": 0.01} and "budget" in one.stopped
+    with pytest.raises(ValueError, match="at least one"):
+        grid([])
+
+
+def test_item_item_model_is_one_dot_product_over_the_history():
+    x = _random_binary(n_users=8, n_items=6, seed=3)
+    w = np.random.default_rng(0).normal(size=(6, 6)).astype(np.float32)
+    model = item_item("knn", x, w, {})
+    np.testing.assert_allclose(model.score(torch.arange(8)).numpy(), x @ w, atol=1e-5)
+
+
+def test_item_knn_keeps_the_k_most_similar_items_per_column():
+    from mm_pipeline.recommend.linear import item_knn_weights
+
+    x = _random_binary(n_users=50, n_items=9, density=0.4, seed=4)
+    gram = (x.T @ x).toarray().astype(np.float64)
+    s = item_knn_weights(gram, k=3, shrink=2.0)
+    norms = np.sqrt(np.diag(gram))
+    full = gram / (norms[:, None] * norms[None, :] + 2.0)
+    np.fill_diagonal(full, 0.0)
+    for j in range(9):
+        kept = np.flatnonzero(s[:, j])
+        assert len(kept) <= 3 and np.allclose(s[kept, j], full[kept, j], atol=1e-6)
+        assert full[kept, j].min() >= np.sort(full[:, j])[-3] - 1e-9  # the 3 largest
+    assert np.all(np.diag(s) == 0)
+    with pytest.raises(ValueError, match="k >= 1"):
+        item_knn_weights(gram, k=0)
