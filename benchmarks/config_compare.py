@@ -6,7 +6,7 @@
 ``--inputs`` takes what ``model_training.py`` takes (``assets:/path/to/home`` uses the split, aligned
 embeddings and raw ``*_features`` a pipeline run stored; a dataset spec uses seeded random content).
 ``--model mm_hybrid`` needs ``assets:`` inputs: it re-runs the hybrid's validation search over the stored
-``ease_model``, ``mm_gcn_model`` and ``lightgcn_model`` (``--config`` overrides ``HybridConfig`` fields,
+``ease_model``, ``item_knn_model``, ``mm_gcn_model`` and ``lightgcn_model`` (those stored) (``--config`` overrides ``HybridConfig`` fields,
 e.g. ``{"decays": [0.0]}``); ``--model ease`` re-runs EASE's L2 search (``{"l2": 100}`` sets the start).
 ``--config`` overrides fields of the model's config dataclass. Per seed it prints one JSON line with the
 best **validation** NDCG@20 (what a choice between configs should read) and, for the record only, the
@@ -79,10 +79,13 @@ def _closed_form(data, raw: dict, model: str, overrides: dict, seed: int, home: 
 
     config = HybridConfig(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
                              "seed": seed, "budget_s": 1e9})
-    stored = {name: load_bundle(home / "assets" / name) for name in
-              ("interaction_split", "ease_model", "mm_gcn_model", "lightgcn_model")}
-    parts = hybrid_parts(data, stored["interaction_split"], stored["ease_model"], stored["mm_gcn_model"],
-                         stored["lightgcn_model"], raw, config)
+    def stored(name: str) -> dict:
+        path = home / "assets" / name
+        return load_bundle(path) if path.is_dir() else {"name": name, "skipped": "not stored"}
+
+    parts = hybrid_parts(data, stored("interaction_split"), {"ease": stored("ease_model"),
+                                                              "item_knn": stored("item_knn_model")},
+                         {"mm_gcn": stored("mm_gcn_model"), "lightgcn": stored("lightgcn_model")}, raw, config)
     result = fit_hybrid(parts, data.validator(max_users=config.validation_users, seed=seed), config)
     return result.model, result
 

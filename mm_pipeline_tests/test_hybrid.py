@@ -9,7 +9,7 @@ import torch
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.fit import SplitData, content_graph
 from mm_pipeline.recommend.hybrid import ABLATIONS, HybridConfig, HybridParts, ablate, coordinate_ascent, fit_hybrid
-from mm_pipeline.recommend.linear import ItemGram, recency_profile, training_age
+from mm_pipeline.recommend.linear import ItemGram, item_knn_weights, recency_profile, training_age
 
 
 def _split(n_users=80, n_items=30, seed=0):
@@ -38,8 +38,10 @@ def _parts(gnns=None, content_aware=("mm_gcn",)):
     features[np.arange(n_items) % 2 == 1, 1] = 1.0
     features += np.random.default_rng(1).normal(scale=0.05, size=features.shape).astype(np.float32)
     graph = content_graph({"text": (features, np.ones(n_items, dtype=bool))}, k=5)
-    parts = HybridParts(data.train, training_age(frame, data.train), ItemGram(data.train).ease(5.0), graph,
-                        gnns, content_aware=content_aware, scale_users=50)
+    gram = ItemGram(data.train)
+    cores = {"ease": gram.ease(5.0), "item_knn": item_knn_weights(gram.gram, 5)}
+    parts = HybridParts(data.train, training_age(frame, data.train), cores, graph, gnns,
+                        content_aware=content_aware, scale_users=50)
     return data, parts, graph
 
 
@@ -57,10 +59,10 @@ def test_coordinate_ascent_sweeps_one_parameter_at_a_time_from_the_start():
 def test_hybrid_score_is_the_documented_blend_in_one_dot_product():
     data, parts, graph = _parts()
     gnn = EmbeddingRecommender("mm_gcn", torch.randn(data.n_users, 4), torch.randn(data.n_items, 4))
-    parts = HybridParts(parts.train, parts.age, parts.ease, graph, {"mm_gcn": gnn}, ("mm_gcn",), scale_users=50)
-    model = parts.model(decay=2.0, content_weight=0.3, graph_weight=0.5, gnn="mm_gcn")
+    parts = HybridParts(parts.train, parts.age, parts.cores, graph, {"mm_gcn": gnn}, ("mm_gcn",), scale_users=50)
+    model = parts.model(decay=2.0, content_weight=0.3, graph_weight=0.5, gnn="mm_gcn", core="item_knn")
     x = recency_profile(parts.train, parts.age, 2.0).toarray()
-    b, k = parts.ease, graph.toarray()
+    b, k = parts.cores["item_knn"], graph.toarray()
     sample = x[parts.sample]
 
     def rms(s):
@@ -76,11 +78,12 @@ def test_the_search_starts_at_ease_and_only_keeps_what_helps_on_validation():
     data, parts, _ = _parts()
     result = fit_hybrid(parts, data.validator(), HybridConfig(budget_s=60))
     first = result.trials.iloc[0]
-    assert (first["decay"], first["content_weight"], first["graph_weight"]) == (0.0, 0.0, 0.0)
-    ease_scores = recency_profile(parts.train, None, 0.0) @ parts.ease
-    start = parts.model(0.0, 0.0, 0.0)
+    assert (first["core"], first["decay"], first["content_weight"], first["graph_weight"]) == ("ease", 0.0, 0.0, 0.0)
+    assert set(result.trials["core"]) == {"ease", "item_knn"}  # both cores were tried
+    ease_scores = recency_profile(parts.train, None, 0.0) @ parts.cores["ease"]
+    start = parts.model(0.0, 0.0, 0.0, core="ease")
     # The start is EASE itself (scaled): the same ranking.
-    np.testing.assert_allclose(start.score(torch.arange(5)).numpy() * start.info["ease_rms"], ease_scores[:5],
+    np.testing.assert_allclose(start.score(torch.arange(5)).numpy() * start.info["core_rms"], ease_scores[:5],
                                atol=1e-4)
     assert result.score >= first["valid_ndcg@20"] and result.score == result.trials["valid_ndcg@20"].max()
     # The content graph is what ranks the held-out cold items (EASE cannot score them at all).
@@ -93,12 +96,12 @@ def test_id_only_gnns_do_not_score_cold_items_and_ablations_remove_one_part():
     rng = torch.Generator().manual_seed(0)
     gnns = {name: EmbeddingRecommender(name, torch.randn(data.n_users, 3, generator=rng),
                                        torch.randn(data.n_items, 3, generator=rng)) for name in ("mm_gcn", "lightgcn")}
-    parts = HybridParts(parts.train, parts.age, parts.ease, graph, gnns, ("mm_gcn",), scale_users=50)
+    parts = HybridParts(parts.train, parts.age, parts.cores, graph, gnns, ("mm_gcn",), scale_users=50)
     cold = ~data.warm_items
     assert np.all(parts.gnns["lightgcn"][1][cold] == 0) and np.any(parts.gnns["mm_gcn"][1][cold] != 0)
     # With the ID-only GNN chosen, cold items still get a GNN score: the content-aware GNN's, at its scale.
-    with_lightgcn = parts.model(0.0, 0.0, 0.5, gnn="lightgcn").score(torch.arange(data.n_users)).numpy()
-    ease_only = parts.model(0.0, 0.0, 0.0).score(torch.arange(data.n_users)).numpy()
+    with_lightgcn = parts.model(0.0, 0.0, 0.5, gnn="lightgcn", core="ease").score(torch.arange(data.n_users)).numpy()
+    ease_only = parts.model(0.0, 0.0, 0.0, core="ease").score(torch.arange(data.n_users)).numpy()
     mm_users, mm_items, mm_scale = parts.gnns["mm_gcn"]
     np.testing.assert_allclose(with_lightgcn[:, cold] - ease_only[:, cold],
                                0.5 * mm_users @ mm_items[cold].T / mm_scale, atol=1e-4)
@@ -111,11 +114,11 @@ def test_id_only_gnns_do_not_score_cold_items_and_ablations_remove_one_part():
     assert parts.content is not None and list(parts.gnns) == ["mm_gcn", "lightgcn"]  # untouched
     assert ablate(parts, config, "no_gnn")[0].gnns == {}
     assert ablate(parts, config, "no_recency")[1].decays == (0.0,)
-    no_ease, _ = ablate(parts, config, "no_ease")
-    assert no_ease.ease is None and no_ease.start()["graph_weight"] == 1.0
-    assert no_ease.grids(config)["graph_weight"] == (1.0,)
-    assert set(ABLATIONS) == {"no_content", "no_gnn", "no_recency", "no_ease"}
+    no_core, _ = ablate(parts, config, "no_item_item")
+    assert no_core.cores == {} and no_core.start()["graph_weight"] == 1.0 and no_core.start()["core"] == "none"
+    assert no_core.grids(config)["graph_weight"] == (1.0,) and list(parts.cores) == ["ease", "item_knn"]
+    assert set(ABLATIONS) == {"no_content", "no_gnn", "no_recency", "no_item_item"}
     with pytest.raises(ValueError, match="unknown ablation"):
         ablate(parts, config, "no_everything")
     with pytest.raises(ValueError, match="needs a GNN"):
-        ablate(HybridParts(parts.train, parts.age, parts.ease, graph), config, "no_ease")
+        ablate(HybridParts(parts.train, parts.age, parts.cores, graph), config, "no_item_item")

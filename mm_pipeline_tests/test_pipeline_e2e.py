@@ -96,7 +96,7 @@ def test_models_and_compression(pipeline_run):
     assert len(result.output_for_node("lightgcn_model")["search"]) == 2
     hybrid_search = result.output_for_node("mm_hybrid_model")["search"]
     first = hybrid_search.iloc[0]
-    assert (first["decay"], first["content_weight"], first["graph_weight"]) == (0.0, 0.0, 0.0)  # EASE alone
+    assert (first["core"], first["decay"], first["content_weight"], first["graph_weight"]) == ("ease", 0, 0, 0)
     selected = result.output_for_node("selected_model")
     validation = selected["selection"]
     assert selected["selected"] == validation.loc[0, "model"] == selected["name"]
@@ -132,7 +132,7 @@ def test_metrics_json(pipeline_run):
     assert metrics["significance"]["best_baseline"] in metrics["baselines"]
     assert set(metrics["ablations"]) == {"mm_gcn-text_only", "mm_gcn-image_only", "mm_gcn-audio_only",
                                          "mm_gcn-no_alignment", "mm_gcn-no_item_graph", "mm_hybrid-no_content",
-                                         "mm_hybrid-no_gnn", "mm_hybrid-no_recency", "mm_hybrid-no_ease"}
+                                         "mm_hybrid-no_gnn", "mm_hybrid-no_recency", "mm_hybrid-no_item_item"}
     assert {"vbpr", "freedom"} <= set(metrics["baselines"]) and "mm_gcn" not in metrics["baselines"]
     if metrics["support"]["long_tail"]["enough"]:
         assert set(metrics["long_tail"]) >= {"popularity", "mm_hybrid"}

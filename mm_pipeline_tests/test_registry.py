@@ -237,6 +237,27 @@ def test_export_serving_arrays_content_and_determinism():
         export_serving_arrays(object(), USER_IDS, ITEM_IDS, train)
 
 
+def test_a_sparse_user_table_serves_the_same_top_k_as_its_dense_copy():
+    from mm_pipeline.recommend.base import sparse_from_scipy
+
+    _, train = _toy_data()
+    rng = np.random.default_rng(3)
+    history = sp.csr_matrix(train.toarray() * rng.random((N_USERS, N_ITEMS)).astype(np.float32))
+    items = torch.from_numpy(rng.normal(size=(N_ITEMS, N_ITEMS)).astype(np.float32))  # an item-item model
+    sparse = EmbeddingRecommender("ease", sparse_from_scipy(history), items)
+    dense = EmbeddingRecommender("ease", torch.from_numpy(history.toarray()), items)
+    arrays = export_serving_arrays(sparse, USER_IDS, ITEM_IDS, train)
+    assert "user_embeddings" not in arrays and arrays["user_indices"].size == history.nnz
+    request = pd.DataFrame({"user_id": [USER_IDS[3], "stranger", USER_IDS[0]], "k": [5, 2, 3]})
+    got = RecommenderPyfunc().load_arrays(arrays).predict(None, request)
+    want = RecommenderPyfunc().load_arrays(export_serving_arrays(dense, USER_IDS, ITEM_IDS, train)).predict(None,
+                                                                                                          request)
+    pd.testing.assert_frame_equal(got, want)
+    bad = dict(arrays, user_indices=arrays["user_indices"] + N_ITEMS)
+    with pytest.raises(ValueError, match="user_indices must lie in"):
+        RecommenderPyfunc().load_arrays(bad)
+
+
 def test_predict_validates_input():
     model, train = _toy_data()
     pyfunc = RecommenderPyfunc().load_arrays(export_serving_arrays(model, USER_IDS, ITEM_IDS, train))

@@ -1,16 +1,16 @@
 r"""The primary model: a closed-form collaborative core with multimodal content and a GNN on top.
 
 .. math::
-    s(u, i) = \tilde x_u \Big(\frac{B}{\sigma_B} + \alpha_K \frac{K}{\sigma_K}\Big)_{:, i}
+    s(u, i) = \tilde x_u \Big(\frac{W}{\sigma_W} + \alpha_K \frac{K}{\sigma_K}\Big)_{:, i}
               + \alpha_G \frac{\langle p_u, q_i \rangle}{\sigma_G}
 
 * :math:`\tilde x_u`: the user's recency-weighted training history (decay :math:`\tau`, see
   :mod:`mm_pipeline.recommend.linear`);
-* :math:`B`: EASE's item-item weights (its :math:`\lambda` chosen on validation by the EASE
-  baseline): the collaborative core, strong on dense and sparse data alike;
+* :math:`W`: an item-item core, the tuned EASE weights :math:`B` or the tuned item k-NN similarities,
+  whichever validation prefers: the collaborative core, strong on dense and sparse data alike;
 * :math:`K`: the item-item k-NN graph over the items' raw modality features (text, image, audio;
   the mean of one graph per modality), so items the user's recent items look, read or sound like
-  score too, cold items (no training interaction, so :math:`B_{:, i} = 0`) included;
+  score too, cold items (no training interaction, so :math:`W_{:, i} = 0`) included;
 * :math:`\langle p_u, q_i \rangle`: a trained GNN, chosen on validation among the candidates given:
   the multimodal ``mm_gcn`` (LightGCN over the user-item graph with the content item graph and the
   aligned content tower, whose cold-item form also ranks items nobody has consumed yet) or the
@@ -19,13 +19,14 @@ r"""The primary model: a closed-form collaborative core with multimodal content 
 * :math:`\sigma_\cdot`: each part's root-mean-square score over a seeded sample of users, so the
   weights :math:`\alpha` compare like with like across datasets.
 
-:math:`\tau, \alpha_K, \alpha_G` and the GNN are chosen on validation NDCG@20 by coordinate ascent
-from :math:`(0, 0, 0)`, which *is* the EASE baseline: the search can only keep or improve on EASE's
-validation score, and the trials table shows what each part adds. (Without EASE, for catalogues too
-large for its dense inverse, the first GNN at weight 1 is the base part instead.) The result is one dot product
+The core, :math:`\tau, \alpha_K, \alpha_G` and the GNN are chosen on validation NDCG@20 by coordinate
+ascent from EASE with :math:`\tau = \alpha_K = \alpha_G = 0`, which *is* the EASE baseline: the search
+can only keep or improve on EASE's validation score, and the trials table shows what each part adds.
+(Without a core, for catalogues too large for a dense item x item matrix, the first GNN at weight 1
+is the base part instead.) The result is one dot product
 (:class:`~mm_pipeline.recommend.base.EmbeddingRecommender` with a sparse user table
 :math:`[\tilde x_u;\ \alpha_G p_u / \sigma_G]` and item table
-:math:`[(B/\sigma_B + \alpha_K K/\sigma_K)^\top;\ q]`).
+:math:`[(W/\sigma_W + \alpha_K K/\sigma_K)^\top;\ q]`).
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ from mm_pipeline.recommend.base import EmbeddingRecommender, sparse_from_scipy
 from mm_pipeline.recommend.linear import recency_profile
 from mm_pipeline.recommend.selection import Proposer, SearchResult, search
 
-PARAMS = ("decay", "content_weight", "graph_weight", "gnn")
+PARAMS = ("core", "decay", "content_weight", "graph_weight", "gnn")
 
 
 @dataclass
 class HybridConfig:
     # Recency decay tau of the user history (0: the plain binary history, as EASE reads it).
     decays: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
-    # alpha_K: weight of the content neighbours block relative to EASE's (both at unit RMS).
+    # alpha_K: weight of the content neighbours block relative to the core's (both at unit RMS).
     content_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.8)
     # alpha_G: weight of the GNN score (up to 6.4: where the GNN is much the better, the blend leans on it).
     graph_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
@@ -97,88 +98,92 @@ def coordinate_ascent(grids: dict[str, Sequence[Any]], start: dict[str, Any], ro
 
 
 class HybridParts:
-    """The fixed parts of the hybrid for one split: EASE weights, content graph, candidate GNNs.
+    """The fixed parts of the hybrid for one split: item-item cores, content graph, candidate GNNs.
 
-    ``gnns`` maps a name to a trained GNN; names in ``content_aware`` score cold items from content
-    (``mm_gcn``), the others (an ID-only LightGCN) have untrained cold-item embeddings, which are zeroed.
-    ``ease_weights`` may be ``None`` (too many items for EASE): the first GNN is then the base part.
+    ``cores`` maps a name to an item-item matrix ``W`` (``[n_items, n_items]``, scores ``x_u W``): EASE's
+    ``B`` and the item k-NN similarities; the first is the start of the search. ``gnns`` maps a name to
+    a trained GNN; names in ``content_aware`` score cold items from content (``mm_gcn``), the others (an
+    ID-only LightGCN) have untrained cold-item embeddings, which are zeroed. Without cores (a catalogue
+    too large for a dense item x item matrix) the first GNN is the base part.
     """
 
-    def __init__(self, train: sp.csr_matrix, age: np.ndarray | None, ease_weights: np.ndarray | None,
+    def __init__(self, train: sp.csr_matrix, age: np.ndarray | None, cores: dict[str, np.ndarray] | None,
                  content_graph: sp.spmatrix | None, gnns: dict[str, EmbeddingRecommender] | None = None,
                  content_aware: Sequence[str] = (), scale_users: int = 2048, seed: int = 0):
         n_users, n_items = train.shape
-        if ease_weights is not None and ease_weights.shape != (n_items, n_items):
-            raise ValueError(f"EASE weights have shape {ease_weights.shape}; the split has {n_items} items")
+        cores = dict(cores or {})
+        for name, weights in cores.items():
+            if weights.shape != (n_items, n_items):
+                raise ValueError(f"the {name} item-item weights have shape {weights.shape}; the split has "
+                                 f"{n_items} items")
         if content_graph is not None and content_graph.shape != (n_items, n_items):
             raise ValueError(f"the content graph has shape {content_graph.shape}; the split has {n_items} items")
         gnns = dict(gnns or {})
-        if ease_weights is None and not gnns:
-            raise ValueError("the hybrid needs EASE weights or at least one GNN")
+        if not cores and not gnns:
+            raise ValueError("the hybrid needs an item-item core (EASE, item k-NN) or at least one GNN")
         for name, gnn in gnns.items():
             if (gnn.n_users, gnn.n_items) != (n_users, n_items):
                 raise ValueError(f"the GNN {name!r} covers {gnn.n_users} users x {gnn.n_items} items; the split "
                                  f"has {n_users} x {n_items}")
         self.train, self.age = train.tocsr(), age
         self.content_aware = tuple(content_aware)
-        self.ease = None if ease_weights is None else np.asarray(ease_weights, dtype=np.float32)
+        self.cores = {name: np.asarray(w, dtype=np.float32) for name, w in cores.items()}
         self.content = None if content_graph is None else sp.csr_matrix(content_graph, dtype=np.float32)
         active = np.flatnonzero(self.train.getnnz(axis=1) > 0)
         rng = np.random.default_rng(seed)
         self.sample = np.sort(rng.choice(active, size=min(scale_users, active.size), replace=False))
-        cold = self.train.getnnz(axis=0) == 0
-        self.cold = cold
+        self.cold = self.train.getnnz(axis=0) == 0
         self.gnns: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for name, gnn in gnns.items():
             users = gnn.user_rows(torch.arange(gnn.n_users)).numpy()
             items = gnn.item_embeddings.numpy().copy()
             if name not in content_aware:
-                items[cold] = 0.0
-            scale = _rms(users[self.sample] @ items.T)
-            self.gnns[name] = (users, items, scale)
+                items[self.cold] = 0.0
+            self.gnns[name] = (users, items, _rms(users[self.sample] @ items.T))
         self._profiles: dict[float, sp.csr_matrix] = {}
 
     def grids(self, config: HybridConfig) -> dict[str, tuple]:
         """The search grid of each parameter, restricted to the parts that exist."""
-        gnn_names = tuple(self.gnns) or ("none",)
         graph = tuple(config.graph_weights) if self.gnns else (0.0,)
-        if self.ease is None:
+        if not self.cores:
             graph = (1.0,)  # the GNN is the base part, at unit scale
-        return {"decay": tuple(config.decays),
+        return {"core": tuple(self.cores) or ("none",), "decay": tuple(config.decays),
                 "content_weight": tuple(config.content_weights) if self.content is not None else (0.0,),
-                "graph_weight": graph, "gnn": gnn_names}
+                "graph_weight": graph, "gnn": tuple(self.gnns) or ("none",)}
 
     def start(self) -> dict[str, Any]:
-        """EASE alone (or the first GNN alone, without EASE)."""
-        return {"decay": 0.0, "content_weight": 0.0, "graph_weight": 0.0 if self.ease is not None else 1.0,
-                "gnn": next(iter(self.gnns), "none")}
+        """The first core alone, EASE (or the first GNN alone, without cores)."""
+        return {"core": next(iter(self.cores), "none"), "decay": 0.0, "content_weight": 0.0,
+                "graph_weight": 0.0 if self.cores else 1.0, "gnn": next(iter(self.gnns), "none")}
 
     def profile(self, decay: float) -> sp.csr_matrix:
         if decay not in self._profiles:
             self._profiles[decay] = recency_profile(self.train, self.age, decay)
         return self._profiles[decay]
 
-    def scales(self, decay: float) -> tuple[float, float]:
-        """RMS score of the EASE block and of the content block for the sampled users."""
+    def scales(self, core: str, decay: float) -> tuple[float, float]:
+        """RMS score of the core block and of the content block for the sampled users."""
         sample = self.profile(decay)[self.sample]
-        ease = _rms(np.asarray(sample @ self.ease)) if self.ease is not None else 1.0
+        core_rms = _rms(np.asarray(sample @ self.cores[core])) if core in self.cores else 1.0
         content = _rms((sample @ self.content).toarray()) if self.content is not None else 1.0
-        return ease, content
+        return core_rms, content
 
     def model(self, decay: float, content_weight: float, graph_weight: float, gnn: str = "none",
-              name: str = "mm_hybrid") -> EmbeddingRecommender:
+              core: str = "none", name: str = "mm_hybrid") -> EmbeddingRecommender:
         if content_weight and self.content is None:
             raise ValueError("content_weight > 0 needs the content graph")
         if graph_weight and gnn not in self.gnns:
             raise ValueError(f"graph_weight > 0 needs a GNN; {gnn!r} is not one of {sorted(self.gnns)}")
-        ease_scale, content_scale = self.scales(decay)
-        info: dict[str, Any] = {"decay": decay, "content_weight": content_weight, "graph_weight": graph_weight,
-                                "gnn": gnn if graph_weight else "none", "ease_rms": ease_scale,
-                                "content_rms": content_scale}
+        if core != "none" and core not in self.cores:
+            raise ValueError(f"{core!r} is not one of the item-item cores {sorted(self.cores)}")
+        core_scale, content_scale = self.scales(core, decay)
+        info: dict[str, Any] = {"core": core, "decay": decay, "content_weight": content_weight,
+                                "graph_weight": graph_weight, "gnn": gnn if graph_weight else "none",
+                                "core_rms": core_scale, "content_rms": content_scale}
         blocks_u, blocks_i = [], []
-        if self.ease is not None or content_weight:
-            items = (self.ease.T / ease_scale if self.ease is not None
-                     else np.zeros((self.train.shape[1],) * 2, dtype=np.float32))  # item i's row: column i of B
+        if core in self.cores or content_weight:
+            items = (self.cores[core].T / core_scale if core in self.cores  # item i's row: column i of W
+                     else np.zeros((self.train.shape[1],) * 2, dtype=np.float32))
             if content_weight:
                 items = items + (self.content.T * (content_weight / content_scale)).toarray()
             blocks_u.append(self.profile(decay))
@@ -207,7 +212,7 @@ def _rms(scores: np.ndarray) -> float:
 
 def fit_hybrid(parts: HybridParts, validate, config: HybridConfig, name: str = "mm_hybrid",
                on_trial=None) -> SearchResult:
-    """Choose ``decay``, ``content_weight``, ``graph_weight`` and the GNN on validation (module doc).
+    """Choose the core, ``decay``, ``content_weight``, ``graph_weight`` and the GNN on validation (module doc).
 
     A part that is missing (no content graph, no GNN) keeps weight 0. ``validate(model)`` returns the
     validation metrics (``ndcg@20`` decides)."""
@@ -228,7 +233,7 @@ ABLATIONS = {
     "no_content": "no multimodal content: no content-graph block, and only an ID-only GNN (LightGCN)",
     "no_gnn": "no GNN score",
     "no_recency": "the plain binary history (no recency decay)",
-    "no_ease": "no EASE core (the GNN is the base part)",
+    "no_item_item": "no item-item core, EASE or item k-NN (the GNN is the base part)",
 }
 
 
@@ -244,10 +249,10 @@ def ablate(parts: HybridParts, config: HybridConfig, what: str) -> tuple[HybridP
         out.gnns = {}
     elif what == "no_recency":
         config = dataclasses.replace(config, decays=(0.0,))
-    elif what == "no_ease":
+    elif what == "no_item_item":
         if not parts.gnns:
-            raise ValueError("the hybrid without EASE needs a GNN")
-        out.ease = None
-    if out.ease is None and not out.gnns:
-        raise ValueError(f"the hybrid {what} has neither EASE nor a GNN left")
+            raise ValueError("the hybrid without an item-item core needs a GNN")
+        out.cores = {}
+    if not out.cores and not out.gnns:
+        raise ValueError(f"the hybrid {what} has neither an item-item core nor a GNN left")
     return out, config

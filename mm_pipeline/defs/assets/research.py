@@ -96,12 +96,13 @@ def mm_gcn_ablations(context: dg.AssetExecutionContext, mm_gcn_model: dict, inte
 
 @dg.asset(group_name=GROUP, kinds={"scipy", "mlflow"}, code_version="1")
 def mm_hybrid_ablations(context: dg.AssetExecutionContext, config: HybridRunConfig,  # type: ignore[valid-type]
-                        interaction_split: dict, ease_model: dict, mm_gcn_model: dict, lightgcn_model: dict,
+                        interaction_split: dict, ease_model: dict, item_knn_model: dict, mm_gcn_model: dict,
+                        lightgcn_model: dict,
                         text_features: dict, image_features: dict, audio_features: dict,
                         pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
     """The primary model with one part taken away at a time (no multimodal content, no GNN, no recency
-    weighting, no EASE core), its remaining weights chosen on validation again. One nested MLflow run
-    per variant."""
+    weighting, no item-item core), its remaining weights chosen on validation again. One nested MLflow
+    run per variant."""
     import mlflow
 
     from mm_pipeline.recommend.hybrid import ABLATIONS, HybridConfig, ablate, fit_hybrid
@@ -109,7 +110,8 @@ def mm_hybrid_ablations(context: dg.AssetExecutionContext, config: HybridRunConf
 
     hybrid = to_dataclass(HybridConfig, config, seed=pipeline.seed)
     data = split_data(interaction_split)
-    parts = hybrid_parts(data, interaction_split, ease_model, mm_gcn_model, lightgcn_model,
+    parts = hybrid_parts(data, interaction_split, {"ease": ease_model, "item_knn": item_knn_model},
+                         {"mm_gcn": mm_gcn_model, "lightgcn": lightgcn_model},
                          raw_modality_features(text_features, image_features, audio_features), hybrid)
     validate = data.validator(max_users=hybrid.validation_users, seed=hybrid.seed)
     bundle: dict = {"names": [], "infos": {}}

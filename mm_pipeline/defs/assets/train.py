@@ -268,41 +268,43 @@ def vbpr_model(context: dg.AssetExecutionContext, config: MFRunConfig,  # type: 
                    {**params, "visual_items": int(present.sum())}, mlflow_tracking, search)
 
 
-def hybrid_parts(data: SplitData, interaction_split: dict, ease_model: dict, mm_gcn_model: dict,
-                 lightgcn_model: dict, raw: dict, hybrid: HybridConfig) -> HybridParts:
-    """The hybrid's fixed parts from the stored models: EASE's tuned weights, the content graph over the raw
-    features, and the two candidate GNNs (mm_gcn scores cold items from content; LightGCN does not)."""
+def hybrid_parts(data: SplitData, interaction_split: dict, cores: dict[str, dict], gnns: dict[str, dict],
+                 raw: dict, hybrid: HybridConfig) -> HybridParts:
+    """The hybrid's fixed parts from the stored models: the item-item cores (the tuned EASE and item k-NN
+    weights, in that order), the content graph over the raw features, and the candidate GNNs (mm_gcn
+    scores cold items from content; LightGCN does not). Skipped models are left out."""
     from mm_pipeline.recommend.fit import content_graph
     from mm_pipeline.recommend.linear import training_age
 
-    ease_weights = None
-    if "skipped" not in ease_model:
-        ease_weights = EmbeddingRecommender.from_bundle(ease_model).item_embeddings.numpy().T
-    gnns = {name: EmbeddingRecommender.from_bundle(bundle)
-            for name, bundle in (("mm_gcn", mm_gcn_model), ("lightgcn", lightgcn_model)) if "skipped" not in bundle}
-    return HybridParts(data.train, training_age(interaction_split["table"], data.train), ease_weights,
-                       content_graph(raw, hybrid.knn_k) if raw else None, gnns, content_aware=("mm_gcn",),
+    weights = {name: EmbeddingRecommender.from_bundle(b).item_embeddings.numpy().T
+               for name, b in cores.items() if "skipped" not in b}
+    models = {name: EmbeddingRecommender.from_bundle(b) for name, b in gnns.items() if "skipped" not in b}
+    return HybridParts(data.train, training_age(interaction_split["table"], data.train), weights,
+                       content_graph(raw, hybrid.knn_k) if raw else None, models, content_aware=("mm_gcn",),
                        scale_users=hybrid.scale_users, seed=hybrid.seed)
 
 
 @dg.asset(group_name=GROUP, kinds={"scipy", "mlflow"}, code_version="1")
 def mm_hybrid_model(context: dg.AssetExecutionContext, config: HybridRunConfig,  # type: ignore[valid-type]
-                    interaction_split: dict, ease_model: dict, mm_gcn_model: dict, lightgcn_model: dict,
+                    interaction_split: dict, ease_model: dict, item_knn_model: dict, mm_gcn_model: dict,
+                    lightgcn_model: dict,
                     text_features: dict, image_features: dict, audio_features: dict, raw_items: pd.DataFrame,
                     pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
-    """The primary model: EASE (its tuned weights) over the recency-weighted history, plus the items
-    that look, read or sound like the user's (the raw-feature k-NN graph), plus a trained GNN (mm_gcn or
-    LightGCN); the recency decay, the weights and the GNN chosen on validation NDCG@20."""
+    """The primary model: an item-item core (the tuned EASE or item k-NN) over the recency-weighted history,
+    plus the items that look, read or sound like the user's (the raw-feature k-NN graph), plus a trained
+    GNN (mm_gcn or LightGCN); the core, the recency decay, the weights and the GNN chosen on validation."""
     from mm_pipeline.recommend.hybrid import fit_hybrid
 
     hybrid = to_dataclass(HybridConfig, config, seed=pipeline.seed)
     data = split_data(interaction_split)
     raw = raw_modality_features(text_features, image_features, audio_features)
-    parts = hybrid_parts(data, interaction_split, ease_model, mm_gcn_model, lightgcn_model, raw, hybrid)
+    parts = hybrid_parts(data, interaction_split, {"ease": ease_model, "item_knn": item_knn_model},
+                         {"mm_gcn": mm_gcn_model, "lightgcn": lightgcn_model}, raw, hybrid)
     search = fit_hybrid(parts, data.validator(max_users=hybrid.validation_users, seed=hybrid.seed), hybrid,
                         on_trial=log_trials(context, "mm_hybrid"))
     model = search.model
     context.log.info(f"mm_hybrid: {search.params} (validation NDCG@20 {search.score:.4f}; {search.stopped})")
     params = {**dataclasses.asdict(hybrid), **{f"chosen.{k}": v for k, v in search.params.items()},
-              "ease_l2": (ease_model.get("info") or {}).get("l2"), "content_modalities": ",".join(raw)}
+              "ease_l2": (ease_model.get("info") or {}).get("l2"), "item_knn_k": (item_knn_model.get("info") or {}).get("k"),
+              "content_modalities": ",".join(raw)}
     return _finish(context, model, None, data, interaction_split, raw_items, params, mlflow_tracking, search)
