@@ -141,6 +141,7 @@ class HybridParts:
                 items[self.cold] = 0.0
             self.gnns[name] = (users, items, _rms(users[self.sample] @ items.T))
         self._profiles: dict[float, sp.csr_matrix] = {}
+        self._scales: dict[tuple[str, float], tuple[float, float]] = {}
 
     def grids(self, config: HybridConfig) -> dict[str, tuple]:
         """The search grid of each parameter, restricted to the parts that exist."""
@@ -163,10 +164,12 @@ class HybridParts:
 
     def scales(self, core: str, decay: float) -> tuple[float, float]:
         """RMS score of the core block and of the content block for the sampled users."""
-        sample = self.profile(decay)[self.sample]
-        core_rms = _rms(np.asarray(sample @ self.cores[core])) if core in self.cores else 1.0
-        content = _rms((sample @ self.content).toarray()) if self.content is not None else 1.0
-        return core_rms, content
+        if (core, decay) not in self._scales:
+            sample = self.profile(decay)[self.sample]
+            core_rms = _rms(np.asarray(sample @ self.cores[core])) if core in self.cores else 1.0
+            content = _rms((sample @ self.content).toarray()) if self.content is not None else 1.0
+            self._scales[core, decay] = (core_rms, content)
+        return self._scales[core, decay]
 
     def model(self, decay: float, content_weight: float, graph_weight: float, gnn: str = "none",
               core: str = "none", name: str = "mm_hybrid") -> EmbeddingRecommender:
@@ -242,6 +245,7 @@ def ablate(parts: HybridParts, config: HybridConfig, what: str) -> tuple[HybridP
     if what not in ABLATIONS:
         raise ValueError(f"unknown ablation {what!r}; choose from {sorted(ABLATIONS)}")
     out = copy.copy(parts)
+    out._scales = {}  # the scales depend on the parts: not shared with the full model
     if what == "no_content":
         out.content = None
         out.gnns = {n: g for n, g in parts.gnns.items() if n not in parts.content_aware}
