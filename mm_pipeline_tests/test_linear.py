@@ -131,3 +131,51 @@ def test_item_knn_keeps_the_k_most_similar_items_per_column():
     assert np.all(np.diag(s) == 0)
     with pytest.raises(ValueError, match="k >= 1"):
         item_knn_weights(gram, k=0)
+
+
+def test_trained_search_stops_a_setting_that_trails_the_best_one():
+    from mm_pipeline.recommend.train import StopTraining
+    from mm_pipeline.recommend.tuning import GRIDS, TrailingStop, Tuning, tune_trained
+    from dataclasses import dataclass
+
+    stop = TrailingStop(warmup=3)
+    first = stop.callback()
+    for value in (0.1, 0.2, 0.3, 0.25):
+        first({"valid_ndcg@20": value})
+    stop.finished(0.3)
+    np.testing.assert_allclose(stop.reference, [0.1, 0.2, 0.3, 0.3])
+    ahead, behind = stop.callback(), None
+    for value in (0.05, 0.15, 0.31, 0.4, 0.5):  # behind before the warm-up, ahead after: never stopped
+        ahead({"valid_ndcg@20": value})
+    behind = stop.callback()
+    behind({"valid_ndcg@20": 0.1})
+    behind({"valid_ndcg@20": float("nan")})  # an epoch without validation keeps the best so far
+    with pytest.raises(StopTraining):
+        behind({"valid_ndcg@20": 0.2})  # epoch 3: 0.2 < the reference's 0.3
+
+    @dataclass
+    class Config:
+        lr: float = 0.01
+        reg: float = 1e-4
+        dim: int = 64
+        num_layers: int = 2
+
+    epochs = []
+
+    def fit(config, on_epoch):  # curves that only differ by lr: the default is best
+        curve = [min(0.05 * e, 0.3) * (1.0 if config.lr == 0.01 else 0.5) for e in range(1, 21)]
+        ran = 0
+        try:
+            for value in curve:
+                ran += 1
+                on_epoch({"valid_ndcg@20": value})
+        except StopTraining:
+            pass
+        epochs.append(ran)
+        best = max(curve[:ran])
+        return EmbeddingRecommender("m", torch.ones(1, 1), torch.ones(1, 1), {"best_valid_ndcg@20": best})
+
+    result = tune_trained("lightgcn", fit, Config(), lambda m: {"ndcg@20": m.info["best_valid_ndcg@20"]},
+                          Tuning(budget_s=1e9, max_trials=4, warmup=2))
+    assert len(GRIDS["lightgcn"]) == 4 and result.params == {}
+    assert epochs[0] == 20 and epochs[2] == 2  # the lr change trails from the first check on

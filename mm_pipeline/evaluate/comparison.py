@@ -347,7 +347,8 @@ def build_comparison(models: Mapping[str, EmbeddingRecommender], data: "SplitDat
     blocks += [Heading("Long-tail items"),
                Paragraph(f"Head: the {ds['head_items']} most popular items, which together hold {head_share:.0%} "
                          f"of the training interactions. Long tail: the other {ds['tail_items']} items with a "
-                         f"training interaction ({ds['tail_test_interactions']} test interactions), evaluated on "
+                         f"training interaction ({ds['tail_test_interactions']} test interactions from "
+                         f"{support['long_tail']['users']} test users), evaluated on "
                          "the full ranking with the truth restricted to them. tail_share@k: share of the "
                          "recommended slots holding long-tail items.")]
     blocks += [tail_table] if tail_table else [Paragraph(_not_enough(support["long_tail"]))]

@@ -111,7 +111,7 @@ def search(propose: Proposer, fit: Callable[[dict], EmbeddingRecommender],
         score = float(metrics[MONITOR])
         row = {**params, **{f"valid_{k}": float(v) for k, v in metrics.items()},
                "seconds": round(time.perf_counter() - trial_start, 3)}
-        for key in ("best_epoch", "epochs_run"):
+        for key in ("best_epoch", "epochs_run", "stopped_early"):
             if key in model.info:
                 row[key] = model.info[key]
         tried.append({**params, "score": score})

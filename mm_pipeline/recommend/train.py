@@ -28,6 +28,11 @@ class TrainConfig:
     seed: int = 0
 
 
+class StopTraining(Exception):
+    """Raised by an ``on_epoch`` callback to end training now; the best weights so far are kept (the
+    validation search uses it to stop a setting that is already behind the best one)."""
+
+
 class BPRModel(Protocol):
     def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
                  ) -> tuple[torch.Tensor, dict[str, float]]: ...
@@ -57,7 +62,8 @@ def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
     """Mini-batch BPR over the training interactions; keeps the weights with the best ``monitor``.
 
     Each epoch visits every training interaction once in a seeded random order, with one uniformly
-    drawn negative per positive. Stops after ``patience`` evaluations without improvement.
+    drawn negative per positive. Stops after ``patience`` evaluations without improvement, or when
+    ``on_epoch`` raises :class:`StopTraining` (``info["stopped_early"]`` is then true).
     Returns the best model as an :class:`EmbeddingRecommender` and the per-epoch history.
     """
     torch.manual_seed(config.seed)
@@ -67,6 +73,7 @@ def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
     optim = torch.optim.Adam(model.parameters(), lr=config.lr)  # type: ignore[attr-defined]
     best_score, best_state, best_epoch, bad = -np.inf, None, 0, 0
     history = []
+    stopped_early = False
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         model.train()  # type: ignore[attr-defined]
@@ -99,13 +106,18 @@ def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
                 bad += 1
         history.append(row)
         if on_epoch:
-            on_epoch(row)
+            try:
+                on_epoch(row)
+            except StopTraining:
+                stopped_early = True
+                break
         if bad >= config.patience:
             break
     if best_state is not None:
         model.load_state_dict(best_state)  # type: ignore[attr-defined]
     model.eval()  # type: ignore[attr-defined]
     user_emb, item_emb = model.embeddings()
-    info = {"best_epoch": best_epoch, f"best_valid_{monitor}": float(best_score), "epochs_run": len(history)}
+    info = {"best_epoch": best_epoch, f"best_valid_{monitor}": float(best_score), "epochs_run": len(history),
+            "stopped_early": stopped_early}
     return EmbeddingRecommender(name, user_emb.detach().clone(), item_emb.detach().clone(), info), \
         pd.DataFrame(history)

@@ -8,20 +8,27 @@ models, not between a tuned primary model and baselines left at their defaults:
 * item k-NN: its neighbourhood size ``k`` on a factor-2 line from 100;
 * BPR-trained models (BPR-MF, LightGCN, VBPR, mm_gcn, FREEDOM): the given config first, then one change at a
   time from the model's grid below, while the time budget lasts. Each trial early-stops on
-  validation NDCG@20 like a single training run.
+  validation NDCG@20 like a single training run, and a later trial also stops as soon as, from
+  ``warmup`` epochs on, its best validation NDCG@20 so far is below what the best trial had reached by
+  the same epoch (it would need to overtake a curve it is already behind): a setting that loses is
+  dropped after a few epochs, so the search costs little more than one training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.baselines import check_ease_size, item_item
 from mm_pipeline.recommend.linear import ItemGram, item_knn_weights
 from mm_pipeline.recommend.selection import SearchResult, grid, log_line, search
+from mm_pipeline.recommend.train import StopTraining
 
 # One change at a time from the given config, in the order tried (the first entry, {}, is the config).
 GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -35,10 +42,44 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
 
 @dataclass
 class Tuning:
-    """The time budget (seconds) and the most trials of one model's validation search."""
+    """The time budget (seconds) and the most trials of one model's validation search; ``warmup``: the
+    epochs a trained model's trial runs before it can be stopped for trailing the best one."""
 
     budget_s: float = 60.0
     max_trials: int = 4
+    warmup: int = 5
+
+
+class TrailingStop:
+    """The per-epoch rule that stops a trial once it trails the best finished trial (see the module doc).
+
+    :meth:`callback` gives a fresh trial's ``on_epoch``; :meth:`finished` records a trial's curve and
+    keeps it as the reference when its final score is the best so far.
+    """
+
+    def __init__(self, warmup: int, monitor: str = "valid_ndcg@20"):
+        self.warmup, self.monitor = warmup, monitor
+        self.reference: np.ndarray | None = None  # best-so-far validation score by epoch
+        self.best = -math.inf
+        self._curve: list[float] = []
+
+    def callback(self) -> Callable[[dict], None]:
+        self._curve = []
+
+        def on_epoch(row: dict) -> None:
+            value = row.get(self.monitor)
+            previous = self._curve[-1] if self._curve else -math.inf
+            self._curve.append(previous if value is None or math.isnan(value) else max(previous, value))
+            epoch = len(self._curve)
+            if self.reference is not None and epoch >= self.warmup:
+                reached = self.reference[min(epoch, len(self.reference)) - 1]
+                if self._curve[-1] < reached:
+                    raise StopTraining
+        return on_epoch
+
+    def finished(self, score: float) -> None:
+        if score > self.best:
+            self.best, self.reference = score, np.asarray(self._curve)
 
 
 def tune_ease(data, tuning: Tuning, start: float = 200.0, factor: float = 2.0, on_trial=None) -> SearchResult:
@@ -69,9 +110,10 @@ def tune_item_knn(data, tuning: Tuning, start: int = 100, shrink: float = 10.0, 
                   tuning.budget_s, tuning.max_trials, on_trial=on_trial)
 
 
-def tune_trained(name: str, fit: Callable[[Any], EmbeddingRecommender], config: Any, validate, tuning: Tuning,
-                 on_trial=None) -> SearchResult:
-    """A BPR-trained model (``fit(config) -> model``) over ``GRIDS[name]`` applied to ``config``.
+def tune_trained(name: str, fit: Callable[[Any, Callable[[dict], None]], EmbeddingRecommender], config: Any,
+                 validate, tuning: Tuning, on_trial=None) -> SearchResult:
+    """A BPR-trained model (``fit(config, on_epoch) -> model``) over ``GRIDS[name]`` applied to ``config``,
+    each trial stopped once it trails the best one (:class:`TrailingStop`).
 
     A grid entry that equals the given config (say the user already set ``reg: 1e-3``) is skipped.
     """
@@ -82,5 +124,11 @@ def tune_trained(name: str, fit: Callable[[Any], EmbeddingRecommender], config: 
         if key not in seen:
             seen.add(key)
             candidates.append(change)
-    return search(grid(candidates), lambda change: fit(dataclasses.replace(config, **change)), validate,
-                  tuning.budget_s, tuning.max_trials, on_trial=on_trial)
+    stop = TrailingStop(tuning.warmup)
+
+    def fit_one(change: dict) -> EmbeddingRecommender:
+        model = fit(dataclasses.replace(config, **change), stop.callback())
+        stop.finished(float(model.info.get("best_valid_ndcg@20", -math.inf)))
+        return model
+
+    return search(grid(candidates), fit_one, validate, tuning.budget_s, tuning.max_trials, on_trial=on_trial)

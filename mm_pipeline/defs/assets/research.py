@@ -40,8 +40,8 @@ def freedom_model(context: dg.AssetExecutionContext, config: FreedomRunConfig,  
     data = split_data(interaction_split)
     raw = raw_modality_features(text_features, image_features, audio_features)
 
-    def fit(data, cfg: FreedomConfig):
-        return fit_freedom(data, raw, cfg)
+    def fit(data, cfg: FreedomConfig, on_epoch):
+        return fit_freedom(data, raw, cfg, on_epoch=on_epoch)
 
     model, history, params, search = tuned_training(
         context, "freedom", fit, to_dataclass(FreedomConfig, config, seed=pipeline.seed), data, tuning(config))

@@ -61,15 +61,15 @@ def log_trials(context: dg.AssetExecutionContext, name: str):
 
 def tuned_training(context: dg.AssetExecutionContext, name: str, fit, config, data: SplitData,
                    search_config: Tuning) -> tuple[EmbeddingRecommender, pd.DataFrame, dict, SearchResult]:
-    """``fit(data, config) -> (model, history)`` searched over the model's grid on validation; returns the
-    chosen model, its training history, its config and the search."""
+    """``fit(data, config, on_epoch) -> (model, history)`` searched over the model's grid on validation;
+    returns the chosen model, its training history, its config and the search."""
     histories: dict[tuple, pd.DataFrame] = {}
 
     def key(cfg) -> tuple:
         return tuple(sorted(dataclasses.asdict(cfg).items()))
 
-    def fit_one(cfg) -> EmbeddingRecommender:
-        model, history = fit(data, cfg)
+    def fit_one(cfg, on_epoch) -> EmbeddingRecommender:
+        model, history = fit(data, cfg, on_epoch)
         histories[key(cfg)] = history
         return model
 
@@ -192,8 +192,8 @@ def bpr_mf_model(context: dg.AssetExecutionContext, config: MFRunConfig,  # type
     and dimension searched on validation."""
     data = split_data(interaction_split)
 
-    def fit(data: SplitData, cfg: TrainConfig):
-        return fit_lightgcn(data, cfg, name="bpr_mf")
+    def fit(data: SplitData, cfg: TrainConfig, on_epoch):
+        return fit_lightgcn(data, cfg, on_epoch=on_epoch, name="bpr_mf")
 
     model, history, params, search = tuned_training(
         context, "bpr_mf", fit, to_dataclass(TrainConfig, config, seed=pipeline.seed, num_layers=0), data,
@@ -231,8 +231,8 @@ def mm_gcn_model(context: dg.AssetExecutionContext, config: MultimodalRunConfig,
     data = split_data(interaction_split)
     raw = raw_modality_features(text_features, image_features, audio_features)
 
-    def fit(data: SplitData, cfg: MultimodalConfig):
-        return fit_multimodal(data, aligned_item_embeddings, cfg, raw_features=raw)
+    def fit(data: SplitData, cfg: MultimodalConfig, on_epoch):
+        return fit_multimodal(data, aligned_item_embeddings, cfg, on_epoch=on_epoch, raw_features=raw)
 
     model, history, params, search = tuned_training(
         context, "mm_gcn", fit, to_dataclass(MultimodalConfig, config, seed=pipeline.seed), data, tuning(config))
@@ -258,8 +258,8 @@ def vbpr_model(context: dg.AssetExecutionContext, config: MFRunConfig,  # type: 
     data = split_data(interaction_split)
     visual = np.asarray(image_features["features"])
 
-    def fit(data: SplitData, cfg: TrainConfig):
-        return fit_vbpr(data, visual, present, cfg)
+    def fit(data: SplitData, cfg: TrainConfig, on_epoch):
+        return fit_vbpr(data, visual, present, cfg, on_epoch=on_epoch)
 
     model, history, params, search = tuned_training(
         context, "vbpr", fit, to_dataclass(TrainConfig, config, seed=pipeline.seed, num_layers=0), data,
