@@ -31,6 +31,15 @@ def prepare_dagster_home(paths: settings.ProjectPaths) -> Path:
     return home
 
 
+def clean_written_leftovers(paths: settings.ProjectPaths) -> None:
+    """What killed writes left in the folders the pipeline writes (``.<name>.tmp-*``, ``.old-*``), once old
+    enough to have no live writer; the datasets under ``data/`` are left alone."""
+    from mm_pipeline.storage import clean_leftovers
+
+    for folder in (paths.assets, paths.reports, paths.home / "quarantine"):
+        clean_leftovers(folder)
+
+
 def format_table(models: dict[str, dict], columns=TABLE_COLUMNS) -> str:
     name_width = max([len("model")] + [len(n) for n in models])
     lines = ["model".ljust(name_width) + "".join(c.rjust(14) for c in columns)]
@@ -63,10 +72,9 @@ def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:
     from mm_pipeline.definitions import defs
 
     from mm_pipeline.defs.admission import admitted_run
-    from mm_pipeline.storage import clean_leftovers
 
     started = time.perf_counter()
-    clean_leftovers(paths.home)  # what killed writes left behind, old enough to have no live writer
+    clean_written_leftovers(paths)
     with dg.DagsterInstance.get() as instance:
         result = admitted_run(instance, lambda tags: defs.resolve_job_def(job).execute_in_process(
             instance=instance, raise_on_error=False, tags=tags,
@@ -104,7 +112,6 @@ def run_job(job: str, dataset: str | None, config_file: str | None, from_failure
 
     from mm_pipeline import definitions
     from mm_pipeline.defs.admission import admitted_run
-    from mm_pipeline.storage import clean_leftovers
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     paths = settings.project_paths().ensure()
@@ -123,7 +130,7 @@ def run_job(job: str, dataset: str | None, config_file: str | None, from_failure
         resources = run_config.setdefault("resources", {})
         pipeline = resources.setdefault("pipeline", {}).setdefault("config", {})
         pipeline["dataset"] = dataset
-    clean_leftovers(paths.home)
+    clean_written_leftovers(paths)
     with dg.DagsterInstance.get() as instance:
         # From failure: the steps that failed or never finished in that run; the others' outputs are read
         # from the versions that run wrote.

@@ -225,6 +225,25 @@ def prune_versions(slot: Any, keep: int, in_use: Callable[[str], bool] = lambda 
     return deleted
 
 
+def prune_run_folders(folder: Any, keep: int, in_use: Callable[[str], bool] = lambda run_id: False) -> list[str]:
+    """Delete all but the ``keep`` most recently modified sub-folders of ``folder`` (one per run, e.g.
+    the run-scoped outputs of plain ops), never one ``in_use(name)``. Returns the names deleted."""
+    folder = as_path(folder)
+    if not folder.exists():
+        return []
+    children = [c for c in folder.iterdir() if not c.name.startswith(".") and c.is_dir()]
+    if len(children) <= keep:
+        return []
+    modified = {c.name: (c.stat().st_mtime if is_local(c) else float(c.fs.info(c.path).get("mtime", 0) or 0))
+                for c in children}
+    deleted = []
+    for name in sorted(modified, key=modified.get, reverse=True)[keep:]:
+        if not in_use(name):
+            _remove_tree(folder / name)
+            deleted.append(name)
+    return deleted
+
+
 def _remove_tree(path) -> None:
     if is_local(path):
         # Renamed away first, so no reader ever sees a half-deleted version under its own name.

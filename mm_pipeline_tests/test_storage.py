@@ -105,3 +105,36 @@ def test_point_link_swaps_a_folder_link_atomically(tmp_path):
         assert latest.is_symlink() and (latest / "metrics.json").read_text() == run
     assert os.readlink(latest) == os.path.join("runs", "b")  # relative: the home can move
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "runs"]
+
+
+def test_the_io_manager_reads_its_run_lineage_not_the_newest_writer(tmp_path):
+    import dagster as dg
+
+    from mm_pipeline.defs.io_manager import BundleIOManager
+    from mm_pipeline.storage import published_version
+
+    manager = BundleIOManager(base_dir=str(tmp_path)).create_io_manager(None)
+    key = dg.AssetKey("interaction_split")
+    for run_id, n in (("run_a", 1), ("run_b", 2)):  # run_b publishes while run_a is still going
+        manager.handle_output(dg.build_output_context(asset_key=key, run_id=run_id), {"n": n})
+    assert published_version(tmp_path / "interaction_split") == "run_b"
+    own = dg.build_input_context(asset_key=key, upstream_output=dg.build_output_context(asset_key=key, run_id="run_a"))
+    assert manager.load_input(own)["n"] == 1  # run_a's downstream steps read run_a's value
+    stored = dg.build_input_context(asset_key=key, upstream_output=dg.build_output_context(asset_key=key))
+    assert manager.load_input(stored)["n"] == 2  # an asset outside the run: the published value
+    table = pd.DataFrame({"a": [1, 2]})
+    manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("raw_items"), run_id="run_a"), table)
+    loaded = manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("raw_items")))
+    pd.testing.assert_frame_equal(loaded, table)
+
+
+def test_prune_run_folders_keeps_the_newest_and_those_in_use(tmp_path):
+    import time
+
+    from mm_pipeline.storage import prune_run_folders
+
+    for i, name in enumerate(["r0", "r1", "r2", "r3"]):
+        save_bundle(tmp_path / name / "step" / "result", {"n": i})
+        os.utime(tmp_path / name, (time.time() - 100 + i, time.time() - 100 + i))
+    assert prune_run_folders(tmp_path, keep=2, in_use=lambda run: run == "r0") == ["r1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0", "r2", "r3"]

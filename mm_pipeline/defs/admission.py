@@ -102,26 +102,31 @@ def admitted_run(instance: dg.DagsterInstance, start: Callable[[dict[str, str]],
     admitted, released = threading.Event(), threading.Event()
     problem: list[BaseException] = []
 
+    def wait_for_a_slot(instance: dg.DagsterInstance) -> None:
+        with _admission_lock(instance, timeout_s):
+            limit, waited = run_limit(instance), False
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while limit is not None and in_progress_runs(instance) >= limit:
+                if not waited:
+                    log(f"Waiting: {in_progress_runs(instance)} run(s) in progress and max_concurrent_runs is "
+                        f"{limit} ({os.environ.get('DAGSTER_HOME', 'the instance')}/dagster.yaml).")
+                    waited = True
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"no run slot became free within {timeout_s:g} s")
+                time.sleep(poll_s)
+            admitted.set()
+            # Keep the lock until this run is in the instance, where everyone counts it.
+            deadline = time.monotonic() + REGISTER_TIMEOUT_S
+            filters = dg.RunsFilter(tags={ADMISSION_TAG: tags[ADMISSION_TAG]})
+            while (not released.is_set() and time.monotonic() < deadline
+                   and not instance.get_runs_count(filters=filters)):
+                time.sleep(0.1)
+
     def hold() -> None:
         try:
-            with _admission_lock(instance, timeout_s):
-                limit, waited = run_limit(instance), False
-                deadline = None if timeout_s is None else time.monotonic() + timeout_s
-                while limit is not None and in_progress_runs(instance) >= limit:
-                    if not waited:
-                        log(f"Waiting: {in_progress_runs(instance)} run(s) in progress and max_concurrent_runs is "
-                            f"{limit} ({os.environ.get('DAGSTER_HOME', 'the instance')}/dagster.yaml).")
-                        waited = True
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError(f"no run slot became free within {timeout_s:g} s")
-                    time.sleep(poll_s)
-                admitted.set()
-                # Keep the lock until this run is in the instance, where everyone counts it.
-                deadline = time.monotonic() + REGISTER_TIMEOUT_S
-                filters = dg.RunsFilter(tags={ADMISSION_TAG: tags[ADMISSION_TAG]})
-                while (not released.is_set() and time.monotonic() < deadline
-                       and not instance.get_runs_count(filters=filters)):
-                    time.sleep(0.1)
+            # Its own instance object: the caller's runs the run in the main thread meanwhile.
+            with dg.DagsterInstance.from_ref(instance.get_ref()) as own_instance:
+                wait_for_a_slot(own_instance)
         except BaseException as exc:  # handed to the caller below
             problem.append(exc)
             admitted.set()

@@ -15,6 +15,7 @@ version. So two runs at once, on one machine or many, never read each other's pa
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dagster as dg
@@ -26,6 +27,7 @@ from mm_pipeline.storage import (
     clean_leftovers,
     is_local,
     load_bundle,
+    prune_run_folders,
     prune_versions,
     publish_version,
     save_bundle,
@@ -35,6 +37,7 @@ from mm_pipeline.storage import (
 _TABLE_KEY = "table"
 _KIND_KEY = "_stored_kind"
 DEFAULT_KEEP_VERSIONS = 3
+OPS_FOLDER = "_ops"
 
 try:  # the run id Dagster gives an upstream asset that is not part of the run (it loads what is stored)
     from dagster._core.execution.context.output import RUN_ID_PLACEHOLDER
@@ -84,21 +87,24 @@ class VersionedBundleIOManager(dg.UPathIOManager):
     def get_op_output_relative_path(self, context):
         from upath import UPath
 
-        return UPath("_ops", *context.get_identifier())
+        return UPath(OPS_FOLDER, *context.get_identifier())
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path) -> None:
         bundle = _to_bundle(context, obj)
-        if not context.has_asset_key:
-            save_bundle(path, bundle)
-            return
-        run_id = context.run_id
-        save_version(path, run_id, bundle)
-        publish_version(path, run_id)
         try:
             instance = context.step_context.instance
         except dg.DagsterInvariantViolationError:  # an output context built outside a run
             instance = None
-        prune_versions(path, self.keep_versions, in_use=lambda version: _run_in_progress(instance, version))
+        in_use = lambda run_id: _run_in_progress(instance, run_id)  # noqa: E731
+        if not context.has_asset_key:
+            save_bundle(path, bundle)
+            # Op outputs (item shards) are read by the merge step and by re-executions of recent runs.
+            prune_run_folders(self._base_path / OPS_FOLDER, self.keep_versions, in_use)
+            return
+        run_id = context.run_id
+        save_version(path, run_id, bundle)
+        publish_version(path, run_id)
+        prune_versions(path, self.keep_versions, in_use)
         if is_local(path):
             clean_leftovers(path)
 
@@ -146,8 +152,6 @@ class BundleIOManager(dg.ConfigurableIOManagerFactory):
 
 def storage_base(base_dir: str = ""):
     """Where asset values live: ``base_dir``, else ``$MM_PIPELINE_STORAGE``, else ``<home>/assets``."""
-    import os
-
     from upath import UPath
 
     raw = base_dir or os.environ.get("MM_PIPELINE_STORAGE", "").strip()
