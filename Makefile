@@ -11,7 +11,8 @@ HOST ?= 127.0.0.1
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install demo research test ui mlflow-ui bench bench-models validate materialize clean-home
+.PHONY: install demo research test ui mlflow-ui bench bench-models validate materialize clean-home \
+	deploy-home run worker webserver daemon mlflow-server bench-shards
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +38,10 @@ demo: install home
 research: install home
 	$(BIN)/python -m mm_pipeline.cli demo --job research_pipeline
 
-# Every asset but the inbox partitions (inbox_interactions needs a partition key: the sensor's runs).
+# Every asset but the inbox partitions and the research group (what full_pipeline selects), through the
+# job's executor and after waiting for a free run slot, like a run launched from the UI.
 materialize: install home
-	$(BIN)/dagster asset materialize --select 'not key:inbox_interactions and not group:research' -m mm_pipeline.definitions
+	$(BIN)/python -m mm_pipeline.cli run --job full_pipeline
 
 validate: install home
 	$(BIN)/dagster definitions validate -w workspace.yaml
@@ -62,6 +64,38 @@ bench: install home
 bench-models: install
 	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large \
 		--out $(MM_PIPELINE_HOME)/reports/bench/model_training.json
+
+# ---- Outgrowing one machine (README): one command per role; the environment comes from deploy/env.example.
+# The instance on PostgreSQL: link deploy/dagster.yaml into $$DAGSTER_HOME (on every machine).
+deploy-home:
+	mkdir -p $(DAGSTER_HOME)
+	ln -sf $(CURDIR)/deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# A Celery worker: executes the steps the celery executor sends (queue "dagster"). One per core or machine.
+WORKER_NAME ?= worker
+WORKER_CONCURRENCY ?= 1
+worker: install
+	$(BIN)/celery -A mm_pipeline.defs.celery_worker worker -Q dagster --concurrency $(WORKER_CONCURRENCY) \
+		--prefetch-multiplier 1 --loglevel INFO -n $(WORKER_NAME)@%h
+
+webserver: install
+	$(BIN)/dagster-webserver -w workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
+
+daemon: install
+	$(BIN)/dagster-daemon run -w workspace.yaml
+
+# The MLflow tracking server: its own PostgreSQL database, artifacts served from a destination it owns.
+mlflow-server: install
+	$(BIN)/mlflow server --backend-store-uri "$$MLFLOW_BACKEND_STORE_URI" \
+		--artifacts-destination "$$MLFLOW_ARTIFACTS_DESTINATION" --serve-artifacts --host $(HOST) --port $(MLFLOW_PORT)
+
+# full_pipeline through the job's executor ($$MM_PIPELINE_EXECUTOR; celery: on the workers), e.g. DATASET=builtin:tiny
+run: install
+	$(BIN)/python -m mm_pipeline.cli run --job full_pipeline $(if $(DATASET),--dataset $(DATASET))
+
+# Sharded item stages on builtin:large with 1 and 2 worker processes (see benchmarks/sharded_stages.py).
+bench-shards: install
+	$(BIN)/python benchmarks/sharded_stages.py --dataset builtin:large --shards 2 --workers 1 2
 
 clean-home:
 	rm -rf $(MM_PIPELINE_HOME)

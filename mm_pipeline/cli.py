@@ -1,4 +1,10 @@
-"""``python -m mm_pipeline.cli demo|report``: run the whole graph in the project's Dagster instance."""
+"""``python -m mm_pipeline.cli demo|run|report``: run the graph in the project's Dagster instance.
+
+``demo`` executes in this process (the embedded path); ``run`` hands the steps to the job's executor
+(``$MM_PIPELINE_EXECUTOR``: in-process, multiprocess, or the Celery workers). Both wait for a free run
+slot under the instance's ``max_concurrent_runs``, like runs launched from the UI
+(:mod:`mm_pipeline.defs.admission`).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,15 @@ def prepare_dagster_home(paths: settings.ProjectPaths) -> Path:
     if source.exists() and not link.exists():
         link.symlink_to(source)
     return home
+
+
+def clean_written_leftovers(paths: settings.ProjectPaths) -> None:
+    """What killed writes left in the folders the pipeline writes (``.<name>.tmp-*``, ``.old-*``), once old
+    enough to have no live writer; the datasets under ``data/`` are left alone."""
+    from mm_pipeline.storage import clean_leftovers
+
+    for folder in (paths.assets, paths.reports, paths.home / "quarantine"):
+        clean_leftovers(folder)
 
 
 def format_table(models: dict[str, dict], columns=TABLE_COLUMNS) -> str:
@@ -60,11 +75,14 @@ def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:
 
     from mm_pipeline.definitions import defs
 
+    from mm_pipeline.defs.admission import admitted_run
+
     started = time.perf_counter()
+    clean_written_leftovers(paths)
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        result = admitted_run(instance, lambda tags: defs.resolve_job_def(job).execute_in_process(
+            instance=instance, raise_on_error=False, tags=tags,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}}))
     elapsed = time.perf_counter() - started
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     print("\nStage timings (s):")
@@ -89,6 +107,46 @@ def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:
     return 0
 
 
+def run_job(job: str, dataset: str | None, config_file: str | None, from_failure: str | None = None) -> int:
+    """``job`` through its own executor (``$MM_PIPELINE_EXECUTOR``) in the instance of ``$DAGSTER_HOME``,
+    once a run slot is free. ``dataset`` goes into the run config (the ``pipeline`` resource), so steps
+    on workers with another environment still read it. Prints the run id and where its report is."""
+    import dagster as dg
+    import yaml
+
+    from mm_pipeline import definitions
+    from mm_pipeline.defs.admission import admitted_run
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    paths = settings.project_paths().ensure()
+    prepare_dagster_home(paths)
+    run_config: dict = {}
+    if config_file:
+        try:
+            run_config = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"--config {config_file}: cannot read it as YAML run config ({exc})", file=sys.stderr)
+            return 2
+        if not isinstance(run_config, dict):
+            print(f"--config {config_file}: must hold a run-config mapping (ops:, resources:)", file=sys.stderr)
+            return 2
+    if dataset:
+        resources = run_config.setdefault("resources", {})
+        pipeline = resources.setdefault("pipeline", {}).setdefault("config", {})
+        pipeline["dataset"] = dataset
+    clean_written_leftovers(paths)
+    with dg.DagsterInstance.get() as instance:
+        # From failure: the steps that failed or never finished in that run; the others' outputs are read
+        # from the versions that run wrote.
+        reexecution = dg.ReexecutionOptions.from_failure(from_failure, instance) if from_failure else None
+        result = admitted_run(instance, lambda tags: dg.execute_job(
+            dg.reconstructable(definitions.JOB_LOADERS[job]), instance=instance, run_config=run_config,
+            tags=tags, reexecution_options=reexecution))
+    print(f"Dagster run {result.run_id}: {'success' if result.success else 'FAILED'}")
+    print(f"Report:     {paths.reports / 'runs' / result.run_id} (reports/latest is the newest run's)")
+    return 0 if result.success else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mm_pipeline.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,10 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--dataset", help="dataset spec (default: $MM_PIPELINE_DATASET or builtin:default)")
     demo.add_argument("--job", default="full_pipeline", choices=("full_pipeline", "research_pipeline"),
                       help="research_pipeline adds the ablations of the primary model (several minutes more)")
+    run = sub.add_parser("run", help="run a job through its executor ($MM_PIPELINE_EXECUTOR, e.g. celery)")
+    run.add_argument("--job", default="full_pipeline", choices=("full_pipeline", "research_pipeline"))
+    run.add_argument("--dataset", help="dataset spec for this run (run config; default: the workers' "
+                                       "$MM_PIPELINE_DATASET or builtin:default)")
+    run.add_argument("--config", help="a YAML run-config file (ops:, resources:)")
+    run.add_argument("--from-failure", metavar="RUN_ID", help="re-execute that failed run from its failure")
     sub.add_parser("report", help="print the latest metrics table")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return run_demo(args.dataset, args.job)
+    if args.command == "run":
+        return run_job(args.job, args.dataset, args.config, args.from_failure)
     print_report(settings.project_paths().reports / "latest" / "metrics.json")
     return 0
 

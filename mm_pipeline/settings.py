@@ -79,5 +79,23 @@ def mlflow_tracking_uri(paths: ProjectPaths | None = None) -> str:
     return f"sqlite:///{paths.mlflow / 'mlflow.db'}"
 
 
-def mlflow_artifact_root(paths: ProjectPaths | None = None) -> Path:
+def mlflow_artifact_root(paths: ProjectPaths | None = None) -> Path | str:
+    """Where runs logged straight into a database store put their artifacts: ``$MM_PIPELINE_MLFLOW_ARTIFACTS``
+    (a shared path or an object-store URI such as ``s3://bucket/mlflow``), else ``<home>/mlflow/artifacts``."""
+    env = os.environ.get("MM_PIPELINE_MLFLOW_ARTIFACTS", "").strip()
+    if env:
+        return env if "://" in env else Path(env).expanduser().resolve()
     return (paths or project_paths()).mlflow / "artifacts"
+
+
+def is_database_uri(uri: str) -> bool:
+    """Whether an MLflow tracking URI is a SQLAlchemy database (SQLite, PostgreSQL, MySQL, MSSQL)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    return scheme in ("sqlite", "postgresql", "postgres", "mysql", "mssql")
+
+
+def lock_database() -> str | None:
+    """``$MM_PIPELINE_LOCK_DB``: a PostgreSQL URL (SQLAlchemy form, e.g. the Dagster database) whose
+    advisory locks serialise champion changes and command-line run admission across machines when
+    neither the MLflow store nor anything else provides one (an MLflow tracking *server*)."""
+    return os.environ.get("MM_PIPELINE_LOCK_DB", "").strip() or None

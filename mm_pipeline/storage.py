@@ -9,14 +9,28 @@ A *bundle* is a ``dict[str, value]`` where each value is one of
 
 Writes are atomic: the bundle is written to a temporary sibling folder and renamed into place, so a
 crash never leaves a half-written asset behind. Loading never unpickles (``allow_pickle=False``).
+
+**Versions.** Values that many runs write at once (the Dagster assets) are stored as *versions* of a
+*slot* folder: ``<slot>/versions/<version>/`` is one bundle, written once (:func:`save_version`), and
+``<slot>/LATEST`` names the published one (:func:`publish_version`, an atomic replace of one small
+file). A reader that knows which version it wants (its own run's) asks for it; others get the
+published one; :func:`load_bundle` on the slot folder does the latter, so notebooks and benchmarks
+that read ``<home>/assets/<asset>`` keep working. Paths may be local or any ``fsspec`` URI
+(``s3://``, ``gs://``, ``memory://``, through ``universal_pathlib``): where there is no rename (object
+stores) a bundle's files are written first and its manifest last, and a folder without a manifest
+is never read. Leftovers of killed writes (``.<name>.tmp-*``, ``.<name>.old-*``) are never read and
+:func:`clean_leftovers` removes them once they are old enough not to belong to a live writer.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +39,30 @@ import pandas as pd
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+POINTER = "LATEST"
+VERSIONS = "versions"
+LEFTOVER_PATTERN = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{32}$")
+# A write takes seconds to minutes; a leftover older than this has no live writer.
+LEFTOVER_GRACE_S = 6 * 3600.0
+
+
+def as_path(path: Any):
+    """``path`` as a ``pathlib.Path`` when it is local, else a ``upath.UPath`` (``s3://...``, ``memory://...``)."""
+    if isinstance(path, Path):
+        return path
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        from upath import UPath
+
+        return UPath(text)
+    return Path(text.removeprefix("file://"))
+
+
+def is_local(path: Any) -> bool:
+    """Whether ``path`` is on a local (or mounted shared) filesystem, where a rename is atomic."""
+    from upath import UPath
+
+    return isinstance(path, Path) and (not isinstance(path, UPath) or path.protocol in ("", "file", "local"))
 
 
 def _to_numpy(value: Any) -> np.ndarray | None:
@@ -55,32 +93,49 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
-def save_bundle(path: str | Path, bundle: dict[str, Any]) -> Path:
-    """Write ``bundle`` to the folder ``path`` atomically and return ``path``."""
-    path = Path(path)
+def _write_entries(folder, bundle: dict[str, Any]) -> None:
+    """Every entry of ``bundle`` as a file in ``folder``, the manifest last (it marks the bundle complete)."""
+    manifest: dict[str, Any] = {"format": FORMAT_VERSION, "arrays": [], "tables": [],
+                                "array_dicts": [], "values": {}, "written_at": time.time()}
+    for key, value in bundle.items():
+        if "/" in key or key.startswith("."):
+            raise ValueError(f"bundle key {key!r} must be a plain name")
+        array = _to_numpy(value)
+        if isinstance(value, pd.DataFrame):
+            with (folder / f"{key}.parquet").open("wb") as f:
+                value.to_parquet(f, index=False)
+            manifest["tables"].append(key)
+        elif array is not None:
+            with (folder / f"{key}.npy").open("wb") as f:
+                np.save(f, _check_array(key, array), allow_pickle=False)
+            manifest["arrays"].append(key)
+        elif isinstance(value, dict) and value and all(_to_numpy(v) is not None for v in value.values()):
+            arrays = {k: _check_array(f"{key}.{k}", _to_numpy(v)) for k, v in value.items()}
+            with (folder / f"{key}.npz").open("wb") as f:
+                np.savez(f, **arrays)
+            manifest["array_dicts"].append(key)
+        else:
+            manifest["values"][key] = value
+    text = json.dumps(manifest, indent=1, default=_json_default)  # fails before anything is committed
+    (folder / MANIFEST).write_text(text)
+
+
+def save_bundle(path: Any, bundle: dict[str, Any]) -> Path:
+    """Write ``bundle`` to the folder ``path`` atomically and return ``path``.
+
+    Local paths: written to a temporary sibling folder and renamed into place (an existing bundle is
+    replaced). Object-store URIs have no rename: the files go straight into ``path``, the manifest
+    last, so use them for folders written once (:func:`save_version`)."""
+    path = as_path(path)
+    if not is_local(path):
+        path.mkdir(parents=True, exist_ok=True)
+        _write_entries(path, bundle)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        manifest: dict[str, Any] = {"format": FORMAT_VERSION, "arrays": [], "tables": [],
-                                    "array_dicts": [], "values": {}}
-        for key, value in bundle.items():
-            if "/" in key or key.startswith("."):
-                raise ValueError(f"bundle key {key!r} must be a plain name")
-            array = _to_numpy(value)
-            if isinstance(value, pd.DataFrame):
-                value.to_parquet(tmp / f"{key}.parquet", index=False)
-                manifest["tables"].append(key)
-            elif array is not None:
-                np.save(tmp / f"{key}.npy", _check_array(key, array), allow_pickle=False)
-                manifest["arrays"].append(key)
-            elif isinstance(value, dict) and value and all(_to_numpy(v) is not None for v in value.values()):
-                arrays = {k: _check_array(f"{key}.{k}", _to_numpy(v)) for k, v in value.items()}
-                np.savez(tmp / f"{key}.npz", **arrays)
-                manifest["array_dicts"].append(key)
-            else:
-                manifest["values"][key] = value
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default))
+        _write_entries(tmp, bundle)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -98,20 +153,165 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_bundle(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{path} is not a stored bundle (no {MANIFEST}); "
-                                "re-materialize the asset that writes it")
-    manifest = json.loads(manifest_path.read_text())
+# ------------------------------------------------------------------------------------- versions
+def _check_version_name(version: str) -> str:
+    if not isinstance(version, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", version):
+        raise ValueError(f"version must be a plain name (letters, digits, '_', '-'), got {version!r}")
+    return version
+
+
+def version_path(slot: Any, version: str):
+    return as_path(slot) / VERSIONS / _check_version_name(version)
+
+
+def save_version(slot: Any, version: str, bundle: dict[str, Any]):
+    """Write ``bundle`` as version ``version`` of ``slot`` (``<slot>/versions/<version>/``), atomically;
+    not published: readers of the slot see it only after :func:`publish_version`."""
+    return save_bundle(version_path(slot, version), bundle)
+
+
+def publish_version(slot: Any, version: str) -> None:
+    """Point ``<slot>/LATEST`` at ``version``: one small file replaced atomically (a rename locally,
+    one object put on an object store), so a reader sees the old or the new version, never a mix."""
+    slot = as_path(slot)
+    if not (version_path(slot, version) / MANIFEST).exists():
+        raise FileNotFoundError(f"{version_path(slot, version)} holds no complete bundle; save it before publishing")
+    text = json.dumps({"version": version, "published_at": time.time()})
+    if is_local(slot):
+        atomic_write_text(slot / POINTER, text)
+    else:
+        (slot / POINTER).write_text(text)
+
+
+def published_version(slot: Any) -> str | None:
+    """The version ``<slot>/LATEST`` names, or ``None`` when nothing was published."""
+    pointer = as_path(slot) / POINTER
+    try:
+        return str(json.loads(pointer.read_text())["version"])
+    except FileNotFoundError:
+        return None
+
+
+def stored_versions(slot: Any) -> dict[str, float]:
+    """``{version: written_at}`` of every complete version of ``slot`` (leftovers and incomplete ones skipped)."""
+    folder = as_path(slot) / VERSIONS
+    out: dict[str, float] = {}
+    if not folder.exists():
+        return out
+    for child in folder.iterdir():
+        if child.name.startswith("."):
+            continue
+        try:
+            out[child.name] = float(json.loads((child / MANIFEST).read_text()).get("written_at", 0.0))
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            continue
+    return out
+
+
+def prune_versions(slot: Any, keep: int, in_use: Callable[[str], bool] = lambda version: False) -> list[str]:
+    """Delete all but the ``keep`` newest versions of ``slot``, never the published one nor one
+    ``in_use(version)`` says a running writer or reader still needs. Returns the versions deleted."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    versions = stored_versions(slot)
+    protected = {published_version(slot)}
+    old = sorted(versions, key=versions.get, reverse=True)[keep:]
+    deleted = []
+    for version in old:
+        if version in protected or in_use(version):
+            continue
+        _remove_tree(version_path(slot, version))
+        deleted.append(version)
+    return deleted
+
+
+def prune_run_folders(folder: Any, keep: int, in_use: Callable[[str], bool] = lambda run_id: False) -> list[str]:
+    """Delete all but the ``keep`` most recently modified sub-folders of ``folder`` (one per run, e.g.
+    the run-scoped outputs of plain ops), never one ``in_use(name)``. Returns the names deleted."""
+    folder = as_path(folder)
+    if not folder.exists():
+        return []
+    children = [c for c in folder.iterdir() if not c.name.startswith(".") and c.is_dir()]
+    if len(children) <= keep:
+        return []
+    modified = {c.name: (c.stat().st_mtime if is_local(c) else float(c.fs.info(c.path).get("mtime", 0) or 0))
+                for c in children}
+    deleted = []
+    for name in sorted(modified, key=modified.get, reverse=True)[keep:]:
+        if not in_use(name):
+            _remove_tree(folder / name)
+            deleted.append(name)
+    return deleted
+
+
+def _remove_tree(path) -> None:
+    if is_local(path):
+        # Renamed away first, so no reader ever sees a half-deleted version under its own name.
+        doomed = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
+        try:
+            os.replace(path, doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
+    else:
+        path.fs.rm(path.path, recursive=True)
+
+
+def clean_leftovers(root: Any, older_than_s: float = LEFTOVER_GRACE_S) -> list[Path]:
+    """Remove ``.<name>.tmp-<hex>`` / ``.<name>.old-<hex>`` folders and files under the local folder
+    ``root`` that were last modified more than ``older_than_s`` seconds ago: what a killed write left
+    behind (no reader ever opens them; a younger one may still belong to a live writer). Returns
+    what was removed."""
+    root = as_path(root)
+    if not is_local(root) or not root.is_dir():
+        return []
+    cutoff, removed = time.time() - older_than_s, []
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            if not LEFTOVER_PATTERN.match(name):
+                continue
+            path = Path(folder) / name
+            try:
+                if path.lstat().st_mtime > cutoff:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+            except FileNotFoundError:  # another cleaner got there first
+                continue
+        dirs[:] = [d for d in dirs if not LEFTOVER_PATTERN.match(d)]
+    return removed
+
+
+def load_bundle(path: Any, version: str | None = None) -> dict[str, Any]:
+    """The bundle in the folder ``path``; for a slot of versions, ``version`` (or, when it is
+    ``None``, the published one)."""
+    path = as_path(path)
+    if version is not None:
+        folder = version_path(path, version)
+        if not (folder / MANIFEST).exists():
+            raise FileNotFoundError(f"{path} has no stored version {version!r} (never written, or pruned: only the "
+                                    "newest versions are kept); re-materialize the asset that writes it")
+    elif (path / MANIFEST).exists():
+        folder = path
+    else:
+        published = published_version(path)
+        if published is None:
+            raise FileNotFoundError(f"{path} is not a stored bundle (no {MANIFEST}); "
+                                    "re-materialize the asset that writes it")
+        folder = version_path(path, published)
+    manifest = json.loads((folder / MANIFEST).read_text())
     out: dict[str, Any] = dict(manifest["values"])
     for key in manifest["tables"]:
-        out[key] = pd.read_parquet(path / f"{key}.parquet")
+        with (folder / f"{key}.parquet").open("rb") as f:
+            out[key] = pd.read_parquet(f)
     for key in manifest["arrays"]:
-        out[key] = np.load(path / f"{key}.npy", allow_pickle=False)
+        with (folder / f"{key}.npy").open("rb") as f:
+            out[key] = np.load(f, allow_pickle=False)
     for key in manifest["array_dicts"]:
-        with np.load(path / f"{key}.npz", allow_pickle=False) as npz:
+        with (folder / f"{key}.npz").open("rb") as f, np.load(f, allow_pickle=False) as npz:
             out[key] = {k: npz[k] for k in npz.files}
     return out
 
@@ -132,3 +332,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def point_link(link: str | Path, target: str | Path) -> Path:
+    """Make ``link`` a symbolic link to the folder ``target`` (relative when they share a parent),
+    swapped in with one rename, so a reader following ``link`` sees all of the old target or all of the
+    new one. A real folder found at ``link`` (an older layout) is moved aside and removed first."""
+    link, target = Path(link), Path(target)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        destination = os.path.relpath(target, link.parent)
+    except ValueError:  # another drive
+        destination = str(target.resolve())
+    if link.is_dir() and not link.is_symlink():
+        old = link.parent / f".{link.name}.old-{uuid.uuid4().hex}"
+        os.replace(link, old)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = link.parent / f".{link.name}.tmp-{uuid.uuid4().hex}"
+    os.symlink(destination, tmp, target_is_directory=True)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return link

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,3 +27,114 @@ def test_failed_write_leaves_previous_version(tmp_path):
         save_bundle(tmp_path / "asset", {"n": 2, "bad": np.array([object()], dtype=object)})
     assert load_bundle(tmp_path / "asset")["n"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["asset"]  # no temporary folders left behind
+
+
+def test_versions_are_published_by_a_pointer_and_read_by_run(tmp_path):
+    from mm_pipeline.storage import publish_version, published_version, save_version
+
+    slot = tmp_path / "asset"
+    save_version(slot, "run_a", {"n": 1})
+    assert published_version(slot) is None  # written, not yet visible to readers of the slot
+    with pytest.raises(FileNotFoundError, match="not a stored bundle"):
+        load_bundle(slot)
+    publish_version(slot, "run_a")
+    save_version(slot, "run_b", {"n": 2})  # another run, still writing: readers keep seeing run_a
+    assert load_bundle(slot)["n"] == 1 and load_bundle(slot, version="run_b")["n"] == 2
+    publish_version(slot, "run_b")
+    assert load_bundle(slot)["n"] == 2 and load_bundle(slot, version="run_a")["n"] == 1
+    with pytest.raises(FileNotFoundError, match="pruned"):
+        load_bundle(slot, version="run_c")
+    with pytest.raises(ValueError, match="plain name"):
+        save_version(slot, "../escape", {"n": 3})
+
+
+def test_prune_keeps_the_newest_the_published_and_the_ones_in_use(tmp_path):
+    from mm_pipeline.storage import prune_versions, publish_version, save_version, stored_versions
+
+    slot = tmp_path / "asset"
+    for i in range(5):
+        save_version(slot, f"v{i}", {"n": i})
+    publish_version(slot, "v0")  # e.g. a re-published old version
+    deleted = prune_versions(slot, keep=2, in_use=lambda version: version == "v1")
+    assert sorted(deleted) == ["v2"] and sorted(stored_versions(slot)) == ["v0", "v1", "v3", "v4"]
+    assert not [p for p in (slot / "versions").iterdir() if p.name.startswith(".")]  # nothing half-deleted left
+
+
+def test_leftovers_of_killed_writes_are_ignored_then_cleaned_when_old(tmp_path):
+    import os
+    import time
+
+    from mm_pipeline.storage import clean_leftovers, publish_version, save_version
+
+    slot = tmp_path / "asset"
+    save_version(slot, "run_a", {"n": 1})
+    publish_version(slot, "run_a")
+    old = slot / "versions" / f".run_b.tmp-{'a' * 32}"  # a write killed long ago
+    fresh = slot / "versions" / f".run_c.tmp-{'b' * 32}"  # a write that may still be going
+    for leftover in (old, fresh):
+        leftover.mkdir()
+        (leftover / "features.npy").write_bytes(b"half")
+    os.utime(old, (time.time() - 7 * 3600,) * 2)
+    assert load_bundle(slot)["n"] == 1  # readers never look at them
+    assert clean_leftovers(tmp_path) == [old]
+    assert fresh.exists() and not old.exists()
+
+
+def test_an_object_store_uri_holds_versions_too():
+    import uuid
+
+    from mm_pipeline.storage import as_path, publish_version, published_version, save_version
+
+    slot = as_path(f"memory://mm-test-{uuid.uuid4().hex}/asset")  # fsspec's in-memory store: no rename
+    save_version(slot, "run_a", {"table": pd.DataFrame({"a": [1]}), "array": np.arange(3), "state": {"w": np.ones(2)}})
+    publish_version(slot, "run_a")
+    out = load_bundle(slot)
+    assert published_version(slot) == "run_a" and out["array"].tolist() == [0, 1, 2]
+    assert out["table"]["a"].tolist() == [1] and out["state"]["w"].tolist() == [1.0, 1.0]
+
+
+def test_point_link_swaps_a_folder_link_atomically(tmp_path):
+    from mm_pipeline.storage import atomic_write_text, point_link
+
+    latest = tmp_path / "latest"
+    latest.mkdir()
+    (latest / "metrics.json").write_text("old layout")  # a real folder from before: replaced
+    for run in ("a", "b"):
+        atomic_write_text(tmp_path / "runs" / run / "metrics.json", run)
+        point_link(latest, tmp_path / "runs" / run)
+        assert latest.is_symlink() and (latest / "metrics.json").read_text() == run
+    assert os.readlink(latest) == os.path.join("runs", "b")  # relative: the home can move
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "runs"]
+
+
+def test_the_io_manager_reads_its_run_lineage_not_the_newest_writer(tmp_path):
+    import dagster as dg
+
+    from mm_pipeline.defs.io_manager import BundleIOManager
+    from mm_pipeline.storage import published_version
+
+    manager = BundleIOManager(base_dir=str(tmp_path)).create_io_manager(None)
+    key = dg.AssetKey("interaction_split")
+    for run_id, n in (("run_a", 1), ("run_b", 2)):  # run_b publishes while run_a is still going
+        manager.handle_output(dg.build_output_context(asset_key=key, run_id=run_id), {"n": n})
+    assert published_version(tmp_path / "interaction_split") == "run_b"
+    own = dg.build_input_context(asset_key=key, upstream_output=dg.build_output_context(asset_key=key, run_id="run_a"))
+    assert manager.load_input(own)["n"] == 1  # run_a's downstream steps read run_a's value
+    stored = dg.build_input_context(asset_key=key, upstream_output=dg.build_output_context(asset_key=key))
+    assert manager.load_input(stored)["n"] == 2  # an asset outside the run: the published value
+    table = pd.DataFrame({"a": [1, 2]})
+    manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("raw_items"), run_id="run_a"), table)
+    loaded = manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("raw_items")))
+    pd.testing.assert_frame_equal(loaded, table)
+
+
+def test_prune_run_folders_keeps_the_newest_and_those_in_use(tmp_path):
+    import time
+
+    from mm_pipeline.storage import prune_run_folders
+
+    for i, name in enumerate(["r0", "r1", "r2", "r3"]):
+        save_bundle(tmp_path / name / "step" / "result", {"n": i})
+        os.utime(tmp_path / name, (time.time() - 100 + i, time.time() - 100 + i))
+    assert prune_run_folders(tmp_path, keep=2, in_use=lambda run: run == "r0") == ["r1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0", "r2", "r3"]

@@ -20,6 +20,7 @@ from mm_pipeline.defs.lifecycle import (
     build_inbox_retrain_job,
 )
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
+from mm_pipeline.defs.shards import with_item_shards
 
 ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, registry, promotion]
 
@@ -38,9 +39,10 @@ research_pipeline_job = dg.define_asset_job(
 
 
 def all_assets() -> list:
-    """The unpartitioned graph (what ``full_pipeline`` and ``dg.materialize`` run); the partitioned
-    ``inbox_interactions`` is added by :func:`build_definitions`."""
-    return dg.load_assets_from_modules(ASSET_MODULES)
+    """The unpartitioned graph (what ``full_pipeline`` and ``dg.materialize`` run), the per-item stages
+    split into ``$MM_PIPELINE_ITEM_SHARDS`` shards; the partitioned ``inbox_interactions`` is added by
+    :func:`build_definitions`."""
+    return with_item_shards(dg.load_assets_from_modules(ASSET_MODULES))
 
 
 def research_assets() -> list:
@@ -54,11 +56,28 @@ def default_resources(home: str = "", dataset: str = "", tracking_uri: str = "")
             "io_manager": BundleIOManager(base_dir=os.path.join(home, "assets") if home else "")}
 
 
+EXECUTOR_ENV = "MM_PIPELINE_EXECUTOR"
+EXECUTORS = ("in_process", "multiprocess", "celery")
+
+
+def pipeline_executor():
+    """The executor named by ``$MM_PIPELINE_EXECUTOR``. One process by default: every step re-importing
+    torch in its own process costs more than it saves on one machine. ``multiprocess`` is Dagster's
+    default; ``celery`` sends every step to the Celery workers (``mm_pipeline.defs.celery``)."""
+    choice = os.environ.get(EXECUTOR_ENV, "").strip() or "in_process"
+    if choice == "in_process":
+        return dg.in_process_executor
+    if choice == "multiprocess":
+        return dg.multiprocess_executor
+    if choice == "celery":
+        from mm_pipeline.defs.celery import celery_executor_def
+
+        return celery_executor_def()
+    raise ValueError(f"{EXECUTOR_ENV}={choice!r} is not an executor: choose one of {', '.join(EXECUTORS)}")
+
+
 def build_definitions() -> dg.Definitions:
-    # One process by default: every step re-importing torch in its own process costs more than it saves
-    # on one machine. MM_PIPELINE_EXECUTOR=multiprocess restores Dagster's default.
-    executor = (dg.multiprocess_executor if os.environ.get("MM_PIPELINE_EXECUTOR") == "multiprocess"
-                else dg.in_process_executor)
+    executor = pipeline_executor()
     return dg.Definitions(assets=[*all_assets(), inbox_interactions, *research_assets(),
                                   mm_gcn_hyperparameter_search],
                           asset_checks=all_asset_checks(),

@@ -1,45 +1,160 @@
-"""Stores every asset value as a bundle folder under the project home, atomically."""
+"""Stores every asset value as a run-scoped version of a bundle folder, published by an atomic pointer.
+
+Layout under the storage base (``<home>/assets`` by default, or any path / ``fsspec`` URI such as
+``s3://bucket/prefix`` in ``$MM_PIPELINE_STORAGE``)::
+
+    <asset key>/versions/<run id>/   the value one run wrote (written once, atomically)
+    <asset key>/LATEST               which version is published: the last one written
+    _ops/<run id>/<step>/<output>/   outputs of plain ops (the item shards), run-scoped by nature
+
+A step loads its upstream value from the run that produced it in its run lineage (its own run, or
+the parent run it re-executes from), never from another run that happens to be writing the same
+asset; an asset that is not part of the run (a job that reads what is stored) loads the published
+version. So two runs at once, on one machine or many, never read each other's partial outputs.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
 from mm_pipeline.settings import project_paths
-from mm_pipeline.storage import load_bundle, save_bundle
+from mm_pipeline.storage import (
+    as_path,
+    clean_leftovers,
+    is_local,
+    load_bundle,
+    prune_run_folders,
+    prune_versions,
+    publish_version,
+    save_bundle,
+    save_version,
+)
 
 _TABLE_KEY = "table"
 _KIND_KEY = "_stored_kind"
+DEFAULT_KEEP_VERSIONS = 3
+OPS_FOLDER = "_ops"
+
+try:  # the run id Dagster gives an upstream asset that is not part of the run (it loads what is stored)
+    from dagster._core.execution.context.output import RUN_ID_PLACEHOLDER
+except ImportError:  # pragma: no cover - only if Dagster moves it
+    RUN_ID_PLACEHOLDER = "__EPHEMERAL_RUN_ID"
 
 
-class BundleIOManager(dg.ConfigurableIOManager):
-    """DataFrames and ``dict`` bundles (arrays, tables, JSON values) -> ``<home>/assets/<asset key>/``.
+def _to_bundle(context: dg.OutputContext, obj: Any) -> dict:
+    if isinstance(obj, pd.DataFrame):
+        return {_TABLE_KEY: obj, _KIND_KEY: "table"}
+    if isinstance(obj, dict):
+        return dict(obj)
+    raise TypeError(f"{_describe(context)} returned {type(obj).__name__}; this IO manager stores DataFrames "
+                    "and dict bundles")
 
-    No pickle: arrays are ``.npy``/``.npz``, tables Parquet, the rest JSON (see ``mm_pipeline.storage``).
+
+def _from_bundle(bundle: dict) -> Any:
+    return bundle[_TABLE_KEY] if bundle.get(_KIND_KEY) == "table" else bundle
+
+
+def _describe(context) -> str:
+    return (f"asset {context.asset_key.to_user_string()}" if context.has_asset_key
+            else f"op output {context.step_key}.{context.name}")
+
+
+def lineage_run_id(context: dg.InputContext) -> str | None:
+    """The run that produced this input in the run's lineage, or ``None`` when the upstream asset is
+    not part of the run (then the published version is what the step should read)."""
+    upstream = context.upstream_output
+    if upstream is None:
+        return None
+    try:
+        run_id = upstream.run_id
+    except dg.DagsterInvariantViolationError:
+        return None
+    return None if run_id in (None, RUN_ID_PLACEHOLDER) else run_id
+
+
+class VersionedBundleIOManager(dg.UPathIOManager):
+    """:class:`dagster.UPathIOManager` over bundles (``mm_pipeline.storage``): no pickle, atomic,
+    run-scoped versions published by a pointer; partitions (when an asset has them) are sub-folders."""
+
+    def __init__(self, base_path, keep_versions: int = DEFAULT_KEEP_VERSIONS):
+        super().__init__(base_path=base_path)
+        self.keep_versions = keep_versions
+
+    def get_op_output_relative_path(self, context):
+        from upath import UPath
+
+        return UPath(OPS_FOLDER, *context.get_identifier())
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path) -> None:
+        bundle = _to_bundle(context, obj)
+        try:
+            instance = context.step_context.instance
+        except dg.DagsterInvariantViolationError:  # an output context built outside a run
+            instance = None
+        in_use = lambda run_id: _run_in_progress(instance, run_id)  # noqa: E731
+        if not context.has_asset_key:
+            save_bundle(path, bundle)
+            # Op outputs (item shards) are read by the merge step and by re-executions of recent runs.
+            prune_run_folders(self._base_path / OPS_FOLDER, self.keep_versions, in_use)
+            return
+        run_id = context.run_id
+        save_version(path, run_id, bundle)
+        publish_version(path, run_id)
+        prune_versions(path, self.keep_versions, in_use)
+        if is_local(path):
+            clean_leftovers(path)
+
+    def load_from_path(self, context: dg.InputContext, path) -> Any:
+        if not context.has_asset_key:
+            return _from_bundle(load_bundle(path))
+        return _from_bundle(load_bundle(path, version=lineage_run_id(context)))
+
+    def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict:
+        return {"version": context.run_id} if context.has_asset_key else {}
+
+    def get_writing_output_log_message(self, path) -> str:
+        return f"Writing a new version under {path}"
+
+
+def _run_in_progress(instance, run_id: str) -> bool:
+    """Whether the Dagster instance knows ``run_id`` as a run that has not finished (its versions may
+    still be read by its own steps). Unknown runs (another instance, a test's ephemeral one) are not."""
+    if instance is None:
+        return False
+    run = instance.get_run_by_id(run_id)
+    return run is not None and not run.is_finished
+
+
+class BundleIOManager(dg.ConfigurableIOManagerFactory):
+    """DataFrames and ``dict`` bundles (arrays, tables, JSON values) -> versions under ``<base>/<asset key>/``.
+
+    ``base_dir``: a local or shared path, or an ``fsspec`` URI (``s3://bucket/prefix``; the matching
+    ``fsspec`` package, e.g. ``s3fs``, must be installed). Empty: ``$MM_PIPELINE_STORAGE``, else
+    ``<project home>/assets``. ``keep_versions``: how many versions of each asset stay stored (the
+    published one and those of unfinished runs always do); re-executing a run whose outputs were
+    pruned fails with a message saying so.
     """
 
     base_dir: str = ""
+    keep_versions: int = DEFAULT_KEEP_VERSIONS
 
-    def _path(self, context: dg.InputContext | dg.OutputContext) -> Path:
-        root = Path(self.base_dir) if self.base_dir else project_paths().assets
-        return root.joinpath(*context.asset_key.path)
+    def create_io_manager(self, context) -> VersionedBundleIOManager:
+        if self.keep_versions < 1:
+            raise dg.DagsterInvalidConfigError(
+                f"io_manager keep_versions must be at least 1 (got {self.keep_versions}): the published version "
+                "is always kept", [], self.keep_versions)
+        return VersionedBundleIOManager(storage_base(self.base_dir), self.keep_versions)
 
-    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        if isinstance(obj, pd.DataFrame):
-            bundle = {_TABLE_KEY: obj, _KIND_KEY: "table"}
-        elif isinstance(obj, dict):
-            bundle = dict(obj)
-        else:
-            raise TypeError(f"asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; "
-                            "this IO manager stores DataFrames and dict bundles")
-        path = save_bundle(self._path(context), bundle)
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
 
-    def load_input(self, context: dg.InputContext) -> Any:
-        bundle = load_bundle(self._path(context))
-        if bundle.get(_KIND_KEY) == "table":
-            return bundle[_TABLE_KEY]
-        return bundle
+def storage_base(base_dir: str = ""):
+    """Where asset values live: ``base_dir``, else ``$MM_PIPELINE_STORAGE``, else ``<home>/assets``."""
+    from upath import UPath
+
+    raw = base_dir or os.environ.get("MM_PIPELINE_STORAGE", "").strip()
+    path = as_path(raw) if raw else project_paths().assets
+    # Local paths as PosixUPath (a pathlib.Path: atomic renames); URIs stay fsspec paths.
+    return path if isinstance(path, UPath) else UPath(path.expanduser().resolve())

@@ -52,7 +52,9 @@ class MlflowResource(dg.ConfigurableResource):
 
         paths = settings.project_paths(self.home or None)
         uri = self.uri()
-        artifact_root = settings.mlflow_artifact_root(paths) if uri.startswith("sqlite:") else None
+        # A database store has no artifact location of its own (MLflow would use ./mlruns of whatever the
+        # working directory is); a tracking server (http) has its own --artifacts-destination.
+        artifact_root = settings.mlflow_artifact_root(paths) if settings.is_database_uri(uri) else None
         if uri.startswith("sqlite:"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         configure_mlflow(uri, self.experiment_name, artifact_root)

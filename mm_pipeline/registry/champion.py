@@ -20,11 +20,7 @@ caller decides which store it talks to.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
-import os
 import re
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +29,14 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mm_pipeline import locks
+
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 TAG_CHAMPION_HISTORY = "mm_pipeline.champion_history"
 PROMOTION_TAG_PREFIX = "mm_pipeline.promotion."
 MAX_HISTORY = 100
 LOCK_TIMEOUT_S = 300.0  # a promotion holds the lock for a few registry calls, never for training
-_LOCK_POLL_S = 0.05
 _ANY = object()  # expected_previous default: no compare-and-set
 _MAX_TAG_VALUE = 5000  # model-registry tag values are limited to 5000 characters
 _INVALID_TAG_CHAR = re.compile(r"[^/\w.\- :]")
@@ -203,82 +200,29 @@ def _lock_file(name: str, tracking_uri: str | None, lock_dir: str | Path) -> Pat
 
 def advisory_lock_key(name: str) -> int:
     """A stable signed 64-bit key for ``pg_advisory_lock``, from the registered model name."""
-    return int.from_bytes(hashlib.sha256(f"mm_pipeline.champion:{name}".encode()).digest()[:8], "big",
-                          signed=True)
-
-
-def _is_postgres(tracking_uri: str | None) -> bool:
-    return bool(tracking_uri) and tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
-
-
-def _wait(what: str, timeout_s: float, attempt) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not attempt():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"could not take {what} within {timeout_s:g} s: another promotion or rollback "
-                               "holds it; retry when it has finished")
-        time.sleep(_LOCK_POLL_S)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        def attempt() -> bool:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                return False
-
-        _wait(f"the champion lock {path}", timeout_s, attempt)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _postgres_lock(tracking_uri: str, name: str, timeout_s: float) -> Iterator[None]:
-    import sqlalchemy as sa
-
-    key = advisory_lock_key(name)
-    # A session-level advisory lock lives as long as this connection; NullPool: nothing is reused.
-    engine = sa.create_engine(tracking_uri, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            def attempt() -> bool:
-                taken = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
-                conn.commit()
-                return bool(taken)
-
-            _wait(f"the PostgreSQL advisory lock {key} for {name!r}", timeout_s, attempt)
-            try:
-                yield
-            finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                conn.commit()
-    finally:
-        engine.dispose()
+    return locks.advisory_lock_key(f"mm_pipeline.champion:{name}")
 
 
 @contextlib.contextmanager
 def champion_lock(name: str, lock_dir: str | Path, tracking_uri: str | None = None,
-                  timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+                  timeout_s: float = LOCK_TIMEOUT_S, lock_db: str | None = None) -> Iterator[None]:
     """Hold the lock that serialises changes of ``name``'s champion alias and history.
 
     Always an exclusive ``fcntl.flock`` on a lock file next to the SQLite store (``tracking_uri``
     ``sqlite:///...``) or in ``lock_dir``; with a PostgreSQL ``tracking_uri`` also a session-level
-    advisory lock keyed by the name, so processes on other machines wait too. (An MLflow tracking
-    *server* URI, ``http(s)://``, gets only the file lock: use :func:`set_champion`'s
-    ``expected_previous`` as well.) Raises ``TimeoutError`` after ``timeout_s`` seconds."""
+    advisory lock keyed by the name, so processes on other machines wait too. With an MLflow tracking
+    *server* URI (``http(s)://``) the advisory lock is taken on ``lock_db`` (a PostgreSQL URL, e.g.
+    ``$MM_PIPELINE_LOCK_DB``) when given, else there is only the file lock: use
+    :func:`set_champion`'s ``expected_previous`` as well. Raises ``TimeoutError`` after ``timeout_s`` seconds."""
     _check_name(name)
-    with _file_lock(_lock_file(name, tracking_uri, lock_dir), timeout_s):
-        if _is_postgres(tracking_uri):
-            with _postgres_lock(tracking_uri, name, timeout_s):
+    holder = "another promotion or rollback"
+    path = _lock_file(name, tracking_uri, lock_dir)
+    with locks.file_lock(path, timeout_s, f"the champion lock {path}", holder):
+        database = tracking_uri if locks.is_postgres(tracking_uri) else lock_db
+        if locks.is_postgres(database):
+            key = advisory_lock_key(name)
+            with locks.postgres_lock(database, f"mm_pipeline.champion:{name}", timeout_s,
+                                     f"the PostgreSQL advisory lock {key} for {name!r}", holder):
                 yield
         else:
             yield

@@ -73,7 +73,9 @@ def configure_mlflow(tracking_uri: str, experiment_name: str, artifact_root: Pat
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         location = None
-        if artifact_root is not None:
+        if isinstance(artifact_root, str) and "://" in artifact_root:
+            location = artifact_root  # an object store (s3://..., gs://...): MLflow writes there itself
+        elif artifact_root is not None:
             root = Path(artifact_root).expanduser().resolve()
             root.mkdir(parents=True, exist_ok=True)
             location = root.as_uri()

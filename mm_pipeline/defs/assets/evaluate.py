@@ -10,6 +10,7 @@ from mm_pipeline.defs.resources import PipelineResource
 from mm_pipeline.evaluate.comparison import build_comparison
 from mm_pipeline.evaluate.report import png_markdown, write_report
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.storage import point_link
 
 GROUP = "evaluate"
 PRIMARY_MODEL = "mm_hybrid"
@@ -56,8 +57,8 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
                       title: str = "Evaluation report", selected_model: dict | None = None) -> dg.Output[dict]:
     """Evaluate model bundles (baselines + the primary), compressed variants and ablations; write the report.
 
-    Files go to ``reports/latest`` and ``reports/runs/<run id>``: ``metrics.json``, ``report.md``,
-    ``report.html`` and the PNG figures (``research_report`` calls this with the ablation bundles).
+    Files go to ``reports/runs/<run id>`` (``metrics.json``, ``report.md``, ``report.html`` and the PNG
+    figures); ``reports/latest`` is then switched to that folder (``research_report`` calls this with the ablation bundles).
     """
     data = split_data(interaction_split)
     names = [b["name"] for b in [*bundles, *ablation_bundles] if "skipped" not in b]
@@ -83,8 +84,8 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
     metrics = {**comparison.metrics, "dagster_run_id": context.run_id}
     paths = pipeline.paths()
     latest, this_run = paths.reports / "latest", paths.reports / "runs" / context.run_id
-    written = write_report(latest, metrics, comparison.markdown, comparison.figures, comparison.html)
-    write_report(this_run, metrics, comparison.markdown, comparison.figures, comparison.html)
+    written = write_report(this_run, metrics, comparison.markdown, comparison.figures, comparison.html)
+    point_link(latest, this_run)  # reports/latest -> runs/<run id>, one atomic swap: never a mix of two runs
     primary = metrics["models"][PRIMARY_MODEL]
     return dg.Output({"metrics": metrics}, metadata={
         **{name: dg.MetadataValue.md(text) for name, text in comparison.tables.items()},

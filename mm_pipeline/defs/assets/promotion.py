@@ -12,7 +12,7 @@ from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.metadata import frame_markdown
 from mm_pipeline.defs.resources import MlflowResource
 from mm_pipeline.registry.promotion import DEFAULT_GATE_METRIC, DEFAULT_GUARDRAILS, PromotionPolicy, decide
-from mm_pipeline.settings import project_paths
+from mm_pipeline.settings import lock_database, project_paths
 
 GROUP = "registry"
 K = 20
@@ -56,7 +56,8 @@ def champion_lock_for(mlflow_tracking: MlflowResource, name: str):
     """The lock around champion alias changes, for this resource's store (see ``champion_lock``)."""
     from mm_pipeline.registry.champion import champion_lock
 
-    return champion_lock(name, project_paths(mlflow_tracking.home or None).home / "locks", mlflow_tracking.uri())
+    return champion_lock(name, project_paths(mlflow_tracking.home or None).home / "locks", mlflow_tracking.uri(),
+                         lock_db=lock_database())
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="2")
