@@ -8,7 +8,8 @@ from torch_geometric.nn import LGConv
 from mm_pipeline.recommend.baselines import ease, most_popular
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal, standardized_features
 from mm_pipeline.recommend.graph import SymmetricLGConv, bipartite_edge_index, normalized_adjacency
-from mm_pipeline.recommend.train import TrainConfig, sample_negatives
+from mm_pipeline.recommend import train as train_module
+from mm_pipeline.recommend.train import TrainConfig, TrainingPairs, sample_negatives
 
 
 def _toy_split(n_users=60, n_items=40, seed=0):
@@ -53,6 +54,21 @@ def test_sample_negatives_avoid_training_items():
     neg = sample_negatives(users, sp.csr_matrix(dense), np.random.default_rng(0))
     assert not dense[users, neg].any()
     assert len(np.unique(neg)) > 70  # still uniform over the remaining items
+
+
+def test_training_pairs_dense_table_and_binary_search_agree(monkeypatch):
+    rng = np.random.default_rng(1)
+    train = sp.random(40, 70, density=0.1, format="csr", random_state=2)
+    users, items = rng.integers(0, 40, 5000), rng.integers(0, 70, 5000)
+    truth = train.toarray()[users, items] != 0
+    dense = TrainingPairs(train)
+    monkeypatch.setattr(train_module, "DENSE_PAIRS_MAX", 0)
+    sparse = TrainingPairs(train)
+    assert dense.dense is not None and sparse.keys is not None
+    np.testing.assert_array_equal(dense.contains(users, items), truth)
+    np.testing.assert_array_equal(sparse.contains(users, items), truth)
+    draws = [sample_negatives(users, train, np.random.default_rng(0), pairs=p) for p in (dense, sparse)]
+    np.testing.assert_array_equal(draws[0], draws[1])  # the same draws, whichever table answers
 
 
 def test_ease_matches_closed_form():

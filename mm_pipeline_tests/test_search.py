@@ -182,15 +182,15 @@ def test_the_objective_sees_only_the_validation_split(searched, monkeypatch):
     data, aligned = searched["data"], searched["aligned"]
     test_before = data.test.copy()
     seen = []
-    real = fit_module.ranking_metrics
+    real = fit_module.per_user_metrics
 
-    def spy(model, truth, *args, **kwargs):
+    def spy(model, *args, truth, **kwargs):
         seen.append(truth)
-        return real(model, truth, *args, **kwargs)
+        return real(model, *args, truth=truth, **kwargs)
 
-    monkeypatch.setattr(fit_module, "ranking_metrics", spy)
+    monkeypatch.setattr(fit_module, "per_user_metrics", spy)
     plain = _direct_search(data, aligned, n_trials=2, max_epochs=2, prune=False)
-    assert seen, "the trainer's validation no longer goes through fit.ranking_metrics: update this spy"
+    assert seen, "the trainer's validation no longer goes through fit.per_user_metrics: update this spy"
     for truth in seen:  # every metric the search computed was against the validation interactions
         assert (truth != data.valid).nnz == 0
     # Scrambling the test split changes nothing, and the caller's split is left as it was.

@@ -51,13 +51,13 @@ PARAMS = ("core", "decay", "content_weight", "graph_weight", "gnn")
 @dataclass
 class HybridConfig:
     # Recency decay tau of the user history (0: the plain binary history, as EASE reads it).
-    decays: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    decays: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     # alpha_K: weight of the content neighbours block relative to the core's (both at unit RMS).
     content_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.8)
     # alpha_G: weight of the GNN score (up to 6.4: where the GNN is much the better, the blend leans on it).
-    graph_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
+    graph_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
     knn_k: int = 10             # neighbours per item in the content graph K
-    rounds: int = 3             # coordinate-ascent passes at most (it stops early once a pass changes nothing)
+    rounds: int = 2             # coordinate-ascent passes at most (it stops early once a pass changes nothing)
     scale_users: int = 2048     # users sampled to measure each part's RMS score
     validation_users: int = 5000  # validation users the weight search scores (a seeded sample when more)
     budget_s: float = 120.0     # time budget of the weight search

@@ -18,6 +18,13 @@ ALIGN_MAX_ITEMS = 1024  # in-batch items per content-collaborative InfoNCE step
 INITS = {"normal": lambda weight: nn.init.normal_(weight, std=0.1), "xavier": nn.init.xavier_uniform_}
 
 
+def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` along the first dimension. ``index_select``'s backward is an ``index_add``, two to
+    three times faster on the CPU than the sort-based ``index_put`` behind ``table[index]`` (it is the
+    hot path of every training step: a dozen gathers per batch)."""
+    return table.index_select(0, index)
+
+
 def bpr(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     r"""Bayesian personalised ranking: :math:`-\operatorname{mean}\log\sigma(s_{ui} - s_{uj})`."""
     return -F.logsigmoid(pos_scores - neg_scores).mean()
@@ -44,11 +51,11 @@ class IDLightGCN(nn.Module):
 
     def bpr_loss(self, users, pos, neg):
         out = self._propagate()
-        u, i, j = out[users], out[self.n_users + pos], out[self.n_users + neg]
+        u, i, j = rows(out, users), rows(out, self.n_users + pos), rows(out, self.n_users + neg)
         rank = bpr((u * i).sum(-1), (u * j).sum(-1))
         ego = self.lightgcn.embedding.weight
-        reg = self.reg * (ego[users].pow(2).sum() + ego[self.n_users + pos].pow(2).sum()
-                          + ego[self.n_users + neg].pow(2).sum()) / len(users)
+        reg = self.reg * (rows(ego, users).pow(2).sum() + rows(ego, self.n_users + pos).pow(2).sum()
+                          + rows(ego, self.n_users + neg).pow(2).sum()) / len(users)
         return rank + reg, {"bpr": rank.item()}
 
     @torch.no_grad()
@@ -161,9 +168,9 @@ class MultimodalGCN(nn.Module):
     def bpr_loss(self, users, pos, neg):
         pruned = self.training and self.pruning is not None
         h_u, g_i, n_i, q_u, c_i = self._forward(self.pruning() if pruned else self.adj)
-        h, q = h_u[users], q_u[users]
-        collab_pos, collab_neg = (h * g_i[pos]).sum(-1), (h * g_i[neg]).sum(-1)
-        neigh_pos, neigh_neg = (h * n_i[pos]).sum(-1), (h * n_i[neg]).sum(-1)
+        h, q = rows(h_u, users), rows(q_u, users)
+        collab_pos, collab_neg = (h * rows(g_i, pos)).sum(-1), (h * rows(g_i, neg)).sum(-1)
+        neigh_pos, neigh_neg = (h * rows(n_i, pos)).sum(-1), (h * rows(n_i, neg)).sum(-1)
         if self.graph_mode == "add":
             collab_pos, collab_neg = collab_pos + neigh_pos, collab_neg + neigh_neg
         # The item's cold form: its own ID embedding is gone; only its content neighbours speak for it.
@@ -174,7 +181,7 @@ class MultimodalGCN(nn.Module):
             cold_neg = cold_neg | (torch.rand_like(collab_neg) < self.cold_prob)
         collab_pos = torch.where(cold_pos, neigh_pos, collab_pos)
         collab_neg = torch.where(cold_neg, neigh_neg, collab_neg)
-        content_pos, content_neg = (q * c_i[pos]).sum(-1), (q * c_i[neg]).sum(-1)
+        content_pos, content_neg = (q * rows(c_i, pos)).sum(-1), (q * rows(c_i, neg)).sum(-1)
         if self.content_mode == "cold":  # the content score speaks for an item in its cold form only
             content_pos, content_neg = content_pos * cold_pos, content_neg * cold_neg
         rank = bpr(collab_pos + content_pos, collab_neg + content_neg)
@@ -191,12 +198,13 @@ class MultimodalGCN(nn.Module):
                 items = items[torch.randperm(len(items))[:ALIGN_MAX_ITEMS]]
             # Stop-gradient on the behaviour side: the content tower learns to predict it; pulling the
             # ID embeddings toward content instead cost warm-item accuracy (validation NDCG).
-            align = info_nce(c_i[items], g_i[items].detach(), self.align_temperature)
+            align = info_nce(rows(c_i, items), rows(g_i, items).detach(), self.align_temperature)
             loss = loss + self.align_weight * align
             parts["align_infonce"] = align.item()
-        reg = self.reg * (self.user_embedding.weight[users].pow(2).sum() + self.user_content.weight[users].pow(2).sum()
-                          + self.item_embedding.weight[pos].pow(2).sum()
-                          + self.item_embedding.weight[neg].pow(2).sum()) / len(users)
+        reg = self.reg * (rows(self.user_embedding.weight, users).pow(2).sum()
+                          + rows(self.user_content.weight, users).pow(2).sum()
+                          + rows(self.item_embedding.weight, pos).pow(2).sum()
+                          + rows(self.item_embedding.weight, neg).pow(2).sum()) / len(users)
         return loss + reg, parts
 
     @torch.no_grad()
@@ -310,14 +318,15 @@ class FREEDOM(nn.Module):
     def bpr_loss(self, users, pos, neg):
         adj = self.pruning() if self.training and self.edge_dropout > 0 else self.full_adj
         h_u, g_i = self._forward(adj)
-        h = h_u[users]
-        rank = bpr((h * g_i[pos]).sum(-1), (h * g_i[neg]).sum(-1))
+        h = rows(h_u, users)
+        rank = bpr((h * rows(g_i, pos)).sum(-1), (h * rows(g_i, neg)).sum(-1))
         feature_loss = torch.zeros(())
         for index, projection in enumerate(self.projections):
             x = getattr(self, f"features_{index}")
-            feature_loss = feature_loss + bpr((h * projection(x[pos])).sum(-1), (h * projection(x[neg])).sum(-1))
-        reg = self.reg * (self.user_embedding.weight[users].pow(2).sum() + self.item_embedding.weight[pos].pow(2).sum()
-                          + self.item_embedding.weight[neg].pow(2).sum()) / len(users)
+            feature_loss = feature_loss + bpr((h * projection(rows(x, pos))).sum(-1), (h * projection(rows(x, neg))).sum(-1))
+        reg = self.reg * (rows(self.user_embedding.weight, users).pow(2).sum()
+                          + rows(self.item_embedding.weight, pos).pow(2).sum()
+                          + rows(self.item_embedding.weight, neg).pow(2).sum()) / len(users)
         return rank + self.feature_weight * feature_loss + reg, {"bpr": rank.item(), "feature_bpr": feature_loss.item()}
 
     @torch.no_grad()

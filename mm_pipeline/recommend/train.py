@@ -40,15 +40,48 @@ class BPRModel(Protocol):
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+# Above this many user-item cells the membership test is a binary search (a dense table would be too big).
+DENSE_PAIRS_MAX = 1 << 26
+
+
+class TrainingPairs:
+    """Membership test for (user, item) training pairs, built once per training: a dense boolean table
+    where it fits in ``DENSE_PAIRS_MAX`` cells (one lookup per pair), else a binary search over the
+    sorted ``user * n_items + item`` keys."""
+
+    def __init__(self, train: sp.spmatrix):
+        coo = train.tocoo()
+        self.n_items = train.shape[1]
+        self.dense: np.ndarray | None = None
+        self.keys: np.ndarray | None = None
+        if train.shape[0] * train.shape[1] <= DENSE_PAIRS_MAX:
+            self.dense = np.zeros(train.shape, dtype=bool)
+            self.dense[coo.row, coo.col] = True
+        else:
+            self.keys = np.sort(coo.row.astype(np.int64) * self.n_items + coo.col.astype(np.int64))
+
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if self.dense is not None:
+            return self.dense[users, items]
+        if not len(self.keys):
+            return np.zeros(len(users), dtype=bool)
+        wanted = users.astype(np.int64) * self.n_items + items
+        position = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        return self.keys[position] == wanted
+
+
 def sample_negatives(users: np.ndarray, train: sp.csr_matrix, rng: np.random.Generator,
-                     max_tries: int = 5) -> np.ndarray:
-    """Uniform negative items for ``users``, re-drawn (vectorized) where they hit a training item."""
+                     max_tries: int = 5, pairs: TrainingPairs | None = None) -> np.ndarray:
+    """Uniform negative items for ``users``, re-drawn (vectorized) where they hit a training item.
+
+    ``pairs`` (a :class:`TrainingPairs` of ``train``, built once per training) saves rebuilding the
+    membership test at every batch."""
     n_items = train.shape[1]
-    train = train.tocsr()
-    train.sort_indices()
+    if pairs is None:
+        pairs = TrainingPairs(train)
     neg = rng.integers(0, n_items, size=len(users))
     for _ in range(max_tries):
-        hit = np.asarray(train[users, neg]).ravel() > 0
+        hit = pairs.contains(users, neg)
         if not hit.any():
             break
         neg[hit] = rng.integers(0, n_items, size=int(hit.sum()))
@@ -70,6 +103,7 @@ def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
     rng = np.random.default_rng(config.seed)
     coo = train.tocoo()
     users_all, items_all = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    pairs = TrainingPairs(train)
     optim = torch.optim.Adam(model.parameters(), lr=config.lr)  # type: ignore[attr-defined]
     best_score, best_state, best_epoch, bad = -np.inf, None, 0, 0
     history = []
@@ -83,7 +117,7 @@ def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
             u, p = users_all[batch], items_all[batch]
-            n = sample_negatives(u, train, rng)
+            n = sample_negatives(u, train, rng, pairs=pairs)
             loss, parts = model.bpr_loss(torch.from_numpy(u), torch.from_numpy(p), torch.from_numpy(n))
             optim.zero_grad()
             loss.backward()

@@ -47,7 +47,7 @@ class Tuning:
 
     budget_s: float = 60.0
     max_trials: int = 4
-    warmup: int = 5
+    warmup: int = 3
 
 
 class TrailingStop:

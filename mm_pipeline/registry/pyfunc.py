@@ -21,6 +21,7 @@ import importlib.metadata
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -446,17 +447,20 @@ def log_recommender(model: "EmbeddingRecommender", user_ids: Sequence[str], item
         np.savez(arrays_path, **arrays)
         code_path = Path(tmp) / MODEL_CODE_FILE
         code_path.write_text(_model_code(), encoding="utf-8")
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=code_path,
-            artifacts={ARTIFACT_KEY: arrays_path},
-            signature=SIGNATURE,
-            input_example=example,
-            pip_requirements=_pip_requirements(),
-            registered_model_name=registered_model_name,
-            params=model_params,
-            tags=model_tags,
-        )
+        with warnings.catch_warnings():
+            if example is None:  # asked for: the explicit signature stands in for the example
+                warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=code_path,
+                artifacts={ARTIFACT_KEY: arrays_path},
+                signature=SIGNATURE,
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+                registered_model_name=registered_model_name,
+                params=model_params,
+                tags=model_tags,
+            )
 
 
 def register_alias(name: str, version: str | int, alias: str) -> "ModelVersion":

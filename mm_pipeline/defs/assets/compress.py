@@ -15,7 +15,7 @@ GROUP = "compress"
 
 class CompressConfig(dg.Config):
     prune_amount: float = 0.3
-    latency_users: int = 1024
+    latency_users: int = 512
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, code_version="2")
