@@ -75,7 +75,9 @@ def test_duplicates_warn_with_count_and_examples():
     result = checks.raw_interactions_duplicates(inter)
     assert not result.passed and result.severity == WARN
     assert _meta(result, "duplicate_rows") == 3 and _meta(result, "pairs_repeated") == 2
-    assert "| u1 | i0 |" in _meta(result, "examples")
+    examples = _meta(result, "examples")
+    assert "| 0 | i0 |" in examples and "| 4 | i0 |" in examples  # the rows, ...
+    assert "u1" not in examples and "u2" not in examples  # ... never the raw user ids
 
 
 def test_unknown_items_warn():

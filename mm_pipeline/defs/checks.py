@@ -28,7 +28,12 @@ WARN = dg.AssetCheckSeverity.WARN
 
 
 def _examples(frame: pd.DataFrame, n: int = EXAMPLES) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame_markdown(frame.head(n), n) if len(frame) else "none")
+    """The first ``n`` rows as a markdown table for the check's metadata. Raw user ids never reach Dagster
+    metadata (it is readable by everyone with UI access): the row of ``raw_interactions`` stands in."""
+    shown = frame.head(n)
+    if "user_id" in shown.columns:
+        shown = shown.drop(columns="user_id").rename_axis("row").reset_index()
+    return dg.MetadataValue.md(frame_markdown(shown, n) if len(frame) else "none")
 
 
 def _is_strings(series: pd.Series, allow_missing: bool) -> bool:
