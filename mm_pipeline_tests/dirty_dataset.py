@@ -1,4 +1,4 @@
-"""A "dirty" folder-format dataset: every per-file and per-row bad-input kind of the README's catalogue.
+"""A "dirty" folder-format dataset: every per-file and per-row bad-input kind of the catalogue in docs/datasets.md.
 
 Built at test time (no dataset files in the repository). The clean part is big enough for the whole
 asset graph to train and evaluate (users with a dozen interactions, new-arrival items for cold start);

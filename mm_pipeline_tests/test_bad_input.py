@@ -1,4 +1,4 @@
-"""The bad-input catalogue (README, Datasets > Validation): one test per row, then the dirty dataset
+"""The bad-input catalogue (docs/datasets.md, Bad input): one test per row, then the dirty dataset
 through the whole graph.
 
 Every bad input gets a clear error naming the file, row or column and what to do, or, where the rest
@@ -551,12 +551,12 @@ def test_dirty_dataset_runs_to_an_evaluation_report(tmp_path):
     assert folder_digest(tmp_path / "user") == before  # the user's files (and link targets) are untouched
 
 
-def test_readme_catalogue_has_a_test_per_row():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    after = readme.split("**Bad input → what happens.**", 1)[1].split("\n\n", 1)[1]
+def test_datasets_doc_catalogue_has_a_test_per_row():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    after = doc.split("**Bad input → what happens.**", 1)[1].split("\n\n", 1)[1]
     table = after.split("\n\n", 1)[0].splitlines()
     assert table[0] == "| input | what happens | test |"
     named = [line.rsplit("|", 2)[1].strip().strip("`") for line in table[2:]]
     assert len(named) >= 20 and len(set(named)) == len(named)
     for name in named:
-        assert callable(globals().get(name)), f"README names {name}, which is not a test here"
+        assert callable(globals().get(name)), f"docs/datasets.md names {name}, which is not a test here"
