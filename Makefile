@@ -65,7 +65,7 @@ bench-models: install
 	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large \
 		--out $(MM_PIPELINE_HOME)/reports/bench/model_training.json
 
-# ---- Outgrowing one machine (README): one command per role; the environment comes from deploy/env.example.
+# ---- Outgrowing one machine (docs/deployment.md): one command per role; the environment comes from deploy/env.example.
 # The instance on PostgreSQL: link deploy/dagster.yaml into $$DAGSTER_HOME (on every machine).
 deploy-home:
 	mkdir -p $(DAGSTER_HOME)

@@ -1,4 +1,4 @@
-"""The README's results table: every model's test recall@20 and NDCG@20, with intervals, from reports.
+"""The results tables of docs/experiments.md: every model's test recall@20 and NDCG@20, with intervals, from reports.
 
     python benchmarks/results_table.py /runs/ml100k/reports/latest/metrics.json /runs/beauty/...
 

@@ -11,8 +11,8 @@ between modalities. Training is multi-task:
   user in the training split, so the shared space also encodes preference and carries cold-start
   items, which only have content. Each modality of those items is hidden with probability
   ``modality_dropout`` (at least one kept), so the fused vector must work from any subset of
-  modalities; without it the fusion weights collapsed onto one modality (image weight 0.9996 on the
-  built-in data) and validation NDCG@20 of ``mm_gcn`` was lower (0.2843 vs 0.2897 with 0.5).
+  modalities; without it the fusion weights collapsed onto one modality and validation NDCG@20 of
+  ``mm_gcn`` was lower (docs/experiments.md).
 
 Fusion is attention over the modalities an item has:
 

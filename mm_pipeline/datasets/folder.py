@@ -60,7 +60,7 @@ def _read_table(root: Path, stem: str, encoding: str = "utf-8") -> tuple[pd.Data
                                 "fields (quote fields that contain commas)") from exc
             except Exception as exc:  # pyarrow / pandas parse errors
                 raise DataError(f"{path}: could not be read as {suffix[1:]} ({exc})") from exc
-    raise DataError(f"{root}: no {stem}.csv or {stem}.parquet found; see the folder format in the README")
+    raise DataError(f"{root}: no {stem}.csv or {stem}.parquet found; see the folder format in docs/datasets.md")
 
 
 def _require(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:

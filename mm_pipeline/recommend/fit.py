@@ -38,24 +38,23 @@ class MultimodalConfig(TrainConfig):
     # The item graph: mean of per-modality k-NN graphs over the raw features ("raw", as FREEDOM builds
     # it) or one k-NN graph over the fused aligned embedding ("aligned"). The aligned space is trained
     # on the training interactions, so its neighbours repeat what the ID embeddings already know; the
-    # raw graph adds what they don't (validation NDCG@20, dense 0.288 -> 0.303, sparse 0.064 -> 0.066).
+    # raw graph adds what they don't (higher validation NDCG@20 on dense and sparse data: docs/experiments.md).
     graph_source: str = "raw"
     # Where the item graph enters: smoothing the item ID embeddings before the user-item propagation
     # ("pre", so users see it too), added to every item's final embedding ("add", FREEDOM's) or for
-    # cold items only ("cold"). Validation NDCG@20 with xavier init, pre against add: sparse 0.0689
-    # against 0.0674 (mean of 3 seeds), dense 0.3022 against 0.2984 (seed 0; with normal init 0.3022
-    # against 0.3028).
+    # cold items only ("cold"). With xavier init "pre" scored higher on validation than "add", sparse and
+    # dense (docs/experiments.md).
     graph_mode: str = "pre"
     align_weight: float = 0.03   # content <-> collaborative InfoNCE in the multi-task loss (0: off)
     align_temperature: float = 0.2
     # The content score <q_u, c_i> for every item ("all") or only for an item in its cold form ("cold").
     # On sparse data (5-core, ~8 interactions per user) scoring warm items by content overfits:
-    # validation NDCG@20 0.044 against 0.064 without it; on dense data the two tie.
+    # validation NDCG@20 is much lower with it; on dense data the two tie (docs/experiments.md).
     content_mode: str = "cold"
     edge_dropout: float = 0.0    # FREEDOM's degree-sensitive pruning of user-item edges per step (0: off)
     # ID embedding initialiser: "xavier" (FREEDOM's; std ~0.02 for thousands of rows) or "normal" (std
-    # 0.1). With graph_mode "pre", validation NDCG@20 xavier against normal: sparse 0.0689 against 0.0681
-    # (3 seeds), dense 0.3022 / 0.3061 against 0.3022 / 0.3061 (seeds 0 and 1).
+    # 0.1). With graph_mode "pre", xavier is a little ahead on sparse data and ties on dense
+    # (docs/experiments.md).
     init: str = "xavier"
 
 
@@ -218,7 +217,7 @@ def fit_vbpr(data: SplitData, visual: np.ndarray, present: np.ndarray, config: T
              name: str = "vbpr") -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """VBPR on the items' visual features, each item's vector at unit length (items without an image get
     zeros). Not standardised: per-dimension scaling blows rare dimensions of 4,096-d CNN features up to
-    outliers (validation NDCG@20 on builtin-mmrec:baby 0.0244 standardised, 0.0405 unit rows)."""
+    outliers, and VBPR scored much lower on validation that way (docs/experiments.md)."""
     torch.manual_seed(config.seed)
     visual = unit_rows(visual, present)
     if visual.shape[0] != data.n_items:

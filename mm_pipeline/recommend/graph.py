@@ -62,7 +62,7 @@ class _SymmetricSpMM(torch.autograd.Function):
     """``adj @ x`` whose backward reuses ``adj`` itself, valid because ``adj`` is symmetric.
 
     PyTorch's generic sparse-CSR backward transposes the matrix on every call, which made one
-    training step ~50x slower than the forward product on this graph size.
+    training step far slower than the forward product (docs/experiments.md).
     """
 
     @staticmethod
