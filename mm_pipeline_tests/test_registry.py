@@ -34,19 +34,21 @@ from mm_pipeline.registry import (
     RecommenderPyfunc,
     configure_mlflow,
     export_serving_arrays,
-    hash_user_id,
     log_history,
     log_recommender,
     register_alias,
     run_tags,
     safe_params,
+    user_key,
 )
+from mm_pipeline.registry.pyfunc import read_user_key_secret, secret_fingerprint
 
 N_USERS, N_ITEMS, D = 20, 30, 8
 MODEL_NAME = "test_recommender"
 # Distinctive raw ids: '-' and 'x' never occur in a hex digest, so a substring hit is a real leak.
 USER_IDS = [f"alice-{i:03d}-x" for i in range(N_USERS)]
 ITEM_IDS = [f"sku-{i:03d}" for i in range(N_ITEMS)]
+SECRET = b"registry-tests-secret-0123456789abcdef"
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID",
                "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 
@@ -61,6 +63,8 @@ def store(tmp_path_factory):
         for name in _MLFLOW_ENV:
             mp.delenv(name, raising=False)
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mp.setenv("MM_PIPELINE_USER_KEY_SECRET", SECRET.decode())  # what a server would be given
+        mp.delenv("MM_PIPELINE_USER_KEY_SECRET_FILE", raising=False)
         # MLflow keeps these in module globals (and mirrors them into the env vars above); record
         # them so the MonkeyPatch puts them back once the module is done.
         mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
@@ -207,34 +211,36 @@ def test_run_tags_names_and_filtering():
 
 def test_export_serving_arrays_content_and_determinism():
     model, train = _toy_data()
-    arrays = export_serving_arrays(model, USER_IDS, ITEM_IDS, train)
-    again = export_serving_arrays(model, USER_IDS, ITEM_IDS, train)
+    arrays = export_serving_arrays(model, USER_IDS, ITEM_IDS, train, SECRET)
+    again = export_serving_arrays(model, USER_IDS, ITEM_IDS, train, SECRET)
     assert arrays.keys() == again.keys()
-    assert all(np.array_equal(arrays[key], again[key]) for key in arrays)  # deterministic salt
+    assert all(np.array_equal(arrays[key], again[key]) for key in arrays)  # deterministic
     assert arrays["user_embeddings"].dtype == np.float32 and arrays["user_embeddings"].shape == (N_USERS, D)
     assert arrays["item_ids"].dtype.kind == "U" and arrays["item_ids"].tolist() == ITEM_IDS
-    salt = str(arrays["salt"])
-    assert arrays["user_keys"].tolist() == [hash_user_id(u, salt) for u in USER_IDS]
+    assert "salt" not in arrays and str(arrays["key_check"]) == secret_fingerprint(SECRET)
+    assert arrays["user_keys"].tolist() == [user_key(u, SECRET) for u in USER_IDS]
     assert [ITEM_IDS[i] for i in arrays["popular_items"]] == _popular_ids(train)
     np.testing.assert_array_equal(arrays["seen_indices"][arrays["seen_indptr"][0]:arrays["seen_indptr"][1]],
                                   np.setdiff1d(np.arange(N_ITEMS), [4, 17]))
     assert arrays["seen_indptr"][2] == arrays["seen_indptr"][1]  # user 1 has seen nothing
-    other = export_serving_arrays(model, USER_IDS, ITEM_IDS, train, salt="pepper")
-    assert str(other["salt"]) == "pepper" and not np.array_equal(other["user_keys"], arrays["user_keys"])
+    other = export_serving_arrays(model, USER_IDS, ITEM_IDS, train, b"another-secret-of-enough-length")
+    assert not np.array_equal(other["user_keys"], arrays["user_keys"])
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        export_serving_arrays(model, USER_IDS, ITEM_IDS, train, b"short")
 
-    no_train = export_serving_arrays(model, USER_IDS, ITEM_IDS, None)
+    no_train = export_serving_arrays(model, USER_IDS, ITEM_IDS, None, SECRET)
     assert "seen_indptr" not in no_train and "seen_indices" not in no_train
     mean_scores = model.item_embeddings.numpy() @ model.user_embeddings.numpy().mean(axis=0)
     np.testing.assert_array_equal(no_train["popular_items"], np.argsort(-mean_scores, kind="stable"))
 
     with pytest.raises(ValueError, match="user_ids has 19 ids"):
-        export_serving_arrays(model, USER_IDS[:-1], ITEM_IDS, train)
+        export_serving_arrays(model, USER_IDS[:-1], ITEM_IDS, train, SECRET)
     with pytest.raises(ValueError, match="item_ids contains duplicate"):
-        export_serving_arrays(model, USER_IDS, ITEM_IDS[:-1] + ITEM_IDS[:1], train)
+        export_serving_arrays(model, USER_IDS, ITEM_IDS[:-1] + ITEM_IDS[:1], train, SECRET)
     with pytest.raises(ValueError, match="train has shape"):
-        export_serving_arrays(model, USER_IDS, ITEM_IDS, train[:5])
+        export_serving_arrays(model, USER_IDS, ITEM_IDS, train[:5], SECRET)
     with pytest.raises(TypeError, match="model must be an EmbeddingRecommender"):
-        export_serving_arrays(object(), USER_IDS, ITEM_IDS, train)
+        export_serving_arrays(object(), USER_IDS, ITEM_IDS, train, SECRET)
 
 
 def test_a_sparse_user_table_serves_the_same_top_k_as_its_dense_copy():
@@ -246,11 +252,11 @@ def test_a_sparse_user_table_serves_the_same_top_k_as_its_dense_copy():
     items = torch.from_numpy(rng.normal(size=(N_ITEMS, N_ITEMS)).astype(np.float32))  # an item-item model
     sparse = EmbeddingRecommender("ease", sparse_from_scipy(history), items)
     dense = EmbeddingRecommender("ease", torch.from_numpy(history.toarray()), items)
-    arrays = export_serving_arrays(sparse, USER_IDS, ITEM_IDS, train)
+    arrays = export_serving_arrays(sparse, USER_IDS, ITEM_IDS, train, SECRET)
     assert "user_embeddings" not in arrays and arrays["user_indices"].size == history.nnz
     request = pd.DataFrame({"user_id": [USER_IDS[3], "stranger", USER_IDS[0]], "k": [5, 2, 3]})
     got = RecommenderPyfunc().load_arrays(arrays).predict(None, request)
-    want = RecommenderPyfunc().load_arrays(export_serving_arrays(dense, USER_IDS, ITEM_IDS, train)).predict(None,
+    want = RecommenderPyfunc().load_arrays(export_serving_arrays(dense, USER_IDS, ITEM_IDS, train, SECRET)).predict(None,
                                                                                                           request)
     pd.testing.assert_frame_equal(got, want)
     bad = dict(arrays, user_indices=arrays["user_indices"] + N_ITEMS)
@@ -260,7 +266,7 @@ def test_a_sparse_user_table_serves_the_same_top_k_as_its_dense_copy():
 
 def test_predict_validates_input():
     model, train = _toy_data()
-    pyfunc = RecommenderPyfunc().load_arrays(export_serving_arrays(model, USER_IDS, ITEM_IDS, train))
+    pyfunc = RecommenderPyfunc().load_arrays(export_serving_arrays(model, USER_IDS, ITEM_IDS, train, SECRET))
     with pytest.raises(ValueError, match="'user_id' column"):
         pyfunc.predict(None, pd.DataFrame({"user": [USER_IDS[0]]}))
     with pytest.raises(ValueError, match="column 'k' must hold positive integers"):
@@ -345,11 +351,12 @@ def test_model_artifacts_hold_no_raw_user_ids(store, logged):
     assert len(npz_files) == 1
     for path in files:
         blob = path.read_bytes()
+        assert SECRET not in blob and SECRET.hex().encode() not in blob, f"the secret is in {path.name}"
         for user_id in USER_IDS:
             assert user_id.encode("utf-8") not in blob, f"{user_id} in {path.name}"
             assert user_id.encode("utf-32-le") not in blob, f"{user_id} in {path.name}"
     with np.load(npz_files[0], allow_pickle=False) as npz:
-        assert {"user_embeddings", "item_embeddings", "item_ids", "user_keys", "salt",
+        assert {"user_embeddings", "item_embeddings", "item_ids", "user_keys", "key_check",
                 "popular_items", "seen_indptr", "seen_indices"} <= set(npz.files)
         assert all(npz[name].dtype != object for name in npz.files)
         strings = {s for name in npz.files if npz[name].dtype.kind == "U" for s in npz[name].ravel().tolist()}
@@ -399,3 +406,84 @@ def test_log_recommender_needs_an_active_run_and_valid_arguments(store):
 def test_nothing_written_outside_the_store(store, logged):
     assert list(store.cwd.iterdir()) == []  # no ./mlruns or stray files in the working directory
     assert not Path("mlruns").exists()
+
+
+# --- user keys and request caps -------------------------------------------------------------------
+
+def test_the_artifact_alone_cannot_be_used_to_enumerate_users(store, logged):
+    """An attacker with the artifact but not the secret tries the obvious ways to match guessed ids
+    against the stored keys: none works, and a loaded copy without the secret recognises nobody."""
+    import hashlib
+    import hmac
+
+    npz_path = next(p for p in logged.local.rglob("*.npz"))
+    with np.load(npz_path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    stored = set(arrays["user_keys"].tolist())
+    public = [str(arrays[name]) for name in arrays if arrays[name].dtype.kind == "U" and arrays[name].ndim == 0]
+    for guess in USER_IDS:
+        candidates = {hashlib.sha256(guess.encode()).hexdigest(),
+                      hmac.new(b"", guess.encode(), hashlib.sha256).hexdigest(),
+                      *(hashlib.sha256(f"{p}\x1f{guess}".encode()).hexdigest() for p in public),
+                      *(hmac.new(p.encode(), guess.encode(), hashlib.sha256).hexdigest() for p in public)}
+        assert not candidates & stored, guess
+    assert stored == {user_key(u, SECRET) for u in USER_IDS}  # ... while the secret's holder matches them all
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MM_PIPELINE_USER_KEY_SECRET")
+        mp.delenv("MM_PIPELINE_HOME", raising=False)
+        blind = RecommenderPyfunc().load_arrays(arrays)
+    assert not blind.recognises_users
+    out = blind.predict(None, pd.DataFrame({"user_id": USER_IDS[:3], "k": [2, 2, 2]}))
+    assert out["fallback"].all() and out["item_id"].tolist() == _popular_ids(logged.train)[:2] * 3
+
+    wrong = RecommenderPyfunc().load_arrays(arrays, secret=b"a-rotated-secret-not-the-old-one")
+    assert not wrong.recognises_users
+    assert wrong.predict(None, pd.DataFrame({"user_id": [USER_IDS[3]]}))["fallback"].all()
+    right = RecommenderPyfunc().load_arrays(arrays, secret=SECRET)
+    assert right.recognises_users and not right.predict(None, pd.DataFrame({"user_id": [USER_IDS[3]]}))[
+        "fallback"].any()
+
+
+def test_requests_above_the_caps_are_refused(monkeypatch):
+    model, train = _toy_data()
+    arrays = export_serving_arrays(model, USER_IDS, ITEM_IDS, train, SECRET, max_k=5, max_rows=4)
+    pyfunc = RecommenderPyfunc().load_arrays(arrays, secret=SECRET)
+    assert len(pyfunc.predict(None, pd.DataFrame({"user_id": USER_IDS[1:5], "k": [5] * 4}))) == 20
+    with pytest.raises(ValueError, match="k=6 is above this server's cap of 5"):
+        pyfunc.predict(None, pd.DataFrame({"user_id": [USER_IDS[2]], "k": [6]}))
+    with pytest.raises(ValueError, match="5 rows, above this server's cap of 4"):
+        pyfunc.predict(None, pd.DataFrame({"user_id": USER_IDS[:5]}))
+    # The whole catalogue cannot be asked for, so the unseen remainder never spells out the history.
+    with pytest.raises(ValueError, match="cap"):
+        pyfunc.predict(None, pd.DataFrame({"user_id": [USER_IDS[2]], "k": [N_ITEMS]}))
+    monkeypatch.setenv("MM_PIPELINE_SERVE_MAX_K", "8")  # the server's operator may set other caps
+    raised = RecommenderPyfunc().load_arrays(arrays, secret=SECRET)
+    assert raised.max_k == 8 and len(raised.predict(None, pd.DataFrame({"user_id": [USER_IDS[2]], "k": [8]}))) == 8
+    monkeypatch.setenv("MM_PIPELINE_SERVE_MAX_K", "lots")
+    with pytest.raises(ValueError, match="MM_PIPELINE_SERVE_MAX_K='lots'"):
+        RecommenderPyfunc().load_arrays(arrays, secret=SECRET)
+    with pytest.raises(ValueError, match="max_k must be a positive integer"):
+        export_serving_arrays(model, USER_IDS, ITEM_IDS, train, SECRET, max_k=0)
+
+
+def test_the_user_key_secret_comes_from_the_environment_or_an_owner_only_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("MM_PIPELINE_USER_KEY_SECRET", raising=False)
+    monkeypatch.delenv("MM_PIPELINE_USER_KEY_SECRET_FILE", raising=False)
+    assert read_user_key_secret(home=tmp_path) is None  # nothing, and not asked to create one
+    created = read_user_key_secret(home=tmp_path, create=True)
+    path = tmp_path / "secrets" / "user_key"
+    assert path.read_bytes().strip() == created and len(created) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert read_user_key_secret(home=tmp_path, create=True) == created  # stable once made
+
+    named = tmp_path / "mounted_secret"
+    named.write_text("from-a-secret-manager-0123456789\n")
+    monkeypatch.setenv("MM_PIPELINE_USER_KEY_SECRET_FILE", str(named))
+    assert read_user_key_secret(home=tmp_path) == b"from-a-secret-manager-0123456789"
+    monkeypatch.setenv("MM_PIPELINE_USER_KEY_SECRET", "from-the-environment-0123456789")
+    assert read_user_key_secret(home=tmp_path) == b"from-the-environment-0123456789"
+    monkeypatch.delenv("MM_PIPELINE_USER_KEY_SECRET")
+    monkeypatch.setenv("MM_PIPELINE_USER_KEY_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="MM_PIPELINE_USER_KEY_SECRET_FILE=.*missing"):
+        read_user_key_secret(home=tmp_path)

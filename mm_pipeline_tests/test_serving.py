@@ -50,6 +50,11 @@ def registered(tmp_path_factory):
         mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
         mp.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
         mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+        # The server is given the secret through a file, like a mounted secret.
+        secret_file = root / "user_key_secret"
+        secret_file.write_text("serving-tests-secret-0123456789abcdef")
+        mp.setenv("MM_PIPELINE_USER_KEY_SECRET_FILE", str(secret_file))
+        mp.delenv("MM_PIPELINE_USER_KEY_SECRET", raising=False)
         configure_mlflow(uri, "serving-tests", root / "artifacts")
         generator = torch.Generator().manual_seed(7)
         model = EmbeddingRecommender("random", torch.randn(len(USER_IDS), 8, generator=generator),

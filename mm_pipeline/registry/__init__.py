@@ -6,9 +6,9 @@ Plain MLflow + numpy/pandas; imports no Dagster (the Dagster layer passes run id
 from mm_pipeline.registry.pyfunc import (
     RecommenderPyfunc,
     export_serving_arrays,
-    hash_user_id,
     log_recommender,
     register_alias,
+    user_key,
 )
 from mm_pipeline.registry.tracking import (
     TAG_CODE_VERSION,
@@ -24,6 +24,6 @@ from mm_pipeline.registry.tracking import (
 
 __all__ = [
     "TAG_CODE_VERSION", "TAG_DAGSTER_ASSET_KEY", "TAG_DAGSTER_RUN_ID", "RecommenderPyfunc",
-    "configure_mlflow", "export_serving_arrays", "hash_user_id", "is_identifier_key", "log_history",
-    "log_recommender", "metric_key", "register_alias", "run_tags", "safe_params",
+    "configure_mlflow", "export_serving_arrays", "is_identifier_key", "log_history",
+    "log_recommender", "metric_key", "register_alias", "run_tags", "safe_params", "user_key",
 ]

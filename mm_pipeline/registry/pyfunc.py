@@ -8,15 +8,25 @@ loading executes that plain-text file (no pickle to deserialize) and needs numpy
 MLflow, not PyTorch and not ``mm_pipeline``. **Keep this module's top-level imports to the standard
 library, numpy, pandas and MLflow**; anything else is imported inside the functions that need it.
 
-Privacy: the artifact holds no raw user identifier. Users are looked up by a salted SHA-256 digest
-of ``str(user_id)``; the salt is stored next to the digests so the server can hash incoming ids.
-That is *pseudonymisation*: whoever holds the artifact can still test a guessed id, so treat the
-artifact as personal data, but it cannot be read back into a list of users.
+Privacy: the artifact holds no raw user identifier and no secret. Users are stored under a keyed
+hash, ``HMAC-SHA256(secret, str(user_id))``; the secret is given to the server at run time
+(``$MM_PIPELINE_USER_KEY_SECRET``, or a file named by ``$MM_PIPELINE_USER_KEY_SECRET_FILE``, or the
+project home's ``secrets/user_key``), never written next to the model. Without the secret nobody can
+test a guessed id against the stored keys, and the served model recognises no user: every request
+gets the popularity fallback. The artifact keeps a short fingerprint of the secret (an HMAC of a
+fixed label) so a server started with the wrong secret says so instead of silently falling back.
+
+Requests are bounded: ``k`` and the number of rows per request have caps (stored with the model,
+overridable by the server's ``$MM_PIPELINE_SERVE_MAX_K`` / ``$MM_PIPELINE_SERVE_MAX_ROWS``); a request
+above them is refused with a clear error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import logging
+import secrets
 import importlib.metadata
 import os
 import re
@@ -47,7 +57,18 @@ ARTIFACT_FILE = "serving_arrays.npz"
 MODEL_CODE_FILE = "recommender_model.py"
 FORMAT_VERSION = 1
 EXAMPLE_USER = "example-user"
-_REQUIRED_ARRAYS = ("item_embeddings", "item_ids", "user_keys", "salt", "popular_items")
+_REQUIRED_ARRAYS = ("item_embeddings", "item_ids", "user_keys", "key_check", "popular_items")
+SECRET_ENV = "MM_PIPELINE_USER_KEY_SECRET"
+SECRET_FILE_ENV = "MM_PIPELINE_USER_KEY_SECRET_FILE"
+HOME_ENV = "MM_PIPELINE_HOME"
+SECRET_HOME_FILE = ("secrets", "user_key")  # under the project home: the embedded default
+MIN_SECRET_BYTES = 16
+# Request caps: the defaults stored with a model, and the server-side overrides.
+DEFAULT_MAX_K = 100
+DEFAULT_MAX_ROWS = 1000
+MAX_K_ENV = "MM_PIPELINE_SERVE_MAX_K"
+MAX_ROWS_ENV = "MM_PIPELINE_SERVE_MAX_ROWS"
+_log = logging.getLogger(__name__)
 # A sparse user table (item-item models: the user's weighted history) is stored in CSR form.
 SPARSE_USER_ARRAYS = ("user_indptr", "user_indices", "user_values")
 _ALIAS = re.compile(r"^[\w\-]+$")
@@ -59,9 +80,65 @@ OUTPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "rank"),
 SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
 
 
-def hash_user_id(user_id: Any, salt: str) -> str:
-    """The key a user is stored under: ``sha256(salt + "\\x1f" + str(user_id))`` as hex."""
-    return hashlib.sha256(f"{salt}\x1f{user_id}".encode("utf-8")).hexdigest()
+def user_key(user_id: Any, secret: bytes) -> str:
+    """The key a user is stored under: ``HMAC-SHA256(secret, str(user_id))`` as hex."""
+    return hmac.new(_secret_bytes(secret), str(user_id).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """A short HMAC of a fixed label: tells whether a server holds the secret a model was keyed with,
+    and says nothing about the secret itself."""
+    return hmac.new(_secret_bytes(secret), b"mm_pipeline.user_key_check", hashlib.sha256).hexdigest()[:16]
+
+
+def _secret_bytes(secret: bytes | str) -> bytes:
+    value = secret.encode("utf-8") if isinstance(secret, str) else secret
+    if not isinstance(value, bytes) or len(value) < MIN_SECRET_BYTES:
+        raise ValueError(f"the user key secret must be at least {MIN_SECRET_BYTES} bytes (set {SECRET_ENV} or "
+                         f"{SECRET_FILE_ENV}; `python -c 'import secrets; print(secrets.token_hex(32))'` makes one)")
+    return value
+
+
+def read_user_key_secret(home: str | os.PathLike | None = None, create: bool = False) -> bytes | None:
+    """The user key secret: ``$MM_PIPELINE_USER_KEY_SECRET``, else the file named by
+    ``$MM_PIPELINE_USER_KEY_SECRET_FILE``, else ``<home>/secrets/user_key`` (``home`` defaults to
+    ``$MM_PIPELINE_HOME``). With ``create`` and no secret anywhere, a random one is written to the home's
+    file, readable by its owner only (the embedded default). ``None`` when there is none."""
+    value = os.environ.get(SECRET_ENV, "")
+    if value:
+        return _secret_bytes(value.strip())
+    named = os.environ.get(SECRET_FILE_ENV, "")
+    if named:
+        try:
+            return _secret_bytes(Path(named).read_bytes().strip())
+        except OSError as exc:
+            raise ValueError(f"{SECRET_FILE_ENV}={named}: cannot read the user key secret ({exc})") from exc
+    home = home or os.environ.get(HOME_ENV, "")
+    if not home:
+        return None
+    path = Path(home).joinpath(*SECRET_HOME_FILE)
+    if path.exists():
+        return _secret_bytes(path.read_bytes().strip())
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    try:  # O_EXCL: two processes creating it at once keep the first one's secret
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _secret_bytes(path.read_bytes().strip())
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))
+    return _secret_bytes(path.read_bytes().strip())
+
+
+def _cap_from_env(name: str, stored: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return stored
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r} must be a positive integer")
+    return int(raw)
 
 
 def _empty_output() -> pd.DataFrame:
@@ -119,7 +196,8 @@ class RecommenderPyfunc(PythonModel):
     """Top-k recommendations from a dot-product recommender, in long format.
 
     Input: a DataFrame with a ``user_id`` column (compared as ``str(user_id)``) and an optional
-    integer ``k`` column (missing -> 10; capped at the number of items). Output: one row per
+    integer ``k`` column (missing -> 10; capped at the number of items; above the model's ``max_k`` the
+    request is refused, as is a request of more than ``max_rows`` rows). Output: one row per
     recommendation with columns ``user_id`` (as given), ``rank`` (1..k), ``item_id``, ``score`` and
     ``fallback``, grouped by input row in input order.
 
@@ -129,7 +207,8 @@ class RecommenderPyfunc(PythonModel):
       item index; which of several items tied at the k-th place gets in is deterministic.
       All known users in a call are scored with one matrix product, which holds a
       ``[n_known_users, n_items]`` float32 matrix: send very large requests in batches.
-    * **Unknown users** (cold start, or ids the model was not trained on) get the ``k`` most popular
+    * **Unknown users** (cold start, ids the model was not trained on, or every user when the server has
+      no user key secret or the wrong one) get the ``k`` most popular
       training items, ``fallback=True`` and ``score=NaN`` (the popularity ranking has no score on
       the model's scale). Nothing is excluded for them, since nothing is known about them.
 
@@ -142,8 +221,9 @@ class RecommenderPyfunc(PythonModel):
         with np.load(path, allow_pickle=False) as npz:
             self.load_arrays({name: npz[name] for name in npz.files})
 
-    def load_arrays(self, arrays: Mapping[str, np.ndarray]) -> "RecommenderPyfunc":
-        """Load the serving arrays (as built by :func:`export_serving_arrays`) and validate them."""
+    def load_arrays(self, arrays: Mapping[str, np.ndarray], secret: bytes | None = None) -> "RecommenderPyfunc":
+        """Load the serving arrays (as built by :func:`export_serving_arrays`) and validate them; ``secret``
+        (default: :func:`read_user_key_secret`) is the user key secret the model was keyed with."""
         missing = [name for name in _REQUIRED_ARRAYS if name not in arrays]
         if "user_embeddings" not in arrays and not all(k in arrays for k in SPARSE_USER_ARRAYS):
             missing.append("user_embeddings (or the sparse user_indptr, user_indices, user_values)")
@@ -174,11 +254,32 @@ class RecommenderPyfunc(PythonModel):
             indptr = indices = None
         self._users, self._items = users, items
         self._item_ids = item_ids.astype(str)
-        self._salt = str(np.asarray(arrays["salt"]).item())
         self._key_to_user = {str(key): row for row, key in enumerate(user_keys.tolist())}
+        self._key_check = str(np.asarray(arrays["key_check"]).item())
         self._popular = popular
         self._seen_indptr, self._seen_indices = indptr, indices
+        self.max_k = _cap_from_env(MAX_K_ENV, int(arrays["max_k"]) if "max_k" in arrays else DEFAULT_MAX_K)
+        self.max_rows = _cap_from_env(MAX_ROWS_ENV,
+                                      int(arrays["max_rows"]) if "max_rows" in arrays else DEFAULT_MAX_ROWS)
+        return self.use_secret(secret if secret is not None else read_user_key_secret())
+
+    def use_secret(self, secret: bytes | None) -> "RecommenderPyfunc":
+        """Recognise users with ``secret``. Without it, or with a secret the model was not keyed with,
+        no user is recognised (every request gets the popularity fallback) and a warning says why."""
+        self._secret = None
+        if secret is None:
+            _log.warning("no user key secret (%s / %s): every request gets the popularity fallback",
+                         SECRET_ENV, SECRET_FILE_ENV)
+        elif secret_fingerprint(secret) != self._key_check:
+            _log.warning("the user key secret is not the one this model was keyed with (rotated?): every "
+                         "request gets the popularity fallback until the model is retrained under it")
+        else:
+            self._secret = _secret_bytes(secret)
         return self
+
+    @property
+    def recognises_users(self) -> bool:
+        return getattr(self, "_secret", None) is not None
 
     @property
     def n_items(self) -> int:
@@ -199,10 +300,16 @@ class RecommenderPyfunc(PythonModel):
         n_rows = len(model_input)
         if n_rows == 0:
             return _empty_output()
+        if n_rows > self.max_rows:
+            raise ValueError(f"the request has {n_rows} rows, above this server's cap of {self.max_rows} "
+                             f"({MAX_ROWS_ENV}): send the users in smaller batches")
         ks = self._requested_k(model_input)
         ids = [str(u) for u in raw_ids.tolist()]
-        rows = np.fromiter((self._key_to_user.get(hash_user_id(u, self._salt), -1) for u in ids),
-                           dtype=np.int64, count=n_rows)
+        if self._secret is None:
+            rows = np.full(n_rows, -1, dtype=np.int64)
+        else:
+            rows = np.fromiter((self._key_to_user.get(user_key(u, self._secret), -1) for u in ids),
+                               dtype=np.int64, count=n_rows)
 
         # Known users: one matmul, mask seen items, top-k (sorted by score, then item index).
         known = np.flatnonzero(rows >= 0)
@@ -262,7 +369,7 @@ class RecommenderPyfunc(PythonModel):
     def _requested_k(self, model_input: pd.DataFrame) -> np.ndarray:
         n_rows = len(model_input)
         if "k" not in model_input.columns:
-            return np.full(n_rows, min(DEFAULT_K, self.n_items), dtype=np.int64)
+            return np.full(n_rows, min(DEFAULT_K, self.max_k, self.n_items), dtype=np.int64)
         raw = pd.to_numeric(model_input["k"], errors="coerce")
         bad = raw.notna() & ((raw < 1) | (raw != raw.round()))
         bad |= raw.isna() & model_input["k"].notna()
@@ -270,6 +377,9 @@ class RecommenderPyfunc(PythonModel):
             example = model_input["k"][bad].iloc[0]
             raise ValueError(f"model_input column 'k' must hold positive integers, got {example!r}")
         ks = raw.fillna(DEFAULT_K).to_numpy(dtype=np.float64)
+        if ks.max() > self.max_k:
+            raise ValueError(f"k={int(ks.max())} is above this server's cap of {self.max_k} ({MAX_K_ENV}): "
+                             f"ask for at most {self.max_k} items per user")
         return np.minimum(ks, self.n_items).astype(np.int64)
 
 
@@ -288,27 +398,18 @@ def _ids(values: Sequence[Any], name: str, expected: int) -> list[str]:
     return out
 
 
-def _default_salt(user_arrays: Sequence[np.ndarray], items: np.ndarray) -> str:
-    # Deterministic per model: the same embeddings give the same artifact, different models
-    # different salts (so digests cannot be matched across artifacts).
-    digest = hashlib.sha256(b"mm_pipeline.user_keys\x00")
-    for array in user_arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update(items.tobytes())
-    return digest.hexdigest()[:32]
-
-
 def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str], item_ids: Sequence[str],
-                          train: "sp.csr_matrix | None", salt: str | None = None) -> dict[str, np.ndarray]:
+                          train: "sp.csr_matrix | None", secret: bytes,
+                          max_k: int = DEFAULT_MAX_K, max_rows: int = DEFAULT_MAX_ROWS) -> dict[str, np.ndarray]:
     """The content of the serving ``.npz``: embeddings, item ids, hashed user keys, fallback, seen items.
 
     ``user_ids[u]`` / ``item_ids[i]`` are the raw ids of embedding rows ``u`` / ``i``; user ids are
-    stored only as :func:`hash_user_id` digests. ``train`` (``[n_users, n_items]``, any scipy
+    stored only as :func:`user_key` digests under ``secret`` (which is not stored). ``train`` (``[n_users, n_items]``, any scipy
     sparse matrix) gives the already-seen items to exclude (``seen_indptr`` / ``seen_indices``, the
     stored non-zeros per user in CSR form) and the popularity order for the fallback (number of
     users with a non-zero entry per item; ties to the lower index). Without ``train`` nothing is
-    excluded and the fallback ranks items by their score for the mean user embedding. ``salt``
-    defaults to one derived from the embeddings, so the export is deterministic.
+    excluded and the fallback ranks items by their score for the mean user embedding. ``max_k`` and
+    ``max_rows`` are the request caps the server applies (see :class:`RecommenderPyfunc`).
     """
     from mm_pipeline.recommend.base import EmbeddingRecommender
 
@@ -337,18 +438,20 @@ def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str]
     item_array = np.asarray(items_str, dtype=str)
     if item_array.tolist() != items_str:  # fixed-width unicode drops trailing NULs
         raise ValueError("item_ids must not end in NUL characters")
-    if salt is None:
-        salt = _default_salt([user_arrays[k] for k in sorted(user_arrays)], items)
-    elif not isinstance(salt, str) or not salt:
-        raise ValueError(f"salt must be a non-empty string or None, got {salt!r}")
+    secret = _secret_bytes(secret)
+    for cap, value in (("max_k", max_k), ("max_rows", max_rows)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{cap} must be a positive integer, got {value!r}")
 
     arrays: dict[str, np.ndarray] = {
         "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
         **user_arrays,
         "item_embeddings": items,
         "item_ids": item_array,
-        "user_keys": np.asarray([hash_user_id(u, salt) for u in users_str], dtype="<U64"),
-        "salt": np.asarray(salt, dtype=str),
+        "user_keys": np.asarray([user_key(u, secret) for u in users_str], dtype="<U64"),
+        "key_check": np.asarray(secret_fingerprint(secret), dtype=str),
+        "max_k": np.asarray(int(max_k), dtype=np.int64),
+        "max_rows": np.asarray(int(max_rows), dtype=np.int64),
     }
     order_ties = np.arange(n_items)
     if train is not None:
@@ -398,10 +501,12 @@ def _model_code() -> str:
 def log_recommender(model: "EmbeddingRecommender", user_ids: Sequence[str], item_ids: Sequence[str],
                     train: "sp.csr_matrix | None", name: str = "model",
                     registered_model_name: str | None = None, tags: Mapping[str, Any] | None = None,
-                    input_example_users: int = 3) -> "ModelInfo":
+                    input_example_users: int = 3, secret: bytes | None = None,
+                    max_k: int = DEFAULT_MAX_K, max_rows: int = DEFAULT_MAX_ROWS) -> "ModelInfo":
     """Log ``model`` as a :class:`RecommenderPyfunc` MLflow model in the active run.
 
-    Builds the serving arrays (:func:`export_serving_arrays`, default salt), writes them to a
+    Builds the serving arrays (:func:`export_serving_arrays`; users keyed with ``secret``, default: the
+    project's user key secret, created under the project home when there is none), writes them to a
     temporary ``.npz`` and calls ``mlflow.pyfunc.log_model(name=name, ...)`` with an explicit
     signature and pinned pip requirements (mlflow, numpy, pandas, scipy), creating an MLflow 3
     LoggedModel linked to the run, and registering a new version of ``registered_model_name`` when
@@ -429,17 +534,21 @@ def log_recommender(model: "EmbeddingRecommender", user_ids: Sequence[str], item
 
     from mm_pipeline.registry.tracking import safe_params
 
-    arrays = export_serving_arrays(model, user_ids, item_ids, train)
+    if secret is None:
+        from mm_pipeline.registry.user_keys import pipeline_user_key_secret
+
+        secret = pipeline_user_key_secret()
+    arrays = export_serving_arrays(model, user_ids, item_ids, train, secret, max_k=max_k, max_rows=max_rows)
     n_items = int(arrays["item_embeddings"].shape[0])
     model_tags = {"mm_pipeline.recommender": model.name, **safe_params(tags or {})}
     model_params = {"recommender": model.name, "n_users": int(arrays["user_keys"].shape[0]),
                     "n_items": n_items, "embedding_dim": int(arrays["item_embeddings"].shape[1]),
-                    "excludes_seen": "seen_indptr" in arrays}
+                    "excludes_seen": "seen_indptr" in arrays, "max_k": int(max_k), "max_rows": int(max_rows)}
     example = None
     if input_example_users:
         example = pd.DataFrame({
             "user_id": [f"{EXAMPLE_USER}-{i}" for i in range(input_example_users)],
-            "k": np.full(input_example_users, min(3, n_items), dtype=np.int64),
+            "k": np.full(input_example_users, min(3, n_items, max_k), dtype=np.int64),
         })
 
     with tempfile.TemporaryDirectory(prefix="mm_pipeline_serving_") as tmp:

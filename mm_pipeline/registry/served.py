@@ -9,7 +9,7 @@ How: :func:`load_served_model` downloads the model version once, loads the pyfun
 reads the serving arrays (``artifacts/serving_arrays.npz``, see :mod:`mm_pipeline.registry.pyfunc`)
 from the *same* copy. :func:`served_scorer` maps them onto the current split's users and items:
 
-* a current user whose salted hash is in the artifact gets its served embedding; any other user gets
+* a current user whose keyed hash is in the artifact gets its served embedding; any other user gets
   the served popularity fallback as its ranking (as the server would answer),
 * a current item the artifact does not know gets score ``-inf`` (ranked last; the server never
   recommends it).
@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from mm_pipeline.recommend.base import EmbeddingRecommender, sparse_from_scipy
-from mm_pipeline.registry.pyfunc import ARTIFACT_KEY, hash_user_id
+from mm_pipeline.registry.pyfunc import ARTIFACT_KEY, secret_fingerprint, user_key
 
 if TYPE_CHECKING:
     from mm_pipeline.recommend.fit import SplitData
@@ -45,22 +45,28 @@ class ServedModel:
     uri: str
     pyfunc: Any
     arrays: dict[str, np.ndarray]
+    secret: bytes | None = None  # the user key secret the pyfunc was given
 
 
-def load_served_model(model_uri: str, dst_dir: str | Path | None = None) -> ServedModel:
+def load_served_model(model_uri: str, dst_dir: str | Path | None = None, secret: bytes | None = None) -> ServedModel:
     """Download ``model_uri`` (e.g. ``models:/name/3``), load its pyfunc and read its serving arrays.
 
     Both come from the same downloaded copy, in ``dst_dir`` when given, else in a temporary folder
-    that is removed afterwards (the pyfunc holds its arrays in memory once loaded)."""
+    that is removed afterwards (the pyfunc holds its arrays in memory once loaded). The pyfunc uses
+    ``secret`` (default: the project's user key secret) to recognise users, like a server given it."""
+    if secret is None:
+        from mm_pipeline.registry.user_keys import pipeline_user_key_secret
+
+        secret = pipeline_user_key_secret()
     if not isinstance(model_uri, str) or not model_uri:
         raise ValueError(f"model_uri must be a non-empty string, got {model_uri!r}")
     if dst_dir is not None:
-        return _load_served_model(model_uri, Path(dst_dir))
+        return _load_served_model(model_uri, Path(dst_dir), secret)
     with tempfile.TemporaryDirectory(prefix="mm_pipeline_served_") as tmp:
-        return _load_served_model(model_uri, Path(tmp))
+        return _load_served_model(model_uri, Path(tmp), secret)
 
 
-def _load_served_model(model_uri: str, dst: Path) -> ServedModel:
+def _load_served_model(model_uri: str, dst: Path, secret: bytes) -> ServedModel:
     import mlflow
     from mlflow.models import Model
 
@@ -73,7 +79,9 @@ def _load_served_model(model_uri: str, dst: Path) -> ServedModel:
                          f"'{ARTIFACT_KEY}' artifact (was it logged with log_recommender?)")
     with np.load(local / entry["path"], allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
-    return ServedModel(model_uri, mlflow.pyfunc.load_model(str(local)), arrays)
+    pyfunc = mlflow.pyfunc.load_model(str(local))
+    pyfunc.unwrap_python_model().use_secret(secret)
+    return ServedModel(model_uri, pyfunc, arrays, secret)
 
 
 @dataclass
@@ -100,15 +108,18 @@ def served_scorer(served: ServedModel, user_ids: Sequence[str], item_ids: Sequen
     """Map ``served``'s arrays onto users ``user_ids`` and items ``item_ids`` (raw ids, in the
     split's index order); see the module docstring."""
     arrays = served.arrays
-    for key in ("item_embeddings", "item_ids", "user_keys", "salt", "popular_items"):
+    for key in ("item_embeddings", "item_ids", "user_keys", "key_check", "popular_items"):
         if key not in arrays:
-            raise ValueError(f"{served.uri}: serving arrays lack {key!r}")
+            raise ValueError(f"{served.uri}: serving arrays lack {key!r} (logged before keyed user hashes? "
+                             f"retrain and register it again)")
     sparse_users = "user_embeddings" not in arrays
     items_art = np.asarray(arrays["item_embeddings"], dtype=np.float32)
-    salt = str(np.asarray(arrays["salt"]).item())
+    secret = served.secret
+    if secret is not None and secret_fingerprint(secret) != str(np.asarray(arrays["key_check"]).item()):
+        secret = None  # keyed with another secret: like the server, recognise no user
     key_to_row = {str(key): row for row, key in enumerate(np.asarray(arrays["user_keys"]).tolist())}
-    rows = np.fromiter((key_to_row.get(hash_user_id(str(u), salt), -1) for u in user_ids), dtype=np.int64,
-                       count=len(user_ids))
+    rows = (np.fromiter((key_to_row.get(user_key(str(u), secret), -1) for u in user_ids), dtype=np.int64,
+                        count=len(user_ids)) if secret is not None else np.full(len(user_ids), -1, dtype=np.int64))
     art_item = {str(item): i for i, item in enumerate(np.asarray(arrays["item_ids"]).astype(str).tolist())}
     cols = np.fromiter((art_item.get(str(i), -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
 
