@@ -35,6 +35,7 @@ _SNDFILE_SIGNATURES = ((b"fLaC", "FLAC"), (b"OggS", "Ogg"), (b"ID3", "MP3"))
 _UNSUPPORTED_SIGNATURES = ((b"FORM", "an AIFF file"),)
 #: Frames decoded past the clip length, so resampling sees the same context at the clip's end.
 _DECODE_MARGIN_FRAMES = 256
+_MP3_FRAME = 1152  # samples in one MPEG-1 Layer III frame
 
 
 def check_path(root: str | Path, item_id: str, modality: str, raw: str
@@ -245,8 +246,9 @@ def read_compressed(path: Path, fmt: str, max_seconds: float | None = None) -> t
                            "export the clip again") from exc
     if frames == 0 or data.size == 0:
         raise MediaProblem(f"no samples: the {fmt} file holds no audio samples")
-    if len(data) < wanted:
-        # The header promises more frames than the stream holds: the file was cut short.
+    if wanted - len(data) > max(_MP3_FRAME, wanted // 20):
+        # The header promises more frames than the stream holds: the file was cut short. (Some slack: the
+        # length of an MP3 without a Xing header is an estimate.)
         raise MediaProblem(f"truncated audio: the {fmt} stream ends after {len(data)} of {frames} frames; "
                            "export the clip again")
     if not np.isfinite(data).all():
