@@ -368,7 +368,8 @@ def test_non_wav_audio(tmp_path):
     # Formats that are not decoded: named, with how to convert them.
     files = {"text.wav": (b"just some text\n", "text"), "track.wav": (bytes(4) + b"ftypM4A " + bytes(100),
                                                                     "an MP4/M4A file"),
-             "sound.aiff": (b"FORM\x00\x00\x10\x00AIFF" + bytes(100), "an AIFF file")}
+             "sound.aiff": (b"FORM\x00\x00\x10\x00AIFF" + bytes(100), "an AIFF file"),
+             "aac.wav": (b"\xff\xf1\x50\x80" + bytes(100), "starts with b'\\xff\\xf1P\\x80'")}
     for name, (content, what) in files.items():
         (tmp_path / name).write_bytes(content)
         _, present, reason = _decode_one_audio(tmp_path, name)

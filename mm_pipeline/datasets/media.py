@@ -173,8 +173,8 @@ def _sniff_audio(path: Path) -> str:
     if head[:4] in _WAV_MAGIC and head[8:12] == b"WAVE":
         return "WAV"
     fmt = next((name for magic, name in _SNDFILE_SIGNATURES if head.startswith(magic)), None)
-    if fmt is None and len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        fmt = "MP3"  # an MPEG audio frame header without an ID3 tag before it
+    if fmt is None and len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06:
+        fmt = "MP3"  # an MPEG audio frame header (layer bits set: not AAC's ADTS) without an ID3 tag before it
     if fmt is not None:
         return fmt
     what = next((name for magic, name in _UNSUPPORTED_SIGNATURES if head.startswith(magic)), None)
