@@ -10,8 +10,11 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(MM_PIPELINE_HOME)/mlflow/mlflow.db
 HOST ?= 127.0.0.1
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
+# Extra pip options for 'make install'. The torch pin resolves from PyPI (its Linux wheel bundles CUDA); for
+# the CPU-only wheel: PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu" (or a mirror of it).
+PIP_ARGS ?=
 
-.PHONY: install demo research test ui mlflow-ui bench bench-models validate materialize clean-home \
+.PHONY: install lint demo research test ui mlflow-ui bench bench-models validate materialize clean-home \
 	deploy-home run worker webserver daemon mlflow-server bench-shards
 
 $(BIN)/activate:
@@ -19,7 +22,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(PIP_ARGS) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -46,7 +49,12 @@ materialize: install home
 validate: install home
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
-test: install
+# ruff's lint rules and formatting (pyproject.toml); 'make test' runs it first.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 ui: install home

@@ -33,10 +33,11 @@ def prepare_dagster_home(paths: settings.ProjectPaths) -> Path:
 
 def clean_written_leftovers(paths: settings.ProjectPaths) -> None:
     """What killed writes left in the folders the pipeline writes (``.<name>.tmp-*``, ``.old-*``), once old
-    enough to have no live writer; the datasets under ``data/`` are left alone."""
+    enough to have no live writer: assets (the inbox copies too), reports, quarantine tables and the generated
+    datasets under ``data/`` (only these staging names are removed there; the datasets are left alone)."""
     from mm_pipeline.storage import clean_leftovers
 
-    for folder in (paths.assets, paths.reports, paths.home / "quarantine"):
+    for folder in (paths.assets, paths.reports, paths.home / "quarantine", paths.data):
         clean_leftovers(folder)
 
 

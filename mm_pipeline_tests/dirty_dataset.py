@@ -6,8 +6,10 @@ the dirty part is one item or row per bad-input kind, each recorded with what mu
 
 * media files that must be quarantined: ``(item_id, modality, file as in raw_items, reason kind)``;
 * media files in unusual formats that must be converted and used (grayscale, RGBA, palette, CMYK,
-  16-bit; 8-bit, stereo and 16 kHz WAV; a link that stays inside the folder);
-* table rows that ``bad_rows=quarantine`` must set aside: ``(file name, line, column, reason start)``.
+  16-bit; 8-bit, stereo and 16 kHz WAV; FLAC, Ogg/Vorbis and MP3, one of them named ``.wav``; a link
+  that stays inside the folder);
+* table rows that ``bad_rows=quarantine`` must set aside: ``(file name, line, column, reason start)``,
+  a line with bytes that are not UTF-8 among them.
 
 Global problems (a missing file, a missing column, non-UTF-8 text, empty interactions) stop the load
 with an error, so they have their own unit tests instead of living here.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile
 from PIL import Image
 from scipy.io import wavfile
 
@@ -160,12 +163,12 @@ def build_dirty_dataset(base: Path, n_users: int = 40, n_items: int = 48, per_us
     (audio / "truncated.wav").write_bytes(whole[: len(whole) // 2])
     quarantine_audio("audio/truncated.wav", "truncated audio")
     (audio / "readme.wav").write_text("not audio, just text\n")
-    quarantine_audio("audio/readme.wav", "not a WAV file")
+    quarantine_audio("audio/readme.wav", "unsupported audio format")
     mp3 = b"ID3\x04\x00\x00\x00\x00\x00\x0f" + bytes(64) + b"\xff\xfb\x90\x64" + bytes(400)
-    (audio / "song.wav").write_bytes(mp3)
-    quarantine_audio("audio/song.wav", "not a WAV file")
+    (audio / "song.wav").write_bytes(mp3)  # an MP3 tag and frame header, no audio data
+    quarantine_audio("audio/song.wav", "corrupt audio")
     (audio / "clip.wav").write_bytes(b"OggS\x00\x02" + bytes(20) + b"\x01vorbis" + bytes(200))
-    quarantine_audio("audio/clip.wav", "not a WAV file")
+    quarantine_audio("audio/clip.wav", "corrupt audio")
     wavfile.write(audio / "nan.wav", SAMPLE_RATE, np.full(800, np.nan, np.float32))
     quarantine_audio("audio/nan.wav", "invalid samples")
     os.symlink(outside / "secret.wav", audio / "link_out.wav")
@@ -208,6 +211,12 @@ def build_dirty_dataset(base: Path, n_users: int = 40, n_items: int = 48, per_us
     stereo = np.stack([_tone(2, rate=16_000), _tone(2, rate=16_000)], axis=1)
     wavfile.write(audio / "stereo16k.wav", 16_000, _pcm16(stereo))
     audio_col[item] = "audio/stereo16k.wav"
+    # Compressed audio, decoded by content (the MP3 is named .wav).
+    for name, fmt, subtype in (("flac.flac", "FLAC", "PCM_16"), ("vorbis.ogg", "OGG", "VORBIS"),
+                               ("mpeg.wav", "MP3", "MPEG_LAYER_III")):
+        item = next(spare)
+        soundfile.write(audio / name, _tone(category[item]), SAMPLE_RATE, format=fmt, subtype=subtype)
+        audio_col[item] = f"audio/{name}"
 
     bad_images = {q[0] for q in data.media_quarantine if q[1] == "image"}
     bad_audio = {q[0] for q in data.media_quarantine if q[1] == "audio"}
@@ -222,7 +231,10 @@ def build_dirty_dataset(base: Path, n_users: int = 40, n_items: int = 48, per_us
     data.row_quarantine.append(("items.csv", 5 + 2, "item_id", "empty item_id"))
     item_rows.append([item_ids[3], "The same id again", "", "", ""])
     data.row_quarantine.append(("items.csv", len(item_rows) + 1, "item_id", f"item_id repeats line {3 + 2}"))
+    item_rows.append(["i900", "Caf\u00e9 in Latin-1", "", "", ""])  # its title is re-encoded below
+    data.row_quarantine.append(("items.csv", len(item_rows) + 1, "title", "not valid utf-8 text"))
     _write_csv(root / "items.csv", ["item_id", "title", "description", "image", "audio"], item_rows)
+    _reencode(root / "items.csv", "Caf\u00e9 in Latin-1", "latin-1")
 
     # interactions.csv: per_user distinct warm items per user, new arrivals last, then the bad rows.
     warm, new = item_ids[:-4], item_ids[-4:]
@@ -240,14 +252,21 @@ def build_dirty_dataset(base: Path, n_users: int = 40, n_items: int = 48, per_us
                 (["", warm[2], str(start), "4"], "user_id", "empty user_id"),
                 (["u003", "", str(start), "4"], "item_id", "empty item_id"),
                 (["u004", "ghost", str(start), "4"], "item_id", "item_id is not in the catalogue"),
-                (["u005", warm[3], str(start), "five"], "rating", "rating is not a number")]
-    for offset, (row, column, reason) in enumerate(bad_rows):
+                (["u005", warm[3], str(start), "five"], "rating", "rating is not a number"),
+                (["u\u00e9006", warm[4], str(start), "4"], "user_id", "not valid utf-8 text")]
+    for offset, (row, _, _) in enumerate(bad_rows):
         position = 7 + 11 * offset  # spread through the file
         rows.insert(position, row)
-    for offset, (row, column, reason) in enumerate(bad_rows):
+    for row, column, reason in bad_rows:
         data.row_quarantine.append(("interactions.csv", rows.index(row) + 2, column, reason))
     _write_csv(root / "interactions.csv", ["user_id", "item_id", "timestamp", "rating"], rows)
+    _reencode(root / "interactions.csv", "u\u00e9006", "latin-1")
     return data
+
+
+def _reencode(path: Path, text: str, encoding: str) -> None:
+    """Write ``text`` in ``path`` (UTF-8) in another encoding: a line that is not UTF-8."""
+    path.write_bytes(path.read_bytes().replace(text.encode("utf-8"), text.encode(encoding)))
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:

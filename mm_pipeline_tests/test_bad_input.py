@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import string
 import tempfile
 import time
@@ -19,6 +20,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -30,6 +32,7 @@ from mm_pipeline.datasets.schema import DataError
 from mm_pipeline.datasets.sources import load_source, resolve_source
 from mm_pipeline.defs import checks
 from mm_pipeline.defs.build import all_assets
+from mm_pipeline.settings import project_paths
 
 from dirty_dataset import build_dirty_dataset, folder_digest
 from fast_config import FASTER_OPS, fast_run_config, materialize_graph
@@ -119,6 +122,48 @@ def test_non_utf8_table(tmp_path):
     data = load_source(resolve_source(f"folder:{tmp_path}?encoding=latin-1", tmp_path / "data"))
     assert data.items.set_index("item_id").loc["b", "text"] == "Caf\u00e9 chair"
     assert data.info["encoding"] == "latin-1"
+
+
+def test_undecodable_table_row(tmp_path):
+    items = "item_id,title\na,Red hat\nb,Caf\u00e9 chair\nc,Green cap\n".encode("utf-8").replace(
+        "Caf\u00e9".encode("utf-8"), "Caf\u00e9".encode("latin-1"))
+    interactions = (b"user_id,item_id,timestamp,rating\r\nu1,a,1600000000,4\r\nu\xff2,c,1600000100,5\r\n"
+                    b"u3,c,1600000200,3\r\n")
+    _folder(tmp_path, items=items, interactions=interactions)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # The default mode stops at the first bad byte, naming the file, the line and the byte.
+    with pytest.raises(DataError, match=r"items.csv: not valid utf-8 text at line 3 \(byte 29\).*\?encoding=latin-1"
+                                        r".*or add \?bad_rows=quarantine"):
+        load_folder(tmp_path)
+    # Quarantine: only those lines are set aside, named like any other bad row; the rest loads.
+    data = load_folder(tmp_path, bad_rows="quarantine")
+    assert data.items["item_id"].tolist() == ["a", "c"]
+    assert data.interactions[["user_id", "item_id", "timestamp"]].values.tolist() == [
+        ["u1", "a", 1600000000], ["u3", "c", 1600000200]]
+    table = data.row_quarantine
+    assert table[["file", "row", "column", "value"]].values.tolist() == [
+        [str(tmp_path / "interactions.csv"), 3, "user_id", "u\\xff2"],
+        [str(tmp_path / "items.csv"), 3, "title", "Caf\\xe9 chair"]]
+    assert table["reason"].tolist() == [
+        "not valid utf-8 text; byte 2 of the line cannot be decoded: re-save the file as utf-8, or name the "
+        "table's encoding in the dataset spec (e.g. ?encoding=latin-1)",
+        "not valid utf-8 text; byte 6 of the line cannot be decoded: re-save the file as utf-8, or name the "
+        "table's encoding in the dataset spec (e.g. ?encoding=latin-1)"]
+    assert data.info["row_quarantine"]["items"] == {"rows": 1, "problems": 1, "by_reason": {"not valid utf-8 text": 1}}
+    # Lines after a set-aside one keep their numbers in other records.
+    _folder(tmp_path, items=items + b"d,Blue hat\n", interactions=interactions + b"u4,ghost,1600000300,4\r\n")
+    table = load_folder(tmp_path, bad_rows="quarantine").row_quarantine
+    assert table[["row", "column"]].values.tolist() == [[3, "user_id"], [5, "item_id"], [3, "title"]]
+    # A header that is not text names no columns: an error in both modes.
+    _folder(tmp_path, items=b"item_id,t\xeftle\na,x\n", interactions=INTERACTIONS)
+    with pytest.raises(DataError, match=r"items.csv: not valid utf-8 text at line 1 \(byte 9\)"):
+        load_folder(tmp_path, bad_rows="quarantine")
+    # Every row undecodable: nothing is left, said as such.
+    _folder(tmp_path, items=b"item_id,title\na,\xff\nb,\xfe\n")
+    with pytest.raises(DataError, match=r"items.csv: every row was quarantined, no items are left"):
+        load_folder(tmp_path, bad_rows="quarantine")
+    _folder(tmp_path, items=items, interactions=interactions)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the files are only read
 
 
 def test_unparsable_timestamp(tmp_path):
@@ -320,16 +365,73 @@ def test_truncated_audio(tmp_path):
 
 
 def test_non_wav_audio(tmp_path):
-    files = {"text.wav": (b"just some text\n", "text"), "song.wav": (b"ID3\x04\x00" + bytes(100), "an MP3 file"),
-             "frame.wav": (b"\xff\xfb\x90\x64" + bytes(100), "an MP3 file"),
-             "clip.wav": (b"OggS\x00\x02" + bytes(100), "an Ogg file"),
-             "lossless.wav": (b"fLaC" + bytes(100), "a FLAC file"),
-             "track.wav": (bytes(4) + b"ftypM4A " + bytes(100), "an MP4/M4A file")}
+    # Formats that are not decoded: named, with how to convert them.
+    files = {"text.wav": (b"just some text\n", "text"), "track.wav": (bytes(4) + b"ftypM4A " + bytes(100),
+                                                                    "an MP4/M4A file"),
+             "sound.aiff": (b"FORM\x00\x00\x10\x00AIFF" + bytes(100), "an AIFF file"),
+             "aac.wav": (b"\xff\xf1\x50\x80" + bytes(100), "starts with b'\\xff\\xf1P\\x80'")}
     for name, (content, what) in files.items():
         (tmp_path / name).write_bytes(content)
         _, present, reason = _decode_one_audio(tmp_path, name)
-        assert not present and reason == (f"not a WAV file: the content is {what}; convert it to PCM WAV "
-                                          "(e.g. ffmpeg -i clip.mp3 clip.wav)"), name
+        assert not present and reason == (f"unsupported audio format: the content is {what}; convert it to WAV, "
+                                          "FLAC, Ogg or MP3 (e.g. ffmpeg -i clip.m4a clip.flac)"), name
+    # MP3, Ogg and FLAC signatures with no stream behind them: decoded, found corrupt.
+    files = {"song.wav": (b"ID3\x04\x00" + bytes(100), "MP3"), "frame.wav": (b"\xff\xfb\x90\x64" + bytes(100), "MP3"),
+             "clip.wav": (b"OggS\x00\x02" + bytes(100), "Ogg"), "lossless.wav": (b"fLaC" + bytes(100), "FLAC")}
+    for name, (content, fmt) in files.items():
+        (tmp_path / name).write_bytes(content)
+        wave, present, reason = _decode_one_audio(tmp_path, name)
+        assert not present and not wave.any(), name
+        assert reason.startswith(f"corrupt audio: not a readable {fmt} stream (") and \
+            reason.endswith("); export the clip again"), (name, reason)
+
+
+# (format, subtype, largest sample error): FLAC is lossless at 16 bits; the lossy codecs are compared by shape.
+COMPRESSED_AUDIO = {"flac": ("FLAC", "PCM_16", 1e-4), "ogg": ("OGG", "VORBIS", 0.1), "opus": ("OGG", "OPUS", 0.2),
+                    "mp3": ("MP3", "MPEG_LAYER_III", 0.15)}
+
+
+@pytest.mark.parametrize("ext", sorted(COMPRESSED_AUDIO))
+def test_compressed_audio_is_decoded(tmp_path, ext):
+    fmt, subtype, tolerance = COMPRESSED_AUDIO[ext]
+    if fmt not in soundfile.available_formats():  # pragma: no cover - the pinned wheel has them all
+        pytest.skip(f"this libsndfile has no {fmt} support")
+    tone = _tone()
+    soundfile.write(tmp_path / f"clip.{ext}", tone, 8000, format=fmt, subtype=subtype)
+    (tmp_path / "named.wav").write_bytes((tmp_path / f"clip.{ext}").read_bytes())  # told apart by content
+    for name in (f"clip.{ext}", "named.wav"):
+        wave, present, reason = _decode_one_audio(tmp_path, name)
+        assert present and reason is None, (name, reason)
+        assert np.abs(wave - tone).max() < tolerance and np.corrcoef(wave, tone)[0, 1] > 0.99, name
+    # Stereo at another rate: mixed down to mono and resampled, like WAV.
+    soundfile.write(tmp_path / f"stereo.{ext}", np.stack([_tone(16000)] * 2, 1), 16000, format=fmt, subtype=subtype)
+    wave, present, reason = _decode_one_audio(tmp_path, f"stereo.{ext}")
+    assert present and np.corrcoef(wave[100:-100], tone[100:-100])[0, 1] > 0.99, reason
+    # Only the clip is decoded from a long track: the same samples as decoding all of it.
+    long = np.tile(tone, 40)
+    soundfile.write(tmp_path / f"long.{ext}", long, 8000, format=fmt, subtype=subtype)
+    rate, full = media.read_audio(tmp_path / f"long.{ext}")
+    rate_clip, clip = media.read_audio(tmp_path / f"long.{ext}", max_seconds=0.5)
+    assert rate == rate_clip == 8000 and len(full) == len(long) and 4000 <= len(clip) < len(full)
+    np.testing.assert_allclose(clip, full[:len(clip)], atol=1e-6)
+
+
+def test_damaged_compressed_audio(tmp_path):
+    tone = _tone()
+    for ext, (fmt, subtype, _) in COMPRESSED_AUDIO.items():
+        soundfile.write(tmp_path / f"whole.{ext}", tone, 8000, format=fmt, subtype=subtype)
+        data = (tmp_path / f"whole.{ext}").read_bytes()
+        (tmp_path / f"half.{ext}").write_bytes(data[: len(data) // 2])
+        (tmp_path / f"header.{ext}").write_bytes(data[:40])
+        for name in (f"half.{ext}", f"header.{ext}"):
+            wave, present, reason = _decode_one_audio(tmp_path, name)
+            assert not present and not wave.any(), (name, reason)
+            assert reason.startswith(("truncated audio: ", "corrupt audio: not a readable")), (name, reason)
+    # MP3 states its length up front, so a cut file is told as such.
+    assert _decode_one_audio(tmp_path, "half.mp3")[2].startswith("truncated audio: the MP3 stream ends after ")
+    soundfile.write(tmp_path / "silent.ogg", np.zeros(0, np.float32), 8000, format="OGG", subtype="VORBIS")
+    _, present, reason = _decode_one_audio(tmp_path, "silent.ogg")  # valid headers, no samples
+    assert not present and reason == "no samples: the Ogg file holds no audio samples"
 
 
 def test_unusual_wav_samples(tmp_path):
@@ -424,6 +526,44 @@ def test_bad_spec_option(tmp_path):
                                                                        r"encoding\)")):
         with pytest.raises(DataError, match=message):
             load_source(resolve_source(spec, tmp_path / "data"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Leftovers of interrupted writes: cleaned on the next start
+# ----------------------------------------------------------------------------------------------
+def test_leftovers_of_interrupted_writes_are_cleaned(tmp_path):
+    from mm_pipeline.cli import clean_written_leftovers
+    from mm_pipeline.datasets.inbox import inbox_dir
+
+    paths = project_paths(tmp_path / "home").ensure()
+    hex_ = "0123456789abcdef" * 2
+    # What a killed write leaves in each folder the pipeline writes: staging folders and files.
+    leftovers = [paths.assets / "raw_items" / "versions" / f".run1.tmp-{hex_}",  # an asset version
+                 paths.assets / "inbox_interactions" / f".{'ab' * 32}.tmp-{hex_}",  # an inbox copy
+                 paths.reports / "latest" / f".metrics.json.tmp-{hex_}",  # a report file
+                 paths.home / "quarantine" / f".raw_items.tmp-{hex_}",  # a row-quarantine table
+                 paths.home / "quarantine" / f".raw_items.old-{hex_}",  # one being replaced
+                 paths.data / f".default.tmp-{hex_}"]  # a generated dataset
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.name.startswith(".metrics"):
+            path.write_text("{")
+        else:
+            (path / "part").mkdir(parents=True)
+    young = paths.data / f".tiny.tmp-{'f' * 32}"  # may belong to a live writer: kept
+    young.mkdir()
+    kept = [paths.data / "shop" / "items.csv", paths.reports / "latest" / "metrics.json",
+            paths.data / "shop" / ".notes.tmp-draft",  # a user's file that only looks like one
+            inbox_dir(paths.home) / f".drop.csv.tmp-{hex_}"]  # the inbox is the user's: never cleaned
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    old = time.time() - 7 * 3600
+    for path in [*leftovers, kept[-1]]:
+        os.utime(path, (old, old))
+    clean_written_leftovers(paths)
+    assert not any(p.exists() for p in leftovers)
+    assert young.exists() and all(p.exists() for p in kept)
 
 
 # ----------------------------------------------------------------------------------------------

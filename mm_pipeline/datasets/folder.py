@@ -14,8 +14,8 @@ Options (from the dataset spec, ``folder:/data/shop?bad_rows=quarantine&encoding
 * ``bad_rows``: ``error`` (default) stops at the first unusable row, naming its line and column;
   ``quarantine`` sets such rows aside (an empty or repeated ``item_id`` in the catalogue; an empty
   ``user_id``/``item_id``, an unparsable ``timestamp``, a non-numeric ``rating``/``weight`` or an
-  ``item_id`` missing from the catalogue in the interactions) in :attr:`RawDataset.row_quarantine`
-  and loads the rest.
+  ``item_id`` missing from the catalogue in the interactions; in either table a line that is not text
+  in the table's encoding) in :attr:`RawDataset.row_quarantine` and loads the rest.
 * ``encoding``: the text encoding of CSV tables (default ``utf-8``).
 """
 
@@ -29,29 +29,46 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.datasets.schema import DataError, RawDataset
-from mm_pipeline.datasets.tables import (BAD_ROWS, RowQuarantine, encoding_error, line_number, number_values,
-                                         timestamp_problem, timestamp_seconds)
+from mm_pipeline.datasets.tables import (
+    BAD_ROWS,
+    RowQuarantine,
+    UndecodableLine,
+    decode_table_lines,
+    encoding_error,
+    line_number,
+    number_values,
+    timestamp_problem,
+    timestamp_seconds,
+)
 
 DEFAULT_TEXT_COLUMNS = ("title", "description")
 REQUIRED = {"items": ("item_id",), "interactions": ("user_id", "item_id", "timestamp")}
 #: Appended to errors about one row: the other way out.
 QUARANTINE_HINT = "; or add ?bad_rows=quarantine to the dataset spec to set such rows aside and load the rest"
+#: Appended to errors about text that is not in the table's encoding.
+ENCODING_HINT = " (or name its encoding in the dataset spec, e.g. folder:/data/shop?encoding=latin-1)"
 
 
-def _read_table(root: Path, stem: str, encoding: str = "utf-8") -> tuple[pd.DataFrame, Path]:
+def _read_table(root: Path, stem: str, encoding: str = "utf-8", quarantine: bool = False
+                ) -> tuple[pd.DataFrame, Path, list[UndecodableLine]]:
+    """``(frame, path, undecodable lines)``. Lines that are not ``encoding`` text stop the load, or under
+    ``quarantine`` are left out and returned for the row-quarantine table."""
     for suffix in (".parquet", ".csv"):
         path = root / f"{stem}{suffix}"
         if path.exists():
             try:
                 if suffix == ".parquet":
-                    return pd.read_parquet(path), path
-                frame = pd.read_csv(path, dtype={"item_id": str, "user_id": str}, keep_default_na=False,
-                                    na_values=[""], encoding=encoding, skip_blank_lines=False)
-                # Blank lines are dropped but keep their place in the index, so row numbers stay exact.
-                return frame[~frame.isna().all(axis=1)], path
-            except UnicodeDecodeError as exc:
-                raise encoding_error(path, encoding, exc, hint=(
-                    " (or name its encoding in the dataset spec, e.g. folder:/data/shop?encoding=latin-1)")) from exc
+                    return pd.read_parquet(path), path, []
+                try:
+                    return _read_csv(path, encoding), path, []
+                except UnicodeDecodeError as exc:
+                    if not quarantine:
+                        raise encoding_error(path, encoding, exc, hint=ENCODING_HINT + QUARANTINE_HINT) from exc
+                # Only a table with bad bytes is decoded line by line (in memory) to set those lines aside.
+                text, undecodable = decode_table_lines(path, encoding, hint=ENCODING_HINT)
+                return _read_csv(text, encoding), path, undecodable
+            except DataError:
+                raise
             except pd.errors.EmptyDataError as exc:
                 raise DataError(f"{path}: the file is empty; it needs a header line naming the columns "
                                 f"({', '.join(REQUIRED[stem])}, ...) and one line per row") from exc
@@ -61,6 +78,13 @@ def _read_table(root: Path, stem: str, encoding: str = "utf-8") -> tuple[pd.Data
             except Exception as exc:  # pyarrow / pandas parse errors
                 raise DataError(f"{path}: could not be read as {suffix[1:]} ({exc})") from exc
     raise DataError(f"{root}: no {stem}.csv or {stem}.parquet found; see the folder format in docs/datasets.md")
+
+
+def _read_csv(source, encoding: str) -> pd.DataFrame:
+    frame = pd.read_csv(source, dtype={"item_id": str, "user_id": str}, keep_default_na=False, na_values=[""],
+                        encoding=encoding, skip_blank_lines=False)
+    # Blank lines are dropped but keep their place in the index, so row numbers stay exact.
+    return frame[~frame.isna().all(axis=1)]
 
 
 def _require(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
@@ -211,19 +235,21 @@ def load_folder(root: str | Path, text_columns: tuple[str, ...] | None = None, b
         raise DataError(f"dataset folder {root} does not exist" + (" (it is a file)" if root.exists() else "")
                         + "; check MM_PIPELINE_DATASET or the source config")
     meta = _read_meta(root / "dataset.json")
-    items, items_path = _read_table(root, "items", encoding)
+    rejected = RowQuarantine()
+    items, items_path, undecodable_items = _read_table(root, "items", encoding, quarantine)
     _require(items, items_path, REQUIRED["items"])
-    inter, inter_path = _read_table(root, "interactions", encoding)
+    inter, inter_path, undecodable_inter = _read_table(root, "interactions", encoding, quarantine)
     _require(inter, inter_path, REQUIRED["interactions"])
+    rejected.add_undecodable(items_path, undecodable_items)
+    rejected.add_undecodable(inter_path, undecodable_inter)
     text_columns = tuple(text_columns or meta.get("text_columns") or
                          [c for c in DEFAULT_TEXT_COLUMNS if c in items.columns])
     _require(items, items_path, text_columns)
-    if len(items) == 0:
+    if len(items) == 0 and not undecodable_items:
         raise DataError(f"{items_path}: holds no items; the catalogue needs at least the interacted items")
-    if len(inter) == 0:
+    if len(inter) == 0 and not undecodable_inter:
         raise DataError(f"{inter_path}: holds no interactions; the recommender needs at least some")
 
-    rejected = RowQuarantine()
     items = _clean_items(items, items_path, quarantine, rejected)
     text = items[list(text_columns)].fillna("").astype(str) if text_columns else pd.DataFrame(index=items.index)
     items["text"] = text.apply(lambda row: ". ".join(s.strip() for s in row if s.strip()), axis=1) \

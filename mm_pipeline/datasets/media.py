@@ -3,16 +3,19 @@
 Every file goes through the same gate first (:func:`check_path`): it must be a regular file inside the
 dataset folder once ``..`` and symbolic links are resolved. Files that fail it are never opened.
 
-A quarantine reason starts with a short kind before the first colon ("truncated image", "not a WAV
-file", ...), which the asset checks count by; the rest says what was found and what to do.
+A quarantine reason starts with a short kind before the first colon ("truncated image", "unsupported
+audio format", ...), which the asset checks count by; the rest says what was found and what to do.
+
+Audio is WAV (read with scipy) or FLAC, Ogg (Vorbis, Opus) and MP3 (decoded by libsndfile through the
+``soundfile`` package), told apart by the file's first bytes, not its name.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,10 +28,14 @@ MAX_IMAGE_PIXELS = 50_000_000
 #: Modes with an alpha channel: composited onto white, so transparent areas do not turn black.
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WAV_MAGIC = (b"RIFF", b"RIFX", b"RF64")
-#: Leading bytes of formats people name ``.wav`` by mistake.
-_AUDIO_SIGNATURES = ((b"ID3", "an MP3 file"), (b"\xff\xfb", "an MP3 file"), (b"\xff\xf3", "an MP3 file"),
-                     (b"\xff\xf2", "an MP3 file"), (b"OggS", "an Ogg file"), (b"fLaC", "a FLAC file"),
-                     (b"FORM", "an AIFF file"))
+#: Compressed formats decoded with libsndfile (the ``soundfile`` package), by their leading bytes. MP3 is
+#: also recognised by its frame sync (11 set bits) when the file has no ID3 tag.
+_SNDFILE_SIGNATURES = ((b"fLaC", "FLAC"), (b"OggS", "Ogg"), (b"ID3", "MP3"))
+#: Leading bytes of formats that are not decoded: the quarantine reason names what the file is.
+_UNSUPPORTED_SIGNATURES = ((b"FORM", "an AIFF file"),)
+#: Frames decoded past the clip length, so resampling sees the same context at the clip's end.
+_DECODE_MARGIN_FRAMES = 256
+_MP3_FRAME = 1152  # samples in one MPEG-1 Layer III frame
 
 
 def check_path(root: str | Path, item_id: str, modality: str, raw: str
@@ -151,8 +158,11 @@ def decode_images(root: str | Path, item_ids: Sequence[str], paths: Sequence[str
     return out, present, quarantine
 
 
-def _sniff_audio(path: Path) -> None:
-    """Refuse, by its first bytes, a file that is not a RIFF/WAVE file."""
+def _sniff_audio(path: Path) -> str:
+    """The audio format by the file's first bytes: ``"WAV"``, ``"FLAC"``, ``"Ogg"`` or ``"MP3"``.
+
+    Anything else raises :class:`MediaProblem` naming what the file looks like.
+    """
     try:
         with open(path, "rb") as handle:
             head = handle.read(12)
@@ -161,21 +171,26 @@ def _sniff_audio(path: Path) -> None:
     if not head:
         raise MediaProblem("empty file: 0 bytes; export the clip again")
     if head[:4] in _WAV_MAGIC and head[8:12] == b"WAVE":
-        return
-    what = next((name for magic, name in _AUDIO_SIGNATURES if head.startswith(magic)), None)
+        return "WAV"
+    fmt = next((name for magic, name in _SNDFILE_SIGNATURES if head.startswith(magic)), None)
+    if fmt is None and len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06:
+        fmt = "MP3"  # an MPEG audio frame header (layer bits set: not AAC's ADTS) without an ID3 tag before it
+    if fmt is not None:
+        return fmt
+    what = next((name for magic, name in _UNSUPPORTED_SIGNATURES if head.startswith(magic)), None)
     if what is None and head[4:8] == b"ftyp":
         what = "an MP4/M4A file"
     if what is None:
         what = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else f"starts with {head[:4]!r}"
-    raise MediaProblem(f"not a WAV file: the content is {what}; convert it to PCM WAV "
-                     "(e.g. ffmpeg -i clip.mp3 clip.wav)")
+    raise MediaProblem(f"unsupported audio format: the content is {what}; convert it to WAV, FLAC, Ogg or MP3 "
+                       "(e.g. ffmpeg -i clip.m4a clip.flac)")
 
 
 def read_wav(path: Path) -> tuple[int, np.ndarray]:
-    """``(rate, mono float32 in [-1, 1])``. Raises :class:`MediaProblem` with a quarantine reason."""
+    """``(rate, mono float32 in [-1, 1])`` of a RIFF/WAVE file. Raises :class:`MediaProblem` with a
+    quarantine reason."""
     from scipy.io import wavfile
 
-    _sniff_audio(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", wavfile.WavFileWarning)
@@ -204,6 +219,52 @@ def read_wav(path: Path) -> tuple[int, np.ndarray]:
     return int(rate), samples
 
 
+def _libsndfile_message(exc: Exception, path: Path) -> str:
+    """libsndfile's error without the path it repeats; a file that exists is never 'missing'."""
+    text = str(exc).replace(f"Error opening {str(path)!r}: ", "").removeprefix("Error : ").strip().rstrip(".")
+    if "does not exist" in text:  # what libsndfile says when the MP3 decoder finds no frame at all
+        text = "no audio frame found"
+    return text or type(exc).__name__
+
+
+def read_compressed(path: Path, fmt: str, max_seconds: float | None = None) -> tuple[int, np.ndarray]:
+    """``(rate, mono float32 in [-1, 1])`` of a FLAC, Ogg (Vorbis/Opus) or MP3 file, via libsndfile.
+
+    Decodes at most ``max_seconds`` (plus a little margin) when given: a long track costs only the clip.
+    Raises :class:`MediaProblem` with a quarantine reason.
+    """
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(path) as stream:
+            rate, frames = int(stream.samplerate), int(stream.frames)
+            wanted = frames if max_seconds is None else min(
+                frames, int(np.ceil(max_seconds * rate)) + _DECODE_MARGIN_FRAMES)
+            data = stream.read(frames=wanted, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise MediaProblem(f"corrupt audio: not a readable {fmt} stream ({_libsndfile_message(exc, path)}); "
+                           "export the clip again") from exc
+    if frames == 0 or data.size == 0:
+        raise MediaProblem(f"no samples: the {fmt} file holds no audio samples")
+    if wanted - len(data) > max(_MP3_FRAME, wanted // 20):
+        # The header promises more frames than the stream holds: the file was cut short. (Some slack: the
+        # length of an MP3 without a Xing header is an estimate.)
+        raise MediaProblem(f"truncated audio: the {fmt} stream ends after {len(data)} of {frames} frames; "
+                           "export the clip again")
+    if not np.isfinite(data).all():
+        raise MediaProblem(f"invalid samples: the {fmt} file decodes to NaN or infinite values; export it again")
+    return rate, data.mean(axis=1, dtype=np.float32)
+
+
+def read_audio(path: Path, max_seconds: float | None = None) -> tuple[int, np.ndarray]:
+    """``(rate, mono float32 in [-1, 1])`` of a WAV, FLAC, Ogg or MP3 file, told apart by its content
+    (not its name). Raises :class:`MediaProblem` with a quarantine reason."""
+    fmt = _sniff_audio(path)
+    if fmt == "WAV":
+        return read_wav(path)
+    return read_compressed(path, fmt, max_seconds)
+
+
 def decode_audio(root: str | Path, item_ids: Sequence[str], paths: Sequence[str | None], sample_rate: int,
                  clip_seconds: float) -> tuple[np.ndarray, np.ndarray, list[QuarantineRecord]]:
     """Return ``(waves float32 [N, T], present bool [N], quarantine)``: mono, resampled, cropped/padded."""
@@ -223,7 +284,7 @@ def decode_audio(root: str | Path, item_ids: Sequence[str], paths: Sequence[str 
             quarantine.append(problem)
             continue
         try:
-            rate, data = read_wav(path)
+            rate, data = read_audio(path, max_seconds=clip_seconds)
         except MediaProblem as exc:
             quarantine.append(QuarantineRecord(item_id, "audio", raw, str(exc)))
             continue

@@ -150,7 +150,8 @@ def generate_mmrec_like(spec: MMRecLikeSpec, root: str | Path, name: str = "synt
     image = _features(np.concatenate([z_kept[:, :visible], nuisance], 1), spec.image_dim, spec.image_noise, rng,
                       relu=True)
 
-    staging = root.parent / f".{root.name}.{uuid.uuid4().hex}.tmp"
+    # The storage module's staging name: a killed run's leftover is cleaned on the next start.
+    staging = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
         frame.to_csv(staging / f"{name}.inter", sep="\t", index=False)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +54,62 @@ def encoding_error(path: Path, encoding: str, exc: UnicodeDecodeError, hint: str
                      + (f"{hint}" if hint else ""))
 
 
+#: What ``surrogateescape`` decoding turns each undecodable byte into; never part of decoded text.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+@dataclass(frozen=True)
+class UndecodableLine:
+    """One line of a table that is not valid text in its encoding, set aside under ``bad_rows=quarantine``."""
+
+    line: int        # 1-based line in the file
+    column: str      # the column whose field holds the first bad byte ("" when the line has more fields)
+    value: str       # that field, its bad bytes written as \xNN
+    reason: str
+
+
+def decode_table_lines(path: Path, encoding: str, sep: str = ",", hint: str = ""
+                       ) -> tuple[io.StringIO, list[UndecodableLine]]:
+    """The text of ``path`` with each line that is not ``encoding`` text left blank, and one record per such line.
+
+    A blank line keeps the line count, so the other rows keep their line numbers (the readers drop blank
+    lines). The first line names the columns: when it is not ``encoding`` text, that is an error. Encodings
+    whose newline is not the byte ``\\n`` (UTF-16, UTF-32) cannot be cut into lines this way: the first bad byte
+    is then an error too. Rows are taken to be one line each, as :func:`line_number` does.
+    """
+    raw = path.read_bytes()
+    try:
+        return io.StringIO(raw.decode(encoding)), []
+    except UnicodeDecodeError as exc:
+        first_error = exc
+    if "\n".encode(encoding) != b"\n":
+        raise encoding_error(path, encoding, first_error, hint)
+    try:
+        text = raw.decode(encoding, errors="surrogateescape")
+    except UnicodeDecodeError:  # codecs that cannot escape (a bad byte below 0x80)
+        raise encoding_error(path, encoding, first_error, hint) from None
+    lines = text.split("\n")
+    if _ESCAPED_BYTE.search(lines[0]):
+        raise encoding_error(path, encoding, first_error, hint)
+    header = next(csv.reader([lines[0]], delimiter=sep), [])
+    bad: list[UndecodableLine] = []
+    for number, line in enumerate(lines[1:], 2):
+        found = _ESCAPED_BYTE.search(line)
+        if found is None:
+            continue
+        byte = len(line[:found.start()].encode(encoding, errors="surrogateescape")) + 1
+        fields = next(csv.reader([line], delimiter=sep), [])
+        index = next((i for i, field in enumerate(fields) if _ESCAPED_BYTE.search(field)), None)
+        column = header[index] if index is not None and index < len(header) else ""
+        cell = fields[index] if index is not None else line
+        value = cell.rstrip("\r").encode(encoding, "surrogateescape").decode(encoding, "backslashreplace")
+        bad.append(UndecodableLine(number, column, value, (
+            f"not valid {encoding} text; byte {byte} of the line cannot be decoded: re-save the file as "
+            f"{encoding}, or name the table's encoding in the dataset spec (e.g. ?encoding=latin-1)")))
+        lines[number - 1] = "\r" if line.endswith("\r") else ""
+    return io.StringIO("\n".join(lines)), bad
+
+
 class RowQuarantine:
     """Rows set aside under ``bad_rows=quarantine``: one record per bad cell.
 
@@ -71,6 +130,14 @@ class RowQuarantine:
         self._parts.append(pd.DataFrame({
             "file": str(path), "row": line_number(frame.index.to_numpy()[mask].astype(np.int64), header),
             "column": column, "value": values.astype(str), "reason": reason}))
+
+    def add_undecodable(self, path: Path, lines: list[UndecodableLine]) -> None:
+        """Record lines that are not text in the table's encoding (see :func:`decode_table_lines`)."""
+        if lines:
+            self._parts.append(pd.DataFrame({
+                "file": str(path), "row": np.array([b.line for b in lines], dtype=np.int64),
+                "column": [b.column for b in lines], "value": [b.value for b in lines],
+                "reason": [b.reason for b in lines]}))
 
     def frame(self) -> pd.DataFrame:
         if not self._parts:
