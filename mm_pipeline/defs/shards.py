@@ -18,13 +18,14 @@ workers rebuild the job from it).
 from __future__ import annotations
 
 import inspect
-import os
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-SHARDS_ENV = "MM_PIPELINE_ITEM_SHARDS"
+from mm_pipeline import settings
+
+SHARDS_ENV = settings.ITEM_SHARDS_ENV
 SHARDED_ASSETS = ("raw_item_images", "raw_item_audio", "augmented_images", "augmented_text", "augmented_audio",
                   "text_features", "audio_features")
 # Bundle entries with one row per item (sliced for a shard, concatenated back); DataFrames are item
@@ -33,14 +34,8 @@ ITEM_KEYS = frozenset({"images", "present", "waves", "views", "features", "augme
 
 
 def item_shards() -> int:
-    raw = os.environ.get(SHARDS_ENV, "").strip() or "1"
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{SHARDS_ENV}={raw!r} must be a whole number of item shards, at least 1 (1: no sharding)")
-    return value
+    """``$MM_PIPELINE_ITEM_SHARDS`` (see :func:`mm_pipeline.settings.item_shards`)."""
+    return settings.item_shards()
 
 
 def _n_items(value) -> int | None:
