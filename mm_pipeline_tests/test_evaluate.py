@@ -595,7 +595,7 @@ def test_long_tail_results_use_the_full_ranking_restricted_to_tail_truth():
 
 # ------------------------------------------------------------------------------ comparison report
 def _comparison(data, ablations=("mm_gcn_no_text",), aligned=True, min_subgroup=(1, 1)):
-    from mm_pipeline.evaluate.comparison import build_comparison
+    from mm_pipeline.evaluate.report import build_comparison
 
     pop = np.asarray(data.train.sum(axis=0)).ravel().astype(np.float32)
     rand, *_ = _random_case(seed=9, n_users=data.n_users, n_items=data.n_items)
@@ -679,7 +679,7 @@ def test_build_comparison_without_ablations_or_features():
 
 
 def test_build_comparison_rejects_inconsistent_roles():
-    from mm_pipeline.evaluate.comparison import build_comparison
+    from mm_pipeline.evaluate.report import build_comparison
 
     data = _tiny_split(seed=4, n_items=70, n_cold=25)
     models = {"mm_gcn": _oracle(data, "mm_gcn"), "popularity": _oracle(data, "popularity")}
