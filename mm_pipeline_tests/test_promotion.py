@@ -156,7 +156,8 @@ def test_promotion_asset_waives_cold_guardrails_only_without_enough_cold_test_da
     import numpy as np
     import scipy.sparse as sp
 
-    from mm_pipeline.defs.assets.promotion import cold_start_support, not_applicable_guardrails
+    from mm_pipeline.defs.assets.promotion import cold_start_support
+    from mm_pipeline.registry.promotion import not_applicable_guardrails
 
     policy = PromotionPolicy()
     enough = {"enough": True, "interactions": 90, "reason": None}
@@ -243,7 +244,8 @@ def test_decide_promotion_waives_cold_guardrails_from_the_support_only():
 def test_promotion_decision_tables_tags_and_staleness():
     from mm_pipeline.registry.promotion import decide_promotion
 
-    decision = decide_promotion(PromotionPolicy(), "3", {**BETTER_SCORES, "coverage@20": 0.40}, "2", CHAMPION_SCORES, NO_COLD_SUPPORT)
+    decision = decide_promotion(PromotionPolicy(), "3", {**BETTER_SCORES, "coverage@20": 0.40}, "2", CHAMPION_SCORES,
+                                NO_COLD_SUPPORT)
     assert decision.label == "rejected"
     rule = decision.rule_table().set_index("metric")
     assert list(rule.index) == [GATE, "coverage@20", "cold_recall@20"]

@@ -615,7 +615,8 @@ def render_comparison(comparison: ModelComparison, title: str = "Evaluation repo
         Paragraph(f"Dataset {spec}({ds['users']} users, {ds['items']} items). Primary model: {c.primary}; "
                   f"baselines: {', '.join(metrics['baselines']) or 'none'}; components of the primary model: "
                   f"{', '.join(metrics['components']) or 'none'}; ablations: "
-                  f"{', '.join(metrics['ablations']) or 'none'}; variants: {', '.join(metrics['variants']) or 'none'}."),
+                  f"{', '.join(metrics['ablations']) or 'none'}; "
+                  f"variants: {', '.join(metrics['variants']) or 'none'}."),
         Paragraph(metrics["protocol"]),
         *selection_blocks,
         Heading("All items (full ranking)"), main_table,

@@ -10,13 +10,12 @@ from pydantic import Field
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.metadata import frame_markdown
 from mm_pipeline.defs.resources import MlflowResource
-from mm_pipeline.registry.promotion import (  # noqa: F401  not_applicable_guardrails: re-exported
+from mm_pipeline.registry.promotion import (
     DEFAULT_GATE_METRIC,
     DEFAULT_GUARDRAILS,
     PromotionDecision,
     PromotionPolicy,
     decide_promotion,
-    not_applicable_guardrails,
 )
 from mm_pipeline.settings import lock_database, project_paths
 
