@@ -59,7 +59,8 @@ def default_resources(home: str = "", dataset: str = "", tracking_uri: str = "")
     return {"pipeline": PipelineResource(home=home, dataset=dataset or from_environment(settings.DATASET_ENV)),
             "mlflow_tracking": MlflowResource(tracking_uri=tracking_uri or from_environment(settings.TRACKING_URI_ENV),
                                               home=home),
-            "io_manager": BundleIOManager(base_dir=os.path.join(home, "assets") if home else "")}
+            "io_manager": BundleIOManager(base_dir=os.path.join(home, "assets") if home
+                                          else from_environment(settings.STORAGE_ENV))}
 
 
 EXECUTOR_ENV = settings.EXECUTOR_ENV

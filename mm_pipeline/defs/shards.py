@@ -127,5 +127,10 @@ def with_item_shards(assets: list, count: int | None = None) -> list:
     count = item_shards() if count is None else count
     if count == 1:
         return assets
-    return [sharded_asset(a, count) if isinstance(a, dg.AssetsDefinition) and a.key.to_user_string()
-            in SHARDED_ASSETS else a for a in assets]
+    return [sharded_asset(a, count) if _is_sharded(a) else a for a in assets]
+
+
+def _is_sharded(asset) -> bool:
+    """One of :data:`SHARDED_ASSETS` (multi-assets, e.g. the raw source's, never are)."""
+    return (isinstance(asset, dg.AssetsDefinition) and len(asset.keys) == 1
+            and asset.key.to_user_string() in SHARDED_ASSETS)
