@@ -31,8 +31,8 @@ def skipped_modalities(data) -> dict[str, str]:
 
 
 SOURCE_DATASET_DOC = """The dataset: generated for ``builtin:*`` specs; read and checked for ``folder:``,
-``movielens:``, ``mmrec:``. The manifest carries the reader's ``info``: counts before/after filtering, and the contract for
-precomputed features (``info["precomputed"]``) and a published split (``info["split_column"]``)."""
+``movielens:``, ``mmrec:``. The manifest carries the reader's ``info``: counts before/after filtering, and the
+contract for precomputed features (``info["precomputed"]``) and a published split (``info["split_column"]``)."""
 RAW_ITEMS_DOC = "The item catalogue, sorted by ``item_id``: text, image and audio paths, extra columns kept."
 RAW_INTERACTIONS_DOC = """User-item interactions with timestamps and weights, as read from the source, then every
 materialized ``inbox_interactions`` partition appended (column ``origin``; see defs/assets/inbox.py)."""
