@@ -22,7 +22,7 @@ TABLE_COLUMNS = ("recall@20", "ndcg@20", "precision@20", "f1@20", "coverage@20",
 
 def prepare_dagster_home(paths: settings.ProjectPaths) -> Path:
     """Point ``DAGSTER_HOME`` at the project home and link the project's ``dagster.yaml`` into it."""
-    home = Path(os.environ.get("DAGSTER_HOME") or paths.dagster)
+    home = settings.dagster_home(paths)
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     link, source = home / "dagster.yaml", settings.REPO_ROOT / "dagster.yaml"
@@ -67,9 +67,7 @@ def print_report(metrics_path: Path) -> None:
 
 
 def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:
-    if dataset:
-        os.environ["MM_PIPELINE_DATASET"] = dataset
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings.prefer_offline_models()
     paths = settings.project_paths().ensure()
     prepare_dagster_home(paths)
     import dagster as dg
@@ -83,7 +81,7 @@ def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:
     with dg.DagsterInstance.get() as instance:
         result = admitted_run(instance, lambda tags: defs.resolve_job_def(job).execute_in_process(
             instance=instance, raise_on_error=False, tags=tags,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}}))
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **dataset_run_config(dataset)}))
     elapsed = time.perf_counter() - started
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     print("\nStage timings (s):")
@@ -108,6 +106,12 @@ def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:
     return 0
 
 
+def dataset_run_config(dataset: str | None) -> dict:
+    """Run config choosing ``dataset`` (the ``pipeline`` resource's config); empty: the resource's own
+    (``$MM_PIPELINE_DATASET`` or builtin:default)."""
+    return {"resources": {"pipeline": {"config": {"dataset": dataset}}}} if dataset else {}
+
+
 def run_job(job: str, dataset: str | None, config_file: str | None, from_failure: str | None = None) -> int:
     """``job`` through its own executor (``$MM_PIPELINE_EXECUTOR``) in the instance of ``$DAGSTER_HOME``,
     once a run slot is free. ``dataset`` goes into the run config (the ``pipeline`` resource), so steps
@@ -118,7 +122,7 @@ def run_job(job: str, dataset: str | None, config_file: str | None, from_failure
     from mm_pipeline import definitions
     from mm_pipeline.defs.admission import admitted_run
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings.prefer_offline_models()
     paths = settings.project_paths().ensure()
     prepare_dagster_home(paths)
     run_config: dict = {}

@@ -653,7 +653,7 @@ def test_dirty_dataset_runs_to_an_evaluation_report(tmp_path):
     for name, line, column, reason in dirty.row_quarantine:
         table = events["raw_items" if name == "items.csv" else "raw_interactions"]["row_quarantine"].value
         assert f"| {dirty.root / name} | {line} | {column} |" in table and reason in table, (name, line)
-    manifest = result.output_for_node("source_dataset")
+    manifest = result.asset_value("source_dataset")
     assert sum(p["rows"] for p in manifest["info"]["row_quarantine"].values()) == len(dirty.row_quarantine)
     # The whole row-quarantine table is stored too, not only the first rows shown in metadata.
     stored = pd.concat([pd.read_parquet(events[a]["row_quarantine_table"].value)
@@ -662,9 +662,9 @@ def test_dirty_dataset_runs_to_an_evaluation_report(tmp_path):
         {(name, line) for name, line, _, _ in dirty.row_quarantine}
 
     # No good item is lost: all in raw_items, in the aligned embeddings and in the split.
-    items = result.output_for_node("raw_items")
+    items = result.asset_value("raw_items")
     assert items["item_id"].tolist() == sorted(dirty.item_ids)
-    assert len(result.output_for_node("raw_interactions")) == dirty.n_interactions
+    assert len(result.asset_value("raw_interactions")) == dirty.n_interactions
     aligned = result.output_for_node("aligned_item_embeddings")
     assert aligned["fused"].shape[0] == len(dirty.item_ids) and np.isfinite(aligned["fused"]).all()
     assert result.output_for_node("interaction_split")["n_items"] == len(dirty.item_ids)

@@ -1,5 +1,8 @@
 """`make demo`'s entry point on the tiny dataset: the run lands in the project's Dagster instance."""
 
+import json
+import os
+
 import dagster as dg
 
 from mm_pipeline import cli
@@ -9,12 +12,13 @@ def test_demo_runs_the_full_job_and_prints_the_table(tmp_path, monkeypatch, caps
     monkeypatch.setenv("MM_PIPELINE_HOME", str(tmp_path))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MM_PIPELINE_DATASET", "builtin:tiny")  # run_demo sets it; restored afterwards
+    monkeypatch.delenv("MM_PIPELINE_DATASET", raising=False)  # --dataset reaches the run as run config
     assert cli.main(["demo", "--dataset", "builtin:tiny"]) == 0
     out = capsys.readouterr().out
     assert "mm_gcn" in out and "recall@20" in out and "cold-start" in out
     assert "asset checks" in out
-    assert (tmp_path / "reports" / "latest" / "metrics.json").exists()
+    metrics = json.loads((tmp_path / "reports" / "latest" / "metrics.json").read_text())
+    assert metrics["dataset"]["spec"] == "builtin:tiny" and "MM_PIPELINE_DATASET" not in os.environ
     assert (tmp_path / "dagster" / "dagster.yaml").is_symlink()
     with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME points at the project home
         runs = instance.get_runs()

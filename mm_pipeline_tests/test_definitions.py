@@ -41,3 +41,54 @@ def test_dagster_cli_validates_workspace(tmp_path):
     out = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _environment_reads(path: Path) -> list[int]:
+    """Lines of ``path`` that read ``os.environ`` / ``os.getenv`` (setting a variable is not reading it)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os":
+            parent = parents.get(node)
+            if node.attr == "getenv":
+                lines.append(node.lineno)
+            elif node.attr == "environ":
+                written = ((isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store))
+                           or (isinstance(parent, ast.Attribute) and parent.attr == "setdefault"))
+                if not written:
+                    lines.append(node.lineno)
+    return lines
+
+
+def test_the_environment_is_read_in_the_settings_module_only():
+    package = REPO / "mm_pipeline"
+    # io_manager.storage_base still reads $MM_PIPELINE_STORAGE itself; settings.storage_location() is its
+    # replacement once that module moves to it.
+    allowed = {package / "settings.py", package / "defs" / "io_manager.py"}
+    readers = {str(path.relative_to(REPO)): lines for path in sorted(package.rglob("*.py"))
+               if path not in allowed and (lines := _environment_reads(path))}
+    assert readers == {}, f"read the environment through mm_pipeline.settings instead: {readers}"
+    assert _environment_reads(package / "settings.py")  # the scan does see reads
+
+
+def test_resources_take_environment_overrides_as_env_vars(monkeypatch):
+    from mm_pipeline.defs.build import default_resources
+
+    for name in ("MM_PIPELINE_DATASET", "MLFLOW_TRACKING_URI", "MM_PIPELINE_STORAGE"):
+        monkeypatch.delenv(name, raising=False)
+    plain = default_resources()
+    assert plain["pipeline"].dataset == "" and plain["pipeline"].dataset_spec() == "builtin:default"
+    assert plain["mlflow_tracking"].tracking_uri == "" and plain["io_manager"].base_dir == ""
+    monkeypatch.setenv("MM_PIPELINE_DATASET", "builtin:tiny")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/x.db")
+    monkeypatch.setenv("MM_PIPELINE_STORAGE", "/tmp/assets")
+    from_env = default_resources()
+    assert from_env["pipeline"].dataset == dg.EnvVar("MM_PIPELINE_DATASET")
+    assert from_env["mlflow_tracking"].tracking_uri == dg.EnvVar("MLFLOW_TRACKING_URI")
+    assert from_env["io_manager"].base_dir == dg.EnvVar("MM_PIPELINE_STORAGE")
+    given = default_resources(home="/tmp/h", dataset="builtin:tiny:video", tracking_uri="sqlite:////tmp/y.db")
+    assert given["pipeline"].dataset == "builtin:tiny:video" and given["io_manager"].base_dir == "/tmp/h/assets"
+    assert given["mlflow_tracking"].tracking_uri == "sqlite:////tmp/y.db"

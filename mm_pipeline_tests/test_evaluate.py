@@ -595,8 +595,13 @@ def test_long_tail_results_use_the_full_ranking_restricted_to_tail_truth():
 
 # ------------------------------------------------------------------------------ comparison report
 def _comparison(data, ablations=("mm_gcn_no_text",), aligned=True, min_subgroup=(1, 1)):
-    from mm_pipeline.evaluate.comparison import build_comparison
+    from mm_pipeline.evaluate.report import build_comparison
 
+    models, options = _comparison_inputs(data, ablations, aligned, min_subgroup)
+    return build_comparison(models, data, **options)
+
+
+def _comparison_inputs(data, ablations=("mm_gcn_no_text",), aligned=True, min_subgroup=(1, 1)):
     pop = np.asarray(data.train.sum(axis=0)).ravel().astype(np.float32)
     rand, *_ = _random_case(seed=9, n_users=data.n_users, n_items=data.n_items)
     popularity = EmbeddingRecommender("popularity", torch.ones(data.n_users, 1), torch.from_numpy(pop)[:, None])
@@ -609,8 +614,8 @@ def _comparison(data, ablations=("mm_gcn_no_text",), aligned=True, min_subgroup=
     weights = rng.random((data.n_items, 2)) * present
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
     history = pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.7, 0.5, 0.45], "valid_ndcg@20": [0.1, np.nan, 0.2]})
-    return build_comparison(
-        models, data, primary="mm_gcn", baselines=["popularity", "rand"], ablations=list(ablations),
+    return models, dict(
+        primary="mm_gcn", baselines=["popularity", "rand"], ablations=list(ablations),
         histories={"mm_gcn": history}, compression=pd.DataFrame({"variant": ["fp32", "int8"], "size_mb": [1.0, 0.3]}),
         aligned={"fused": rng.normal(size=(data.n_items, 8)), "weights": weights, "present": present,
                  "modalities": ["text", "image"]} if aligned else None,
@@ -678,8 +683,44 @@ def test_build_comparison_without_ablations_or_features():
     assert "modality_weights" not in comparison.figures
 
 
+def test_compare_models_gives_numbers_and_the_report_renders_them():
+    from mm_pipeline.evaluate.comparison import ModelComparison, compare_models
+    from mm_pipeline.evaluate.report import render_comparison
+
+    data = _tiny_split(seed=2, n_items=70, n_cold=25)
+    models, options = _comparison_inputs(data)
+    result = compare_models(models, data, **options)
+    assert isinstance(result, ModelComparison)
+    rendered = _comparison(data)   # build_comparison: compare, then render
+    again = render_comparison(result)
+    assert again[1:] == rendered[1:] and json.dumps(again.metrics) == json.dumps(rendered.metrics)
+    models = result.metrics["models"]
+    assert result.models == list(models) and result.best_baseline == result.metrics["significance"]["best_baseline"]
+    overall = result.overall[20].set_index("model")
+    for name, values in models.items():
+        assert overall.loc[name, "recall@20"] == values["recall@20"]
+        assert [overall.loc[name, "recall@20_ci_low"], overall.loc[name, "recall@20_ci_high"]] == \
+            list(values["recall@20_ci"])
+        assert overall.loc[name, "role"] == result.roles[name]
+    assert overall.loc["mm_gcn", "recall@20_significant"] and not overall.loc[result.best_baseline,
+                                                                                "recall@20_significant"]
+    assert "recall@10_ci_low" not in result.overall[10] and result.overall[10]["ndcg@10"].notna().all()
+    tests = result.significance.set_index(["model", "metric"])
+    assert result.best_baseline not in tests.index.get_level_values("model")
+    assert tests.loc[("mm_gcn", "ndcg@20"), "significant"]
+    assert set(result.cold_start["model"]) == set(result.metrics["cold_start"])
+    assert "tail_share@20" in result.long_tail and "tail_share@20" not in result.cold_start
+    ablation = result.ablations.set_index("model")
+    assert ablation.loc["mm_gcn_no_text", "compared_with"] == "mm_gcn" and ablation.loc["mm_gcn", "compared_with"] == ""
+    assert ablation.loc["mm_gcn_no_text", "recall@20_delta"] == pytest.approx(
+        models["mm_gcn_no_text"]["recall@20"] - models["mm_gcn"]["recall@20"])
+    assert list(result.modality_weights["modality"]) == ["text", "image"] and list(result.histories) == ["mm_gcn"]
+    with pytest.raises(AttributeError):
+        result.primary = "rand"   # frozen
+
+
 def test_build_comparison_rejects_inconsistent_roles():
-    from mm_pipeline.evaluate.comparison import build_comparison
+    from mm_pipeline.evaluate.report import build_comparison
 
     data = _tiny_split(seed=4, n_items=70, n_cold=25)
     models = {"mm_gcn": _oracle(data, "mm_gcn"), "popularity": _oracle(data, "popularity")}

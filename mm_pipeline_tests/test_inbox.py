@@ -152,7 +152,7 @@ def test_append_inbox_keeps_order_marks_origin_and_counts_repeats():
 
 
 # --------------------------------------------------------------------- the partitions in Dagster
-RAW = ["inbox_interactions", "source_dataset", "raw_interactions"]
+RAW = ["inbox_interactions", "source_dataset", "raw_items", "raw_interactions"]  # the last three: one step
 
 
 def _materialize(instance, home, selection, partition_key=None, run_config=None):
@@ -175,7 +175,7 @@ def test_inbox_partitions_feed_raw_interactions(tmp_path, monkeypatch):
     # No partition (a fresh install): raw_interactions is the source, unchanged.
     fresh = _materialize(instance, home, RAW[1:])
     assert fresh.success
-    source = fresh.output_for_node("raw_interactions")
+    source = fresh.asset_value("raw_interactions")
     assert ORIGIN_COLUMN not in source.columns and _metadata(fresh, "raw_interactions")["inbox_partitions"] == 0
 
     inbox = home / "inbox"
@@ -190,7 +190,7 @@ def test_inbox_partitions_feed_raw_interactions(tmp_path, monkeypatch):
     run = _materialize(instance, home, RAW, partition_key=digest,
                        run_config={"ops": {"inbox_interactions": {"config": {"file": str(new)}}}})
     assert run.success
-    inter = run.output_for_node("raw_interactions")
+    inter = run.asset_value("raw_interactions")
     assert len(inter) == len(source) + 2
     pd.testing.assert_frame_equal(inter.iloc[:len(source)].drop(columns=ORIGIN_COLUMN), source)
     added = inter[inter[ORIGIN_COLUMN] == f"inbox:{digest}"]
@@ -217,7 +217,7 @@ def test_inbox_partitions_feed_raw_interactions(tmp_path, monkeypatch):
     assert later.success
     meta = _metadata(later, "raw_interactions")
     assert meta["inbox_digests"] == [digest] and meta["inbox_partitions_not_included"] == [bad_digest]
-    assert len(later.output_for_node("raw_interactions")) == len(source) + 2
+    assert len(later.asset_value("raw_interactions")) == len(source) + 2
     assert new.exists() and bad.exists()  # the user's inbox files stay where they were
 
     # Withdrawing a file's data: delete its partition; the next run leaves it out.
@@ -226,4 +226,4 @@ def test_inbox_partitions_feed_raw_interactions(tmp_path, monkeypatch):
     assert withdrawn.success
     meta = _metadata(withdrawn, "raw_interactions")
     assert meta["inbox_digests"] == [] and meta["inbox_partitions_not_included"] == [bad_digest]
-    pd.testing.assert_frame_equal(withdrawn.output_for_node("raw_interactions"), source)  # as before any file
+    pd.testing.assert_frame_equal(withdrawn.asset_value("raw_interactions"), source)  # as before any file

@@ -46,7 +46,7 @@ def test_run_succeeds_and_every_asset_materializes(pipeline_run):
 
 def test_raw_and_split_outputs(pipeline_run):
     result, _, _ = pipeline_run
-    items = result.output_for_node("raw_items")
+    items = result.asset_value("raw_items")
     assert len(items) == 360 and items["item_id"].is_monotonic_increasing
     images = result.output_for_node("raw_item_images")
     assert images["images"].shape == (360, 32, 32, 3) and images["images"].dtype == np.uint8

@@ -156,7 +156,8 @@ def test_promotion_asset_waives_cold_guardrails_only_without_enough_cold_test_da
     import numpy as np
     import scipy.sparse as sp
 
-    from mm_pipeline.defs.assets.promotion import cold_start_support, not_applicable_guardrails
+    from mm_pipeline.defs.assets.promotion import cold_start_support
+    from mm_pipeline.registry.promotion import not_applicable_guardrails
 
     policy = PromotionPolicy()
     enough = {"enough": True, "interactions": 90, "reason": None}
@@ -198,3 +199,71 @@ def test_never_promotes_a_worse_challenger_or_one_breaking_an_applicable_guardra
     expected = (challenger[GATE] - champion[GATE] > policy.min_improvement
                 and all(champion[m] - challenger[m] <= t for m, t in applicable.items()))
     assert decision.promote == expected
+
+
+# ------------------------------------------------------------------ the whole decision (core, no Dagster)
+ENOUGH_SUPPORT = {"enough": True, "interactions": 90, "reason": None}
+NO_COLD_SUPPORT = {"enough": False, "interactions": 0, "reason": "0 test interactions (need 30)"}
+BETTER_SCORES = {GATE: 0.30, "coverage@20": 0.50, "cold_recall@20": 0.20, "known_user_share": 1.0}
+CHAMPION_SCORES = {GATE: 0.20, "coverage@20": 0.50, "cold_recall@20": 0.20, "known_user_share": 1.0}
+
+
+def test_decide_promotion_labels_each_case():
+    from mm_pipeline.registry.promotion import decide_promotion
+
+    policy = PromotionPolicy()
+    first = decide_promotion(policy, "1", BETTER_SCORES, None, None, ENOUGH_SUPPORT)
+    assert (first.label, first.promote, first.champion_version) == ("promoted", True, None)
+    assert "no champion yet" in first.reason and math.isnan(first.gate_delta)
+    better = decide_promotion(policy, 3, BETTER_SCORES, 2, CHAMPION_SCORES, ENOUGH_SUPPORT)
+    assert better.label == "promoted" and better.challenger_version == "3" and better.champion_version == "2"
+    assert better.gate_delta == pytest.approx(0.1) and better.guardrail_deltas == {"coverage@20": 0.0,
+                                                                                   "cold_recall@20": 0.0}
+    worse = decide_promotion(policy, "3", CHAMPION_SCORES, "2", BETTER_SCORES, ENOUGH_SUPPORT)
+    assert (worse.label, worse.promote) == ("rejected", False) and "gate not passed" in worse.reason
+    same = decide_promotion(policy, "2", BETTER_SCORES, "2", BETTER_SCORES, ENOUGH_SUPPORT)
+    assert (same.label, same.promote, same.gate_delta) == ("unchanged", False, 0.0)
+    assert same.reason == "version 2 already is the champion"
+    with pytest.raises(ValueError, match="give both or neither"):
+        decide_promotion(policy, "3", BETTER_SCORES, "2", None, ENOUGH_SUPPORT)
+
+
+def test_decide_promotion_waives_cold_guardrails_from_the_support_only():
+    from mm_pipeline.registry.promotion import decide_promotion
+
+    cold_drop = {**BETTER_SCORES, "cold_recall@20": 0.0}  # better gate, cold-start recall fell by 0.2
+    measured = decide_promotion(PromotionPolicy(), "3", cold_drop, "2", CHAMPION_SCORES, ENOUGH_SUPPORT)
+    assert measured.label == "rejected" and "cold_recall@20 dropped" in measured.reason
+    assert measured.not_applicable == {} and measured.cold_test_interactions == 90
+    waived = decide_promotion(PromotionPolicy(), "3", cold_drop, "2", CHAMPION_SCORES, NO_COLD_SUPPORT)
+    assert waived.label == "promoted" and "cold_recall@20" in waived.not_applicable
+    assert "no interaction on a cold item" in waived.not_applicable["cold_recall@20"]
+    assert waived.cold_test_interactions == 0 and "not applicable" in waived.reason
+
+
+def test_promotion_decision_tables_tags_and_staleness():
+    from mm_pipeline.registry.promotion import decide_promotion
+
+    decision = decide_promotion(PromotionPolicy(), "3", {**BETTER_SCORES, "coverage@20": 0.40}, "2", CHAMPION_SCORES,
+                                NO_COLD_SUPPORT)
+    assert decision.label == "rejected"
+    rule = decision.rule_table().set_index("metric")
+    assert list(rule.index) == [GATE, "coverage@20", "cold_recall@20"]
+    assert rule.loc[GATE, "status"] == "passed" and rule.loc[GATE, "role"] == "gate"
+    assert rule.loc["coverage@20", "status"] == "failed"
+    assert rule.loc["coverage@20", "delta"] == pytest.approx(-0.1)
+    assert rule.loc["coverage@20", "threshold"] == DEFAULT_GUARDRAILS["coverage@20"]
+    assert rule.loc["cold_recall@20", "status"] == "not applicable"
+    scores = decision.scores_table().set_index("metric")
+    assert set(scores.index) == set(BETTER_SCORES) and scores.loc["coverage@20"].tolist() == [0.40, 0.50]
+    tags = decision.version_tags()
+    assert tags["decision"] == "rejected" and tags["compared_with"] == "2"
+    assert tags["not_applicable"] == "cold_recall@20" and tags["challenger.ndcg@20"] == BETTER_SCORES[GATE]
+    assert "challenger.known_user_share" not in tags and tags["gate_delta"] == pytest.approx(0.1)
+
+    first = decide_promotion(PromotionPolicy(), "1", BETTER_SCORES, None, None, ENOUGH_SUPPORT)
+    assert first.rule_table()["status"].tolist() == ["not compared"] * 3
+    assert "champion." + GATE not in first.version_tags() and "gate_delta" not in first.version_tags()
+    stale = decision.stale("the champion is v4, not v2")
+    assert (stale.label, stale.promote) == ("stale", False) and decision.label == "rejected"  # frozen
+    assert stale.reason.startswith("not promoted: the champion is v4, not v2 (this run compared with v2: ")

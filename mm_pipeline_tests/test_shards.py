@@ -36,7 +36,9 @@ def test_two_shards_decode_and_extract_exactly_what_one_does(tmp_path):
     for count in (1, 2):
         home = tmp_path / f"shards{count}"
         assets = with_item_shards(dg.load_assets_from_modules(build.ASSET_MODULES), count)
-        selection = dg.AssetSelection.assets("raw_item_images", "audio_features").upstream()
+        # raw_interactions comes along: the raw source assets are one step, materialized together.
+        selection = dg.AssetSelection.assets("raw_item_images", "audio_features").upstream() \
+            .required_multi_asset_neighbors()
         result = dg.materialize(assets, selection=selection, instance=dg.DagsterInstance.ephemeral(),
                                 resources=default_resources(home=str(home), dataset="builtin:tiny",
                                                             tracking_uri=f"sqlite:///{home / 'mlflow.db'}"),

@@ -343,7 +343,7 @@ def test_graph_on_movielens_100k(tmp_path):
     assert not images["present"].any()  # no posters: the image modality is skipped, the graph still runs
     aligned = result.output_for_node("aligned_item_embeddings")
     assert aligned["modalities"] == ["text"]
-    manifest = result.output_for_node("source_dataset")
+    manifest = result.asset_value("source_dataset")
     assert set(manifest["skipped_modalities"]) == {"image", "audio"}
 
 
@@ -361,7 +361,7 @@ def test_graph_on_mmrec_uses_precomputed_features_and_published_split(tmp_path):
     inter = write_mmrec(tmp_path / "toy")
     result, checks = _materialize(tmp_path, f"mmrec:{tmp_path / 'toy'}")
     assert all(c.passed for c in checks.values()), {n: c.passed for n, c in checks.items()}
-    items = result.output_for_node("raw_items")
+    items = result.asset_value("raw_items")
     for modality, dim in (("text", 16), ("image", 24)):
         feats = result.output_for_node(f"{modality}_features")
         provided = np.load(tmp_path / "toy" / f"{modality}_feat.npy")
@@ -434,3 +434,62 @@ def test_builtin_mmrec_is_seeded_and_features_follow_the_items(tmp_path):
     co = (text[first] * text[second]).sum(1).mean()
     random_pairs = (text[first] * text[rng.permutation(second)]).sum(1).mean()
     assert co > random_pairs + 0.05
+
+
+# ------------------------------------------------------------- one read per run; the dataset is resource config
+RAW_SOURCE = ["source_dataset", "raw_items", "raw_interactions"]
+
+
+def _read_raw_source(home, monkeypatch, resources, run_config=None) -> tuple[dict, list]:
+    """Materialize the raw assets and the split; the sources the run read, in order."""
+    from mm_pipeline.defs.assets import raw
+
+    reads, real = [], raw.load_source
+    monkeypatch.setattr(raw, "load_source", lambda source: reads.append(source) or real(source))
+    result = dg.materialize(all_assets(), selection=[*RAW_SOURCE, "interaction_split", "raw_item_images"],
+                            resources=resources, run_config=run_config or {},
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert set(RAW_SOURCE) <= materialized
+    split = result.asset_value("interaction_split")
+    assert split["n_items"] == len(result.asset_value("raw_items"))
+    return result.asset_value("source_dataset"), reads
+
+
+def test_the_source_is_read_once_per_run_from_the_pipeline_resource(tmp_path, monkeypatch):
+    from mm_pipeline.defs.build import default_resources
+
+    monkeypatch.setenv("MM_PIPELINE_HOME", str(tmp_path))
+    monkeypatch.setenv("MM_PIPELINE_DATASET", "builtin:tiny:ecommerce")
+    # The environment's dataset reaches the resource as dg.EnvVar, resolved when the run starts.
+    resources = default_resources(home=str(tmp_path))
+    assert resources["pipeline"].dataset == dg.EnvVar("MM_PIPELINE_DATASET")
+    manifest, reads = _read_raw_source(tmp_path, monkeypatch, resources)
+    assert len(reads) == 1 and manifest["spec"] == "builtin:tiny:ecommerce"
+    assert manifest["root"] == str(reads[0].root) and "ecommerce" in reads[0].root.name
+
+    # Run config (what `mm-pipeline demo --dataset` and `run --dataset` pass) beats the environment.
+    manifest, reads = _read_raw_source(tmp_path, monkeypatch, resources, run_config={
+        "resources": {"pipeline": {"config": {"dataset": "builtin:tiny"}}}})
+    assert len(reads) == 1 and manifest["spec"] == "builtin:tiny" and "video" in reads[0].root.name
+
+    # So does the resource's own config; with neither, the default dataset.
+    manifest, reads = _read_raw_source(tmp_path, monkeypatch, default_resources(home=str(tmp_path),
+                                                                                dataset="builtin:tiny:video"))
+    assert len(reads) == 1 and manifest["spec"] == "builtin:tiny:video"
+    monkeypatch.delenv("MM_PIPELINE_DATASET")
+    assert default_resources(home=str(tmp_path))["pipeline"].dataset == ""
+    assert default_resources()["pipeline"].dataset_spec() == "builtin:default"
+
+
+def test_the_raw_assets_are_one_step_and_are_materialized_together(tmp_path):
+    from mm_pipeline.defs.build import all_assets as assets, default_resources
+
+    (raw_source,) = [a for a in assets() if "raw_items" in {k.to_user_string() for k in a.keys}]
+    assert {k.to_user_string() for k in raw_source.keys} == set(RAW_SOURCE) and not raw_source.can_subset
+    with pytest.raises(dg.DagsterInvalidDefinitionError) as raised:
+        dg.materialize(assets(), selection=["raw_items"], resources=default_resources(home=str(tmp_path)),
+                       instance=dg.DagsterInstance.ephemeral())
+    assert isinstance(raised.value.__cause__, dg.DagsterInvalidSubsetError)
+    assert "raw_source" in str(raised.value.__cause__)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mm_pipeline import settings
 from mm_pipeline.datasets.schema import INTERACTION_COLUMNS, DataError
 from mm_pipeline.datasets.tables import parse_numbers, parse_timestamps, require_columns, require_filled
 from mm_pipeline.storage import atomic_write_bytes, load_bundle, save_bundle
 
-INBOX_ENV = "MM_PIPELINE_INBOX"
+INBOX_ENV = settings.INBOX_ENV
 INBOX_SUFFIXES = (".csv", ".parquet")
 ORIGIN_COLUMN = "origin"
 SOURCE_ORIGIN = "source"
@@ -45,8 +45,7 @@ _DIGEST_CHARS = frozenset("0123456789abcdef")
 
 def inbox_dir(home: str | Path) -> Path:
     """``$MM_PIPELINE_INBOX``, else ``<project home>/inbox``."""
-    env = os.environ.get(INBOX_ENV, "").strip()
-    return Path(env).expanduser().resolve() if env else Path(home) / "inbox"
+    return settings.inbox_folder(home)
 
 
 def file_digest(path: str | Path) -> str:

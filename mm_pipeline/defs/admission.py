@@ -109,7 +109,7 @@ def admitted_run(instance: dg.DagsterInstance, start: Callable[[dict[str, str]],
             while limit is not None and in_progress_runs(instance) >= limit:
                 if not waited:
                     log(f"Waiting: {in_progress_runs(instance)} run(s) in progress and max_concurrent_runs is "
-                        f"{limit} ({os.environ.get('DAGSTER_HOME', 'the instance')}/dagster.yaml).")
+                        f"{limit} ({settings.env(settings.DAGSTER_HOME_ENV) or 'the instance'}/dagster.yaml).")
                     waited = True
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"no run slot became free within {timeout_s:g} s")

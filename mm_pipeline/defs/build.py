@@ -6,6 +6,8 @@ import os
 
 import dagster as dg
 
+from mm_pipeline import settings
+
 from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, select, train
 from mm_pipeline.defs.assets import promotion
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_interactions
@@ -19,7 +21,7 @@ from mm_pipeline.defs.lifecycle import (
     LIFECYCLE_SENSORS,
     build_inbox_retrain_job,
 )
-from mm_pipeline.defs.resources import MlflowResource, PipelineResource
+from mm_pipeline.defs.resources import MlflowResource, PipelineResource, from_environment
 from mm_pipeline.defs.shards import with_item_shards
 
 ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, registry, promotion]
@@ -51,20 +53,25 @@ def research_assets() -> list:
 
 
 def default_resources(home: str = "", dataset: str = "", tracking_uri: str = "") -> dict:
-    return {"pipeline": PipelineResource(home=home, dataset=dataset),
-            "mlflow_tracking": MlflowResource(tracking_uri=tracking_uri, home=home),
-            "io_manager": BundleIOManager(base_dir=os.path.join(home, "assets") if home else "")}
+    """The resources; a value not given comes from its environment variable (``dg.EnvVar``) when that is
+    set, else from the defaults in :mod:`mm_pipeline.settings`. The project home is read by settings
+    (``$MM_PIPELINE_HOME``) in every process: the Dagster instance lives under it too."""
+    return {"pipeline": PipelineResource(home=home, dataset=dataset or from_environment(settings.DATASET_ENV)),
+            "mlflow_tracking": MlflowResource(tracking_uri=tracking_uri or from_environment(settings.TRACKING_URI_ENV),
+                                              home=home),
+            "io_manager": BundleIOManager(base_dir=os.path.join(home, "assets") if home
+                                          else from_environment(settings.STORAGE_ENV))}
 
 
-EXECUTOR_ENV = "MM_PIPELINE_EXECUTOR"
-EXECUTORS = ("in_process", "multiprocess", "celery")
+EXECUTOR_ENV = settings.EXECUTOR_ENV
+EXECUTORS = settings.EXECUTORS
 
 
 def pipeline_executor():
     """The executor named by ``$MM_PIPELINE_EXECUTOR``. One process by default: every step re-importing
     torch in its own process costs more than it saves on one machine. ``multiprocess`` is Dagster's
     default; ``celery`` sends every step to the Celery workers (``mm_pipeline.defs.celery``)."""
-    choice = os.environ.get(EXECUTOR_ENV, "").strip() or "in_process"
+    choice = settings.executor_name()
     if choice == "in_process":
         return dg.in_process_executor
     if choice == "multiprocess":
@@ -73,7 +80,7 @@ def pipeline_executor():
         from mm_pipeline.defs.celery import celery_executor_def
 
         return celery_executor_def()
-    raise ValueError(f"{EXECUTOR_ENV}={choice!r} is not an executor: choose one of {', '.join(EXECUTORS)}")
+    raise AssertionError(choice)  # settings.executor_name() admits only EXECUTORS
 
 
 def build_definitions() -> dg.Definitions:

@@ -10,10 +10,10 @@ URL into a config module under ``$DAGSTER_HOME``; that is why the workers start 
 
 from __future__ import annotations
 
-import os
+from mm_pipeline import settings
 
-BROKER_ENV = "MM_PIPELINE_CELERY_BROKER"    # e.g. amqp://user:password@rabbitmq:5672//
-BACKEND_ENV = "MM_PIPELINE_CELERY_BACKEND"  # e.g. redis://redis:6379/0
+BROKER_ENV = settings.CELERY_BROKER_ENV
+BACKEND_ENV = settings.CELERY_BACKEND_ENV
 QUEUE = "dagster"                           # dagster-celery's default queue
 
 # Additions to dagster-celery's defaults. A step's task is acknowledged when a worker takes it (Celery's
@@ -29,12 +29,7 @@ CELERY_SETTINGS = {
 
 def celery_urls() -> tuple[str, str]:
     """``(broker, backend)`` from the environment; a clear error naming what is missing."""
-    missing = [name for name in (BROKER_ENV, BACKEND_ENV) if not os.environ.get(name, "").strip()]
-    if missing:
-        raise ValueError(f"MM_PIPELINE_EXECUTOR=celery needs {' and '.join(missing)}: the broker URL (RabbitMQ, "
-                         f"e.g. {BROKER_ENV}=amqp://guest:guest@127.0.0.1:5672//) and the result backend "
-                         f"(Redis, e.g. {BACKEND_ENV}=redis://127.0.0.1:6379/0); see deploy/env.example")
-    return os.environ[BROKER_ENV].strip(), os.environ[BACKEND_ENV].strip()
+    return settings.celery_urls()
 
 
 def celery_executor_def():

@@ -12,7 +12,6 @@ that both put on every run they request, e.g. shorter training for a smoke test.
 """
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -23,18 +22,17 @@ from pydantic import Field
 from mm_pipeline.datasets.inbox import file_digest, inbox_dir as _inbox_dir, is_inbox_file
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_partitions
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
+from mm_pipeline import settings
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
 
 RETRAIN_JOB = "full_pipeline"
 INBOX_JOB = "inbox_retrain"
-DEFAULT_RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00
-RETRAIN_CRON_ENV = "MM_PIPELINE_RETRAIN_CRON"
-RETRAIN_TIMEZONE_ENV = "MM_PIPELINE_RETRAIN_TIMEZONE"
-RUN_CONFIG_ENV = "MM_PIPELINE_RUN_CONFIG"
-INBOX_SETTLE_ENV = "MM_PIPELINE_INBOX_SETTLE_S"
-INBOX_INTERVAL_ENV = "MM_PIPELINE_INBOX_INTERVAL_S"
-DEFAULT_INBOX_SETTLE_S = 30.0
-DEFAULT_INBOX_INTERVAL_S = 60
+DEFAULT_RETRAIN_CRON = settings.DEFAULT_RETRAIN_CRON
+RETRAIN_CRON_ENV = settings.RETRAIN_CRON_ENV
+RETRAIN_TIMEZONE_ENV = settings.RETRAIN_TIMEZONE_ENV
+RUN_CONFIG_ENV = settings.RUN_CONFIG_ENV
+INBOX_SETTLE_ENV = settings.INBOX_SETTLE_ENV
+INBOX_INTERVAL_ENV = settings.INBOX_INTERVAL_ENV
 TRIGGER_TAG = "mm_pipeline.trigger"
 INBOX_OP = INBOX_ASSET_KEY.to_user_string()
 
@@ -97,7 +95,7 @@ def automation_run_config(exclude_ops: tuple[str, ...] = ()) -> dict:
     the ``ops`` in ``exclude_ops`` (a job refuses config for an op it does not have). Read on every
     tick, so an edit applies to the next run. A missing or malformed file raises ``ValueError``
     naming it: the tick fails visibly in the UI instead of launching runs with the wrong config."""
-    raw = os.environ.get(RUN_CONFIG_ENV, "").strip()
+    raw = settings.run_config_file()
     if not raw:
         return {}
     path = Path(raw).expanduser()
@@ -122,8 +120,8 @@ def build_retrain_schedule(cron: str | None = None, timezone: str | None = None)
     """The retraining schedule for ``full_pipeline``: ``cron`` (default ``$MM_PIPELINE_RETRAIN_CRON``,
     else weekly ``0 3 * * 1``) in ``timezone`` (default ``$MM_PIPELINE_RETRAIN_TIMEZONE`` or UTC).
     Each run carries ``$MM_PIPELINE_RUN_CONFIG``. Starts stopped."""
-    cron = (cron if cron is not None else os.environ.get(RETRAIN_CRON_ENV, "")).strip() or DEFAULT_RETRAIN_CRON
-    timezone = (timezone if timezone is not None else os.environ.get(RETRAIN_TIMEZONE_ENV, "")).strip() or "UTC"
+    cron = (cron if cron is not None else settings.retrain_cron()).strip() or DEFAULT_RETRAIN_CRON
+    timezone = (timezone if timezone is not None else settings.retrain_timezone()).strip() or "UTC"
     tags = {TRIGGER_TAG: "retrain_schedule"}
 
     def retrain(context: dg.ScheduleEvaluationContext):
@@ -182,21 +180,12 @@ def _read_cursor(context: dg.SensorEvaluationContext) -> tuple[set[str], dict[st
         return set(), {}
 
 
-def _seconds_from_env(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
-    return max(value, 0.0)
-
-
 def _settle_seconds() -> float:
-    return _seconds_from_env(INBOX_SETTLE_ENV, DEFAULT_INBOX_SETTLE_S)
+    return settings.inbox_settle_seconds()
 
 
 @dg.sensor(name="new_interactions_sensor", job_name=INBOX_JOB,
-           minimum_interval_seconds=max(1, int(_seconds_from_env(INBOX_INTERVAL_ENV, DEFAULT_INBOX_INTERVAL_S))),
+           minimum_interval_seconds=max(1, int(settings.inbox_interval_seconds())),
            default_status=dg.DefaultSensorStatus.STOPPED,
            description="Ingest each new interaction file (*.csv, *.parquet) in the inbox ($MM_PIPELINE_INBOX or "
                        "<home>/inbox) as a partition of inbox_interactions and retrain: one inbox_retrain run per "

@@ -1,22 +1,35 @@
-"""Resources: where the pipeline writes, which dataset it reads, and MLflow tracking."""
+"""Resources: where the pipeline writes, which dataset it reads, and MLflow tracking.
+
+Their settings are resource config. :func:`from_environment` gives a field its environment override:
+``dg.EnvVar(name)`` when the variable is set (Dagster resolves it when a run starts, in the process
+that runs it, and the launchpad shows it as such), else the default. Run config
+(``resources: {pipeline: {config: {dataset: ...}}}``) overrides either.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Iterator
 
 import dagster as dg
+from pydantic import Field
 
 from mm_pipeline import settings
 
 
-class PipelineResource(dg.ConfigurableResource):
-    """Project home, dataset spec and seed. Empty strings mean: take the environment / defaults."""
+def from_environment(name: str, default: str = "") -> str | dg.EnvVar:
+    """``dg.EnvVar(name)`` when ``$name`` is set now (read through :mod:`mm_pipeline.settings`), else ``default``."""
+    return dg.EnvVar(name) if settings.is_set(name) else default
 
-    home: str = ""
-    dataset: str = ""
+
+class PipelineResource(dg.ConfigurableResource):
+    """Project home, dataset spec and seed. Empty strings mean: the defaults of :mod:`mm_pipeline.settings`."""
+
+    home: str = Field(default="", description="Project home (empty: $MM_PIPELINE_HOME, else .mm_pipeline/ at the "
+                                              "repository root).")
+    dataset: str = Field(default="", description="Dataset spec, e.g. builtin:default, folder:/data/shop, "
+                                                 "movielens:/data/ml-100k (empty: builtin:default).")
     seed: int = 0
     torch_threads: int = 0
 
@@ -36,7 +49,7 @@ class PipelineResource(dg.ConfigurableResource):
 class MlflowResource(dg.ConfigurableResource):
     """MLflow tracking: ``tracking_uri`` empty means ``$MLFLOW_TRACKING_URI`` or SQLite in the project home."""
 
-    tracking_uri: str = ""
+    tracking_uri: str = Field(default="", description="MLflow tracking URI (empty: SQLite in the project home).")
     experiment_name: str = settings.EXPERIMENT_NAME
     home: str = ""
 
@@ -47,7 +60,7 @@ class MlflowResource(dg.ConfigurableResource):
     def configure(self) -> str:
         """Point MLflow (tracking and registry) at :meth:`uri` and activate the experiment, without
         starting a run. Returns the URI."""
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        settings.quiet_mlflow_uploads()
         from mm_pipeline.registry.tracking import configure_mlflow
 
         paths = settings.project_paths(self.home or None)

@@ -18,13 +18,14 @@ workers rebuild the job from it).
 from __future__ import annotations
 
 import inspect
-import os
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-SHARDS_ENV = "MM_PIPELINE_ITEM_SHARDS"
+from mm_pipeline import settings
+
+SHARDS_ENV = settings.ITEM_SHARDS_ENV
 SHARDED_ASSETS = ("raw_item_images", "raw_item_audio", "augmented_images", "augmented_text", "augmented_audio",
                   "text_features", "audio_features")
 # Bundle entries with one row per item (sliced for a shard, concatenated back); DataFrames are item
@@ -33,14 +34,8 @@ ITEM_KEYS = frozenset({"images", "present", "waves", "views", "features", "augme
 
 
 def item_shards() -> int:
-    raw = os.environ.get(SHARDS_ENV, "").strip() or "1"
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{SHARDS_ENV}={raw!r} must be a whole number of item shards, at least 1 (1: no sharding)")
-    return value
+    """``$MM_PIPELINE_ITEM_SHARDS`` (see :func:`mm_pipeline.settings.item_shards`)."""
+    return settings.item_shards()
 
 
 def _n_items(value) -> int | None:
@@ -132,5 +127,10 @@ def with_item_shards(assets: list, count: int | None = None) -> list:
     count = item_shards() if count is None else count
     if count == 1:
         return assets
-    return [sharded_asset(a, count) if isinstance(a, dg.AssetsDefinition) and a.key.to_user_string()
-            in SHARDED_ASSETS else a for a in assets]
+    return [sharded_asset(a, count) if _is_sharded(a) else a for a in assets]
+
+
+def _is_sharded(asset) -> bool:
+    """One of :data:`SHARDED_ASSETS` (multi-assets, e.g. the raw source's, never are)."""
+    return (isinstance(asset, dg.AssetsDefinition) and len(asset.keys) == 1
+            and asset.key.to_user_string() in SHARDED_ASSETS)

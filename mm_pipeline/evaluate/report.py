@@ -1,4 +1,6 @@
-"""Human-readable evaluation outputs: tables (markdown and HTML), PNG figures, report files.
+"""Human-readable evaluation outputs: tables (markdown and HTML), PNG figures, report files, and the
+comparison report rendered from a computed :class:`~mm_pipeline.evaluate.comparison.ModelComparison`
+(:func:`render_comparison`; :func:`build_comparison` computes and renders).
 
 A report is a list of blocks (:class:`Heading`, :class:`Paragraph`, :class:`Table`,
 :class:`Figure`) rendered twice from the same content: :func:`render_markdown` (figures linked as
@@ -18,11 +20,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from mm_pipeline.evaluate.comparison import ModelComparison, compare_models
 from mm_pipeline.storage import atomic_write_bytes, atomic_write_text
 
 DEFAULT_COLUMNS = ("recall@20", "ndcg@20", "precision@20", "f1@20", "coverage@20", "novelty@20")
@@ -399,3 +402,267 @@ def training_curves_png(histories: Mapping[str, pd.DataFrame]) -> bytes:
         if handles:
             ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize="x-small")
     return _png(fig)
+
+
+# ------------------------------------------------------------------------------- the comparison report
+SIGNIFICANCE_MARK = "*"
+
+
+class Comparison(NamedTuple):
+    """A rendered :class:`~mm_pipeline.evaluate.comparison.ModelComparison` (what :func:`build_comparison`
+    returns)."""
+
+    metrics: dict[str, Any]         # the content of metrics.json
+    markdown: str                   # report.md (figures linked as <name>.png)
+    html: str                       # report.html (self-contained)
+    figures: dict[str, bytes]       # file stem -> PNG
+    tables: dict[str, str]          # section -> markdown table (for Dagster metadata)
+
+
+def build_comparison(models, data, *, title: str = "Evaluation report", **options) -> Comparison:
+    """:func:`~mm_pipeline.evaluate.comparison.compare_models` (``models``, ``data``, ``options``), rendered
+    by :func:`render_comparison` under ``title``."""
+    return render_comparison(compare_models(models, data, **options), title)
+
+
+def _finite(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
+    return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _signed(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:+.4f}"
+
+
+def _interval(low: float, high: float) -> str:
+    return "n/a" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:.4f}, {high:.4f}]"
+
+
+def _not_enough(support: Mapping[str, Any]) -> str:
+    return f"Not enough data: {support['reason']}. No metrics are reported for this group."
+
+
+def _frame_table(frame: pd.DataFrame) -> Table:
+    rows = [[_finite(v) if isinstance(v, (float, np.floating)) else str(v) for v in row]
+            for row in frame.itertuples(index=False)]
+    return Table([str(c) for c in frame.columns], rows)
+
+
+class _ComparisonTables:
+    """The report's tables, formatted from a :class:`ModelComparison`."""
+
+    def __init__(self, comparison: ModelComparison):
+        self.c = comparison
+        self.names = comparison.models
+        self.recall, self.ndcg = f"recall@{comparison.max_k}", f"ndcg@{comparison.max_k}"
+        self.bold = frozenset([self.names.index(comparison.primary)])
+
+    def main(self) -> Table:
+        c, recall, ndcg = self.c, self.recall, self.ndcg
+        frame = c.overall[c.max_k]
+        best = c.best_baseline
+
+        def marked(row, metric: str) -> str:
+            return _finite(row[metric]) + (SIGNIFICANCE_MARK if row[f"{metric}_significant"] else "")
+
+        note = (f"{SIGNIFICANCE_MARK} differs significantly from the best baseline ({best}): paired bootstrap over "
+                f"test users, 95% interval of the difference excludes 0. Intervals: 95% percentile bootstrap."
+                if best else "No baseline: no significance test.")
+        plain = c.plain_metrics
+        return Table(
+            ["model", "role", recall, "95% CI", ndcg, "95% CI", *[f"{m}@{c.max_k}" for m in plain]],
+            [[row["model"], c.role_label(row["model"]), marked(row, recall),
+              _interval(row[f"{recall}_ci_low"], row[f"{recall}_ci_high"]), marked(row, ndcg),
+              _interval(row[f"{ndcg}_ci_low"], row[f"{ndcg}_ci_high"]),
+              *[_finite(row[f"{m}@{c.max_k}"]) for m in plain]] for _, row in frame.iterrows()],
+            self.bold, note)
+
+    def at(self, k: int) -> Table:
+        c, metrics = self.c, ("recall", "ndcg", *self.c.plain_metrics)
+        return Table(["model", "role", *[f"{m}@{k}" for m in metrics]],
+                     [[row["model"], c.role_label(row["model"]), *[_finite(row[f"{m}@{k}"]) for m in metrics]]
+                      for _, row in c.overall[k].iterrows()], self.bold)
+
+    def significance(self) -> Table | None:
+        c = self.c
+        if c.significance is None:
+            return None
+        others = [n for n in self.names if n != c.best_baseline]
+        tests = c.significance.set_index(["model", "metric"])
+
+        def cells(name: str, metric: str) -> list[str]:
+            test = tests.loc[(name, metric)]
+            return [f"{test['difference']:+.4f}" + (SIGNIFICANCE_MARK if test["significant"] else ""),
+                    f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}]", f"{test['p_value']:.3f}"]
+
+        return Table(
+            ["model", f"Δ {self.recall}", "95% CI", "p", f"Δ {self.ndcg}", "95% CI", "p"],
+            [[name, *cells(name, self.recall), *cells(name, self.ndcg)] for name in others],
+            frozenset([others.index(c.primary)]) if c.primary != c.best_baseline else frozenset(),
+            f"Each model minus {c.best_baseline} on the same test users ({c.n_resamples} paired resamples; no "
+            f"correction for multiple comparisons).")
+
+    def subgroup(self, frame: pd.DataFrame | None) -> Table | None:
+        if frame is None:
+            return None
+        columns = [col for col in frame.columns if col not in ("model", "role")]
+        present = frame["model"].tolist()
+        return Table(["model", "role", *columns],
+                     [[row["model"], self.c.role_label(row["model"]), *[_finite(row[col]) for col in columns]]
+                      for _, row in frame.iterrows()],
+                     frozenset([present.index(self.c.primary)]) if self.c.primary in present else frozenset())
+
+    def ablations(self) -> Table | None:
+        frame, recall, ndcg = self.c.ablations, self.recall, self.ndcg
+        if frame is None:
+            return None
+        parents = frame.loc[frame["compared_with"] == "", "model"].tolist()
+
+        def delta(row, column: str) -> str:
+            return "" if not row["compared_with"] else _signed(row[f"{column}_delta"])
+
+        return Table(
+            ["model", "compared with", recall, f"Δ {recall}", ndcg, f"Δ {ndcg}",
+             f"cold {recall}", "Δ", f"long-tail {recall}", "Δ"],
+            [[row["model"], row["compared_with"], _finite(row[recall]), delta(row, recall), _finite(row[ndcg]),
+              delta(row, ndcg), _finite(row[f"cold_{recall}"]), delta(row, f"cold_{recall}"),
+              _finite(row[f"tail_{recall}"]), delta(row, f"tail_{recall}")] for _, row in frame.iterrows()],
+            frozenset([0]), f"Δ = ablation minus the model it is an ablation of ({', '.join(parents)}).")
+
+    def modality_weights(self) -> Table | None:
+        frame = self.c.modality_weights
+        if frame is None:
+            return None
+        return Table(["modality", "items", "coverage", "mean", "p10", "median", "p90"],
+                     [[row["modality"], str(row["items"]), _finite(row["coverage"]),
+                       *[_finite(row[col]) for col in ("mean", "p10", "median", "p90")]]
+                      for row in frame.to_dict(orient="records")])
+
+    def selection(self) -> tuple[Table, Table | None] | None:
+        chosen = self.c.selection
+        if chosen is None:
+            return None
+        validation = chosen.validation
+        values = [col for col in validation.columns if col != "model"]
+        validation_table = Table(
+            ["model", *values], [[str(row["model"]), *[_finite(row[col]) for col in values]]
+                                 for _, row in validation.iterrows()],
+            frozenset([int(np.flatnonzero(validation["model"].to_numpy() == chosen.selected)[0])]),
+            "Chosen on validation only; the test columns are for the record, they played no part.")
+        searches = chosen.searches
+        search_table = Table([str(col) for col in searches.columns],
+                             [[_finite(v) if isinstance(v, float) else str(v) for v in row]
+                              for row in searches.itertuples(index=False)]) if len(searches) else None
+        return validation_table, search_table
+
+
+def comparison_figures(comparison: ModelComparison) -> dict[str, bytes]:
+    """The report's figures (file stem -> PNG): recall at the largest k with intervals, the modality
+    weights (with aligned embeddings) and the training curves (with histories)."""
+    frame, recall = comparison.overall[comparison.max_k], f"recall@{comparison.max_k}"
+    figures = {f"recall_at_{comparison.max_k}_ci": interval_bar_png(
+        frame["model"].tolist(), frame[recall].tolist(),
+        [[lo, hi] for lo, hi in zip(frame[f"{recall}_ci_low"], frame[f"{recall}_ci_high"])],
+        frame["role"].tolist(), recall, marked=[bool(m) for m in frame[f"{recall}_significant"]])}
+    aligned = comparison.aligned
+    if aligned is not None and len(aligned["modalities"]):
+        figures["modality_weights"] = modality_weights_png(aligned["weights"], aligned["present"],
+                                                           aligned["modalities"])
+    if comparison.histories:
+        figures["training_curves"] = training_curves_png(comparison.histories)
+    return figures
+
+
+def render_comparison(comparison: ModelComparison, title: str = "Evaluation report") -> Comparison:
+    """The report of ``comparison``: markdown (figures linked as ``<name>.png``), one self-contained HTML
+    page, the figures, and each section's table as markdown (for Dagster metadata)."""
+    c, tables = comparison, _ComparisonTables(comparison)
+    metrics, recall, ndcg = c.metrics, tables.recall, tables.ndcg
+    main_table = tables.main()
+    other_ks = sorted(k for k in c.ks if k != c.max_k)
+    other_tables = {k: tables.at(k) for k in other_ks}
+    significance_table = tables.significance()
+    cold_table, tail_table = tables.subgroup(c.cold_start), tables.subgroup(c.long_tail)
+    ablation_table, weights_table = tables.ablations(), tables.modality_weights()
+    compression_table = _frame_table(c.compression) if c.compression is not None else None
+    figures = comparison_figures(c)
+    bar_name = f"recall_at_{c.max_k}_ci"
+
+    selection_blocks: list = []
+    tables_extra: dict[str, str] = {}
+    selection = tables.selection()
+    if selection is not None:
+        validation_table, search_table = selection
+        chosen = c.selection
+        selection_blocks = [Heading("Model selection"),
+                            Paragraph(f"Shipped (registered as the challenger): {chosen.selected}, because "
+                                      f"{chosen.reason}. Its test {recall}: "
+                                      f"{_finite(metrics['models'].get(chosen.selected, {}).get(recall))}."),
+                            validation_table]
+        if search_table is not None:
+            selection_blocks += [Paragraph("Each model's own settings were chosen on validation within a time "
+                                           "budget (the settings tried, the seconds spent, what was chosen):"),
+                                 search_table]
+        tables_extra = {"selection": validation_table.markdown(),
+                        **({"searches": search_table.markdown()} if search_table is not None else {})}
+
+    ds, support = metrics["dataset"], metrics["support"]
+    spec = f"{ds['spec']} " if "spec" in ds else ""
+    blocks: list = [
+        Heading(title, 1),
+        Paragraph(f"Dataset {spec}({ds['users']} users, {ds['items']} items). Primary model: {c.primary}; "
+                  f"baselines: {', '.join(metrics['baselines']) or 'none'}; components of the primary model: "
+                  f"{', '.join(metrics['components']) or 'none'}; ablations: "
+                  f"{', '.join(metrics['ablations']) or 'none'}; "
+                  f"variants: {', '.join(metrics['variants']) or 'none'}."),
+        Paragraph(metrics["protocol"]),
+        *selection_blocks,
+        Heading("All items (full ranking)"), main_table,
+        Figure(bar_name, figures[bar_name], f"{recall} per model with 95% bootstrap intervals"),
+    ]
+    for k in other_ks:
+        blocks += [Heading(f"All items at {k}", 3), other_tables[k]]
+    blocks += [Heading("Significance vs the best baseline")]
+    blocks += [significance_table] if significance_table else [Paragraph("No baseline to compare with.")]
+    blocks += [Heading("Ablations")]
+    blocks += [ablation_table] if ablation_table else [Paragraph("No ablation models in this report.")]
+    blocks += [Heading("Cold-start items"),
+               Paragraph(f"{ds['cold_items']} items have no training interaction; {ds['cold_test_interactions']} "
+                         f"test interactions on them from {support['cold_start']['users']} test users, ranked "
+                         "among the cold items only.")]
+    blocks += [cold_table] if cold_table else [Paragraph(_not_enough(support["cold_start"]))]
+    blocks += [Heading("Long-tail items"),
+               Paragraph(f"Head: the {ds['head_items']} most popular items, which together hold "
+                         f"{ds['head_share']:.0%} of the training interactions. Long tail: the other "
+                         f"{ds['tail_items']} items with a training interaction ({ds['tail_test_interactions']} "
+                         f"test interactions from {support['long_tail']['users']} test users), evaluated on "
+                         "the full ranking with the truth restricted to them. tail_share@k: share of the "
+                         "recommended slots holding long-tail items.")]
+    blocks += [tail_table] if tail_table else [Paragraph(_not_enough(support["long_tail"]))]
+    if compression_table:
+        blocks += [Heading("Compression (validation split)"), compression_table]
+    blocks += [Heading("Modality weights")]
+    if weights_table:
+        blocks += [Paragraph("Attention-fusion weight of each modality, over the items that have it."),
+                   weights_table]
+        if "modality_weights" in figures:
+            blocks.append(Figure("modality_weights", figures["modality_weights"], "modality-weight distribution"))
+    else:
+        blocks.append(Paragraph("No aligned item embeddings given."))
+    blocks += [Heading("Training curves")]
+    blocks += ([Figure("training_curves", figures["training_curves"], "training loss and validation metrics")]
+               if "training_curves" in figures else [Paragraph("No training histories given.")])
+
+    section_tables = {
+        "comparison": main_table.markdown(),
+        **{f"comparison_at_{k}": other_tables[k].markdown() for k in other_ks},
+        "significance": significance_table.markdown() if significance_table else "_no baseline_",
+        "ablations": ablation_table.markdown() if ablation_table else "_no ablations_",
+        "cold_start": cold_table.markdown() if cold_table else f"_{_not_enough(support['cold_start'])}_",
+        "long_tail": tail_table.markdown() if tail_table else f"_{_not_enough(support['long_tail'])}_"}
+    section_tables.update(tables_extra)
+    if weights_table:
+        section_tables["modality_weights"] = weights_table.markdown()
+    return Comparison(metrics, render_markdown(blocks), render_html(blocks, title), figures, section_tables)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-# The pipeline runs offline: never let transformers / huggingface_hub try the network.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from mm_pipeline import settings
+
+settings.prefer_offline_models()
 
 
 def default_model_path() -> str:

@@ -1,15 +1,20 @@
 """The promotion rule: does a newly trained *challenger* replace the current *champion*?
 
 Pure Python (no MLflow, no Dagster): metrics go in as plain ``{name: value}`` dicts, a
-:class:`Decision` comes out. The Dagster asset ``model_promotion`` measures both models on the same
-test split and applies :func:`decide`; the MLflow alias moves only when ``Decision.promote`` is true.
+:class:`Decision` comes out. :func:`decide_promotion` is the whole decision the Dagster asset
+``model_promotion`` takes: it measures both registered versions on the same test split, calls it, moves
+the MLflow alias only when ``PromotionDecision.promote`` is true, and turns the decision into metadata.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_GATE_METRIC = "ndcg@20"
 DEFAULT_GUARDRAILS: dict[str, float] = {"coverage@20": 0.02, "cold_recall@20": 0.02}
@@ -156,3 +161,127 @@ def decide(challenger: Mapping[str, float], champion: Mapping[str, float] | None
         return Decision(False, "not promoted: " + "; ".join(failures) + waived_note, gate_delta, deltas, waived)
     held = "every applicable guardrail held" if waived else "every guardrail held"
     return Decision(True, f"promoted: {comparison}; {held}{waived_note}", gate_delta, deltas, waived)
+
+
+# ------------------------------------------------------------------------- the whole promotion decision
+PROMOTED, REJECTED, UNCHANGED, STALE = "promoted", "rejected", "unchanged", "stale"
+
+
+def not_applicable_guardrails(policy: PromotionPolicy, cold_support: Mapping[str, object]) -> dict[str, str]:
+    """Cold-start guardrails (``cold_*``) cannot be measured when the split has too little cold-start test
+    data (none at all, or so little that every model scores the same): waive them (recorded) instead of
+    blocking promotion for good. ``cold_support`` is the evaluation's subgroup support
+    (``{"enough", "interactions", "reason"}``)."""
+    if cold_support["enough"]:
+        return {}
+    why = (f"not enough cold-start test data in the current split ({cold_support['reason']})"
+           if cold_support["interactions"] else
+           "the current test split has no interaction on a cold item (one without training interactions)")
+    return {m: why for m in policy.guardrails if m.startswith("cold_") and m != policy.gate_metric}
+
+
+def _finite_or_none(value: object) -> float | None:
+    return float(value) if _finite_number(value) else None
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """What :func:`decide_promotion` concludes about one challenger version.
+
+    ``label``: ``promoted`` (move the alias), ``rejected``, ``unchanged`` (the challenger already is the
+    champion) or ``stale`` (see :meth:`stale`). ``challenger`` / ``champion`` are the scores compared
+    (``champion`` is ``None`` without a champion)."""
+
+    label: str
+    reason: str
+    policy: PromotionPolicy
+    challenger_version: str
+    champion_version: str | None
+    challenger: Mapping[str, float]
+    champion: Mapping[str, float] | None
+    gate_delta: float = math.nan
+    guardrail_deltas: Mapping[str, float] = field(default_factory=dict)
+    not_applicable: Mapping[str, str] = field(default_factory=dict)
+    cold_test_interactions: int = 0
+
+    @property
+    def promote(self) -> bool:
+        return self.label == PROMOTED
+
+    def stale(self, why: str) -> "PromotionDecision":
+        """This decision once the alias turned out to have moved meanwhile (the compare-and-set failed,
+        ``why``): not promoted; the reason keeps what was decided against which champion."""
+        compared = f"v{self.champion_version}" if self.champion_version else "no champion"
+        return replace(self, label=STALE, reason=f"not promoted: {why} (this run compared with {compared}: "
+                                                 f"{self.reason})")
+
+    def scores_table(self) -> "pd.DataFrame":
+        """One row per metric either side has: ``metric``, ``challenger``, ``champion`` (NaN: absent)."""
+        import pandas as pd
+
+        champion = self.champion or {}
+        rows = sorted(set(self.challenger) | set(champion))
+        return pd.DataFrame({"metric": rows, "challenger": [self.challenger.get(m, math.nan) for m in rows],
+                             "champion": [champion.get(m, math.nan) for m in rows]})
+
+    def rule_table(self) -> "pd.DataFrame":
+        """The rule, one row per metric it reads: ``metric``, ``role`` (gate / guardrail), ``threshold``
+        (the gate's margin, a guardrail's max drop), ``challenger``, ``champion``, ``delta`` and
+        ``status`` (passed / failed / not applicable / not compared)."""
+        import pandas as pd
+
+        rows = []
+        for metric in self.policy.metrics:
+            gate = metric == self.policy.gate_metric
+            threshold = self.policy.min_improvement if gate else self.policy.guardrails[metric]
+            delta = self.gate_delta if gate else self.guardrail_deltas.get(metric, math.nan)
+            if metric in self.not_applicable:
+                status = "not applicable"
+            elif not math.isfinite(delta):
+                status = "not compared"
+            else:
+                status = "passed" if (delta > threshold if gate else -delta <= threshold) else "failed"
+            rows.append({"metric": metric, "role": "gate" if gate else "guardrail", "threshold": float(threshold),
+                         "challenger": _finite_or_none(self.challenger.get(metric)),
+                         "champion": _finite_or_none((self.champion or {}).get(metric)),
+                         "delta": _finite_or_none(delta), "status": status})
+        return pd.DataFrame(rows)
+
+    def version_tags(self) -> dict[str, object]:
+        """What the challenger version is tagged with (under ``mm_pipeline.promotion.``)."""
+        policy, champion = self.policy, self.champion
+        return {"decision": self.label, "reason": self.reason, "gate_metric": policy.gate_metric,
+                "min_improvement": policy.min_improvement,
+                "guardrails": ",".join(f"{m}:{t:g}" for m, t in policy.guardrails.items()),
+                "compared_with": self.champion_version or "none",
+                "not_applicable": ",".join(self.not_applicable) or "none",
+                "cold_test_interactions": self.cold_test_interactions,
+                **{f"challenger.{m}": v for m, v in self.challenger.items() if m in policy.metrics},
+                **({f"champion.{m}": v for m, v in champion.items() if m in policy.metrics} if champion else {}),
+                **({"gate_delta": self.gate_delta} if math.isfinite(self.gate_delta) else {})}
+
+
+def decide_promotion(policy: PromotionPolicy, challenger_version: str, challenger: Mapping[str, float],
+                     champion_version: str | None, champion: Mapping[str, float] | None,
+                     cold_support: Mapping[str, object]) -> PromotionDecision:
+    """The promotion decision for ``challenger_version`` against the current champion (``None``: there
+    is none), from both versions' scores on the same test split and that split's cold-start support.
+
+    The challenger already being the champion: ``unchanged``. Otherwise :func:`decide`, with the
+    cold-start guardrails waived when the support says they cannot be measured
+    (:func:`not_applicable_guardrails`)."""
+    challenger_version = str(challenger_version)
+    champion_version = None if champion_version is None else str(champion_version)
+    if (champion_version is None) != (champion is None):
+        raise ValueError("champion_version and champion scores go together: give both or neither")
+    waived = not_applicable_guardrails(policy, cold_support)
+    common = {"policy": policy, "challenger_version": challenger_version, "champion_version": champion_version,
+              "challenger": dict(challenger), "champion": None if champion is None else dict(champion),
+              "not_applicable": waived, "cold_test_interactions": int(cold_support["interactions"])}
+    if champion_version == challenger_version:
+        return PromotionDecision(UNCHANGED, f"version {challenger_version} already is the champion", gate_delta=0.0,
+                                 guardrail_deltas={m: 0.0 for m in policy.guardrails if m not in waived}, **common)
+    decision = decide(challenger, champion, policy, not_applicable=waived)
+    return PromotionDecision(PROMOTED if decision.promote else REJECTED, decision.reason,
+                             gate_delta=decision.gate_delta, guardrail_deltas=dict(decision.guardrail_deltas),
+                             **common)

@@ -7,7 +7,7 @@ import pandas as pd
 
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import PipelineResource
-from mm_pipeline.evaluate.comparison import build_comparison
+from mm_pipeline.evaluate.report import build_comparison
 from mm_pipeline.evaluate.report import png_markdown, write_report
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.storage import point_link

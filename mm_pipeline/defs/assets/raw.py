@@ -23,10 +23,6 @@ class MediaConfig(dg.Config):
     max_image_pixels: int = media.MAX_IMAGE_PIXELS  # larger images are quarantined, never decoded
 
 
-def _source(pipeline: PipelineResource) -> Source:
-    return resolve_source(pipeline.dataset_spec(), pipeline.paths().data, seed=pipeline.seed)
-
-
 def skipped_modalities(data) -> dict[str, str]:
     """Modalities the source lacks entirely, each with the reason (from the reader when it gives one)."""
     reasons = dict(data.info.get("skipped_modalities") or {})
@@ -34,21 +30,47 @@ def skipped_modalities(data) -> dict[str, str]:
             if m not in data.modalities}
 
 
-@dg.asset(group_name=GROUP, kinds={"python"}, code_version="2")
-def source_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.Output[dict]:
-    """The dataset: generated for ``builtin:*`` specs; read and checked for ``folder:``, ``movielens:``, ``mmrec:``.
+SOURCE_DATASET_DOC = """The dataset: generated for ``builtin:*`` specs; read and checked for ``folder:``,
+``movielens:``, ``mmrec:``. The manifest carries the reader's ``info``: counts before/after filtering, and the
+contract for precomputed features (``info["precomputed"]``) and a published split (``info["split_column"]``)."""
+RAW_ITEMS_DOC = "The item catalogue, sorted by ``item_id``: text, image and audio paths, extra columns kept."
+RAW_INTERACTIONS_DOC = """User-item interactions with timestamps and weights, as read from the source, then every
+materialized ``inbox_interactions`` partition appended (column ``origin``; see defs/assets/inbox.py)."""
 
-    The manifest carries the reader's ``info``: counts before/after filtering, and the contract for
-    precomputed features (``info["precomputed"]``) and a published split (``info["split_column"]``).
-    """
-    source = _source(pipeline)
+
+@dg.multi_asset(
+    name="raw_source", group_name=GROUP, can_subset=False, deps=[INBOX_ASSET_KEY],
+    outs={"source_dataset": dg.AssetOut(kinds={"python"}, code_version="2", description=SOURCE_DATASET_DOC),
+          "raw_items": dg.AssetOut(kinds={"pandas"}, code_version="2", description=RAW_ITEMS_DOC),
+          "raw_interactions": dg.AssetOut(kinds={"pandas"}, code_version="2", description=RAW_INTERACTIONS_DOC)},
+    internal_asset_deps={"source_dataset": set(),
+                         "raw_items": {dg.AssetKey("source_dataset")},
+                         "raw_interactions": {dg.AssetKey("source_dataset"), INBOX_ASSET_KEY}})
+def raw_source(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+    """The source read once per run (the dataset of the ``pipeline`` resource), and the three assets taken
+    from that one read: ``source_dataset`` (the manifest), ``raw_items`` and ``raw_interactions``. They
+    are materialized together (no subset), so they always describe the same version of the source even
+    when its folder is edited during the run."""
+    spec = pipeline.dataset_spec()
+    source = resolve_source(spec, pipeline.paths().data, seed=pipeline.seed)
+    context.log.info(f"reading the dataset {spec} ({source.description})")
     data = load_source(source)
+    manifest, manifest_metadata = _source_dataset(spec, source, data)
+    yield dg.Output(manifest, output_name="source_dataset", metadata=manifest_metadata)
+    yield dg.Output(data.items, output_name="raw_items", metadata=_items_metadata(data, manifest, pipeline))
+    inter, inbox_metadata = with_inbox_interactions(context, pipeline, data.interactions, manifest)
+    yield dg.Output(inter, output_name="raw_interactions",
+                    metadata=_interactions_metadata(data, inter, inbox_metadata, pipeline))
+
+
+def _source_dataset(spec: str, source: Source, data) -> tuple[dict, dict]:
+    """``source_dataset``'s value (the manifest) and metadata."""
     skipped = skipped_modalities(data)
-    manifest = {"spec": pipeline.dataset_spec(), "kind": source.kind, "root": str(source.root),
+    manifest = {"spec": spec, "kind": source.kind, "root": str(source.root),
                 "name": data.name, "modalities": list(data.modalities), "skipped_modalities": skipped,
                 "info": data.info}
     counts = data.info.get("counts") or {}
-    return dg.Output(manifest, metadata={
+    return manifest, {
         "dataset": source.description, "format": str(data.info.get("format", source.kind)),
         "root": dg.MetadataValue.path(str(source.root)),
         "modalities": ", ".join(data.modalities),
@@ -58,12 +80,7 @@ def source_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResource
                   else "per-user chronological 8:1:1"),
         "items": len(data.items), "interactions": len(data.interactions),
         **({"counts": dg.MetadataValue.json(counts)} if counts else {}),
-        "info": dg.MetadataValue.json(data.info)})
-
-
-def _load(source_dataset: dict, pipeline: PipelineResource):
-    """Read the dataset that ``source_dataset`` recorded (its spec), not whatever the environment says now."""
-    return load_source(resolve_source(source_dataset["spec"], pipeline.paths().data, seed=pipeline.seed))
+        "info": dg.MetadataValue.json(data.info)}
 
 
 def _row_quarantine_metadata(data, file_key: str, pipeline: PipelineResource, asset: str) -> dict:
@@ -83,34 +100,24 @@ def _row_quarantine_metadata(data, file_key: str, pipeline: PipelineResource, as
             "row_quarantine_table": dg.MetadataValue.path(str(path / "rows.parquet"))}
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2")
-def raw_items(source_dataset: dict, pipeline: PipelineResource) -> dg.Output[pd.DataFrame]:
-    """The item catalogue, sorted by ``item_id``: text, image and audio paths, extra columns kept."""
-    data = _load(source_dataset, pipeline)
+def _items_metadata(data, manifest: dict, pipeline: PipelineResource) -> dict:
     items = data.items
     coverage = {m: (float(items[m].notna().mean()) if m != "text" else float((items["text"] != "").mean()))
                 if len(items) else 0.0 for m in MODALITIES}
-    precomputed = (source_dataset.get("info") or {}).get("precomputed") or {}
-    return dg.Output(items, metadata={"items": len(items), "columns": ", ".join(items.columns),
-                                      **{f"has_{m}": round(v, 4) for m, v in coverage.items()},
-                                      "precomputed_features": ", ".join(precomputed) or "none",
-                                      **_row_quarantine_metadata(data, "items_file", pipeline, "raw_items")})
+    precomputed = (manifest.get("info") or {}).get("precomputed") or {}
+    return {"items": len(items), "columns": ", ".join(items.columns),
+            **{f"has_{m}": round(v, 4) for m, v in coverage.items()},
+            "precomputed_features": ", ".join(precomputed) or "none",
+            **_row_quarantine_metadata(data, "items_file", pipeline, "raw_items")}
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2", deps=[INBOX_ASSET_KEY])
-def raw_interactions(context: dg.AssetExecutionContext, source_dataset: dict, pipeline: PipelineResource
-                     ) -> dg.Output[pd.DataFrame]:
-    """User-item interactions with timestamps and weights, as read from the source, then every
-    materialized ``inbox_interactions`` partition appended (column ``origin``; see defs/assets/inbox.py)."""
-    data = _load(source_dataset, pipeline)
-    inter, inbox_metadata = with_inbox_interactions(context, pipeline, data.interactions, source_dataset)
-    return dg.Output(inter, metadata={**inbox_metadata,
-        "interactions": len(inter), "users": int(inter["user_id"].nunique()),
-        "items": int(inter["item_id"].nunique()),
-        "first": _when(inter["timestamp"].min() if len(inter) else None),
-        "last": _when(inter["timestamp"].max() if len(inter) else None),
-        **_row_quarantine_metadata(data, "interactions_file", pipeline,
-                                    "raw_interactions")})
+def _interactions_metadata(data, inter: pd.DataFrame, inbox_metadata: dict, pipeline: PipelineResource) -> dict:
+    return {**inbox_metadata,
+            "interactions": len(inter), "users": int(inter["user_id"].nunique()),
+            "items": int(inter["item_id"].nunique()),
+            "first": _when(inter["timestamp"].min() if len(inter) else None),
+            "last": _when(inter["timestamp"].max() if len(inter) else None),
+            **_row_quarantine_metadata(data, "interactions_file", pipeline, "raw_interactions")}
 
 
 def _when(seconds) -> str:
