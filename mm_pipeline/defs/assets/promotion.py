@@ -9,7 +9,7 @@ import pandas as pd
 from pydantic import Field
 
 from mm_pipeline.defs.assets.train import split_data
-from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import MlflowResource
 from mm_pipeline.registry.promotion import DEFAULT_GATE_METRIC, DEFAULT_GUARDRAILS, PromotionPolicy, decide
 from mm_pipeline.settings import lock_database, project_paths
@@ -163,7 +163,7 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
         "challenger_version": challenger_version, "champion_before": champion_version or "none",
         "champion_after": champion_after or "none", "gate_metric": policy.gate_metric,
         "min_improvement": policy.min_improvement,
-        "scores": dg.MetadataValue.md(frame_markdown(table, 50, digits=5)),
+        "scores": frame_table(table, 50),
         "guardrails": dg.MetadataValue.json(dict(policy.guardrails)),
         "guardrails_not_applicable": dg.MetadataValue.json(waived),
         "cold_test_interactions": cold_test,
