@@ -41,7 +41,7 @@ def clean_written_leftovers(paths: settings.ProjectPaths) -> None:
     enough to have no live writer; the datasets under ``data/`` are left alone."""
     from mm_pipeline.storage import clean_leftovers
 
-    for folder in (paths.assets, paths.reports, paths.home / "quarantine"):
+    for folder in (paths.assets, paths.reports, paths.home / "quarantine", paths.home / "batch"):
         clean_leftovers(folder)
 
 

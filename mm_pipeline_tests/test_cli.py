@@ -11,9 +11,14 @@ def test_demo_runs_the_full_job_and_prints_the_table(tmp_path, monkeypatch, caps
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MM_PIPELINE_DATASET", "builtin:tiny")  # run_demo sets it; restored afterwards
     assert cli.main(["demo", "--dataset", "builtin:tiny"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "mm_gcn" in out and "recall@20" in out and "cold-start" in out
     assert "asset checks" in out
+    # Progress while it runs: every step's start and finish with the elapsed time, and the assets' own lines.
+    assert "started  raw_items" in captured.err and "finished batch_recommendations (" in captured.err
+    assert "selected_model: selected model:" in captured.err
+    assert (tmp_path / "batch" / "recommendations.parquet").exists() and "Batch:" in out
     assert (tmp_path / "reports" / "latest" / "metrics.json").exists()
     assert (tmp_path / "dagster" / "dagster.yaml").is_symlink()
     with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME points at the project home
