@@ -212,7 +212,6 @@ def run_demo(dataset: str | None, job: str = "full_pipeline", debug: bool = Fals
     from dagster._loggers import colored_console_logger
 
     from mm_pipeline.definitions import defs
-
     from mm_pipeline.defs.admission import admitted_run
 
     started = time.perf_counter()
@@ -252,7 +251,8 @@ def run_demo(dataset: str | None, job: str = "full_pipeline", debug: bool = Fals
     if batch.exists():
         print(f"Batch:      {batch}  (the champion's top-k for every user; `mm-pipeline recommend --user ID`)")
     print(f"Dagster:    run {result.run_id}; browse it with `make ui` -> http://127.0.0.1:3000")
-    print(f"MLflow:     {settings.mlflow_tracking_uri(paths)}; browse it with `make mlflow-ui` -> http://127.0.0.1:5000")
+    print(f"MLflow:     {settings.mlflow_tracking_uri(paths)}; "
+          "browse it with `make mlflow-ui` -> http://127.0.0.1:5000")
     return 0
 
 
@@ -310,11 +310,12 @@ def run_report() -> int:
 
 def _item_titles(paths: settings.ProjectPaths) -> dict[str, str]:
     """Item id -> a short title from the stored catalogue (``raw_items``), when there is one."""
-    from mm_pipeline.defs.io_manager import storage_base
-    from mm_pipeline.storage import load_bundle
+    from mm_pipeline.storage import as_path, load_bundle
 
+    # Where the IO manager keeps asset values (defs.io_manager.storage_base), without importing Dagster.
+    storage = os.environ.get("MM_PIPELINE_STORAGE", "").strip()
     try:
-        items = load_bundle(storage_base() / "raw_items")["table"]
+        items = load_bundle((as_path(storage) if storage else paths.assets) / "raw_items")["table"]
     except (FileNotFoundError, KeyError, OSError, ValueError):
         return {}
     column = next((c for c in ("title", "name", "text") if c in items.columns), None)
@@ -342,10 +343,10 @@ def run_recommend(user_id: str, k: int, as_json: bool, model_name: str) -> int:
                 "run `mm-pipeline demo` first")
         return 1
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import tempfile
+
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from mm_pipeline.registry.served import load_served_model
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # version notes would bury the answer
     mlflow.set_tracking_uri(uri)
@@ -357,8 +358,9 @@ def run_recommend(user_id: str, k: int, as_json: bool, model_name: str) -> int:
         _stderr(f"mm-pipeline recommend: no champion model yet ({exc} in {uri}); run `mm-pipeline demo` first")
         return 1
     recommender = (client.get_model_version(model_name, version).tags or {}).get("mm_pipeline.recommender", "")
-    served = load_served_model(model_uri)
-    answer = served.pyfunc.predict(pd.DataFrame({"user_id": [user_id], "k": [k]}))
+    with tempfile.TemporaryDirectory(prefix="mm_pipeline_recommend_") as tmp:  # what `mlflow models serve` runs
+        served = mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
+        answer = served.predict(pd.DataFrame({"user_id": [user_id], "k": [k]}))
     fallback = bool(answer["fallback"].any()) if len(answer) else True
     titles = _item_titles(paths)
     items = [{"rank": int(row.rank), "item_id": str(row.item_id),
@@ -423,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_recommend(args.user, args.k, args.json, args.model)
         return run_report()
     except Exception as exc:
-        from mm_pipeline.datasets.schema import DataError
-
         import dagster as dg
+
+        from mm_pipeline.datasets.schema import DataError
 
         if args.debug or not isinstance(exc, (DataError, dg.DagsterError)):
             raise

@@ -120,6 +120,7 @@ def test_batch_asset_scores_every_user_of_the_champion(home):
     value = result.output_for_node("batch_recommendations")
     promotion = result.output_for_node("model_promotion")
     assert value["version"] == promotion["champion_after"] and value["k"] == 20
+    assert value["recommender"] == result.output_for_node("selected_model")["selected"]
     path = home_dir / "batch" / "recommendations.parquet"
     assert value["path"] == str(path)
     table, about = read_recommendations(path)
@@ -143,6 +144,7 @@ def test_recommend_prints_the_champions_top_k(in_home, capsys):
     answer = json.loads(capsys.readouterr().out)
     promotion = result.output_for_node("model_promotion")
     assert answer["version"] == promotion["champion_after"] and not answer["fallback"]
+    assert answer["recommender"] == result.output_for_node("selected_model")["selected"]
     assert [i["rank"] for i in answer["items"]] == [1, 2, 3, 4, 5]
     assert all(i["title"] and i["score"] is not None for i in answer["items"])
     # The same items as the batch file holds for that user.
