@@ -205,3 +205,7 @@ def test_failed_demo_ends_with_the_data_error(tmp_path, monkeypatch, capsys):
     assert cli.main(["demo", "--dataset", f"folder:{data}", "--debug"]) == 1
     err = capsys.readouterr().err
     assert "DataError" in err and 'File "' in err  # the whole trace, on request
+    # Through the job's executor too: the run's log goes by, and it ends with the same line.
+    assert cli.main(["run", "--dataset", f"folder:{data}"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-2:]
+    assert last[0].startswith("step source_dataset failed: ") and "missing required column(s)" in last[0]
