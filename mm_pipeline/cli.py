@@ -1,19 +1,24 @@
-"""``python -m mm_pipeline.cli demo|run|report``: run the graph in the project's Dagster instance.
+"""``mm-pipeline demo|run|report|recommend`` (also ``python -m mm_pipeline.cli ...``).
 
-``demo`` executes in this process (the embedded path); ``run`` hands the steps to the job's executor
-(``$MM_PIPELINE_EXECUTOR``: in-process, multiprocess, or the Celery workers). Both wait for a free run
-slot under the instance's ``max_concurrent_runs``, like runs launched from the UI
-(:mod:`mm_pipeline.defs.admission`).
+``demo`` executes the graph in this process (the embedded path) and prints each step as it starts
+and finishes; ``run`` hands the steps to the job's executor (``$MM_PIPELINE_EXECUTOR``: in-process,
+multiprocess, or the Celery workers). Both wait for a free run slot under the instance's
+``max_concurrent_runs``, like runs launched from the UI (:mod:`mm_pipeline.defs.admission`), and a
+failed run ends with the step and the error it raised (``--debug``: the stack trace). ``report``
+prints the latest metrics; ``recommend`` asks the champion model for one user's top-k.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mm_pipeline import settings
 
@@ -37,7 +42,7 @@ def clean_written_leftovers(paths: settings.ProjectPaths) -> None:
     datasets under ``data/`` (only these staging names are removed there; the datasets are left alone)."""
     from mm_pipeline.storage import clean_leftovers
 
-    for folder in (paths.assets, paths.reports, paths.home / "quarantine", paths.data):
+    for folder in (paths.assets, paths.reports, paths.home / "quarantine", paths.data, paths.home / "batch"):
         clean_leftovers(folder)
 
 
@@ -66,23 +71,164 @@ def print_report(metrics_path: Path) -> None:
         print(f"\nTest, cold-start items: not enough data ({support['reason']})")
 
 
-def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:
+# ------------------------------------------------------------------------------------ run progress
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+NOT_EXECUTED = re.compile(r"^Dependencies for step .* Not executing\.$", re.DOTALL)
+
+
+class ProgressHandler(logging.Handler):
+    """One line per step start and finish, with the seconds since ``started``, plus the INFO (and
+    louder) lines the assets log themselves; failed asset checks show their description. Fed by the
+    Dagster log manager (records carry ``dagster_meta``), so it sees the run's events as they happen."""
+
+    def __init__(self, started: float, write=_stderr):
+        super().__init__(logging.DEBUG)
+        self.started, self.write = started, write
+        self.step_started: dict[str, float] = {}
+        self.not_executed = 0
+
+    def _line(self, text: str) -> None:
+        self.write(f"[{time.perf_counter() - self.started:7.1f}s] {text}")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta = getattr(record, "dagster_meta", None)
+        if not isinstance(meta, dict):
+            return
+        try:
+            event = meta.get("dagster_event")
+            step = meta.get("step_key") or ""
+            if event is None:
+                message = str(meta.get("orig_message", record.getMessage()))
+                if NOT_EXECUTED.match(message):  # one per step downstream of a failure: counted instead
+                    self.not_executed += 1
+                elif record.levelno >= logging.INFO and step:
+                    self._line(f"  {step}: {message}")
+                return
+            kind = event.event_type_value
+            if kind == "STEP_START":
+                self.step_started[step] = time.perf_counter()
+                self._line(f"started  {step}")
+            elif kind == "STEP_SUCCESS":
+                seconds = time.perf_counter() - self.step_started.pop(step, time.perf_counter())
+                self._line(f"finished {step} ({seconds:.1f}s)")
+            elif kind == "STEP_FAILURE":
+                self.step_started.pop(step, None)
+                self._line(f"FAILED   {step}")
+            elif kind == "ASSET_CHECK_EVALUATION":
+                evaluation = event.event_specific_data
+                if not evaluation.passed:
+                    severity = getattr(evaluation.severity, "value", evaluation.severity)
+                    self._line(f"  check {evaluation.check_name} failed ({severity}): "
+                               f"{evaluation.description or 'see the Dagster UI'}")
+        except Exception:  # progress output never breaks a run
+            self.handleError(record)
+
+
+def progress_logger_def(handler: ProgressHandler):
+    """A Dagster logger that hands the run's records to ``handler`` (in this process: for in-process runs)."""
+    import dagster as dg
+
+    @dg.logger(description="Step starts and finishes with elapsed seconds, and the assets' INFO lines.")
+    def progress(init_context):
+        logger = logging.Logger("mm_pipeline.progress", logging.DEBUG)
+        logger.addHandler(handler)
+        return logger
+
+    return progress
+
+
+# ------------------------------------------------------------------------------------ failures
+#: Exceptions that mean "the input is wrong", not "the code is wrong": the message is the whole story.
+DATA_ERROR_TYPES = ("DataError", "MediaProblem", "Failure")
+
+
+def _error_chain(error) -> list:
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.cause or error.context
+    return chain
+
+
+def _error_text(error) -> str:
+    """The exception's message without its ``module.Class:`` prefix."""
+    text = (error.message or "").strip()
+    prefix, sep, rest = text.partition(": ")
+    return rest.strip() if sep and prefix.split(".")[-1] == error.cls_name else text
+
+
+def failure_summary(events, debug: bool = False) -> list[str]:
+    """For each failed step of a run: the step and the error it raised. A data error (``DataError``,
+    ``MediaProblem``, ``dagster.Failure``) is shown as its message; anything else as its type and
+    message, with where to find the trace. ``debug``: the whole stack trace. Failed blocking asset
+    checks (which stop a run without a failed step) are listed too."""
+    lines = []
+    for event in events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed and getattr(evaluation.severity, "value", "") == "ERROR":
+                lines.append(f"check {evaluation.check_name} on {evaluation.asset_key.to_user_string()} failed "
+                             f"and blocks what is downstream: {evaluation.description or 'see the Dagster UI'}")
+            continue
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        error = getattr(event.event_specific_data, "error", None)
+        if error is None:
+            lines.append(f"step {event.step_key} failed")
+            continue
+        if debug:
+            lines.append(f"step {event.step_key} failed:\n{error.to_string()}")
+            continue
+        chain = _error_chain(error)
+        data_error = next((e for e in chain if e.cls_name in DATA_ERROR_TYPES), None)
+        if data_error is not None:
+            lines.append(f"step {event.step_key} failed: {_error_text(data_error)}")
+        else:
+            cause = chain[-1]
+            lines.append(f"step {event.step_key} failed with {cause.cls_name}: {_error_text(cause)} "
+                         f"(the stack trace: rerun with --debug, or open the run in the Dagster UI)")
+    return lines
+
+
+def report_failure(events, run_id: str, debug: bool) -> None:
+    lines = failure_summary(events, debug)
+    _stderr("")
+    for line in lines or ["the run failed before any step did (see the Dagster UI)"]:
+        _stderr(line)
+    _stderr(f"Dagster run {run_id} failed; browse it with `make ui` -> http://127.0.0.1:3000")
+
+
+# ------------------------------------------------------------------------------------ commands
+def run_demo(dataset: str | None, job: str = "full_pipeline", debug: bool = False) -> int:
     settings.prefer_offline_models()
     paths = settings.project_paths().ensure()
     prepare_dagster_home(paths)
     import dagster as dg
+    from dagster._loggers import colored_console_logger
 
     from mm_pipeline.definitions import defs
-
     from mm_pipeline.defs.admission import admitted_run
 
     started = time.perf_counter()
     clean_written_leftovers(paths)
+    loggers: dict[str, Any] = {"progress": {}}
+    if debug:  # Dagster's own console log (every event, stack traces) as well
+        loggers["console"] = {"config": {"log_level": "INFO"}}
+    progress = ProgressHandler(started)
+    job_def = defs.resolve_job_def(job).with_logger_defs({"progress": progress_logger_def(progress),
+                                                          "console": colored_console_logger})
+    _stderr(f"Running {job} on {dataset or settings.dataset_spec()} (one line per step; the Dagster UI shows more)")
     with dg.DagsterInstance.get() as instance:
-        result = admitted_run(instance, lambda tags: defs.resolve_job_def(job).execute_in_process(
+        result = admitted_run(instance, lambda tags: job_def.execute_in_process(
             instance=instance, raise_on_error=False, tags=tags,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **dataset_run_config(dataset)}))
+            run_config={"loggers": loggers, **dataset_run_config(dataset)}))
     elapsed = time.perf_counter() - started
+    if progress.not_executed:
+        _stderr(f"{progress.not_executed} step(s) not executed: a step they depend on failed or was skipped")
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     print("\nStage timings (s):")
     check_seconds, checks = 0.0, 0
@@ -97,12 +243,16 @@ def run_demo(dataset: str | None, job: str = "full_pipeline") -> int:
         print(f"  {f'asset checks ({checks})':<28}{check_seconds:8.1f}")
     print(f"  {'total (incl. start-up)':<28}{elapsed:8.1f}")
     if not result.success:
-        print("\nThe pipeline failed; open the run in the Dagster UI (make ui) for the error.", file=sys.stderr)
+        report_failure(result.all_events, result.run_id, debug)
         return 1
     print_report(paths.reports / "latest" / "metrics.json")
     print(f"\nReports:    {paths.reports / 'latest'}  (metrics.json, report.md, report.html)")
+    batch = paths.home / "batch" / "recommendations.parquet"
+    if batch.exists():
+        print(f"Batch:      {batch}  (the champion's top-k for every user; `mm-pipeline recommend --user ID`)")
     print(f"Dagster:    run {result.run_id}; browse it with `make ui` -> http://127.0.0.1:3000")
-    print(f"MLflow:     {settings.mlflow_tracking_uri(paths)}; browse it with `make mlflow-ui` -> http://127.0.0.1:5000")
+    print(f"MLflow:     {settings.mlflow_tracking_uri(paths)}; "
+          "browse it with `make mlflow-ui` -> http://127.0.0.1:5000")
     return 0
 
 
@@ -112,7 +262,8 @@ def dataset_run_config(dataset: str | None) -> dict:
     return {"resources": {"pipeline": {"config": {"dataset": dataset}}}} if dataset else {}
 
 
-def run_job(job: str, dataset: str | None, config_file: str | None, from_failure: str | None = None) -> int:
+def run_job(job: str, dataset: str | None, config_file: str | None, from_failure: str | None = None,
+            debug: bool = False) -> int:
     """``job`` through its own executor (``$MM_PIPELINE_EXECUTOR``) in the instance of ``$DAGSTER_HOME``,
     once a run slot is free. ``dataset`` goes into the run config (the ``pipeline`` resource), so steps
     on workers with another environment still read it. Prints the run id and where its report is."""
@@ -146,33 +297,168 @@ def run_job(job: str, dataset: str | None, config_file: str | None, from_failure
         reexecution = dg.ReexecutionOptions.from_failure(from_failure, instance) if from_failure else None
         result = admitted_run(instance, lambda tags: dg.execute_job(
             dg.reconstructable(definitions.JOB_LOADERS[job]), instance=instance, run_config=run_config,
-            tags=tags, reexecution_options=reexecution))
+            tags=tags, reexecution_options=reexecution, raise_on_error=False))
     print(f"Dagster run {result.run_id}: {'success' if result.success else 'FAILED'}")
     print(f"Report:     {paths.reports / 'runs' / result.run_id} (reports/latest is the newest run's)")
+    if not result.success:
+        report_failure(result.all_events, result.run_id, debug)
     return 0 if result.success else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mm_pipeline.cli", description=__doc__)
+def run_report() -> int:
+    path = settings.project_paths().reports / "latest" / "metrics.json"
+    if not path.exists():
+        _stderr(f"mm-pipeline report: no report yet ({path} does not exist); run `mm-pipeline demo` first")
+        return 1
+    print_report(path)
+    return 0
+
+
+def _item_titles(paths: settings.ProjectPaths) -> dict[str, str]:
+    """Item id -> a short title from the stored catalogue (``raw_items``), when there is one."""
+    from mm_pipeline.storage import as_path, load_bundle
+
+    # Where the IO manager keeps asset values (defs.io_manager.storage_base), without importing Dagster.
+    storage = os.environ.get("MM_PIPELINE_STORAGE", "").strip()
+    try:
+        items = load_bundle((as_path(storage) if storage else paths.assets) / "raw_items")["table"]
+    except (FileNotFoundError, KeyError, OSError, ValueError):
+        return {}
+    column = next((c for c in ("title", "name", "text") if c in items.columns), None)
+    if column is None:
+        return {}
+    text = items[column].fillna("").astype(str).str.split("\n").str[0].str.strip()
+    short = text.where(text.str.len() <= 60, text.str.slice(0, 57) + "...")
+    return dict(zip(items["item_id"].astype(str), short))
+
+
+def run_recommend(user_id: str, k: int, as_json: bool, model_name: str, explain: bool = False) -> int:
+    """The champion's top-``k`` for ``user_id``, read from the registered model (what
+    ``mlflow models serve`` would answer, given the project's user key secret); ``explain`` adds why."""
+    import pandas as pd
+
+    from mm_pipeline.registry.scoring import NoChampionError, champion_model_uri, store_is_empty
+
+    paths = settings.project_paths()
+    uri = settings.mlflow_tracking_uri(paths)
+    if k < 1:
+        _stderr(f"mm-pipeline recommend: --k must be at least 1, got {k}")
+        return 2
+    if store_is_empty(uri):
+        _stderr(f"mm-pipeline recommend: no champion model yet (no MLflow store at {uri}); "
+                "run `mm-pipeline demo` first")
+        return 1
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import tempfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # version notes would bury the answer
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        version, model_uri = champion_model_uri(client, model_name)
+    except NoChampionError as exc:
+        _stderr(f"mm-pipeline recommend: no champion model yet ({exc} in {uri}); run `mm-pipeline demo` first")
+        return 1
+    recommender = (client.get_model_version(model_name, version).tags or {}).get("mm_pipeline.recommender", "")
+    with tempfile.TemporaryDirectory(prefix="mm_pipeline_recommend_") as tmp:  # what `mlflow models serve` runs
+        served = mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
+        from mm_pipeline.registry.user_keys import pipeline_user_key_secret
+
+        served.unwrap_python_model().use_secret(pipeline_user_key_secret())
+        request = {"user_id": [user_id], "k": [k], **({"explain": [True]} if explain else {})}
+        try:
+            answer = served.predict(pd.DataFrame(request))
+        except ValueError as exc:  # above the served model's caps
+            _stderr(f"mm-pipeline recommend: {exc}")
+            return 2
+    fallback = bool(answer["fallback"].any()) if len(answer) else True
+    titles = _item_titles(paths)
+    items = [{"rank": int(row.rank), "item_id": str(row.item_id),
+              "score": None if pd.isna(row.score) else float(row.score),
+              **({"title": titles[str(row.item_id)]} if str(row.item_id) in titles else {}),
+              **({"reason": _titled_reason(row.reason, row.because, titles)} if explain else {})}
+             for row in answer.itertuples(index=False)]
+    if as_json:
+        print(json.dumps({"user_id": user_id, "registered_model": model_name, "version": version,
+                          "model_uri": model_uri, "recommender": recommender, "fallback": fallback,
+                          "items": items}, indent=1))
+        return 0
+    about = f"{model_name} v{version}" + (f" ({recommender})" if recommender else "")
+    if fallback:
+        print(f"User {user_id!r} is not known to the champion {about}: the {len(items)} most popular items "
+              f"(the fallback for new users).")
+    else:
+        print(f"Top {len(items)} for user {user_id!r} from the champion {about} (items they have seen excluded):")
+    width = max([len("item_id")] + [len(i["item_id"]) for i in items])
+    print(f"{'rank':>4}  {'item_id':<{width}}  {'score':>9}  title")
+    for item in items:
+        score = "-" if item["score"] is None else f"{item['score']:.4f}"
+        print(f"{item['rank']:>4}  {item['item_id']:<{width}}  {score:>9}  {item.get('title', '')}".rstrip())
+        if item.get("reason"):
+            print(f"{'':>4}  {item['reason']}")
+    return 0
+
+
+def _titled_reason(reason: str, because: str, titles: dict[str, str]) -> str:
+    """The served reason with the history items named by title where the catalogue has one."""
+    for item in filter(None, str(because).split("|")):
+        reason = reason.replace(item, f"'{titles[item]}'" if item in titles else item, 1)
+    return reason
+
+
+def build_parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="on failure, print the whole stack trace")
+    parser = argparse.ArgumentParser(prog="mm-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="materialize every asset and print the metrics")
+    demo = sub.add_parser("demo", parents=[debug], help="materialize every asset and print the metrics")
     demo.add_argument("--dataset", help="dataset spec (default: $MM_PIPELINE_DATASET or builtin:default)")
     demo.add_argument("--job", default="full_pipeline", choices=("full_pipeline", "research_pipeline"),
                       help="research_pipeline adds the ablations of the primary model (several minutes more)")
-    run = sub.add_parser("run", help="run a job through its executor ($MM_PIPELINE_EXECUTOR, e.g. celery)")
+    run = sub.add_parser("run", parents=[debug],
+                         help="run a job through its executor ($MM_PIPELINE_EXECUTOR, e.g. celery)")
     run.add_argument("--job", default="full_pipeline", choices=("full_pipeline", "research_pipeline"))
     run.add_argument("--dataset", help="dataset spec for this run (run config; default: the workers' "
                                        "$MM_PIPELINE_DATASET or builtin:default)")
     run.add_argument("--config", help="a YAML run-config file (ops:, resources:)")
     run.add_argument("--from-failure", metavar="RUN_ID", help="re-execute that failed run from its failure")
-    sub.add_parser("report", help="print the latest metrics table")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return run_demo(args.dataset, args.job)
-    if args.command == "run":
-        return run_job(args.job, args.dataset, args.config, args.from_failure)
-    print_report(settings.project_paths().reports / "latest" / "metrics.json")
-    return 0
+    sub.add_parser("report", parents=[debug], help="print the latest metrics table")
+    recommend = sub.add_parser("recommend", parents=[debug],
+                               help="the champion model's top-k items for one user")
+    recommend.add_argument("--user", required=True, metavar="ID", help="the user's id, as in the interactions")
+    recommend.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+    recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    recommend.add_argument("--explain", action="store_true",
+                           help="say why: the history items behind each item and the part of the score that drives it")
+    recommend.add_argument("--model", default=settings.REGISTERED_MODEL_NAME,
+                           help=f"registered model name (default {settings.REGISTERED_MODEL_NAME})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return run_demo(args.dataset, args.job, args.debug)
+        if args.command == "run":
+            return run_job(args.job, args.dataset, args.config, args.from_failure, args.debug)
+        if args.command == "recommend":
+            return run_recommend(args.user, args.k, args.json, args.model, explain=args.explain)
+        return run_report()
+    except Exception as exc:
+        import dagster as dg
+
+        from mm_pipeline.datasets.schema import DataError
+
+        if args.debug or not isinstance(exc, (DataError, dg.DagsterError)):
+            raise
+        _stderr(f"mm-pipeline {args.command}: {exc}")
+        return 2
 
 
 if __name__ == "__main__":

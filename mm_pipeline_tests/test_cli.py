@@ -14,9 +14,14 @@ def test_demo_runs_the_full_job_and_prints_the_table(tmp_path, monkeypatch, caps
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MM_PIPELINE_DATASET", raising=False)  # --dataset reaches the run as run config
     assert cli.main(["demo", "--dataset", "builtin:tiny"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "mm_gcn" in out and "recall@20" in out and "cold-start" in out
     assert "asset checks" in out
+    # Progress while it runs: every step's start and finish with the elapsed time, and the assets' own lines.
+    assert "started  raw_source" in captured.err and "finished batch_recommendations (" in captured.err
+    assert "selected_model: selected model:" in captured.err
+    assert (tmp_path / "batch" / "recommendations.parquet").exists() and "Batch:" in out
     metrics = json.loads((tmp_path / "reports" / "latest" / "metrics.json").read_text())
     assert metrics["dataset"]["spec"] == "builtin:tiny" and "MM_PIPELINE_DATASET" not in os.environ
     assert (tmp_path / "dagster" / "dagster.yaml").is_symlink()

@@ -159,7 +159,9 @@ def test_best_trial_is_the_highest_validation_ndcg(searched):
     metadata = event.materialization.metadata
     assert metadata["best_trial"].value == output["best_trial"]
     assert metadata["best_params"].value == output["best_params"]
-    assert "| trial | state |" in metadata["trials"].value
+    table = metadata["trials"]
+    assert [c.name for c in table.schema.columns][:2] == ["trial", "state"]
+    assert [r.data["trial"] for r in table.records] == [0, 1, 2]
     assert metadata["validation_ndcg_per_trial"].value.startswith("![validation NDCG@20 per trial](data:image/png")
     # The stored value round-trips through the IO manager (no pickle).
     stored = load_bundle(searched["home"] / "assets" / SEARCH)

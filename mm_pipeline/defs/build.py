@@ -9,7 +9,7 @@ import dagster as dg
 from mm_pipeline import settings
 
 from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, select, train
-from mm_pipeline.defs.assets import promotion
+from mm_pipeline.defs.assets import batch, promotion
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_interactions
 from mm_pipeline.defs.assets.research import freedom_model, mm_gcn_ablations, mm_hybrid_ablations, research_report
 from mm_pipeline.defs.assets.search import SEARCH_JOBS, mm_gcn_hyperparameter_search
@@ -24,14 +24,14 @@ from mm_pipeline.defs.lifecycle import (
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource, from_environment
 from mm_pipeline.defs.shards import with_item_shards
 
-ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, registry, promotion]
+ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, registry, promotion, batch]
 
 # The inbox partitions are ingested by inbox_retrain runs (one partition each); full_pipeline reads
 # whatever is stored, so it needs no partition key.
 full_pipeline_job = dg.define_asset_job("full_pipeline",
                                         selection=dg.AssetSelection.all() - dg.AssetSelection.assets(INBOX_ASSET_KEY)
                                         - dg.AssetSelection.groups("research"),
-                                        description="Materialize every stage, raw data to registry.")
+                                        description="Materialize every stage, raw data to registry and batch scores.")
 # Everything full_pipeline does, plus the ablations and the report that includes them (not the search,
 # which has its own job): several more minutes of training.
 research_pipeline_job = dg.define_asset_job(

@@ -15,7 +15,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.metadata import frame_table
 
 EXAMPLES = 5
 #: Plausible interaction times: from 1990-01-01 to one day after the check runs.
@@ -28,12 +28,12 @@ WARN = dg.AssetCheckSeverity.WARN
 
 
 def _examples(frame: pd.DataFrame, n: int = EXAMPLES) -> dg.MetadataValue:
-    """The first ``n`` rows as a markdown table for the check's metadata. Raw user ids never reach Dagster
+    """The first ``n`` rows as a table for the check's metadata. Raw user ids never reach Dagster
     metadata (it is readable by everyone with UI access): the row of ``raw_interactions`` stands in."""
     shown = frame.head(n)
     if "user_id" in shown.columns:
         shown = shown.drop(columns="user_id").rename_axis("row").reset_index()
-    return dg.MetadataValue.md(frame_markdown(shown, n) if len(frame) else "none")
+    return frame_table(shown, n)
 
 
 def _is_strings(series: pd.Series, allow_missing: bool) -> bool:

@@ -254,7 +254,8 @@ class RecommenderPyfunc(PythonModel):
             indptr = indices = None
         self._users, self._items = users, items
         self._item_ids = item_ids.astype(str)
-        self._key_to_user = {str(key): row for row, key in enumerate(user_keys.tolist())}
+        self._user_keys = user_keys.astype(str)
+        self._key_to_user = {str(key): row for row, key in enumerate(self._user_keys.tolist())}
         self._key_check = str(np.asarray(arrays["key_check"]).item())
         self._popular = popular
         self._seen_indptr, self._seen_indices = indptr, indices
@@ -284,6 +285,10 @@ class RecommenderPyfunc(PythonModel):
     @property
     def n_items(self) -> int:
         return int(self._items.shape[0])
+
+    @property
+    def n_users(self) -> int:
+        return int(self._users.n_rows)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
@@ -315,29 +320,11 @@ class RecommenderPyfunc(PythonModel):
         known = np.flatnonzero(rows >= 0)
         position_parts, item_parts, score_parts, rank_parts = [], [], [], []
         if known.size:
-            users = rows[known]
-            scores = self._users.rows(users) @ self._items.T  # [B, N] float32
-            if self._seen_indptr is not None:
-                starts, ends = self._seen_indptr[users], self._seen_indptr[users + 1]
-                if (ends - starts).sum():
-                    batch_rows, entries = _csr_gather(self._seen_indptr, users)
-                    scores[batch_rows, self._seen_indices[entries]] = -np.inf
-            k_known = ks[known]
-            kmax = int(k_known.max())
-            if kmax < self.n_items:
-                candidates = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
-            else:
-                candidates = np.broadcast_to(np.arange(self.n_items), scores.shape)
-            cand_scores = np.take_along_axis(scores, candidates, axis=1)
-            order = np.lexsort((candidates, -cand_scores), axis=-1)
-            top = np.take_along_axis(candidates, order, axis=1)
-            top_scores = np.take_along_axis(cand_scores, order, axis=1)
-            rank = np.broadcast_to(np.arange(kmax), top.shape)
-            keep = (rank < k_known[:, None]) & (top_scores != -np.inf)
-            position_parts.append(np.broadcast_to(known[:, None], top.shape)[keep])
-            item_parts.append(top[keep])
-            score_parts.append(top_scores[keep].astype(np.float64))
-            rank_parts.append(rank[keep])
+            batch, rank, top, top_scores = self._rank_rows(rows[known], ks[known])
+            position_parts.append(known[batch])
+            item_parts.append(top)
+            score_parts.append(top_scores.astype(np.float64))
+            rank_parts.append(rank)
 
         # Unknown users: the most popular training items, no score.
         unknown = np.flatnonzero(rows < 0)
@@ -365,6 +352,50 @@ class RecommenderPyfunc(PythonModel):
             "fallback": rows[position] < 0,
         })
         return out
+
+    def _rank_rows(self, users: np.ndarray, ks: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The top ``ks[j]`` unseen items of user-table row ``users[j]``, with one matrix product.
+
+        Returns ``(j, rank, item, score)`` (0-based rank) for every recommendation, grouped by ``j``
+        in rank order: by score, then item index; seen items never appear."""
+        scores = self._users.rows(users) @ self._items.T  # [B, N] float32
+        if self._seen_indptr is not None:
+            starts, ends = self._seen_indptr[users], self._seen_indptr[users + 1]
+            if (ends - starts).sum():
+                batch_rows, entries = _csr_gather(self._seen_indptr, users)
+                scores[batch_rows, self._seen_indices[entries]] = -np.inf
+        kmax = int(ks.max())
+        if kmax < self.n_items:
+            candidates = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
+        else:
+            candidates = np.broadcast_to(np.arange(self.n_items), scores.shape)
+        cand_scores = np.take_along_axis(scores, candidates, axis=1)
+        order = np.lexsort((candidates, -cand_scores), axis=-1)
+        top = np.take_along_axis(candidates, order, axis=1)
+        top_scores = np.take_along_axis(cand_scores, order, axis=1)
+        rank = np.broadcast_to(np.arange(kmax), top.shape)
+        keep = (rank < ks[:, None]) & (top_scores != -np.inf)
+        return np.broadcast_to(np.arange(users.size)[:, None], top.shape)[keep], rank[keep], top[keep], \
+            top_scores[keep]
+
+    def rank_user_rows(self, users: np.ndarray, k: int = DEFAULT_K) -> pd.DataFrame:
+        """The top ``k`` recommendations of the users in rows ``users`` of the serving arrays (what
+        :meth:`predict` answers for their ids), for scoring every user without their raw ids.
+
+        Columns ``user_key`` (the stored keyed hash), ``rank`` (1..k), ``item_id`` and ``score``;
+        rows grouped by user in the order given. One ``[len(users), n_items]`` matrix: pass batches."""
+        users = np.asarray(users, dtype=np.int64)
+        if users.ndim != 1 or (users.size and (users.min() < 0 or users.max() >= self.n_users)):
+            raise ValueError(f"users must be a 1-D array of rows in [0, {self.n_users})")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if users.size == 0:
+            return pd.DataFrame({"user_key": pd.Series([], dtype=object), "rank": pd.Series([], dtype=np.int64),
+                                 "item_id": pd.Series([], dtype=object), "score": pd.Series([], dtype=np.float32)})
+        batch, rank, items, scores = self._rank_rows(users, np.full(users.size, min(int(k), self.n_items)))
+        return pd.DataFrame({"user_key": self._user_keys[users[batch]].astype(object),
+                             "rank": (rank + 1).astype(np.int64),
+                             "item_id": self._item_ids[items].astype(object), "score": scores})
 
     def _requested_k(self, model_input: pd.DataFrame) -> np.ndarray:
         n_rows = len(model_input)

@@ -6,7 +6,7 @@ import pandas as pd
 
 from mm_pipeline.align.model import AlignConfig, ConcatenatedAligner, ModalityInput, embed_items, fit_aligner
 from mm_pipeline.defs.config import config_from_dataclass, to_dataclass
-from mm_pipeline.defs.metadata import frame_markdown, history_metadata
+from mm_pipeline.defs.metadata import frame_table, history_metadata
 from mm_pipeline.defs.mlflow_models import log_torch_module
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 
@@ -58,6 +58,6 @@ def aligned_item_embeddings(context: dg.AssetExecutionContext, config: AlignRunC
     return dg.Output({**out, "modalities": list(inputs), "history": history}, metadata={
         "dimension": align_config.dim, "modalities": ", ".join(inputs),
         "skipped_modalities": ", ".join(skipped) or "none",
-        "modality_weights": dg.MetadataValue.md(frame_markdown(weight_stats)),
+        "modality_weights": frame_table(weight_stats),
         "mlflow_run_id": run.info.run_id, "mlflow_model": model_uri,
         **history_metadata(history, ["cross_modal", "collaborative"], "alignment losses")})

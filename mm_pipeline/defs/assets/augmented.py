@@ -7,6 +7,7 @@ import pandas as pd
 from mm_pipeline.augment.audio import augment_audio
 from mm_pipeline.augment.image import augment_images
 from mm_pipeline.augment.text import augment_texts
+from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import PipelineResource
 
 GROUP = "augmented"
@@ -49,7 +50,7 @@ def augmented_text(config: TextAugmentConfig, raw_item_text: pd.DataFrame, pipel
     changed = float((out["text"] != raw_item_text["text"]).mean())
     examples = pd.DataFrame({"original": raw_item_text["text"].head(3), "augmented": out["text"].head(3)})
     return dg.Output(out, metadata={"changed_fraction": changed,
-                                    "examples": dg.MetadataValue.md(examples.to_csv(index=False))})
+                                    "examples": frame_table(examples)})
 
 
 @dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="1")

@@ -5,7 +5,7 @@ import pandas as pd
 
 from mm_pipeline.compress.measure import compress_recommender
 from mm_pipeline.defs.assets.train import split_data
-from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import PipelineResource
 from mm_pipeline.evaluate.metrics import ranking_metrics
 from mm_pipeline.recommend.base import EmbeddingRecommender
@@ -41,6 +41,6 @@ def compressed_model(config: CompressConfig, selected_model: dict, interaction_s
     variants = {name: rec.to_arrays() for name, rec in result["recommenders"].items() if name != "fp32"}
     return dg.Output({"stats": stats, "variants": list(variants), "source_model": model.name,
                       **{f"variant_{k}": v for k, v in variants.items()}},
-                     metadata={"compression": dg.MetadataValue.md(frame_markdown(stats)),
+                     metadata={"compression": frame_table(stats),
                                "prune_amount": config.prune_amount,
                                "int8_size_ratio": float(stats.loc[stats["variant"] == "int8", "size_ratio"].iloc[0])})

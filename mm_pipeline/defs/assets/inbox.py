@@ -27,7 +27,7 @@ from mm_pipeline.datasets.inbox import (
     load_partition,
 )
 from mm_pipeline.datasets.schema import DataError
-from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import PipelineResource
 
 GROUP = "raw"
@@ -122,6 +122,6 @@ def with_inbox_interactions(context: dg.AssetExecutionContext, pipeline: Pipelin
         "inbox_rows_already_present": int(sum(stats.already_present.values())),
         "inbox_digests": dg.MetadataValue.json(included),
         "inbox_partitions_not_included": dg.MetadataValue.json(pending),
-        "inbox_table": dg.MetadataValue.md(frame_markdown(table, 50) if len(table) else "none"),
+        "inbox_table": frame_table(table, 50),
         "origin_column": ORIGIN_COLUMN,
     }

@@ -8,7 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from mm_pipeline.defs.assets.train import split_data
-from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import MlflowResource
 from mm_pipeline.registry.promotion import (
     DEFAULT_GATE_METRIC,
@@ -140,8 +140,8 @@ def _metadata(name: str, decision: PromotionDecision, champion_after: str | None
         "challenger_version": decision.challenger_version, "champion_before": decision.champion_version or "none",
         "champion_after": champion_after or "none", "gate_metric": policy.gate_metric,
         "min_improvement": policy.min_improvement,
-        "scores": dg.MetadataValue.md(frame_markdown(decision.scores_table(), 50, digits=5)),
-        "rule": dg.MetadataValue.md(frame_markdown(decision.rule_table(), 50, digits=5)),
+        "scores": frame_table(decision.scores_table(), 50),
+        "rule": frame_table(decision.rule_table(), 50),
         "guardrails": dg.MetadataValue.json(dict(policy.guardrails)),
         "guardrails_not_applicable": dg.MetadataValue.json(dict(decision.not_applicable)),
         "cold_test_interactions": decision.cold_test_interactions,

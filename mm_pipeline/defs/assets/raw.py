@@ -8,7 +8,7 @@ from mm_pipeline.datasets import media
 from mm_pipeline.datasets.schema import MODALITIES, quarantine_frame
 from mm_pipeline.datasets.sources import load_source, resolve_source, Source
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, with_inbox_interactions
-from mm_pipeline.defs.metadata import frame_markdown, quarantine_metadata
+from mm_pipeline.defs.metadata import frame_table, quarantine_metadata
 from mm_pipeline.defs.resources import PipelineResource
 
 GROUP = "raw"
@@ -96,7 +96,7 @@ def _row_quarantine_metadata(data, file_key: str, pipeline: PipelineResource, as
     reasons = table["reason"].str.split(";").str[0].value_counts() if len(table) else pd.Series(dtype=int)
     return {"rows_quarantined": int(table["row"].nunique()) if len(table) else 0,
             "row_quarantine_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
-            "row_quarantine": dg.MetadataValue.md(frame_markdown(table, 50) if len(table) else "none"),
+            "row_quarantine": frame_table(table, 50),
             "row_quarantine_table": dg.MetadataValue.path(str(path / "rows.parquet"))}
 
 

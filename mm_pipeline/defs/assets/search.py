@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from mm_pipeline.defs.assets.train import raw_modality_features
-from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData
 from mm_pipeline.recommend.search import (
@@ -121,7 +121,7 @@ def mm_gcn_hyperparameter_search(context: dg.AssetExecutionContext, config: Hype
         metric_key(f"best_{OBJECTIVE}"): dg.MetadataValue.float(best.valid_ndcg),
         metric_key(f"best_{RECALL}"): dg.MetadataValue.float(best.valid_recall),
         "trials_pruned": n_pruned,
-        "trials": dg.MetadataValue.md(frame_markdown(result.trials, max_rows=100)),
+        "trials": frame_table(result.trials, 100),
         "validation_ndcg_per_trial": dg.MetadataValue.md(png_markdown(png, "validation NDCG@20 per trial")),
     })
 

@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from mm_pipeline.defs.assets.train import split_data
-from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.selection import MONITOR, compare_on_validation
 
@@ -50,5 +50,5 @@ def selected_model(context: dg.AssetExecutionContext, config: SelectionConfig, i
     value = {**candidates[chosen], "selection": table, "selected": chosen, "selection_reason": reason,
              "skipped_models": skipped}
     return dg.Output(value, metadata={"selected": chosen, "reason": reason,
-                                      "validation": dg.MetadataValue.md(frame_markdown(table)),
+                                      "validation": frame_table(table),
                                       "skipped": dg.MetadataValue.json(skipped)})
