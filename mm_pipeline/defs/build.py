@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, select, train
-from mm_pipeline.defs.assets import promotion
+from mm_pipeline.defs.assets import explain, promotion
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_interactions
 from mm_pipeline.defs.assets.research import freedom_model, mm_gcn_ablations, mm_hybrid_ablations, research_report
 from mm_pipeline.defs.assets.search import SEARCH_JOBS, mm_gcn_hyperparameter_search
@@ -22,7 +22,7 @@ from mm_pipeline.defs.lifecycle import (
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.defs.shards import with_item_shards
 
-ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, registry, promotion]
+ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, explain, registry, promotion]
 
 # The inbox partitions are ingested by inbox_retrain runs (one partition each); full_pipeline reads
 # whatever is stored, so it needs no partition key.
