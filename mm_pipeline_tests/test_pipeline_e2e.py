@@ -193,3 +193,18 @@ def test_first_run_promotes_the_challenger(pipeline_run):
     assert promotion["challenger_metrics"]["known_user_share"] == 1.0
     assert promotion["challenger_metrics"]["served_rows_checked"] > 0
     mlflow.set_tracking_uri(None)
+
+
+def test_explanations_are_faithful_and_name_no_user(pipeline_run):
+    result, _, _ = pipeline_run
+    out = result.output_for_node("recommendation_explanations")
+    faithfulness = out["faithfulness"].set_index(["model", "removed"])
+    # Removing the top-attributed history item (or modality) hurts the recommended item more than a random one.
+    assert faithfulness.loc[("mm_hybrid", "history"), "score gap"] > 0
+    assert faithfulness.loc[("mm_hybrid", "history"), "rank gap"] > 0
+    assert faithfulness.loc[("ease", "history"), "score gap"] > 0
+    explained = out["explanations"]
+    shares = explained[[c for c in explained.columns if c.startswith("share_")]]
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-6)
+    assert explained["reason"].str.len().gt(0).all() and "user_id" not in explained
+    assert out["by_part"]["users"].sum() == out["interest"]["user"].nunique()

@@ -9,7 +9,7 @@ import dagster as dg
 from mm_pipeline import settings
 
 from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, select, train
-from mm_pipeline.defs.assets import batch, promotion
+from mm_pipeline.defs.assets import batch, explain, promotion
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_interactions
 from mm_pipeline.defs.assets.research import freedom_model, mm_gcn_ablations, mm_hybrid_ablations, research_report
 from mm_pipeline.defs.assets.search import SEARCH_JOBS, mm_gcn_hyperparameter_search
@@ -24,7 +24,8 @@ from mm_pipeline.defs.lifecycle import (
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource, from_environment
 from mm_pipeline.defs.shards import with_item_shards
 
-ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, registry, promotion, batch]
+ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, explain, registry, promotion,
+                 batch]
 
 # The inbox partitions are ingested by inbox_retrain runs (one partition each); full_pipeline reads
 # whatever is stored, so it needs no partition key.

@@ -51,12 +51,19 @@ class EmbeddingRecommender:
     user's interaction history, :math:`p_u = x_u`, which is as wide as the catalogue but holds only a
     few nonzeros per user. Scoring then costs :math:`O(\mathrm{nnz}(x_u) \cdot n_\text{items})` per
     user instead of :math:`O(n_\text{items}^2)`.
+
+    ``parts`` (optional) says how the score splits, for explanations: ``history_width`` = :math:`h` when
+    the first :math:`h` columns of the user table are the user's weighted item history (item-item
+    models; the contribution of history item :math:`j` to :math:`s(u, i)` is then exactly
+    :math:`p_{uj} q_{ij}`), and ``modalities`` maps a modality to a scipy CSR ``[n_items, h]`` whose row
+    :math:`i` is the part of :math:`q_{i, :h}` that comes from that modality's content graph.
     """
 
     name: str
     user_embeddings: torch.Tensor  # [n_users, d] float32, dense or sparse CSR
     item_embeddings: torch.Tensor  # [n_items, d] float32
     info: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
     # Sparse @ dense is several times faster on a contiguous right-hand side than on a transposed view: cached.
     _item_columns: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False,
                                                                       compare=False)
@@ -88,13 +95,16 @@ class EmbeddingRecommender:
 
     def to_arrays(self) -> dict[str, Any]:
         """The tables as flat arrays: ``user_embeddings`` and ``item_embeddings``, or for a sparse user
-        table ``user_crow_indices``, ``user_col_indices``, ``user_values`` and ``user_shape``."""
+        table ``user_crow_indices``, ``user_col_indices``, ``user_values`` and ``user_shape``; the score
+        parts (if any) as ``parts_*`` arrays."""
         if not self.sparse_users:
-            return {"user_embeddings": self.user_embeddings.float(), "item_embeddings": self.item_embeddings.float()}
-        users = self.user_embeddings
-        return {"user_crow_indices": users.crow_indices(), "user_col_indices": users.col_indices(),
-                "user_values": users.values().float(), "user_shape": np.asarray(users.shape, dtype=np.int64),
-                "item_embeddings": self.item_embeddings.float()}
+            out = {"user_embeddings": self.user_embeddings.float(), "item_embeddings": self.item_embeddings.float()}
+        else:
+            users = self.user_embeddings
+            out = {"user_crow_indices": users.crow_indices(), "user_col_indices": users.col_indices(),
+                   "user_values": users.values().float(), "user_shape": np.asarray(users.shape, dtype=np.int64),
+                   "item_embeddings": self.item_embeddings.float()}
+        return {**out, **parts_to_arrays(self.parts)}
 
     @classmethod
     def from_arrays(cls, name: str, arrays: dict[str, Any], info: dict[str, Any] | None = None
@@ -113,7 +123,7 @@ class EmbeddingRecommender:
                 size=tuple(int(n) for n in np.asarray(arrays["user_shape"])))
         return cls(name=name, user_embeddings=users,
                    item_embeddings=torch.as_tensor(np.asarray(arrays["item_embeddings"], dtype=np.float32)),
-                   info=dict(info or {}))
+                   info=dict(info or {}), parts=parts_from_arrays(arrays))
 
     def to_bundle(self) -> dict[str, Any]:
         return {"name": self.name, **self.to_arrays(), "info": self.info}
@@ -121,3 +131,37 @@ class EmbeddingRecommender:
     @classmethod
     def from_bundle(cls, bundle: dict[str, Any]) -> "EmbeddingRecommender":
         return cls.from_arrays(bundle["name"], bundle, bundle.get("info", {}))
+
+
+def parts_to_arrays(parts: dict[str, Any]) -> dict[str, np.ndarray]:
+    """:attr:`EmbeddingRecommender.parts` as flat arrays (``parts_history_width``, ``parts_modalities``
+    and one CSR triple ``parts_<modality>_{indptr,indices,values}`` per modality, with ``parts_shape``)."""
+    if not parts:
+        return {}
+    import scipy.sparse as sp
+
+    modalities = dict(parts.get("modalities") or {})
+    out = {"parts_history_width": np.asarray(int(parts["history_width"]), dtype=np.int64),
+           "parts_modalities": np.asarray(sorted(modalities), dtype=str)}
+    for name, matrix in sorted(modalities.items()):
+        csr = sp.csr_matrix(matrix, dtype=np.float32)
+        out[f"parts_{name}_indptr"] = csr.indptr.astype(np.int64)
+        out[f"parts_{name}_indices"] = csr.indices.astype(np.int64)
+        out[f"parts_{name}_values"] = csr.data.astype(np.float32)
+        out["parts_shape"] = np.asarray(csr.shape, dtype=np.int64)
+    return out
+
+
+def parts_from_arrays(arrays: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`parts_to_arrays` (empty when the arrays hold no parts)."""
+    if "parts_history_width" not in arrays:
+        return {}
+    import scipy.sparse as sp
+
+    names = [str(n) for n in np.asarray(arrays["parts_modalities"]).ravel().tolist()]
+    shape = tuple(int(n) for n in np.asarray(arrays["parts_shape"])) if names else None
+    return {"history_width": int(np.asarray(arrays["parts_history_width"])),
+            "modalities": {n: sp.csr_matrix((np.asarray(arrays[f"parts_{n}_values"], dtype=np.float32),
+                                             np.asarray(arrays[f"parts_{n}_indices"]),
+                                             np.asarray(arrays[f"parts_{n}_indptr"])), shape=shape)
+                           for n in names}}

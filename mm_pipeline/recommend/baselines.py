@@ -32,7 +32,8 @@ def item_item(name: str, profile: sp.csr_matrix, weights: np.ndarray, info: dict
     r"""An item-item model in dot-product form: :math:`s(u, \cdot) = x_u W` with the (sparse) history
     :math:`x_u` as user table and :math:`W^\top` as item table."""
     return EmbeddingRecommender(name, sparse_from_scipy(profile),
-                                torch.from_numpy(np.ascontiguousarray(weights.T, dtype=np.float32)), info)
+                                torch.from_numpy(np.ascontiguousarray(weights.T, dtype=np.float32)), info,
+                                parts={"history_width": int(profile.shape[1])})
 
 
 def ease(train: sp.csr_matrix, l2: float = 200.0, gram: ItemGram | None = None) -> EmbeddingRecommender:

@@ -150,6 +150,17 @@ def content_graph(raw_features: RawFeatures, k: int = 10) -> sp.csr_matrix:
                          shape=tuple(graph.shape))
 
 
+def content_graphs(raw_features: RawFeatures, k: int = 10) -> dict[str, sp.csr_matrix]:
+    """One normalised k-NN graph per modality (their mean is :func:`content_graph`): what the explanations
+    split the content score by."""
+    out = {}
+    for modality in sorted(raw_features):
+        graph = item_knn_graph([standardized_features(*raw_features[modality])], k)
+        out[modality] = sp.csr_matrix((graph.values().numpy(), graph.col_indices().numpy(),
+                                       graph.crow_indices().numpy()), shape=tuple(graph.shape))
+    return out
+
+
 def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, config: MultimodalConfig,
                    on_epoch=None, name: str = "mm_gcn", content: np.ndarray | None = None,
                    graph_features: list[np.ndarray] | None = None, raw_features: RawFeatures | None = None

@@ -104,12 +104,14 @@ class HybridParts:
     ``B`` and the item k-NN similarities; the first is the start of the search. ``gnns`` maps a name to
     a trained GNN; names in ``content_aware`` score cold items from content (``mm_gcn``), the others (an
     ID-only LightGCN) have untrained cold-item embeddings, which are zeroed. Without cores (a catalogue
-    too large for a dense item x item matrix) the first GNN is the base part.
+    too large for a dense item x item matrix) the first GNN is the base part. ``modality_graphs`` (one
+    graph per modality, whose mean is ``content_graph``) only split the content score for explanations.
     """
 
     def __init__(self, train: sp.csr_matrix, age: np.ndarray | None, cores: dict[str, np.ndarray] | None,
                  content_graph: sp.spmatrix | None, gnns: dict[str, EmbeddingRecommender] | None = None,
-                 content_aware: Sequence[str] = (), scale_users: int = 2048, seed: int = 0):
+                 content_aware: Sequence[str] = (), scale_users: int = 2048, seed: int = 0,
+                 modality_graphs: dict[str, sp.spmatrix] | None = None):
         n_users, n_items = train.shape
         cores = dict(cores or {})
         for name, weights in cores.items():
@@ -129,6 +131,10 @@ class HybridParts:
         self.content_aware = tuple(content_aware)
         self.cores = {name: np.asarray(w, dtype=np.float32) for name, w in cores.items()}
         self.content = None if content_graph is None else sp.csr_matrix(content_graph, dtype=np.float32)
+        self.modality_graphs = {m: sp.csr_matrix(g, dtype=np.float32) for m, g in (modality_graphs or {}).items()}
+        for modality, graph in self.modality_graphs.items():
+            if graph.shape != (n_items, n_items):
+                raise ValueError(f"the {modality} graph has shape {graph.shape}; the split has {n_items} items")
         active = np.flatnonzero(self.train.getnnz(axis=1) > 0)
         rng = np.random.default_rng(seed)
         self.sample = np.sort(rng.choice(active, size=min(scale_users, active.size), replace=False))
@@ -184,7 +190,12 @@ class HybridParts:
                                 "graph_weight": graph_weight, "gnn": gnn if graph_weight else "none",
                                 "core_rms": core_scale, "content_rms": content_scale}
         blocks_u, blocks_i = [], []
+        parts: dict[str, Any] = {}
         if core in self.cores or content_weight:
+            parts["history_width"] = int(self.train.shape[1])
+            if content_weight and self.content is not None and self.modality_graphs:
+                share = content_weight / (content_scale * len(self.modality_graphs))
+                parts["modalities"] = {m: (g.T * share).tocsr() for m, g in self.modality_graphs.items()}
             items = (self.cores[core].T / core_scale if core in self.cores  # item i's row: column i of W
                      else np.zeros((self.train.shape[1],) * 2, dtype=np.float32))
             if content_weight:
@@ -205,7 +216,7 @@ class HybridParts:
         users = sp.hstack(blocks_u, format="csr") if len(blocks_u) > 1 else blocks_u[0].tocsr()
         items = np.concatenate(blocks_i, axis=1) if len(blocks_i) > 1 else blocks_i[0]
         return EmbeddingRecommender(name, sparse_from_scipy(users),
-                                    torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32)), info)
+                                    torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32)), info, parts)
 
 
 def _rms(scores: np.ndarray) -> float:

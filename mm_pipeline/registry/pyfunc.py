@@ -73,7 +73,9 @@ _log = logging.getLogger(__name__)
 SPARSE_USER_ARRAYS = ("user_indptr", "user_indices", "user_values")
 _ALIAS = re.compile(r"^[\w\-]+$")
 
-INPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)])
+INPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False),
+                       ColSpec("boolean", "explain", required=False)])
+EXPLAIN_EVIDENCE = 3  # history items named per explained recommendation
 OUTPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "rank"),
                         ColSpec("string", "item_id"), ColSpec("double", "score"),
                         ColSpec("boolean", "fallback")])
@@ -255,6 +257,7 @@ class RecommenderPyfunc(PythonModel):
         self._users, self._items = users, items
         self._item_ids = item_ids.astype(str)
         self._user_keys = user_keys.astype(str)
+        self._load_parts(arrays)
         self._key_to_user = {str(key): row for row, key in enumerate(self._user_keys.tolist())}
         self._key_check = str(np.asarray(arrays["key_check"]).item())
         self._popular = popular
@@ -277,6 +280,23 @@ class RecommenderPyfunc(PythonModel):
         else:
             self._secret = _secret_bytes(secret)
         return self
+
+    def _load_parts(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The score decomposition for explanations (see ``EmbeddingRecommender.parts``)."""
+        width = int(arrays["parts_history_width"]) if "parts_history_width" in arrays else 0
+        if width and self._users.csr is None:
+            width = 0  # a dense user table has no per-item history columns to attribute
+        self._history_width = width
+        self._modality_parts = {}
+        if width:
+            import scipy.sparse as sp
+
+            names = [str(n) for n in np.asarray(arrays.get("parts_modalities", np.asarray([], dtype=str))).ravel()]
+            for name in names:
+                self._modality_parts[name] = sp.csr_matrix(
+                    (np.asarray(arrays[f"parts_{name}_values"], dtype=np.float32),
+                     np.asarray(arrays[f"parts_{name}_indices"], dtype=np.int64),
+                     np.asarray(arrays[f"parts_{name}_indptr"], dtype=np.int64)), shape=(self.n_items, width))
 
     @property
     def recognises_users(self) -> bool:
@@ -351,6 +371,10 @@ class RecommenderPyfunc(PythonModel):
             "score": scores_out,
             "fallback": rows[position] < 0,
         })
+        if "explain" in model_input.columns:
+            wanted = model_input["explain"].fillna(False).astype(bool).to_numpy()
+            if wanted.any():
+                out = pd.concat([out, self.explain(rows[position], items, scores_out, wanted[position])], axis=1)
         return out
 
     def _rank_rows(self, users: np.ndarray, ks: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -397,6 +421,90 @@ class RecommenderPyfunc(PythonModel):
                              "rank": (rank + 1).astype(np.int64),
                              "item_id": self._item_ids[items].astype(object), "score": scores})
 
+    def explain(self, users: np.ndarray, items: np.ndarray, scores: np.ndarray, wanted: np.ndarray
+                ) -> pd.DataFrame:
+        r"""Why each (user, item) row was recommended: one column per score part, ``because`` and ``reason``.
+
+        * ``share_<part>``: the part's share of the score, :math:`|s_p| / \sum_q |s_q|`. For an item-item
+          model (EASE, item k-NN, the hybrid) the score splits exactly: ``collaborative`` (the item-item
+          core over the history), one part per modality (the content graphs), ``graph`` (the GNN's dot
+          product, the rest of the score). A pure embedding model has one part, ``embedding``.
+        * ``because``: up to three of the user's training items that contribute most, ``|``-joined. Exact
+          contributions :math:`x_{uj} W_{ji}` for item-item models; for embedding models the training items
+          whose item vectors are most like the recommended one (cosine).
+        * ``reason``: a sentence built from both.
+
+        Rows of unknown users (``users < 0``, the popularity fallback) and rows not ``wanted`` are left empty.
+        """
+        n = users.size
+        ask = wanted & (users >= 0)
+        parts = (["collaborative", *self._modality_parts, "graph"] if self._history_width else ["embedding"])
+        shares = {p: np.full(n, np.nan) for p in parts}
+        because = np.full(n, "", dtype=object)
+        reason = np.where(wanted & (users < 0), "popular with everyone (we do not know this user yet)", "")
+        reason = reason.astype(object)
+        rows = np.flatnonzero(ask)
+        if rows.size:
+            u, i, total = users[rows], items[rows], scores[rows]
+            if self._history_width:
+                values, evidence = self._history_parts(u, i)
+                history = sum(values.values()) if values else np.zeros(rows.size)
+                values = {"collaborative": history - sum(values[m] for m in self._modality_parts),
+                          **{m: values[m] for m in self._modality_parts}, "graph": total - history}
+            else:
+                values, evidence = {"embedding": total}, self._similar_history(u, i)
+            magnitude = sum(np.abs(v) for v in values.values())
+            safe = np.where(magnitude > 0, magnitude, 1.0)
+            for part, value in values.items():
+                shares[part][rows] = np.abs(value) / safe
+            because[rows] = evidence
+            top_part = np.asarray(parts)[np.argmax(np.stack([shares[p][rows] for p in parts]), axis=0)]
+            reason[rows] = [_reason(e, p, float(shares[p][r])) for e, p, r in zip(evidence, top_part, rows)]
+        return pd.DataFrame({**{f"share_{p}": v for p, v in shares.items()}, "because": because,
+                             "reason": reason})
+
+    def _history_entries(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The history entries of each row's user: (row, history item, weight) within ``history_width``."""
+        indptr, indices, values = self._users.csr
+        batch_rows, entries = _csr_gather(indptr, users)
+        j, x = indices[entries], values[entries]
+        keep = j < self._history_width
+        return batch_rows[keep], j[keep], x[keep]
+
+    def _history_parts(self, users: np.ndarray, items: np.ndarray) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Per row: the history block's score (key ``history``) and each modality's share of it, and the
+        most contributing history items."""
+        import scipy.sparse as sp
+
+        row, j, x = self._history_entries(users)
+        contribution = x * self._items[items[row], j]
+        out = {"history": np.bincount(row, weights=contribution, minlength=users.size)}
+        history = sp.csr_matrix((x, (row, j)), shape=(users.size, self._history_width))
+        for modality, part in self._modality_parts.items():
+            out[modality] = np.asarray(history.multiply(part[items]).sum(axis=1)).ravel()
+        return out, self._top_items(row, j, contribution, users.size)
+
+    def _similar_history(self, users: np.ndarray, items: np.ndarray) -> list[str]:
+        """Per row: the user's training items most like the recommended one (cosine of item vectors)."""
+        if self._seen_indptr is None:
+            return [""] * users.size
+        row, entries = _csr_gather(self._seen_indptr, users)
+        j = self._seen_indices[entries]
+        norms = np.linalg.norm(self._items, axis=1)
+        norms[norms == 0] = 1.0
+        cosine = (self._items[j] * self._items[items[row]]).sum(axis=1) / (norms[j] * norms[items[row]])
+        return self._top_items(row, j, cosine, users.size)
+
+    def _top_items(self, row: np.ndarray, item: np.ndarray, weight: np.ndarray, n_rows: int) -> list[str]:
+        """Per row, up to ``EXPLAIN_EVIDENCE`` item ids with the largest positive ``weight``, ``|``-joined."""
+        order = np.lexsort((item, -weight, row))
+        row, item, weight = row[order], item[order], weight[order]
+        starts = np.searchsorted(row, row, side="left")
+        keep = (np.arange(row.size) - starts < EXPLAIN_EVIDENCE) & (weight > 0)
+        joined = (pd.Series(self._item_ids[item[keep]]).groupby(row[keep]).agg("|".join)
+                  if keep.any() else pd.Series(dtype=object))
+        return joined.reindex(range(n_rows), fill_value="").tolist()
+
     def _requested_k(self, model_input: pd.DataFrame) -> np.ndarray:
         n_rows = len(model_input)
         if "k" not in model_input.columns:
@@ -412,6 +520,20 @@ class RecommenderPyfunc(PythonModel):
             raise ValueError(f"k={int(ks.max())} is above this server's cap of {self.max_k} ({MAX_K_ENV}): "
                              f"ask for at most {self.max_k} items per user")
         return np.minimum(ks, self.n_items).astype(np.int64)
+
+
+_PART_WORDS = {"collaborative": "what people with similar histories chose", "text": "what it reads like",
+               "image": "what it looks like", "audio": "what it sounds like",
+               "graph": "the interaction graph", "embedding": "the learned taste profile"}
+
+
+def _reason(evidence: str, part: str, share: float) -> str:
+    items = evidence.split("|") if evidence else []
+    why = f"mostly {_PART_WORDS.get(part, part)} ({share:.0%} of the score)"
+    if not items:
+        return why[0].upper() + why[1:]
+    named = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return f"Because you liked {named}; {why}"
 
 
 def _ids(values: Sequence[Any], name: str, expected: int) -> list[str]:
@@ -510,6 +632,9 @@ def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str]
             mean_user = user_values.mean(axis=0)
         popularity = (items @ mean_user).astype(np.float64)
     arrays["popular_items"] = np.lexsort((order_ties, -popularity)).astype(np.int64)
+    from mm_pipeline.recommend.base import parts_to_arrays
+
+    arrays.update(parts_to_arrays(model.parts))
     return arrays
 
 

@@ -273,7 +273,7 @@ def hybrid_parts(data: SplitData, interaction_split: dict, cores: dict[str, dict
     """The hybrid's fixed parts from the stored models: the item-item cores (the tuned EASE and item k-NN
     weights, in that order), the content graph over the raw features, and the candidate GNNs (mm_gcn
     scores cold items from content; LightGCN does not). Skipped models are left out."""
-    from mm_pipeline.recommend.fit import content_graph
+    from mm_pipeline.recommend.fit import content_graph, content_graphs
     from mm_pipeline.recommend.linear import training_age
 
     weights = {name: EmbeddingRecommender.from_bundle(b).item_embeddings.numpy().T
@@ -281,7 +281,8 @@ def hybrid_parts(data: SplitData, interaction_split: dict, cores: dict[str, dict
     models = {name: EmbeddingRecommender.from_bundle(b) for name, b in gnns.items() if "skipped" not in b}
     return HybridParts(data.train, training_age(interaction_split["table"], data.train), weights,
                        content_graph(raw, hybrid.knn_k) if raw else None, models, content_aware=("mm_gcn",),
-                       scale_users=hybrid.scale_users, seed=hybrid.seed)
+                       scale_users=hybrid.scale_users, seed=hybrid.seed,
+                       modality_graphs=content_graphs(raw, hybrid.knn_k) if raw else None)
 
 
 @dg.asset(group_name=GROUP, kinds={"scipy", "mlflow"}, code_version="1")
