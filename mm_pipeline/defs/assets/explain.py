@@ -6,7 +6,7 @@ import pandas as pd
 from pydantic import Field
 
 from mm_pipeline.defs.assets.train import split_data
-from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import PipelineResource
 from mm_pipeline.recommend.base import EmbeddingRecommender
 
@@ -68,9 +68,9 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
                      f"dominant parts: {dict(zip(by_part['dominant part'], by_part['users']))}")
     primary = faithfulness[faithfulness["model"] == "mm_hybrid"].set_index("removed")
     meta = {"users": int(users.size), "explained": int(len(explained)),
-            "faithfulness": dg.MetadataValue.md(frame_markdown(faithfulness)),
-            "dominant_part": dg.MetadataValue.md(frame_markdown(by_part)),
-            "examples": dg.MetadataValue.md(frame_markdown(shown, 40))}
+            "faithfulness": frame_table(faithfulness),
+            "dominant_part": frame_table(by_part),
+            "examples": frame_table(shown, 40)}
     for kind in ("history", "modality"):
         if kind in primary.index:
             meta[f"mm_hybrid_{kind}_rank_gap"] = float(primary.loc[kind, "rank gap"])
