@@ -319,7 +319,7 @@ def _item_titles(paths: settings.ProjectPaths) -> dict[str, str]:
     from mm_pipeline.storage import as_path, load_bundle
 
     # Where the IO manager keeps asset values (defs.io_manager.storage_base), without importing Dagster.
-    storage = os.environ.get("MM_PIPELINE_STORAGE", "").strip()
+    storage = settings.storage_location()
     try:
         items = load_bundle((as_path(storage) if storage else paths.assets) / "raw_items")["table"]
     except (FileNotFoundError, KeyError, OSError, ValueError):
