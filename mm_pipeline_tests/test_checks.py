@@ -76,7 +76,10 @@ def test_raw_interactions_not_empty():
     assert "read 12 interaction(s)" in result.description and "min_rating=none" in result.description
 
 
-def test_duplicates_warn_with_count_and_examples():
+def test_duplicates_warn_with_count_and_examples(monkeypatch):
+    from mm_pipeline.registry.pyfunc import user_key
+
+    monkeypatch.setenv("MM_PIPELINE_USER_KEY_SECRET", "checks-tests-secret-0123456789")
     assert checks.raw_interactions_duplicates(_inter()).passed
     inter = pd.concat([_inter(), _inter().iloc[[0, 0, 3]]], ignore_index=True)
     result = checks.raw_interactions_duplicates(inter)
@@ -86,6 +89,8 @@ def test_duplicates_warn_with_count_and_examples():
     assert {(0, "i0"), (4, "i0")} <= {(r["row"], r["item_id"]) for r in examples}  # the rows, ...
     assert all("u1" not in r.values() and "u2" not in r.values() for r in examples)  # ... never raw user ids
     assert "user_id" not in [c.name for c in result.metadata["examples"].schema.columns]
+    keys = {u: user_key(u, b"checks-tests-secret-0123456789")[:16] for u in ("u1", "u2")}
+    assert {(r["row"], r["user_key"]) for r in examples} >= {(0, keys["u1"]), (4, keys["u1"])}  # keyed hashes
 
 
 def test_unknown_items_warn():

@@ -15,7 +15,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mm_pipeline.defs.metadata import frame_table
+from mm_pipeline.defs.metadata import frame_table, without_user_ids
 
 EXAMPLES = 5
 #: Plausible interaction times: from 1990-01-01 to one day after the check runs.
@@ -28,11 +28,11 @@ WARN = dg.AssetCheckSeverity.WARN
 
 
 def _examples(frame: pd.DataFrame, n: int = EXAMPLES) -> dg.MetadataValue:
-    """The first ``n`` rows as a table for the check's metadata. Raw user ids never reach Dagster
-    metadata (it is readable by everyone with UI access): the row of ``raw_interactions`` stands in."""
+    """The first ``n`` rows as a table for the check's metadata, with their row in ``raw_interactions``.
+    Raw user ids never reach Dagster metadata: a keyed hash (``user_key``) stands in."""
     shown = frame.head(n)
     if "user_id" in shown.columns:
-        shown = shown.drop(columns="user_id").rename_axis("row").reset_index()
+        shown = without_user_ids(shown.rename_axis("row").reset_index())
     return frame_table(shown, n)
 
 

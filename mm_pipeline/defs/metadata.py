@@ -87,3 +87,23 @@ def history_metadata(history: pd.DataFrame, columns: list[str], title: str) -> d
     if columns and len(history):
         meta["training_curve"] = dg.MetadataValue.md(png_markdown(training_curve_png(history, columns, title), title))
     return meta
+
+
+USER_KEY_CHARS = 16  # enough to tell users apart in a table, short enough to read
+
+
+def without_user_ids(frame: pd.DataFrame, column: str = "user_id") -> pd.DataFrame:
+    """``frame`` with the raw user ids in ``column`` replaced by a ``user_key`` column: the first
+    characters of their keyed hash (HMAC under the project's user key secret, as the served model stores
+    them). Dagster metadata is readable by everyone with UI access, so raw ids never go there."""
+    if column not in frame.columns:
+        return frame
+    from mm_pipeline.registry.pyfunc import user_key
+    from mm_pipeline.registry.user_keys import pipeline_user_key_secret
+
+    secret = pipeline_user_key_secret()
+    keys = [("" if pd.isna(u) else user_key(str(u), secret)[:USER_KEY_CHARS]) for u in frame[column]]
+    position = list(frame.columns).index(column)
+    out = frame.drop(columns=column)
+    out.insert(position, "user_key", keys)
+    return out

@@ -96,8 +96,23 @@ def _row_quarantine_metadata(data, file_key: str, pipeline: PipelineResource, as
     reasons = table["reason"].str.split(";").str[0].value_counts() if len(table) else pd.Series(dtype=int)
     return {"rows_quarantined": int(table["row"].nunique()) if len(table) else 0,
             "row_quarantine_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
-            "row_quarantine": frame_table(table, 50),
+            "row_quarantine": frame_table(_user_cells_keyed(table.head(50)), 50),
             "row_quarantine_table": dg.MetadataValue.path(str(path / "rows.parquet"))}
+
+
+def _user_cells_keyed(rows: pd.DataFrame) -> pd.DataFrame:
+    """Quarantined cells of the ``user_id`` column shown as keyed hashes: raw ids never reach metadata
+    (the whole table, with the cells as read, is in the quarantine Parquet under the project home)."""
+    if not len(rows) or "column" not in rows:
+        return rows
+    from mm_pipeline.defs.metadata import without_user_ids
+
+    rows = rows.copy()
+    user = rows["column"] == "user_id"
+    if user.any():
+        keyed = without_user_ids(pd.DataFrame({"user_id": rows.loc[user, "value"].replace("", None)}))
+        rows.loc[user, "value"] = ("user key " + keyed["user_key"]).where(keyed["user_key"] != "", "").to_numpy()
+    return rows
 
 
 def _items_metadata(data, manifest: dict, pipeline: PipelineResource) -> dict:
