@@ -487,3 +487,23 @@ def test_the_user_key_secret_comes_from_the_environment_or_an_owner_only_file(tm
     monkeypatch.setenv("MM_PIPELINE_USER_KEY_SECRET_FILE", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="MM_PIPELINE_USER_KEY_SECRET_FILE=.*missing"):
         read_user_key_secret(home=tmp_path)
+
+
+def test_the_evaluation_report_is_logged_to_mlflow(store, tmp_path):
+    from mm_pipeline.registry.tracking import evaluation_metrics, log_evaluation
+
+    metrics = {"models": {"ease": {"recall@20": 0.2, "recall@20_ci": [0.1, 0.3], "n_users_evaluated": 9},
+                          "mm_hybrid[int8]": {"ndcg@20": 0.1}},
+               "cold_start": {"ease": {"recall@20": float("nan")}, "mm_hybrid": {"recall@20": 0.05}},
+               "long_tail": {"ease": {"recall@20": 0.01}}, "dataset": {"users": 3}}
+    assert evaluation_metrics(metrics) == {"ease.recall_at_20": 0.2, "ease.n_users_evaluated": 9.0,
+                                           "mm_hybrid_int8_.ndcg_at_20": 0.1, "cold.mm_hybrid.recall_at_20": 0.05,
+                                           "tail.ease.recall_at_20": 0.01}
+    (tmp_path / "report.html").write_text("<html></html>")
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics, default=str))
+    with mlflow.start_run() as run:
+        assert log_evaluation(metrics, tmp_path) == 5
+    logged = MlflowClient().get_run(run.info.run_id)
+    assert logged.data.metrics["ease.recall_at_20"] == 0.2
+    assert {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "report")} == \
+        {"report/report.html", "report/metrics.json"}

@@ -275,3 +275,33 @@ def log_history(history: pd.DataFrame, step_column: str = "epoch", *, run_id: st
     for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
     return len(metrics)
+
+
+def evaluation_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The report's test numbers as flat MLflow metric keys: ``<model>.<metric>`` for the full ranking and
+    ``cold.<model>.<metric>`` / ``tail.<model>.<metric>`` for the cold-start and long-tail tables
+    (finite numbers only; ``@`` written as ``_at_``)."""
+    out: dict[str, float] = {}
+    for section, prefix in (("models", ""), ("cold_start", "cold."), ("long_tail", "tail.")):
+        for model, values in (metrics.get(section) or {}).items():
+            for name, value in (values or {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    out[metric_key(f"{prefix}{model}.{name}")] = float(value)
+    return out
+
+
+def log_evaluation(metrics: Mapping[str, Any], report_dir: Path) -> int:
+    """Log a written evaluation report to the active MLflow run: every model's test metrics
+    (:func:`evaluation_metrics`) and the report's files (``metrics.json``, ``report.md``, ``report.html``
+    and the figures) as artifacts under ``report/``. Returns the number of metrics logged."""
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_evaluation needs an active MLflow run (mlflow.start_run())")
+    values = evaluation_metrics(metrics)
+    timestamp = int(time.time() * 1000)
+    batch = [Metric(key=k, value=v, timestamp=timestamp, step=0) for k, v in values.items()]
+    client = MlflowClient()
+    for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
+        client.log_batch(run.info.run_id, metrics=batch[start:start + MAX_METRICS_PER_BATCH])
+    mlflow.log_artifacts(str(report_dir), artifact_path="report")
+    return len(values)
