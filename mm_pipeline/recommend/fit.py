@@ -20,43 +20,8 @@ from mm_pipeline.evaluate.split import interaction_matrix
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.graph import bipartite_edge_index, knn_item_adjacency, normalized_adjacency
 from mm_pipeline.recommend.models import FREEDOM, VBPR, IDLightGCN, MultimodalGCN
-from mm_pipeline.recommend.train import TrainConfig, train_bpr
-
-
-@dataclass
-class MultimodalConfig(TrainConfig):
-    # A lower rate than LightGCN's: on the default dataset 5e-3 beat 1e-2 on validation, while
-    # LightGCN reached the same validation NDCG with both and 1e-2 needs half the epochs.
-    lr: float = 5e-3
-    patience: int = 10
-    hidden: int = 256
-    dropout: float = 0.1
-    content_weight: float = 0.0
-    cold_prob: float = 0.2
-    knn_k: int = 10              # item-item graph neighbours (0: no item-item graph)
-    item_layers: int = 1         # propagation steps over the item-item graph
-    # The item graph: mean of per-modality k-NN graphs over the raw features ("raw", as FREEDOM builds
-    # it) or one k-NN graph over the fused aligned embedding ("aligned"). The aligned space is trained
-    # on the training interactions, so its neighbours repeat what the ID embeddings already know; the
-    # raw graph adds what they don't (validation NDCG@20, dense 0.288 -> 0.303, sparse 0.064 -> 0.066).
-    graph_source: str = "raw"
-    # Where the item graph enters: smoothing the item ID embeddings before the user-item propagation
-    # ("pre", so users see it too), added to every item's final embedding ("add", FREEDOM's) or for
-    # cold items only ("cold"). Validation NDCG@20 with xavier init, pre against add: sparse 0.0689
-    # against 0.0674 (mean of 3 seeds), dense 0.3022 against 0.2984 (seed 0; with normal init 0.3022
-    # against 0.3028).
-    graph_mode: str = "pre"
-    align_weight: float = 0.03   # content <-> collaborative InfoNCE in the multi-task loss (0: off)
-    align_temperature: float = 0.2
-    # The content score <q_u, c_i> for every item ("all") or only for an item in its cold form ("cold").
-    # On sparse data (5-core, ~8 interactions per user) scoring warm items by content overfits:
-    # validation NDCG@20 0.044 against 0.064 without it; on dense data the two tie.
-    content_mode: str = "cold"
-    edge_dropout: float = 0.0    # FREEDOM's degree-sensitive pruning of user-item edges per step (0: off)
-    # ID embedding initialiser: "xavier" (FREEDOM's; std ~0.02 for thousands of rows) or "normal" (std
-    # 0.1). With graph_mode "pre", validation NDCG@20 xavier against normal: sparse 0.0689 against 0.0681
-    # (3 seeds), dense 0.3022 / 0.3061 against 0.3022 / 0.3061 (seeds 0 and 1).
-    init: str = "xavier"
+from mm_pipeline.recommend.config import FreedomConfig, MultimodalConfig, TrainConfig
+from mm_pipeline.recommend.train import train_bpr
 
 
 @dataclass
@@ -118,8 +83,7 @@ def fit_lightgcn(data: SplitData, config: TrainConfig, on_epoch=None, name: str 
                  ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """ID-only LightGCN; with ``config.num_layers = 0`` it is plain BPR matrix factorisation."""
     torch.manual_seed(config.seed)
-    model = IDLightGCN(data.n_users, data.n_items, data.adj, dim=config.dim, num_layers=config.num_layers,
-                       reg=config.reg)
+    model = IDLightGCN(data.n_users, data.n_items, data.adj, config)
     return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
 
 
@@ -186,13 +150,8 @@ def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, confi
     # The user-item edge list is only needed to prune the graph at every step.
     coo = data.train.tocoo() if config.edge_dropout > 0 else None
     model = MultimodalGCN(data.n_users, data.n_items, data.adj, content_t, torch.from_numpy(data.warm_items),
-                          dim=config.dim, num_layers=config.num_layers, hidden=config.hidden,
-                          dropout=config.dropout, reg=config.reg, content_weight=config.content_weight,
-                          cold_prob=config.cold_prob, item_adj=item_adj, item_layers=config.item_layers,
-                          align_weight=config.align_weight, align_temperature=config.align_temperature,
-                          graph_mode=config.graph_mode, content_mode=config.content_mode,
-                          edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users),
-                          edge_dropout=config.edge_dropout, init=config.init)
+                          config, item_adj=item_adj,
+                          edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users))
     return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
 
 
@@ -223,19 +182,8 @@ def fit_vbpr(data: SplitData, visual: np.ndarray, present: np.ndarray, config: T
     visual = unit_rows(visual, present)
     if visual.shape[0] != data.n_items:
         raise ValueError(f"visual features cover {visual.shape[0]} items but the split has {data.n_items}")
-    model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), dim=config.dim, visual_dim=config.dim,
-                 reg=config.reg)
+    model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), config)
     return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
-
-
-@dataclass
-class FreedomConfig(TrainConfig):
-    lr: float = 5e-3             # the primary model's rate, for a like-for-like comparison
-    patience: int = 10
-    knn_k: int = 10
-    item_layers: int = 1
-    edge_dropout: float = 0.8    # share of user-item edges pruned at each training step (FREEDOM's default)
-    feature_weight: float = 1e-4
 
 
 def fit_freedom(data: SplitData, raw_features: RawFeatures, config: FreedomConfig,
@@ -254,6 +202,5 @@ def fit_freedom(data: SplitData, raw_features: RawFeatures, config: FreedomConfi
     item_adj = item_knn_graph(standardized, config.knn_k)
     coo = data.train.tocoo()
     model = FREEDOM(data.n_users, data.n_items, bipartite_edge_index(coo.row, coo.col, data.n_users), item_adj,
-                    features, dim=config.dim, num_layers=config.num_layers, item_layers=config.item_layers,
-                    edge_dropout=config.edge_dropout, feature_weight=config.feature_weight, reg=config.reg)
+                    features, config)
     return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
