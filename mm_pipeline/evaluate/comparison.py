@@ -30,7 +30,7 @@ from mm_pipeline.evaluate.report import (
 from mm_pipeline.recommend.base import EmbeddingRecommender
 
 if TYPE_CHECKING:
-    from mm_pipeline.recommend.fit import SplitData
+    from mm_pipeline.data.types import SplitData
 
 SIGNIFICANCE_MARK = "*"
 

@@ -6,7 +6,7 @@ generated from these (:mod:`mm_pipeline.defs.config`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -66,3 +66,17 @@ class FreedomConfig(TrainConfig):
     item_layers: int = 1
     edge_dropout: float = 0.8    # share of user-item edges pruned at each training step (FREEDOM's default)
     feature_weight: float = 1e-4
+
+
+@dataclass
+class EaseConfig:
+    l2: float = field(default=200.0, metadata={"description": "Where the search for the L2 weight starts."})
+    l2_factor: float = field(default=2.0, metadata={
+        "description": "The search steps the L2 weight by this factor up or down."})
+
+
+@dataclass
+class ItemKnnConfig:
+    k: int = field(default=100, metadata={"description": "Where the search for the neighbourhood size starts."})
+    shrink: float = field(default=10.0, metadata={
+        "description": "Shrinks similarities of items with few interactions."})

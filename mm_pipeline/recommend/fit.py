@@ -7,68 +7,18 @@ validation interactions, excluding their training items, and monitors NDCG@20.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from mm_pipeline.evaluate.metrics import per_user_metrics
-from mm_pipeline.evaluate.split import interaction_matrix
+from mm_pipeline.data.types import SplitData
 from mm_pipeline.recommend.base import EmbeddingRecommender
-from mm_pipeline.recommend.graph import bipartite_edge_index, knn_item_adjacency, normalized_adjacency
+from mm_pipeline.recommend.graph import bipartite_edge_index, knn_item_adjacency
 from mm_pipeline.recommend.models import FREEDOM, VBPR, IDLightGCN, MultimodalGCN
 from mm_pipeline.recommend.config import FreedomConfig, MultimodalConfig, TrainConfig
+from mm_pipeline.recommend.ranking import validator
 from mm_pipeline.recommend.train import train_bpr
-
-
-@dataclass
-class SplitData:
-    """Sparse views of a split, built once and shared by every model."""
-
-    n_users: int
-    n_items: int
-    train: sp.csr_matrix
-    valid: sp.csr_matrix
-    test: sp.csr_matrix
-    adj: torch.Tensor = field(repr=False)
-
-    @classmethod
-    def from_frame(cls, split: pd.DataFrame, n_users: int, n_items: int) -> "SplitData":
-        train = interaction_matrix(split, n_users, n_items, splits=("train",))
-        coo = train.tocoo()
-        edge_index = bipartite_edge_index(coo.row, coo.col, n_users)
-        return cls(n_users, n_items, train,
-                   interaction_matrix(split, n_users, n_items, splits=("valid",)),
-                   interaction_matrix(split, n_users, n_items, splits=("test",)),
-                   normalized_adjacency(edge_index, n_users + n_items))
-
-    @property
-    def warm_items(self) -> np.ndarray:
-        return np.asarray(self.train.sum(axis=0)).ravel() > 0
-
-    def validator(self, ks: tuple[int, ...] = (20,), max_users: int | None = None, seed: int = 0
-                  ) -> Callable[[EmbeddingRecommender], dict[str, float]]:
-        """Validation recall and NDCG at ``ks[-1]`` (all items ranked, training items excluded); with
-        ``max_users``, on a seeded sample of that many validation users (a cheaper, noisier estimate)."""
-        truth = self.valid
-        users = np.flatnonzero(np.diff(truth.indptr) > 0)
-        if max_users is not None and users.size > max_users:
-            keep = np.zeros(self.n_users, dtype=np.float32)
-            keep[np.random.default_rng(seed).choice(users, size=max_users, replace=False)] = 1.0
-            truth = sp.csr_matrix(sp.diags(keep) @ truth)
-            truth.eliminate_zeros()
-
-        def validate(model: EmbeddingRecommender) -> dict[str, float]:
-            # Only the two metrics early stopping and the searches read: the per-user arrays' means, the
-            # same definitions as ranking_metrics without its catalogue-level metrics (run every epoch).
-            metrics = per_user_metrics(model, truth=truth, exclude=self.train, ks=ks[-1:])
-            return {k: float(metrics[k].mean()) if metrics[k].size else 0.0
-                    for k in (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}")}
-
-        return validate
 
 
 def content_matrix(aligned: dict[str, np.ndarray]) -> np.ndarray:
@@ -84,7 +34,7 @@ def fit_lightgcn(data: SplitData, config: TrainConfig, on_epoch=None, name: str 
     """ID-only LightGCN; with ``config.num_layers = 0`` it is plain BPR matrix factorisation."""
     torch.manual_seed(config.seed)
     model = IDLightGCN(data.n_users, data.n_items, data.adj, config)
-    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
+    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
 
 
 def item_knn_graph(features: list[np.ndarray], k: int) -> torch.Tensor:
@@ -152,7 +102,7 @@ def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, confi
     model = MultimodalGCN(data.n_users, data.n_items, data.adj, content_t, torch.from_numpy(data.warm_items),
                           config, item_adj=item_adj,
                           edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users))
-    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
+    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
 
 
 def standardized_features(features: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -183,7 +133,7 @@ def fit_vbpr(data: SplitData, visual: np.ndarray, present: np.ndarray, config: T
     if visual.shape[0] != data.n_items:
         raise ValueError(f"visual features cover {visual.shape[0]} items but the split has {data.n_items}")
     model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), config)
-    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
+    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
 
 
 def fit_freedom(data: SplitData, raw_features: RawFeatures, config: FreedomConfig,
@@ -203,4 +153,4 @@ def fit_freedom(data: SplitData, raw_features: RawFeatures, config: FreedomConfi
     coo = data.train.tocoo()
     model = FREEDOM(data.n_users, data.n_items, bipartite_edge_index(coo.row, coo.col, data.n_users), item_adj,
                     features, config)
-    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
+    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
