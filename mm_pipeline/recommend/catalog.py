@@ -29,6 +29,7 @@ from mm_pipeline.recommend.fit import RawFeatures, content_graph, fit_freedom, f
 from mm_pipeline.recommend.hybrid import HybridConfig, HybridParts, fit_hybrid
 from mm_pipeline.recommend.linear import training_age
 from mm_pipeline.recommend.ranking import validator
+from mm_pipeline.recommend.rp3beta import RP3betaConfig, tune_rp3beta
 from mm_pipeline.recommend.selection import SearchResult
 from mm_pipeline.recommend.tuning import Tuning, tune_ease, tune_item_knn, tune_trained
 
@@ -159,6 +160,11 @@ def train_item_knn(inputs: ModelInputs, config: ItemKnnConfig, tuning: Tuning, o
     return Trained(result.model, {"k": int(result.params["k"]), "shrink": config.shrink}, search=result)
 
 
+def train_rp3beta(inputs: ModelInputs, config: RP3betaConfig, tuning: Tuning, on_trial: OnTrial) -> Trained:
+    result = tune_rp3beta(inputs.data, tuning, config, on_trial=on_trial)
+    return Trained(result.model, dict(result.params), search=result)
+
+
 def train_lightgcn(inputs: ModelInputs, config: TrainConfig, tuning: Tuning, on_trial: OnTrial) -> Trained:
     return tuned_training("lightgcn", fit_lightgcn, config, inputs.data, tuning, on_trial)
 
@@ -254,6 +260,11 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
               "Item-based collaborative k-NN (cosine, shrunk), its neighbourhood size chosen on validation "
               "(skipped above ``EASE_MAX_ITEMS`` items, like EASE).",
               config=ItemKnnConfig, tuning=Tuning(120.0, 6),
+              skip=too_many_items_for("the dense item x item matrix"), quick={"tuning_max_trials": 2}),
+    ModelSpec("rp3beta", "baseline", train_rp3beta,
+              "RP3beta: a three-step item-user-item random walk with a popularity penalty, its alpha, beta and "
+              "neighbourhood size chosen on validation (skipped above ``EASE_MAX_ITEMS`` items, like EASE).",
+              config=RP3betaConfig, tuning=Tuning(120.0, 6),
               skip=too_many_items_for("the dense item x item matrix"), quick={"tuning_max_trials": 2}),
     ModelSpec("bpr_mf", "baseline", train_bpr_mf,
               "ID-only matrix factorisation with BPR (LightGCN with no propagation layers); rate, "
