@@ -7,6 +7,7 @@ kernel; training never reads :mod:`mm_pipeline.evaluate`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -131,3 +132,30 @@ class InteractionSplit:
     @cached_property
     def data(self) -> SplitData:
         return SplitData.from_frame(self.table, self.n_users, self.n_items)
+
+
+# The dataclasses the IO manager may store and load back, by class name (nothing outside this list is
+# rebuilt from what is on disk).
+STORED_TYPES: dict[str, type] = {cls.__name__: cls for cls in (InteractionSplit,)}
+
+
+def stored_fields(value: Any) -> tuple[str, dict[str, Any]]:
+    """An allow-listed dataclass as ``(class name, {field: value})`` for storage (arrays, tables, JSON
+    values and dicts of arrays; the storage layer refuses anything else)."""
+    name = type(value).__name__
+    if STORED_TYPES.get(name) is not type(value):
+        raise TypeError(f"{name} is not a stored data type; stored types: {sorted(STORED_TYPES)}")
+    return name, {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+
+
+def from_stored_fields(name: str, values: dict[str, Any]) -> Any:
+    """The inverse of :func:`stored_fields`: only classes of :data:`STORED_TYPES` are rebuilt."""
+    cls = STORED_TYPES.get(name)
+    if cls is None:
+        raise TypeError(f"stored value names class {name!r}, which is not a stored data type "
+                        f"({sorted(STORED_TYPES)})")
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ValueError(f"stored {name} lacks field(s) {missing}; re-materialize the asset that writes it")
+    return cls(**{n: values[n] for n in names})
