@@ -24,8 +24,7 @@ class TrainConfig:
 
 @dataclass
 class MultimodalConfig(TrainConfig):
-    # A lower rate than LightGCN's: on the default dataset 5e-3 beat 1e-2 on validation, while
-    # LightGCN reached the same validation NDCG with both and 1e-2 needs half the epochs.
+    # A lower rate than LightGCN's: it did better on validation here (docs: experiments).
     lr: float = 5e-3
     patience: int = 10
     hidden: int = 256
@@ -37,24 +36,21 @@ class MultimodalConfig(TrainConfig):
     # The item graph: mean of per-modality k-NN graphs over the raw features ("raw", as FREEDOM builds
     # it) or one k-NN graph over the fused aligned embedding ("aligned"). The aligned space is trained
     # on the training interactions, so its neighbours repeat what the ID embeddings already know; the
-    # raw graph adds what they don't (validation NDCG@20, dense 0.288 -> 0.303, sparse 0.064 -> 0.066).
+    # raw graph adds what they don't (higher validation NDCG@20 on dense and sparse data).
     graph_source: str = "raw"
     # Where the item graph enters: smoothing the item ID embeddings before the user-item propagation
     # ("pre", so users see it too), added to every item's final embedding ("add", FREEDOM's) or for
-    # cold items only ("cold"). Validation NDCG@20 with xavier init, pre against add: sparse 0.0689
-    # against 0.0674 (mean of 3 seeds), dense 0.3022 against 0.2984 (seed 0; with normal init 0.3022
-    # against 0.3028).
+    # cold items only ("cold"). "pre" led on validation NDCG@20 with xavier init (docs: experiments).
     graph_mode: str = "pre"
     align_weight: float = 0.03   # content <-> collaborative InfoNCE in the multi-task loss (0: off)
     align_temperature: float = 0.2
     # The content score <q_u, c_i> for every item ("all") or only for an item in its cold form ("cold").
-    # On sparse data (5-core, ~8 interactions per user) scoring warm items by content overfits:
-    # validation NDCG@20 0.044 against 0.064 without it; on dense data the two tie.
+    # On sparse data (5-core, a handful of interactions per user) scoring warm items by content
+    # overfits validation; on dense data the two tie.
     content_mode: str = "cold"
     edge_dropout: float = 0.0    # FREEDOM's degree-sensitive pruning of user-item edges per step (0: off)
-    # ID embedding initialiser: "xavier" (FREEDOM's; std ~0.02 for thousands of rows) or "normal" (std
-    # 0.1). With graph_mode "pre", validation NDCG@20 xavier against normal: sparse 0.0689 against 0.0681
-    # (3 seeds), dense 0.3022 / 0.3061 against 0.3022 / 0.3061 (seeds 0 and 1).
+    # ID embedding initialiser: "xavier" (FREEDOM's; its scale shrinks with the table) or "normal" (std
+    # 0.1). With graph_mode "pre" the two are close on validation; xavier no worse on sparse data.
     init: str = "xavier"
 
 
