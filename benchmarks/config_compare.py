@@ -73,8 +73,9 @@ def _closed_form(data, raw: dict, model: str, overrides: dict, seed: int, home: 
         return result.model, result
     if home is None:
         raise SystemExit("--model mm_hybrid needs --inputs assets:<home> (it reads the stored component models)")
-    from mm_pipeline.defs.assets.train import hybrid_parts
+    from mm_pipeline.recommend.catalog import hybrid_parts
     from mm_pipeline.recommend.hybrid import HybridConfig, fit_hybrid
+    from mm_pipeline.recommend.ranking import validator
     from mm_pipeline.storage import load_bundle
 
     config = HybridConfig(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
@@ -86,7 +87,7 @@ def _closed_form(data, raw: dict, model: str, overrides: dict, seed: int, home: 
     parts = hybrid_parts(data, stored("interaction_split"), {"ease": stored("ease_model"),
                                                               "item_knn": stored("item_knn_model")},
                          {"mm_gcn": stored("mm_gcn_model"), "lightgcn": stored("lightgcn_model")}, raw, config)
-    result = fit_hybrid(parts, data.validator(max_users=config.validation_users, seed=seed), config)
+    result = fit_hybrid(parts, validator(data, max_users=config.validation_users, seed=seed), config)
     return result.model, result
 
 

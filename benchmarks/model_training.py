@@ -145,6 +145,7 @@ def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict, dict]:
 def bench_model(name: str, data, aligned: dict, raw: dict, epochs: int, eval_repeats: int, seed: int,
                 sampler: MemorySampler) -> dict:
     from mm_pipeline.recommend.fit import MultimodalConfig, fit_lightgcn, fit_multimodal
+    from mm_pipeline.recommend.ranking import validator
     from mm_pipeline.recommend.train import TrainConfig
 
     # Early stopping off (patience beyond the budget); validate once, after the last epoch.
@@ -158,7 +159,7 @@ def bench_model(name: str, data, aligned: dict, raw: dict, epochs: int, eval_rep
         model, history = fit_lightgcn(data, TrainConfig(**settings))
     else:
         raise SystemExit(f"unknown model {name!r}; choose from {MODELS}")
-    validate = data.validator()
+    validate = validator(data)
     eval_seconds, metrics = [], {}
     for _ in range(eval_repeats):
         tick = time.perf_counter()

@@ -1,19 +1,23 @@
 """Short-training run config shared by the tests that materialize the whole graph."""
 
-# LightGCN's validation search tries two settings (the search runs end to end); the other trained
-# models one (their search is the same code).
-ONE_TRIAL = {"tuning_max_trials": 1}
+from mm_pipeline.recommend.catalog import MODEL_TABLE
+
+
+def _faster(quick: dict) -> dict:
+    """A model's quick run config made quicker still: half the epochs, one less patience, one trial."""
+    out = dict(quick)
+    if "epochs" in out:
+        out.update(epochs=out["epochs"] // 2, patience=max(1, out["patience"] - 1))
+    if "tuning_max_trials" in out:
+        out["tuning_max_trials"] = 1
+    return out
+
+
+# Every model of the table at its quick run config (``ModelSpec.quick``), plus the other trained stages.
 FAST_OPS = {
     "image_features": {"config": {"epochs": 2}},
     "aligned_item_embeddings": {"config": {"epochs": 5}},
-    "ease_model": {"config": {"tuning_max_trials": 3}},
-    "item_knn_model": {"config": {"tuning_max_trials": 2}},
-    "lightgcn_model": {"config": {"epochs": 8, "patience": 3, "tuning_max_trials": 2}},
-    "bpr_mf_model": {"config": {"epochs": 8, "patience": 3, **ONE_TRIAL}},
-    "mm_gcn_model": {"config": {"epochs": 8, "patience": 3, **ONE_TRIAL}},
-    "vbpr_model": {"config": {"epochs": 8, "patience": 3, **ONE_TRIAL}},
-    "freedom_model": {"config": {"epochs": 8, "patience": 3, **ONE_TRIAL}},
-    "mm_hybrid_model": {"config": {"rounds": 1}},
+    **{spec.asset_name: {"config": dict(spec.quick)} for spec in MODEL_TABLE if spec.quick},
     "mm_hybrid_ablations": {"config": {"rounds": 1}},
     "compressed_model": {"config": {"latency_users": 64}},
 }
@@ -22,14 +26,7 @@ FAST_OPS = {
 FASTER_OPS = {
     "image_features": {"config": {"epochs": 1}},
     "aligned_item_embeddings": {"config": {"epochs": 3}},
-    "ease_model": {"config": ONE_TRIAL},
-    "item_knn_model": {"config": ONE_TRIAL},
-    "lightgcn_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
-    "bpr_mf_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
-    "mm_gcn_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
-    "vbpr_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
-    "freedom_model": {"config": {"epochs": 4, "patience": 2, **ONE_TRIAL}},
-    "mm_hybrid_model": {"config": {"rounds": 1}},
+    **{spec.asset_name: {"config": _faster(spec.quick)} for spec in MODEL_TABLE if spec.quick},
     "mm_hybrid_ablations": {"config": {"rounds": 1}},
     "compressed_model": {"config": {"latency_users": 16}},
 }

@@ -3,13 +3,13 @@
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 import torch
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.fit import SplitData, content_graph
 from mm_pipeline.recommend.hybrid import ABLATIONS, HybridConfig, HybridParts, ablate, coordinate_ascent, fit_hybrid
 from mm_pipeline.recommend.linear import ItemGram, item_knn_weights, recency_profile, training_age
+from mm_pipeline.recommend.ranking import validator
 
 
 def _split(n_users=80, n_items=30, seed=0):
@@ -76,7 +76,7 @@ def test_hybrid_score_is_the_documented_blend_in_one_dot_product():
 
 def test_the_search_starts_at_ease_and_only_keeps_what_helps_on_validation():
     data, parts, _ = _parts()
-    result = fit_hybrid(parts, data.validator(), HybridConfig(budget_s=60))
+    result = fit_hybrid(parts, validator(data), HybridConfig(budget_s=60))
     first = result.trials.iloc[0]
     assert (first["core"], first["decay"], first["content_weight"], first["graph_weight"]) == ("ease", 0.0, 0.0, 0.0)
     assert set(result.trials["core"]) == {"ease", "item_knn"}  # both cores were tried

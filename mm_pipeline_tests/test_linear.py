@@ -179,3 +179,56 @@ def test_trained_search_stops_a_setting_that_trails_the_best_one():
                           Tuning(budget_s=1e9, max_trials=4, warmup=2))
     assert len(GRIDS["lightgcn"]) == 4 and result.params == {}
     assert epochs[0] == 20 and epochs[2] == 2  # the lr change trails from the first check on
+
+
+def test_rp3beta_matches_a_dense_reference_walk():
+    from mm_pipeline.recommend.rp3beta import rp3beta
+
+    rng = np.random.default_rng(3)
+    x = (rng.random((9, 7)) < 0.4).astype(np.float32)
+    x[:, 6] = 0.0  # an item nobody has: its row and column stay zero
+    alpha, beta, k = 0.8, 0.4, 3
+    d_user, d_item = x.sum(1), x.sum(0)
+    reference = np.zeros((7, 7))
+    for i in range(7):
+        for j in range(7):
+            if i == j or d_item[i] == 0 or d_item[j] == 0:
+                continue
+            walk = sum((x[u, i] / d_item[i]) ** alpha * (x[u, j] / d_user[u]) ** alpha
+                       for u in range(9) if d_user[u] > 0)
+            reference[i, j] = walk / d_item[j] ** beta
+    full = rp3beta(sp.csr_matrix(x), alpha=alpha, beta=beta, k=7)
+    np.testing.assert_allclose(full.item_embeddings.numpy().T, reference, rtol=1e-5, atol=1e-7)
+    # Scores are the user's history times W: s(u, j) = sum over the user's items i of W_ij.
+    np.testing.assert_allclose(full.score(torch.arange(9)).numpy(), x @ reference, rtol=1e-5, atol=1e-6)
+    # With k = 3 each item keeps its 3 largest neighbours (which of tied values is kept is not specified).
+    model = rp3beta(sp.csr_matrix(x), alpha=alpha, beta=beta, k=k)
+    pruned = model.item_embeddings.numpy().T
+    for i in range(7):
+        kept = pruned[i] != 0
+        assert kept.sum() <= k
+        np.testing.assert_allclose(pruned[i, kept], reference[i, kept], rtol=1e-5)
+        if kept.any():
+            assert reference[i, kept].min() >= reference[i, ~kept].max() - 1e-6
+        assert kept.sum() == min(k, int((reference[i] > 0).sum()))
+    assert model.info == {"kind": "RP3beta", "alpha": alpha, "beta": beta, "k": k}
+    with pytest.raises(ValueError, match="beta"):
+        rp3beta(sp.csr_matrix(x), beta=-1.0)
+
+
+def test_rp3beta_is_one_entry_of_the_model_table_and_tuned_on_validation():
+    from mm_pipeline.data.types import SplitData
+    from mm_pipeline.recommend.catalog import model_spec
+    from mm_pipeline.recommend.rp3beta import RP3betaConfig, tune_rp3beta
+    from mm_pipeline.recommend.tuning import Tuning
+
+    spec = model_spec("rp3beta")
+    assert spec.role == "baseline" and spec.config is RP3betaConfig and spec.asset_name == "rp3beta_model"
+    rng = np.random.default_rng(0)
+    rows = [(u, i, t, s) for u in range(30) for t, i in enumerate(rng.choice(12, size=5, replace=False))
+            for s in ["train" if t < 3 else "valid" if t == 3 else "test"]]
+    frame = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "split"])
+    result = tune_rp3beta(SplitData.from_frame(frame, 30, 12), Tuning(budget_s=60, max_trials=6),
+                          RP3betaConfig(k=4))
+    assert len(result.trials) == 6 and result.trials["chosen"].sum() == 1
+    assert result.params == {k: result.model.info[k] for k in ("alpha", "beta", "k")}

@@ -290,7 +290,8 @@ def test_freedom_prunes_by_degree_and_trains_deterministically():
     coo = data.train.tocoo()
     edges = bipartite_edge_index(coo.row, coo.col, n_users)
     adj = torch.eye(n_items).to_sparse_csr()
-    freedom = FREEDOM(n_users, n_items, edges, adj, [torch.zeros(n_items, 1)], dim=4, edge_dropout=0.5)
+    freedom = FREEDOM(n_users, n_items, edges, adj, [torch.zeros(n_items, 1)],
+                      FreedomConfig(dim=4, edge_dropout=0.5))
     pruned = freedom.pruning().to_dense()
     assert torch.allclose(pruned, pruned.T)
     assert int((pruned > 0).sum()) == 2 * round(coo.nnz * 0.5)
@@ -313,9 +314,10 @@ def test_pre_graph_mode_smooths_item_ids_before_the_user_item_propagation():
     models = {}
     for mode in ("pre", "add", "cold"):
         torch.manual_seed(0)
-        models[mode] = MultimodalGCN(n_users, n_items, adj, torch.randn(n_items, 3), warm, dim=dim, num_layers=2,
-                                     hidden=8, item_adj=item_adj, graph_mode=mode, content_mode="cold",
-                                     init="xavier").eval()
+        models[mode] = MultimodalGCN(
+            n_users, n_items, adj, torch.randn(n_items, 3), warm,
+            MultimodalConfig(dim=dim, num_layers=2, hidden=8, graph_mode=mode, content_mode="cold", init="xavier"),
+            item_adj=item_adj).eval()
     model = models["pre"]
     # The math of graph_mode="pre" on dense matrices: g = mean_l A^l [e_u; e_i + S e_i] over l = 0..2.
     e = model.item_embedding.weight.detach() * warm[:, None]
@@ -337,7 +339,7 @@ def test_pre_graph_mode_smooths_item_ids_before_the_user_item_propagation():
         assert torch.allclose(models[mode].user_embedding.weight, model.user_embedding.weight)
         assert not torch.allclose(other_users[:, :dim], users_out[:, :dim])
     with pytest.raises(ValueError, match="graph_mode"):
-        MultimodalGCN(n_users, n_items, adj, torch.randn(n_items, 3), warm, graph_mode="both")
+        MultimodalGCN(n_users, n_items, adj, torch.randn(n_items, 3), warm, MultimodalConfig(graph_mode="both"))
 
 
 def test_init_xavier_scales_with_the_table_and_unknown_init_is_an_error():
@@ -346,11 +348,11 @@ def test_init_xavier_scales_with_the_table_and_unknown_init_is_an_error():
     adj = normalized_adjacency(bipartite_edge_index(np.array([0]), np.array([0]), 1), 3001)
     content, warm = torch.zeros(3000, 2), torch.ones(3000, dtype=torch.bool)
     torch.manual_seed(0)
-    xavier = MultimodalGCN(1, 3000, adj, content, warm, dim=64, init="xavier")
-    normal = MultimodalGCN(1, 3000, adj, content, warm, dim=64, init="normal")
+    xavier = MultimodalGCN(1, 3000, adj, content, warm, MultimodalConfig(dim=64, init="xavier"))
+    normal = MultimodalGCN(1, 3000, adj, content, warm, MultimodalConfig(dim=64, init="normal"))
     bound = (6 / (3000 + 64)) ** 0.5  # Glorot: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
     assert xavier.item_embedding.weight.abs().max() <= bound
     assert abs(xavier.item_embedding.weight.std().item() - bound / 3 ** 0.5) < 2e-3
     assert abs(normal.item_embedding.weight.std().item() - 0.1) < 2e-3
     with pytest.raises(ValueError, match="init"):
-        MultimodalGCN(1, 3000, adj, content, warm, init="zeros")
+        MultimodalGCN(1, 3000, adj, content, warm, MultimodalConfig(init="zeros"))

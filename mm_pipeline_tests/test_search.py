@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from mm_pipeline.defs.assets.search import SEARCH_JOBS, mm_gcn_hyperparameter_search
 from mm_pipeline.defs.build import all_assets, default_resources
-from mm_pipeline.recommend import fit as fit_module
+from mm_pipeline.recommend import ranking as ranking_module
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData
 from mm_pipeline.recommend.search import DEFAULT_SPACE, OBJECTIVE, parse_space, search_hyperparameters
 from mm_pipeline.storage import load_bundle, save_bundle
@@ -184,15 +184,15 @@ def test_the_objective_sees_only_the_validation_split(searched, monkeypatch):
     data, aligned = searched["data"], searched["aligned"]
     test_before = data.test.copy()
     seen = []
-    real = fit_module.per_user_metrics
+    real = ranking_module.per_user_metrics
 
     def spy(model, *args, truth, **kwargs):
         seen.append(truth)
         return real(model, *args, truth=truth, **kwargs)
 
-    monkeypatch.setattr(fit_module, "per_user_metrics", spy)
+    monkeypatch.setattr(ranking_module, "per_user_metrics", spy)
     plain = _direct_search(data, aligned, n_trials=2, max_epochs=2, prune=False)
-    assert seen, "the trainer's validation no longer goes through fit.per_user_metrics: update this spy"
+    assert seen, "the trainer's validation no longer goes through ranking.per_user_metrics: update this spy"
     for truth in seen:  # every metric the search computed was against the validation interactions
         assert (truth != data.valid).nnz == 0
     # Scrambling the test split changes nothing, and the caller's split is left as it was.

@@ -11,7 +11,12 @@ from mm_pipeline import settings
 from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, select, train
 from mm_pipeline.defs.assets import batch, explain, promotion
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_interactions
-from mm_pipeline.defs.assets.research import freedom_model, mm_gcn_ablations, mm_hybrid_ablations, research_report
+from mm_pipeline.defs.assets.research import (
+    RESEARCH_MODEL_ASSETS,
+    mm_gcn_ablations,
+    mm_hybrid_ablations,
+    research_report,
+)
 from mm_pipeline.defs.assets.search import SEARCH_JOBS, mm_gcn_hyperparameter_search
 from mm_pipeline.defs.checks import all_asset_checks
 from mm_pipeline.defs.io_manager import BundleIOManager
@@ -49,8 +54,9 @@ def all_assets() -> list:
 
 
 def research_assets() -> list:
-    """FREEDOM, the ablations and the report that includes them (group ``research``; not in ``full_pipeline``)."""
-    return [freedom_model, mm_gcn_ablations, mm_hybrid_ablations, research_report]
+    """The research-role models of the model table (FREEDOM), the ablations and the report that includes
+    them (group ``research``; not in ``full_pipeline``)."""
+    return [*RESEARCH_MODEL_ASSETS, mm_gcn_ablations, mm_hybrid_ablations, research_report]
 
 
 def default_resources(home: str = "", dataset: str = "", tracking_uri: str = "") -> dict:

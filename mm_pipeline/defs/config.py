@@ -22,7 +22,8 @@ def config_from_dataclass(dc: type, name: str) -> type[dg.Config]:
         if typing.get_origin(annotation) is tuple:
             annotation = list[typing.get_args(annotation)[0]]  # type: ignore[misc,index]
             default = list(default)
-        fields[f.name] = (annotation, default)
+        description = f.metadata.get("description")
+        fields[f.name] = (annotation, Field(default, description=description) if description else default)
     return create_model(name, __base__=dg.Config, __doc__=f"Run config for {dc.__name__}.", **fields)
 
 

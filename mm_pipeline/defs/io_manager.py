@@ -1,5 +1,9 @@
 """Stores every asset value as a run-scoped version of a bundle folder, published by an atomic pointer.
 
+A value is a DataFrame, a ``dict`` bundle (arrays, tables, JSON values, dicts of arrays) or one of the
+data types of :data:`mm_pipeline.data.types.STORED_TYPES` (stored field by field, its class recorded by
+name and rebuilt only from that allow-list: never pickle).
+
 Layout under the storage base (``<home>/assets`` by default, or any path / ``fsspec`` URI such as
 ``s3://bucket/prefix`` in ``$MM_PIPELINE_STORAGE``)::
 
@@ -15,12 +19,14 @@ version. So two runs at once, on one machine or many, never read each other's pa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
+from mm_pipeline.data.types import STORED_TYPES, from_stored_fields, stored_fields
 from mm_pipeline.settings import project_paths
 from mm_pipeline.storage import (
     as_path,
@@ -36,6 +42,7 @@ from mm_pipeline.storage import (
 
 _TABLE_KEY = "table"
 _KIND_KEY = "_stored_kind"
+_CLASS_KEY = "_stored_class"  # a dataclass's name, looked up in data.types.STORED_TYPES
 DEFAULT_KEEP_VERSIONS = 3
 OPS_FOLDER = "_ops"
 
@@ -50,12 +57,21 @@ def _to_bundle(context: dg.OutputContext, obj: Any) -> dict:
         return {_TABLE_KEY: obj, _KIND_KEY: "table"}
     if isinstance(obj, dict):
         return dict(obj)
-    raise TypeError(f"{_describe(context)} returned {type(obj).__name__}; this IO manager stores DataFrames "
-                    "and dict bundles")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and type(obj).__name__ in STORED_TYPES:
+        name, values = stored_fields(obj)
+        return {**values, _KIND_KEY: "dataclass", _CLASS_KEY: name}
+    raise TypeError(f"{_describe(context)} returned {type(obj).__name__}; this IO manager stores DataFrames, "
+                    f"dict bundles and the data types {sorted(STORED_TYPES)}")
 
 
 def _from_bundle(bundle: dict) -> Any:
-    return bundle[_TABLE_KEY] if bundle.get(_KIND_KEY) == "table" else bundle
+    kind = bundle.get(_KIND_KEY)
+    if kind == "table":
+        return bundle[_TABLE_KEY]
+    if kind == "dataclass":
+        values = {k: v for k, v in bundle.items() if k not in (_KIND_KEY, _CLASS_KEY)}
+        return from_stored_fields(bundle[_CLASS_KEY], values)
+    return bundle
 
 
 def _describe(context) -> str:

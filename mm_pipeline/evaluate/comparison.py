@@ -22,7 +22,7 @@ from mm_pipeline.evaluate.protocol import HEAD_SHARE, MIN_SUBGROUP_INTERACTIONS,
 from mm_pipeline.recommend.base import EmbeddingRecommender
 
 if TYPE_CHECKING:
-    from mm_pipeline.recommend.fit import SplitData
+    from mm_pipeline.data.types import SplitData
 
 PLAIN_METRICS = ("precision", "f1", "map", "hit_ratio", "coverage", "novelty", "personalization")
 SUBGROUP_METRICS = ("recall", "ndcg", "precision", "hit_ratio")

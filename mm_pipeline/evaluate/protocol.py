@@ -18,7 +18,7 @@ from mm_pipeline.evaluate.metrics import (
 from mm_pipeline.recommend.base import EmbeddingRecommender
 
 if TYPE_CHECKING:
-    from mm_pipeline.recommend.fit import SplitData
+    from mm_pipeline.data.types import SplitData
 
 HEAD_SHARE = 0.2
 # Below these a subgroup's metrics are noise or trivially perfect (one cold item: recall@20 = 1 for

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-SPLITS = ("train", "valid", "test")
+from mm_pipeline.data.types import (  # noqa: F401 (interaction_matrix and SPLITS are part of this API)
+    SPLITS,
+    _check_split_frame,
+    _require_columns,
+    interaction_matrix,
+)
+
 _REQUIRED = ("user_idx", "item_idx", "timestamp")
-
-
-def _require_columns(df: pd.DataFrame, name: str, columns: Iterable[str]) -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name} is missing column(s) {missing}; it has {list(df.columns)}")
 
 
 def _round_half_up(x: np.ndarray) -> np.ndarray:
@@ -91,48 +86,6 @@ def chronological_split(interactions: pd.DataFrame, valid_frac: float = 0.1, tes
     out = np.empty(len(frame), dtype=object)
     out[frame["pos"].to_numpy()] = label
     return pd.Series(out, index=interactions.index, name="split")
-
-
-def _check_split_frame(split_df: pd.DataFrame, n_users: int | None, n_items: int) -> None:
-    _require_columns(split_df, "split_df", ("user_idx", "item_idx", "split"))
-    if n_users is not None and n_users < 0:
-        raise ValueError(f"n_users must be >= 0, got {n_users}")
-    if n_items < 0:
-        raise ValueError(f"n_items must be >= 0, got {n_items}")
-    if len(split_df) == 0:
-        return
-    users = split_df["user_idx"].to_numpy()
-    items = split_df["item_idx"].to_numpy()
-    if n_users is not None and (users.min() < 0 or users.max() >= n_users):
-        raise ValueError(f"split_df.user_idx must lie in [0, {n_users}), got range "
-                         f"[{users.min()}, {users.max()}]; check n_users")
-    if items.min() < 0 or items.max() >= n_items:
-        raise ValueError(f"split_df.item_idx must lie in [0, {n_items}), got range "
-                         f"[{items.min()}, {items.max()}]; check n_items")
-
-
-def interaction_matrix(split_df: pd.DataFrame, n_users: int, n_items: int,
-                       splits: Iterable[str] = ("train",)) -> sp.csr_matrix:
-    r"""Binary user-item matrix :math:`R \in \{0,1\}^{n_\text{users} \times n_\text{items}}` (float32).
-
-    :math:`R_{ui} = 1` iff user :math:`u` has at least one interaction with item :math:`i` whose
-    ``split`` is in ``splits``; repeated interactions count once. Column sums of the train matrix
-    are the item popularities (distinct training users) that novelty expects.
-    """
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)
-    unknown = sorted(set(splits) - set(SPLITS))
-    if not splits or unknown:
-        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {splits}")
-    _check_split_frame(split_df, n_users, n_items)
-    chosen = split_df[split_df["split"].isin(splits)]
-    rows = chosen["user_idx"].to_numpy(dtype=np.int64)
-    cols = chosen["item_idx"].to_numpy(dtype=np.int64)
-    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
-                           shape=(n_users, n_items), dtype=np.float32)
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0  # binary: duplicates were summed, clamp them back to one
-    matrix.sort_indices()
-    return matrix
 
 
 def cold_items(split_df: pd.DataFrame, n_items: int) -> np.ndarray:

@@ -7,102 +7,18 @@ validation interactions, excluding their training items, and monitors NDCG@20.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from mm_pipeline.evaluate.metrics import per_user_metrics
-from mm_pipeline.evaluate.split import interaction_matrix
+from mm_pipeline.data.types import SplitData
 from mm_pipeline.recommend.base import EmbeddingRecommender
-from mm_pipeline.recommend.graph import bipartite_edge_index, knn_item_adjacency, normalized_adjacency
+from mm_pipeline.recommend.graph import bipartite_edge_index, knn_item_adjacency
 from mm_pipeline.recommend.models import FREEDOM, VBPR, IDLightGCN, MultimodalGCN
-from mm_pipeline.recommend.train import TrainConfig, train_bpr
-
-
-@dataclass
-class MultimodalConfig(TrainConfig):
-    # A lower rate than LightGCN's: on the default dataset 5e-3 beat 1e-2 on validation, while
-    # LightGCN reached the same validation NDCG with both and 1e-2 needs half the epochs.
-    lr: float = 5e-3
-    patience: int = 10
-    hidden: int = 256
-    dropout: float = 0.1
-    content_weight: float = 0.0
-    cold_prob: float = 0.2
-    knn_k: int = 10              # item-item graph neighbours (0: no item-item graph)
-    item_layers: int = 1         # propagation steps over the item-item graph
-    # The item graph: mean of per-modality k-NN graphs over the raw features ("raw", as FREEDOM builds
-    # it) or one k-NN graph over the fused aligned embedding ("aligned"). The aligned space is trained
-    # on the training interactions, so its neighbours repeat what the ID embeddings already know; the
-    # raw graph adds what they don't (higher validation NDCG@20 on dense and sparse data: docs/experiments.md).
-    graph_source: str = "raw"
-    # Where the item graph enters: smoothing the item ID embeddings before the user-item propagation
-    # ("pre", so users see it too), added to every item's final embedding ("add", FREEDOM's) or for
-    # cold items only ("cold"). With xavier init "pre" scored higher on validation than "add", sparse and
-    # dense (docs/experiments.md).
-    graph_mode: str = "pre"
-    align_weight: float = 0.03   # content <-> collaborative InfoNCE in the multi-task loss (0: off)
-    align_temperature: float = 0.2
-    # The content score <q_u, c_i> for every item ("all") or only for an item in its cold form ("cold").
-    # On sparse data (5-core, ~8 interactions per user) scoring warm items by content overfits:
-    # validation NDCG@20 is much lower with it; on dense data the two tie (docs/experiments.md).
-    content_mode: str = "cold"
-    edge_dropout: float = 0.0    # FREEDOM's degree-sensitive pruning of user-item edges per step (0: off)
-    # ID embedding initialiser: "xavier" (FREEDOM's; std ~0.02 for thousands of rows) or "normal" (std
-    # 0.1). With graph_mode "pre", xavier is a little ahead on sparse data and ties on dense
-    # (docs/experiments.md).
-    init: str = "xavier"
-
-
-@dataclass
-class SplitData:
-    """Sparse views of a split, built once and shared by every model."""
-
-    n_users: int
-    n_items: int
-    train: sp.csr_matrix
-    valid: sp.csr_matrix
-    test: sp.csr_matrix
-    adj: torch.Tensor = field(repr=False)
-
-    @classmethod
-    def from_frame(cls, split: pd.DataFrame, n_users: int, n_items: int) -> "SplitData":
-        train = interaction_matrix(split, n_users, n_items, splits=("train",))
-        coo = train.tocoo()
-        edge_index = bipartite_edge_index(coo.row, coo.col, n_users)
-        return cls(n_users, n_items, train,
-                   interaction_matrix(split, n_users, n_items, splits=("valid",)),
-                   interaction_matrix(split, n_users, n_items, splits=("test",)),
-                   normalized_adjacency(edge_index, n_users + n_items))
-
-    @property
-    def warm_items(self) -> np.ndarray:
-        return np.asarray(self.train.sum(axis=0)).ravel() > 0
-
-    def validator(self, ks: tuple[int, ...] = (20,), max_users: int | None = None, seed: int = 0
-                  ) -> Callable[[EmbeddingRecommender], dict[str, float]]:
-        """Validation recall and NDCG at ``ks[-1]`` (all items ranked, training items excluded); with
-        ``max_users``, on a seeded sample of that many validation users (a cheaper, noisier estimate)."""
-        truth = self.valid
-        users = np.flatnonzero(np.diff(truth.indptr) > 0)
-        if max_users is not None and users.size > max_users:
-            keep = np.zeros(self.n_users, dtype=np.float32)
-            keep[np.random.default_rng(seed).choice(users, size=max_users, replace=False)] = 1.0
-            truth = sp.csr_matrix(sp.diags(keep) @ truth)
-            truth.eliminate_zeros()
-
-        def validate(model: EmbeddingRecommender) -> dict[str, float]:
-            # Only the two metrics early stopping and the searches read: the per-user arrays' means, the
-            # same definitions as ranking_metrics without its catalogue-level metrics (run every epoch).
-            metrics = per_user_metrics(model, truth=truth, exclude=self.train, ks=ks[-1:])
-            return {k: float(metrics[k].mean()) if metrics[k].size else 0.0
-                    for k in (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}")}
-
-        return validate
+from mm_pipeline.recommend.config import FreedomConfig, MultimodalConfig, TrainConfig
+from mm_pipeline.recommend.ranking import validator
+from mm_pipeline.recommend.train import train_bpr
 
 
 def content_matrix(aligned: dict[str, np.ndarray]) -> np.ndarray:
@@ -117,9 +33,8 @@ def fit_lightgcn(data: SplitData, config: TrainConfig, on_epoch=None, name: str 
                  ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """ID-only LightGCN; with ``config.num_layers = 0`` it is plain BPR matrix factorisation."""
     torch.manual_seed(config.seed)
-    model = IDLightGCN(data.n_users, data.n_items, data.adj, dim=config.dim, num_layers=config.num_layers,
-                       reg=config.reg)
-    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
+    model = IDLightGCN(data.n_users, data.n_items, data.adj, config)
+    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
 
 
 def item_knn_graph(features: list[np.ndarray], k: int) -> torch.Tensor:
@@ -196,14 +111,9 @@ def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, confi
     # The user-item edge list is only needed to prune the graph at every step.
     coo = data.train.tocoo() if config.edge_dropout > 0 else None
     model = MultimodalGCN(data.n_users, data.n_items, data.adj, content_t, torch.from_numpy(data.warm_items),
-                          dim=config.dim, num_layers=config.num_layers, hidden=config.hidden,
-                          dropout=config.dropout, reg=config.reg, content_weight=config.content_weight,
-                          cold_prob=config.cold_prob, item_adj=item_adj, item_layers=config.item_layers,
-                          align_weight=config.align_weight, align_temperature=config.align_temperature,
-                          graph_mode=config.graph_mode, content_mode=config.content_mode,
-                          edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users),
-                          edge_dropout=config.edge_dropout, init=config.init)
-    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
+                          config, item_adj=item_adj,
+                          edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users))
+    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
 
 
 def standardized_features(features: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -233,19 +143,8 @@ def fit_vbpr(data: SplitData, visual: np.ndarray, present: np.ndarray, config: T
     visual = unit_rows(visual, present)
     if visual.shape[0] != data.n_items:
         raise ValueError(f"visual features cover {visual.shape[0]} items but the split has {data.n_items}")
-    model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), dim=config.dim, visual_dim=config.dim,
-                 reg=config.reg)
-    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
-
-
-@dataclass
-class FreedomConfig(TrainConfig):
-    lr: float = 5e-3             # the primary model's rate, for a like-for-like comparison
-    patience: int = 10
-    knn_k: int = 10
-    item_layers: int = 1
-    edge_dropout: float = 0.8    # share of user-item edges pruned at each training step (FREEDOM's default)
-    feature_weight: float = 1e-4
+    model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), config)
+    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
 
 
 def fit_freedom(data: SplitData, raw_features: RawFeatures, config: FreedomConfig,
@@ -264,6 +163,5 @@ def fit_freedom(data: SplitData, raw_features: RawFeatures, config: FreedomConfi
     item_adj = item_knn_graph(standardized, config.knn_k)
     coo = data.train.tocoo()
     model = FREEDOM(data.n_users, data.n_items, bipartite_edge_index(coo.row, coo.col, data.n_users), item_adj,
-                    features, dim=config.dim, num_layers=config.num_layers, item_layers=config.item_layers,
-                    edge_dropout=config.edge_dropout, feature_weight=config.feature_weight, reg=config.reg)
-    return train_bpr(model, name, data.train, data.validator(), config, on_epoch=on_epoch)
+                    features, config)
+    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)

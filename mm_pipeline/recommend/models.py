@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch_geometric.nn.models import LightGCN
 
 from mm_pipeline.align.losses import info_nce
+from mm_pipeline.recommend.config import FreedomConfig, MultimodalConfig, TrainConfig
 from mm_pipeline.recommend.graph import DegreeSensitivePruning, SymmetricLGConv, normalized_adjacency
 
 
@@ -37,10 +38,11 @@ class IDLightGCN(nn.Module):
     interactions keep their random initial embedding, as in the original model.
     """
 
-    def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, dim: int = 64, num_layers: int = 2,
-                 reg: float = 1e-4):
+    def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, config: TrainConfig | None = None):
         super().__init__()
-        self.n_users, self.n_items, self.reg = n_users, n_items, reg
+        config = config or TrainConfig()
+        dim, num_layers = config.dim, config.num_layers
+        self.n_users, self.n_items, self.reg = n_users, n_items, config.reg
         self.register_buffer("adj", adj, persistent=False)
         self.lightgcn = LightGCN(n_users + n_items, dim, num_layers, normalize=False)
         # Same layers, with the fast symmetric backward (see SymmetricLGConv).
@@ -104,12 +106,12 @@ class MultimodalGCN(nn.Module):
     """
 
     def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, content: torch.Tensor, warm: torch.Tensor,
-                 dim: int = 64, num_layers: int = 2, hidden: int = 256, dropout: float = 0.1,
-                 reg: float = 1e-4, content_weight: float = 0.0, cold_prob: float = 0.2,
-                 item_adj: torch.Tensor | None = None, item_layers: int = 1, align_weight: float = 0.0,
-                 align_temperature: float = 0.2, graph_mode: str = "pre", content_mode: str = "cold",
-                 edge_index: torch.Tensor | None = None, edge_dropout: float = 0.0, init: str = "xavier"):
+                 config: MultimodalConfig | None = None, item_adj: torch.Tensor | None = None,
+                 edge_index: torch.Tensor | None = None):
         super().__init__()
+        config = config or MultimodalConfig()
+        init, graph_mode, content_mode = config.init, config.graph_mode, config.content_mode
+        dim, num_layers, edge_dropout = config.dim, config.num_layers, config.edge_dropout
         if init not in INITS:
             raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
         if graph_mode not in ("cold", "add", "pre"):
@@ -118,8 +120,9 @@ class MultimodalGCN(nn.Module):
             raise ValueError(f"content_mode must be 'all' or 'cold', got {content_mode!r}")
         self.graph_mode, self.content_mode = graph_mode, content_mode
         self.n_users, self.n_items, self.num_layers = n_users, n_items, num_layers
-        self.reg, self.content_weight, self.cold_prob = reg, content_weight, cold_prob
-        self.item_layers, self.align_weight, self.align_temperature = item_layers, align_weight, align_temperature
+        self.reg, self.content_weight, self.cold_prob = config.reg, config.content_weight, config.cold_prob
+        self.item_layers, self.align_weight = config.item_layers, config.align_weight
+        self.align_temperature = config.align_temperature
         self.register_buffer("adj", adj, persistent=False)
         self.register_buffer("item_adj", item_adj, persistent=False)
         if edge_dropout > 0 and edge_index is None:
@@ -132,8 +135,8 @@ class MultimodalGCN(nn.Module):
         self.user_content = nn.Embedding(n_users, dim)
         for emb in (self.user_embedding, self.item_embedding, self.user_content):
             INITS[init](emb.weight)
-        self.content_tower = nn.Sequential(nn.Linear(content.shape[1], hidden), nn.GELU(), nn.Dropout(dropout),
-                                           nn.Linear(hidden, dim))
+        self.content_tower = nn.Sequential(nn.Linear(content.shape[1], config.hidden), nn.GELU(),
+                                           nn.Dropout(config.dropout), nn.Linear(config.hidden, dim))
         self.conv = SymmetricLGConv()
 
     def _lightgcn(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
@@ -229,10 +232,12 @@ class VBPR(nn.Module):
     :math:`[\gamma_i; E f_i; \beta_i; \beta'^\top f_i]`, so the score is one dot product.
     """
 
-    def __init__(self, n_users: int, n_items: int, visual: torch.Tensor, dim: int = 64, visual_dim: int = 64,
-                 reg: float = 1e-4):
+    def __init__(self, n_users: int, n_items: int, visual: torch.Tensor, config: TrainConfig | None = None):
         super().__init__()
-        self.reg = reg
+        config = config or TrainConfig()
+        # The visual factors have the ID factors' dimension.
+        dim = visual_dim = config.dim
+        self.reg = config.reg
         self.register_buffer("visual", visual.float())
         self.user_factors = nn.Embedding(n_users, dim)
         self.item_factors = nn.Embedding(n_items, dim)
@@ -285,12 +290,14 @@ class FREEDOM(nn.Module):
     """
 
     def __init__(self, n_users: int, n_items: int, edge_index: torch.Tensor, item_adj: torch.Tensor,
-                 features: list[torch.Tensor], dim: int = 64, num_layers: int = 2, item_layers: int = 1,
-                 edge_dropout: float = 0.8, feature_weight: float = 1e-4, reg: float = 1e-4):
+                 features: list[torch.Tensor], config: FreedomConfig | None = None):
         super().__init__()
-        self.n_users, self.n_items, self.num_layers, self.item_layers = n_users, n_items, num_layers, item_layers
-        self.edge_dropout, self.feature_weight, self.reg = edge_dropout, feature_weight, reg
-        self.pruning = DegreeSensitivePruning(edge_index, n_users + n_items, edge_dropout)
+        config = config or FreedomConfig()
+        dim = config.dim
+        self.n_users, self.n_items = n_users, n_items
+        self.num_layers, self.item_layers = config.num_layers, config.item_layers
+        self.edge_dropout, self.feature_weight, self.reg = config.edge_dropout, config.feature_weight, config.reg
+        self.pruning = DegreeSensitivePruning(edge_index, n_users + n_items, self.edge_dropout)
         self.register_buffer("full_adj", normalized_adjacency(edge_index, n_users + n_items), persistent=False)
         self.register_buffer("item_adj", item_adj, persistent=False)
         for index, x in enumerate(features):

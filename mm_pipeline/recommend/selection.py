@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.ranking import validator
 
 Proposer = Callable[[list[dict]], dict | None]  # tried trials (params + score) -> next params, or None
 MONITOR = "ndcg@20"
@@ -132,7 +133,7 @@ def compare_on_validation(models: dict[str, EmbeddingRecommender], data, ks: tup
                           ) -> pd.DataFrame:
     """Every model's validation recall and NDCG (all validation users, training items excluded), best
     NDCG first (ties: the order of ``models``): what choosing the model to ship reads. Never the test split."""
-    validate = data.validator(ks)
+    validate = validator(data, ks)
     rows = [{"model": name, **{f"valid_{k}": float(v) for k, v in validate(model).items()}}
             for name, model in models.items()]
     table = pd.DataFrame(rows)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
@@ -13,19 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
-
-
-@dataclass
-class TrainConfig:
-    dim: int = 64
-    num_layers: int = 2
-    epochs: int = 150
-    batch_size: int = 4096
-    lr: float = 1e-2
-    reg: float = 1e-4
-    patience: int = 8
-    eval_every: int = 1
-    seed: int = 0
+from mm_pipeline.recommend.config import TrainConfig
 
 
 class StopTraining(Exception):

@@ -27,6 +27,7 @@ import numpy as np
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.baselines import check_ease_size, item_item
 from mm_pipeline.recommend.linear import ItemGram, item_knn_weights
+from mm_pipeline.recommend.ranking import validator
 from mm_pipeline.recommend.selection import SearchResult, grid, log_line, search
 from mm_pipeline.recommend.train import StopTraining
 
@@ -90,7 +91,7 @@ def tune_ease(data, tuning: Tuning, start: float = 200.0, factor: float = 2.0, o
     def fit(params: dict) -> EmbeddingRecommender:
         return item_item("ease", data.train, gram.ease(params["l2"]), {"kind": "EASE", "l2": params["l2"]})
 
-    return search(log_line("l2", start, factor, 1e-2, 1e6), fit, data.validator(), tuning.budget_s,
+    return search(log_line("l2", start, factor, 1e-2, 1e6), fit, validator(data), tuning.budget_s,
                   tuning.max_trials, on_trial=on_trial)
 
 
@@ -106,7 +107,7 @@ def tune_item_knn(data, tuning: Tuning, start: int = 100, shrink: float = 10.0, 
 
     high = float(max(data.n_items - 1, 1))
     low = min(5.0, high)
-    return search(log_line("k", min(max(float(start), low), high), 2.0, low, high), fit, data.validator(),
+    return search(log_line("k", min(max(float(start), low), high), 2.0, low, high), fit, validator(data),
                   tuning.budget_s, tuning.max_trials, on_trial=on_trial)
 
 

@@ -35,7 +35,7 @@ from mm_pipeline.recommend.base import EmbeddingRecommender, sparse_from_scipy
 from mm_pipeline.registry.pyfunc import ARTIFACT_KEY, secret_fingerprint, user_key
 
 if TYPE_CHECKING:
-    from mm_pipeline.recommend.fit import SplitData
+    from mm_pipeline.data.types import SplitData
 
 
 @dataclass

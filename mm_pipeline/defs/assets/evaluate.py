@@ -10,12 +10,15 @@ from mm_pipeline.defs.resources import PipelineResource
 from mm_pipeline.evaluate.report import build_comparison
 from mm_pipeline.evaluate.report import png_markdown, write_report
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.catalog import MODEL_TABLE, names_with_role
 from mm_pipeline.storage import point_link
 
 GROUP = "evaluate"
-PRIMARY_MODEL = "mm_hybrid"
-BASELINES = ("popularity", "ease", "item_knn", "bpr_mf", "lightgcn", "content_knn", "vbpr", "freedom")
-COMPONENTS = ("mm_gcn",)  # the multimodal GNN the hybrid may use: reported, not a baseline
+(PRIMARY_MODEL,) = names_with_role("primary")
+BASELINES = names_with_role("baseline", "research")
+COMPONENTS = names_with_role("component")  # models the primary may use: reported, not baselines
+# What both reports read besides the model bundles.
+REPORT_INPUTS = ("source_dataset", "interaction_split", "selected_model", "compressed_model", "aligned_item_embeddings")
 DEFAULT_SPLIT = "per-user chronological split (8:1:1)"
 
 
@@ -98,22 +101,21 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
     })
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="4")
-def evaluation_report(context: dg.AssetExecutionContext, source_dataset: dict, interaction_split: dict,
-                      popularity_model: dict, ease_model: dict, item_knn_model: dict, bpr_mf_model: dict,
-                      lightgcn_model: dict, content_knn_model: dict, vbpr_model: dict, mm_gcn_model: dict,
-                      mm_hybrid_model: dict,
-                      selected_model: dict, compressed_model: dict, aligned_item_embeddings: dict,
-                      pipeline: PipelineResource) -> dg.Output[dict]:
+@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="4", required_resource_keys={"pipeline"},
+          ins={name: dg.AssetIn() for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE
+                                                                 if s.role != "research")]})
+def evaluation_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[dict]:
     """Every model on the same test split: Recall/NDCG/Precision/F1/MAP/hit ratio at 10 and 20, coverage,
     novelty, personalization and intra-list diversity, with bootstrap intervals and a paired test against
     the best baseline; cold-start and long-tail results; modality weights and training curves.
 
     Protocol: the interaction split (chronological, or the source's published one); each test user's
     scores over *all* items with their training and validation items excluded. Writes
-    ``reports/latest/{metrics.json,report.md,report.html}`` and the figures.
+    ``reports/latest/{metrics.json,report.md,report.html}`` and the figures. The models are those of the
+    model table (:mod:`mm_pipeline.recommend.catalog`) outside the research role.
     """
-    return comparison_report(context, pipeline, source_dataset, interaction_split,
-                             [popularity_model, ease_model, item_knn_model, bpr_mf_model, lightgcn_model,
-                              content_knn_model, vbpr_model, mm_gcn_model, mm_hybrid_model], aligned_item_embeddings,
-                             compressed_model=compressed_model, selected_model=selected_model)
+    return comparison_report(context, context.resources.pipeline, stored["source_dataset"],
+                             stored["interaction_split"],
+                             [stored[s.asset_name] for s in MODEL_TABLE if s.role != "research"],
+                             stored["aligned_item_embeddings"], compressed_model=stored["compressed_model"],
+                             selected_model=stored["selected_model"])

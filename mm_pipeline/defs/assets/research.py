@@ -7,46 +7,20 @@ Not part of ``full_pipeline`` (several more minutes of training on the default d
 import dagster as dg
 import pandas as pd
 
-from mm_pipeline.defs.assets.evaluate import comparison_report
-from mm_pipeline.defs.assets.train import (
-    HybridRunConfig,
-    _finish,
-    tuned_training,
-    tuning,
-    hybrid_parts,
-    log_trials,
-    raw_modality_features,
-    split_data,
-)
-from mm_pipeline.defs.config import config_from_dataclass, to_dataclass, with_tuning
-from mm_pipeline.defs.metadata import frame_markdown
+from mm_pipeline.defs.assets.evaluate import REPORT_INPUTS, comparison_report
+from mm_pipeline.defs.assets.train import MODEL_ASSETS, HybridRunConfig, log_trials, split_data
+from mm_pipeline.defs.config import to_dataclass
+from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.recommend.ablations import ablations
-from mm_pipeline.recommend.fit import FreedomConfig, MultimodalConfig, fit_freedom, fit_multimodal
+from mm_pipeline.recommend.catalog import MODEL_TABLE, hybrid_parts, raw_modality_features
+from mm_pipeline.recommend.fit import MultimodalConfig, fit_multimodal
+from mm_pipeline.recommend.ranking import validator
 
 GROUP = "research"
 
-FreedomRunConfig = with_tuning(config_from_dataclass(FreedomConfig, "FreedomBase"), "FreedomRunConfig", 120.0, 3)
-
-
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="2")
-def freedom_model(context: dg.AssetExecutionContext, config: FreedomRunConfig,  # type: ignore[valid-type]
-                  interaction_split: dict, text_features: dict, image_features: dict, audio_features: dict,
-                  raw_items: pd.DataFrame, pipeline: PipelineResource,
-                  mlflow_tracking: MlflowResource) -> dg.Output[dict]:
-    """FREEDOM, the published multimodal recommender, as a baseline: frozen item-item k-NN graphs over
-    the raw modality features, degree-sensitive pruning of the user-item graph, BPR; rate and
-    regularisation searched on validation like every other model."""
-    data = split_data(interaction_split)
-    raw = raw_modality_features(text_features, image_features, audio_features)
-
-    def fit(data, cfg: FreedomConfig, on_epoch):
-        return fit_freedom(data, raw, cfg, on_epoch=on_epoch)
-
-    model, history, params, search = tuned_training(
-        context, "freedom", fit, to_dataclass(FreedomConfig, config, seed=pipeline.seed), data, tuning(config))
-    return _finish(context, model, history, data, interaction_split, raw_items,
-                   {**params, "modalities": ",".join(raw)}, mlflow_tracking, search)
+# The research-role models of the table (FREEDOM), trained in the research job only.
+RESEARCH_MODEL_ASSETS = [MODEL_ASSETS[s.name] for s in MODEL_TABLE if s.role == "research"]
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="4")
@@ -90,7 +64,7 @@ def mm_gcn_ablations(context: dg.AssetExecutionContext, mm_gcn_model: dict, inte
                          "best valid ndcg@20": round(float(model.info["best_valid_ndcg@20"]), 4),
                          "epochs": int(model.info["epochs_run"])})
             context.log.info(f"{variant.name}: best valid ndcg@20 {model.info['best_valid_ndcg@20']:.4f}")
-    return dg.Output(bundle, metadata={"ablations": dg.MetadataValue.md(frame_markdown(pd.DataFrame(rows))),
+    return dg.Output(bundle, metadata={"ablations": frame_table(pd.DataFrame(rows)),
                                        "variants": len(variants)})
 
 
@@ -113,7 +87,7 @@ def mm_hybrid_ablations(context: dg.AssetExecutionContext, config: HybridRunConf
     parts = hybrid_parts(data, interaction_split, {"ease": ease_model, "item_knn": item_knn_model},
                          {"mm_gcn": mm_gcn_model, "lightgcn": lightgcn_model},
                          raw_modality_features(text_features, image_features, audio_features), hybrid)
-    validate = data.validator(max_users=hybrid.validation_users, seed=hybrid.seed)
+    validate = validator(data, max_users=hybrid.validation_users, seed=hybrid.seed)
     bundle: dict = {"names": [], "infos": {}}
     rows = []
     with mlflow_tracking.start_run(context):
@@ -136,7 +110,7 @@ def mm_hybrid_ablations(context: dg.AssetExecutionContext, config: HybridRunConf
             bundle[f"history_{index}"] = pd.DataFrame()
             rows.append({"ablation": name, "what is removed": description, "chosen": str(search.params),
                          "valid ndcg@20": round(search.score, 4)})
-    return dg.Output(bundle, metadata={"ablations": dg.MetadataValue.md(frame_markdown(pd.DataFrame(rows))),
+    return dg.Output(bundle, metadata={"ablations": frame_table(pd.DataFrame(rows)),
                                        "variants": len(rows)})
 
 
@@ -147,22 +121,17 @@ def ablation_bundles(stored: dict) -> list[dict]:
              "history": stored[f"history_{index}"]} for index, name in enumerate(stored["names"])]
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2", deps=["evaluation_report"])
-def research_report(context: dg.AssetExecutionContext, source_dataset: dict, interaction_split: dict,
-                    popularity_model: dict, ease_model: dict, item_knn_model: dict, bpr_mf_model: dict,
-                    lightgcn_model: dict, content_knn_model: dict, vbpr_model: dict, freedom_model: dict,
-                    mm_gcn_model: dict,
-                    mm_hybrid_model: dict, selected_model: dict, compressed_model: dict,
-                    aligned_item_embeddings: dict, mm_gcn_ablations: dict, mm_hybrid_ablations: dict,
-                    pipeline: PipelineResource) -> dg.Output[dict]:
+@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2", deps=["evaluation_report"],
+          ins={name: dg.AssetIn() for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE),
+                                               "mm_gcn_ablations", "mm_hybrid_ablations"]},
+          required_resource_keys={"pipeline"})
+def research_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[dict]:
     """The evaluation report with FREEDOM and the ablations added: the same protocol, split and
     bootstrap, so those rows are directly comparable with the primary model and the baselines. Runs
     after ``evaluation_report`` and replaces ``reports/latest`` with this superset."""
-    return comparison_report(context, pipeline, source_dataset, interaction_split,
-                             [popularity_model, ease_model, item_knn_model, bpr_mf_model, lightgcn_model,
-                              content_knn_model, vbpr_model, freedom_model, mm_gcn_model, mm_hybrid_model],
-                             aligned_item_embeddings,
-                             compressed_model=compressed_model,
-                             ablation_bundles=[*ablation_bundles(mm_hybrid_ablations),
-                                               *ablation_bundles(mm_gcn_ablations)],
-                             title="Research report (with ablations)", selected_model=selected_model)
+    return comparison_report(context, context.resources.pipeline, stored["source_dataset"],
+                             stored["interaction_split"], [stored[s.asset_name] for s in MODEL_TABLE],
+                             stored["aligned_item_embeddings"], compressed_model=stored["compressed_model"],
+                             ablation_bundles=[*ablation_bundles(stored["mm_hybrid_ablations"]),
+                                               *ablation_bundles(stored["mm_gcn_ablations"])],
+                             title="Research report (with ablations)", selected_model=stored["selected_model"])

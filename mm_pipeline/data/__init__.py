@@ -1,0 +1,1 @@
+"""Data types shared by the models and the evaluation (the layer both import; it imports neither)."""

@@ -1,0 +1,317 @@
+r"""Full-ranking top-:math:`k` lists and the per-user recall/NDCG kernel behind them.
+
+The kernels that both training (early stopping on validation) and evaluation read, so neither
+imports the other: :mod:`mm_pipeline.evaluate.metrics` builds the catalogue-level metrics on top and
+documents the conventions. Every item is scored for every evaluated user; items in ``exclude`` and
+outside ``candidates`` are never recommended; ties break by the lower item index, exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from mm_pipeline.data.types import SplitData
+from mm_pipeline.recommend.base import EmbeddingRecommender
+
+PAD = -1  # top-k slot with no eligible item left (fewer candidates than k)
+_INELIGIBLE = torch.iinfo(torch.int64).min
+_TWO_32 = 2**32
+
+
+# ----------------------------------------------------------------------------------- validation
+def _check_model(model: EmbeddingRecommender) -> tuple[int, int]:
+    if not isinstance(model, EmbeddingRecommender):
+        raise TypeError(f"model must be an EmbeddingRecommender, got {type(model).__name__}")
+    return model.n_users, model.n_items
+
+
+def _check_matrix(name: str, matrix, shape: tuple[int, int], optional: bool = False):
+    if matrix is None and optional:
+        return None
+    if not sp.issparse(matrix):
+        raise TypeError(f"{name} must be a scipy.sparse matrix of shape {shape}, "
+                        f"got {type(matrix).__name__}")
+    if tuple(matrix.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(matrix.shape)}, expected (n_users, n_items) = {shape}")
+    matrix = sp.csr_matrix(matrix, copy=True)
+    matrix.sum_duplicates()   # canonical rows: each (user, item) once, so |T| counts items
+    matrix.eliminate_zeros()  # an explicit 0 is not an interaction
+    return matrix
+
+
+def _check_candidates(candidates, n_items: int) -> torch.Tensor | None:
+    if candidates is None:
+        return None
+    mask = np.asarray(candidates)
+    if mask.dtype != bool or mask.shape != (n_items,):
+        raise ValueError(f"candidates must be a bool array of shape ({n_items},), "
+                         f"got dtype {mask.dtype} and shape {mask.shape}")
+    return torch.from_numpy(mask.copy())
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_ks(ks: Sequence[int]) -> list[int]:
+    ks = [ks] if isinstance(ks, int) else list(ks)
+    if not ks:
+        raise ValueError("ks must name at least one cutoff")
+    for k in ks:
+        _check_positive_int("every entry of ks", k)
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"ks has duplicates: {ks}")
+    return sorted(int(k) for k in ks)
+
+
+def _check_users(users, n_users: int) -> np.ndarray:
+    users = np.asarray(users)
+    if users.ndim != 1 or (users.size and not np.issubdtype(users.dtype, np.integer)):
+        raise ValueError(f"users must be a 1-D integer array, got dtype {users.dtype} "
+                         f"and shape {users.shape}")
+    users = users.astype(np.int64)
+    if users.size and (users.min() < 0 or users.max() >= n_users):
+        raise ValueError(f"users must lie in [0, {n_users}), got range [{users.min()}, {users.max()}]")
+    return users
+
+
+def _rows_coo(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(local_row, col)`` of the nonzeros of ``matrix[rows]``; ``local_row`` indexes ``rows``."""
+    sub = matrix[rows]
+    local = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(sub.indptr))
+    return torch.from_numpy(local), torch.from_numpy(sub.indices.astype(np.int64))
+
+
+# -------------------------------------------------------------------------------------- ranking
+def _ranking_keys(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    r"""Unique int64 keys ordering entries by (score descending, item index ascending).
+
+    A float32 score's bit pattern, read as int32, orders non-negative floats correctly and negative
+    floats backwards; flipping the low 31 bits of negatives fixes that (the usual radix-sort trick).
+    Then :math:`\text{key} = \text{bits} \cdot 2^{32} + (2^{32} - 1 - i)` for item index :math:`i`
+    (``index``, broadcast against ``scores``): a higher score always wins and, among equal scores,
+    the lower index does. Keys are unique per row, so ranking by them is deterministic whatever
+    algorithm ``topk``/``sort`` uses internally.
+    """
+    bits = (scores.to(torch.float32) + 0.0).view(torch.int32)  # -0.0 + 0.0 == +0.0: one zero, one key
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # arithmetic shift: all ones for negatives, else 0
+    keys = bits.to(torch.int64)
+    keys <<= 32
+    keys += _TWO_32 - 1 - index
+    return keys
+
+
+def _exact_top_k(scores: torch.Tensor, ineligible: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-``k`` by exact keys over whole rows; ``PAD`` for slots with no eligible item left."""
+    keys = _ranking_keys(scores, torch.arange(scores.shape[1]))
+    keys.masked_fill_(ineligible, _INELIGIBLE)
+    best, index = torch.topk(keys, k, dim=1, largest=True, sorted=True)
+    return index.masked_fill(best == _INELIGIBLE, PAD)
+
+
+def _top_k_chunk(model: EmbeddingRecommender, users: np.ndarray, exclude: sp.csr_matrix | None,
+                 k: int, candidates: torch.Tensor | None) -> torch.Tensor:
+    """Exact (score desc, index asc) top-``k`` of the eligible items of ``users``.
+
+    Fast path: with ineligible scores set to ``-inf``, a float ``topk`` of ``k + 1`` picks the
+    right *set* whenever its k-th value is finite and strictly above its (k+1)-th (so no left-out
+    item ties the cut, and no ineligible item is in it); only those ``k`` entries are then
+    re-ordered by their exact keys. The remaining rows (a cut inside a tie, or fewer than ``k``
+    finite eligible scores) are redone with keys over the whole row.
+    """
+    n_items = model.n_items
+    with torch.no_grad():
+        # Always our own copy: it is masked in place below, and score() may return a cached tensor.
+        scores = model.score(torch.from_numpy(users)).detach().to("cpu", torch.float32, copy=True)
+    if tuple(scores.shape) != (len(users), n_items):
+        raise ValueError(f"model.score returned shape {tuple(scores.shape)}, "
+                         f"expected {(len(users), n_items)}")
+    if torch.isnan(scores.sum()) and torch.isnan(scores).any():  # cheap test first
+        raise ValueError(f"model {model.name!r} produced NaN scores; cannot rank")
+    # The exact path below tells these -inf entries apart from scores the model itself made -inf.
+    if exclude is not None:
+        ex_rows, ex_cols = _rows_coo(exclude, users)
+        scores[ex_rows, ex_cols] = float("-inf")
+    if candidates is not None:
+        scores[:, ~candidates] = float("-inf")
+
+    slots, k = k, min(k, n_items)
+    values, index = torch.topk(scores, min(k + 1, n_items), dim=1, largest=True, sorted=True)
+    kth = values[:, k - 1]
+    exact = torch.isneginf(kth)
+    if k < n_items:
+        exact |= values[:, k] == kth
+    values, index = values[:, :k], index[:, :k]
+    order = torch.sort(_ranking_keys(values, index), dim=1, descending=True).indices
+    index = index.gather(1, order)
+
+    rows = exact.nonzero().flatten()
+    if rows.numel():
+        ineligible = torch.zeros((rows.numel(), n_items), dtype=torch.bool)
+        if exclude is not None:
+            sub_rows, sub_cols = _rows_coo(exclude, users[rows.numpy()])
+            ineligible[sub_rows, sub_cols] = True
+        if candidates is not None:
+            ineligible |= ~candidates
+        index[rows] = _exact_top_k(scores[rows], ineligible, k)
+    if slots > k:  # more slots than items in the catalogue
+        index = torch.cat([index, index.new_full((len(users), slots - k), PAD)], dim=1)
+    return index
+
+
+def top_k(model: EmbeddingRecommender, users: np.ndarray, exclude: sp.csr_matrix | None, k: int,
+          candidates: np.ndarray | None = None, chunk_size: int = 2048) -> torch.Tensor:
+    r"""The ``k`` best items for each of ``users``: a ``LongTensor [len(users), k]``, best first.
+
+    Item :math:`i` is *eligible* for user :math:`u` unless ``exclude[u, i] != 0`` (already seen) or
+    ``candidates[i]`` is false. Eligible items are ranked by ``model.score`` (in float32) descending;
+    **ties break by the lower item index**, exactly (see :func:`_top_k_chunk`), so the result is
+    deterministic and independent of ``chunk_size``. An item the model scores ``-inf`` is still
+    eligible (it is ranked last).
+
+    When a user has fewer than ``k`` eligible items the remaining slots hold ``-1`` (:data:`PAD`);
+    they are never an item, so they never count as hits.
+    """
+    n_users, n_items = _check_model(model)
+    users = _check_users(users, n_users)
+    k = _check_positive_int("k", k)
+    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    exclude = _check_matrix("exclude", exclude, (n_users, n_items), optional=True)
+    cand = _check_candidates(candidates, n_items)
+    if users.size == 0:
+        return torch.empty((0, k), dtype=torch.long)
+    # The only Python loop is over user chunks; everything inside a chunk is vectorized.
+    return torch.cat([_top_k_chunk(model, users[start:start + chunk_size], exclude, k, cand)
+                      for start in range(0, len(users), chunk_size)])
+
+
+def _check_truth(truth, shape: tuple[int, int] | None = None) -> sp.csr_matrix:
+    if shape is None:
+        if not sp.issparse(truth):
+            raise TypeError(f"truth must be a scipy.sparse (n_users, n_items) matrix, got {type(truth).__name__}")
+        shape = tuple(truth.shape)
+    return _check_matrix("truth", truth, shape)
+
+
+def _check_top(top, n_rows: int, max_k: int, n_items: int) -> torch.Tensor:
+    """``top[:, :max_k]`` after checking it is a ranked-list matrix as :func:`top_k` returns it."""
+    if not isinstance(top, torch.Tensor):
+        top = torch.as_tensor(np.asarray(top))
+    if top.dtype != torch.long or top.ndim != 2 or top.shape[0] != n_rows or top.shape[1] < max_k:
+        raise ValueError(f"top must be an int64 tensor [len(users)={n_rows}, >= max(ks)={max_k}] as top_k "
+                         f"returns it, got dtype {top.dtype} and shape {tuple(top.shape)}")
+    top = top[:, :max_k]
+    if top.numel() and (int(top.min()) < PAD or int(top.max()) >= n_items):
+        raise ValueError(f"top holds item indices outside [0, {n_items}) other than the padding {PAD}")
+    ordered = top.sort(dim=1).values
+    if bool(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != PAD)).any()):
+        raise ValueError("top recommends an item twice in one list; pass the output of top_k")
+    return top
+
+
+def _evaluated_rows(truth: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
+    """Rows of ``users`` (and of the top-k matrix) whose truth row is non-empty."""
+    if np.unique(users).size != users.size:
+        raise ValueError("users has duplicates: each user needs exactly one top-k row")
+    n_true = np.diff(truth.indptr)
+    has_truth = n_true[users] > 0
+    missing = int((n_true > 0).sum() - has_truth.sum())
+    if missing:
+        raise ValueError(f"truth has items for {missing} users that are not in users (no top-k row); "
+                         "rank every user that has a truth row")
+    return np.flatnonzero(has_truth)
+
+
+def _ideal_dcg(max_k: int) -> torch.Tensor:
+    """``idcg[j]`` = DCG of ``j`` hits at the top ranks, ``j = 0..max_k`` (float64)."""
+    gains = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64))
+    return torch.cat([gains.new_zeros(1), gains.cumsum(0)])
+
+
+# -------------------------------------------------------------------------------------- metrics
+def per_user_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.csr_matrix,
+                                ks: Sequence[int] = (10, 20), chunk_size: int = 2048) -> dict[str, np.ndarray]:
+    r"""Per-user ``recall@k`` and ``ndcg@k`` of precomputed ranked lists (see :func:`per_user_metrics`).
+
+    ``top[j]`` is the ranked list of user ``users[j]`` (as :func:`top_k` returns it). Only the users
+    with a non-empty ``truth`` row are evaluated, in the order of ``users``; a user with truth items
+    but no row in ``top`` is an error. Computed independently of PyG: a dense relevance mask per
+    chunk of users, gathered at the top-k items.
+    """
+    truth = _check_truth(truth)
+    n_users, n_items = truth.shape
+    ks = _check_ks(ks)
+    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    users = _check_users(users, n_users)
+    max_k = ks[-1]
+    top = _check_top(top, len(users), max_k, n_items)
+    evaluated = _evaluated_rows(truth, users)
+    idcg = _ideal_dcg(max_k)
+    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64))
+    recall, ndcg = {k: [np.zeros(0)] for k in ks}, {k: [np.zeros(0)] for k in ks}
+    for start in range(0, len(evaluated), chunk_size):
+        selected = evaluated[start:start + chunk_size]
+        rows, cols = _rows_coo(truth, users[selected])
+        # Column n_items is a never-relevant sink for PAD slots.
+        relevant = torch.zeros((len(selected), n_items + 1), dtype=torch.bool)
+        relevant[rows, cols] = True
+        chunk_top = top[torch.from_numpy(selected)]
+        hits = relevant.gather(1, chunk_top.masked_fill(chunk_top == PAD, n_items)).to(torch.float64)
+        n_true = torch.bincount(rows, minlength=len(selected)).to(torch.float64)
+        for k in ks:
+            recall[k].append((hits[:, :k].sum(1) / n_true).numpy())
+            dcg = (hits[:, :k] * discount[:k]).sum(1)
+            ndcg[k].append((dcg / idcg[n_true.clamp(max=k).long()]).numpy())
+    out: dict[str, np.ndarray] = {"user_idx": users[evaluated]}
+    for k in ks:
+        out[f"recall@{k}"] = np.concatenate(recall[k])
+        out[f"ndcg@{k}"] = np.concatenate(ndcg[k])
+    return out
+
+
+def per_user_metrics(model: EmbeddingRecommender, truth: sp.csr_matrix, exclude: sp.csr_matrix | None,
+                     ks: Sequence[int] = (10, 20), candidates: np.ndarray | None = None,
+                     chunk_size: int = 2048) -> dict[str, np.ndarray]:
+    r"""Per-user ``recall@k`` and ``ndcg@k`` (float64) for the users with a non-empty ``truth`` row.
+
+    Returns ``{"user_idx": int64 [m], "recall@k": [m], "ndcg@k": [m], ...}`` with users in
+    ascending order. Same definitions as :func:`ranking_metrics` (module docstring), so the mean of
+    each array is that function's value; the arrays are what bootstrap intervals resample.
+    """
+    n_users, n_items = _check_model(model)
+    ks = _check_ks(ks)
+    truth = _check_truth(truth, (n_users, n_items))
+    users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
+    top = top_k(model, users, exclude, ks[-1], candidates=candidates, chunk_size=chunk_size)
+    return per_user_metrics_from_top_k(top, users, truth, ks, chunk_size=chunk_size)
+
+
+
+
+def validator(data: SplitData, ks: tuple[int, ...] = (20,), max_users: int | None = None, seed: int = 0
+              ) -> Callable[[EmbeddingRecommender], dict[str, float]]:
+    """Validation recall and NDCG at ``ks[-1]`` on ``data.valid`` (all items ranked, training items
+    excluded); with ``max_users``, on a seeded sample of that many validation users (a cheaper, noisier
+    estimate). What early stopping and every validation search read."""
+    truth = data.valid
+    users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    if max_users is not None and users.size > max_users:
+        keep = np.zeros(data.n_users, dtype=np.float32)
+        keep[np.random.default_rng(seed).choice(users, size=max_users, replace=False)] = 1.0
+        truth = sp.csr_matrix(sp.diags(keep) @ truth)
+        truth.eliminate_zeros()
+
+    def validate(model: EmbeddingRecommender) -> dict[str, float]:
+        # Only the two metrics early stopping and the searches read: the per-user arrays' means, the
+        # same definitions as ranking_metrics without its catalogue-level metrics (run every epoch).
+        metrics = per_user_metrics(model, truth=truth, exclude=data.train, ks=ks[-1:])
+        return {k: float(metrics[k].mean()) if metrics[k].size else 0.0
+                for k in (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}")}
+
+    return validate
