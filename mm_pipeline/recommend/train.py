@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import time
 from typing import Callable, Protocol
@@ -13,6 +15,24 @@ import torch
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.config import TrainConfig
+
+
+EpochListener = Callable[[str, dict], None]
+# Who hears about every epoch of every training run in this context (progress lines, live metrics): set by
+# the caller around training with :func:`listening`, so trainers and searches need not pass it along.
+_EPOCH_LISTENER: contextvars.ContextVar[EpochListener | None] = contextvars.ContextVar("epoch_listener",
+                                                                                      default=None)
+
+
+@contextlib.contextmanager
+def listening(listener: EpochListener | None):
+    """Within the block, ``listener(model_name, row)`` is called after every epoch of :func:`train_bpr`
+    (``row``: the history row: epoch, losses, seconds and, on evaluated epochs, the validation metrics)."""
+    token = _EPOCH_LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _EPOCH_LISTENER.reset(token)
 
 
 class StopTraining(Exception):
@@ -126,6 +146,9 @@ def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
             else:
                 bad += 1
         history.append(row)
+        listener = _EPOCH_LISTENER.get()
+        if listener is not None:
+            listener(name, row)
         if on_epoch:
             try:
                 on_epoch(row)

@@ -62,6 +62,7 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
 
     Files go to ``reports/runs/<run id>`` (``metrics.json``, ``report.md``, ``report.html`` and the PNG
     figures); ``reports/latest`` is then switched to that folder (``research_report`` calls this with the ablation bundles).
+    The report (files and every model's test metrics) is also logged as an MLflow run of its own.
     """
     data = split_data(interaction_split)
     names = [b["name"] for b in [*bundles, *ablation_bundles] if "skipped" not in b]
@@ -89,6 +90,10 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
     latest, this_run = paths.reports / "latest", paths.reports / "runs" / context.run_id
     written = write_report(this_run, metrics, comparison.markdown, comparison.figures, comparison.html)
     point_link(latest, this_run)  # reports/latest -> runs/<run id>, one atomic swap: never a mix of two runs
+    from mm_pipeline.registry.tracking import log_evaluation
+
+    with context.resources.mlflow_tracking.start_run(context, run_name=context.asset_key.to_user_string()) as run:
+        logged = log_evaluation(metrics, this_run)
     primary = metrics["models"][PRIMARY_MODEL]
     return dg.Output({"metrics": metrics}, metadata={
         **{name: dg.MetadataValue.md(text) for name, text in comparison.tables.items()},
@@ -96,12 +101,14 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
         "report": dg.MetadataValue.path(str(written["report.md"])),
         "report_html": dg.MetadataValue.path(str(written["report.html"])),
         "metrics_json": dg.MetadataValue.path(str(written["metrics.json"])),
+        "mlflow_run_id": run.info.run_id, "mlflow_test_metrics": logged,
         f"{PRIMARY_MODEL}_recall@20": float(primary["recall@20"]),
         f"{PRIMARY_MODEL}_ndcg@20": float(primary["ndcg@20"]),
     })
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="4", required_resource_keys={"pipeline"},
+@dg.asset(group_name=GROUP, kinds={"pandas", "mlflow"}, code_version="5",
+          required_resource_keys={"pipeline", "mlflow_tracking"},
           ins={name: dg.AssetIn() for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE
                                                                  if s.role != "research")]})
 def evaluation_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[dict]:

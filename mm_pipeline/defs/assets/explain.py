@@ -7,11 +7,13 @@ from pydantic import Field
 
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.metadata import frame_table
-from mm_pipeline.defs.resources import PipelineResource
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.catalog import MODEL_TABLE, names_with_role
 
 GROUP = "evaluate"
-EXPLAINED_MODELS = ("mm_hybrid", "ease", "item_knn", "mm_gcn", "lightgcn")
+# Every model of the table outside the research role is deletion-tested; the primary is also explained.
+EXPLAINED = tuple(s for s in MODEL_TABLE if s.role != "research")
+(PRIMARY,) = names_with_role("primary")
 
 
 class ExplainConfig(dg.Config):
@@ -20,11 +22,10 @@ class ExplainConfig(dg.Config):
     shown: int = Field(5, description="Users whose explained top-5 is shown in the metadata.")
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
-def recommendation_explanations(context: dg.AssetExecutionContext, config: ExplainConfig, interaction_split: dict,
-                                raw_items: pd.DataFrame, mm_hybrid_model: dict, ease_model: dict,
-                                item_knn_model: dict, mm_gcn_model: dict, lightgcn_model: dict,
-                                pipeline: PipelineResource) -> dg.Output[dict]:
+@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1", required_resource_keys={"pipeline"},
+          ins={name: dg.AssetIn() for name in ["interaction_split", "raw_items", *(s.asset_name for s in EXPLAINED)]})
+def recommendation_explanations(context: dg.AssetExecutionContext, config: ExplainConfig, **stored
+                                ) -> dg.Output[dict]:
     """Why the primary model recommends what it does, for a seeded sample of held-out users: each
     recommendation's score split into parts (collaborative, each modality, the GNN) and the history items
     behind it; each user's dominant part and how it relates to test recall; and, per model, the deletion
@@ -33,12 +34,12 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     from mm_pipeline.explain.summary import explain_top_k, interest_by_part
     from mm_pipeline.registry.user_keys import pipeline_user_key_secret
 
+    interaction_split, raw_items, pipeline = stored["interaction_split"], stored["raw_items"], context.resources.pipeline
     data = split_data(interaction_split)
     test_users = np.flatnonzero(np.diff(data.test.tocsr().indptr) > 0)
     rng = np.random.default_rng(pipeline.seed)
     users = np.sort(rng.choice(test_users, size=min(config.users, test_users.size), replace=False))
-    bundles = {"mm_hybrid": mm_hybrid_model, "ease": ease_model, "item_knn": item_knn_model,
-               "mm_gcn": mm_gcn_model, "lightgcn": lightgcn_model}
+    bundles = {spec.name: stored[spec.asset_name] for spec in EXPLAINED}
     rows = []
     for name, bundle in bundles.items():
         if "skipped" in bundle:
@@ -53,7 +54,7 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
                          "score gap": r.score_gap, "rank gap": r.rank_gap})
     faithfulness = pd.DataFrame(rows)
 
-    model = EmbeddingRecommender.from_bundle(mm_hybrid_model)
+    model = EmbeddingRecommender.from_bundle(bundles[PRIMARY])
     item_ids = raw_items["item_id"].astype(str).tolist()
     explained = explain_top_k(model, data.train, users, item_ids, pipeline_user_key_secret(), k=config.k)
     profiles, by_part = interest_by_part(explained, data.test)
@@ -66,15 +67,15 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     shown = shown[["user", "rank", "item_id", "reason"]]
     context.log.info(f"explained {len(explained)} recommendations of {users.size} users; "
                      f"dominant parts: {dict(zip(by_part['dominant part'], by_part['users']))}")
-    primary = faithfulness[faithfulness["model"] == "mm_hybrid"].set_index("removed")
+    primary = faithfulness[faithfulness["model"] == PRIMARY].set_index("removed")
     meta = {"users": int(users.size), "explained": int(len(explained)),
             "faithfulness": frame_table(faithfulness),
             "dominant_part": frame_table(by_part),
             "examples": frame_table(shown, 40)}
     for kind in ("history", "modality"):
         if kind in primary.index:
-            meta[f"mm_hybrid_{kind}_rank_gap"] = float(primary.loc[kind, "rank gap"])
-            meta[f"mm_hybrid_{kind}_score_gap"] = float(primary.loc[kind, "score gap"])
+            meta[f"{PRIMARY}_{kind}_rank_gap"] = float(primary.loc[kind, "rank gap"])
+            meta[f"{PRIMARY}_{kind}_score_gap"] = float(primary.loc[kind, "score gap"])
     return dg.Output({"faithfulness": faithfulness, "interest": profiles, "by_part": by_part,
                       "explanations": explained}, metadata=meta)
 

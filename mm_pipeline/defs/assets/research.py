@@ -124,7 +124,7 @@ def ablation_bundles(stored: dict) -> list[dict]:
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2", deps=["evaluation_report"],
           ins={name: dg.AssetIn() for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE),
                                                "mm_gcn_ablations", "mm_hybrid_ablations"]},
-          required_resource_keys={"pipeline"})
+          required_resource_keys={"pipeline", "mlflow_tracking"})
 def research_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[dict]:
     """The evaluation report with FREEDOM and the ablations added: the same protocol, split and
     bootstrap, so those rows are directly comparable with the primary model and the baselines. Runs

@@ -11,7 +11,6 @@ import pandas as pd
 from mm_pipeline.data.types import SplitData
 from mm_pipeline.defs.config import config_from_dataclass, with_tuning
 from mm_pipeline.defs.metadata import frame_table, history_metadata
-from mm_pipeline.defs.resources import MlflowResource
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.catalog import (
     ALIGNED,
@@ -23,6 +22,7 @@ from mm_pipeline.recommend.catalog import (
     raw_modality_features,
 )
 from mm_pipeline.recommend.selection import SearchResult
+from mm_pipeline.recommend.train import listening
 from mm_pipeline.recommend.tuning import Tuning
 from mm_pipeline.registry.tracking import metric_key
 
@@ -66,34 +66,53 @@ def split_data(interaction_split: dict) -> SplitData:
                                 int(interaction_split["n_items"]))
 
 
-def _finish(context: dg.AssetExecutionContext, model: EmbeddingRecommender, history: pd.DataFrame | None,
+def epoch_progress(context: dg.AssetExecutionContext):
+    """Every training epoch as a line in the Dagster run log and as live MLflow metrics (``progress/*``, one
+    step per epoch across the search's trials) in the active run, so a long training shows where it is."""
+    import mlflow
+
+    step = 0
+
+    def listen(name: str, row: dict) -> None:
+        nonlocal step
+        step += 1
+        values = {k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))
+                  and not isinstance(v, bool)}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "train_seconds")
+        context.log.info(f"{name} epoch {row.get('epoch')}: {shown} ({values.get('train_seconds', 0.0):.1f} s)")
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics({metric_key(f"progress/{k}"): v for k, v in values.items()}, step=step)
+    return listen
+
+
+def _finish(context: dg.AssetExecutionContext, run, model: EmbeddingRecommender, history: pd.DataFrame | None,
             data: SplitData, interaction_split: dict, raw_items: pd.DataFrame, params: dict,
-            mlflow_tracking: MlflowResource, search: SearchResult | None = None) -> dg.Output[dict]:
-    """Log params, curves, the validation search and the servable model to MLflow; return the model bundle
-    with metadata."""
+            search: SearchResult | None = None) -> dg.Output[dict]:
+    """Log params, curves, the validation search and the servable model to the active MLflow run ``run``;
+    return the model bundle with metadata."""
     import mlflow
 
     from mm_pipeline.registry.pyfunc import log_recommender
     from mm_pipeline.registry.tracking import log_history, log_split_input, safe_params
 
-    with mlflow_tracking.start_run(context, run_name=model.name) as run:
-        mlflow.log_params(safe_params({**params, "model": model.name, "users": data.n_users,
-                                       "items": data.n_items, "train_interactions": int(data.train.nnz)}))
-        # Lineage: the exact split this model was trained on (indices only, no raw user ids), with MLflow's digest.
-        log_split_input(interaction_split["table"], "interaction_split", "training",
-                        {"split_method": str(interaction_split.get("split_method", ""))})
-        if history is not None and len(history):
-            log_history(history)
-        if search is not None:
-            mlflow.log_params(safe_params({"search.trials": len(search.trials), "search.stopped": search.stopped}))
-            mlflow.log_table(search.trials, "search/trials.json")
-        final = {k: float(v) for k, v in model.info.items() if isinstance(v, (int, float))}
-        if final:
-            mlflow.log_metrics({metric_key(k): v for k, v in final.items()})
-        # No input example here (MLflow would load the model back to check it): the registered model has one.
-        info = log_recommender(model, interaction_split["user_ids"].tolist(),
-                               raw_items["item_id"].astype(str).tolist(), data.train, name="recommender",
-                               input_example_users=0)
+    # The run was opened before training (live progress metrics): everything goes into it.
+    mlflow.log_params(safe_params({**params, "model": model.name, "users": data.n_users,
+                                   "items": data.n_items, "train_interactions": int(data.train.nnz)}))
+    # Lineage: the exact split this model was trained on (indices only, no raw user ids), with MLflow's digest.
+    log_split_input(interaction_split["table"], "interaction_split", "training",
+                    {"split_method": str(interaction_split.get("split_method", ""))})
+    if history is not None and len(history):
+        log_history(history)
+    if search is not None:
+        mlflow.log_params(safe_params({"search.trials": len(search.trials), "search.stopped": search.stopped}))
+        mlflow.log_table(search.trials, "search/trials.json")
+    final = {k: float(v) for k, v in model.info.items() if isinstance(v, (int, float))}
+    if final:
+        mlflow.log_metrics({metric_key(k): v for k, v in final.items()})
+    # No input example here (MLflow would load the model back to check it): the registered model has one.
+    info = log_recommender(model, interaction_split["user_ids"].tolist(),
+                           raw_items["item_id"].astype(str).tolist(), data.train, name="recommender",
+                           input_example_users=0)
     bundle = {**model.to_bundle(), "history": history if history is not None else pd.DataFrame(),
               "config": {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool, type(None)))}}
     meta = {"mlflow_run_id": run.info.run_id, "mlflow_model": info.model_uri,
@@ -140,12 +159,14 @@ def train_model(context: dg.AssetExecutionContext, spec: ModelSpec, config: dg.C
     if reason:
         return dg.Output({"name": spec.name, "skipped": reason}, metadata={"skipped": reason})
     settings = spec.settings(config.model_dump() if config is not None else {}, context.resources.pipeline.seed)
-    trained = spec.train(inputs, settings, tuning(config) if spec.tuning is not None else None,
-                         log_trials(context, spec.name))
-    if trained.note:
-        context.log.info(trained.note)
-    return _finish(context, trained.model, trained.history, data, interaction_split, raw_items, trained.params,
-                   context.resources.mlflow_tracking, trained.search)
+    with context.resources.mlflow_tracking.start_run(context, run_name=spec.name) as run:
+        with listening(epoch_progress(context)):
+            trained = spec.train(inputs, settings, tuning(config) if spec.tuning is not None else None,
+                                 log_trials(context, spec.name))
+        if trained.note:
+            context.log.info(trained.note)
+        return _finish(context, run, trained.model, trained.history, data, interaction_split, raw_items,
+                       trained.params, trained.search)
 
 
 def model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
