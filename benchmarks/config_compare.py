@@ -6,7 +6,8 @@
 ``--inputs`` takes what ``model_training.py`` takes (``assets:/path/to/home`` uses the split, aligned
 embeddings and raw ``*_features`` a pipeline run stored; a dataset spec uses seeded random content).
 ``--model mm_hybrid`` needs ``assets:`` inputs: it re-runs the hybrid's validation search over the stored
-``ease_model``, ``item_knn_model``, ``mm_gcn_model`` and ``lightgcn_model`` (those stored) (``--config`` overrides ``HybridConfig`` fields,
+``ease_model``, ``item_knn_model``, ``mm_gcn_model`` and ``lightgcn_model`` (those stored)
+(``--config`` overrides ``HybridConfig`` fields,
 e.g. ``{"decays": [0.0]}``); ``--model ease`` re-runs EASE's L2 search (``{"l2": 100}`` sets the start).
 ``--config`` overrides fields of the model's config dataclass. Per seed it prints one JSON line with the
 best **validation** NDCG@20 (what a choice between configs should read) and, for the record only, the
@@ -30,18 +31,30 @@ from model_training import build_inputs  # noqa: E402  (the benchmark's input lo
 MODELS = ("mm_gcn", "lightgcn", "freedom", "vbpr", "ease", "mm_hybrid")
 
 
-def run_config(data, aligned: dict, raw: dict, model: str, overrides: dict, seed: int, home: Path | None = None
-               ) -> dict:
+def run_config(
+    data, aligned: dict, raw: dict, model: str, overrides: dict, seed: int, home: Path | None = None
+) -> dict:
     from mm_pipeline.evaluate.metrics import ranking_metrics
-    from mm_pipeline.recommend.fit import (FreedomConfig, MultimodalConfig, fit_freedom, fit_lightgcn,
-                                           fit_multimodal, fit_vbpr)
+    from mm_pipeline.recommend.fit import (
+        FreedomConfig,
+        MultimodalConfig,
+        fit_freedom,
+        fit_lightgcn,
+        fit_multimodal,
+        fit_vbpr,
+    )
     from mm_pipeline.recommend.train import TrainConfig
 
     started = time.perf_counter()
     if model in ("ease", "mm_hybrid"):
         fitted, search = _closed_form(data, raw, model, overrides, seed, home)
-        fitted.info = {**fitted.info, "best_valid_ndcg@20": search.score, "best_epoch": 0, "epochs_run": 0,
-                       "chosen": search.params}
+        fitted.info = {
+            **fitted.info,
+            "best_valid_ndcg@20": search.score,
+            "best_epoch": 0,
+            "epochs_run": 0,
+            "chosen": search.params,
+        }
     elif model == "mm_gcn":
         fitted, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**overrides, "seed": seed}), raw_features=raw)
     elif model == "lightgcn":
@@ -55,13 +68,27 @@ def run_config(data, aligned: dict, raw: dict, model: str, overrides: dict, seed
     else:
         raise SystemExit(f"unknown model {model!r}; choose from {MODELS}")
     popularity = np.asarray(data.train.sum(axis=0)).ravel()
-    test = ranking_metrics(fitted, truth=data.test, exclude=(data.train + data.valid).tocsr(), ks=(20,),
-                           item_popularity=popularity, n_train_users=data.n_users)
+    test = ranking_metrics(
+        fitted,
+        truth=data.test,
+        exclude=(data.train + data.valid).tocsr(),
+        ks=(20,),
+        item_popularity=popularity,
+        n_train_users=data.n_users,
+    )
     extra = {"chosen": fitted.info["chosen"]} if "chosen" in fitted.info else {}
-    return {"model": model, "config": overrides, "seed": seed, **extra,
-            "valid_ndcg@20": float(fitted.info["best_valid_ndcg@20"]), "best_epoch": int(fitted.info["best_epoch"]),
-            "epochs_run": int(fitted.info["epochs_run"]), "test_recall@20": float(test["recall@20"]),
-            "test_ndcg@20": float(test["ndcg@20"]), "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "model": model,
+        "config": overrides,
+        "seed": seed,
+        **extra,
+        "valid_ndcg@20": float(fitted.info["best_valid_ndcg@20"]),
+        "best_epoch": int(fitted.info["best_epoch"]),
+        "epochs_run": int(fitted.info["epochs_run"]),
+        "test_recall@20": float(test["recall@20"]),
+        "test_ndcg@20": float(test["ndcg@20"]),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _closed_form(data, raw: dict, model: str, overrides: dict, seed: int, home: Path | None):
@@ -78,15 +105,22 @@ def _closed_form(data, raw: dict, model: str, overrides: dict, seed: int, home: 
     from mm_pipeline.recommend.ranking import validator
     from mm_pipeline.storage import load_bundle
 
-    config = HybridConfig(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
-                             "seed": seed, "budget_s": 1e9})
+    config = HybridConfig(
+        **{**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}, "seed": seed, "budget_s": 1e9}
+    )
+
     def stored(name: str) -> dict:
         path = home / "assets" / name
         return load_bundle(path) if path.is_dir() else {"name": name, "skipped": "not stored"}
 
-    parts = hybrid_parts(data, stored("interaction_split"), {"ease": stored("ease_model"),
-                                                              "item_knn": stored("item_knn_model")},
-                         {"mm_gcn": stored("mm_gcn_model"), "lightgcn": stored("lightgcn_model")}, raw, config)
+    parts = hybrid_parts(
+        data,
+        stored("interaction_split"),
+        {"ease": stored("ease_model"), "item_knn": stored("item_knn_model")},
+        {"mm_gcn": stored("mm_gcn_model"), "lightgcn": stored("lightgcn_model")},
+        raw,
+        config,
+    )
     result = fit_hybrid(parts, validator(data, max_users=config.validation_users, seed=seed), config)
     return result.model, result
 

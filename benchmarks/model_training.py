@@ -47,8 +47,7 @@ MODELS = ("mm_gcn", "lightgcn")
 CONTENT_DIM = 64  # the aligned embedding size (align stage default)
 
 
-def random_aligned(n_items: int, n_modalities: int, seed: int, dim: int = CONTENT_DIM,
-                   missing: float = 0.03) -> dict:
+def random_aligned(n_items: int, n_modalities: int, seed: int, dim: int = CONTENT_DIM, missing: float = 0.03) -> dict:
     """Seeded unit vectors shaped like the ``aligned_item_embeddings`` asset."""
     rng = np.random.default_rng(seed)
     present = rng.random((n_items, n_modalities)) > missing
@@ -59,8 +58,7 @@ def random_aligned(n_items: int, n_modalities: int, seed: int, dim: int = CONTEN
     weights = (present / present.sum(1, keepdims=True)).astype(np.float32)
     fused = (weights[:, :, None] * modality).sum(1)
     fused /= np.linalg.norm(fused, axis=1, keepdims=True)
-    return {"modality_embeddings": modality, "fused": fused.astype(np.float32), "weights": weights,
-            "present": present}
+    return {"modality_embeddings": modality, "fused": fused.astype(np.float32), "weights": weights, "present": present}
 
 
 RAW_DIMS = {"text": 384, "image": 64, "audio": 120}  # the feature stages' output sizes on the built-in data
@@ -69,8 +67,10 @@ RAW_DIMS = {"text": 384, "image": 64, "audio": 120}  # the feature stages' outpu
 def random_raw(n_items: int, n_modalities: int, seed: int) -> dict:
     """Seeded stand-ins for the raw ``*_features`` the item-item graph is built from."""
     rng = np.random.default_rng(seed + 1)
-    return {m: (rng.normal(size=(n_items, d)).astype(np.float32), rng.random(n_items) > 0.03)
-            for m, d in list(RAW_DIMS.items())[:n_modalities]}
+    return {
+        m: (rng.normal(size=(n_items, d)).astype(np.float32), rng.random(n_items) > 0.03)
+        for m, d in list(RAW_DIMS.items())[:n_modalities]
+    }
 
 
 def builtin_tables(rest: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, int, str]:
@@ -87,12 +87,20 @@ def builtin_tables(rest: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, in
     item_ids = np.array([f"i{i:06d}" for i in range(spec.n_items)])
     user_ids = np.array([f"u{u:06d}" for u in range(spec.n_users)])
     items = pd.DataFrame({"item_id": item_ids})
-    interactions = pd.DataFrame({"user_id": user_ids[inter["user"].to_numpy()],
-                                 "item_id": item_ids[inter["item"].to_numpy()],
-                                 "timestamp": inter["timestamp"].to_numpy(np.int64),
-                                 "weight": np.ones(len(inter), dtype=np.float32)})
-    return items, interactions, len(synthetic.SCENARIOS[spec.scenario]), \
-        f"built-in {size} ({spec.scenario}) interactions generated in memory, seed {seed}"
+    interactions = pd.DataFrame(
+        {
+            "user_id": user_ids[inter["user"].to_numpy()],
+            "item_id": item_ids[inter["item"].to_numpy()],
+            "timestamp": inter["timestamp"].to_numpy(np.int64),
+            "weight": np.ones(len(inter), dtype=np.float32),
+        }
+    )
+    return (
+        items,
+        interactions,
+        len(synthetic.SCENARIOS[spec.scenario]),
+        f"built-in {size} ({spec.scenario}) interactions generated in memory, seed {seed}",
+    )
 
 
 def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict, dict]:
@@ -105,8 +113,10 @@ def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict, dict]:
         assets = Path(rest).expanduser() / "assets"
         missing = [name for name in ("interaction_split", "aligned_item_embeddings") if not (assets / name).is_dir()]
         if missing:
-            raise SystemExit(f"{assets} has no stored {', '.join(missing)}: materialize them first "
-                             f"(make demo with MM_PIPELINE_HOME={rest})")
+            raise SystemExit(
+                f"{assets} has no stored {', '.join(missing)}: materialize them first "
+                f"(make demo with MM_PIPELINE_HOME={rest})"
+            )
         split, aligned = load_bundle(assets / "interaction_split"), load_bundle(assets / "aligned_item_embeddings")
         raw = {}
         for modality in RAW_DIMS:
@@ -130,20 +140,27 @@ def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict, dict]:
             items, interactions, info = data.items, data.interactions, data.info
             n_modalities, source = max(1, len(data.modalities)), f"{spec} read from disk"
         # The pipeline's own split asset, called directly: the same indexing and split as a run.
-        split = interaction_split(raw_interactions=interactions, raw_items=items,
-                                  source_dataset={"info": info}).value
+        split = interaction_split(raw_interactions=interactions, raw_items=items, source_dataset={"info": info}).value
         aligned = random_aligned(int(split["n_items"]), n_modalities, seed)
         raw = random_raw(int(split["n_items"]), n_modalities, seed)
-        about = {"inputs": source, "content": f"seeded random unit vectors, {n_modalities} modalities x "
-                                              f"{CONTENT_DIM}, and random raw features {list(raw)} (no encoders run)"}
+        about = {
+            "inputs": source,
+            "content": f"seeded random unit vectors, {n_modalities} modalities x "
+            f"{CONTENT_DIM}, and random raw features {list(raw)} (no encoders run)",
+        }
     data = SplitData.from_frame(split["table"], int(split["n_users"]), int(split["n_items"]))
-    about.update(users=data.n_users, items=data.n_items, train_interactions=int(data.train.nnz),
-                 valid_users=int((np.diff(data.valid.indptr) > 0).sum()))
+    about.update(
+        users=data.n_users,
+        items=data.n_items,
+        train_interactions=int(data.train.nnz),
+        valid_users=int((np.diff(data.valid.indptr) > 0).sum()),
+    )
     return data, aligned, raw, about
 
 
-def bench_model(name: str, data, aligned: dict, raw: dict, epochs: int, eval_repeats: int, seed: int,
-                sampler: MemorySampler) -> dict:
+def bench_model(
+    name: str, data, aligned: dict, raw: dict, epochs: int, eval_repeats: int, seed: int, sampler: MemorySampler
+) -> dict:
     from mm_pipeline.recommend.fit import MultimodalConfig, fit_lightgcn, fit_multimodal
     from mm_pipeline.recommend.ranking import validator
     from mm_pipeline.recommend.train import TrainConfig
@@ -169,10 +186,16 @@ def bench_model(name: str, data, aligned: dict, raw: dict, epochs: int, eval_rep
     sampled = sampler.peak(started, time.time())
     peak = max([rss_before, _rss_mb()] + ([] if math.isnan(sampled) else [sampled]))
     epoch_seconds = history["train_seconds"].astype(float).tolist()
-    return {"epochs": len(epoch_seconds), "epoch_seconds": epoch_seconds,
-            "epoch_seconds_median": statistics.median(epoch_seconds), "eval_seconds": eval_seconds,
-            "eval_seconds_median": statistics.median(eval_seconds), "peak_rss_mb": peak,
-            "rss_before_mb": rss_before, **{f"valid_{k}": float(v) for k, v in metrics.items()}}
+    return {
+        "epochs": len(epoch_seconds),
+        "epoch_seconds": epoch_seconds,
+        "epoch_seconds_median": statistics.median(epoch_seconds),
+        "eval_seconds": eval_seconds,
+        "eval_seconds_median": statistics.median(eval_seconds),
+        "peak_rss_mb": peak,
+        "rss_before_mb": rss_before,
+        **{f"valid_{k}": float(v) for k, v in metrics.items()},
+    }
 
 
 def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, seed: int) -> dict:
@@ -192,28 +215,44 @@ def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, 
             del data, aligned, raw
     finally:
         sampler.stop()
-    return {"epochs": epochs, "eval_repeats": eval_repeats, "seed": seed, "torch_threads": torch.get_num_threads(),
-            "results": results}
+    return {
+        "epochs": epochs,
+        "eval_repeats": eval_repeats,
+        "seed": seed,
+        "torch_threads": torch.get_num_threads(),
+        "results": results,
+    }
 
 
 def print_table(report: dict) -> None:
-    print(f"\nmedian over {report['epochs']} epoch(s) / {report['eval_repeats']} evaluation(s), "
-          f"torch threads={report['torch_threads']}")
+    print(
+        f"\nmedian over {report['epochs']} epoch(s) / {report['eval_repeats']} evaluation(s), "
+        f"torch threads={report['torch_threads']}"
+    )
     for entry in report["results"]:
-        print(f"\n{entry['dataset']}: {entry['users']} users, {entry['items']} items, "
-              f"{entry['train_interactions']} train interactions, {entry['valid_users']} validation users")
+        print(
+            f"\n{entry['dataset']}: {entry['users']} users, {entry['items']} items, "
+            f"{entry['train_interactions']} train interactions, {entry['valid_users']} validation users"
+        )
         print(f"  inputs: {entry['inputs']}; content: {entry['content']}")
-        print(f"  {'model':<10}{'epoch s':>10}{'eval s':>10}{'peak RSS MB':>14}{'RSS before MB':>16}"
-              f"{'valid ndcg@20':>15}")
+        print(
+            f"  {'model':<10}{'epoch s':>10}{'eval s':>10}{'peak RSS MB':>14}{'RSS before MB':>16}{'valid ndcg@20':>15}"
+        )
         for name, m in entry["models"].items():
-            print(f"  {name:<10}{m['epoch_seconds_median']:>10.3f}{m['eval_seconds_median']:>10.3f}"
-                  f"{m['peak_rss_mb']:>14.0f}{m['rss_before_mb']:>16.0f}{m.get('valid_ndcg@20', float('nan')):>15.4f}")
+            print(
+                f"  {name:<10}{m['epoch_seconds_median']:>10.3f}{m['eval_seconds_median']:>10.3f}"
+                f"{m['peak_rss_mb']:>14.0f}{m['rss_before_mb']:>16.0f}{m.get('valid_ndcg@20', float('nan')):>15.4f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", nargs="+", default=["builtin:default"],
-                        help="dataset specs (builtin:default builtin:large, folder:..., assets:/path/to/home)")
+    parser.add_argument(
+        "--dataset",
+        nargs="+",
+        default=["builtin:default"],
+        help="dataset specs (builtin:default builtin:large, folder:..., assets:/path/to/home)",
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per model (early stopping off)")
     parser.add_argument("--eval-repeats", type=int, default=3, help="timed full-ranking validation passes")

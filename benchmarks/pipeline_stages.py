@@ -52,9 +52,11 @@ def run_once(dataset: str, home: Path) -> tuple[dict[str, tuple[float, float]], 
     sampler = MemorySampler()
     sampler.start()
     started = time.perf_counter()
-    result = dg.materialize(all_assets(), instance=instance,
-                            resources=default_resources(home=str(home), dataset=dataset,
-                                                        tracking_uri=f"sqlite:///{home / 'mlflow.db'}"))
+    result = dg.materialize(
+        all_assets(),
+        instance=instance,
+        resources=default_resources(home=str(home), dataset=dataset, tracking_uri=f"sqlite:///{home / 'mlflow.db'}"),
+    )
     total = time.perf_counter() - started
     sampler.stop()
     if not result.success:
@@ -86,11 +88,15 @@ def main() -> None:
     print(f"\n{args.dataset}: median of {args.repeats} run(s), torch threads={__import__('torch').get_num_threads()}")
     print(f"{'stage':<28}{'seconds':>10}{'peak RSS MB':>14}")
     for stage in stages:
-        print(f"{stage:<28}{statistics.median(r[0][stage][0] for r in runs):>10.2f}"
-              f"{statistics.median(r[0][stage][1] for r in runs):>14.0f}")
+        print(
+            f"{stage:<28}{statistics.median(r[0][stage][0] for r in runs):>10.2f}"
+            f"{statistics.median(r[0][stage][1] for r in runs):>14.0f}"
+        )
     print(f"{'sum of stages':<28}{statistics.median(sum(s for s, _ in r[0].values()) for r in runs):>10.2f}")
-    print(f"{'wall (incl. Dagster)':<28}{statistics.median(r[1] for r in runs):>10.2f}"
-          f"{statistics.median(r[2] for r in runs):>14.0f}")
+    print(
+        f"{'wall (incl. Dagster)':<28}{statistics.median(r[1] for r in runs):>10.2f}"
+        f"{statistics.median(r[2] for r in runs):>14.0f}"
+    )
 
 
 if __name__ == "__main__":

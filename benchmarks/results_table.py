@@ -22,26 +22,33 @@ def _ci(values: dict, metric: str) -> str:
 
 def dataset_table(metrics: dict) -> str:
     primary = metrics["primary_model"]
-    roles = {**{m: "baseline" for m in metrics["baselines"]}, **{m: "component" for m in metrics.get("components", [])},
-             primary: "**primary**"}
+    roles = {
+        **{m: "baseline" for m in metrics["baselines"]},
+        **{m: "component" for m in metrics.get("components", [])},
+        primary: "**primary**",
+    }
     significance = metrics.get("significance") or {}
     best = significance.get("best_baseline")
     cold = metrics.get("cold_start", {})
     ds = metrics["dataset"]
     support = metrics.get("support", {}).get("cold_start", {})
-    lines = [f"**{ds.get('spec', ds.get('name'))}**: {ds['users']} users, {ds['items']} items, "
-             f"{ds['interactions']} interactions ({ds.get('train_interactions', '?')} train / "
-             f"{ds.get('test_interactions', '?')} test), {ds['cold_items']} cold items",
-             "",
-             "| model | role | recall@20 [95% CI] | NDCG@20 [95% CI] | cold-start recall@20 |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"**{ds.get('spec', ds.get('name'))}**: {ds['users']} users, {ds['items']} items, "
+        f"{ds['interactions']} interactions ({ds.get('train_interactions', '?')} train / "
+        f"{ds.get('test_interactions', '?')} test), {ds['cold_items']} cold items",
+        "",
+        "| model | role | recall@20 [95% CI] | NDCG@20 [95% CI] | cold-start recall@20 |",
+        "|---|---|---|---|---|",
+    ]
     for name, values in metrics["models"].items():
         if name not in roles:
             continue  # ablations and compressed variants have their own tables in the report
         role = roles[name] + (" (best)" if name == best else "")
         cold_value = f"{cold[name]['recall@20']:.4f}" if name in cold else "n/a"
-        row = f"| {'**' + name + '**' if name == primary else name} | {role} | {_ci(values, 'recall@20')} | " \
-              f"{_ci(values, 'ndcg@20')} | {cold_value} |"
+        row = (
+            f"| {'**' + name + '**' if name == primary else name} | {role} | {_ci(values, 'recall@20')} | "
+            f"{_ci(values, 'ndcg@20')} | {cold_value} |"
+        )
         lines.append(row)
     if best and significance.get("recall@20"):
         parts = [f"{primary} − {best}:"]
@@ -52,8 +59,11 @@ def dataset_table(metrics: dict) -> str:
             parts.append(f"{metric} {test['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
         lines += ["", " ".join(parts[:1]) + " " + "; ".join(parts[1:]) + "."]
     if support:
-        lines.append(f"Cold start: {support['interactions']} test interactions from {support['users']} users"
-                     + ("" if support.get("enough") else f": not enough data ({support['reason']})") + ".")
+        lines.append(
+            f"Cold start: {support['interactions']} test interactions from {support['users']} users"
+            + ("" if support.get("enough") else f": not enough data ({support['reason']})")
+            + "."
+        )
     if metrics.get("selection"):
         lines.append(f"Shipped (best on validation): {metrics['selection']['selected']}.")
     return "\n".join(lines)

@@ -29,8 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-STAGES = ("raw_item_images", "raw_item_audio", "augmented_images", "augmented_text", "augmented_audio",
-          "text_features", "audio_features")
+STAGES = (
+    "raw_item_images",
+    "raw_item_audio",
+    "augmented_images",
+    "augmented_text",
+    "augmented_audio",
+    "text_features",
+    "audio_features",
+)
 
 
 def item_stages_job():
@@ -40,11 +47,14 @@ def item_stages_job():
     from mm_pipeline.defs.build import all_assets, default_resources
 
     executor = dg.in_process_executor if os.environ["BENCH_EXECUTOR"] == "in_process" else dg.multiprocess_executor
-    job = dg.define_asset_job("item_stages", selection=dg.AssetSelection.assets(*STAGES).upstream(),
-                              executor_def=executor)
-    defs = dg.Definitions(assets=all_assets(), jobs=[job],
-                          resources=default_resources(home=os.environ["MM_PIPELINE_HOME"],
-                                                      dataset=os.environ["BENCH_DATASET"]))
+    job = dg.define_asset_job(
+        "item_stages", selection=dg.AssetSelection.assets(*STAGES).upstream(), executor_def=executor
+    )
+    defs = dg.Definitions(
+        assets=all_assets(),
+        jobs=[job],
+        resources=default_resources(home=os.environ["MM_PIPELINE_HOME"], dataset=os.environ["BENCH_DATASET"]),
+    )
     return defs.resolve_job_def("item_stages")
 
 
@@ -53,10 +63,17 @@ def run_once(dataset: str, shards: int, workers: int | None, data: Path) -> dict
     home = Path(tempfile.mkdtemp(prefix="mm_shards_"))
     try:
         (home / "data").symlink_to(data, target_is_directory=True)  # the generated dataset, shared
-        env = {**os.environ, "MM_PIPELINE_HOME": str(home), "BENCH_DATASET": dataset,
-               "MM_PIPELINE_ITEM_SHARDS": str(shards), "DAGSTER_HOME": str(home / "dagster"),
-               "BENCH_EXECUTOR": "in_process" if workers is None else "multiprocess",
-               "BENCH_WORKERS": str(workers or 1), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "MM_PIPELINE_HOME": str(home),
+            "BENCH_DATASET": dataset,
+            "MM_PIPELINE_ITEM_SHARDS": str(shards),
+            "DAGSTER_HOME": str(home / "dagster"),
+            "BENCH_EXECUTOR": "in_process" if workers is None else "multiprocess",
+            "BENCH_WORKERS": str(workers or 1),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
         (home / "dagster").mkdir()
         out = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True)
         if out.returncode != 0:
@@ -74,8 +91,9 @@ def child() -> None:
     import dagster as dg
 
     workers = int(os.environ["BENCH_WORKERS"])
-    run_config = ({} if os.environ["BENCH_EXECUTOR"] == "in_process"
-                  else {"execution": {"config": {"max_concurrent": workers}}})
+    run_config = (
+        {} if os.environ["BENCH_EXECUTOR"] == "in_process" else {"execution": {"config": {"max_concurrent": workers}}}
+    )
     with dg.DagsterInstance.get() as instance:
         started = time.perf_counter()
         result = dg.execute_job(dg.reconstructable(item_stages_job), instance=instance, run_config=run_config)
@@ -95,8 +113,16 @@ def child() -> None:
             elif event.event_type_value == "STEP_SUCCESS":
                 ends.append(record.timestamp)
                 per_stage[stage] += event.event_specific_data.duration_ms / 1000
-    print(json.dumps({"stages": max(ends) - min(starts), "step_sum": sum(per_stage.values()),
-                      "per_stage": per_stage, "total": total}))
+    print(
+        json.dumps(
+            {
+                "stages": max(ends) - min(starts),
+                "step_sum": sum(per_stage.values()),
+                "per_stage": per_stage,
+                "total": total,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -114,15 +140,20 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="mm_shards_data_"))
     try:
         resolve_source(args.dataset, data)  # generate once, outside the timings
-        configs = [("in-process, 1 shard", 1, None)] + [(f"{w} worker(s), {args.shards} shards", args.shards, w)
-                                                        for w in args.workers]
+        configs = [("in-process, 1 shard", 1, None)] + [
+            (f"{w} worker(s), {args.shards} shards", args.shards, w) for w in args.workers
+        ]
         rows = {}
         for label, shards, workers in configs:
             runs = [run_once(args.dataset, shards, workers, data) for _ in range(args.repeats)]
-            rows[label] = {"stages": statistics.median(r["stages"] for r in runs),
-                           "step_sum": statistics.median(r["step_sum"] for r in runs),
-                           "per_stage": {s: statistics.median(r["per_stage"][s] for r in runs) for s in STAGES}}
-            print(f"{label}: stages {rows[label]['stages']:.1f} s, step sum {rows[label]['step_sum']:.1f} s", flush=True)
+            rows[label] = {
+                "stages": statistics.median(r["stages"] for r in runs),
+                "step_sum": statistics.median(r["step_sum"] for r in runs),
+                "per_stage": {s: statistics.median(r["per_stage"][s] for r in runs) for s in STAGES},
+            }
+            print(
+                f"{label}: stages {rows[label]['stages']:.1f} s, step sum {rows[label]['step_sum']:.1f} s", flush=True
+            )
     finally:
         shutil.rmtree(data, ignore_errors=True)
     print(f"\n{args.dataset}, median of {args.repeats} run(s), {os.cpu_count()} cores")

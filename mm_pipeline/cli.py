@@ -50,16 +50,19 @@ def format_table(models: dict[str, dict], columns=TABLE_COLUMNS) -> str:
     name_width = max([len("model")] + [len(n) for n in models])
     lines = ["model".ljust(name_width) + "".join(c.rjust(14) for c in columns)]
     for name, values in models.items():
-        lines.append(name.ljust(name_width) + "".join(
-            (f"{values[c]:.4f}" if c in values else "n/a").rjust(14) for c in columns))
+        lines.append(
+            name.ljust(name_width) + "".join((f"{values[c]:.4f}" if c in values else "n/a").rjust(14) for c in columns)
+        )
     return "\n".join(lines)
 
 
 def print_report(metrics_path: Path) -> None:
     metrics = json.loads(metrics_path.read_text())
     ds = metrics["dataset"]
-    print(f"\nDataset {ds['spec']}: {ds['users']} users, {ds['items']} items, {ds['interactions']} interactions, "
-          f"{ds['cold_items']} cold-start items")
+    print(
+        f"\nDataset {ds['spec']}: {ds['users']} users, {ds['items']} items, {ds['interactions']} interactions, "
+        f"{ds['cold_items']} cold-start items"
+    )
     print("\nTest, full ranking over all items:")
     print(format_table(metrics["models"]))
     support = metrics.get("support", {}).get("cold_start")
@@ -121,8 +124,10 @@ class ProgressHandler(logging.Handler):
                 evaluation = event.event_specific_data
                 if not evaluation.passed:
                     severity = getattr(evaluation.severity, "value", evaluation.severity)
-                    self._line(f"  check {evaluation.check_name} failed ({severity}): "
-                               f"{evaluation.description or 'see the Dagster UI'}")
+                    self._line(
+                        f"  check {evaluation.check_name} failed ({severity}): "
+                        f"{evaluation.description or 'see the Dagster UI'}"
+                    )
         except Exception:  # progress output never breaks a run
             self.handleError(record)
 
@@ -171,8 +176,10 @@ def failure_summary(events, debug: bool = False) -> list[str]:
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             if not evaluation.passed and getattr(evaluation.severity, "value", "") == "ERROR":
-                lines.append(f"check {evaluation.check_name} on {evaluation.asset_key.to_user_string()} failed "
-                             f"and blocks what is downstream: {evaluation.description or 'see the Dagster UI'}")
+                lines.append(
+                    f"check {evaluation.check_name} on {evaluation.asset_key.to_user_string()} failed "
+                    f"and blocks what is downstream: {evaluation.description or 'see the Dagster UI'}"
+                )
             continue
         if event.event_type_value != "STEP_FAILURE":
             continue
@@ -189,8 +196,10 @@ def failure_summary(events, debug: bool = False) -> list[str]:
             lines.append(f"step {event.step_key} failed: {_error_text(data_error)}")
         else:
             cause = chain[-1]
-            lines.append(f"step {event.step_key} failed with {cause.cls_name}: {_error_text(cause)} "
-                         f"(the stack trace: rerun with --debug, or open the run in the Dagster UI)")
+            lines.append(
+                f"step {event.step_key} failed with {cause.cls_name}: {_error_text(cause)} "
+                f"(the stack trace: rerun with --debug, or open the run in the Dagster UI)"
+            )
     return lines
 
 
@@ -219,13 +228,20 @@ def run_demo(dataset: str | None, job: str = "full_pipeline", debug: bool = Fals
     if debug:  # Dagster's own console log (every event, stack traces) as well
         loggers["console"] = {"config": {"log_level": "INFO"}}
     progress = ProgressHandler(started)
-    job_def = defs.resolve_job_def(job).with_logger_defs({"progress": progress_logger_def(progress),
-                                                          "console": colored_console_logger})
+    job_def = defs.resolve_job_def(job).with_logger_defs(
+        {"progress": progress_logger_def(progress), "console": colored_console_logger}
+    )
     _stderr(f"Running {job} on {dataset or settings.dataset_spec()} (one line per step; the Dagster UI shows more)")
     with dg.DagsterInstance.get() as instance:
-        result = admitted_run(instance, lambda tags: job_def.execute_in_process(
-            instance=instance, raise_on_error=False, tags=tags,
-            run_config={"loggers": loggers, **dataset_run_config(dataset)}))
+        result = admitted_run(
+            instance,
+            lambda tags: job_def.execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+                tags=tags,
+                run_config={"loggers": loggers, **dataset_run_config(dataset)},
+            ),
+        )
     elapsed = time.perf_counter() - started
     if progress.not_executed:
         _stderr(f"{progress.not_executed} step(s) not executed: a step they depend on failed or was skipped")
@@ -251,8 +267,9 @@ def run_demo(dataset: str | None, job: str = "full_pipeline", debug: bool = Fals
     if batch.exists():
         print(f"Batch:      {batch}  (the champion's top-k for every user; `mm-pipeline recommend --user ID`)")
     print(f"Dagster:    run {result.run_id}; browse it with `make ui` -> http://127.0.0.1:3000")
-    print(f"MLflow:     {settings.mlflow_tracking_uri(paths)}; "
-          "browse it with `make mlflow-ui` -> http://127.0.0.1:5000")
+    print(
+        f"MLflow:     {settings.mlflow_tracking_uri(paths)}; browse it with `make mlflow-ui` -> http://127.0.0.1:5000"
+    )
     return 0
 
 
@@ -262,8 +279,9 @@ def dataset_run_config(dataset: str | None) -> dict:
     return {"resources": {"pipeline": {"config": {"dataset": dataset}}}} if dataset else {}
 
 
-def run_job(job: str, dataset: str | None, config_file: str | None, from_failure: str | None = None,
-            debug: bool = False) -> int:
+def run_job(
+    job: str, dataset: str | None, config_file: str | None, from_failure: str | None = None, debug: bool = False
+) -> int:
     """``job`` through its own executor (``$MM_PIPELINE_EXECUTOR``) in the instance of ``$DAGSTER_HOME``,
     once a run slot is free. ``dataset`` goes into the run config (the ``pipeline`` resource), so steps
     on workers with another environment still read it. Prints the run id and where its report is."""
@@ -295,9 +313,17 @@ def run_job(job: str, dataset: str | None, config_file: str | None, from_failure
         # From failure: the steps that failed or never finished in that run; the others' outputs are read
         # from the versions that run wrote.
         reexecution = dg.ReexecutionOptions.from_failure(from_failure, instance) if from_failure else None
-        result = admitted_run(instance, lambda tags: dg.execute_job(
-            dg.reconstructable(definitions.JOB_LOADERS[job]), instance=instance, run_config=run_config,
-            tags=tags, reexecution_options=reexecution, raise_on_error=False))
+        result = admitted_run(
+            instance,
+            lambda tags: dg.execute_job(
+                dg.reconstructable(definitions.JOB_LOADERS[job]),
+                instance=instance,
+                run_config=run_config,
+                tags=tags,
+                reexecution_options=reexecution,
+                raise_on_error=False,
+            ),
+        )
     print(f"Dagster run {result.run_id}: {'success' if result.success else 'FAILED'}")
     print(f"Report:     {paths.reports / 'runs' / result.run_id} (reports/latest is the newest run's)")
     if not result.success:
@@ -345,8 +371,9 @@ def run_recommend(user_id: str, k: int, as_json: bool, model_name: str, explain:
         _stderr(f"mm-pipeline recommend: --k must be at least 1, got {k}")
         return 2
     if store_is_empty(uri):
-        _stderr(f"mm-pipeline recommend: no champion model yet (no MLflow store at {uri}); "
-                "run `mm-pipeline demo` first")
+        _stderr(
+            f"mm-pipeline recommend: no champion model yet (no MLflow store at {uri}); run `mm-pipeline demo` first"
+        )
         return 1
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import tempfile
@@ -377,20 +404,38 @@ def run_recommend(user_id: str, k: int, as_json: bool, model_name: str, explain:
             return 2
     fallback = bool(answer["fallback"].any()) if len(answer) else True
     titles = _item_titles(paths)
-    items = [{"rank": int(row.rank), "item_id": str(row.item_id),
-              "score": None if pd.isna(row.score) else float(row.score),
-              **({"title": titles[str(row.item_id)]} if str(row.item_id) in titles else {}),
-              **({"reason": _titled_reason(row.reason, row.because, titles)} if explain else {})}
-             for row in answer.itertuples(index=False)]
+    items = [
+        {
+            "rank": int(row.rank),
+            "item_id": str(row.item_id),
+            "score": None if pd.isna(row.score) else float(row.score),
+            **({"title": titles[str(row.item_id)]} if str(row.item_id) in titles else {}),
+            **({"reason": _titled_reason(row.reason, row.because, titles)} if explain else {}),
+        }
+        for row in answer.itertuples(index=False)
+    ]
     if as_json:
-        print(json.dumps({"user_id": user_id, "registered_model": model_name, "version": version,
-                          "model_uri": model_uri, "recommender": recommender, "fallback": fallback,
-                          "items": items}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "user_id": user_id,
+                    "registered_model": model_name,
+                    "version": version,
+                    "model_uri": model_uri,
+                    "recommender": recommender,
+                    "fallback": fallback,
+                    "items": items,
+                },
+                indent=1,
+            )
+        )
         return 0
     about = f"{model_name} v{version}" + (f" ({recommender})" if recommender else "")
     if fallback:
-        print(f"User {user_id!r} is not known to the champion {about}: the {len(items)} most popular items "
-              f"(the fallback for new users).")
+        print(
+            f"User {user_id!r} is not known to the champion {about}: the {len(items)} most popular items "
+            f"(the fallback for new users)."
+        )
     else:
         print(f"Top {len(items)} for user {user_id!r} from the champion {about} (items they have seen excluded):")
     width = max([len("item_id")] + [len(i["item_id"]) for i in items])
@@ -413,30 +458,43 @@ def _titled_reason(reason: str, because: str, titles: dict[str, str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", help="on failure, print the whole stack trace")
-    parser = argparse.ArgumentParser(prog="mm-pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mm-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", parents=[debug], help="materialize every asset and print the metrics")
     demo.add_argument("--dataset", help="dataset spec (default: $MM_PIPELINE_DATASET or builtin:default)")
-    demo.add_argument("--job", default="full_pipeline", choices=("full_pipeline", "research_pipeline"),
-                      help="research_pipeline adds the ablations of the primary model (several minutes more)")
-    run = sub.add_parser("run", parents=[debug],
-                         help="run a job through its executor ($MM_PIPELINE_EXECUTOR, e.g. celery)")
+    demo.add_argument(
+        "--job",
+        default="full_pipeline",
+        choices=("full_pipeline", "research_pipeline"),
+        help="research_pipeline adds the ablations of the primary model (several minutes more)",
+    )
+    run = sub.add_parser(
+        "run", parents=[debug], help="run a job through its executor ($MM_PIPELINE_EXECUTOR, e.g. celery)"
+    )
     run.add_argument("--job", default="full_pipeline", choices=("full_pipeline", "research_pipeline"))
-    run.add_argument("--dataset", help="dataset spec for this run (run config; default: the workers' "
-                                       "$MM_PIPELINE_DATASET or builtin:default)")
+    run.add_argument(
+        "--dataset",
+        help="dataset spec for this run (run config; default: the workers' $MM_PIPELINE_DATASET or builtin:default)",
+    )
     run.add_argument("--config", help="a YAML run-config file (ops:, resources:)")
     run.add_argument("--from-failure", metavar="RUN_ID", help="re-execute that failed run from its failure")
     sub.add_parser("report", parents=[debug], help="print the latest metrics table")
-    recommend = sub.add_parser("recommend", parents=[debug],
-                               help="the champion model's top-k items for one user")
+    recommend = sub.add_parser("recommend", parents=[debug], help="the champion model's top-k items for one user")
     recommend.add_argument("--user", required=True, metavar="ID", help="the user's id, as in the interactions")
     recommend.add_argument("--k", type=int, default=10, help="how many items (default 10)")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    recommend.add_argument("--explain", action="store_true",
-                           help="say why: the history items behind each item and the part of the score that drives it")
-    recommend.add_argument("--model", default=settings.REGISTERED_MODEL_NAME,
-                           help=f"registered model name (default {settings.REGISTERED_MODEL_NAME})")
+    recommend.add_argument(
+        "--explain",
+        action="store_true",
+        help="say why: the history items behind each item and the part of the score that drives it",
+    )
+    recommend.add_argument(
+        "--model",
+        default=settings.REGISTERED_MODEL_NAME,
+        help=f"registered model name (default {settings.REGISTERED_MODEL_NAME})",
+    )
     return parser
 
 

@@ -31,25 +31,33 @@ def is_postgres(uri: str | None) -> bool:
     return bool(uri) and uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
 
-def wait_for(what: str, timeout_s: float | None, attempt: Callable[[], bool], poll_s: float = POLL_S,
-             holder: str = "another process") -> None:
+def wait_for(
+    what: str,
+    timeout_s: float | None,
+    attempt: Callable[[], bool],
+    poll_s: float = POLL_S,
+    holder: str = "another process",
+) -> None:
     """Call ``attempt`` until it returns true; ``TimeoutError`` naming ``what`` after ``timeout_s``
     seconds (``None``: wait for ever)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while not attempt():
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(f"could not take {what} within {timeout_s:g} s: {holder} holds it; retry when it "
-                               "has finished")
+            raise TimeoutError(
+                f"could not take {what} within {timeout_s:g} s: {holder} holds it; retry when it has finished"
+            )
         time.sleep(poll_s)
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path, timeout_s: float | None, what: str = "", holder: str = "another process"
-              ) -> Iterator[None]:
+def file_lock(
+    path: str | Path, timeout_s: float | None, what: str = "", holder: str = "another process"
+) -> Iterator[None]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+
         def attempt() -> bool:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -67,8 +75,9 @@ def file_lock(path: str | Path, timeout_s: float | None, what: str = "", holder:
 
 
 @contextlib.contextmanager
-def postgres_lock(uri: str, name: str, timeout_s: float | None, what: str = "",
-                  holder: str = "another process") -> Iterator[None]:
+def postgres_lock(
+    uri: str, name: str, timeout_s: float | None, what: str = "", holder: str = "another process"
+) -> Iterator[None]:
     """Hold the advisory lock keyed by ``name`` on the PostgreSQL database ``uri`` (a SQLAlchemy URL)."""
     import sqlalchemy as sa
 
@@ -77,6 +86,7 @@ def postgres_lock(uri: str, name: str, timeout_s: float | None, what: str = "",
     engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
+
             def attempt() -> bool:
                 taken = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
                 conn.commit()

@@ -41,7 +41,7 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 MLFLOW_ARTIFACTS_ENV = "MM_PIPELINE_MLFLOW_ARTIFACTS"
 LOCK_DB_ENV = "MM_PIPELINE_LOCK_DB"
 EXECUTOR_ENV = "MM_PIPELINE_EXECUTOR"
-CELERY_BROKER_ENV = "MM_PIPELINE_CELERY_BROKER"    # e.g. amqp://user:password@rabbitmq:5672//
+CELERY_BROKER_ENV = "MM_PIPELINE_CELERY_BROKER"  # e.g. amqp://user:password@rabbitmq:5672//
 CELERY_BACKEND_ENV = "MM_PIPELINE_CELERY_BACKEND"  # e.g. redis://redis:6379/0
 ITEM_SHARDS_ENV = "MM_PIPELINE_ITEM_SHARDS"
 RUN_CONFIG_ENV = "MM_PIPELINE_RUN_CONFIG"
@@ -115,7 +115,7 @@ class ProjectPaths:
     def dagster(self) -> Path:
         return self.home / "dagster"
 
-    def ensure(self) -> "ProjectPaths":
+    def ensure(self) -> ProjectPaths:
         for path in (self.data, self.assets, self.reports, self.mlflow, self.dagster):
             path.mkdir(parents=True, exist_ok=True)
         return self
@@ -189,9 +189,11 @@ def celery_urls() -> tuple[str, str]:
     """``(broker, backend)``; a clear error naming what is missing."""
     missing = [name for name in (CELERY_BROKER_ENV, CELERY_BACKEND_ENV) if not is_set(name)]
     if missing:
-        raise ValueError(f"{EXECUTOR_ENV}=celery needs {' and '.join(missing)}: the broker URL (RabbitMQ, "
-                         f"e.g. {CELERY_BROKER_ENV}=amqp://guest:guest@127.0.0.1:5672//) and the result backend "
-                         f"(Redis, e.g. {CELERY_BACKEND_ENV}=redis://127.0.0.1:6379/0); see deploy/env.example")
+        raise ValueError(
+            f"{EXECUTOR_ENV}=celery needs {' and '.join(missing)}: the broker URL (RabbitMQ, "
+            f"e.g. {CELERY_BROKER_ENV}=amqp://guest:guest@127.0.0.1:5672//) and the result backend "
+            f"(Redis, e.g. {CELERY_BACKEND_ENV}=redis://127.0.0.1:6379/0); see deploy/env.example"
+        )
     return env(CELERY_BROKER_ENV), env(CELERY_BACKEND_ENV)
 
 
@@ -203,8 +205,9 @@ def item_shards() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{ITEM_SHARDS_ENV}={raw!r} must be a whole number of item shards, at least 1 "
-                         "(1: no sharding)")
+        raise ValueError(
+            f"{ITEM_SHARDS_ENV}={raw!r} must be a whole number of item shards, at least 1 (1: no sharding)"
+        )
     return value
 
 

@@ -80,8 +80,10 @@ def _to_numpy(value: Any) -> np.ndarray | None:
 
 def _check_array(key: str, array: np.ndarray) -> np.ndarray:
     if array.dtype == object:
-        raise TypeError(f"bundle entry {key!r}: object arrays cannot be stored without pickle; "
-                        "convert to a fixed-width string or numeric dtype")
+        raise TypeError(
+            f"bundle entry {key!r}: object arrays cannot be stored without pickle; "
+            "convert to a fixed-width string or numeric dtype"
+        )
     return array
 
 
@@ -95,8 +97,14 @@ def _json_default(value: Any) -> Any:
 
 def _write_entries(folder, bundle: dict[str, Any]) -> None:
     """Every entry of ``bundle`` as a file in ``folder``, the manifest last (it marks the bundle complete)."""
-    manifest: dict[str, Any] = {"format": FORMAT_VERSION, "arrays": [], "tables": [],
-                                "array_dicts": [], "values": {}, "written_at": time.time()}
+    manifest: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "arrays": [],
+        "tables": [],
+        "array_dicts": [],
+        "values": {},
+        "written_at": time.time(),
+    }
     for key, value in bundle.items():
         if "/" in key or key.startswith("."):
             raise ValueError(f"bundle key {key!r} must be a plain name")
@@ -234,8 +242,9 @@ def prune_run_folders(folder: Any, keep: int, in_use: Callable[[str], bool] = la
     children = [c for c in folder.iterdir() if not c.name.startswith(".") and c.is_dir()]
     if len(children) <= keep:
         return []
-    modified = {c.name: (c.stat().st_mtime if is_local(c) else float(c.fs.info(c.path).get("mtime", 0) or 0))
-                for c in children}
+    modified = {
+        c.name: (c.stat().st_mtime if is_local(c) else float(c.fs.info(c.path).get("mtime", 0) or 0)) for c in children
+    }
     deleted = []
     for name in sorted(modified, key=modified.get, reverse=True)[keep:]:
         if not in_use(name):
@@ -292,15 +301,18 @@ def load_bundle(path: Any, version: str | None = None) -> dict[str, Any]:
     if version is not None:
         folder = version_path(path, version)
         if not (folder / MANIFEST).exists():
-            raise FileNotFoundError(f"{path} has no stored version {version!r} (never written, or pruned: only the "
-                                    "newest versions are kept); re-materialize the asset that writes it")
+            raise FileNotFoundError(
+                f"{path} has no stored version {version!r} (never written, or pruned: only the "
+                "newest versions are kept); re-materialize the asset that writes it"
+            )
     elif (path / MANIFEST).exists():
         folder = path
     else:
         published = published_version(path)
         if published is None:
-            raise FileNotFoundError(f"{path} is not a stored bundle (no {MANIFEST}); "
-                                    "re-materialize the asset that writes it")
+            raise FileNotFoundError(
+                f"{path} is not a stored bundle (no {MANIFEST}); re-materialize the asset that writes it"
+            )
         folder = version_path(path, published)
     manifest = json.loads((folder / MANIFEST).read_text())
     out: dict[str, Any] = dict(manifest["values"])

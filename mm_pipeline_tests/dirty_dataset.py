@@ -36,15 +36,15 @@ COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 220), (230, 200, 30), (160, 50
 
 @dataclass
 class DirtyDataset:
-    root: Path                      # the dataset folder
-    outside: Path                   # files outside it that paths and links point to
-    item_ids: list[str]             # every item the catalogue must keep (bad rows excluded)
-    image_items: list[str]          # items whose image must decode (converted formats included)
-    audio_items: list[str]          # items whose audio must decode
+    root: Path  # the dataset folder
+    outside: Path  # files outside it that paths and links point to
+    item_ids: list[str]  # every item the catalogue must keep (bad rows excluded)
+    image_items: list[str]  # items whose image must decode (converted formats included)
+    audio_items: list[str]  # items whose audio must decode
     converted_images: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # item -> expected RGB
     media_quarantine: list[tuple[str, str, str, str]] = field(default_factory=list)
     row_quarantine: list[tuple[str, int, str, str]] = field(default_factory=list)
-    n_interactions: int = 0         # interactions that must load
+    n_interactions: int = 0  # interactions that must load
 
     @property
     def spec(self) -> str:
@@ -96,8 +96,9 @@ def _noisy_png(path: Path, seed: int) -> bytes:
     return path.read_bytes()
 
 
-def build_dirty_dataset(base: Path, n_users: int = 40, n_items: int = 48, per_user: int = 10,
-                        seed: int = 0) -> DirtyDataset:
+def build_dirty_dataset(
+    base: Path, n_users: int = 40, n_items: int = 48, per_user: int = 10, seed: int = 0
+) -> DirtyDataset:
     """Write the dataset under ``base/shop`` (and its outside targets under ``base/outside``)."""
     rng = np.random.default_rng(seed)
     root, outside = base / "shop", base / "outside"
@@ -198,8 +199,7 @@ def build_dirty_dataset(base: Path, n_users: int = 40, n_items: int = 48, per_us
     convert(item, "cmyk.jpg", cmyk, colour[item], quality=95)
     item = next(spare)
     level = 40_000
-    convert(item, "grey16.png", Image.fromarray(np.full((16, 16), level, np.uint16)),
-            (round(level / 65535 * 255),) * 3)
+    convert(item, "grey16.png", Image.fromarray(np.full((16, 16), level, np.uint16)), (round(level / 65535 * 255),) * 3)
     item = next(spare)
     os.symlink("../" + image_col[item_ids[0]], images / "alias.png")  # a link that stays inside: used
     image_col[item] = "images/alias.png"
@@ -212,8 +212,11 @@ def build_dirty_dataset(base: Path, n_users: int = 40, n_items: int = 48, per_us
     wavfile.write(audio / "stereo16k.wav", 16_000, _pcm16(stereo))
     audio_col[item] = "audio/stereo16k.wav"
     # Compressed audio, decoded by content (the MP3 is named .wav).
-    for name, fmt, subtype in (("flac.flac", "FLAC", "PCM_16"), ("vorbis.ogg", "OGG", "VORBIS"),
-                               ("mpeg.wav", "MP3", "MPEG_LAYER_III")):
+    for name, fmt, subtype in (
+        ("flac.flac", "FLAC", "PCM_16"),
+        ("vorbis.ogg", "OGG", "VORBIS"),
+        ("mpeg.wav", "MP3", "MPEG_LAYER_III"),
+    ):
         item = next(spare)
         soundfile.write(audio / name, _tone(category[item]), SAMPLE_RATE, format=fmt, subtype=subtype)
         audio_col[item] = f"audio/{name}"
@@ -225,8 +228,16 @@ def build_dirty_dataset(base: Path, n_users: int = 40, n_items: int = 48, per_us
 
     # items.csv: the catalogue, plus a row without an id and a repeated id.
     names = ["red", "green", "blue", "gold", "violet", "teal"]
-    item_rows = [[item, f"Item {item} in category {category[item]}", f"A {names[category[item]]} thing",
-                  image_col[item], audio_col[item]] for item in item_ids]
+    item_rows = [
+        [
+            item,
+            f"Item {item} in category {category[item]}",
+            f"A {names[category[item]]} thing",
+            image_col[item],
+            audio_col[item],
+        ]
+        for item in item_ids
+    ]
     item_rows.insert(5, ["", "A row without an id", "", "", ""])
     data.row_quarantine.append(("items.csv", 5 + 2, "item_id", "empty item_id"))
     item_rows.append([item_ids[3], "The same id again", "", "", ""])
@@ -247,13 +258,15 @@ def build_dirty_dataset(base: Path, n_users: int = 40, n_items: int = 48, per_us
         if user < 16:
             rows.append([f"u{user:03d}", new[user % 4], str(start + 30_000_000 + user), "5"])
     data.n_interactions = len(rows)
-    bad_rows = [(["u001", warm[0], "yesterday", "4"], "timestamp", "timestamp is neither integer seconds"),
-                (["u002", warm[1], "", "4"], "timestamp", "empty timestamp"),
-                (["", warm[2], str(start), "4"], "user_id", "empty user_id"),
-                (["u003", "", str(start), "4"], "item_id", "empty item_id"),
-                (["u004", "ghost", str(start), "4"], "item_id", "item_id is not in the catalogue"),
-                (["u005", warm[3], str(start), "five"], "rating", "rating is not a number"),
-                (["u\u00e9006", warm[4], str(start), "4"], "user_id", "not valid utf-8 text")]
+    bad_rows = [
+        (["u001", warm[0], "yesterday", "4"], "timestamp", "timestamp is neither integer seconds"),
+        (["u002", warm[1], "", "4"], "timestamp", "empty timestamp"),
+        (["", warm[2], str(start), "4"], "user_id", "empty user_id"),
+        (["u003", "", str(start), "4"], "item_id", "empty item_id"),
+        (["u004", "ghost", str(start), "4"], "item_id", "item_id is not in the catalogue"),
+        (["u005", warm[3], str(start), "five"], "rating", "rating is not a number"),
+        (["u\u00e9006", warm[4], str(start), "4"], "user_id", "not valid utf-8 text"),
+    ]
     for offset, (row, _, _) in enumerate(bad_rows):
         position = 7 + 11 * offset  # spread through the file
         rows.insert(position, row)

@@ -56,10 +56,14 @@ def materialize_graph(home, spec: str, run_config: dict):
     mp.setenv("MM_PIPELINE_HOME", str(home))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
-        return dg.materialize([*all_assets(), *all_asset_checks()], run_config=run_config,
-                              instance=dg.DagsterInstance.ephemeral(),
-                              resources=default_resources(home=str(home), dataset=spec,
-                                                          tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"))
+        return dg.materialize(
+            [*all_assets(), *all_asset_checks()],
+            run_config=run_config,
+            instance=dg.DagsterInstance.ephemeral(),
+            resources=default_resources(
+                home=str(home), dataset=spec, tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+            ),
+        )
     finally:
         mp.undo()
         mlflow.set_tracking_uri(None)

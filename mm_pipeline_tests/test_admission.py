@@ -23,8 +23,9 @@ def tiny_job():
 
 @pytest.fixture
 def instance(tmp_path):
-    with dg.instance_for_test(temp_dir=str(tmp_path),
-                              overrides={"concurrency": {"runs": {"max_concurrent_runs": 1}}}) as instance:
+    with dg.instance_for_test(
+        temp_dir=str(tmp_path), overrides={"concurrency": {"runs": {"max_concurrent_runs": 1}}}
+    ) as instance:
         yield instance
 
 
@@ -37,8 +38,12 @@ def test_a_run_left_by_a_killed_command_line_is_failed_and_does_not_block(instan
     dead.wait()  # a pid that no longer exists
     orphan = _in_progress_run(instance, {**cli_run_tags(), CLI_PID_TAG: str(dead.pid)})
     messages = []
-    result = admitted_run(instance, lambda tags: tiny_job.execute_in_process(instance=instance, tags=tags),
-                          timeout_s=10, log=messages.append)
+    result = admitted_run(
+        instance,
+        lambda tags: tiny_job.execute_in_process(instance=instance, tags=tags),
+        timeout_s=10,
+        log=messages.append,
+    )
     assert result.success and result.dagster_run.tags[CLI_HOST_TAG]
     assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
     assert any(orphan.run_id in m and "marked failed" in m for m in messages)
@@ -53,8 +58,13 @@ def test_a_command_line_run_waits_for_a_free_run_slot(instance):
 
     threading.Thread(target=finish_it).start()
     messages, started = [], time.monotonic()
-    result = admitted_run(instance, lambda tags: tiny_job.execute_in_process(instance=instance, tags=tags),
-                          timeout_s=30, poll_s=0.1, log=messages.append)
+    result = admitted_run(
+        instance,
+        lambda tags: tiny_job.execute_in_process(instance=instance, tags=tags),
+        timeout_s=30,
+        poll_s=0.1,
+        log=messages.append,
+    )
     assert result.success and time.monotonic() - started >= 1.4
     assert any("Waiting: 1 run(s) in progress and max_concurrent_runs is 1" in m for m in messages)
 
@@ -62,8 +72,9 @@ def test_a_command_line_run_waits_for_a_free_run_slot(instance):
 def test_no_free_slot_in_time_is_a_clear_error(instance):
     _in_progress_run(instance, {})
     with pytest.raises(TimeoutError, match="no run slot became free within 0.5 s"):
-        admitted_run(instance, lambda tags: pytest.fail("must not start"), timeout_s=0.5, poll_s=0.1,
-                     log=lambda m: None)
+        admitted_run(
+            instance, lambda tags: pytest.fail("must not start"), timeout_s=0.5, poll_s=0.1, log=lambda m: None
+        )
 
 
 def test_executor_choice_and_its_configuration_errors(monkeypatch):

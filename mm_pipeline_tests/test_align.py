@@ -43,8 +43,10 @@ def test_aligner_learns_shared_structure():
     image = np.concatenate([np.eye(classes)[label], rng.normal(0, 1, (n, 6))], 1)
     image[:, :classes] *= 2
     present_image = rng.random(n) > 0.1
-    inputs = {"text": ModalityInput(text.astype(np.float32), np.ones(n, bool)),
-              "image": ModalityInput(image.astype(np.float32), present_image)}
+    inputs = {
+        "text": ModalityInput(text.astype(np.float32), np.ones(n, bool)),
+        "image": ModalityInput(image.astype(np.float32), present_image),
+    }
     users = np.repeat(np.arange(50), 4)
     items = np.concatenate([rng.choice(np.flatnonzero(label == u % classes), 4) for u in range(50)])
     model, history = fit_aligner(inputs, users, items, AlignConfig(epochs=15, batch_size=64, dim=16, hidden=32))

@@ -17,6 +17,7 @@ def images() -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- images
 
+
 def test_build_image_augmentation_returns_compose_with_requested_size(images):
     pipeline = build_image_augmentation(24)
     assert isinstance(pipeline, A.Compose)
@@ -53,11 +54,14 @@ def test_augment_images_non_square_and_empty(images):
     assert empty.shape == (0, 4, 16, 16, 3) and empty.dtype == np.uint8
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
-    (np.zeros((8, 8, 3), np.uint8), r"\[N, H, W, 3\]"),
-    (np.zeros((2, 8, 8, 1), np.uint8), r"\[N, H, W, 3\]"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
+        (np.zeros((8, 8, 3), np.uint8), r"\[N, H, W, 3\]"),
+        (np.zeros((2, 8, 8, 1), np.uint8), r"\[N, H, W, 3\]"),
+    ],
+)
 def test_augment_images_rejects_bad_input(bad, match):
     with pytest.raises(ValueError, match=match):
         augment_images(bad)
@@ -147,6 +151,7 @@ def test_augment_texts_rejects_bad_input():
 
 # ------------------------------------------------------------------------------------------------ audio
 
+
 @pytest.fixture(scope="module")
 def waves() -> np.ndarray:
     rng = np.random.default_rng(1)
@@ -190,7 +195,7 @@ def test_augment_audio_gain_within_bounds(waves):
 def test_augment_audio_noise_matches_requested_snr(waves):
     a = augment_audio(waves, n_views=2, seed=0, max_shift=0.0, gain_db=0.0, snr_db=10.0, time_mask=0.0)
     noise = a - waves[:, None]
-    snr = 10 * np.log10(np.mean(waves[:, None] ** 2, axis=-1) / np.mean(noise ** 2, axis=-1))
+    snr = 10 * np.log10(np.mean(waves[:, None] ** 2, axis=-1) / np.mean(noise**2, axis=-1))
     np.testing.assert_allclose(snr, 10.0, atol=0.5)
 
 

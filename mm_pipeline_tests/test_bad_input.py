@@ -87,15 +87,21 @@ def test_missing_table(tmp_path):
 
 def test_empty_table_file(tmp_path):
     _folder(tmp_path, interactions="")
-    with pytest.raises(DataError, match=r"interactions.csv: the file is empty; it needs a header line naming the "
-                                        r"columns \(user_id, item_id, timestamp, ...\)"):
+    with pytest.raises(
+        DataError,
+        match=r"interactions.csv: the file is empty; it needs a header line naming the "
+        r"columns \(user_id, item_id, timestamp, ...\)",
+    ):
         load_folder(tmp_path)
 
 
 def test_missing_required_column(tmp_path):
     _folder(tmp_path, interactions="user_id,item_id\nu,a\n")
-    with pytest.raises(DataError, match=r"interactions.csv: missing required column\(s\) \['timestamp'\]; "
-                                        r"found \['user_id', 'item_id'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"interactions.csv: missing required column\(s\) \['timestamp'\]; "
+        r"found \['user_id', 'item_id'\]",
+    ):
         load_folder(tmp_path)
     _folder(tmp_path, items="id,title\na,x\n", interactions=INTERACTIONS)
     with pytest.raises(DataError, match=r"items.csv: missing required column\(s\) \['item_id'\]"):
@@ -108,16 +114,22 @@ def test_missing_required_column(tmp_path):
 
 def test_malformed_csv_line(tmp_path):
     _folder(tmp_path, interactions=INTERACTIONS + "u3,a,1600000200,4,extra,fields\n")
-    with pytest.raises(DataError, match=r"interactions.csv: malformed CSV \(.*line 4.*\); every line needs the same "
-                                        r"number of fields"):
+    with pytest.raises(
+        DataError,
+        match=r"interactions.csv: malformed CSV \(.*line 4.*\); every line needs the same "
+        r"number of fields",
+    ):
         load_folder(tmp_path)
 
 
 def test_non_utf8_table(tmp_path):
     latin1 = "item_id,title\na,Red hat\nb,Caf\u00e9 chair\n".encode("latin-1")
     _folder(tmp_path, items=latin1)
-    with pytest.raises(DataError, match=r"items.csv: not valid utf-8 text at line 3 \(byte 29\).*re-save the file "
-                                        r"as utf-8.*\?encoding=latin-1"):
+    with pytest.raises(
+        DataError,
+        match=r"items.csv: not valid utf-8 text at line 3 \(byte 29\).*re-save the file "
+        r"as utf-8.*\?encoding=latin-1",
+    ):
         load_folder(tmp_path)
     data = load_source(resolve_source(f"folder:{tmp_path}?encoding=latin-1", tmp_path / "data"))
     assert data.items.set_index("item_id").loc["b", "text"] == "Caf\u00e9 chair"
@@ -126,29 +138,38 @@ def test_non_utf8_table(tmp_path):
 
 def test_undecodable_table_row(tmp_path):
     items = "item_id,title\na,Red hat\nb,Caf\u00e9 chair\nc,Green cap\n".encode("utf-8").replace(
-        "Caf\u00e9".encode("utf-8"), "Caf\u00e9".encode("latin-1"))
-    interactions = (b"user_id,item_id,timestamp,rating\r\nu1,a,1600000000,4\r\nu\xff2,c,1600000100,5\r\n"
-                    b"u3,c,1600000200,3\r\n")
+        "Caf\u00e9".encode("utf-8"), "Caf\u00e9".encode("latin-1")
+    )
+    interactions = (
+        b"user_id,item_id,timestamp,rating\r\nu1,a,1600000000,4\r\nu\xff2,c,1600000100,5\r\nu3,c,1600000200,3\r\n"
+    )
     _folder(tmp_path, items=items, interactions=interactions)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     # The default mode stops at the first bad byte, naming the file, the line and the byte.
-    with pytest.raises(DataError, match=r"items.csv: not valid utf-8 text at line 3 \(byte 29\).*\?encoding=latin-1"
-                                        r".*or add \?bad_rows=quarantine"):
+    with pytest.raises(
+        DataError,
+        match=r"items.csv: not valid utf-8 text at line 3 \(byte 29\).*\?encoding=latin-1"
+        r".*or add \?bad_rows=quarantine",
+    ):
         load_folder(tmp_path)
     # Quarantine: only those lines are set aside, named like any other bad row; the rest loads.
     data = load_folder(tmp_path, bad_rows="quarantine")
     assert data.items["item_id"].tolist() == ["a", "c"]
     assert data.interactions[["user_id", "item_id", "timestamp"]].values.tolist() == [
-        ["u1", "a", 1600000000], ["u3", "c", 1600000200]]
+        ["u1", "a", 1600000000],
+        ["u3", "c", 1600000200],
+    ]
     table = data.row_quarantine
     assert table[["file", "row", "column", "value"]].values.tolist() == [
         [str(tmp_path / "interactions.csv"), 3, "user_id", "u\\xff2"],
-        [str(tmp_path / "items.csv"), 3, "title", "Caf\\xe9 chair"]]
+        [str(tmp_path / "items.csv"), 3, "title", "Caf\\xe9 chair"],
+    ]
     assert table["reason"].tolist() == [
         "not valid utf-8 text; byte 2 of the line cannot be decoded: re-save the file as utf-8, or name the "
         "table's encoding in the dataset spec (e.g. ?encoding=latin-1)",
         "not valid utf-8 text; byte 6 of the line cannot be decoded: re-save the file as utf-8, or name the "
-        "table's encoding in the dataset spec (e.g. ?encoding=latin-1)"]
+        "table's encoding in the dataset spec (e.g. ?encoding=latin-1)",
+    ]
     assert data.info["row_quarantine"]["items"] == {"rows": 1, "problems": 1, "by_reason": {"not valid utf-8 text": 1}}
     # Lines after a set-aside one keep their numbers in other records.
     _folder(tmp_path, items=items + b"d,Blue hat\n", interactions=interactions + b"u4,ghost,1600000300,4\r\n")
@@ -168,17 +189,22 @@ def test_undecodable_table_row(tmp_path):
 
 def test_unparsable_timestamp(tmp_path):
     _folder(tmp_path, interactions=INTERACTIONS + "u3,a,yesterday,4\nu4,b,,4\nu5,a,2024-01-02T00:00:00Z,3\n")
-    with pytest.raises(DataError, match=r"interactions.csv: row 4 has timestamp 'yesterday', which is neither "
-                                        r"integer seconds nor an ISO-8601 date; fix or remove that row; or add "
-                                        r"\?bad_rows=quarantine"):
+    with pytest.raises(
+        DataError,
+        match=r"interactions.csv: row 4 has timestamp 'yesterday', which is neither "
+        r"integer seconds nor an ISO-8601 date; fix or remove that row; or add "
+        r"\?bad_rows=quarantine",
+    ):
         load_folder(tmp_path)
     data = load_folder(tmp_path, bad_rows="quarantine")
     assert data.interactions["user_id"].tolist() == ["u1", "u2", "u5"]
     assert data.interactions["timestamp"].tolist() == [1600000000, 1600000100, 1704153600]
     table = data.row_quarantine
     assert table[["row", "column", "value"]].values.tolist() == [[4, "timestamp", "yesterday"], [5, "timestamp", ""]]
-    assert table["reason"].tolist() == ["timestamp is neither integer seconds nor an ISO-8601 date",
-                                        "empty timestamp; every interaction needs one"]
+    assert table["reason"].tolist() == [
+        "timestamp is neither integer seconds nor an ISO-8601 date",
+        "empty timestamp; every interaction needs one",
+    ]
     assert (table["file"] == str(tmp_path / "interactions.csv")).all()
 
 
@@ -188,19 +214,23 @@ def test_missing_user_or_item_id(tmp_path):
         load_folder(tmp_path)
     table = _quarantined(tmp_path)
     # A short line leaves its last fields empty: each empty field is named.
-    assert table[["row", "column"]].values.tolist() == [[4, "user_id"], [5, "item_id"], [6, "timestamp"],
-                                                        [6, "rating"]]
+    assert table[["row", "column"]].values.tolist() == [[4, "user_id"], [5, "item_id"], [6, "timestamp"], [6, "rating"]]
     assert load_folder(tmp_path, bad_rows="quarantine").interactions["user_id"].tolist() == ["u1", "u2"]
 
 
 def test_non_numeric_weight(tmp_path):
     _folder(tmp_path, interactions=INTERACTIONS + "u3,a,1600000200,five\nu4,b,1600000300,inf\n")
-    with pytest.raises(DataError, match=r"row 4 has rating 'five', which is not a number; fix that row or drop the "
-                                        r"rating column"):
+    with pytest.raises(
+        DataError,
+        match=r"row 4 has rating 'five', which is not a number; fix that row or drop the "
+        r"rating column",
+    ):
         load_folder(tmp_path)
     table = _quarantined(tmp_path)
     assert table[["row", "column", "value", "reason"]].values.tolist() == [
-        [4, "rating", "five", "rating is not a number"], [5, "rating", "inf", "rating is not a number"]]
+        [4, "rating", "five", "rating is not a number"],
+        [5, "rating", "inf", "rating is not a number"],
+    ]
 
 
 def test_unknown_item(tmp_path):
@@ -230,9 +260,13 @@ def test_empty_or_repeated_item_id(tmp_path):
     assert data.items.set_index("item_id").loc["a", "text"] == "Red hat"  # the first row is kept
     assert data.row_quarantine[["row", "column", "reason"]].values.tolist() == [
         [4, "item_id", "empty item_id; every catalogue row needs one"],
-        [5, "item_id", "item_id repeats line 2; the first is kept"]]
+        [5, "item_id", "item_id repeats line 2; the first is kept"],
+    ]
     assert data.info["row_quarantine"]["items"] == {
-        "rows": 2, "problems": 2, "by_reason": {"empty item_id": 1, "item_id repeats an earlier line": 1}}
+        "rows": 2,
+        "problems": 2,
+        "by_reason": {"empty item_id": 1, "item_id repeats an earlier line": 1},
+    }
 
 
 def test_empty_interactions(tmp_path):
@@ -243,8 +277,14 @@ def test_empty_interactions(tmp_path):
     with pytest.raises(DataError, match=r"interactions.csv: every row was quarantined, no interactions are left"):
         load_folder(tmp_path, bad_rows="quarantine")
     # Sources that filter (e.g. a MovieLens rating threshold) can end empty: the blocking check stops the run.
-    empty = pd.DataFrame({"user_id": pd.Series(dtype=str), "item_id": pd.Series(dtype=str),
-                          "timestamp": pd.Series(dtype=np.int64), "weight": pd.Series(dtype=np.float32)})
+    empty = pd.DataFrame(
+        {
+            "user_id": pd.Series(dtype=str),
+            "item_id": pd.Series(dtype=str),
+            "timestamp": pd.Series(dtype=np.int64),
+            "weight": pd.Series(dtype=np.float32),
+        }
+    )
     result = checks.raw_interactions_not_empty(empty, {"info": {}})
     assert not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
     assert next(iter(checks.raw_interactions_not_empty.check_specs)).blocking
@@ -285,7 +325,7 @@ def test_corrupt_image(tmp_path, fmt):
     # JPEG: zeroed tables (damaged entropy-coded data alone can decode to garbled pixels, which no decoder
     # can tell from a real image); PNG: damaged pixel data, caught by the chunk checksum.
     start = 200 if fmt == "JPEG" else len(data) // 3
-    (tmp_path / "bad").write_bytes(data[:start] + bytes(500) + data[start + 500:])
+    (tmp_path / "bad").write_bytes(data[:start] + bytes(500) + data[start + 500 :])
     _, present, reason = _decode_one_image(tmp_path, "bad")
     assert not present and reason.startswith("corrupt image:") and "export it again" in reason
     (tmp_path / "text.png").write_text("hello")
@@ -326,9 +366,11 @@ def test_huge_image(tmp_path, monkeypatch):
     image, present, reason = _decode_one_image(tmp_path, "huge.png")
     assert time.perf_counter() - start < 2.0
     assert not present and not image.any() and (10_000, 10_000) not in loads  # refused from the header
-    assert reason == ("image too large: 10000x10000 = 100,000,000 pixels, over the limit of 50,000,000 (a guard "
-                      "against decompression bombs); shrink the image, or raise max_image_pixels in the "
-                      "raw_item_images run config")
+    assert reason == (
+        "image too large: 10000x10000 = 100,000,000 pixels, over the limit of 50,000,000 (a guard "
+        "against decompression bombs); shrink the image, or raise max_image_pixels in the "
+        "raw_item_images run config"
+    )
     # The limit is the max_image_pixels config; Pillow's own hard limit is reported the same way.
     Image.new("RGB", (300, 300), (5, 6, 7)).save(tmp_path / "mid.png")
     assert _decode_one_image(tmp_path, "mid.png", max_pixels=50_000)[2].startswith("image too large: 300x300")
@@ -366,29 +408,42 @@ def test_truncated_audio(tmp_path):
 
 def test_non_wav_audio(tmp_path):
     # Formats that are not decoded: named, with how to convert them.
-    files = {"text.wav": (b"just some text\n", "text"), "track.wav": (bytes(4) + b"ftypM4A " + bytes(100),
-                                                                    "an MP4/M4A file"),
-             "sound.aiff": (b"FORM\x00\x00\x10\x00AIFF" + bytes(100), "an AIFF file"),
-             "aac.wav": (b"\xff\xf1\x50\x80" + bytes(100), "starts with b'\\xff\\xf1P\\x80'")}
+    files = {
+        "text.wav": (b"just some text\n", "text"),
+        "track.wav": (bytes(4) + b"ftypM4A " + bytes(100), "an MP4/M4A file"),
+        "sound.aiff": (b"FORM\x00\x00\x10\x00AIFF" + bytes(100), "an AIFF file"),
+        "aac.wav": (b"\xff\xf1\x50\x80" + bytes(100), "starts with b'\\xff\\xf1P\\x80'"),
+    }
     for name, (content, what) in files.items():
         (tmp_path / name).write_bytes(content)
         _, present, reason = _decode_one_audio(tmp_path, name)
-        assert not present and reason == (f"unsupported audio format: the content is {what}; convert it to WAV, "
-                                          "FLAC, Ogg or MP3 (e.g. ffmpeg -i clip.m4a clip.flac)"), name
+        assert not present and reason == (
+            f"unsupported audio format: the content is {what}; convert it to WAV, "
+            "FLAC, Ogg or MP3 (e.g. ffmpeg -i clip.m4a clip.flac)"
+        ), name
     # MP3, Ogg and FLAC signatures with no stream behind them: decoded, found corrupt.
-    files = {"song.wav": (b"ID3\x04\x00" + bytes(100), "MP3"), "frame.wav": (b"\xff\xfb\x90\x64" + bytes(100), "MP3"),
-             "clip.wav": (b"OggS\x00\x02" + bytes(100), "Ogg"), "lossless.wav": (b"fLaC" + bytes(100), "FLAC")}
+    files = {
+        "song.wav": (b"ID3\x04\x00" + bytes(100), "MP3"),
+        "frame.wav": (b"\xff\xfb\x90\x64" + bytes(100), "MP3"),
+        "clip.wav": (b"OggS\x00\x02" + bytes(100), "Ogg"),
+        "lossless.wav": (b"fLaC" + bytes(100), "FLAC"),
+    }
     for name, (content, fmt) in files.items():
         (tmp_path / name).write_bytes(content)
         wave, present, reason = _decode_one_audio(tmp_path, name)
         assert not present and not wave.any(), name
-        assert reason.startswith(f"corrupt audio: not a readable {fmt} stream (") and \
-            reason.endswith("); export the clip again"), (name, reason)
+        assert reason.startswith(f"corrupt audio: not a readable {fmt} stream (") and reason.endswith(
+            "); export the clip again"
+        ), (name, reason)
 
 
 # (format, subtype, largest sample error): FLAC is lossless at 16 bits; the lossy codecs are compared by shape.
-COMPRESSED_AUDIO = {"flac": ("FLAC", "PCM_16", 1e-4), "ogg": ("OGG", "VORBIS", 0.1), "opus": ("OGG", "OPUS", 0.2),
-                    "mp3": ("MP3", "MPEG_LAYER_III", 0.15)}
+COMPRESSED_AUDIO = {
+    "flac": ("FLAC", "PCM_16", 1e-4),
+    "ogg": ("OGG", "VORBIS", 0.1),
+    "opus": ("OGG", "OPUS", 0.2),
+    "mp3": ("MP3", "MPEG_LAYER_III", 0.15),
+}
 
 
 @pytest.mark.parametrize("ext", sorted(COMPRESSED_AUDIO))
@@ -413,7 +468,7 @@ def test_compressed_audio_is_decoded(tmp_path, ext):
     rate, full = media.read_audio(tmp_path / f"long.{ext}")
     rate_clip, clip = media.read_audio(tmp_path / f"long.{ext}", max_seconds=0.5)
     assert rate == rate_clip == 8000 and len(full) == len(long) and 4000 <= len(clip) < len(full)
-    np.testing.assert_allclose(clip, full[:len(clip)], atol=1e-6)
+    np.testing.assert_allclose(clip, full[: len(clip)], atol=1e-6)
 
 
 def test_damaged_compressed_audio(tmp_path):
@@ -486,8 +541,13 @@ def _outside_targets(tmp_path: Path) -> tuple[Path, Path]:
 def test_path_escaping_the_folder(tmp_path, opened):
     root, outside = _outside_targets(tmp_path)
     opened.clear()
-    paths = [str(root / "../outside/secret.png"), str(root / "media/../../outside/secret.png"),
-             str(outside / "secret.png"), str(root / "../../etc/passwd"), "/etc/passwd"]
+    paths = [
+        str(root / "../outside/secret.png"),
+        str(root / "media/../../outside/secret.png"),
+        str(outside / "secret.png"),
+        str(root / "../../etc/passwd"),
+        "/etc/passwd",
+    ]
     images, present, quarantine = media.decode_images(root, list("abcde"), paths, 8)
     assert not present.any() and [q.item_id for q in quarantine] == list("abcde")
     for record in quarantine:
@@ -509,8 +569,10 @@ def test_symlink_out_of_the_folder(tmp_path, opened):
     images, present, quarantine = media.decode_images(root, names, [str(root / n) for n in names], 8)
     assert present.tolist() == [False, False, True]
     for record in quarantine:
-        assert record.reason == (f"outside the dataset folder: a symbolic link to {outside / 'secret.png'}; copy the "
-                                 "file into the dataset folder instead of linking to it (the file was not read)")
+        assert record.reason == (
+            f"outside the dataset folder: a symbolic link to {outside / 'secret.png'}; copy the "
+            "file into the dataset folder instead of linking to it (the file was not read)"
+        )
     _, present, quarantine = media.decode_audio(root, ["c"], [str(root / "media/clip.wav")], 8000, 0.1)
     assert not present.any() and "symbolic link" in quarantine[0].reason
     assert not any(p.is_relative_to(outside) for p in opened)
@@ -518,12 +580,20 @@ def test_symlink_out_of_the_folder(tmp_path, opened):
 
 def test_bad_spec_option(tmp_path):
     _folder(tmp_path / "shop")
-    for spec, message in ((f"folder:{tmp_path / 'shop'}?bad_rows=skip", r"bad_rows='skip' must be one of error, "
-                                                                        r"quarantine"),
-                          (f"folder:{tmp_path / 'shop'}?encoding=klingon", r"encoding='klingon' is not a known"),
-                          (f"folder:{tmp_path / 'shop'}?min_rating=4", r"option\(s\) \['min_rating'\] are not "
-                                                                       r"understood by 'folder:' \(options: bad_rows, "
-                                                                       r"encoding\)")):
+    for spec, message in (
+        (
+            f"folder:{tmp_path / 'shop'}?bad_rows=skip",
+            r"bad_rows='skip' must be one of error, "
+            r"quarantine",
+        ),
+        (f"folder:{tmp_path / 'shop'}?encoding=klingon", r"encoding='klingon' is not a known"),
+        (
+            f"folder:{tmp_path / 'shop'}?min_rating=4",
+            r"option\(s\) \['min_rating'\] are not "
+            r"understood by 'folder:' \(options: bad_rows, "
+            r"encoding\)",
+        ),
+    ):
         with pytest.raises(DataError, match=message):
             load_source(resolve_source(spec, tmp_path / "data"))
 
@@ -538,12 +608,14 @@ def test_leftovers_of_interrupted_writes_are_cleaned(tmp_path):
     paths = project_paths(tmp_path / "home").ensure()
     hex_ = "0123456789abcdef" * 2
     # What a killed write leaves in each folder the pipeline writes: staging folders and files.
-    leftovers = [paths.assets / "raw_items" / "versions" / f".run1.tmp-{hex_}",  # an asset version
-                 paths.assets / "inbox_interactions" / f".{'ab' * 32}.tmp-{hex_}",  # an inbox copy
-                 paths.reports / "latest" / f".metrics.json.tmp-{hex_}",  # a report file
-                 paths.home / "quarantine" / f".raw_items.tmp-{hex_}",  # a row-quarantine table
-                 paths.home / "quarantine" / f".raw_items.old-{hex_}",  # one being replaced
-                 paths.data / f".default.tmp-{hex_}"]  # a generated dataset
+    leftovers = [
+        paths.assets / "raw_items" / "versions" / f".run1.tmp-{hex_}",  # an asset version
+        paths.assets / "inbox_interactions" / f".{'ab' * 32}.tmp-{hex_}",  # an inbox copy
+        paths.reports / "latest" / f".metrics.json.tmp-{hex_}",  # a report file
+        paths.home / "quarantine" / f".raw_items.tmp-{hex_}",  # a row-quarantine table
+        paths.home / "quarantine" / f".raw_items.old-{hex_}",  # one being replaced
+        paths.data / f".default.tmp-{hex_}",
+    ]  # a generated dataset
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.name.startswith(".metrics"):
@@ -552,9 +624,12 @@ def test_leftovers_of_interrupted_writes_are_cleaned(tmp_path):
             (path / "part").mkdir(parents=True)
     young = paths.data / f".tiny.tmp-{'f' * 32}"  # may belong to a live writer: kept
     young.mkdir()
-    kept = [paths.data / "shop" / "items.csv", paths.reports / "latest" / "metrics.json",
-            paths.data / "shop" / ".notes.tmp-draft",  # a user's file that only looks like one
-            inbox_dir(paths.home) / f".drop.csv.tmp-{hex_}"]  # the inbox is the user's: never cleaned
+    kept = [
+        paths.data / "shop" / "items.csv",
+        paths.reports / "latest" / "metrics.json",
+        paths.data / "shop" / ".notes.tmp-draft",  # a user's file that only looks like one
+        inbox_dir(paths.home) / f".drop.csv.tmp-{hex_}",
+    ]  # the inbox is the user's: never cleaned
     for path in kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
@@ -578,10 +653,12 @@ BAD_KINDS = {  # kind -> (row given a good row, the column named, whether the de
     "rating": (lambda u, i, t, r: [u, i, t, "lots"], "rating", True),
 }
 user_ids = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=6)
-good_rows = st.tuples(user_ids, st.sampled_from(["a", "b", "c"]), st.integers(0, 2_000_000_000).map(str),
-                      st.integers(1, 5).map(str))
-table_rows = st.lists(st.tuples(good_rows, st.one_of(st.none(), st.sampled_from(sorted(BAD_KINDS)))),
-                      min_size=1, max_size=30)
+good_rows = st.tuples(
+    user_ids, st.sampled_from(["a", "b", "c"]), st.integers(0, 2_000_000_000).map(str), st.integers(1, 5).map(str)
+)
+table_rows = st.lists(
+    st.tuples(good_rows, st.one_of(st.none(), st.sampled_from(sorted(BAD_KINDS)))), min_size=1, max_size=30
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -600,7 +677,8 @@ def test_row_quarantine_keeps_good_rows_and_names_bad_lines(rows):
         root = Path(tmp)
         (root / "items.csv").write_text("item_id,title\na,x\nb,y\nc,z\n")
         pd.DataFrame(lines, columns=["user_id", "item_id", "timestamp", "rating"]).to_csv(
-            root / "interactions.csv", index=False)
+            root / "interactions.csv", index=False
+        )
         if not good:
             with pytest.raises(DataError, match="every row was quarantined"):
                 load_folder(root, bad_rows="quarantine")
@@ -645,23 +723,29 @@ def test_dirty_dataset_runs_to_an_evaluation_report(tmp_path):
         assert got[(item, modality, file)].startswith(kind + ":"), (item, file, got[(item, modality, file)])
 
     # Every bad table row is in the row quarantine of raw_items / raw_interactions, nothing else is.
-    events = {e.asset_key.to_user_string(): e.materialization.metadata
-              for e in result.get_asset_materialization_events()}
+    events = {
+        e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()
+    }
     n_item_rows = sum(1 for q in dirty.row_quarantine if q[0] == "items.csv")
     assert events["raw_items"]["rows_quarantined"].value == n_item_rows
     assert events["raw_interactions"]["rows_quarantined"].value == len(dirty.row_quarantine) - n_item_rows
     for name, line, column, reason in dirty.row_quarantine:
         table = events["raw_items" if name == "items.csv" else "raw_interactions"]["row_quarantine"]
-        shown = [r.data for r in table.records if (r.data["file"], str(r.data["row"]), r.data["column"])
-                 == (str(dirty.root / name), str(line), column)]
+        shown = [
+            r.data
+            for r in table.records
+            if (r.data["file"], str(r.data["row"]), r.data["column"]) == (str(dirty.root / name), str(line), column)
+        ]
         assert any(reason in r["reason"] for r in shown), (name, line, shown)
     manifest = result.asset_value("source_dataset")
     assert sum(p["rows"] for p in manifest["info"]["row_quarantine"].values()) == len(dirty.row_quarantine)
     # The whole row-quarantine table is stored too, not only the first rows shown in metadata.
-    stored = pd.concat([pd.read_parquet(events[a]["row_quarantine_table"].value)
-                        for a in ("raw_items", "raw_interactions")])
-    assert {(Path(f).name, int(r)) for f, r in zip(stored["file"], stored["row"])} == \
-        {(name, line) for name, line, _, _ in dirty.row_quarantine}
+    stored = pd.concat(
+        [pd.read_parquet(events[a]["row_quarantine_table"].value) for a in ("raw_items", "raw_interactions")]
+    )
+    assert {(Path(f).name, int(r)) for f, r in zip(stored["file"], stored["row"])} == {
+        (name, line) for name, line, _, _ in dirty.row_quarantine
+    }
 
     # No good item is lost: all in raw_items, in the aligned embeddings and in the split.
     items = result.asset_value("raw_items")
@@ -675,16 +759,19 @@ def test_dirty_dataset_runs_to_an_evaluation_report(tmp_path):
     assert ids[audio["present"]].tolist() == sorted(dirty.audio_items)
     position = {item: k for k, item in enumerate(ids)}
     for item, colour in dirty.converted_images.items():
-        np.testing.assert_allclose(images["images"][position[item]].reshape(-1, 3).mean(0), colour, atol=6,
-                                   err_msg=item)
+        np.testing.assert_allclose(
+            images["images"][position[item]].reshape(-1, 3).mean(0), colour, atol=6, err_msg=item
+        )
     present = pd.DataFrame(aligned["present"], columns=aligned["modalities"], index=ids)
     assert present["image"].sum() == len(dirty.image_items) and present["audio"].sum() == len(dirty.audio_items)
 
     # The checks make it visible; the run still goes on.
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    for name, n in (("raw_item_images_decoded", sum(q[1] == "image" for q in dirty.media_quarantine)),
-                    ("raw_item_audio_decoded", sum(q[1] == "audio" for q in dirty.media_quarantine)),
-                    ("raw_rows_quarantined", len(dirty.row_quarantine))):
+    for name, n in (
+        ("raw_item_images_decoded", sum(q[1] == "image" for q in dirty.media_quarantine)),
+        ("raw_item_audio_decoded", sum(q[1] == "audio" for q in dirty.media_quarantine)),
+        ("raw_rows_quarantined", len(dirty.row_quarantine)),
+    ):
         check = evaluations[name]
         assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN, name
         assert check.metadata["quarantined" if name != "raw_rows_quarantined" else "rows_quarantined"].value == n

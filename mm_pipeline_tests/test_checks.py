@@ -18,14 +18,25 @@ WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
 
 
 def _items(n: int = 4) -> pd.DataFrame:
-    return pd.DataFrame({"item_id": [f"i{k}" for k in range(n)], "text": [f"item {k}" for k in range(n)],
-                         "image": [None] * n, "audio": [None] * n})
+    return pd.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(n)],
+            "text": [f"item {k}" for k in range(n)],
+            "image": [None] * n,
+            "audio": [None] * n,
+        }
+    )
 
 
 def _inter() -> pd.DataFrame:
-    return pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"], "item_id": ["i0", "i1", "i1", "i2"],
-                         "timestamp": np.array([1_600_000_000, 1_600_000_100, 1_600_000_200, 1_600_000_300]),
-                         "weight": np.ones(4, dtype=np.float32)})
+    return pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u2"],
+            "item_id": ["i0", "i1", "i1", "i2"],
+            "timestamp": np.array([1_600_000_000, 1_600_000_100, 1_600_000_200, 1_600_000_300]),
+            "weight": np.ones(4, dtype=np.float32),
+        }
+    )
 
 
 def _meta(result: dg.AssetCheckResult, key: str):
@@ -106,8 +117,8 @@ def test_unknown_items_warn():
 def test_timestamps_plausible():
     assert checks.raw_interactions_timestamps_plausible(_inter()).passed
     inter = _inter()
-    inter.loc[0, "timestamp"] = 0                                   # 1970: a placeholder
-    inter.loc[[1, 2], "timestamp"] = int(time.time() * 1000)          # milliseconds read as seconds
+    inter.loc[0, "timestamp"] = 0  # 1970: a placeholder
+    inter.loc[[1, 2], "timestamp"] = int(time.time() * 1000)  # milliseconds read as seconds
     result = checks.raw_interactions_timestamps_plausible(inter)
     assert not result.passed and result.severity == WARN
     assert _meta(result, "before_1990") == 1 and _meta(result, "in_future") == 2
@@ -144,9 +155,13 @@ def test_items_without_usable_modality(tmp_path):
 def test_decode_failures_counted_from_quarantine():
     clean = {"present": _present(3, [0, 1, 2]), "quarantine": quarantine_frame([])}
     assert checks.raw_item_images_decoded(clean).passed and checks.raw_item_audio_decoded(clean).passed
-    table = quarantine_frame([QuarantineRecord("a", "image", "/d/a.png", "cannot decode image: truncated"),
-                              QuarantineRecord("b", "image", "/d/b.png", "file not found"),
-                              QuarantineRecord("c", "image", "/d/c.png", "file not found")])
+    table = quarantine_frame(
+        [
+            QuarantineRecord("a", "image", "/d/a.png", "cannot decode image: truncated"),
+            QuarantineRecord("b", "image", "/d/b.png", "file not found"),
+            QuarantineRecord("c", "image", "/d/c.png", "file not found"),
+        ]
+    )
     result = checks.raw_item_images_decoded({"present": _present(3, [2]), "quarantine": table})
     assert not result.passed and result.severity == WARN
     assert _meta(result, "quarantined") == 3 and _meta(result, "decoded") == 1
@@ -155,9 +170,10 @@ def test_decode_failures_counted_from_quarantine():
 
 def test_quarantined_rows_warn_with_counts_by_table_and_reason():
     assert checks.raw_rows_quarantined(_inter(), {"info": {}}).passed  # the default bad_rows=error
-    summary = {"items": {"rows": 0, "problems": 0, "by_reason": {}},
-               "interactions": {"rows": 3, "problems": 4,
-                                "by_reason": {"empty user_id": 2, "rating is not a number": 2}}}
+    summary = {
+        "items": {"rows": 0, "problems": 0, "by_reason": {}},
+        "interactions": {"rows": 3, "problems": 4, "by_reason": {"empty user_id": 2, "rating is not a number": 2}},
+    }
     clean = {"items": summary["items"], "interactions": {"rows": 0, "problems": 0, "by_reason": {}}}
     assert checks.raw_rows_quarantined(_inter(), {"info": {"row_quarantine": clean}}).passed
     result = checks.raw_rows_quarantined(_inter(), {"info": {"row_quarantine": summary}})
@@ -175,10 +191,17 @@ def _write_ml_latest(root: Path, ratings: list[float]) -> None:
 
     root.mkdir(parents=True)
     n = len(ratings)
-    pd.DataFrame({"userId": np.arange(n) % 5 + 1, "movieId": np.arange(n) % 8 + 1, "rating": ratings,
-                  "timestamp": 1_500_000_000 + np.arange(n)}).to_csv(root / "ratings.csv", index=False)
-    pd.DataFrame({"movieId": np.arange(1, 9), "title": [f"M{i}" for i in range(1, 9)],
-                  "genres": "Drama"}).to_csv(root / "movies.csv", index=False)
+    pd.DataFrame(
+        {
+            "userId": np.arange(n) % 5 + 1,
+            "movieId": np.arange(n) % 8 + 1,
+            "rating": ratings,
+            "timestamp": 1_500_000_000 + np.arange(n),
+        }
+    ).to_csv(root / "ratings.csv", index=False)
+    pd.DataFrame({"movieId": np.arange(1, 9), "title": [f"M{i}" for i in range(1, 9)], "genres": "Drama"}).to_csv(
+        root / "movies.csv", index=False
+    )
     (root / "posters").mkdir()
     cv2.imwrite(str(root / "posters" / "1.png"), np.full((8, 8, 3), 90, np.uint8))
     (root / "posters" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")  # quarantined
@@ -187,9 +210,13 @@ def _write_ml_latest(root: Path, ratings: list[float]) -> None:
 def _run_raw(tmp_path: Path, spec: str) -> dg.ExecuteInProcessResult:
     home = tmp_path / "home"
     raw_keys = [key for a in all_assets() for key in a.keys if a.group_names_by_key[key] == "raw"]
-    return dg.materialize([*all_assets(), *checks.all_asset_checks()], selection=raw_keys,
-                          instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
-                          resources=default_resources(home=str(home), dataset=spec))
+    return dg.materialize(
+        [*all_assets(), *checks.all_asset_checks()],
+        selection=raw_keys,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        resources=default_resources(home=str(home), dataset=spec),
+    )
 
 
 def test_checks_run_with_the_raw_assets(tmp_path):
@@ -221,5 +248,4 @@ def test_blocking_check_stops_downstream_assets(tmp_path):
 def test_every_check_has_a_description_and_the_right_blocking(check):
     spec = next(iter(check.check_specs))
     assert spec.description
-    assert spec.blocking == (spec.name in {"raw_items_schema", "raw_interactions_schema",
-                                           "raw_interactions_not_empty"})
+    assert spec.blocking == (spec.name in {"raw_items_schema", "raw_interactions_schema", "raw_interactions_not_empty"})

@@ -31,8 +31,9 @@ N_USERS, N_ITEMS, D = 100, 2000, 64
 @pytest.fixture(scope="module")
 def model() -> EmbeddingRecommender:
     g = torch.Generator().manual_seed(0)
-    return EmbeddingRecommender("mf", torch.randn(N_USERS, D, generator=g),
-                                torch.randn(N_ITEMS, D, generator=g), info={"epochs": 3})
+    return EmbeddingRecommender(
+        "mf", torch.randn(N_USERS, D, generator=g), torch.randn(N_ITEMS, D, generator=g), info={"epochs": 3}
+    )
 
 
 def test_serving_scorer_matches_recommender_and_is_frozen(model):
@@ -126,8 +127,9 @@ def test_compress_recommender_end_to_end(model):
     kwargs = dict(ks=(20,), item_popularity=np.zeros(N_ITEMS), n_train_users=N_USERS)
     # ground truth = fp32 model's own top-20: fp32 scores recall 1, compression can only lose
     top = torch.topk(model.score(torch.arange(N_USERS)), 20).indices.numpy()
-    truth = sp.csr_matrix((np.ones(top.size, np.float32), (np.repeat(np.arange(N_USERS), 20), top.ravel())),
-                          shape=(N_USERS, N_ITEMS))
+    truth = sp.csr_matrix(
+        (np.ones(top.size, np.float32), (np.repeat(np.arange(N_USERS), 20), top.ravel())), shape=(N_USERS, N_ITEMS)
+    )
     quality = {name: ranking_metrics(rec, truth, None, **kwargs)["recall@20"] for name, rec in recs.items()}
     assert quality["fp32"] == pytest.approx(1.0)
     assert 0.8 < quality["int8"] <= 1.0

@@ -21,21 +21,24 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from fast_config import FASTER_OPS, fast_run_config
 
 from mm_pipeline.defs.build import all_assets
 from mm_pipeline.settings import REPO_ROOT
 from mm_pipeline.storage import load_bundle
 
+from fast_config import FASTER_OPS, fast_run_config
+
 DEADLINE_S = 180  # hard cap; ~90-100 s measured on a busy 2-core machine (start-up ~25 s, the run ~60 s)
 LOCATION, REPOSITORY = "mm_pipeline", "__repository__"
 # The fastest settings that still run every stage (the test checks orchestration, not quality).
-DAEMON_OPS = {**FASTER_OPS,
-              "bpr_mf_model": {"config": {"epochs": 1, "patience": 1}},
-              "lightgcn_model": {"config": {"epochs": 1, "patience": 1}},
-              "mm_gcn_model": {"config": {"epochs": 2, "patience": 1}},
-              "vbpr_model": {"config": {"epochs": 1, "patience": 1}},
-              "aligned_item_embeddings": {"config": {"epochs": 1}}}
+DAEMON_OPS = {
+    **FASTER_OPS,
+    "bpr_mf_model": {"config": {"epochs": 1, "patience": 1}},
+    "lightgcn_model": {"config": {"epochs": 1, "patience": 1}},
+    "mm_gcn_model": {"config": {"epochs": 2, "patience": 1}},
+    "vbpr_model": {"config": {"epochs": 1, "patience": 1}},
+    "aligned_item_embeddings": {"config": {"epochs": 1}},
+}
 
 SENSOR_TICKS = """
 query Ticks($selector: SensorSelector!) {
@@ -77,9 +80,22 @@ class Dev:
         self.port = _free_port()
         self.log = home / "dagster-dev.log"
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO_ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "dev",
+                "-w",
+                "workspace.yaml",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
@@ -95,9 +111,11 @@ class Dev:
         pytest.fail(f"timed out waiting for {what}\n--- dagster dev log ---\n{self.tail()}")
 
     def graphql(self, query: str, variables: dict) -> dict:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/graphql",
-                                         data=json.dumps({"query": query, "variables": variables}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/graphql",
+            data=json.dumps({"query": query, "variables": variables}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             body = json.loads(response.read())
         assert "errors" not in body, body
@@ -128,8 +146,7 @@ class Dev:
 
 
 def _sensor() -> dict:
-    return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
-            "sensorName": "new_interactions_sensor"}
+    return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": "new_interactions_sensor"}
 
 
 def _sensor_runs(instance: dg.DagsterInstance) -> list:
@@ -149,11 +166,21 @@ def test_sensor_ingests_an_inbox_file_and_retrains_under_dagster_dev(tmp_path, m
     ops = {op: cfg for op, cfg in fast_run_config(DAEMON_OPS)["ops"].items() if op in names}
     run_config.write_text(yaml.safe_dump({"ops": ops}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSTER_", "MM_PIPELINE_"))}
-    env.update({"DAGSTER_HOME": str(dagster_home), "MM_PIPELINE_HOME": str(home),
-                "MM_PIPELINE_DATASET": "builtin:tiny", "MM_PIPELINE_RUN_CONFIG": str(run_config),
-                "MM_PIPELINE_INBOX_SETTLE_S": "0", "MM_PIPELINE_INBOX_INTERVAL_S": "2",
-                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+    env.update(
+        {
+            "DAGSTER_HOME": str(dagster_home),
+            "MM_PIPELINE_HOME": str(home),
+            "MM_PIPELINE_DATASET": "builtin:tiny",
+            "MM_PIPELINE_RUN_CONFIG": str(run_config),
+            "MM_PIPELINE_INBOX_SETTLE_S": "0",
+            "MM_PIPELINE_INBOX_INTERVAL_S": "2",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        }
+    )
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     instance = dg.DagsterInstance.get()  # the same storage the daemon writes, read from here
     dev = Dev(home, env, started + DEADLINE_S)
@@ -161,13 +188,23 @@ def test_sensor_ingests_an_inbox_file_and_retrains_under_dagster_dev(tmp_path, m
         dev.wait("the webserver and code location", dev.ready, poll_s=2)
         started_sensor = dev.graphql(START_SENSOR, {"selector": _sensor()})["startSensor"]
         assert started_sensor.get("sensorState", {}).get("status") == "RUNNING", started_sensor
-        schedule = dev.graphql(START_SCHEDULE, {"selector": {
-            "repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
-            "scheduleName": "retrain_schedule"}})["startSchedule"]
+        schedule = dev.graphql(
+            START_SCHEDULE,
+            {
+                "selector": {
+                    "repositoryLocationName": LOCATION,
+                    "repositoryName": REPOSITORY,
+                    "scheduleName": "retrain_schedule",
+                }
+            },
+        )["startSchedule"]
         assert schedule.get("scheduleState", {}).get("status") == "RUNNING", schedule
 
-        new_rows = [("u000001", "i000003", 1900000000), ("u000002", "i000005", 1900000100),
-                    ("u900000", "i000007", 1900000200)]
+        new_rows = [
+            ("u000001", "i000003", 1900000000),
+            ("u000002", "i000005", 1900000100),
+            ("u900000", "i000007", 1900000200),
+        ]
         content = "user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in new_rows)
         (inbox / ".upload.csv").write_text(content)
         os.replace(inbox / ".upload.csv", inbox / "2026-11-01.csv")  # published atomically

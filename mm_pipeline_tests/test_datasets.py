@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,13 +90,19 @@ def test_media_decoding_quarantines_bad_files(tmp_path):
 
     good = np.full((40, 20, 3), 200, np.uint8)
     cv2.imwrite(str(tmp_path / "good.png"), good)
-    gray16 = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600)
+    gray16 = np.arange(100, dtype=np.uint16).reshape(10, 10) * 600
     cv2.imwrite(str(tmp_path / "gray16.png"), gray16)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     outside = tmp_path.parent / "outside.png"
     cv2.imwrite(str(outside), good)
-    paths = [str(tmp_path / "good.png"), str(tmp_path / "gray16.png"), str(tmp_path / "broken.png"),
-             str(tmp_path / "../outside.png"), None, str(tmp_path / "missing.png")]
+    paths = [
+        str(tmp_path / "good.png"),
+        str(tmp_path / "gray16.png"),
+        str(tmp_path / "broken.png"),
+        str(tmp_path / "../outside.png"),
+        None,
+        str(tmp_path / "missing.png"),
+    ]
     images, present, quarantine = media.decode_images(tmp_path, list("abcdef"), paths, 16)
     assert images.shape == (6, 16, 16, 3)
     assert present.tolist() == [True, True, False, False, False, False]
@@ -115,7 +119,8 @@ def test_audio_decoding(tmp_path):
     wavfile.write(tmp_path / "empty.wav", 8000, np.zeros(0, np.int16))
     (tmp_path / "fake.wav").write_text("not audio")
     waves, present, quarantine = media.decode_audio(
-        tmp_path, ["a", "b", "c"], [str(tmp_path / n) for n in ("a.wav", "empty.wav", "fake.wav")], 8000, 0.5)
+        tmp_path, ["a", "b", "c"], [str(tmp_path / n) for n in ("a.wav", "empty.wav", "fake.wav")], 8000, 0.5
+    )
     assert waves.shape == (3, 4000) and present.tolist() == [True, False, False]
     assert np.abs(waves[0]).max() > 0.2
     assert {q.item_id for q in quarantine} == {"b", "c"}
@@ -141,7 +146,8 @@ def test_folder_rows_are_named_exactly_and_bad_cells_are_refused(tmp_path):
 def test_folder_mixes_integer_and_iso_timestamps(tmp_path):
     (tmp_path / "items.csv").write_text("item_id,title\na,x\n")
     (tmp_path / "interactions.csv").write_text(
-        "user_id,item_id,timestamp\nu,a,1704153600\nv,a,2024-01-02T00:00:00Z\nw,a,2024-01-02\n\n")
+        "user_id,item_id,timestamp\nu,a,1704153600\nv,a,2024-01-02T00:00:00Z\nw,a,2024-01-02\n\n"
+    )
     data = load_folder(tmp_path)
     assert data.interactions["timestamp"].tolist() == [1704153600] * 3
     assert data.interactions.index.tolist() == [0, 1, 2]
@@ -155,4 +161,5 @@ def test_spec_options_are_parsed_and_checked(tmp_path):
         resolve_source("mmrec:/data/baby?kcore=5", tmp_path)
     with pytest.raises(DataError, match="must be a whole number"):
         from mm_pipeline.datasets.movielens import options_from
+
         options_from({"kcore": "-2"})

@@ -18,9 +18,18 @@ def test_definitions_load_with_every_stage():
     from mm_pipeline.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"raw_items", "augmented_images", "text_features", "aligned_item_embeddings", "mm_gcn_model",
-            "lightgcn_model", "popularity_model", "compressed_model", "evaluation_report",
-            "registered_model"} <= keys
+    assert {
+        "raw_items",
+        "augmented_images",
+        "text_features",
+        "aligned_item_embeddings",
+        "mm_gcn_model",
+        "lightgcn_model",
+        "popularity_model",
+        "compressed_model",
+        "evaluation_report",
+        "registered_model",
+    } <= keys
     assert defs.resolve_job_def("full_pipeline") is not None
 
 
@@ -38,8 +47,14 @@ def test_dagster_cli_validates_workspace(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "MM_PIPELINE_HOME": str(tmp_path / "home")}
     (tmp_path / "dagster.yaml").symlink_to(REPO / "dagster.yaml")
     dagster = Path(sys.executable).parent / "dagster"
-    out = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -56,8 +71,9 @@ def _environment_reads(path: Path) -> list[int]:
             if node.attr == "getenv":
                 lines.append(node.lineno)
             elif node.attr == "environ":
-                written = ((isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store))
-                           or (isinstance(parent, ast.Attribute) and parent.attr == "setdefault"))
+                written = (isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store)) or (
+                    isinstance(parent, ast.Attribute) and parent.attr == "setdefault"
+                )
                 if not written:
                     lines.append(node.lineno)
     return lines
@@ -70,8 +86,11 @@ def test_the_environment_is_read_in_the_settings_module_only():
     # The served model's code (registry/pyfunc.py) runs inside `mlflow models serve` without mm_pipeline:
     # it reads the user key secret and the request caps from the server's environment itself.
     allowed = {package / "settings.py", package / "defs" / "io_manager.py", package / "registry" / "pyfunc.py"}
-    readers = {str(path.relative_to(REPO)): lines for path in sorted(package.rglob("*.py"))
-               if path not in allowed and (lines := _environment_reads(path))}
+    readers = {
+        str(path.relative_to(REPO)): lines
+        for path in sorted(package.rglob("*.py"))
+        if path not in allowed and (lines := _environment_reads(path))
+    }
     assert readers == {}, f"read the environment through mm_pipeline.settings instead: {readers}"
     assert _environment_reads(package / "settings.py")  # the scan does see reads
 

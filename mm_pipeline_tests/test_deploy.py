@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from fast_config import FASTER_OPS, fast_run_config
 
 from mm_pipeline.settings import REGISTERED_MODEL_NAME, REPO_ROOT
 from mm_pipeline.storage import MANIFEST, load_bundle, published_version
+
+from fast_config import FASTER_OPS, fast_run_config
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
@@ -36,10 +37,13 @@ BIN = Path(sys.executable).parent
 DEADLINE_S = 900  # the whole module, hard cap
 # Short training (the tests check orchestration and isolation, not quality), one thread per process so
 # two workers on two cores do not fight and results do not depend on the thread count.
-OPS = {**FASTER_OPS, "lightgcn_model": {"config": {"epochs": 2, "patience": 1}},
-       "bpr_mf_model": {"config": {"epochs": 2, "patience": 1}},
-       "vbpr_model": {"config": {"epochs": 2, "patience": 1}},
-       "mm_gcn_model": {"config": {"epochs": 3, "patience": 2}}}
+OPS = {
+    **FASTER_OPS,
+    "lightgcn_model": {"config": {"epochs": 2, "patience": 1}},
+    "bpr_mf_model": {"config": {"epochs": 2, "patience": 1}},
+    "vbpr_model": {"config": {"epochs": 2, "patience": 1}},
+    "mm_gcn_model": {"config": {"epochs": 3, "patience": 2}},
+}
 TINY, ECOMMERCE = "builtin:tiny", "builtin:tiny:ecommerce"
 
 
@@ -78,14 +82,24 @@ class Deployment:
         self.home, self.dagster_home = root / "home", root / "dagster"
         self.mlflow_port = _free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSTER_", "MM_PIPELINE_"))}
-        self.env.update({
-            "DAGSTER_HOME": str(self.dagster_home), "DAGSTER_PG_URL": f"{PG}/{self.dagster_db}",
-            "MM_PIPELINE_HOME": str(self.home), "MM_PIPELINE_EXECUTOR": "celery",
-            "MM_PIPELINE_CELERY_BROKER": BROKER, "MM_PIPELINE_CELERY_BACKEND": BACKEND,
-            "MM_PIPELINE_LOCK_DB": f"{PG}/{self.dagster_db}",
-            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.mlflow_port}",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"})
+        self.env.update(
+            {
+                "DAGSTER_HOME": str(self.dagster_home),
+                "DAGSTER_PG_URL": f"{PG}/{self.dagster_db}",
+                "MM_PIPELINE_HOME": str(self.home),
+                "MM_PIPELINE_EXECUTOR": "celery",
+                "MM_PIPELINE_CELERY_BROKER": BROKER,
+                "MM_PIPELINE_CELERY_BACKEND": BACKEND,
+                "MM_PIPELINE_LOCK_DB": f"{PG}/{self.dagster_db}",
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.mlflow_port}",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.run_config = root / "fast.yaml"
         self.run_config.write_text(yaml.safe_dump(fast_run_config(OPS)))
 
@@ -94,9 +108,24 @@ class Deployment:
             _sql("postgres", f'CREATE DATABASE "{db}"', fetch=False)
         self.dagster_home.mkdir(parents=True)
         (self.dagster_home / "dagster.yaml").symlink_to(REPO_ROOT / "deploy" / "dagster.yaml")  # make deploy-home
-        self._spawn("mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", f"{PG}/{self.mlflow_db}",
-                               "--artifacts-destination", str(self.root / "mlflow-artifacts"), "--serve-artifacts",
-                               "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"])
+        self._spawn(
+            "mlflow",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"{PG}/{self.mlflow_db}",
+                "--artifacts-destination",
+                str(self.root / "mlflow-artifacts"),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.mlflow_port),
+                "--workers",
+                "1",
+            ],
+        )
         from mm_pipeline.defs.celery import worker_app
 
         os.environ.update({"MM_PIPELINE_CELERY_BROKER": BROKER, "MM_PIPELINE_CELERY_BACKEND": BACKEND})
@@ -104,16 +133,40 @@ class Deployment:
         self.app.control.purge()  # step tasks an aborted earlier session may have left in the queue
         self.worker_names = [f"mmtest{i}-{uuid.uuid4().hex[:6]}" for i in (1, 2)]
         for name in self.worker_names:
-            self._spawn(name, [str(BIN / "celery"), "-A", "mm_pipeline.defs.celery_worker", "worker", "-Q", "dagster",
-                               "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO",
-                               "-n", f"{name}@%h", "--without-gossip", "--without-mingle"])
+            self._spawn(
+                name,
+                [
+                    str(BIN / "celery"),
+                    "-A",
+                    "mm_pipeline.defs.celery_worker",
+                    "worker",
+                    "-Q",
+                    "dagster",
+                    "--concurrency",
+                    "1",
+                    "--prefetch-multiplier",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                    "-n",
+                    f"{name}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+            )
         self.wait("the MLflow server", lambda: self._http_ok(f"{self.env['MLFLOW_TRACKING_URI']}/health"))
         self.wait("both Celery workers", lambda: len(self.app.control.ping(timeout=1.0)) >= 2)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         self.logs[name] = self.root / f"{name}.log"
-        self.procs[name] = subprocess.Popen(args, cwd=REPO_ROOT, env=self.env, stdout=self.logs[name].open("wb"),
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=self.logs[name].open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @staticmethod
     def _http_ok(url: str) -> bool:
@@ -124,8 +177,11 @@ class Deployment:
             return False
 
     def tail(self) -> str:
-        return "\n".join(f"--- {name} ---\n{log.read_text(errors='replace')[-2500:]}"
-                         for name, log in self.logs.items() if log.exists())
+        return "\n".join(
+            f"--- {name} ---\n{log.read_text(errors='replace')[-2500:]}"
+            for name, log in self.logs.items()
+            if log.exists()
+        )
 
     def wait(self, what: str, probe, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -142,9 +198,14 @@ class Deployment:
         """``python -m mm_pipeline.cli run ...`` with the deployment's environment (not yet waited for)."""
         log = self.root / f"cli-{uuid.uuid4().hex[:6]}.log"
         self.logs[log.stem] = log
-        proc = subprocess.Popen([sys.executable, "-m", "mm_pipeline.cli", "run", "--config", str(self.run_config),
-                                 *args], cwd=REPO_ROOT, env=self.env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mm_pipeline.cli", "run", "--config", str(self.run_config), *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         proc.timeout_s, proc.log = timeout_s, log
         return proc
 
@@ -186,12 +247,17 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    missing = [f"{name} (127.0.0.1:{port})" for name, port in
-               (("PostgreSQL", 5432), ("RabbitMQ", 5672), ("Redis", 6379)) if not _answers(port)]
+    missing = [
+        f"{name} (127.0.0.1:{port})"
+        for name, port in (("PostgreSQL", 5432), ("RabbitMQ", 5672), ("Redis", 6379))
+        if not _answers(port)
+    ]
     if missing:
         pytest.skip(f"the deployment tests need {', '.join(missing)}, which did not answer")
     deployment = Deployment(tmp_path_factory.mktemp("deploy"))
-    saved = {k: os.environ.get(k) for k in ("MM_PIPELINE_CELERY_BROKER", "MM_PIPELINE_CELERY_BACKEND", "DAGSTER_PG_URL")}
+    saved = {
+        k: os.environ.get(k) for k in ("MM_PIPELINE_CELERY_BROKER", "MM_PIPELINE_CELERY_BACKEND", "DAGSTER_PG_URL")
+    }
     try:
         deployment.start()
         deployment.started = time.monotonic()
@@ -242,8 +308,9 @@ def _same_results(home: Path, run_a: str, run_b: str) -> None:
         for metric in ("recall@20", "ndcg@20", "coverage@20"):
             assert a["models"][name][metric] == pytest.approx(b["models"][name][metric], abs=1e-9), (name, metric)
     slot = home / "assets" / "mm_gcn_model"
-    np.testing.assert_array_equal(load_bundle(slot, version=run_a)["item_embeddings"],
-                                  load_bundle(slot, version=run_b)["item_embeddings"])
+    np.testing.assert_array_equal(
+        load_bundle(slot, version=run_a)["item_embeddings"], load_bundle(slot, version=run_b)["item_embeddings"]
+    )
 
 
 def test_full_pipeline_runs_every_step_on_the_celery_workers(deployment):
@@ -273,10 +340,17 @@ def test_full_pipeline_runs_every_step_on_the_celery_workers(deployment):
     # The run and its events are in PostgreSQL (the instance's database), the model in MLflow's database.
     assert _sql(deployment.dagster_db, "SELECT status FROM runs WHERE run_id = %s", (run_id,)) == [("SUCCESS",)]
     assert _sql(deployment.dagster_db, "SELECT count(*) FROM event_logs WHERE run_id = %s", (run_id,))[0][0] > 50
-    versions = _sql(deployment.mlflow_db, "SELECT version FROM model_versions WHERE name = %s", (REGISTERED_MODEL_NAME,))
+    versions = _sql(
+        deployment.mlflow_db, "SELECT version FROM model_versions WHERE name = %s", (REGISTERED_MODEL_NAME,)
+    )
     assert versions == [(1,)]
-    aliases = dict(_sql(deployment.mlflow_db, "SELECT alias, version FROM registered_model_aliases WHERE name = %s",
-                        (REGISTERED_MODEL_NAME,)))
+    aliases = dict(
+        _sql(
+            deployment.mlflow_db,
+            "SELECT alias, version FROM registered_model_aliases WHERE name = %s",
+            (REGISTERED_MODEL_NAME,),
+        )
+    )
     assert aliases == {"champion": 1, "challenger": 1}
     # Artifacts went through the server to its destination, not into a ./mlruns somewhere.
     assert any((deployment.root / "mlflow-artifacts").rglob("MLmodel"))
@@ -322,9 +396,14 @@ def test_a_worker_killed_mid_step_fails_the_run_and_reexecution_completes(deploy
     published_before = published_version(slot)
     log = deployment.root / "cli-killed.log"
     deployment.logs["cli-killed"] = log
-    proc = subprocess.Popen([sys.executable, "-m", "mm_pipeline.cli", "run", "--config", str(slow), "--dataset",
-                             ECOMMERCE], cwd=REPO_ROOT, env=deployment.env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mm_pipeline.cli", "run", "--config", str(slow), "--dataset", ECOMMERCE],
+        cwd=REPO_ROOT,
+        env=deployment.env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     instance = deployment.instance()
     try:
         import dagster as dg

@@ -38,12 +38,12 @@ def _frame(rows):
 
 
 def test_split_counts_and_order():
-    rows = [(0, i, 100 - i) for i in range(10)]          # user 0: 10 interactions, reverse time
-    rows += [(1, i, i) for i in range(3)]                # user 1: 3 -> 1 / 1 / 1
-    rows += [(2, 0, 5), (2, 1, 6)]                       # user 2: 2 -> all train
-    rows += [(3, i, i) for i in range(25)]               # user 3: 0.1 * 25 = 2.5 -> 3 (half up)
+    rows = [(0, i, 100 - i) for i in range(10)]  # user 0: 10 interactions, reverse time
+    rows += [(1, i, i) for i in range(3)]  # user 1: 3 -> 1 / 1 / 1
+    rows += [(2, 0, 5), (2, 1, 6)]  # user 2: 2 -> all train
+    rows += [(3, i, i) for i in range(25)]  # user 3: 0.1 * 25 = 2.5 -> 3 (half up)
     df = _frame(rows)
-    df.index = pd.Index(np.arange(len(df)) * 7 + 3)      # a non-default index must be respected
+    df.index = pd.Index(np.arange(len(df)) * 7 + 3)  # a non-default index must be respected
     split = chronological_split(df, valid_frac=0.1, test_frac=0.1)
 
     assert split.index.equals(df.index) and split.name == "split"
@@ -75,10 +75,15 @@ def test_split_min_train_and_zero_fraction():
     assert chronological_split(df, min_train=3).tolist() == ["train"] * 3
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"valid_frac": -0.1}, "valid_frac"), ({"test_frac": 1.0}, "test_frac"),
-    ({"valid_frac": 0.5, "test_frac": 0.5}, "valid_frac \\+ test_frac"), ({"min_train": 0}, "min_train"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"valid_frac": -0.1}, "valid_frac"),
+        ({"test_frac": 1.0}, "test_frac"),
+        ({"valid_frac": 0.5, "test_frac": 0.5}, "valid_frac \\+ test_frac"),
+        ({"min_train": 0}, "min_train"),
+    ],
+)
 def test_split_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         chronological_split(_frame([(0, 0, 0)]), **kwargs)
@@ -87,8 +92,12 @@ def test_split_rejects_bad_arguments(kwargs, match):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 6), st.integers(0, 5)), max_size=60),
-       st.sampled_from([0.1, 0.2, 0.3]), st.sampled_from([0.1, 0.25]), st.integers(1, 3))
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 6), st.integers(0, 5)), max_size=60),
+    st.sampled_from([0.1, 0.2, 0.3]),
+    st.sampled_from([0.1, 0.25]),
+    st.integers(1, 3),
+)
 def test_split_properties(rows, valid_frac, test_frac, min_train):
     df = _frame(rows)
     split = chronological_split(df, valid_frac=valid_frac, test_frac=test_frac, min_train=min_train)
@@ -107,13 +116,15 @@ def test_split_properties(rows, valid_frac, test_frac, min_train):
 
 
 def _split_df():
-    return pd.DataFrame({
-        "user_idx": [0, 0, 0, 1, 1, 2, 2],
-        "item_idx": [0, 0, 2, 1, 3, 4, 0],
-        "timestamp": np.arange(7),
-        "weight": np.ones(7, dtype=np.float32),
-        "split": ["train", "train", "test", "train", "valid", "test", "train"],
-    })
+    return pd.DataFrame(
+        {
+            "user_idx": [0, 0, 0, 1, 1, 2, 2],
+            "item_idx": [0, 0, 2, 1, 3, 4, 0],
+            "timestamp": np.arange(7),
+            "weight": np.ones(7, dtype=np.float32),
+            "split": ["train", "train", "test", "train", "valid", "test", "train"],
+        }
+    )
 
 
 def test_interaction_matrix_and_cold_items():
@@ -121,7 +132,7 @@ def test_interaction_matrix_and_cold_items():
     train = interaction_matrix(df, n_users=4, n_items=6)
     assert isinstance(train, sp.csr_matrix) and train.dtype == np.float32 and train.shape == (4, 6)
     expected = np.zeros((4, 6), dtype=np.float32)
-    expected[0, 0] = expected[1, 1] = expected[2, 0] = 1.0     # the duplicate (0, 0) counts once
+    expected[0, 0] = expected[1, 1] = expected[2, 0] = 1.0  # the duplicate (0, 0) counts once
     np.testing.assert_array_equal(train.toarray(), expected)
     held_out = interaction_matrix(df, 4, 6, splits=("valid", "test")).toarray()
     assert sorted(zip(*np.nonzero(held_out))) == [(0, 2), (1, 3), (2, 4)]
@@ -133,9 +144,9 @@ def test_interaction_matrix_and_cold_items():
 
 
 # ---------------------------------------------------------------------------------------- ranking
-SCORES = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
-                   [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-                   [0.5, 0.5, 0.5, 0.9, 0.1, 0.5]], dtype=np.float32)   # user 2: four-way tie
+SCORES = np.array(
+    [[0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.5, 0.5, 0.5, 0.9, 0.1, 0.5]], dtype=np.float32
+)  # user 2: four-way tie
 
 
 class _FixedScores(EmbeddingRecommender):
@@ -156,8 +167,8 @@ def _csr(pairs, shape=(3, 6)):
 
 
 TRAIN = _csr([(0, 0), (1, 5), (2, 3)])
-TRUTH = _csr([(0, 2), (0, 5), (1, 4), (2, 5), (2, 3)])   # (2, 3) is also in train: unreachable
-POP = np.asarray(TRAIN.sum(axis=0)).ravel()               # [1, 0, 0, 1, 0, 1]
+TRUTH = _csr([(0, 2), (0, 5), (1, 4), (2, 5), (2, 3)])  # (2, 3) is also in train: unreachable
+POP = np.asarray(TRAIN.sum(axis=0)).ravel()  # [1, 0, 0, 1, 0, 1]
 
 
 def test_top_k_excludes_seen_and_breaks_ties_by_index():
@@ -178,22 +189,22 @@ def test_top_k_pads_with_minus_one_when_candidates_run_out():
 @pytest.mark.parametrize("kind", ["ties", "continuous", "few_eligible"])
 def test_top_k_matches_a_lexicographic_reference(kind):
     rng = np.random.default_rng(0)
-    if kind == "continuous":      # float topk picks the exact set; only the order is re-keyed
+    if kind == "continuous":  # float topk picks the exact set; only the order is re-keyed
         scores = rng.normal(size=(37, 50)).astype(np.float32)
-    else:                         # cuts inside ties: the exact whole-row path
+    else:  # cuts inside ties: the exact whole-row path
         scores = rng.integers(-3, 4, size=(37, 50)).astype(np.float32)
         scores[5, :] = 0.0
-        scores[5, ::2] = -0.0     # -0.0 must tie with +0.0
+        scores[5, ::2] = -0.0  # -0.0 must tie with +0.0
         scores[6, 10:] = -np.inf  # a model may score -inf: still eligible, ranked last
     density = 0.95 if kind == "few_eligible" else 0.2
     exclude = sp.random(37, 50, density=density, random_state=1, format="csr", dtype=np.float32)
     model = _model(scores)
     seen = exclude.toarray() != 0
     expected = np.full((37, 7), PAD)
-    for u in range(37):           # reference: sort each user's eligible items by (-score, index)
+    for u in range(37):  # reference: sort each user's eligible items by (-score, index)
         items = np.flatnonzero(~seen[u])
         order = items[np.lexsort((items, -scores[u, items].astype(np.float64)))][:7]
-        expected[u, :len(order)] = order
+        expected[u, : len(order)] = order
     got = top_k(model, np.arange(37), exclude, k=7, chunk_size=5)
     np.testing.assert_array_equal(got.numpy(), expected)
     np.testing.assert_array_equal(top_k(model, np.arange(37), exclude, k=7, chunk_size=1).numpy(), expected)
@@ -236,15 +247,26 @@ def test_ranking_metrics_hand_computed():
     assert m["n_users_evaluated"] == 3
     inv = 1.0 / math.log2(3.0)
     expected = {
-        "recall@3": (0.5 + 1.0 + 0.0) / 3, "precision@3": (1 / 3 + 1 / 3) / 3,
-        "f1@3": (0.4 + 0.5) / 3, "ndcg@3": (inv / (1 + inv) + 1.0) / 3,
-        "map@3": ((0.5 / 2) + 1.0) / 3, "hit_ratio@3": 2 / 3, "coverage@3": 5 / 6,
+        "recall@3": (0.5 + 1.0 + 0.0) / 3,
+        "precision@3": (1 / 3 + 1 / 3) / 3,
+        "f1@3": (0.4 + 0.5) / 3,
+        "ndcg@3": (inv / (1 + inv) + 1.0) / 3,
+        "map@3": ((0.5 / 2) + 1.0) / 3,
+        "hit_ratio@3": 2 / 3,
+        "coverage@3": 5 / 6,
         # self-information: pop 0 -> -log2(1/4) = 2 bits, pop 1 -> -log2(2/4) = 1 bit; 15 bits / 9 slots
         "novelty@3": 15 / 9,
-        "recall@1": 1 / 3, "precision@1": 1 / 3, "f1@1": 1 / 3, "ndcg@1": 1 / 3, "map@1": 1 / 3,
-        "hit_ratio@1": 1 / 3, "coverage@1": 3 / 6, "novelty@1": (2 + 2 + 1) / 3,
+        "recall@1": 1 / 3,
+        "precision@1": 1 / 3,
+        "f1@1": 1 / 3,
+        "ndcg@1": 1 / 3,
+        "map@1": 1 / 3,
+        "hit_ratio@1": 1 / 3,
+        "coverage@1": 3 / 6,
+        "novelty@1": (2 + 2 + 1) / 3,
         # overlaps of the top-3 lists: u0-u1 {2, 3}, u0-u2 {1, 2}, u1-u2 {2}: mean 5/3 of 3 slots
-        "personalization@3": 1 - (5 / 3) / 3, "personalization@1": 1.0,   # top-1: [1], [4], [0]
+        "personalization@3": 1 - (5 / 3) / 3,
+        "personalization@1": 1.0,  # top-1: [1], [4], [0]
     }
     assert set(m) == set(expected) | {"n_users_evaluated"}
     for key, value in expected.items():
@@ -255,8 +277,7 @@ def test_ranking_metrics_padding_is_never_a_hit_nor_covered():
     # Item 5 is no candidate, so every list ends in -1 padding. Fed raw, PyG would turn user 1's
     # -1 into user 0's item 5 (a truth item) and mark item 5 as covered.
     candidates = np.array([True, True, True, True, True, False])
-    m = ranking_metrics(_model(), TRUTH, TRAIN, ks=(6,), item_popularity=POP, n_train_users=3,
-                        candidates=candidates)
+    m = ranking_metrics(_model(), TRUTH, TRAIN, ks=(6,), item_popularity=POP, n_train_users=3, candidates=candidates)
     assert m["recall@6"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
     assert m["precision@6"] == pytest.approx(2 / 18)
     assert m["hit_ratio@6"] == pytest.approx(2 / 3)
@@ -276,8 +297,11 @@ def test_users_without_truth_are_skipped():
 
 def _random_case(seed=0, n_users=60, n_items=45, d=8):
     rng = np.random.default_rng(seed)
-    model = EmbeddingRecommender("rand", torch.from_numpy(rng.normal(size=(n_users, d)).astype(np.float32)),
-                                 torch.from_numpy(rng.normal(size=(n_items, d)).astype(np.float32)))
+    model = EmbeddingRecommender(
+        "rand",
+        torch.from_numpy(rng.normal(size=(n_users, d)).astype(np.float32)),
+        torch.from_numpy(rng.normal(size=(n_items, d)).astype(np.float32)),
+    )
     train = sp.random(n_users, n_items, density=0.15, random_state=seed, format="csr", dtype=np.float32)
     truth = sp.random(n_users, n_items, density=0.08, random_state=seed + 1, format="csr", dtype=np.float32)
     truth = truth - truth.multiply(train != 0)  # held-out items are unseen in train
@@ -294,11 +318,11 @@ def test_per_user_metrics_match_pyg_per_user_and_ranking_metrics_on_average():
     assert np.array_equal(users, np.flatnonzero(truth.getnnz(axis=1) > 0)) and len(users) > 20
     top = top_k(model, users, train, k=max(ks))
     for k in ks:
-        for row, user in enumerate(users):   # PyG, one user at a time, as an independent oracle
+        for row, user in enumerate(users):  # PyG, one user at a time, as an independent oracle
             labels = torch.from_numpy(truth[user].indices.astype(np.int64))
             for metric_cls, key in ((LinkPredRecall, "recall"), (LinkPredNDCG, "ndcg")):
                 metric = metric_cls(k)
-                metric.update(top[row:row + 1], (torch.zeros_like(labels), labels))
+                metric.update(top[row : row + 1], (torch.zeros_like(labels), labels))
                 assert per_user[f"{key}@{k}"][row] == pytest.approx(float(metric.compute()), abs=1e-6)
     summary = ranking_metrics(model, truth, train, ks=ks, item_popularity=pop, n_train_users=60)
     assert summary["n_users_evaluated"] == len(users)
@@ -321,12 +345,12 @@ def test_metrics_do_not_depend_on_chunk_size_and_respect_masks():
     candidates[::3] = True
     top = top_k(model, users, train, k=10, candidates=candidates).numpy()
     filled = top != PAD
-    assert candidates[top[filled]].all()                              # only candidates recommended
+    assert candidates[top[filled]].all()  # only candidates recommended
     assert not train.toarray()[np.repeat(users, 10)[filled.ravel()], top[filled]].any()  # never seen
     n_eligible = (~(train.toarray() != 0) & candidates).sum(axis=1)
     np.testing.assert_array_equal(filled.sum(axis=1), np.minimum(n_eligible, 10))
     masked = ranking_metrics(model, truth, train, candidates=candidates, **kwargs)
-    assert masked["coverage@10"] <= candidates.mean() + 1e-6     # PyG reports float32
+    assert masked["coverage@10"] <= candidates.mean() + 1e-6  # PyG reports float32
 
 
 def test_ranking_metrics_rejects_bad_popularity():
@@ -342,9 +366,11 @@ def test_ranking_metrics_rejects_bad_popularity():
 
 # ----------------------------------------------------------------------------------------- report
 def test_metrics_table_markdown():
-    table = metrics_table_markdown({"pop": {"recall@20": 0.1, "ndcg@20": 0.05},
-                                    "gnn|v2": {"recall@20": 0.123456, "ndcg@20": 0.2}},
-                                   columns=("recall@20", "ndcg@20", "novelty@20"), highlight="gnn|v2")
+    table = metrics_table_markdown(
+        {"pop": {"recall@20": 0.1, "ndcg@20": 0.05}, "gnn|v2": {"recall@20": 0.123456, "ndcg@20": 0.2}},
+        columns=("recall@20", "ndcg@20", "novelty@20"),
+        highlight="gnn|v2",
+    )
     assert table.splitlines() == [
         "| model | recall@20 | ndcg@20 | novelty@20 |",
         "|---|---:|---:|---:|",
@@ -362,7 +388,7 @@ def test_training_curve_png_and_markdown():
     assert training_curve_png(history, ["loss", "recall@20"], "training") == png  # deterministic
     md = png_markdown(png, "loss curve")
     assert md.startswith("![loss curve](data:image/png;base64,") and md.endswith(")")
-    assert base64.b64decode(md[md.index(",") + 1:-1]) == png
+    assert base64.b64decode(md[md.index(",") + 1 : -1]) == png
     with pytest.raises(ValueError, match="auc"):
         training_curve_png(history, ["auc"], "training")
 
@@ -372,7 +398,7 @@ def test_write_report(tmp_path):
     paths = write_report(tmp_path / "report", {"b": np.float32(0.5), "a": 1}, "# Report\n", {"loss": png})
     assert set(paths) == {"metrics.json", "report.md", "loss.png"}
     text = paths["metrics.json"].read_text()
-    assert text == json.dumps({"a": 1, "b": 0.5}, indent=2) + "\n"   # sorted keys, indent 2
+    assert text == json.dumps({"a": 1, "b": 0.5}, indent=2) + "\n"  # sorted keys, indent 2
     assert paths["report.md"].read_text() == "# Report\n"
     assert paths["loss.png"].read_bytes() == png
     written = sorted(p.name for p in (tmp_path / "report").iterdir())
@@ -408,7 +434,7 @@ def test_bootstrap_intervals_share_resamples_across_rows():
     rng = np.random.default_rng(2)
     rows = rng.random((3, 250))
     intervals = bootstrap_intervals(rows, n_resamples=300, seed=4)
-    for r in range(3):   # one resampling for all rows = each row alone with the same seed
+    for r in range(3):  # one resampling for all rows = each row alone with the same seed
         np.testing.assert_allclose(intervals[r], bootstrap_ci(rows[r], 300, seed=4), atol=1e-12)
     tests = paired_bootstraps(rows, rows[1], n_resamples=300, seed=4)
     assert tests[1] == {"difference": 0.0, "ci": [0.0, 0.0], "p_value": 1.0, "significant": False}
@@ -432,16 +458,18 @@ def test_personalization_matches_pyg_pairwise():
     from torch_geometric.metrics import LinkPredPersonalization
 
     model, truth, train, pop, users, top = _lists_case()
-    assert (top != PAD).all()   # PyG has no notion of padding
-    ours = ranking_metrics_from_top_k(top, users, truth, ks=(3, 6), item_popularity=pop,
-                                      n_train_users=model.n_users, chunk_size=7)
+    assert (top != PAD).all()  # PyG has no notion of padding
+    ours = ranking_metrics_from_top_k(
+        top, users, truth, ks=(3, 6), item_popularity=pop, n_train_users=model.n_users, chunk_size=7
+    )
     for k in (3, 6):
-        pyg = LinkPredPersonalization(k, max_src_nodes=None, batch_size=50)   # all pairs, small batches
+        pyg = LinkPredPersonalization(k, max_src_nodes=None, batch_size=50)  # all pairs, small batches
         pyg.update(top, (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
         assert ours[f"personalization@{k}"] == pytest.approx(float(pyg.compute()), abs=1e-6), k
-    same = ranking_metrics_from_top_k(top[:1].repeat(len(users), 1), users, truth, ks=(6,), item_popularity=pop,
-                                      n_train_users=model.n_users)
-    assert same["personalization@6"] == pytest.approx(0.0)   # everyone gets the same list
+    same = ranking_metrics_from_top_k(
+        top[:1].repeat(len(users), 1), users, truth, ks=(6,), item_popularity=pop, n_train_users=model.n_users
+    )
+    assert same["personalization@6"] == pytest.approx(0.0)  # everyone gets the same list
 
 
 def test_personalization_ignores_padding():
@@ -474,22 +502,32 @@ def test_intra_list_diversity_matches_brute_force():
     rng = np.random.default_rng(5)
     model, truth, train, pop, users, top = _lists_case(seed=5, k=8)
     features = rng.normal(size=(30, 4))
-    features[top[0, 0]] = 0.0           # a zero feature row: cosine 0 with everything
+    features[top[0, 0]] = 0.0  # a zero feature row: cosine 0 with everything
     top = top.clone()
-    top[1, 1:] = PAD                    # one item only: no pair, the user is left out
+    top[1, 1:] = PAD  # one item only: no pair, the user is left out
     top[2, 5:] = PAD
-    m = ranking_metrics_from_top_k(top, users, truth, ks=(2, 5, 8), item_popularity=pop,
-                                   n_train_users=model.n_users, item_features=features, chunk_size=4)
+    m = ranking_metrics_from_top_k(
+        top,
+        users,
+        truth,
+        ks=(2, 5, 8),
+        item_popularity=pop,
+        n_train_users=model.n_users,
+        item_features=features,
+        chunk_size=4,
+    )
     for k in (2, 5, 8):
         assert m[f"intra_list_diversity@{k}"] == pytest.approx(_brute_force_diversity(top, features, k), abs=1e-9)
-    scaled = ranking_metrics_from_top_k(top, users, truth, ks=(8,), item_popularity=pop, n_train_users=model.n_users,
-                                        item_features=features * 7.5)
+    scaled = ranking_metrics_from_top_k(
+        top, users, truth, ks=(8,), item_popularity=pop, n_train_users=model.n_users, item_features=features * 7.5
+    )
     assert scaled["intra_list_diversity@8"] == pytest.approx(m["intra_list_diversity@8"], abs=1e-9)  # cosine
     plain = ranking_metrics_from_top_k(top, users, truth, ks=(8,), item_popularity=pop, n_train_users=model.n_users)
     assert "intra_list_diversity@8" not in plain and "tail_share@8" not in plain
     with pytest.raises(ValueError, match="item_features"):
-        ranking_metrics_from_top_k(top, users, truth, ks=(8,), item_popularity=pop, n_train_users=model.n_users,
-                                   item_features=features[:-1])
+        ranking_metrics_from_top_k(
+            top, users, truth, ks=(8,), item_popularity=pop, n_train_users=model.n_users, item_features=features[:-1]
+        )
 
 
 def test_intra_list_diversity_with_one_hot_categories_is_pyg_diversity():
@@ -498,8 +536,9 @@ def test_intra_list_diversity_with_one_hot_categories_is_pyg_diversity():
     model, truth, train, pop, users, top = _lists_case(seed=6)
     category = torch.from_numpy(np.random.default_rng(6).integers(0, 4, size=30))
     one_hot = np.eye(4)[category.numpy()]
-    m = ranking_metrics(model, truth, train, ks=(4, 6), item_popularity=pop, n_train_users=model.n_users,
-                        item_features=one_hot)
+    m = ranking_metrics(
+        model, truth, train, ks=(4, 6), item_popularity=pop, n_train_users=model.n_users, item_features=one_hot
+    )
     for k in (4, 6):
         pyg = LinkPredDiversity(k, category)
         pyg.update(top, (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
@@ -509,9 +548,15 @@ def test_intra_list_diversity_with_one_hot_categories_is_pyg_diversity():
 def test_from_top_k_matches_model_path_and_rejects_inconsistent_lists():
     model, truth, train, pop, users, top = _lists_case(seed=7)
     direct = ranking_metrics(model, truth, train, ks=(3, 6), item_popularity=pop, n_train_users=model.n_users)
-    shuffled = np.random.default_rng(0).permutation(len(users))   # row order is free
-    lists = ranking_metrics_from_top_k(top[torch.from_numpy(shuffled)], users[shuffled], truth, ks=(3, 6),
-                                       item_popularity=pop, n_train_users=model.n_users)
+    shuffled = np.random.default_rng(0).permutation(len(users))  # row order is free
+    lists = ranking_metrics_from_top_k(
+        top[torch.from_numpy(shuffled)],
+        users[shuffled],
+        truth,
+        ks=(3, 6),
+        item_popularity=pop,
+        n_train_users=model.n_users,
+    )
     assert lists == pytest.approx(direct, abs=1e-6)
     kwargs = dict(ks=(6,), item_popularity=pop, n_train_users=model.n_users)
     with pytest.raises(ValueError, match="not in users"):
@@ -532,13 +577,13 @@ def test_popularity_groups_head_holds_the_share_of_training_interactions():
     counts = [5, 3, 3, 1, 0, 8]
     pairs = [(u, i) for i, c in enumerate(counts) for u in range(c)]
     train = _csr(pairs, shape=(8, 6))
-    head, tail = popularity_groups(train, head_share=0.2)    # 8 >= 4: item 5 alone
+    head, tail = popularity_groups(train, head_share=0.2)  # 8 >= 4: item 5 alone
     assert np.flatnonzero(head).tolist() == [5] and np.flatnonzero(tail).tolist() == [0, 1, 2, 3]
-    head, tail = popularity_groups(train, head_share=0.65)   # 8 + 5 = 13 >= 13
+    head, tail = popularity_groups(train, head_share=0.65)  # 8 + 5 = 13 >= 13
     assert np.flatnonzero(head).tolist() == [0, 5] and np.flatnonzero(tail).tolist() == [1, 2, 3]
-    head, tail = popularity_groups(train, head_share=0.7)    # 13 < 14 -> + item 1 (tie with 2: lower index)
+    head, tail = popularity_groups(train, head_share=0.7)  # 13 < 14 -> + item 1 (tie with 2: lower index)
     assert np.flatnonzero(head).tolist() == [0, 1, 5] and np.flatnonzero(tail).tolist() == [2, 3]
-    assert not (head | tail)[4]                              # cold items are in neither group
+    assert not (head | tail)[4]  # cold items are in neither group
     with pytest.raises(ValueError, match="head_share"):
         popularity_groups(train, head_share=1.0)
 
@@ -549,7 +594,7 @@ def _tiny_split(seed=0, n_users=60, n_items=45, n_cold=5):
     rng = np.random.default_rng(seed)
     rows = []
     n_warm = n_items - n_cold
-    weights = 1.0 / np.arange(1, n_warm + 1) ** 0.8          # popularity skew over the warm items
+    weights = 1.0 / np.arange(1, n_warm + 1) ** 0.8  # popularity skew over the warm items
     for user in range(n_users):
         items = rng.choice(n_warm, size=10, replace=False, p=weights / weights.sum())
         rows += [(user, int(item), t) for t, item in enumerate(items)]
@@ -579,11 +624,17 @@ def test_long_tail_results_use_the_full_ranking_restricted_to_tail_truth():
     exclude = data.train + data.valid
     pop = np.asarray(data.train.sum(axis=0)).ravel()
     # Independently: rank all items (no candidate restriction), score only tail truth.
-    expected = ranking_metrics(model, tail_truth, exclude, ks=(5, 10), item_popularity=pop,
-                               n_train_users=60, tail_items=tail)
+    expected = ranking_metrics(
+        model, tail_truth, exclude, ks=(5, 10), item_popularity=pop, n_train_users=60, tail_items=tail
+    )
     assert out["long_tail"]["rand"] == pytest.approx(expected, abs=1e-9)
-    assert out["popularity_groups"] == {"head_share": 0.2, "head_items": int(head.sum()), "tail_items": int(tail.sum()),
-                                        "cold_items": 5, "tail_test_interactions": int(tail_truth.nnz)}
+    assert out["popularity_groups"] == {
+        "head_share": 0.2,
+        "head_items": int(head.sum()),
+        "tail_items": int(tail.sum()),
+        "cold_items": 5,
+        "tail_test_interactions": int(tail_truth.nnz),
+    }
     # tail_share on the main lists, by hand
     users = np.flatnonzero(data.test.getnnz(axis=1) > 0)
     top = top_k(model, users, exclude, k=10).numpy()
@@ -605,8 +656,12 @@ def _comparison_inputs(data, ablations=("mm_gcn_no_text",), aligned=True, min_su
     pop = np.asarray(data.train.sum(axis=0)).ravel().astype(np.float32)
     rand, *_ = _random_case(seed=9, n_users=data.n_users, n_items=data.n_items)
     popularity = EmbeddingRecommender("popularity", torch.ones(data.n_users, 1), torch.from_numpy(pop)[:, None])
-    models = {"popularity": popularity,
-              "rand": rand, "mm_gcn": _oracle(data, "mm_gcn"), "mm_gcn[int8]": _oracle(data, "mm_gcn[int8]")}
+    models = {
+        "popularity": popularity,
+        "rand": rand,
+        "mm_gcn": _oracle(data, "mm_gcn"),
+        "mm_gcn[int8]": _oracle(data, "mm_gcn[int8]"),
+    }
     if ablations:
         models["mm_gcn_no_text"] = EmbeddingRecommender("mm_gcn_no_text", rand.user_embeddings, rand.item_embeddings)
     rng = np.random.default_rng(0)
@@ -615,11 +670,23 @@ def _comparison_inputs(data, ablations=("mm_gcn_no_text",), aligned=True, min_su
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
     history = pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.7, 0.5, 0.45], "valid_ndcg@20": [0.1, np.nan, 0.2]})
     return models, dict(
-        primary="mm_gcn", baselines=["popularity", "rand"], ablations=list(ablations),
-        histories={"mm_gcn": history}, compression=pd.DataFrame({"variant": ["fp32", "int8"], "size_mb": [1.0, 0.3]}),
-        aligned={"fused": rng.normal(size=(data.n_items, 8)), "weights": weights, "present": present,
-                 "modalities": ["text", "image"]} if aligned else None,
-        dataset={"spec": "builtin:test"}, n_resamples=200, min_subgroup=min_subgroup)
+        primary="mm_gcn",
+        baselines=["popularity", "rand"],
+        ablations=list(ablations),
+        histories={"mm_gcn": history},
+        compression=pd.DataFrame({"variant": ["fp32", "int8"], "size_mb": [1.0, 0.3]}),
+        aligned={
+            "fused": rng.normal(size=(data.n_items, 8)),
+            "weights": weights,
+            "present": present,
+            "modalities": ["text", "image"],
+        }
+        if aligned
+        else None,
+        dataset={"spec": "builtin:test"},
+        n_resamples=200,
+        min_subgroup=min_subgroup,
+    )
 
 
 def test_build_comparison_metrics_keys_and_significance():
@@ -633,8 +700,14 @@ def test_build_comparison_metrics_keys_and_significance():
         for key in ("recall@20_ci", "ndcg@20_ci"):
             lo, hi = values[key]
             assert lo <= values[key[:-3]] + 1e-9 and values[key[:-3]] <= hi + 1e-9, (name, key)
-        assert {"personalization@10", "intra_list_diversity@20", "tail_share@20", "map@10", "hit_ratio@20",
-                "f1@20"} <= set(values)
+        assert {
+            "personalization@10",
+            "intra_list_diversity@20",
+            "tail_share@20",
+            "map@10",
+            "hit_ratio@20",
+            "f1@20",
+        } <= set(values)
         assert set(values["significant_vs_best_baseline"]) == {"recall@20", "ndcg@20"}
     best = metrics["significance"]["best_baseline"]
     assert best == max(["popularity", "rand"], key=lambda b: metrics["models"][b]["recall@20"])
@@ -646,10 +719,11 @@ def test_build_comparison_metrics_keys_and_significance():
     assert metrics["dataset"]["spec"] == "builtin:test" and metrics["dataset"]["tail_items"] > 0
     assert [row["modality"] for row in metrics["modality_weights"]] == ["text", "image"]
     assert metrics["compression"] == [{"variant": "fp32", "size_mb": 1.0}, {"variant": "int8", "size_mb": 0.3}]
-    json.dumps(metrics)   # JSON-ready as it is
-    primary_row = next(line for line in comparison.tables["comparison"].splitlines()
-                       if line.startswith("| **mm_gcn** |"))   # bold
-    assert primary_row.count(r"\*") == 2   # recall and ndcg marked significant
+    json.dumps(metrics)  # JSON-ready as it is
+    primary_row = next(
+        line for line in comparison.tables["comparison"].splitlines() if line.startswith("| **mm_gcn** |")
+    )  # bold
+    assert primary_row.count(r"\*") == 2  # recall and ndcg marked significant
     assert set(comparison.figures) == {"recall_at_20_ci", "modality_weights", "training_curves"}
     assert "mm_gcn_no_text" in comparison.tables["ablations"]
 
@@ -658,13 +732,27 @@ def test_build_comparison_report_files(tmp_path):
     data = _tiny_split(seed=2, n_items=70, n_cold=25)
     comparison = _comparison(data)
     paths = write_report(tmp_path, comparison.metrics, comparison.markdown, comparison.figures, comparison.html)
-    assert set(paths) == {"metrics.json", "report.md", "report.html", "recall_at_20_ci.png", "modality_weights.png",
-                          "training_curves.png"}
+    assert set(paths) == {
+        "metrics.json",
+        "report.md",
+        "report.html",
+        "recall_at_20_ci.png",
+        "modality_weights.png",
+        "training_curves.png",
+    }
     page = paths["report.html"].read_text()
-    for section in ("All items (full ranking)", "Significance vs the best baseline", "Ablations", "Cold-start items",
-                    "Long-tail items", "Compression", "Modality weights", "Training curves"):
+    for section in (
+        "All items (full ranking)",
+        "Significance vs the best baseline",
+        "Ablations",
+        "Cold-start items",
+        "Long-tail items",
+        "Compression",
+        "Modality weights",
+        "Training curves",
+    ):
         assert f">{section}" in page and f"## {section}" in comparison.markdown, section
-    assert page.count('src="data:image/png;base64,') == 3 and ".png\"" not in page   # self-contained
+    assert page.count('src="data:image/png;base64,') == 3 and '.png"' not in page  # self-contained
     assert "<table>" in page and "95% CI" in page and "mm_gcn_no_text" in page
     for name in comparison.figures:
         assert f"({name}.png)" in comparison.markdown
@@ -691,7 +779,7 @@ def test_compare_models_gives_numbers_and_the_report_renders_them():
     models, options = _comparison_inputs(data)
     result = compare_models(models, data, **options)
     assert isinstance(result, ModelComparison)
-    rendered = _comparison(data)   # build_comparison: compare, then render
+    rendered = _comparison(data)  # build_comparison: compare, then render
     again = render_comparison(result)
     assert again[1:] == rendered[1:] and json.dumps(again.metrics) == json.dumps(rendered.metrics)
     models = result.metrics["models"]
@@ -699,11 +787,14 @@ def test_compare_models_gives_numbers_and_the_report_renders_them():
     overall = result.overall[20].set_index("model")
     for name, values in models.items():
         assert overall.loc[name, "recall@20"] == values["recall@20"]
-        assert [overall.loc[name, "recall@20_ci_low"], overall.loc[name, "recall@20_ci_high"]] == \
-            list(values["recall@20_ci"])
+        assert [overall.loc[name, "recall@20_ci_low"], overall.loc[name, "recall@20_ci_high"]] == list(
+            values["recall@20_ci"]
+        )
         assert overall.loc[name, "role"] == result.roles[name]
-    assert overall.loc["mm_gcn", "recall@20_significant"] and not overall.loc[result.best_baseline,
-                                                                                "recall@20_significant"]
+    assert (
+        overall.loc["mm_gcn", "recall@20_significant"]
+        and not overall.loc[result.best_baseline, "recall@20_significant"]
+    )
     assert "recall@10_ci_low" not in result.overall[10] and result.overall[10]["ndcg@10"].notna().all()
     tests = result.significance.set_index(["model", "metric"])
     assert result.best_baseline not in tests.index.get_level_values("model")
@@ -713,10 +804,11 @@ def test_compare_models_gives_numbers_and_the_report_renders_them():
     ablation = result.ablations.set_index("model")
     assert ablation.loc["mm_gcn_no_text", "compared_with"] == "mm_gcn" and ablation.loc["mm_gcn", "compared_with"] == ""
     assert ablation.loc["mm_gcn_no_text", "recall@20_delta"] == pytest.approx(
-        models["mm_gcn_no_text"]["recall@20"] - models["mm_gcn"]["recall@20"])
+        models["mm_gcn_no_text"]["recall@20"] - models["mm_gcn"]["recall@20"]
+    )
     assert list(result.modality_weights["modality"]) == ["text", "image"] and list(result.histories) == ["mm_gcn"]
     with pytest.raises(AttributeError):
-        result.primary = "rand"   # frozen
+        result.primary = "rand"  # frozen
 
 
 def test_build_comparison_rejects_inconsistent_roles():
@@ -731,20 +823,30 @@ def test_build_comparison_rejects_inconsistent_roles():
     with pytest.raises(ValueError, match="primary model"):
         build_comparison(models, data, primary="lightgcn")
     with pytest.raises(ValueError, match="another dataset"):
-        build_comparison(models, data, primary="mm_gcn", aligned={
-            "fused": np.zeros((3, 2)), "weights": np.zeros((3, 1)), "present": np.ones((3, 1), bool),
-            "modalities": ["text"]})
+        build_comparison(
+            models,
+            data,
+            primary="mm_gcn",
+            aligned={
+                "fused": np.zeros((3, 2)),
+                "weights": np.zeros((3, 1)),
+                "present": np.ones((3, 1), bool),
+                "modalities": ["text"],
+            },
+        )
 
 
 def test_report_figures_are_deterministic_pngs():
     from mm_pipeline.evaluate.report import interval_bar_png, modality_weights_png, training_curves_png
 
-    bar = interval_bar_png(["a", "b"], [0.2, 0.3], [[0.1, 0.25], [0.2, 0.4]], ["baseline", "primary"], "recall@20",
-                           marked=[False, True])
+    bar = interval_bar_png(
+        ["a", "b"], [0.2, 0.3], [[0.1, 0.25], [0.2, 0.4]], ["baseline", "primary"], "recall@20", marked=[False, True]
+    )
     assert bar.startswith(b"\x89PNG") and bar == interval_bar_png(
-        ["a", "b"], [0.2, 0.3], [[0.1, 0.25], [0.2, 0.4]], ["baseline", "primary"], "recall@20", marked=[False, True])
+        ["a", "b"], [0.2, 0.3], [[0.1, 0.25], [0.2, 0.4]], ["baseline", "primary"], "recall@20", marked=[False, True]
+    )
     weights = np.array([[0.7, 0.3, 0.0], [0.5, 0.5, 0.0]])
-    present = weights > 0                     # nobody has the third modality: plotted without it
+    present = weights > 0  # nobody has the third modality: plotted without it
     assert modality_weights_png(weights, present, ["text", "image", "audio"]).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="one column per"):
         modality_weights_png(weights, present, ["text", "image"])
@@ -774,4 +876,9 @@ def test_small_subgroups_say_not_enough_data_instead_of_numbers():
     assert subgroup_support(truth, None, 20, 3, 3)["enough"] is False  # 2 users
     assert subgroup_support(truth, None, 20, 3, 2)["enough"] is True
     assert subgroup_support(truth, np.array([True, True, False]), 1, 3, 1) == {
-        "interactions": 3, "users": 2, "items": 2, "enough": True, "reason": None}
+        "interactions": 3,
+        "users": 2,
+        "items": 2,
+        "enough": True,
+        "reason": None,
+    }

@@ -3,7 +3,6 @@ deletion test of faithfulness."""
 
 import numpy as np
 import pandas as pd
-import pytest
 import scipy.sparse as sp
 import torch
 
@@ -26,8 +25,10 @@ def _data(seed: int = 0):
     like = (cluster[None, :] == taste[:, None]) * 0.5 + 0.05
     train = sp.csr_matrix((rng.random((N_USERS, N_ITEMS)) < like).astype(np.float32))
     onehot = np.eye(5, dtype=np.float32)[cluster]
-    raw = {"text": (onehot + rng.normal(0, 0.3, (N_ITEMS, 5)).astype(np.float32), np.ones(N_ITEMS, bool)),
-           "image": (rng.normal(0, 1, (N_ITEMS, 8)).astype(np.float32), np.ones(N_ITEMS, bool))}
+    raw = {
+        "text": (onehot + rng.normal(0, 0.3, (N_ITEMS, 5)).astype(np.float32), np.ones(N_ITEMS, bool)),
+        "image": (rng.normal(0, 1, (N_ITEMS, 8)).astype(np.float32), np.ones(N_ITEMS, bool)),
+    }
     return train, raw
 
 
@@ -35,8 +36,15 @@ def _hybrid(train, raw, graph_weight=0.8):
     core = ease(train, l2=10.0).item_embeddings.numpy().T
     g = torch.Generator().manual_seed(1)
     gnn = EmbeddingRecommender("gnn", torch.randn(N_USERS, 4, generator=g), torch.randn(N_ITEMS, 4, generator=g))
-    parts = HybridParts(train, None, {"ease": core}, content_graph(raw, 5), {"gnn": gnn},
-                        modality_graphs=content_graphs(raw, 5), scale_users=N_USERS)
+    parts = HybridParts(
+        train,
+        None,
+        {"ease": core},
+        content_graph(raw, 5),
+        {"gnn": gnn},
+        modality_graphs=content_graphs(raw, 5),
+        scale_users=N_USERS,
+    )
     return parts.model(decay=0.0, content_weight=0.4, graph_weight=graph_weight, gnn="gnn", core="ease")
 
 
@@ -53,8 +61,11 @@ def test_an_item_item_score_splits_exactly_into_its_parts():
     again = EmbeddingRecommender.from_arrays(model.name, model.to_arrays(), model.info)  # survives storage
     assert set(again.parts["modalities"]) == {"image", "text"}
     pyfunc = RecommenderPyfunc().load_arrays(
-        export_serving_arrays(model, [f"u{i}" for i in range(N_USERS)], [f"i{i}" for i in range(N_ITEMS)],
-                              train, SECRET), secret=SECRET)
+        export_serving_arrays(
+            model, [f"u{i}" for i in range(N_USERS)], [f"i{i}" for i in range(N_ITEMS)], train, SECRET
+        ),
+        secret=SECRET,
+    )
     users, items = np.arange(N_USERS), np.arange(N_USERS) % N_ITEMS
     values, evidence = pyfunc._history_parts(users, items)
     scores = model.score(torch.from_numpy(users)).numpy()[users, items]
@@ -65,8 +76,7 @@ def test_an_item_item_score_splits_exactly_into_its_parts():
     gnn_part = scores - values["history"]
     assert np.abs(gnn_part).max() > 0
     for modality, block in model.parts["modalities"].items():
-        np.testing.assert_allclose(values[modality], (history * block.toarray()[items]).sum(1), rtol=1e-4,
-                                   atol=1e-6)
+        np.testing.assert_allclose(values[modality], (history * block.toarray()[items]).sum(1), rtol=1e-4, atol=1e-6)
     # Named history items are the user's own training items.
     for u, named in zip(users, evidence):
         ids = {f"i{j}" for j in train[u].indices}
@@ -78,11 +88,13 @@ def test_the_served_model_explains_only_when_asked():
     model = _hybrid(train, raw)
     user_ids = [f"u{i}" for i in range(N_USERS)]
     pyfunc = RecommenderPyfunc().load_arrays(
-        export_serving_arrays(model, user_ids, [f"i{i}" for i in range(N_ITEMS)], train, SECRET), secret=SECRET)
+        export_serving_arrays(model, user_ids, [f"i{i}" for i in range(N_ITEMS)], train, SECRET), secret=SECRET
+    )
     plain = pyfunc.predict(None, pd.DataFrame({"user_id": ["u1", "stranger"], "k": [3, 2]}))
     assert list(plain.columns) == ["user_id", "rank", "item_id", "score", "fallback"]
-    asked = pyfunc.predict(None, pd.DataFrame({"user_id": ["u1", "stranger", "u2"], "k": [3, 2, 2],
-                                               "explain": [True, True, False]}))
+    asked = pyfunc.predict(
+        None, pd.DataFrame({"user_id": ["u1", "stranger", "u2"], "k": [3, 2, 2], "explain": [True, True, False]})
+    )
     pd.testing.assert_frame_equal(asked[plain.columns].iloc[:5], plain)
     shares = asked[[c for c in asked.columns if c.startswith("share_")]]
     assert list(shares.columns) == ["share_collaborative", "share_image", "share_text", "share_graph"]
@@ -96,7 +108,8 @@ def test_the_served_model_explains_only_when_asked():
 
     dense = EmbeddingRecommender("mf", torch.randn(N_USERS, 4), torch.randn(N_ITEMS, 4))
     mf = RecommenderPyfunc().load_arrays(
-        export_serving_arrays(dense, user_ids, [f"i{i}" for i in range(N_ITEMS)], train, SECRET), secret=SECRET)
+        export_serving_arrays(dense, user_ids, [f"i{i}" for i in range(N_ITEMS)], train, SECRET), secret=SECRET
+    )
     out = mf.predict(None, pd.DataFrame({"user_id": ["u3"], "k": [2], "explain": [True]}))
     assert out["share_embedding"].tolist() == [1.0, 1.0]
     assert all(set(b.split("|")) <= {f"i{j}" for j in train[3].indices} for b in out["because"])
@@ -111,5 +124,9 @@ def test_removing_the_top_attributed_part_hurts_more_than_a_random_one():
         assert result.users == N_USERS
         assert result.score_gap > 0, result
         assert result.rank_gap >= 0, result
-    assert deletion_test(EmbeddingRecommender("mf", torch.randn(N_USERS, 4), torch.randn(N_ITEMS, 4)),
-                         train, np.arange(N_USERS)) == {}
+    assert (
+        deletion_test(
+            EmbeddingRecommender("mf", torch.randn(N_USERS, 4), torch.randn(N_ITEMS, 4)), train, np.arange(N_USERS)
+        )
+        == {}
+    )

@@ -10,9 +10,20 @@ import pytest
 import torch
 
 from mm_pipeline.augment import augment_images
-from mm_pipeline.features import (ImageEncoder, ImageEncoderConfig, audio_features, embed_images, encode_texts,
-                                  hz_to_mel, load_image_encoder, log_mel_spectrogram, mel_filterbank, mel_to_hz,
-                                  save_image_encoder, train_image_encoder)
+from mm_pipeline.features import (
+    ImageEncoder,
+    ImageEncoderConfig,
+    audio_features,
+    embed_images,
+    encode_texts,
+    hz_to_mel,
+    load_image_encoder,
+    log_mel_spectrogram,
+    mel_filterbank,
+    mel_to_hz,
+    save_image_encoder,
+    train_image_encoder,
+)
 
 SR = 8000
 
@@ -23,6 +34,7 @@ def tone(freq: float, seconds: float = 0.5, sr: int = SR, phase: float = 0.0) ->
 
 
 # ------------------------------------------------------------------------------------------------- text
+
 
 def test_encode_texts_shape_norm_and_semantics():
     texts = [
@@ -51,6 +63,7 @@ def test_encode_texts_empty_and_bad_input(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ image
+
 
 def two_colour_images(n_per_class: int = 32, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Reddish vs bluish noisy images: a class difference any sane encoder keeps."""
@@ -136,8 +149,7 @@ def test_save_load_round_trip_and_checkpoint_skips_training(trained, tmp_path):
     # A bare state dict is accepted too.
     bare = tmp_path / "bare.pt"
     torch.save(encoder.state_dict(), bare)
-    np.testing.assert_array_equal(embed_images(load_image_encoder(bare, config), images),
-                                  embed_images(encoder, images))
+    np.testing.assert_array_equal(embed_images(load_image_encoder(bare, config), images), embed_images(encoder, images))
 
 
 def test_mismatched_or_unreadable_checkpoint_raises_naming_the_file(trained, tmp_path):
@@ -182,6 +194,7 @@ def test_train_with_more_than_two_views_and_ragged_last_batch():
 
 
 # ------------------------------------------------------------------------------------------------ audio
+
 
 def test_htk_mel_scale_known_values():
     np.testing.assert_allclose(hz_to_mel(0.0), 0.0)
@@ -243,8 +256,9 @@ def test_log_mel_spectrogram_shapes_and_short_clips():
 
 def test_audio_features_distinguish_tones_and_rhythm():
     steady = tone(500.0)
-    x = np.stack([steady, tone(500.0, phase=1.0), tone(2000.0),
-                  steady * (np.arange(steady.size) // 400 % 2)])  # 500 Hz switched on and off every 50 ms
+    x = np.stack(
+        [steady, tone(500.0, phase=1.0), tone(2000.0), steady * (np.arange(steady.size) // 400 % 2)]
+    )  # 500 Hz switched on and off every 50 ms
     f = audio_features(x, SR)
     assert f.shape == (4, 120) and f.dtype == np.float32 and np.isfinite(f).all()
     same = np.linalg.norm(f[0] - f[1])

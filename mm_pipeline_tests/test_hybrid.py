@@ -40,8 +40,9 @@ def _parts(gnns=None, content_aware=("mm_gcn",)):
     graph = content_graph({"text": (features, np.ones(n_items, dtype=bool))}, k=5)
     gram = ItemGram(data.train)
     cores = {"ease": gram.ease(5.0), "item_knn": item_knn_weights(gram.gram, 5)}
-    parts = HybridParts(data.train, training_age(frame, data.train), cores, graph, gnns,
-                        content_aware=content_aware, scale_users=50)
+    parts = HybridParts(
+        data.train, training_age(frame, data.train), cores, graph, gnns, content_aware=content_aware, scale_users=50
+    )
     return data, parts, graph
 
 
@@ -69,7 +70,7 @@ def test_hybrid_score_is_the_documented_blend_in_one_dot_product():
         return np.sqrt(np.mean(np.square(s, dtype=np.float64)))
 
     g = gnn.user_embeddings.numpy() @ gnn.item_embeddings.numpy().T
-    expected = (x @ b / rms(sample @ b) + 0.3 * x @ k / rms(sample @ k) + 0.5 * g / rms(g[parts.sample]))
+    expected = x @ b / rms(sample @ b) + 0.3 * x @ k / rms(sample @ k) + 0.5 * g / rms(g[parts.sample])
     np.testing.assert_allclose(model.score(torch.arange(data.n_users)).numpy(), expected, rtol=1e-4, atol=1e-4)
     assert model.sparse_users and model.info["gnn"] == "mm_gcn"
 
@@ -83,8 +84,9 @@ def test_the_search_starts_at_ease_and_only_keeps_what_helps_on_validation():
     ease_scores = recency_profile(parts.train, None, 0.0) @ parts.cores["ease"]
     start = parts.model(0.0, 0.0, 0.0, core="ease")
     # The start is EASE itself (scaled): the same ranking.
-    np.testing.assert_allclose(start.score(torch.arange(5)).numpy() * start.info["core_rms"], ease_scores[:5],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        start.score(torch.arange(5)).numpy() * start.info["core_rms"], ease_scores[:5], atol=1e-4
+    )
     assert result.score >= first["valid_ndcg@20"] and result.score == result.trials["valid_ndcg@20"].max()
     # The content graph is what ranks the held-out cold items (EASE cannot score them at all).
     assert result.params["content_weight"] > 0
@@ -94,8 +96,12 @@ def test_the_search_starts_at_ease_and_only_keeps_what_helps_on_validation():
 def test_id_only_gnns_do_not_score_cold_items_and_ablations_remove_one_part():
     data, parts, graph = _parts()
     rng = torch.Generator().manual_seed(0)
-    gnns = {name: EmbeddingRecommender(name, torch.randn(data.n_users, 3, generator=rng),
-                                       torch.randn(data.n_items, 3, generator=rng)) for name in ("mm_gcn", "lightgcn")}
+    gnns = {
+        name: EmbeddingRecommender(
+            name, torch.randn(data.n_users, 3, generator=rng), torch.randn(data.n_items, 3, generator=rng)
+        )
+        for name in ("mm_gcn", "lightgcn")
+    }
     parts = HybridParts(parts.train, parts.age, parts.cores, graph, gnns, ("mm_gcn",), scale_users=50)
     cold = ~data.warm_items
     assert np.all(parts.gnns["lightgcn"][1][cold] == 0) and np.any(parts.gnns["mm_gcn"][1][cold] != 0)
@@ -103,11 +109,13 @@ def test_id_only_gnns_do_not_score_cold_items_and_ablations_remove_one_part():
     with_lightgcn = parts.model(0.0, 0.0, 0.5, gnn="lightgcn", core="ease").score(torch.arange(data.n_users)).numpy()
     ease_only = parts.model(0.0, 0.0, 0.0, core="ease").score(torch.arange(data.n_users)).numpy()
     mm_users, mm_items, mm_scale = parts.gnns["mm_gcn"]
-    np.testing.assert_allclose(with_lightgcn[:, cold] - ease_only[:, cold],
-                               0.5 * mm_users @ mm_items[cold].T / mm_scale, atol=1e-4)
+    np.testing.assert_allclose(
+        with_lightgcn[:, cold] - ease_only[:, cold], 0.5 * mm_users @ mm_items[cold].T / mm_scale, atol=1e-4
+    )
     lg_users, lg_items, lg_scale = parts.gnns["lightgcn"]
-    np.testing.assert_allclose(with_lightgcn[:, ~cold] - ease_only[:, ~cold],
-                               0.5 * lg_users @ lg_items[~cold].T / lg_scale, atol=1e-4)
+    np.testing.assert_allclose(
+        with_lightgcn[:, ~cold] - ease_only[:, ~cold], 0.5 * lg_users @ lg_items[~cold].T / lg_scale, atol=1e-4
+    )
     config = HybridConfig()
     no_content, _ = ablate(parts, config, "no_content")
     assert no_content.content is None and list(no_content.gnns) == ["lightgcn"]

@@ -23,11 +23,13 @@ from mm_pipeline.datasets.schema import DataError
 from mm_pipeline.defs.assets.inbox import INBOX_PARTITIONS_NAME, inbox_interactions
 from mm_pipeline.defs.build import all_assets, default_resources
 
-CSV = ("user_id,item_id,timestamp,rating,extra\n"
-       "u000001,i000003,1709314533,4.5,x\n"
-       "u999999,i000007,2024-03-02T10:00:00Z,3,y\n"
-       "\n"
-       "u000002,i000003,1709400000,5,z\n")
+CSV = (
+    "user_id,item_id,timestamp,rating,extra\n"
+    "u000001,i000003,1709314533,4.5,x\n"
+    "u999999,i000007,2024-03-02T10:00:00Z,3,y\n"
+    "\n"
+    "u000002,i000003,1709400000,5,z\n"
+)
 
 
 def _sha(path) -> str:
@@ -54,13 +56,16 @@ def test_inbox_file_reads_exactly_like_the_folder_formats_interactions(tmp_path)
     assert frame["weight"].tolist() == [1.0, 1.0] and frame["user_id"].tolist() == ["u1", "u2"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("user_id,item_id\nu1,i1\n", "missing required column(s) ['timestamp']"),
-    ("user_id,item_id,timestamp\nu1,i1,1\nu2,i2,yesterday\n", "row 3 has timestamp 'yesterday'"),
-    ("user_id,item_id,timestamp\nu1,,1\n", "line 2 has no value in column 'item_id'"),
-    ("user_id,item_id,timestamp,weight\nu1,i1,1,1\nu1,i2,2,heavy\n", "line 3, column 'weight': 'heavy'"),
-    ("user_id,item_id,timestamp\n", "holds no interactions"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("user_id,item_id\nu1,i1\n", "missing required column(s) ['timestamp']"),
+        ("user_id,item_id,timestamp\nu1,i1,1\nu2,i2,yesterday\n", "row 3 has timestamp 'yesterday'"),
+        ("user_id,item_id,timestamp\nu1,,1\n", "line 2 has no value in column 'item_id'"),
+        ("user_id,item_id,timestamp,weight\nu1,i1,1,1\nu1,i2,2,heavy\n", "line 3, column 'weight': 'heavy'"),
+        ("user_id,item_id,timestamp\n", "holds no interactions"),
+    ],
+)
 def test_a_bad_inbox_file_is_refused_with_file_and_row(tmp_path, content, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -143,7 +148,12 @@ def test_append_inbox_keeps_order_marks_origin_and_counts_repeats():
     # an inbox row repeating an earlier (user, item, timestamp) is the same event: left out, counted.
     assert combined[ORIGIN_COLUMN].tolist() == ["source"] * 3 + [f"inbox:{a}", f"inbox:{b}"]
     assert combined[["user_id", "item_id", "timestamp"]].values.tolist() == [
-        ["u1", "i1", 10], ["u1", "i1", 10], ["u2", "i2", 20], ["u3", "i1", 30], ["u3", "i2", 40]]
+        ["u1", "i1", 10],
+        ["u1", "i1", 10],
+        ["u2", "i2", 20],
+        ["u3", "i1", 30],
+        ["u3", "i2", 40],
+    ]
     assert stats.rows == {a: 3, b: 2} and stats.already_present == {a: 2, b: 1} and stats.appended == 2
     assert combined["timestamp"].dtype == np.int64 and combined["weight"].dtype == np.float32
 
@@ -156,9 +166,15 @@ RAW = ["inbox_interactions", "source_dataset", "raw_items", "raw_interactions"] 
 
 
 def _materialize(instance, home, selection, partition_key=None, run_config=None):
-    return dg.materialize([inbox_interactions, *all_assets()], selection=selection, partition_key=partition_key,
-                          instance=instance, run_config=run_config or {}, raise_on_error=False,
-                          resources=default_resources(home=str(home), dataset="builtin:tiny"))
+    return dg.materialize(
+        [inbox_interactions, *all_assets()],
+        selection=selection,
+        partition_key=partition_key,
+        instance=instance,
+        run_config=run_config or {},
+        raise_on_error=False,
+        resources=default_resources(home=str(home), dataset="builtin:tiny"),
+    )
 
 
 def _metadata(result, key):
@@ -181,21 +197,30 @@ def test_inbox_partitions_feed_raw_interactions(tmp_path, monkeypatch):
     inbox = home / "inbox"
     inbox.mkdir()
     new = inbox / "2026-11-01.csv"
-    new.write_text("user_id,item_id,timestamp\n"
-                   "u000001,i000003,1900000000\n"
-                   "u777777,i000005,1900000100\n"
-                   f"{source.user_id[0]},{source.item_id[0]},{source.timestamp[0]}\n")  # already in the source
+    new.write_text(
+        "user_id,item_id,timestamp\n"
+        "u000001,i000003,1900000000\n"
+        "u777777,i000005,1900000100\n"
+        f"{source.user_id[0]},{source.item_id[0]},{source.timestamp[0]}\n"
+    )  # already in the source
     digest = _sha(new)
     instance.add_dynamic_partitions(INBOX_PARTITIONS_NAME, [digest])
-    run = _materialize(instance, home, RAW, partition_key=digest,
-                       run_config={"ops": {"inbox_interactions": {"config": {"file": str(new)}}}})
+    run = _materialize(
+        instance,
+        home,
+        RAW,
+        partition_key=digest,
+        run_config={"ops": {"inbox_interactions": {"config": {"file": str(new)}}}},
+    )
     assert run.success
     inter = run.asset_value("raw_interactions")
     assert len(inter) == len(source) + 2
-    pd.testing.assert_frame_equal(inter.iloc[:len(source)].drop(columns=ORIGIN_COLUMN), source)
+    pd.testing.assert_frame_equal(inter.iloc[: len(source)].drop(columns=ORIGIN_COLUMN), source)
     added = inter[inter[ORIGIN_COLUMN] == f"inbox:{digest}"]
     assert added[["user_id", "item_id", "timestamp"]].values.tolist() == [
-        ["u000001", "i000003", 1900000000], ["u777777", "i000005", 1900000100]]
+        ["u000001", "i000003", 1900000000],
+        ["u777777", "i000005", 1900000100],
+    ]
     meta = _metadata(run, "raw_interactions")
     assert meta["inbox_partitions"] == 1 and meta["inbox_digests"] == [digest]
     assert meta["inbox_rows_appended"] == 2 and meta["inbox_rows_already_present"] == 1

@@ -1,8 +1,8 @@
 """Model lifecycle: retraining schedule, new-interactions sensor (inbox partitions), promote/rollback
 job with its lock, and the promotion loop end to end on the tiny built-in dataset."""
 
-import hashlib
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -12,7 +12,6 @@ import threading
 import time
 
 import dagster as dg
-from fast_config import fast_run_config
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -29,6 +28,8 @@ from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.registry import champion as champion_module
 from mm_pipeline.registry.champion import TAG_CHAMPION_HISTORY, champion_history
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
+
+from fast_config import fast_run_config
 
 OLD = time.time() - 3600  # an mtime long past the inbox settle time
 
@@ -78,16 +79,21 @@ def test_schedule_cron_from_environment(monkeypatch):
 
 def test_schedule_and_sensor_runs_carry_the_run_config_file(tmp_path, monkeypatch):
     config = tmp_path / "fast.yaml"
-    config.write_text("ops:\n  mm_gcn_model: {config: {epochs: 2}}\n"
-                      "  inbox_interactions: {config: {file: /not/for/full_pipeline.csv}}\n")
+    config.write_text(
+        "ops:\n  mm_gcn_model: {config: {epochs: 2}}\n"
+        "  inbox_interactions: {config: {file: /not/for/full_pipeline.csv}}\n"
+    )
     monkeypatch.setenv("MM_PIPELINE_RUN_CONFIG", str(config))
     (request,) = build_retrain_schedule().evaluate_tick(dg.build_schedule_context()).run_requests
     # full_pipeline has no inbox op: Dagster would refuse config for it.
     assert request.run_config == {"ops": {"mm_gcn_model": {"config": {"epochs": 2}}}}
 
     # A broken file fails the tick (visible in the UI) instead of launching runs without it.
-    for content, message in (("ops: [not, a, mapping]\n", "must hold a run-config mapping"),
-                             ("ops: {a: [\n", "not valid YAML"), (None, "cannot read")):
+    for content, message in (
+        ("ops: [not, a, mapping]\n", "must hold a run-config mapping"),
+        ("ops: {a: [\n", "not valid YAML"),
+        (None, "cannot read"),
+    ):
         if content is None:
             config.unlink()
         else:
@@ -121,8 +127,12 @@ def _tick(sensor_instance):
     # Partitioned run requests are resolved against the job and the instance's partitions (plus the
     # ones the same tick adds), as the daemon does: hence the definitions and a persistent instance.
     def tick(home, cursor=None):
-        context = dg.build_sensor_context(cursor=cursor, instance_ref=sensor_instance.get_ref(), definitions=defs,
-                                          resources={"pipeline": PipelineResource(home=str(home))})
+        context = dg.build_sensor_context(
+            cursor=cursor,
+            instance_ref=sensor_instance.get_ref(),
+            definitions=defs,
+            resources={"pipeline": PipelineResource(home=str(home))},
+        )
         return new_interactions_sensor.evaluate_tick(context)
 
     return tick
@@ -198,13 +208,15 @@ def test_sensor_hashes_a_file_only_when_it_changes(inbox, _tick, monkeypatch):
 
 def test_sensor_merges_the_run_config_file_into_its_requests(inbox, _tick, tmp_path, monkeypatch):
     config = tmp_path / "fast.yaml"
-    config.write_text("ops:\n  mm_gcn_model: {config: {epochs: 2}}\n"
-                      "  inbox_interactions: {config: {file: overridden.csv}}\n")
+    config.write_text(
+        "ops:\n  mm_gcn_model: {config: {epochs: 2}}\n  inbox_interactions: {config: {file: overridden.csv}}\n"
+    )
     monkeypatch.setenv("MM_PIPELINE_RUN_CONFIG", str(config))
     path = _drop(inbox, "new.csv", "user_id,item_id,timestamp\nu1,i1,1\n")
     (request,) = _tick(inbox.parent).run_requests
-    assert request.run_config == {"ops": {"mm_gcn_model": {"config": {"epochs": 2}},
-                                          "inbox_interactions": {"config": {"file": str(path)}}}}
+    assert request.run_config == {
+        "ops": {"mm_gcn_model": {"config": {"epochs": 2}}, "inbox_interactions": {"config": {"file": str(path)}}}
+    }
 
 
 def test_sensor_reads_a_fresh_file_once_settled_and_recovers_from_a_bad_cursor(inbox, _tick, monkeypatch):
@@ -231,7 +243,10 @@ def registry(tmp_path):
 def _promote(resource, **config):
     return promote_model_job.execute_in_process(
         run_config={"ops": {"set_champion_alias": {"config": config}}},
-        resources={"mlflow_tracking": resource}, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+        resources={"mlflow_tracking": resource},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
 
 
 def _champion(client):
@@ -256,8 +271,11 @@ def test_promote_model_sets_and_rolls_back_the_champion(registry):
     failed = _promote(resource, rollback=True)  # nothing earlier than the first champion
     assert not failed.success and "no earlier champion" in str(failed.failure_data_for_node("set_champion_alias"))
     assert _champion(client) == "1"
-    for bad, message in (({}, "exactly one of"), ({"version": 2, "rollback": True}, "exactly one of"),
-                         ({"version": 9}, "has no version 9")):
+    for bad, message in (
+        ({}, "exactly one of"),
+        ({"version": 2, "rollback": True}, "exactly one of"),
+        ({"version": 9}, "has no version 9"),
+    ):
         failed = _promote(resource, **bad)
         assert not failed.success and message in str(failed.failure_data_for_node("set_champion_alias")), bad
     assert _champion(client) == "1"
@@ -280,8 +298,11 @@ def _racing_set_champion(client, uri, lock_dir, versions, monkeypatch, locked):
     def promote(version):
         try:
             barrier.wait()
-            lock = (champion_module.champion_lock(REGISTERED_MODEL_NAME, lock_dir, uri, timeout_s=30) if locked
-                    else contextlib.nullcontext())
+            lock = (
+                champion_module.champion_lock(REGISTERED_MODEL_NAME, lock_dir, uri, timeout_s=30)
+                if locked
+                else contextlib.nullcontext()
+            )
             with lock:
                 champion_module.set_champion(client, REGISTERED_MODEL_NAME, version)
         except Exception as exc:  # reported below
@@ -317,19 +338,23 @@ def test_concurrent_champion_changes_are_serialised_by_the_lock(registry, tmp_pa
 def test_the_lock_excludes_other_processes_and_promote_model_waits_for_it(registry, tmp_path):
     client, resource = registry
     hold_s = 3.0
-    script = ("import sys, time\n"
-              "from mm_pipeline.registry.champion import champion_lock\n"
-              "with champion_lock(sys.argv[1], sys.argv[2], sys.argv[3]):\n"
-              "    print('locked', flush=True)\n"
-              "    time.sleep(float(sys.argv[4]))\n")
-    holder = subprocess.Popen([sys.executable, "-c", script, REGISTERED_MODEL_NAME, str(tmp_path / "elsewhere"),
-                               resource.uri(), str(hold_s)], stdout=subprocess.PIPE, text=True)
+    script = (
+        "import sys, time\n"
+        "from mm_pipeline.registry.champion import champion_lock\n"
+        "with champion_lock(sys.argv[1], sys.argv[2], sys.argv[3]):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(float(sys.argv[4]))\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, REGISTERED_MODEL_NAME, str(tmp_path / "elsewhere"), resource.uri(), str(hold_s)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="another promotion or rollback holds it"):
-            with champion_module.champion_lock(REGISTERED_MODEL_NAME, tmp_path / "mine", resource.uri(),
-                                               timeout_s=0.3):
+            with champion_module.champion_lock(REGISTERED_MODEL_NAME, tmp_path / "mine", resource.uri(), timeout_s=0.3):
                 pass
         # The promote_model job takes the same lock (the file next to the SQLite store): it waits.
         result = _promote(resource, version=2)
@@ -409,8 +434,13 @@ def test_promotion_loop_promotes_rejects_a_worse_model_and_rolls_back(tmp_path, 
         worse = _fast(selected_model={"config": {"candidates": ["popularity"]}})
         downstream = dg.AssetSelection.assets("selected_model").downstream()
         names = {key.to_user_string() for key in downstream.resolve(all_assets())}
-        second = dg.materialize(all_assets(), selection=downstream, instance=instance, resources=resources,
-                                run_config={"ops": {k: v for k, v in worse["ops"].items() if k in names}})
+        second = dg.materialize(
+            all_assets(),
+            selection=downstream,
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {k: v for k, v in worse["ops"].items() if k in names}},
+        )
         assert second.success
         promotion = second.output_for_node("model_promotion")
         assert promotion["challenger_version"] == "2" and promotion["champion_before"] == "1"
@@ -418,7 +448,8 @@ def test_promotion_loop_promotes_rejects_a_worse_model_and_rolls_back(tmp_path, 
         assert promotion["challenger_metrics"]["ndcg@20"] < promotion["champion_metrics"]["ndcg@20"]
         # The champion was re-scored now, on the same split: the same numbers as in run 1.
         assert promotion["champion_metrics"]["ndcg@20"] == pytest.approx(
-            first.output_for_node("model_promotion")["challenger_metrics"]["ndcg@20"], abs=1e-12)
+            first.output_for_node("model_promotion")["challenger_metrics"]["ndcg@20"], abs=1e-12
+        )
         assert _champion(client) == "1"
         tags = client.get_model_version(REGISTERED_MODEL_NAME, "2").tags
         assert tags["mm_pipeline.promotion.decision"] == "rejected"

@@ -51,8 +51,14 @@ def test_ease_scores_from_the_sparse_history():
 
 
 def test_training_age_orders_each_users_history_and_shares_ties():
-    frame = pd.DataFrame({"user_idx": [0, 0, 0, 1, 1, 0, 0], "item_idx": [2, 1, 0, 0, 3, 2, 3],
-                          "timestamp": [5, 3, 3, 1, 1, 9, 10], "split": ["train"] * 6 + ["test"]})
+    frame = pd.DataFrame(
+        {
+            "user_idx": [0, 0, 0, 1, 1, 0, 0],
+            "item_idx": [2, 1, 0, 0, 3, 2, 3],
+            "timestamp": [5, 3, 3, 1, 1, 9, 10],
+            "split": ["train"] * 6 + ["test"],
+        }
+    )
     train = interaction_matrix(frame, 2, 4)
     age = training_age(frame, train)
     # user 0: item 2 is the newest (t=9, its latest), items 0 and 1 tie at t=3; user 1: one tie.
@@ -73,8 +79,9 @@ def test_sparse_user_tables_round_trip_and_compress():
     users = torch.tensor([5, 5, 0, 29])
     assert torch.allclose(sparse.score(users), dense.score(users), atol=1e-6)
     assert torch.equal(select_rows(sparse.user_embeddings, users).to_dense(), dense.user_embeddings[users])
-    again = EmbeddingRecommender.from_bundle({k: v.numpy() if torch.is_tensor(v) else v
-                                              for k, v in sparse.to_bundle().items()})
+    again = EmbeddingRecommender.from_bundle(
+        {k: v.numpy() if torch.is_tensor(v) else v for k, v in sparse.to_bundle().items()}
+    )
     assert again.sparse_users and torch.allclose(again.score(users), dense.score(users), atol=1e-6)
     result = compress_recommender(sparse, prune_amount=0.5, latency_users=16, repeats=1)
     fp32, pruned = result["recommenders"]["fp32"], result["recommenders"]["pruned"]
@@ -134,9 +141,10 @@ def test_item_knn_keeps_the_k_most_similar_items_per_column():
 
 
 def test_trained_search_stops_a_setting_that_trails_the_best_one():
+    from dataclasses import dataclass
+
     from mm_pipeline.recommend.train import StopTraining
     from mm_pipeline.recommend.tuning import GRIDS, TrailingStop, Tuning, tune_trained
-    from dataclasses import dataclass
 
     stop = TrailingStop(warmup=3)
     first = stop.callback()
@@ -175,8 +183,13 @@ def test_trained_search_stops_a_setting_that_trails_the_best_one():
         best = max(curve[:ran])
         return EmbeddingRecommender("m", torch.ones(1, 1), torch.ones(1, 1), {"best_valid_ndcg@20": best})
 
-    result = tune_trained("lightgcn", fit, Config(), lambda m: {"ndcg@20": m.info["best_valid_ndcg@20"]},
-                          Tuning(budget_s=1e9, max_trials=4, warmup=2))
+    result = tune_trained(
+        "lightgcn",
+        fit,
+        Config(),
+        lambda m: {"ndcg@20": m.info["best_valid_ndcg@20"]},
+        Tuning(budget_s=1e9, max_trials=4, warmup=2),
+    )
     assert len(GRIDS["lightgcn"]) == 4 and result.params == {}
     assert epochs[0] == 20 and epochs[2] == 2  # the lr change trails from the first check on
 
@@ -194,8 +207,9 @@ def test_rp3beta_matches_a_dense_reference_walk():
         for j in range(7):
             if i == j or d_item[i] == 0 or d_item[j] == 0:
                 continue
-            walk = sum((x[u, i] / d_item[i]) ** alpha * (x[u, j] / d_user[u]) ** alpha
-                       for u in range(9) if d_user[u] > 0)
+            walk = sum(
+                (x[u, i] / d_item[i]) ** alpha * (x[u, j] / d_user[u]) ** alpha for u in range(9) if d_user[u] > 0
+            )
             reference[i, j] = walk / d_item[j] ** beta
     full = rp3beta(sp.csr_matrix(x), alpha=alpha, beta=beta, k=7)
     np.testing.assert_allclose(full.item_embeddings.numpy().T, reference, rtol=1e-5, atol=1e-7)
@@ -225,10 +239,13 @@ def test_rp3beta_is_one_entry_of_the_model_table_and_tuned_on_validation():
     spec = model_spec("rp3beta")
     assert spec.role == "baseline" and spec.config is RP3betaConfig and spec.asset_name == "rp3beta_model"
     rng = np.random.default_rng(0)
-    rows = [(u, i, t, s) for u in range(30) for t, i in enumerate(rng.choice(12, size=5, replace=False))
-            for s in ["train" if t < 3 else "valid" if t == 3 else "test"]]
+    rows = [
+        (u, i, t, s)
+        for u in range(30)
+        for t, i in enumerate(rng.choice(12, size=5, replace=False))
+        for s in ["train" if t < 3 else "valid" if t == 3 else "test"]
+    ]
     frame = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "split"])
-    result = tune_rp3beta(SplitData.from_frame(frame, 30, 12), Tuning(budget_s=60, max_trials=6),
-                          RP3betaConfig(k=4))
+    result = tune_rp3beta(SplitData.from_frame(frame, 30, 12), Tuning(budget_s=60, max_trials=6), RP3betaConfig(k=4))
     assert len(result.trials) == 6 and result.trials["chosen"].sum() == 1
     assert result.params == {k: result.model.info[k] for k in ("alpha", "beta", "k")}

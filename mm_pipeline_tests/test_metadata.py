@@ -9,12 +9,24 @@ from mm_pipeline.defs.metadata import frame_table, quarantine_metadata
 
 
 def test_columns_are_typed_and_missing_values_empty():
-    frame = pd.DataFrame({"model": ["ease", "bpr", None], "users": [3, 4, 5], "ndcg@20": [0.1234567, np.nan, np.inf],
-                          "warm": [True, False, True], "n": pd.array([1, None, 2], dtype="Int64")})
+    frame = pd.DataFrame(
+        {
+            "model": ["ease", "bpr", None],
+            "users": [3, 4, 5],
+            "ndcg@20": [0.1234567, np.nan, np.inf],
+            "warm": [True, False, True],
+            "n": pd.array([1, None, 2], dtype="Int64"),
+        }
+    )
     table = frame_table(frame, digits=3)
     assert isinstance(table, dg.TableMetadataValue)
     assert [(c.name, c.type) for c in table.schema.columns] == [
-        ("model", "string"), ("users", "int"), ("ndcg@20", "float"), ("warm", "bool"), ("n", "int")]
+        ("model", "string"),
+        ("users", "int"),
+        ("ndcg@20", "float"),
+        ("warm", "bool"),
+        ("n", "int"),
+    ]
     rows = [r.data for r in table.records]
     assert rows[0] == {"model": "ease", "users": 3, "ndcg@20": 0.123, "warm": True, "n": 1}
     assert rows[1]["ndcg@20"] is None and rows[1]["n"] is None and rows[2]["model"] is None

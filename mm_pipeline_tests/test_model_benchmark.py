@@ -22,8 +22,7 @@ def _load_benchmark():
 
 def test_benchmark_reports_epoch_eval_time_and_memory_for_both_models(tmp_path, capsys):
     out = tmp_path / "bench" / "models.json"
-    _load_benchmark().main(["--dataset", "builtin:tiny", "--epochs", "2", "--eval-repeats", "2",
-                            "--out", str(out)])
+    _load_benchmark().main(["--dataset", "builtin:tiny", "--epochs", "2", "--eval-repeats", "2", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["epochs"] == 2 and report["torch_threads"] >= 1
     (entry,) = report["results"]
@@ -57,13 +56,14 @@ def test_config_compare_reports_validation_and_test_per_seed(capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     settings = '{"epochs": 2, "patience": 3}'
-    rows = module.main(["--inputs", "builtin:tiny", "--model", "mm_gcn", "--config", settings,
-                        "--seeds", "0", "0", "1"])
+    rows = module.main(
+        ["--inputs", "builtin:tiny", "--model", "mm_gcn", "--config", settings, "--seeds", "0", "0", "1"]
+    )
     assert [r["seed"] for r in rows] == [0, 0, 1]
     for row in rows:
         assert 0.0 <= row["valid_ndcg@20"] <= 1.0 and 0.0 <= row["test_recall@20"] <= 1.0
         assert row["config"] == {"epochs": 2, "patience": 3} and row["epochs_run"] == 2
-    assert rows[0]["valid_ndcg@20"] == rows[1]["valid_ndcg@20"]      # seeded: the same seed, the same result
+    assert rows[0]["valid_ndcg@20"] == rows[1]["valid_ndcg@20"]  # seeded: the same seed, the same result
     assert rows[0]["test_recall@20"] == rows[1]["test_recall@20"]
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert printed == rows

@@ -15,9 +15,20 @@ from mm_pipeline.settings import REGISTERED_MODEL_NAME
 
 from fast_config import fast_run_config
 
-TRAINING_ASSETS = ["image_features", "aligned_item_embeddings", "popularity_model", "ease_model", "item_knn_model",
-                   "bpr_mf_model", "lightgcn_model", "content_knn_model", "vbpr_model", "freedom_model",
-                   "mm_gcn_model", "mm_hybrid_model"]
+TRAINING_ASSETS = [
+    "image_features",
+    "aligned_item_embeddings",
+    "popularity_model",
+    "ease_model",
+    "item_knn_model",
+    "bpr_mf_model",
+    "lightgcn_model",
+    "content_knn_model",
+    "vbpr_model",
+    "freedom_model",
+    "mm_gcn_model",
+    "mm_hybrid_model",
+]
 # The whole graph plus the research assets (ablations and the report with them), as research_pipeline runs it.
 GRAPH = [*all_assets(), *research_assets()]
 FAST = fast_run_config(assets=GRAPH)
@@ -30,8 +41,12 @@ def pipeline_run(tmp_path_factory):
     mp.setenv("MM_PIPELINE_HOME", str(home))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-    result = dg.materialize(GRAPH, run_config=FAST, instance=dg.DagsterInstance.ephemeral(),
-                            resources=default_resources(home=str(home), dataset="builtin:tiny", tracking_uri=uri))
+    result = dg.materialize(
+        GRAPH,
+        run_config=FAST,
+        instance=dg.DagsterInstance.ephemeral(),
+        resources=default_resources(home=str(home), dataset="builtin:tiny", tracking_uri=uri),
+    )
     yield result, home, uri
     mp.undo()
 
@@ -81,8 +96,16 @@ def test_feature_and_alignment_outputs(pipeline_run):
 
 def test_models_and_compression(pipeline_run):
     result, _, _ = pipeline_run
-    for name in ("popularity_model", "ease_model", "item_knn_model", "bpr_mf_model", "lightgcn_model", "content_knn_model",
-                 "mm_gcn_model", "mm_hybrid_model"):
+    for name in (
+        "popularity_model",
+        "ease_model",
+        "item_knn_model",
+        "bpr_mf_model",
+        "lightgcn_model",
+        "content_knn_model",
+        "mm_gcn_model",
+        "mm_hybrid_model",
+    ):
         model = EmbeddingRecommender.from_bundle(result.output_for_node(name))
         assert (model.n_users, model.n_items) == (240, 360), name
         assert np.isfinite(model.item_embeddings.numpy()).all(), name
@@ -101,8 +124,10 @@ def test_models_and_compression(pipeline_run):
     validation = selected["selection"]
     assert selected["selected"] == validation.loc[0, "model"] == selected["name"]
     assert validation["valid_ndcg@20"].is_monotonic_decreasing and len(validation) == 9  # every trained model
-    assert validation.loc[validation["model"] == "mm_hybrid", "valid_ndcg@20"].iloc[0] >= \
-        validation.loc[validation["model"] == "ease", "valid_ndcg@20"].iloc[0] - 0.01
+    assert (
+        validation.loc[validation["model"] == "mm_hybrid", "valid_ndcg@20"].iloc[0]
+        >= validation.loc[validation["model"] == "ease", "valid_ndcg@20"].iloc[0] - 0.01
+    )
     stats = result.output_for_node("compressed_model")["stats"]
     assert list(stats["variant"]) == ["fp32", "pruned", "int8", "pruned_int8"]
     assert (stats["params_total"] > 0).all() and (stats["latency_median_ms"] > 0).all()
@@ -121,7 +146,9 @@ def test_metrics_json(pipeline_run):
             assert key in values, (name, key)
         assert 0.0 <= values["recall@20"] <= 1.0
     support = metrics["support"]["cold_start"]
-    assert metrics["dataset"]["cold_items"] > 0 and support["interactions"] == metrics["dataset"]["cold_test_interactions"]
+    assert (
+        metrics["dataset"]["cold_items"] > 0 and support["interactions"] == metrics["dataset"]["cold_test_interactions"]
+    )
     if support["enough"]:
         assert set(metrics["cold_start"]) >= {"popularity", "mm_gcn", "mm_hybrid"}
     else:
@@ -130,17 +157,30 @@ def test_metrics_json(pipeline_run):
     lo, hi = metrics["models"]["mm_hybrid"]["recall@20_ci"]
     assert lo <= metrics["models"]["mm_hybrid"]["recall@20"] <= hi
     assert metrics["significance"]["best_baseline"] in metrics["baselines"]
-    assert set(metrics["ablations"]) == {"mm_gcn-text_only", "mm_gcn-image_only", "mm_gcn-audio_only",
-                                         "mm_gcn-no_alignment", "mm_gcn-no_item_graph", "mm_hybrid-no_content",
-                                         "mm_hybrid-no_gnn", "mm_hybrid-no_recency", "mm_hybrid-no_item_item"}
+    assert set(metrics["ablations"]) == {
+        "mm_gcn-text_only",
+        "mm_gcn-image_only",
+        "mm_gcn-audio_only",
+        "mm_gcn-no_alignment",
+        "mm_gcn-no_item_graph",
+        "mm_hybrid-no_content",
+        "mm_hybrid-no_gnn",
+        "mm_hybrid-no_recency",
+        "mm_hybrid-no_item_item",
+    }
     assert {"vbpr", "freedom"} <= set(metrics["baselines"]) and "mm_gcn" not in metrics["baselines"]
     if metrics["support"]["long_tail"]["enough"]:
         assert set(metrics["long_tail"]) >= {"popularity", "mm_hybrid"}
     result, _, _ = pipeline_run
     assert result.output_for_node("evaluation_report")["metrics"]["ablations"] == []
     for values in metrics["models"].values():
-        assert {"recall@20_ci", "ndcg@20_ci", "significant_vs_best_baseline", "personalization@20",
-                "intra_list_diversity@20"} <= set(values)
+        assert {
+            "recall@20_ci",
+            "ndcg@20_ci",
+            "significant_vs_best_baseline",
+            "personalization@20",
+            "intra_list_diversity@20",
+        } <= set(values)
     page = (home / "reports" / "latest" / "report.html").read_text()
     assert "Long-tail items" in page and "Modality weights" in page and "data:image/png;base64," in page
 
@@ -155,8 +195,9 @@ def test_mlflow_runs_models_and_registry(pipeline_run):
         run = by_asset[asset]
         assert run.data.tags.get("dagster.run_id"), asset
         assert run.data.params, asset
-        models = client.search_logged_models([experiment.experiment_id],
-                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        models = client.search_logged_models(
+            [experiment.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
         assert models, f"{asset} logged no model"
     assert client.get_metric_history(by_asset["mm_gcn_model"].info.run_id, "valid_ndcg_at_20")
     inputs = client.get_run(by_asset["mm_gcn_model"].info.run_id).inputs.dataset_inputs
@@ -171,8 +212,9 @@ def test_first_run_promotes_the_challenger(pipeline_run):
     result, _, uri = pipeline_run
     promotion = result.output_for_node("model_promotion")
     assert promotion["decision"] == "promoted" and promotion["champion_before"] is None
-    (event,) = [e for e in result.get_asset_materialization_events()
-                if e.asset_key.to_user_string() == "model_promotion"]
+    (event,) = [
+        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "model_promotion"
+    ]
     metadata = event.materialization.metadata
     assert metadata["decision"].value == "promoted" and "no champion" in metadata["reason"].value
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -180,7 +222,9 @@ def test_first_run_promotes_the_challenger(pipeline_run):
     champion = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "champion")
     assert str(champion.version) == str(challenger.version) == promotion["challenger_version"]
     assert champion.tags["mm_pipeline.promotion.decision"] == "promoted"
-    assert client.get_registered_model(REGISTERED_MODEL_NAME).tags["mm_pipeline.champion_history"] == str(champion.version)
+    assert client.get_registered_model(REGISTERED_MODEL_NAME).tags["mm_pipeline.champion_history"] == str(
+        champion.version
+    )
     # Re-scored from the registered artifact, with the evaluation report's protocol: the same numbers.
     report = result.output_for_node("evaluation_report")["metrics"]
     shipped = report["selection"]["selected"]  # the best on validation is what was registered
@@ -189,7 +233,8 @@ def test_first_run_promotes_the_challenger(pipeline_run):
         assert promotion["challenger_metrics"][key] == pytest.approx(report["models"][shipped][key], abs=1e-9), key
     if report["cold_start"]:
         assert promotion["challenger_metrics"]["cold_recall@20"] == pytest.approx(
-            report["cold_start"][shipped]["recall@20"], abs=1e-9)
+            report["cold_start"][shipped]["recall@20"], abs=1e-9
+        )
     assert promotion["challenger_metrics"]["known_user_share"] == 1.0
     assert promotion["challenger_metrics"]["served_rows_checked"] > 0
     mlflow.set_tracking_uri(None)

@@ -17,8 +17,11 @@ scores = st.fixed_dictionaries({m: unit for m in METRICS})
 
 
 def policies():
-    return st.builds(lambda margin, tols: PromotionPolicy(GATE, margin, dict(zip(GUARDS, tols))),
-                     st.floats(min_value=0.0, max_value=0.1, allow_nan=False), st.tuples(tolerance, tolerance))
+    return st.builds(
+        lambda margin, tols: PromotionPolicy(GATE, margin, dict(zip(GUARDS, tols))),
+        st.floats(min_value=0.0, max_value=0.1, allow_nan=False),
+        st.tuples(tolerance, tolerance),
+    )
 
 
 def test_no_champion_promotes():
@@ -88,8 +91,7 @@ def test_never_promotes_a_challenger_that_breaks_a_guardrail(challenger, champio
 
 
 @settings(max_examples=300, deadline=None)
-@given(champion=scores, gain=st.floats(min_value=1e-9, max_value=0.5), drops=st.tuples(unit, unit),
-       policy=policies())
+@given(champion=scores, gain=st.floats(min_value=1e-9, max_value=0.5), drops=st.tuples(unit, unit), policy=policies())
 def test_always_promotes_when_strictly_better_and_guardrails_hold(champion, gain, drops, policy):
     challenger = {GATE: champion[GATE] + policy.min_improvement + gain}
     for (metric, tol), share in zip(policy.guardrails.items(), drops):
@@ -104,8 +106,9 @@ def test_always_promotes_when_strictly_better_and_guardrails_hold(champion, gain
 @settings(max_examples=200, deadline=None)
 @given(challenger=scores, champion=scores, policy=policies())
 def test_decision_matches_the_documented_rule(challenger, champion, policy):
-    expected = (challenger[GATE] - champion[GATE] > policy.min_improvement
-                and all(champion[m] - challenger[m] <= t for m, t in policy.guardrails.items()))
+    expected = challenger[GATE] - champion[GATE] > policy.min_improvement and all(
+        champion[m] - challenger[m] <= t for m, t in policy.guardrails.items()
+    )
     assert decide(challenger, champion, policy).promote == expected
 
 
@@ -147,8 +150,11 @@ def test_the_gate_metric_cannot_be_waived_and_unknown_names_are_ignored():
         decide({GATE: 0.3}, {GATE: 0.1}, not_applicable={GATE: "no data"})
     with pytest.raises(TypeError, match="not_applicable"):
         decide({GATE: 0.3}, None, not_applicable=["cold_recall@20"])
-    decision = decide({GATE: 0.3, "coverage@20": 0.5, "cold_recall@20": 0.2},
-                      {GATE: 0.1, "coverage@20": 0.5, "cold_recall@20": 0.2}, not_applicable={"mrr@5": "?"})
+    decision = decide(
+        {GATE: 0.3, "coverage@20": 0.5, "cold_recall@20": 0.2},
+        {GATE: 0.1, "coverage@20": 0.5, "cold_recall@20": 0.2},
+        not_applicable={"mrr@5": "?"},
+    )
     assert decision.promote and decision.not_applicable == {}
 
 
@@ -181,10 +187,16 @@ def test_promotion_asset_waives_cold_guardrails_only_without_enough_cold_test_da
 
 
 @settings(max_examples=300, deadline=None)
-@given(challenger=scores, champion=scores, policy=policies(), waive=st.sets(st.sampled_from(GUARDS)),
-       drop_waived=st.booleans())
+@given(
+    challenger=scores,
+    champion=scores,
+    policy=policies(),
+    waive=st.sets(st.sampled_from(GUARDS)),
+    drop_waived=st.booleans(),
+)
 def test_never_promotes_a_worse_challenger_or_one_breaking_an_applicable_guardrail(
-        challenger, champion, policy, waive, drop_waived):
+    challenger, champion, policy, waive, drop_waived
+):
     waived = {m: "not measurable" for m in waive}
     if drop_waived:  # what the evaluation yields when there is nothing to measure: the metric is absent
         for m in waive:
@@ -196,8 +208,9 @@ def test_never_promotes_a_worse_challenger_or_one_breaking_an_applicable_guardra
     if decision.promote:
         assert challenger[GATE] - champion[GATE] > policy.min_improvement
         assert all(champion[m] - challenger[m] <= t for m, t in applicable.items())
-    expected = (challenger[GATE] - champion[GATE] > policy.min_improvement
-                and all(champion[m] - challenger[m] <= t for m, t in applicable.items()))
+    expected = challenger[GATE] - champion[GATE] > policy.min_improvement and all(
+        champion[m] - challenger[m] <= t for m, t in applicable.items()
+    )
     assert decision.promote == expected
 
 
@@ -217,8 +230,10 @@ def test_decide_promotion_labels_each_case():
     assert "no champion yet" in first.reason and math.isnan(first.gate_delta)
     better = decide_promotion(policy, 3, BETTER_SCORES, 2, CHAMPION_SCORES, ENOUGH_SUPPORT)
     assert better.label == "promoted" and better.challenger_version == "3" and better.champion_version == "2"
-    assert better.gate_delta == pytest.approx(0.1) and better.guardrail_deltas == {"coverage@20": 0.0,
-                                                                                   "cold_recall@20": 0.0}
+    assert better.gate_delta == pytest.approx(0.1) and better.guardrail_deltas == {
+        "coverage@20": 0.0,
+        "cold_recall@20": 0.0,
+    }
     worse = decide_promotion(policy, "3", CHAMPION_SCORES, "2", BETTER_SCORES, ENOUGH_SUPPORT)
     assert (worse.label, worse.promote) == ("rejected", False) and "gate not passed" in worse.reason
     same = decide_promotion(policy, "2", BETTER_SCORES, "2", BETTER_SCORES, ENOUGH_SUPPORT)
@@ -244,8 +259,9 @@ def test_decide_promotion_waives_cold_guardrails_from_the_support_only():
 def test_promotion_decision_tables_tags_and_staleness():
     from mm_pipeline.registry.promotion import decide_promotion
 
-    decision = decide_promotion(PromotionPolicy(), "3", {**BETTER_SCORES, "coverage@20": 0.40}, "2", CHAMPION_SCORES,
-                                NO_COLD_SUPPORT)
+    decision = decide_promotion(
+        PromotionPolicy(), "3", {**BETTER_SCORES, "coverage@20": 0.40}, "2", CHAMPION_SCORES, NO_COLD_SUPPORT
+    )
     assert decision.label == "rejected"
     rule = decision.rule_table().set_index("metric")
     assert list(rule.index) == [GATE, "coverage@20", "cold_recall@20"]

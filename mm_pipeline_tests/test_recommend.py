@@ -1,14 +1,14 @@
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 import torch
 from torch_geometric.nn import LGConv
 
+from mm_pipeline.recommend import train as train_module
 from mm_pipeline.recommend.baselines import ease, most_popular
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal, standardized_features
 from mm_pipeline.recommend.graph import SymmetricLGConv, bipartite_edge_index, normalized_adjacency
-from mm_pipeline.recommend import train as train_module
 from mm_pipeline.recommend.train import TrainConfig, TrainingPairs, sample_negatives
 
 
@@ -96,8 +96,11 @@ def test_models_train_deterministically_and_content_carries_cold_items():
     assert cold[-4:-2].all()
     # Content: the item's group, visible for every item including the cold ones.
     group = np.arange(n_items) % 2
-    aligned = {"fused": np.eye(2, dtype=np.float32)[group], "modality_embeddings": np.eye(2, dtype=np.float32)[group][:, None],
-               "present": np.ones((n_items, 1), bool)}
+    aligned = {
+        "fused": np.eye(2, dtype=np.float32)[group],
+        "modality_embeddings": np.eye(2, dtype=np.float32)[group][:, None],
+        "present": np.ones((n_items, 1), bool),
+    }
     raw = {"text": (np.eye(2, dtype=np.float32)[group], np.ones(n_items, bool))}
     config = MultimodalConfig(epochs=15, batch_size=128, dim=8, hidden=16, lr=0.02, patience=15)
     model, history = fit_multimodal(data, aligned, config, raw_features=raw)
@@ -105,7 +108,7 @@ def test_models_train_deterministically_and_content_carries_cold_items():
     assert torch.allclose(model.item_embeddings, again.item_embeddings)
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     # Cold items: each user should score the cold item of their own group above the other one.
-    scores = model.score(torch.arange(n_users))[:, n_items - 4: n_items - 2].numpy()
+    scores = model.score(torch.arange(n_users))[:, n_items - 4 : n_items - 2].numpy()
     preferred = scores.argmax(1)
     assert (preferred == np.arange(n_users) % 2).mean() > 0.9
     lightgcn, lg_history = fit_lightgcn(data, TrainConfig(epochs=5, batch_size=128, dim=8))
@@ -159,11 +162,14 @@ def test_item_graph_gives_cold_items_their_warm_neighbours_collaborative_signal(
     frame, n_users, n_items = _toy_split()
     data = SplitData.from_frame(frame, n_users, n_items)
     group = np.arange(n_items) % 2
-    aligned = {"fused": np.eye(2, dtype=np.float32)[group],
-               "modality_embeddings": np.eye(2, dtype=np.float32)[group][:, None],
-               "present": np.ones((n_items, 1), bool)}
-    config = MultimodalConfig(epochs=10, batch_size=128, dim=8, hidden=16, lr=0.02, patience=10, knn_k=4,
-                              align_weight=0.5)
+    aligned = {
+        "fused": np.eye(2, dtype=np.float32)[group],
+        "modality_embeddings": np.eye(2, dtype=np.float32)[group][:, None],
+        "present": np.ones((n_items, 1), bool),
+    }
+    config = MultimodalConfig(
+        epochs=10, batch_size=128, dim=8, hidden=16, lr=0.02, patience=10, knn_k=4, align_weight=0.5
+    )
     raw = {"text": (np.eye(2, dtype=np.float32)[group], np.ones(n_items, bool))}
     model, history = fit_multimodal(data, aligned, config, raw_features=raw)
     assert "align_infonce" in history and history["align_infonce"].iloc[-1] < history["align_infonce"].iloc[0]
@@ -179,8 +185,9 @@ def test_item_graph_gives_cold_items_their_warm_neighbours_collaborative_signal(
     content = model.item_embeddings[:, dim:]
     assert torch.allclose(content[data.warm_items], torch.zeros_like(content[data.warm_items]))
     assert content[cold].norm(dim=1).min() > 0
-    everywhere, _ = fit_multimodal(data, aligned, MultimodalConfig(**{**config.__dict__, "content_mode": "all"}),
-                                   raw_features=raw)
+    everywhere, _ = fit_multimodal(
+        data, aligned, MultimodalConfig(**{**config.__dict__, "content_mode": "all"}), raw_features=raw
+    )
     assert everywhere.item_embeddings[data.warm_items, dim:].norm(dim=1).min() > 0
     # The item graph needs its source: raw features by default, or the aligned fused vectors.
     with pytest.raises(ValueError, match="raw_features"):
@@ -211,7 +218,7 @@ def test_degree_sensitive_pruning_keeps_a_share_and_drops_popular_edges_first():
     kept_star = []
     for _ in range(200):
         adj = pruning().to_dense()
-        assert torch.allclose(adj, adj.T)                                    # undirected, normalised
+        assert torch.allclose(adj, adj.T)  # undirected, normalised
         kept_u, kept_i = (adj[:n_users, n_users:] > 0).nonzero(as_tuple=True)
         assert len(kept_u) == round(len(users) * 0.5)
         kept_star.append(int(((kept_u == 0) | (kept_i == 0)).sum()))
@@ -227,7 +234,9 @@ def test_vbpr_scores_are_one_dot_product_and_use_visual_features():
     frame, n_users, n_items = _toy_split()
     data = SplitData.from_frame(frame, n_users, n_items)
     rng = np.random.default_rng(0)
-    visual = np.eye(2, dtype=np.float32)[np.arange(n_items) % 2] + 0.05 * rng.normal(size=(n_items, 2)).astype(np.float32)
+    visual = np.eye(2, dtype=np.float32)[np.arange(n_items) % 2] + 0.05 * rng.normal(size=(n_items, 2)).astype(
+        np.float32
+    )
     present = np.ones(n_items, bool)
     present[3] = False
     model, history = fit_vbpr(data, visual, present, TrainConfig(epochs=8, batch_size=128, dim=8, lr=0.02))
@@ -254,9 +263,12 @@ def test_ablations_remove_one_part_each():
 
     rng = np.random.default_rng(0)
     n = 12
-    aligned = {"modalities": ["text", "image"], "fused": rng.normal(size=(n, 4)).astype(np.float32),
-               "modality_embeddings": rng.normal(size=(n, 2, 4)).astype(np.float32),
-               "present": np.ones((n, 2), bool)}
+    aligned = {
+        "modalities": ["text", "image"],
+        "fused": rng.normal(size=(n, 4)).astype(np.float32),
+        "modality_embeddings": rng.normal(size=(n, 2, 4)).astype(np.float32),
+        "present": np.ones((n, 2), bool),
+    }
     raw = {"text": (rng.normal(size=(n, 6)), np.ones(n, bool)), "image": (rng.normal(size=(n, 3)), np.ones(n, bool))}
     variants = {a.name: a for a in ablations(aligned, raw)}
     assert set(variants) == {"mm_gcn-text_only", "mm_gcn-image_only", "mm_gcn-no_alignment", "mm_gcn-no_item_graph"}
@@ -279,8 +291,10 @@ def test_freedom_prunes_by_degree_and_trains_deterministically():
     data = SplitData.from_frame(frame, n_users, n_items)
     rng = np.random.default_rng(0)
     group = np.arange(n_items) % 2
-    raw = {"text": (np.eye(2)[group] + 0.05 * rng.normal(size=(n_items, 2)), np.ones(n_items, bool)),
-           "image": (rng.normal(size=(n_items, 3)), np.arange(n_items) != 5)}
+    raw = {
+        "text": (np.eye(2)[group] + 0.05 * rng.normal(size=(n_items, 2)), np.ones(n_items, bool)),
+        "image": (rng.normal(size=(n_items, 3)), np.arange(n_items) != 5),
+    }
     config = FreedomConfig(epochs=6, batch_size=128, dim=8, lr=0.02, patience=6)
     model, history = fit_freedom(data, raw, config)
     again, _ = fit_freedom(data, raw, config)
@@ -290,14 +304,15 @@ def test_freedom_prunes_by_degree_and_trains_deterministically():
     coo = data.train.tocoo()
     edges = bipartite_edge_index(coo.row, coo.col, n_users)
     adj = torch.eye(n_items).to_sparse_csr()
-    freedom = FREEDOM(n_users, n_items, edges, adj, [torch.zeros(n_items, 1)],
-                      FreedomConfig(dim=4, edge_dropout=0.5))
+    freedom = FREEDOM(n_users, n_items, edges, adj, [torch.zeros(n_items, 1)], FreedomConfig(dim=4, edge_dropout=0.5))
     pruned = freedom.pruning().to_dense()
     assert torch.allclose(pruned, pruned.T)
     assert int((pruned > 0).sum()) == 2 * round(coo.nnz * 0.5)
     d_user = np.asarray(data.train.sum(1)).ravel()
     d_item = np.asarray(data.train.sum(0)).ravel()
-    expected = 1 / np.sqrt(d_user[freedom.pruning.edges[0].numpy()] * d_item[freedom.pruning.edges[1].numpy() - n_users])
+    expected = 1 / np.sqrt(
+        d_user[freedom.pruning.edges[0].numpy()] * d_item[freedom.pruning.edges[1].numpy() - n_users]
+    )
     np.testing.assert_allclose(freedom.pruning.weight.numpy(), expected, rtol=1e-6)
 
 
@@ -315,9 +330,14 @@ def test_pre_graph_mode_smooths_item_ids_before_the_user_item_propagation():
     for mode in ("pre", "add", "cold"):
         torch.manual_seed(0)
         models[mode] = MultimodalGCN(
-            n_users, n_items, adj, torch.randn(n_items, 3), warm,
+            n_users,
+            n_items,
+            adj,
+            torch.randn(n_items, 3),
+            warm,
             MultimodalConfig(dim=dim, num_layers=2, hidden=8, graph_mode=mode, content_mode="cold", init="xavier"),
-            item_adj=item_adj).eval()
+            item_adj=item_adj,
+        ).eval()
     model = models["pre"]
     # The math of graph_mode="pre" on dense matrices: g = mean_l A^l [e_u; e_i + S e_i] over l = 0..2.
     e = model.item_embedding.weight.detach() * warm[:, None]
@@ -352,7 +372,7 @@ def test_init_xavier_scales_with_the_table_and_unknown_init_is_an_error():
     normal = MultimodalGCN(1, 3000, adj, content, warm, MultimodalConfig(dim=64, init="normal"))
     bound = (6 / (3000 + 64)) ** 0.5  # Glorot: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
     assert xavier.item_embedding.weight.abs().max() <= bound
-    assert abs(xavier.item_embedding.weight.std().item() - bound / 3 ** 0.5) < 2e-3
+    assert abs(xavier.item_embedding.weight.std().item() - bound / 3**0.5) < 2e-3
     assert abs(normal.item_embedding.weight.std().item() - 0.1) < 2e-3
     with pytest.raises(ValueError, match="init"):
         MultimodalGCN(1, 3000, adj, content, warm, MultimodalConfig(init="zeros"))

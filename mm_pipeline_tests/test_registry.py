@@ -49,8 +49,13 @@ MODEL_NAME = "test_recommender"
 USER_IDS = [f"alice-{i:03d}-x" for i in range(N_USERS)]
 ITEM_IDS = [f"sku-{i:03d}" for i in range(N_ITEMS)]
 SECRET = b"registry-tests-secret-0123456789abcdef"
-_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID",
-               "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+_MLFLOW_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +80,9 @@ def store(tmp_path_factory):
         uri = f"sqlite:///{root / 'mlflow.db'}"
         experiment_id = configure_mlflow(uri, "registry-tests", root / "artifacts")
         try:
-            yield SimpleNamespace(root=root, cwd=cwd, uri=uri, experiment_id=experiment_id,
-                                  artifacts=root / "artifacts")
+            yield SimpleNamespace(
+                root=root, cwd=cwd, uri=uri, experiment_id=experiment_id, artifacts=root / "artifacts"
+            )
         finally:
             while mlflow.active_run() is not None:
                 mlflow.end_run()
@@ -84,8 +90,9 @@ def store(tmp_path_factory):
 
 def _toy_data():
     g = torch.Generator().manual_seed(7)
-    model = EmbeddingRecommender("mf", torch.randn(N_USERS, D, generator=g),
-                                 torch.randn(N_ITEMS, D, generator=g), info={"epochs": 2})
+    model = EmbeddingRecommender(
+        "mf", torch.randn(N_USERS, D, generator=g), torch.randn(N_ITEMS, D, generator=g), info={"epochs": 2}
+    )
     rng = np.random.default_rng(7)
     dense = (rng.random((N_USERS, N_ITEMS)) < 0.2).astype(np.float32)
     dense[0, :] = 1.0
@@ -99,13 +106,19 @@ def logged(store):
     model, train = _toy_data()
     with mlflow.start_run() as run:
         mlflow.log_params(safe_params({"lr": 0.01, "user_ids": USER_IDS[:3], "model": {"dim": D}}))
-        info = log_recommender(model, USER_IDS, ITEM_IDS, train, name="recommender",
-                               registered_model_name=MODEL_NAME, tags={"users": USER_IDS[:2], "k": 10})
+        info = log_recommender(
+            model,
+            USER_IDS,
+            ITEM_IDS,
+            train,
+            name="recommender",
+            registered_model_name=MODEL_NAME,
+            tags={"users": USER_IDS[:2], "k": 10},
+        )
     local = store.root / "downloaded"
     local.mkdir()
     loaded = mlflow.pyfunc.load_model(info.model_uri, dst_path=str(local))
-    return SimpleNamespace(model=model, train=train, info=info, run_id=run.info.run_id,
-                           loaded=loaded, local=local)
+    return SimpleNamespace(model=model, train=train, info=info, run_id=run.info.run_id, loaded=loaded, local=local)
 
 
 def _expected_top_k(model, train, user: int, k: int) -> tuple[list[str], np.ndarray]:
@@ -122,6 +135,7 @@ def _popular_ids(train) -> list[str]:
 
 
 # --- tracking -----------------------------------------------------------------------------------
+
 
 def test_configure_mlflow_creates_experiment_under_artifact_root(store):
     client = MlflowClient(store.uri)
@@ -140,12 +154,14 @@ def test_configure_mlflow_creates_experiment_under_artifact_root(store):
 
 def test_log_history_batches_all_steps(store, monkeypatch):
     n = 1100
-    history = pd.DataFrame({
-        "epoch": np.arange(n),
-        "loss": np.linspace(2.0, 0.5, n),
-        "val_recall@20": np.where(np.arange(n) % 2 == 0, np.arange(n) / n, np.nan),  # every other epoch
-        "note": ["x"] * n,  # not numeric: ignored
-    })
+    history = pd.DataFrame(
+        {
+            "epoch": np.arange(n),
+            "loss": np.linspace(2.0, 0.5, n),
+            "val_recall@20": np.where(np.arange(n) % 2 == 0, np.arange(n) / n, np.nan),  # every other epoch
+            "note": ["x"] * n,  # not numeric: ignored
+        }
+    )
     calls = []
     original = MlflowClient.log_batch
 
@@ -176,15 +192,35 @@ def test_log_history_batches_all_steps(store, monkeypatch):
 
 
 def test_safe_params_flattens_stringifies_and_drops_user_ids(store):
-    params = safe_params({
-        "lr": 1e-3, "n_users": 20, "model": {"dim": 8, "layers": [64, 32]},
-        "user_ids": ["alice", "bob"], "eval": {"users": ["carol"], "k": 10}, "test_user_id": "dave",
-        "UserIDs": "erin", "holdout_users": ["frank"], "uid": "gina", "user": "hank", "users": 20,
-        "notes": "y" * 7000, "bad key?": 1, "recall@20": 0.5,
-    })
-    assert params == {"lr": "0.001", "n_users": "20", "model.dim": "8", "model.layers": "[64, 32]",
-                      "eval.k": "10", "users": "20", "notes": "y" * 6000, "bad key_": "1",
-                      "recall_at_20": "0.5"}
+    params = safe_params(
+        {
+            "lr": 1e-3,
+            "n_users": 20,
+            "model": {"dim": 8, "layers": [64, 32]},
+            "user_ids": ["alice", "bob"],
+            "eval": {"users": ["carol"], "k": 10},
+            "test_user_id": "dave",
+            "UserIDs": "erin",
+            "holdout_users": ["frank"],
+            "uid": "gina",
+            "user": "hank",
+            "users": 20,
+            "notes": "y" * 7000,
+            "bad key?": 1,
+            "recall@20": 0.5,
+        }
+    )
+    assert params == {
+        "lr": "0.001",
+        "n_users": "20",
+        "model.dim": "8",
+        "model.layers": "[64, 32]",
+        "eval.k": "10",
+        "users": "20",
+        "notes": "y" * 6000,
+        "bad key_": "1",
+        "recall_at_20": "0.5",
+    }
     with mlflow.start_run() as run:
         mlflow.log_params(params)  # MLflow accepts every key and value
     assert MlflowClient().get_run(run.info.run_id).data.params == params
@@ -195,10 +231,16 @@ def test_safe_params_flattens_stringifies_and_drops_user_ids(store):
 
 
 def test_run_tags_names_and_filtering():
-    tags = run_tags("run-123", "recommend/model", "abc", extra={"stage": "train", "user_id": "alice",
-                                                                "cfg": {"seed": 0}})
-    assert tags == {TAG_DAGSTER_RUN_ID: "run-123", TAG_DAGSTER_ASSET_KEY: "recommend/model",
-                    TAG_CODE_VERSION: "abc", "stage": "train", "cfg.seed": "0"}
+    tags = run_tags(
+        "run-123", "recommend/model", "abc", extra={"stage": "train", "user_id": "alice", "cfg": {"seed": 0}}
+    )
+    assert tags == {
+        TAG_DAGSTER_RUN_ID: "run-123",
+        TAG_DAGSTER_ASSET_KEY: "recommend/model",
+        TAG_CODE_VERSION: "abc",
+        "stage": "train",
+        "cfg.seed": "0",
+    }
     assert TAG_DAGSTER_RUN_ID == "dagster.run_id" and TAG_CODE_VERSION == "mm_pipeline.code_version"
     assert run_tags(None, None, None, None) == {}
     with pytest.raises(ValueError, match="reserved"):
@@ -208,6 +250,7 @@ def test_run_tags_names_and_filtering():
 
 
 # --- serving arrays -----------------------------------------------------------------------------
+
 
 def test_export_serving_arrays_content_and_determinism():
     model, train = _toy_data()
@@ -220,8 +263,10 @@ def test_export_serving_arrays_content_and_determinism():
     assert "salt" not in arrays and str(arrays["key_check"]) == secret_fingerprint(SECRET)
     assert arrays["user_keys"].tolist() == [user_key(u, SECRET) for u in USER_IDS]
     assert [ITEM_IDS[i] for i in arrays["popular_items"]] == _popular_ids(train)
-    np.testing.assert_array_equal(arrays["seen_indices"][arrays["seen_indptr"][0]:arrays["seen_indptr"][1]],
-                                  np.setdiff1d(np.arange(N_ITEMS), [4, 17]))
+    np.testing.assert_array_equal(
+        arrays["seen_indices"][arrays["seen_indptr"][0] : arrays["seen_indptr"][1]],
+        np.setdiff1d(np.arange(N_ITEMS), [4, 17]),
+    )
     assert arrays["seen_indptr"][2] == arrays["seen_indptr"][1]  # user 1 has seen nothing
     other = export_serving_arrays(model, USER_IDS, ITEM_IDS, train, b"another-secret-of-enough-length")
     assert not np.array_equal(other["user_keys"], arrays["user_keys"])
@@ -256,8 +301,11 @@ def test_a_sparse_user_table_serves_the_same_top_k_as_its_dense_copy():
     assert "user_embeddings" not in arrays and arrays["user_indices"].size == history.nnz
     request = pd.DataFrame({"user_id": [USER_IDS[3], "stranger", USER_IDS[0]], "k": [5, 2, 3]})
     got = RecommenderPyfunc().load_arrays(arrays).predict(None, request)
-    want = RecommenderPyfunc().load_arrays(export_serving_arrays(dense, USER_IDS, ITEM_IDS, train, SECRET)).predict(None,
-                                                                                                          request)
+    want = (
+        RecommenderPyfunc()
+        .load_arrays(export_serving_arrays(dense, USER_IDS, ITEM_IDS, train, SECRET))
+        .predict(None, request)
+    )
     pd.testing.assert_frame_equal(got, want)
     bad = dict(arrays, user_indices=arrays["user_indices"] + N_ITEMS)
     with pytest.raises(ValueError, match="user_indices must lie in"):
@@ -281,6 +329,7 @@ def test_predict_validates_input():
 
 # --- logged model -------------------------------------------------------------------------------
 
+
 def test_log_recommender_registers_a_version_linked_to_the_run(store, logged):
     info = logged.info
     assert info.model_uri.startswith("models:/m-") and info.registered_model_version == 1
@@ -301,8 +350,7 @@ def test_log_recommender_registers_a_version_linked_to_the_run(store, logged):
     champion = register_alias(MODEL_NAME, 1, "champion")
     assert str(champion.version) == "1" and "champion" in champion.aliases
     (store.root / "by_alias").mkdir()
-    by_alias = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion",
-                                        dst_path=str(store.root / "by_alias"))
+    by_alias = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion", dst_path=str(store.root / "by_alias"))
     assert by_alias.metadata.model_id == info.model_id
     with pytest.raises(ValueError, match="alias must be"):
         register_alias(MODEL_NAME, 1, "v2")
@@ -312,12 +360,14 @@ def test_log_recommender_registers_a_version_linked_to_the_run(store, logged):
 
 def test_loaded_model_returns_numpy_top_k_and_popular_fallback(logged):
     model, train = logged.model, logged.train
-    request = pd.DataFrame({"user_id": [USER_IDS[3], "nobody", USER_IDS[0], USER_IDS[1], USER_IDS[3]],
-                            "k": [5, 4, 5, 30, 1]})
+    request = pd.DataFrame(
+        {"user_id": [USER_IDS[3], "nobody", USER_IDS[0], USER_IDS[1], USER_IDS[3]], "k": [5, 4, 5, 30, 1]}
+    )
     out = logged.loaded.predict(request)
     assert list(out.columns) == ["user_id", "rank", "item_id", "score", "fallback"]
-    assert out["user_id"].tolist() == [USER_IDS[3]] * 5 + ["nobody"] * 4 + [USER_IDS[0]] * 2 \
-        + [USER_IDS[1]] * 30 + [USER_IDS[3]]
+    assert out["user_id"].tolist() == [USER_IDS[3]] * 5 + ["nobody"] * 4 + [USER_IDS[0]] * 2 + [USER_IDS[1]] * 30 + [
+        USER_IDS[3]
+    ]
 
     def block(user_id, k_rows):
         rows = out[out["user_id"] == user_id]
@@ -356,15 +406,24 @@ def test_model_artifacts_hold_no_raw_user_ids(store, logged):
             assert user_id.encode("utf-8") not in blob, f"{user_id} in {path.name}"
             assert user_id.encode("utf-32-le") not in blob, f"{user_id} in {path.name}"
     with np.load(npz_files[0], allow_pickle=False) as npz:
-        assert {"user_embeddings", "item_embeddings", "item_ids", "user_keys", "key_check",
-                "popular_items", "seen_indptr", "seen_indices"} <= set(npz.files)
+        assert {
+            "user_embeddings",
+            "item_embeddings",
+            "item_ids",
+            "user_keys",
+            "key_check",
+            "popular_items",
+            "seen_indptr",
+            "seen_indices",
+        } <= set(npz.files)
         assert all(npz[name].dtype != object for name in npz.files)
         strings = {s for name in npz.files if npz[name].dtype.kind == "U" for s in npz[name].ravel().tolist()}
         assert not strings & set(USER_IDS)
         assert len(npz["user_keys"][0]) == 64
     run = MlflowClient().get_run(logged.run_id)
-    recorded = json.dumps([run.data.params, run.data.tags,
-                           MlflowClient().get_logged_model(logged.info.model_id).to_dictionary()])
+    recorded = json.dumps(
+        [run.data.params, run.data.tags, MlflowClient().get_logged_model(logged.info.model_id).to_dictionary()]
+    )
     assert not any(user_id in recorded for user_id in USER_IDS)
     assert "lr" in run.data.params and "user_ids" not in run.data.params
 
@@ -384,8 +443,14 @@ def test_loading_needs_neither_mm_pipeline_nor_torch(store, logged):
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    result = subprocess.run([sys.executable, "-c", script, str(logged.local), USER_IDS[3]],
-                            capture_output=True, text=True, cwd=store.cwd, env=env, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(logged.local), USER_IDS[3]],
+        capture_output=True,
+        text=True,
+        cwd=store.cwd,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     expected = _expected_top_k(logged.model, logged.train, 3, 3)[0] + _popular_ids(logged.train)[:2]
     assert result.stdout.strip().splitlines()[-1] == ",".join(expected) + "|False,False,False,True,True"
@@ -410,6 +475,7 @@ def test_nothing_written_outside_the_store(store, logged):
 
 # --- user keys and request caps -------------------------------------------------------------------
 
+
 def test_the_artifact_alone_cannot_be_used_to_enumerate_users(store, logged):
     """An attacker with the artifact but not the secret tries the obvious ways to match guessed ids
     against the stored keys: none works, and a loaded copy without the secret recognises nobody."""
@@ -422,10 +488,12 @@ def test_the_artifact_alone_cannot_be_used_to_enumerate_users(store, logged):
     stored = set(arrays["user_keys"].tolist())
     public = [str(arrays[name]) for name in arrays if arrays[name].dtype.kind == "U" and arrays[name].ndim == 0]
     for guess in USER_IDS:
-        candidates = {hashlib.sha256(guess.encode()).hexdigest(),
-                      hmac.new(b"", guess.encode(), hashlib.sha256).hexdigest(),
-                      *(hashlib.sha256(f"{p}\x1f{guess}".encode()).hexdigest() for p in public),
-                      *(hmac.new(p.encode(), guess.encode(), hashlib.sha256).hexdigest() for p in public)}
+        candidates = {
+            hashlib.sha256(guess.encode()).hexdigest(),
+            hmac.new(b"", guess.encode(), hashlib.sha256).hexdigest(),
+            *(hashlib.sha256(f"{p}\x1f{guess}".encode()).hexdigest() for p in public),
+            *(hmac.new(p.encode(), guess.encode(), hashlib.sha256).hexdigest() for p in public),
+        }
         assert not candidates & stored, guess
     assert stored == {user_key(u, SECRET) for u in USER_IDS}  # ... while the secret's holder matches them all
 
@@ -441,8 +509,9 @@ def test_the_artifact_alone_cannot_be_used_to_enumerate_users(store, logged):
     assert not wrong.recognises_users
     assert wrong.predict(None, pd.DataFrame({"user_id": [USER_IDS[3]]}))["fallback"].all()
     right = RecommenderPyfunc().load_arrays(arrays, secret=SECRET)
-    assert right.recognises_users and not right.predict(None, pd.DataFrame({"user_id": [USER_IDS[3]]}))[
-        "fallback"].any()
+    assert (
+        right.recognises_users and not right.predict(None, pd.DataFrame({"user_id": [USER_IDS[3]]}))["fallback"].any()
+    )
 
 
 def test_requests_above_the_caps_are_refused(monkeypatch):
@@ -492,18 +561,29 @@ def test_the_user_key_secret_comes_from_the_environment_or_an_owner_only_file(tm
 def test_the_evaluation_report_is_logged_to_mlflow(store, tmp_path):
     from mm_pipeline.registry.tracking import evaluation_metrics, log_evaluation
 
-    metrics = {"models": {"ease": {"recall@20": 0.2, "recall@20_ci": [0.1, 0.3], "n_users_evaluated": 9},
-                          "mm_hybrid[int8]": {"ndcg@20": 0.1}},
-               "cold_start": {"ease": {"recall@20": float("nan")}, "mm_hybrid": {"recall@20": 0.05}},
-               "long_tail": {"ease": {"recall@20": 0.01}}, "dataset": {"users": 3}}
-    assert evaluation_metrics(metrics) == {"ease.recall_at_20": 0.2, "ease.n_users_evaluated": 9.0,
-                                           "mm_hybrid_int8_.ndcg_at_20": 0.1, "cold.mm_hybrid.recall_at_20": 0.05,
-                                           "tail.ease.recall_at_20": 0.01}
+    metrics = {
+        "models": {
+            "ease": {"recall@20": 0.2, "recall@20_ci": [0.1, 0.3], "n_users_evaluated": 9},
+            "mm_hybrid[int8]": {"ndcg@20": 0.1},
+        },
+        "cold_start": {"ease": {"recall@20": float("nan")}, "mm_hybrid": {"recall@20": 0.05}},
+        "long_tail": {"ease": {"recall@20": 0.01}},
+        "dataset": {"users": 3},
+    }
+    assert evaluation_metrics(metrics) == {
+        "ease.recall_at_20": 0.2,
+        "ease.n_users_evaluated": 9.0,
+        "mm_hybrid_int8_.ndcg_at_20": 0.1,
+        "cold.mm_hybrid.recall_at_20": 0.05,
+        "tail.ease.recall_at_20": 0.01,
+    }
     (tmp_path / "report.html").write_text("<html></html>")
     (tmp_path / "metrics.json").write_text(json.dumps(metrics, default=str))
     with mlflow.start_run() as run:
         assert log_evaluation(metrics, tmp_path) == 5
     logged = MlflowClient().get_run(run.info.run_id)
     assert logged.data.metrics["ease.recall_at_20"] == 0.2
-    assert {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "report")} == \
-        {"report/report.html", "report/metrics.json"}
+    assert {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "report")} == {
+        "report/report.html",
+        "report/metrics.json",
+    }

@@ -48,15 +48,22 @@ def _stand_in_aligned(n_items: int, seed: int = 0) -> dict:
     weights = present / present.sum(1, keepdims=True)
     fused = (weights[:, :, None] * modality).sum(1)
     fused /= np.linalg.norm(fused, axis=1, keepdims=True)
-    return {"modalities": ["text", "image", "audio"], "modality_embeddings": modality,
-            "fused": fused.astype(np.float32), "weights": weights.astype(np.float32), "present": present}
+    return {
+        "modalities": ["text", "image", "audio"],
+        "modality_embeddings": modality,
+        "fused": fused.astype(np.float32),
+        "weights": weights.astype(np.float32),
+        "present": present,
+    }
 
 
 def _stand_in_features(n_items: int, seed: int = 0) -> dict[str, dict]:
     """Seeded raw features shaped like the ``*_features`` assets (text 384-d, image 64-d, audio 120-d)."""
     rng = np.random.default_rng(seed)
-    return {m: {"features": rng.normal(size=(n_items, d)).astype(np.float32), "present": rng.random(n_items) > 0.03}
-            for m, d in (("text", 384), ("image", 64), ("audio", 120))}
+    return {
+        m: {"features": rng.normal(size=(n_items, d)).astype(np.float32), "present": rng.random(n_items) > 0.03}
+        for m, d in (("text", 384), ("image", 64), ("audio", 120))
+    }
 
 
 def _raw(features: dict[str, dict]) -> dict:
@@ -85,12 +92,21 @@ def searched(tmp_path_factory):
         save_bundle(home / "assets" / f"{modality}_features", bundle)
     defs = dg.Definitions(assets=_assets(), jobs=SEARCH_JOBS, resources=resources)
     result = defs.resolve_job_def("hyperparameter_search").execute_in_process(
-        run_config={"ops": {SEARCH: {"config": SEARCH_CONFIG}}}, instance=instance)
+        run_config={"ops": {SEARCH: {"config": SEARCH_CONFIG}}}, instance=instance
+    )
     split = load_bundle(home / "assets" / "interaction_split")
     aligned = load_bundle(home / "assets" / "aligned_item_embeddings")
     data = SplitData.from_frame(split["table"], int(split["n_users"]), int(split["n_items"]))
-    yield {"result": result, "home": home, "uri": uri, "data": data, "aligned": aligned, "defs": defs,
-           "instance": instance, "raw": _raw(features)}
+    yield {
+        "result": result,
+        "home": home,
+        "uri": uri,
+        "data": data,
+        "aligned": aligned,
+        "defs": defs,
+        "instance": instance,
+        "raw": _raw(features),
+    }
     mlflow.set_tracking_uri(None)
     mp.undo()
 
@@ -98,8 +114,12 @@ def searched(tmp_path_factory):
 def _direct_search(data, aligned, seed=0, **kwargs):
     """The core search with the settings (and stand-in raw features) the asset used in the fixture."""
     base = MultimodalConfig(seed=seed, patience=SEARCH_CONFIG["patience"], epochs=SEARCH_CONFIG["max_epochs"])
-    settings = {"n_trials": SEARCH_CONFIG["n_trials"], "max_epochs": SEARCH_CONFIG["max_epochs"],
-                "raw_features": _raw(_stand_in_features(data.n_items)), **kwargs}
+    settings = {
+        "n_trials": SEARCH_CONFIG["n_trials"],
+        "max_epochs": SEARCH_CONFIG["max_epochs"],
+        "raw_features": _raw(_stand_in_features(data.n_items)),
+        **kwargs,
+    }
     return search_hyperparameters(data, aligned, None, seed=seed, base_config=base, **settings)
 
 
@@ -113,8 +133,9 @@ def test_job_runs_only_the_search_and_logs_nested_trial_runs(searched):
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("dagster.asset_key") == SEARCH]
     assert parent.info.run_id == output["mlflow_run_id"]
-    children = client.search_runs([experiment.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert len(children) == SEARCH_CONFIG["n_trials"]
     trials = output["trials"].set_index("trial")
     for child in children:
@@ -174,8 +195,9 @@ def test_same_seed_gives_the_same_trials(searched):
     another seed samples other parameters."""
     again = _direct_search(searched["data"], searched["aligned"], seed=0)
     job_trials = searched["result"].output_for_node(SEARCH)["trials"]
-    pd.testing.assert_frame_equal(again.trials.drop(columns=TIMING_COLUMNS),
-                                  job_trials.drop(columns=TIMING_COLUMNS), check_exact=True)
+    pd.testing.assert_frame_equal(
+        again.trials.drop(columns=TIMING_COLUMNS), job_trials.drop(columns=TIMING_COLUMNS), check_exact=True
+    )
     other = _direct_search(searched["data"], searched["aligned"], seed=1, n_trials=1)
     assert other.trials.loc[0, "lr"] != job_trials.loc[0, "lr"]
 
@@ -197,12 +219,15 @@ def test_the_objective_sees_only_the_validation_split(searched, monkeypatch):
         assert (truth != data.valid).nnz == 0
     # Scrambling the test split changes nothing, and the caller's split is left as it was.
     rng = np.random.default_rng(0)
-    noisy_test = sp.random(data.n_users, data.n_items, density=0.05, format="csr", random_state=rng,
-                           data_rvs=np.ones, dtype=np.float32)
-    scrambled = _direct_search(dataclasses.replace(data, test=noisy_test), aligned, n_trials=2, max_epochs=2,
-                               prune=False)
-    pd.testing.assert_frame_equal(scrambled.trials.drop(columns=TIMING_COLUMNS),
-                                  plain.trials.drop(columns=TIMING_COLUMNS), check_exact=True)
+    noisy_test = sp.random(
+        data.n_users, data.n_items, density=0.05, format="csr", random_state=rng, data_rvs=np.ones, dtype=np.float32
+    )
+    scrambled = _direct_search(
+        dataclasses.replace(data, test=noisy_test), aligned, n_trials=2, max_epochs=2, prune=False
+    )
+    pd.testing.assert_frame_equal(
+        scrambled.trials.drop(columns=TIMING_COLUMNS), plain.trials.drop(columns=TIMING_COLUMNS), check_exact=True
+    )
     assert (data.test != test_before).nnz == 0
     assert not [c for c in plain.trials.columns if "test" in c]
 
@@ -215,28 +240,32 @@ def test_a_pruned_trial_stops_early_and_is_recorded(searched):
             return trial.number > 0
 
     seen = []
-    result = _direct_search(searched["data"], searched["aligned"], n_trials=3, max_epochs=3,
-                            pruner=PruneAllButFirst(), on_trial=seen.append)
+    result = _direct_search(
+        searched["data"], searched["aligned"], n_trials=3, max_epochs=3, pruner=PruneAllButFirst(), on_trial=seen.append
+    )
     assert list(result.trials["state"]) == ["complete", "pruned", "pruned"]
     assert list(result.trials["epochs_run"]) == [3, 1, 1]
     assert [t.number for t in seen] == [0, 1, 2] and len(seen[1].history) == 1
     assert result.best.number == 0 and math.isfinite(result.trials.loc[1, OBJECTIVE])
 
 
-@pytest.mark.parametrize("space, message", [
-    ({"learning_rate": [0.01]}, "'learning_rate' is not a MultimodalConfig field"),
-    ({"seed": [0, 1]}, "'seed' cannot be searched"),
-    ({"epochs": {"low": 5, "high": 10}}, "max_epochs"),
-    ({"lr": {"low": 0.1, "high": 0.01}}, "must be below high"),
-    ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "needs low > 0"),
-    ({"lr": {"low": 0.001, "hi": 0.1}}, "unknown: ['hi']"),
-    ({"dim": [32, 64.5]}, "'dim' is an int field"),
-    ({"dim": {"low": 16, "high": 64.5}}, "not whole"),
-    ({"dropout": []}, "empty list"),
-    ({"dropout": [0.1, 0.1]}, "repeats a choice"),
-    ({"lr": "0.01"}, "give a list of choices or a range"),
-    ({}, "non-empty mapping"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"learning_rate": [0.01]}, "'learning_rate' is not a MultimodalConfig field"),
+        ({"seed": [0, 1]}, "'seed' cannot be searched"),
+        ({"epochs": {"low": 5, "high": 10}}, "max_epochs"),
+        ({"lr": {"low": 0.1, "high": 0.01}}, "must be below high"),
+        ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "needs low > 0"),
+        ({"lr": {"low": 0.001, "hi": 0.1}}, "unknown: ['hi']"),
+        ({"dim": [32, 64.5]}, "'dim' is an int field"),
+        ({"dim": {"low": 16, "high": 64.5}}, "not whole"),
+        ({"dropout": []}, "empty list"),
+        ({"dropout": [0.1, 0.1]}, "repeats a choice"),
+        ({"lr": "0.01"}, "give a list of choices or a range"),
+        ({}, "non-empty mapping"),
+    ],
+)
 def test_bad_search_space_is_refused_with_the_field_named(space, message):
     with pytest.raises(ValueError) as excinfo:
         parse_space(space)
@@ -244,16 +273,23 @@ def test_bad_search_space_is_refused_with_the_field_named(space, message):
 
 
 def test_space_accepts_ranges_and_choices_by_field_type():
-    parsed = parse_space({"num_layers": {"low": 1, "high": 3}, "lr": {"low": 1e-3, "high": 1e-2, "log": True},
-                          "dropout": [0, 0.1]})
+    parsed = parse_space(
+        {"num_layers": {"low": 1, "high": 3}, "lr": {"low": 1e-3, "high": 1e-2, "log": True}, "dropout": [0, 0.1]}
+    )
     assert parsed["num_layers"].low == 1 and isinstance(parsed["num_layers"].low, int)
     assert parsed["lr"].log and parsed["dropout"].values == (0.0, 0.1)
 
 
 def test_invalid_space_in_run_config_fails_the_run_before_training(searched):
-    result = searched["defs"].resolve_job_def("hyperparameter_search").execute_in_process(
-        run_config={"ops": {SEARCH: {"config": {"space": {"nonexistent": [1, 2]}}}}},
-        instance=searched["instance"], raise_on_error=False)
+    result = (
+        searched["defs"]
+        .resolve_job_def("hyperparameter_search")
+        .execute_in_process(
+            run_config={"ops": {SEARCH: {"config": {"space": {"nonexistent": [1, 2]}}}}},
+            instance=searched["instance"],
+            raise_on_error=False,
+        )
+    )
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "'nonexistent' is not a MultimodalConfig field" in failure.step_failure_data.error.message

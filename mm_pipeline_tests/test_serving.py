@@ -35,8 +35,13 @@ MODEL_NAME = "serving_test_recommender"
 USER_IDS = [f"shopper-{i:03d}" for i in range(25)]
 ITEM_IDS = [f"sku-{i:03d}" for i in range(40)]
 STARTUP_TIMEOUT_S = 90
-_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
-               "MLFLOW_RUN_ID")
+_MLFLOW_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +62,22 @@ def registered(tmp_path_factory):
         mp.delenv("MM_PIPELINE_USER_KEY_SECRET", raising=False)
         configure_mlflow(uri, "serving-tests", root / "artifacts")
         generator = torch.Generator().manual_seed(7)
-        model = EmbeddingRecommender("random", torch.randn(len(USER_IDS), 8, generator=generator),
-                                     torch.randn(len(ITEM_IDS), 8, generator=generator))
+        model = EmbeddingRecommender(
+            "random",
+            torch.randn(len(USER_IDS), 8, generator=generator),
+            torch.randn(len(ITEM_IDS), 8, generator=generator),
+        )
         train = sp.random(len(USER_IDS), len(ITEM_IDS), density=0.15, format="csr", random_state=0)
         with mlflow.start_run():
-            info = log_recommender(model, USER_IDS, ITEM_IDS, train, name="recommender",
-                                   registered_model_name=MODEL_NAME)
-        yield {"root": root, "uri": uri, "model_uri": f"models:/{MODEL_NAME}/{info.registered_model_version}",
-               "seen": np.diff(train.indptr)}
+            info = log_recommender(
+                model, USER_IDS, ITEM_IDS, train, name="recommender", registered_model_name=MODEL_NAME
+            )
+        yield {
+            "root": root,
+            "uri": uri,
+            "model_uri": f"models:/{MODEL_NAME}/{info.registered_model_version}",
+            "seen": np.diff(train.indptr),
+        }
 
 
 def _free_port() -> int:
@@ -83,10 +96,14 @@ def _wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = _log_tail(log)
-            missing = [line for line in tail.splitlines() if "ModuleNotFoundError" in line
-                       or "command not found" in line]
-            pytest.fail(f"mlflow models serve exited with code {proc.returncode} before answering /ping"
-                        + (f"; missing dependency: {missing[-1].strip()}" if missing else "") + f"\n{tail}")
+            missing = [
+                line for line in tail.splitlines() if "ModuleNotFoundError" in line or "command not found" in line
+            ]
+            pytest.fail(
+                f"mlflow models serve exited with code {proc.returncode} before answering /ping"
+                + (f"; missing dependency: {missing[-1].strip()}" if missing else "")
+                + f"\n{tail}"
+            )
         try:
             with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
                 if response.status == 200:
@@ -117,28 +134,49 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_served_model_answers_like_the_in_process_pyfunc(registered):
-    request = pd.DataFrame({"user_id": [USER_IDS[3], "never-seen-user", USER_IDS[17], USER_IDS[0]],
-                            "k": np.array([5, 3, 7, 40], dtype=np.int64)})
+    request = pd.DataFrame(
+        {
+            "user_id": [USER_IDS[3], "never-seen-user", USER_IDS[17], USER_IDS[0]],
+            "k": np.array([5, 3, 7, 40], dtype=np.int64),
+        }
+    )
     expected = mlflow.pyfunc.load_model(registered["model_uri"]).predict(request)
     assert expected["fallback"].tolist().count(True) == 3  # only the unknown user falls back
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent  # the server runs `uvicorn` from this virtualenv
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"], "MLFLOW_REGISTRY_URI": registered["uri"],
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registered["uri"],
+        "MLFLOW_REGISTRY_URI": registered["uri"],
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
     log = registered["root"] / "serve.log"
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", registered["model_uri"], "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        str(bin_dir / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        registered["model_uri"],
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env=env, cwd=registered["root"], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, env=env, cwd=registered["root"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_until_up(proc, url, log)
         payload = json.dumps({"dataframe_split": request.to_dict(orient="split", index=False)}).encode()
-        post = urllib.request.Request(f"{url}/invocations", data=payload, method="POST",
-                                      headers={"Content-Type": "application/json"})
+        post = urllib.request.Request(
+            f"{url}/invocations", data=payload, method="POST", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(post, timeout=30) as response:
             assert response.status == 200
             body = json.loads(response.read())  # NaN scores (fallback rows) come back as NaN

@@ -40,7 +40,7 @@ def fast_run_config_small() -> dict:
 # ----------------------------------------------------------------------------------------------
 # Fixture builders (small, seeded, written in the real on-disk formats)
 # ----------------------------------------------------------------------------------------------
-N_NEW = 4         # new-arrival items: rated only last, by a few users, so the test split has cold items
+N_NEW = 4  # new-arrival items: rated only last, by a few users, so the test split has cold items
 LATE = 31_000_000  # seconds after ``start``: later than every other rating
 
 
@@ -54,11 +54,14 @@ def _ratings(rng: np.random.Generator, per_user: int = 16, start: int = 880_000_
     users = np.repeat(np.arange(1, N_USERS + 1), per_user)
     items = np.concatenate([rng.choice(warm, per_user, replace=False) + 1 for _ in range(N_USERS)])
     new_users = np.arange(1, 21)
-    return pd.DataFrame({"user": np.concatenate([users, new_users]),
-                         "item": np.concatenate([items, warm + 1 + new_users % N_NEW]),
-                         "rating": np.concatenate([rng.integers(1, 6, len(users)), np.full(len(new_users), 5)]),
-                         "timestamp": np.concatenate([start + rng.integers(0, 30_000_000, len(users)),
-                                                      start + LATE + new_users])})
+    return pd.DataFrame(
+        {
+            "user": np.concatenate([users, new_users]),
+            "item": np.concatenate([items, warm + 1 + new_users % N_NEW]),
+            "rating": np.concatenate([rng.integers(1, 6, len(users)), np.full(len(new_users), 5)]),
+            "timestamp": np.concatenate([start + rng.integers(0, 30_000_000, len(users)), start + LATE + new_users]),
+        }
+    )
 
 
 def write_ml100k(root: Path, seed: int = 0) -> pd.DataFrame:
@@ -73,8 +76,11 @@ def write_ml100k(root: Path, seed: int = 0) -> pd.DataFrame:
     lines = []
     for i in range(N_ITEMS):
         title = "Café Society (1995)" if i == 1 else f"Movie {i + 1} (1995)"
-        lines.append("|".join([str(i + 1), title, "01-Jan-1995", "", f"http://imdb/{i + 1}",
-                               *("1" if f else "0" for f in flags[i])]))
+        lines.append(
+            "|".join(
+                [str(i + 1), title, "01-Jan-1995", "", f"http://imdb/{i + 1}", *("1" if f else "0" for f in flags[i])]
+            )
+        )
     (root / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
     (root / "u.genre").write_text("".join(f"{g}|{i}\n" for i, g in enumerate(genres)))
     return ratings
@@ -85,7 +91,7 @@ def write_png(path: Path, colour: tuple[int, int, int], size: int = 24) -> None:
 
     image = np.zeros((size, size, 3), np.uint8)
     image[...] = colour
-    image[size // 4: size // 2, size // 4: size // 2] = 255 - np.asarray(colour, np.uint8)
+    image[size // 4 : size // 2, size // 4 : size // 2] = 255 - np.asarray(colour, np.uint8)
     cv2.imwrite(str(path), image[..., ::-1])
 
 
@@ -102,15 +108,21 @@ def write_ml_latest(root: Path, seed: int = 1, posters: int = 6) -> pd.DataFrame
     titles = [f"Movie {i + 1} (2001)" for i in range(N_ITEMS)]
     titles[1] = "Good, the Bad (1966)"  # a comma: quoted in the CSV
     pd.DataFrame({"movieId": np.arange(1, N_ITEMS + 1), "title": titles, "genres": genres}).to_csv(
-        root / "movies.csv", index=False)
-    pd.DataFrame({"userId": [1, 2, 3, 4, 5], "movieId": [1, 1, 1, 2, 9999],
-                  "tag": ["pixar", "Pixar", "funny", "classic", "orphan"],
-                  "timestamp": [1_500_000_000] * 5}).to_csv(root / "tags.csv", index=False)
+        root / "movies.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "userId": [1, 2, 3, 4, 5],
+            "movieId": [1, 1, 1, 2, 9999],
+            "tag": ["pixar", "Pixar", "funny", "classic", "orphan"],
+            "timestamp": [1_500_000_000] * 5,
+        }
+    ).to_csv(root / "tags.csv", index=False)
     (root / "posters").mkdir()
     for i in range(1, posters + 1):
         write_png(root / "posters" / f"{i}.png", tuple(int(v) for v in rng.integers(0, 255, 3)))
-    write_png(root / "posters" / "99999.png", (1, 2, 3))         # no such movie
-    (root / "posters" / "README.txt").write_text("posters")       # not an image
+    write_png(root / "posters" / "99999.png", (1, 2, 3))  # no such movie
+    (root / "posters" / "README.txt").write_text("posters")  # not an image
     return ratings
 
 
@@ -119,9 +131,15 @@ def write_mmrec(root: Path, seed: int = 2, text_dim: int = 16, image_dim: int = 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True)
     ratings = _ratings(rng, per_user=12, start=1_400_000_000)
-    inter = pd.DataFrame({"userID": ratings["user"] - 1, "itemID": ratings["item"] - 1, "rating": 1,
-                          "timestamp": ratings["timestamp"],
-                          "x_label": rng.choice([0, 1, 2], len(ratings), p=[0.7, 0.15, 0.15])})
+    inter = pd.DataFrame(
+        {
+            "userID": ratings["user"] - 1,
+            "itemID": ratings["item"] - 1,
+            "rating": 1,
+            "timestamp": ratings["timestamp"],
+            "x_label": rng.choice([0, 1, 2], len(ratings), p=[0.7, 0.15, 0.15]),
+        }
+    )
     inter.loc[inter["itemID"] >= N_ITEMS - N_NEW, "x_label"] = 2  # new arrivals: test only (cold items)
     inter.to_csv(root / "toy.inter", sep="\t", index=False)
     np.save(root / "text_feat.npy", rng.normal(size=(N_ITEMS, text_dim)).astype(np.float32))
@@ -179,8 +197,9 @@ def test_movielens_threshold_and_kcore_options(tmp_path):
     # The same core computed independently (repeat until stable) from the raw ratings.
     ref = ratings[ratings["rating"] >= 3]
     while True:
-        keep = ((ref.groupby("user")["item"].transform("size") >= 5)
-                & (ref.groupby("item")["user"].transform("size") >= 5))
+        keep = (ref.groupby("user")["item"].transform("size") >= 5) & (
+            ref.groupby("item")["user"].transform("size") >= 5
+        )
         if keep.all():
             break
         ref = ref[keep]
@@ -217,8 +236,10 @@ def test_mmrec_tables_and_contract(tmp_path):
     assert data.name == "toy" and data.modalities == ("text", "image")
     assert len(data.items) == N_ITEMS and len(data.interactions) == len(inter)
     assert data.info["split_column"] == "x_label"
-    assert data.info["precomputed"] == {"text": str(tmp_path / "toy" / "text_feat.npy"),
-                                        "image": str(tmp_path / "toy" / "image_feat.npy")}
+    assert data.info["precomputed"] == {
+        "text": str(tmp_path / "toy" / "text_feat.npy"),
+        "image": str(tmp_path / "toy" / "image_feat.npy"),
+    }
     # Items are sorted by their string id; feature_row keeps row i = item id i.
     assert (data.items["feature_row"].astype(str) == data.items["item_id"]).all()
     assert data.info["counts"]["test"] == int((inter["x_label"] == 2).sum())
@@ -257,9 +278,12 @@ def test_source_errors_name_the_problem(tmp_path):
 # Property-based: the table loaders
 # ----------------------------------------------------------------------------------------------
 # Any printable id (quotes, commas, spaces, "NA"-like words, unicode) survives the CSV round trip.
-ids = st.one_of(st.text(alphabet=string.ascii_letters + string.digits + " ,;'\"-_.é#\\", min_size=1, max_size=8)
-                .filter(lambda s: s.strip() != ""),
-                st.sampled_from(["NA", "null", "None", "nan", "0", "007", "1e5", "#1"]))
+ids = st.one_of(
+    st.text(alphabet=string.ascii_letters + string.digits + " ,;'\"-_.é#\\", min_size=1, max_size=8).filter(
+        lambda s: s.strip() != ""
+    ),
+    st.sampled_from(["NA", "null", "None", "nan", "0", "007", "1e5", "#1"]),
+)
 rows = st.lists(st.tuples(ids, ids, st.integers(0, 2_000_000_000), st.integers(1, 10)), min_size=1, max_size=40)
 
 
@@ -281,8 +305,10 @@ def test_valid_interactions_round_trip_through_csv(rows):
     assert sorted(data.items["item_id"]) == sorted(set(frame["item_id"]))
 
 
-junk = st.one_of(st.sampled_from(["yesterday", "nan", "inf", "-inf", "NaN", " ", "2024-13-45", "12:00", "--"]),
-                 st.text(alphabet=string.ascii_letters + " /:-", min_size=1, max_size=12))
+junk = st.one_of(
+    st.sampled_from(["yesterday", "nan", "inf", "-inf", "NaN", " ", "2024-13-45", "12:00", "--"]),
+    st.text(alphabet=string.ascii_letters + " /:-", min_size=1, max_size=12),
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -303,9 +329,14 @@ def test_junk_timestamp_names_its_row(good, data):
 
 
 @settings(max_examples=25, deadline=None)
-@given(ratings=st.lists(st.tuples(st.integers(1, 50), st.integers(1, 30), st.integers(1, 5),
-                                  st.integers(800_000_000, 900_000_000)), min_size=1, max_size=60),
-       threshold=st.sampled_from([1, 3, 4, 5]))
+@given(
+    ratings=st.lists(
+        st.tuples(st.integers(1, 50), st.integers(1, 30), st.integers(1, 5), st.integers(800_000_000, 900_000_000)),
+        min_size=1,
+        max_size=60,
+    ),
+    threshold=st.sampled_from([1, 3, 4, 5]),
+)
 def test_ml100k_threshold_counts(ratings, threshold):
     frame = pd.DataFrame(ratings, columns=["user", "item", "rating", "timestamp"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -371,14 +402,26 @@ def test_graph_on_mmrec_uses_precomputed_features_and_published_split(tmp_path):
     split = result.output_for_node("interaction_split")
     table = split["table"]
     users = split["user_ids"]
-    got = pd.DataFrame({"user": users[table["user_idx"].to_numpy()],
-                        "item": items["item_id"].to_numpy()[table["item_idx"].to_numpy()], "split": table["split"]})
-    want = pd.DataFrame({"user": inter["userID"].astype(str), "item": inter["itemID"].astype(str),
-                         "split": np.array(["train", "valid", "test"])[inter["x_label"].to_numpy()]})
+    got = pd.DataFrame(
+        {
+            "user": users[table["user_idx"].to_numpy()],
+            "item": items["item_id"].to_numpy()[table["item_idx"].to_numpy()],
+            "split": table["split"],
+        }
+    )
+    want = pd.DataFrame(
+        {
+            "user": inter["userID"].astype(str),
+            "item": inter["itemID"].astype(str),
+            "split": np.array(["train", "valid", "test"])[inter["x_label"].to_numpy()],
+        }
+    )
     merged = got.merge(want, on=["user", "item"], suffixes=("", "_published"))
     assert len(merged) == len(inter) and (merged["split"] == merged["split_published"]).all()
-    assert (table["split"].value_counts().reindex(["train", "valid", "test"]).to_numpy()
-            == np.bincount(inter["x_label"], minlength=3)).all()
+    assert (
+        table["split"].value_counts().reindex(["train", "valid", "test"]).to_numpy()
+        == np.bincount(inter["x_label"], minlength=3)
+    ).all()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,7 +447,7 @@ def test_builtin_mmrec_is_an_mmrec_folder_with_the_published_protocol(tmp_path):
     expected = chronological_split(frame, 0.1, 0.1).map({"train": 0, "valid": 1, "test": 2})
     np.testing.assert_array_equal(inter["x_label"].to_numpy(), expected.to_numpy())
     share = np.bincount(inter["x_label"], minlength=3) / len(inter)
-    assert 0.7 < share[0] < 0.8 and share[1] == share[2]   # every user here has >= 5 interactions
+    assert 0.7 < share[0] < 0.8 and share[1] == share[2]  # every user here has >= 5 interactions
     # Same spec: the folder is reused as it is; another spec never overwrites it.
     before = {p.name: p.stat().st_mtime_ns for p in source.root.iterdir()}
     assert resolve_source("builtin-mmrec:small", tmp_path, seed=3).root == source.root
@@ -446,9 +489,13 @@ def _read_raw_source(home, monkeypatch, resources, run_config=None) -> tuple[dic
 
     reads, real = [], raw.load_source
     monkeypatch.setattr(raw, "load_source", lambda source: reads.append(source) or real(source))
-    result = dg.materialize(all_assets(), selection=[*RAW_SOURCE, "interaction_split", "raw_item_images"],
-                            resources=resources, run_config=run_config or {},
-                            instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        all_assets(),
+        selection=[*RAW_SOURCE, "interaction_split", "raw_item_images"],
+        resources=resources,
+        run_config=run_config or {},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert set(RAW_SOURCE) <= materialized
@@ -470,13 +517,18 @@ def test_the_source_is_read_once_per_run_from_the_pipeline_resource(tmp_path, mo
     assert manifest["root"] == str(reads[0].root) and "ecommerce" in reads[0].root.name
 
     # Run config (what `mm-pipeline demo --dataset` and `run --dataset` pass) beats the environment.
-    manifest, reads = _read_raw_source(tmp_path, monkeypatch, resources, run_config={
-        "resources": {"pipeline": {"config": {"dataset": "builtin:tiny"}}}})
+    manifest, reads = _read_raw_source(
+        tmp_path,
+        monkeypatch,
+        resources,
+        run_config={"resources": {"pipeline": {"config": {"dataset": "builtin:tiny"}}}},
+    )
     assert len(reads) == 1 and manifest["spec"] == "builtin:tiny" and "video" in reads[0].root.name
 
     # So does the resource's own config; with neither, the default dataset.
-    manifest, reads = _read_raw_source(tmp_path, monkeypatch, default_resources(home=str(tmp_path),
-                                                                                dataset="builtin:tiny:video"))
+    manifest, reads = _read_raw_source(
+        tmp_path, monkeypatch, default_resources(home=str(tmp_path), dataset="builtin:tiny:video")
+    )
     assert len(reads) == 1 and manifest["spec"] == "builtin:tiny:video"
     monkeypatch.delenv("MM_PIPELINE_DATASET")
     assert default_resources(home=str(tmp_path))["pipeline"].dataset == ""
@@ -484,12 +536,17 @@ def test_the_source_is_read_once_per_run_from_the_pipeline_resource(tmp_path, mo
 
 
 def test_the_raw_assets_are_one_step_and_are_materialized_together(tmp_path):
-    from mm_pipeline.defs.build import all_assets as assets, default_resources
+    from mm_pipeline.defs.build import all_assets as assets
+    from mm_pipeline.defs.build import default_resources
 
     (raw_source,) = [a for a in assets() if "raw_items" in {k.to_user_string() for k in a.keys}]
     assert {k.to_user_string() for k in raw_source.keys} == set(RAW_SOURCE) and not raw_source.can_subset
     with pytest.raises(dg.DagsterInvalidDefinitionError) as raised:
-        dg.materialize(assets(), selection=["raw_items"], resources=default_resources(home=str(tmp_path)),
-                       instance=dg.DagsterInstance.ephemeral())
+        dg.materialize(
+            assets(),
+            selection=["raw_items"],
+            resources=default_resources(home=str(tmp_path)),
+            instance=dg.DagsterInstance.ephemeral(),
+        )
     assert isinstance(raised.value.__cause__, dg.DagsterInvalidSubsetError)
     assert "raw_source" in str(raised.value.__cause__)

@@ -9,9 +9,15 @@ from mm_pipeline.storage import load_bundle, save_bundle
 
 
 def test_bundle_round_trip(tmp_path):
-    bundle = {"table": pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}), "array": np.arange(6).reshape(2, 3),
-              "tensor": torch.ones(2, 2), "state": {"w": torch.zeros(3), "b.x": np.ones(1)},
-              "ids": np.array(["u1", "u2"]), "meta": {"k": 1, "names": ["a"]}, "n": 3}
+    bundle = {
+        "table": pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}),
+        "array": np.arange(6).reshape(2, 3),
+        "tensor": torch.ones(2, 2),
+        "state": {"w": torch.zeros(3), "b.x": np.ones(1)},
+        "ids": np.array(["u1", "u2"]),
+        "meta": {"k": 1, "names": ["a"]},
+        "n": 3,
+    }
     path = save_bundle(tmp_path / "asset", bundle)
     out = load_bundle(path)
     pd.testing.assert_frame_equal(out["table"], bundle["table"])
@@ -148,8 +154,15 @@ def test_the_io_manager_stores_typed_data_field_by_field_without_pickle(tmp_path
     from mm_pipeline.data.types import InteractionSplit, from_stored_fields
     from mm_pipeline.defs.io_manager import BundleIOManager
 
-    table = pd.DataFrame({"user_idx": [0, 0, 1], "item_idx": [1, 2, 0], "timestamp": [1, 2, 3],
-                          "weight": np.ones(3, np.float32), "split": ["train", "test", "train"]})
+    table = pd.DataFrame(
+        {
+            "user_idx": [0, 0, 1],
+            "item_idx": [1, 2, 0],
+            "timestamp": [1, 2, 3],
+            "weight": np.ones(3, np.float32),
+            "split": ["train", "test", "train"],
+        }
+    )
     split = InteractionSplit(table, 2, 3, np.array(["u0", "u1"]), "per-user chronological split (8:1:1)")
     manager = BundleIOManager(base_dir=str(tmp_path)).create_io_manager(None)
     key = dg.AssetKey("interaction_split")

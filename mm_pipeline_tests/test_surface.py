@@ -54,12 +54,17 @@ def test_batch_scores_every_user_as_the_served_model_answers(sparse_users):
     arrays, train = _arrays(sparse_users)
     table = score_all_users(arrays, k=4, chunk_users=5, secret=SECRET)
     assert list(table.columns) == list(BATCH_COLUMNS)
-    served = RecommenderPyfunc().load_arrays(arrays, secret=SECRET).predict(None, pd.DataFrame({"user_id": USER_IDS, "k": 4}))
+    served = (
+        RecommenderPyfunc()
+        .load_arrays(arrays, secret=SECRET)
+        .predict(None, pd.DataFrame({"user_id": USER_IDS, "k": 4}))
+    )
     assert not served["fallback"].any()
     expected = served.assign(user_key=[user_key(u, SECRET) for u in served["user_id"]])
-    pd.testing.assert_frame_equal(table.assign(user_key=table["user_key"].astype(str),
-                                               score=table["score"].astype(np.float64)),
-                                  expected[list(BATCH_COLUMNS)].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        table.assign(user_key=table["user_key"].astype(str), score=table["score"].astype(np.float64)),
+        expected[list(BATCH_COLUMNS)].reset_index(drop=True),
+    )
     assert (table[table["user_key"] == user_key(USER_IDS[0], SECRET)]["item_id"] == ["item-05"]).all()
     seen = {(USER_IDS[u], ITEM_IDS[i]) for u, i in zip(*train.nonzero())}
     by_key = {user_key(u, SECRET): u for u in USER_IDS}
@@ -80,8 +85,9 @@ def test_batch_table_is_written_atomically_with_no_raw_ids_and_no_secret(tmp_pat
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
     stored, about = read_recommendations(path)
     assert about == {"model_uri": "models:/m/1", "k": "3", "key_check": key_check}
-    pd.testing.assert_frame_equal(stored.assign(user_key=stored["user_key"].astype(str)),
-                                  table.assign(user_key=table["user_key"].astype(str)))
+    pd.testing.assert_frame_equal(
+        stored.assign(user_key=stored["user_key"].astype(str)), table.assign(user_key=table["user_key"].astype(str))
+    )
     mine = recommendations_for(stored, about, USER_IDS[7], SECRET)
     assert list(mine["rank"]) == [1, 2, 3]
     assert recommendations_for(stored, about, "stranger", SECRET).empty
@@ -139,8 +145,9 @@ def test_batch_asset_scores_every_user_of_the_champion(home):
     secret = pipeline_user_key_secret_of(home_dir)
     assert {user_key(u, secret) for u in raw_users} == set(table["user_key"].astype(str))
     assert not raw_users & set(table["user_key"].astype(str))
-    (event,) = [e for e in result.get_asset_materialization_events()
-                if e.asset_key.to_user_string() == "batch_recommendations"]
+    (event,) = [
+        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "batch_recommendations"
+    ]
     preview = event.materialization.metadata["preview"]
     assert [c.name for c in preview.schema.columns] == list(BATCH_COLUMNS) and len(preview.records) == 20
 
@@ -206,8 +213,7 @@ def test_failed_demo_ends_with_the_data_error(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     err = captured.err
     assert "started  source_dataset" in err and "FAILED   source_dataset" in err  # progress as it runs
-    assert (f"step source_dataset failed: {data / 'interactions.csv'}: missing required column(s) ['timestamp']"
-            in err)
+    assert f"step source_dataset failed: {data / 'interactions.csv'}: missing required column(s) ['timestamp']" in err
     assert "step(s) not executed" in err and "Dependencies for step" not in err
     assert "Traceback" not in err + captured.out
     assert cli.main(["demo", "--dataset", f"folder:{data}", "--debug"]) == 1

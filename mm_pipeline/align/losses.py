@@ -6,8 +6,13 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 0.1,
-             valid: torch.Tensor | None = None, symmetric: bool = True) -> torch.Tensor:
+def info_nce(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float = 0.1,
+    valid: torch.Tensor | None = None,
+    symmetric: bool = True,
+) -> torch.Tensor:
     r"""InfoNCE between two batches of paired embeddings.
 
     Row :math:`i` of ``anchor`` and row :math:`i` of ``positive`` are a positive pair; every other row

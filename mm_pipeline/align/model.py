@@ -17,10 +17,10 @@ between modalities. Training is multi-task:
 Fusion is attention over the modalities an item has:
 
 .. math::
-    \alpha_{i,m} = \operatorname{softmax}_{m \in M_i}\big(w^\top \tanh(W z_{i,m})\big),
-    \qquad f_i = \sum_{m \in M_i} \alpha_{i,m} z_{i,m}
+    \alpha_{i,m} = \\operatorname{softmax}_{m \\in M_i}\big(w^\top \tanh(W z_{i,m})\big),
+    \\qquad f_i = \\sum_{m \\in M_i} \alpha_{i,m} z_{i,m}
 
-so each item gets its own modality weights :math:`\alpha_{i,\cdot}`. Noise robustness: during training
+so each item gets its own modality weights :math:`\alpha_{i,\\cdot}`. Noise robustness: during training
 a feature is swapped for one of its augmented views (feature-level augmentation) with probability
 ``augment_prob``.
 """
@@ -59,16 +59,15 @@ class AlignConfig:
 class ModalityInput:
     """One modality's features for every item, in catalogue order."""
 
-    features: np.ndarray                 # [N, D] float32
-    present: np.ndarray                  # [N] bool
+    features: np.ndarray  # [N, D] float32
+    present: np.ndarray  # [N] bool
     augmented: np.ndarray | None = None  # [N, V, D] float32, augmented views
 
 
 class ModalityProjector(nn.Module):
     """Standardise, then a two-layer MLP into the shared space."""
 
-    def __init__(self, in_dim: int, hidden: int, dim: int, dropout: float,
-                 mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, in_dim: int, hidden: int, dim: int, dropout: float, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
@@ -96,17 +95,26 @@ class AttentionFusion(nn.Module):
 
 
 class ModalityAligner(nn.Module):
-    def __init__(self, modalities: list[str], in_dims: list[int], stats: list[tuple[torch.Tensor, torch.Tensor]],
-                 config: AlignConfig):
+    def __init__(
+        self,
+        modalities: list[str],
+        in_dims: list[int],
+        stats: list[tuple[torch.Tensor, torch.Tensor]],
+        config: AlignConfig,
+    ):
         super().__init__()
         self.modalities = list(modalities)
-        self.projectors = nn.ModuleDict({
-            m: ModalityProjector(d, config.hidden, config.dim, config.dropout, mean, std)
-            for m, d, (mean, std) in zip(modalities, in_dims, stats)})
+        self.projectors = nn.ModuleDict(
+            {
+                m: ModalityProjector(d, config.hidden, config.dim, config.dropout, mean, std)
+                for m, d, (mean, std) in zip(modalities, in_dims, stats)
+            }
+        )
         self.fusion = AttentionFusion(config.dim)
 
-    def forward(self, features: list[torch.Tensor], present: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, features: list[torch.Tensor], present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """features: one [B, D_m] tensor per modality; present [B, M]. Returns (z [B,M,d], fused, weights)."""
         z = torch.stack([F.normalize(self.projectors[m](x), dim=-1) for m, x in zip(self.modalities, features)], 1)
         z = z * present.unsqueeze(-1)
@@ -114,8 +122,9 @@ class ModalityAligner(nn.Module):
         return z, fused, weights
 
 
-def _co_consumed_pairs(train_users: np.ndarray, train_items: np.ndarray, n: int,
-                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _co_consumed_pairs(
+    train_users: np.ndarray, train_items: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` pairs of items (i, j) consumed by the same user, drawn without a per-user loop."""
     order = np.argsort(train_users, kind="stable")
     users, items = train_users[order], train_items[order]
@@ -126,8 +135,9 @@ def _co_consumed_pairs(train_users: np.ndarray, train_items: np.ndarray, n: int,
     return items[rows], items[partner]
 
 
-def fit_aligner(inputs: dict[str, ModalityInput], train_users: np.ndarray, train_items: np.ndarray,
-                config: AlignConfig) -> tuple[ModalityAligner, pd.DataFrame]:
+def fit_aligner(
+    inputs: dict[str, ModalityInput], train_users: np.ndarray, train_items: np.ndarray, config: AlignConfig
+) -> tuple[ModalityAligner, pd.DataFrame]:
     """Train projections and fusion; returns the model and a per-epoch loss history."""
     if not inputs:
         raise ValueError("fit_aligner needs at least one modality")
@@ -135,9 +145,10 @@ def fit_aligner(inputs: dict[str, ModalityInput], train_users: np.ndarray, train
     rng = np.random.default_rng(config.seed)
     modalities = list(inputs)
     feats = [torch.from_numpy(np.asarray(inputs[m].features, dtype=np.float32)) for m in modalities]
-    augmented = [None if inputs[m].augmented is None else torch.from_numpy(np.asarray(inputs[m].augmented,
-                                                                                      dtype=np.float32))
-                 for m in modalities]
+    augmented = [
+        None if inputs[m].augmented is None else torch.from_numpy(np.asarray(inputs[m].augmented, dtype=np.float32))
+        for m in modalities
+    ]
     present = torch.from_numpy(np.stack([np.asarray(inputs[m].present, dtype=bool) for m in modalities], 1))
     stats = []
     for x, p in zip(feats, present.T):
@@ -175,10 +186,15 @@ def fit_aligner(inputs: dict[str, ModalityInput], train_users: np.ndarray, train
         totals = {"cross_modal": 0.0, "collaborative": 0.0}
         n_batches = 0
         for start in range(0, n_items, config.batch_size):
-            index = perm[start:start + config.batch_size]
+            index = perm[start : start + config.batch_size]
             z, _, _ = model(batch_features(index), present[index])
-            loss_cm = sum((info_nce(z[:, a], z[:, b], config.temperature, valid=present[index, a] & present[index, b])
-                           for a, b in pairs), torch.zeros(()))
+            loss_cm = sum(
+                (
+                    info_nce(z[:, a], z[:, b], config.temperature, valid=present[index, a] & present[index, b])
+                    for a, b in pairs
+                ),
+                torch.zeros(()),
+            )
             loss = loss_cm
             if has_collab:
                 left, right = _co_consumed_pairs(train_users, train_items, len(index), rng)
@@ -199,8 +215,9 @@ def fit_aligner(inputs: dict[str, ModalityInput], train_users: np.ndarray, train
 
 
 @torch.no_grad()
-def embed_items(model: ModalityAligner, inputs: dict[str, ModalityInput], batch_size: int = 4096
-                ) -> dict[str, np.ndarray]:
+def embed_items(
+    model: ModalityAligner, inputs: dict[str, ModalityInput], batch_size: int = 4096
+) -> dict[str, np.ndarray]:
     """Aligned embeddings of every item: per-modality ``z`` [N,M,d], ``fused`` [N,d], ``weights`` [N,M]."""
     model.eval()
     feats = [torch.from_numpy(np.asarray(inputs[m].features, dtype=np.float32)) for m in model.modalities]
@@ -212,8 +229,12 @@ def embed_items(model: ModalityAligner, inputs: dict[str, ModalityInput], batch_
         zs.append(z)
         fused.append(f)
         weights.append(w)
-    return {"modality_embeddings": torch.cat(zs).numpy(), "fused": torch.cat(fused).numpy(),
-            "weights": torch.cat(weights).numpy(), "present": present.numpy()}
+    return {
+        "modality_embeddings": torch.cat(zs).numpy(),
+        "fused": torch.cat(fused).numpy(),
+        "weights": torch.cat(weights).numpy(),
+        "present": present.numpy(),
+    }
 
 
 class ConcatenatedAligner(nn.Module):

@@ -8,9 +8,16 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
-def augment_audio(waves: np.ndarray, n_views: int = 1, seed: int = 0, sample_rate: int = 8000,
-                  max_shift: float = 0.1, gain_db: float = 6.0, snr_db: float = 20.0,
-                  time_mask: float = 0.1) -> np.ndarray:
+def augment_audio(
+    waves: np.ndarray,
+    n_views: int = 1,
+    seed: int = 0,
+    sample_rate: int = 8000,
+    max_shift: float = 0.1,
+    gain_db: float = 6.0,
+    snr_db: float = 20.0,
+    time_mask: float = 0.1,
+) -> np.ndarray:
     r"""``n_views`` augmented views of each clip: float ``[N, T]`` -> float32 ``[N, n_views, T]``.
 
     For clip :math:`x` (length :math:`T`) each view draws its own parameters and applies, in order:

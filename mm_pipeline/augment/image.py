@@ -27,8 +27,9 @@ def _size_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def build_image_augmentation(image_size: int | tuple[int, int], strength: float = 1.0,
-                             seed: int | None = None) -> A.Compose:
+def build_image_augmentation(
+    image_size: int | tuple[int, int], strength: float = 1.0, seed: int | None = None
+) -> A.Compose:
     r"""The SimCLR view-generation pipeline (Chen et al., 2020), adapted to small RGB images.
 
     With strength :math:`s \ge 0` every probability is :math:`\min(1, s\,p_0)` and every magnitude
@@ -55,11 +56,17 @@ def build_image_augmentation(image_size: int | tuple[int, int], strength: float 
     # Blur kernels must be odd; about a tenth of the side keeps 32x32 images recognisable.
     k_max = max(3, int(round(min(h, w) / 10)) | 1)
     transforms = [
-        A.RandomResizedCrop(size=(h, w), scale=(max(0.08, 1.0 - 0.8 * min(s, 1.0)), 1.0),
-                            ratio=((3 / 4) ** s, (4 / 3) ** s), p=1.0),
+        A.RandomResizedCrop(
+            size=(h, w), scale=(max(0.08, 1.0 - 0.8 * min(s, 1.0)), 1.0), ratio=((3 / 4) ** s, (4 / 3) ** s), p=1.0
+        ),
         A.HorizontalFlip(p=0.5 if s > 0 else 0.0),
-        A.ColorJitter(brightness=min(0.9, 0.4 * s), contrast=min(0.9, 0.4 * s),
-                      saturation=min(0.9, 0.4 * s), hue=min(0.5, 0.1 * s), p=p(0.8)),
+        A.ColorJitter(
+            brightness=min(0.9, 0.4 * s),
+            contrast=min(0.9, 0.4 * s),
+            saturation=min(0.9, 0.4 * s),
+            hue=min(0.5, 0.1 * s),
+            p=p(0.8),
+        ),
         A.ToGray(num_output_channels=3, p=p(0.2)),
         A.GaussianBlur(blur_limit=(3, k_max), sigma_limit=(0.1, 2.0), p=p(0.3)),
         # std_range is a fraction of the maximum pixel value (255 for uint8).
@@ -68,8 +75,7 @@ def build_image_augmentation(image_size: int | tuple[int, int], strength: float 
     return A.Compose(transforms, seed=seed)
 
 
-def augment_images(images: np.ndarray, n_views: int = 2, seed: int = 0,
-                   strength: float = 1.0) -> np.ndarray:
+def augment_images(images: np.ndarray, n_views: int = 2, seed: int = 0, strength: float = 1.0) -> np.ndarray:
     """``n_views`` independent augmented views of each image: uint8 ``[N, H, W, 3]`` -> ``[N, n_views, H, W, 3]``.
 
     The pipeline is :func:`build_image_augmentation` at the input size. It is rebuilt with ``seed`` on

@@ -26,19 +26,18 @@ def _typo(word: str, rng: np.random.Generator) -> str:
         i = int(rng.integers(len(word)))
         if letter == word[i]:  # a substitution must change the word
             letter = chr((ord(letter) - ord("a") + 1) % 26 + ord("a"))
-        return word[:i] + letter + word[i + 1:]
+        return word[:i] + letter + word[i + 1 :]
     if kind == "insert":
         i = int(rng.integers(len(word) + 1))
         return word[:i] + letter + word[i:]
     if kind == "delete":
         i = int(rng.integers(len(word)))
-        return word[:i] + word[i + 1:]
+        return word[:i] + word[i + 1 :]
     i = int(rng.integers(len(word) - 1))
-    return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
 
-def _augment_one(text: str, rng: np.random.Generator, word_dropout: float, swap_prob: float,
-                 typo_prob: float) -> str:
+def _augment_one(text: str, rng: np.random.Generator, word_dropout: float, swap_prob: float, typo_prob: float) -> str:
     words = text.split()
     if not words:
         return text  # empty or whitespace-only: nothing to perturb
@@ -61,8 +60,9 @@ def _augment_one(text: str, rng: np.random.Generator, word_dropout: float, swap_
     return " ".join(words)
 
 
-def augment_texts(texts: Sequence[str], seed: int = 0, word_dropout: float = 0.1,
-                  swap_prob: float = 0.1, typo_prob: float = 0.05) -> list[str]:
+def augment_texts(
+    texts: Sequence[str], seed: int = 0, word_dropout: float = 0.1, swap_prob: float = 0.1, typo_prob: float = 0.05
+) -> list[str]:
     r"""One augmented copy of each text.
 
     Texts are split on whitespace and re-joined with single spaces. Then, independently:

@@ -16,7 +16,14 @@ from mm_pipeline.compress.serving import (
 )
 
 __all__ = [
-    "VARIANTS", "ServingScorer", "compress_recommender", "item_weight", "parameter_count",
-    "prune_scorer", "quantize_scorer", "scorer_to_recommender", "scoring_latency_ms",
+    "VARIANTS",
+    "ServingScorer",
+    "compress_recommender",
+    "item_weight",
+    "parameter_count",
+    "prune_scorer",
+    "quantize_scorer",
+    "scorer_to_recommender",
+    "scoring_latency_ms",
     "serialized_size_bytes",
 ]

@@ -59,8 +59,9 @@ def serialized_size_bytes(module: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def scoring_latency_ms(module: nn.Module, users: torch.Tensor, batch_size: int = 256,
-                       repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+def scoring_latency_ms(
+    module: nn.Module, users: torch.Tensor, batch_size: int = 256, repeats: int = 5, warmup: int = 1
+) -> dict[str, float]:
     """Wall-clock milliseconds to score one batch of users, ``{"median_ms": .., "p90_ms": ..}``.
 
     ``users`` is cut into batches of ``batch_size``; after ``warmup`` untimed passes over all
@@ -70,8 +71,9 @@ def scoring_latency_ms(module: nn.Module, users: torch.Tensor, batch_size: int =
     """
     users = torch.as_tensor(users)
     if users.ndim != 1 or users.numel() == 0 or users.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"users must be a non-empty 1-D integer tensor, got dtype {users.dtype} "
-                         f"and shape {tuple(users.shape)}")
+        raise ValueError(
+            f"users must be a non-empty 1-D integer tensor, got dtype {users.dtype} and shape {tuple(users.shape)}"
+        )
     for name, value, low in (("batch_size", batch_size, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -91,9 +93,14 @@ def scoring_latency_ms(module: nn.Module, users: torch.Tensor, batch_size: int =
     return {"median_ms": float(np.median(timings)), "p90_ms": float(np.percentile(timings, 90))}
 
 
-def compress_recommender(model: EmbeddingRecommender, prune_amount: float = 0.3,
-                         latency_users: int = 1024, seed: int = 0, batch_size: int = 256,
-                         repeats: int = 5) -> dict:
+def compress_recommender(
+    model: EmbeddingRecommender,
+    prune_amount: float = 0.3,
+    latency_users: int = 1024,
+    seed: int = 0,
+    batch_size: int = 256,
+    repeats: int = 5,
+) -> dict:
     """Build the serving variants of ``model`` and measure them.
 
     Returns ``{"variants": {name: module}, "recommenders": {name: EmbeddingRecommender},
@@ -107,15 +114,20 @@ def compress_recommender(model: EmbeddingRecommender, prune_amount: float = 0.3,
     if not isinstance(model, EmbeddingRecommender):
         raise TypeError(f"model must be an EmbeddingRecommender, got {type(model).__name__}")
     if model.n_users < 1 or model.n_items < 1:
-        raise ValueError(f"model {model.name!r} has {model.n_users} users and {model.n_items} items; "
-                         "need at least one of each")
+        raise ValueError(
+            f"model {model.name!r} has {model.n_users} users and {model.n_items} items; need at least one of each"
+        )
     if isinstance(latency_users, bool) or int(latency_users) != latency_users or latency_users < 1:
         raise ValueError(f"latency_users must be a positive integer, got {latency_users!r}")
 
     fp32 = ServingScorer.from_recommender(model)
     pruned = prune_scorer(fp32, prune_amount)
-    variants: dict[str, nn.Module] = {"fp32": fp32, "pruned": pruned, "int8": quantize_scorer(fp32),
-                                      "pruned_int8": quantize_scorer(pruned)}
+    variants: dict[str, nn.Module] = {
+        "fp32": fp32,
+        "pruned": pruned,
+        "int8": quantize_scorer(fp32),
+        "pruned_int8": quantize_scorer(pruned),
+    }
     generator = torch.Generator().manual_seed(int(seed))
     users = torch.randint(0, model.n_users, (int(latency_users),), generator=generator)
 
@@ -123,11 +135,22 @@ def compress_recommender(model: EmbeddingRecommender, prune_amount: float = 0.3,
     for name, module in variants.items():
         counts = parameter_count(module)
         latency = scoring_latency_ms(module, users, batch_size=batch_size, repeats=repeats)
-        rows.append({"variant": name, "params_total": counts["total"], "params_nonzero": counts["nonzero"],
-                     "size_bytes": serialized_size_bytes(module),
-                     "latency_median_ms": latency["median_ms"], "latency_p90_ms": latency["p90_ms"]})
-        info = {**model.info, "source_model": model.name, "compression": name,
-                "prune_amount": float(prune_amount) if "pruned" in name else 0.0}
+        rows.append(
+            {
+                "variant": name,
+                "params_total": counts["total"],
+                "params_nonzero": counts["nonzero"],
+                "size_bytes": serialized_size_bytes(module),
+                "latency_median_ms": latency["median_ms"],
+                "latency_p90_ms": latency["p90_ms"],
+            }
+        )
+        info = {
+            **model.info,
+            "source_model": model.name,
+            "compression": name,
+            "prune_amount": float(prune_amount) if "pruned" in name else 0.0,
+        }
         recommenders[name] = scorer_to_recommender(module, f"{model.name}[{name}]", info=info)
     stats = pd.DataFrame(rows)
     stats.insert(4, "size_ratio", stats["size_bytes"] / stats.loc[0, "size_bytes"])

@@ -52,11 +52,15 @@ class ServingScorer(nn.Module):
     def __init__(self, user_embeddings: torch.Tensor, item_embeddings: torch.Tensor) -> None:
         super().__init__()
         if user_embeddings.ndim != 2 or item_embeddings.ndim != 2:
-            raise ValueError(f"user_embeddings and item_embeddings must be 2-D, got shapes "
-                             f"{tuple(user_embeddings.shape)} and {tuple(item_embeddings.shape)}")
+            raise ValueError(
+                f"user_embeddings and item_embeddings must be 2-D, got shapes "
+                f"{tuple(user_embeddings.shape)} and {tuple(item_embeddings.shape)}"
+            )
         if user_embeddings.shape[1] != item_embeddings.shape[1]:
-            raise ValueError(f"embedding widths differ: user_embeddings has d={user_embeddings.shape[1]}, "
-                             f"item_embeddings has d={item_embeddings.shape[1]}")
+            raise ValueError(
+                f"embedding widths differ: user_embeddings has d={user_embeddings.shape[1]}, "
+                f"item_embeddings has d={item_embeddings.shape[1]}"
+            )
         items = item_embeddings.detach().to(torch.float32).clone()
         if user_embeddings.layout == torch.sparse_csr:
             self.user_embeddings: nn.Module = SparseUserTable(user_embeddings)
@@ -70,7 +74,7 @@ class ServingScorer(nn.Module):
         return score_batch(self, users)
 
     @classmethod
-    def from_recommender(cls, model: EmbeddingRecommender) -> "ServingScorer":
+    def from_recommender(cls, model: EmbeddingRecommender) -> ServingScorer:
         """A scorer with copies of ``model``'s embeddings (scores equal ``model.score``)."""
         if not isinstance(model, EmbeddingRecommender):
             raise TypeError(f"model must be an EmbeddingRecommender, got {type(model).__name__}")
@@ -87,15 +91,15 @@ def score_batch(scorer: nn.Module, users: torch.Tensor) -> torch.Tensor:
 
 def _check_scorer(scorer: nn.Module) -> None:
     if not (hasattr(scorer, "user_embeddings") and hasattr(scorer, "item_scorer")):
-        raise TypeError(f"scorer must be a ServingScorer (or a quantized copy of one), "
-                        f"got {type(scorer).__name__}")
+        raise TypeError(f"scorer must be a ServingScorer (or a quantized copy of one), got {type(scorer).__name__}")
 
 
 def prune_scorer(scorer: ServingScorer, amount: float) -> ServingScorer:
     r"""A deep copy of ``scorer`` with the smallest-magnitude ``amount`` of all weights set to zero.
 
     Only global unstructured *magnitude* (L1) pruning is done: the user and item tables are pooled
-    (:math:`N` weights in all; a sparse user table, a user's history, is left as it is), the ``round(amount * N)`` with the smallest :math:`|w|` are zeroed
+    (:math:`N` weights in all; a sparse user table, a user's history, is left as it is), the
+    ``round(amount * N)`` with the smallest :math:`|w|` are zeroed
     (PyTorch's count; Python rounding), and the mask is made permanent with ``prune.remove``. There is
     no fine-tuning afterwards and the tensors stay dense, so the win is sparsity (for sparse storage
     or kernels downstream), not a smaller state dict by itself. ``scorer`` is left untouched.
@@ -128,12 +132,9 @@ def quantize_scorer(scorer: ServingScorer) -> nn.Module:
     with warnings.catch_warnings():
         # torch 2.x flags torch.ao.quantization (and quantized-tensor creation) as deprecated in
         # favour of torchao, which is not a dependency; silence exactly those two messages here.
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated",
-                                category=UserWarning)
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(scorer), {nn.Linear},
-                                                      dtype=torch.qint8)
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated", category=UserWarning)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(scorer), {nn.Linear}, dtype=torch.qint8)
 
 
 def item_weight(scorer: nn.Module) -> torch.Tensor:
@@ -144,8 +145,7 @@ def item_weight(scorer: nn.Module) -> torch.Tensor:
         return layer.weight.detach().to(torch.float32).clone()
     weight = layer.weight() if callable(getattr(layer, "weight", None)) else None
     if weight is None or not weight.is_quantized:
-        raise TypeError(f"scorer.item_scorer is neither nn.Linear nor a quantized Linear "
-                        f"({type(layer).__name__})")
+        raise TypeError(f"scorer.item_scorer is neither nn.Linear nor a quantized Linear ({type(layer).__name__})")
     return weight.dequantize().to(torch.float32)
 
 
@@ -162,5 +162,6 @@ def scorer_to_recommender(scorer: nn.Module, name: str, info: dict | None = None
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     users = scorer.user_embeddings.weight.detach().to(torch.float32).clone()  # CSR stays CSR
-    return EmbeddingRecommender(name=name, user_embeddings=users, item_embeddings=item_weight(scorer),
-                                info=dict(info or {}))
+    return EmbeddingRecommender(
+        name=name, user_embeddings=users, item_embeddings=item_weight(scorer), info=dict(info or {})
+    )

@@ -25,6 +25,5 @@ def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tens
     index, weight = gcn_norm(edge_index, None, num_nodes=num_nodes, add_self_loops=False)
     with warnings.catch_warnings():  # torch's "sparse CSR is beta" notices
         warnings.simplefilter("ignore", UserWarning)
-        adj_t = torch.sparse_coo_tensor(index.flip(0), weight, (num_nodes, num_nodes),
-                                        check_invariants=True).coalesce()
+        adj_t = torch.sparse_coo_tensor(index.flip(0), weight, (num_nodes, num_nodes), check_invariants=True).coalesce()
         return adj_t.to_sparse_csr()

@@ -42,15 +42,18 @@ def _check_split_frame(split_df: pd.DataFrame, n_users: int | None, n_items: int
     users = split_df["user_idx"].to_numpy()
     items = split_df["item_idx"].to_numpy()
     if n_users is not None and (users.min() < 0 or users.max() >= n_users):
-        raise ValueError(f"split_df.user_idx must lie in [0, {n_users}), got range "
-                         f"[{users.min()}, {users.max()}]; check n_users")
+        raise ValueError(
+            f"split_df.user_idx must lie in [0, {n_users}), got range [{users.min()}, {users.max()}]; check n_users"
+        )
     if items.min() < 0 or items.max() >= n_items:
-        raise ValueError(f"split_df.item_idx must lie in [0, {n_items}), got range "
-                         f"[{items.min()}, {items.max()}]; check n_items")
+        raise ValueError(
+            f"split_df.item_idx must lie in [0, {n_items}), got range [{items.min()}, {items.max()}]; check n_items"
+        )
 
 
-def interaction_matrix(split_df: pd.DataFrame, n_users: int, n_items: int,
-                       splits: Iterable[str] = ("train",)) -> sp.csr_matrix:
+def interaction_matrix(
+    split_df: pd.DataFrame, n_users: int, n_items: int, splits: Iterable[str] = ("train",)
+) -> sp.csr_matrix:
     r"""Binary user-item matrix :math:`R \in \{0,1\}^{n_\text{users} \times n_\text{items}}` (float32).
 
     :math:`R_{ui} = 1` iff user :math:`u` has at least one interaction with item :math:`i` whose
@@ -65,8 +68,9 @@ def interaction_matrix(split_df: pd.DataFrame, n_users: int, n_items: int,
     chosen = split_df[split_df["split"].isin(splits)]
     rows = chosen["user_idx"].to_numpy(dtype=np.int64)
     cols = chosen["item_idx"].to_numpy(dtype=np.int64)
-    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
-                           shape=(n_users, n_items), dtype=np.float32)
+    matrix = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_users, n_items), dtype=np.float32
+    )
     matrix.sum_duplicates()
     matrix.data[:] = 1.0  # binary: duplicates were summed, clamp them back to one
     matrix.sort_indices()
@@ -87,14 +91,18 @@ class SplitData:
     adj: torch.Tensor = field(repr=False)
 
     @classmethod
-    def from_frame(cls, split: pd.DataFrame, n_users: int, n_items: int) -> "SplitData":
+    def from_frame(cls, split: pd.DataFrame, n_users: int, n_items: int) -> SplitData:
         train = interaction_matrix(split, n_users, n_items, splits=("train",))
         coo = train.tocoo()
         edge_index = bipartite_edge_index(coo.row, coo.col, n_users)
-        return cls(n_users, n_items, train,
-                   interaction_matrix(split, n_users, n_items, splits=("valid",)),
-                   interaction_matrix(split, n_users, n_items, splits=("test",)),
-                   normalized_adjacency(edge_index, n_users + n_items))
+        return cls(
+            n_users,
+            n_items,
+            train,
+            interaction_matrix(split, n_users, n_items, splits=("valid",)),
+            interaction_matrix(split, n_users, n_items, splits=("test",)),
+            normalized_adjacency(edge_index, n_users + n_items),
+        )
 
     @property
     def warm_items(self) -> np.ndarray:
@@ -123,11 +131,16 @@ class InteractionSplit:
             raise ValueError(f"user_ids has {len(self.user_ids)} entries but the split has {self.n_users} users")
 
     @classmethod
-    def from_bundle(cls, bundle: dict[str, Any]) -> "InteractionSplit":
+    def from_bundle(cls, bundle: dict[str, Any]) -> InteractionSplit:
         """From the stored ``interaction_split`` value (``table``, ``n_users``, ``n_items``, ``user_ids``,
         ``split_method``)."""
-        return cls(bundle["table"], int(bundle["n_users"]), int(bundle["n_items"]), np.asarray(bundle["user_ids"]),
-                   str(bundle.get("split_method", "")))
+        return cls(
+            bundle["table"],
+            int(bundle["n_users"]),
+            int(bundle["n_items"]),
+            np.asarray(bundle["user_ids"]),
+            str(bundle.get("split_method", "")),
+        )
 
     @cached_property
     def data(self) -> SplitData:
@@ -152,8 +165,7 @@ def from_stored_fields(name: str, values: dict[str, Any]) -> Any:
     """The inverse of :func:`stored_fields`: only classes of :data:`STORED_TYPES` are rebuilt."""
     cls = STORED_TYPES.get(name)
     if cls is None:
-        raise TypeError(f"stored value names class {name!r}, which is not a stored data type "
-                        f"({sorted(STORED_TYPES)})")
+        raise TypeError(f"stored value names class {name!r}, which is not a stored data type ({sorted(STORED_TYPES)})")
     names = [f.name for f in dataclasses.fields(cls)]
     missing = [n for n in names if n not in values]
     if missing:

@@ -60,8 +60,7 @@ def file_digest(path: str | Path) -> str:
 def check_digest(digest: str) -> str:
     """``digest`` if it is a lowercase hex SHA-256 (it names a folder in the store), else ValueError."""
     if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _DIGEST_CHARS:
-        raise ValueError(f"an inbox partition key is the file's SHA-256 as 64 lowercase hex characters, "
-                         f"got {digest!r}")
+        raise ValueError(f"an inbox partition key is the file's SHA-256 as 64 lowercase hex characters, got {digest!r}")
     return digest
 
 
@@ -101,30 +100,46 @@ def read_interaction_file(path: str | Path, data: bytes | None = None) -> pd.Dat
         if suffix == ".parquet":
             frame = pd.read_parquet(handle)
         else:
-            frame = pd.read_csv(handle, dtype={"item_id": str, "user_id": str}, keep_default_na=False,
-                                na_values=[""], encoding="utf-8", skip_blank_lines=False)
+            frame = pd.read_csv(
+                handle,
+                dtype={"item_id": str, "user_id": str},
+                keep_default_na=False,
+                na_values=[""],
+                encoding="utf-8",
+                skip_blank_lines=False,
+            )
             # Blank lines are dropped but keep their place in the index, so row numbers stay exact.
             frame = frame[~frame.isna().all(axis=1)]
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start}); "
-                        "re-save the file as UTF-8") from exc
+        raise DataError(
+            f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start}); re-save the file as UTF-8"
+        ) from exc
     except Exception as exc:  # pyarrow / pandas parse errors
         raise DataError(f"{path}: could not be read as {suffix[1:]} ({exc})") from exc
     header = suffix == ".csv"
-    require_columns(frame, path, ("user_id", "item_id", "timestamp"),
-                    hint="an inbox file has the columns of the folder format's interactions table")
+    require_columns(
+        frame,
+        path,
+        ("user_id", "item_id", "timestamp"),
+        hint="an inbox file has the columns of the folder format's interactions table",
+    )
     require_filled(frame, path, ("user_id", "item_id"), header=header)
     if len(frame) == 0:
         raise DataError(f"{path}: holds no interactions; remove it from the inbox or add rows")
     weight_col = "weight" if "weight" in frame.columns else ("rating" if "rating" in frame.columns else None)
-    weights = (parse_numbers(frame, weight_col, path, header=header).astype(np.float32) if weight_col
-               else np.ones(len(frame), dtype=np.float32))
-    return pd.DataFrame({
-        "user_id": frame["user_id"].astype(str).to_numpy(),
-        "item_id": frame["item_id"].astype(str).to_numpy(),
-        "timestamp": parse_timestamps(frame["timestamp"], path, header=header),
-        "weight": weights,
-    })
+    weights = (
+        parse_numbers(frame, weight_col, path, header=header).astype(np.float32)
+        if weight_col
+        else np.ones(len(frame), dtype=np.float32)
+    )
+    return pd.DataFrame(
+        {
+            "user_id": frame["user_id"].astype(str).to_numpy(),
+            "item_id": frame["item_id"].astype(str).to_numpy(),
+            "timestamp": parse_timestamps(frame["timestamp"], path, header=header),
+            "weight": weights,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------ storing
@@ -165,20 +180,26 @@ def ingest_file(path: str | Path | None, digest: str, store: str | Path) -> Stor
     stored = _stored_original(folder)
     if stored is not None:
         if file_digest(stored) != digest:
-            raise DataError(f"{stored}: the stored copy of inbox partition {digest} no longer has that "
-                            "SHA-256 (changed on disk); restore it or delete the partition folder deliberately")
+            raise DataError(
+                f"{stored}: the stored copy of inbox partition {digest} no longer has that "
+                "SHA-256 (changed on disk); restore it or delete the partition folder deliberately"
+            )
         table = read_interaction_file(stored)
         save_bundle(folder / _TABLE, {_TABLE: table})
         return StoredPartition(digest, folder, stored, table, newly_stored=False)
     if path is None:
-        raise DataError(f"inbox partition {digest} has no stored copy and no inbox file with that content; "
-                        "put the file back into the inbox (or delete the partition)")
+        raise DataError(
+            f"inbox partition {digest} has no stored copy and no inbox file with that content; "
+            "put the file back into the inbox (or delete the partition)"
+        )
     path = Path(path)
     data = path.read_bytes()  # read once: what is checked, parsed and stored are the same bytes
     actual = hashlib.sha256(data).hexdigest()
     if actual != digest:
-        raise DataError(f"{path}: its content changed since it was detected (SHA-256 {actual[:12]}..., "
-                        f"expected {digest[:12]}...); the new content is picked up as a partition of its own")
+        raise DataError(
+            f"{path}: its content changed since it was detected (SHA-256 {actual[:12]}..., "
+            f"expected {digest[:12]}...); the new content is picked up as a partition of its own"
+        )
     table = read_interaction_file(path, data)
     original = atomic_write_bytes(folder / f"{_ORIGINAL}{path.suffix.lower()}", data)
     save_bundle(folder / _TABLE, {_TABLE: table})
@@ -191,8 +212,10 @@ def load_partition(store: str | Path, digest: str) -> pd.DataFrame:
     try:
         return load_bundle(folder / _TABLE)[_TABLE]
     except FileNotFoundError as exc:
-        raise DataError(f"inbox partition {digest} is recorded as materialized but {folder} holds no stored "
-                        "table; re-materialize that partition of inbox_interactions") from exc
+        raise DataError(
+            f"inbox partition {digest} is recorded as materialized but {folder} holds no stored "
+            "table; re-materialize that partition of inbox_interactions"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------- appending
@@ -213,8 +236,11 @@ def origin_of(digest: str) -> str:
     return f"{INBOX_ORIGIN_PREFIX}{digest}"
 
 
-def append_inbox(source: pd.DataFrame, partitions: Mapping[str, pd.DataFrame] | Sequence[tuple[str, pd.DataFrame]],
-                 split_column: str | None = None) -> tuple[pd.DataFrame, AppendStats]:
+def append_inbox(
+    source: pd.DataFrame,
+    partitions: Mapping[str, pd.DataFrame] | Sequence[tuple[str, pd.DataFrame]],
+    split_column: str | None = None,
+) -> tuple[pd.DataFrame, AppendStats]:
     """The source's interactions followed by each inbox partition's, in the given order, with column
     ``origin`` (``"source"`` or ``"inbox:<sha256>"``).
 
@@ -227,9 +253,11 @@ def append_inbox(source: pd.DataFrame, partitions: Mapping[str, pd.DataFrame] | 
     if not items:
         return source, stats
     if split_column:
-        raise DataError(f"the dataset comes with a published split (column {split_column!r}), which inbox "
-                        f"interactions cannot join; delete the {len(items)} inbox partition(s) "
-                        f"({', '.join(d[:12] for d, _ in items)}) or use a dataset without a published split")
+        raise DataError(
+            f"the dataset comes with a published split (column {split_column!r}), which inbox "
+            f"interactions cannot join; delete the {len(items)} inbox partition(s) "
+            f"({', '.join(d[:12] for d, _ in items)}) or use a dataset without a published split"
+        )
     frames = [source.assign(**{ORIGIN_COLUMN: SOURCE_ORIGIN})]
     for digest, frame in items:
         missing = [c for c in INTERACTION_COLUMNS if c not in frame.columns]

@@ -38,8 +38,7 @@ _DECODE_MARGIN_FRAMES = 256
 _MP3_FRAME = 1152  # samples in one MPEG-1 Layer III frame
 
 
-def check_path(root: str | Path, item_id: str, modality: str, raw: str
-               ) -> tuple[Path | None, QuarantineRecord | None]:
+def check_path(root: str | Path, item_id: str, modality: str, raw: str) -> tuple[Path | None, QuarantineRecord | None]:
     """``(path, None)`` when ``raw`` is a regular file inside ``root``; else ``(None, record)``.
 
     Decides from the path alone (``..`` segments, absolute paths, where links point): nothing outside
@@ -49,17 +48,30 @@ def check_path(root: str | Path, item_id: str, modality: str, raw: str
     real_folder = folder.resolve()
     lexical = Path(os.path.normpath(folder / raw))
     if not (lexical.is_relative_to(folder) or lexical.is_relative_to(real_folder)):
-        return None, QuarantineRecord(item_id, modality, raw, (
-            f"outside the dataset folder: the path leads to {lexical}, outside {folder}; media paths must be "
-            "relative to the dataset folder and stay inside it (the file was not read)"))
+        return None, QuarantineRecord(
+            item_id,
+            modality,
+            raw,
+            (
+                f"outside the dataset folder: the path leads to {lexical}, outside {folder}; media paths must be "
+                "relative to the dataset folder and stay inside it (the file was not read)"
+            ),
+        )
     resolved = lexical.resolve()
     if not resolved.is_relative_to(real_folder):
-        return None, QuarantineRecord(item_id, modality, raw, (
-            f"outside the dataset folder: a symbolic link to {resolved}; copy the file into the dataset "
-            "folder instead of linking to it (the file was not read)"))
+        return None, QuarantineRecord(
+            item_id,
+            modality,
+            raw,
+            (
+                f"outside the dataset folder: a symbolic link to {resolved}; copy the file into the dataset "
+                "folder instead of linking to it (the file was not read)"
+            ),
+        )
     if not resolved.exists():
-        return None, QuarantineRecord(item_id, modality, raw, (
-            "file not found: fix the path in the items table or add the file"))
+        return None, QuarantineRecord(
+            item_id, modality, raw, ("file not found: fix the path in the items table or add the file")
+        )
     if not resolved.is_file():
         return None, QuarantineRecord(item_id, modality, raw, "not a file: the path names a folder or a device")
     return resolved, None
@@ -78,16 +90,18 @@ def _image_problem(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return _unreadable(exc)
     if isinstance(exc, UnidentifiedImageError):
-        return ("not an image: no image format recognised in the file; save it as PNG or JPEG")
+        return "not an image: no image format recognised in the file; save it as PNG or JPEG"
     if "truncat" in message.lower():
         return f"truncated image: the file ends early ({message}); download or export it again"
     return f"corrupt image: {message}; export it again as PNG or JPEG"
 
 
 def _too_large(width: int, height: int, max_pixels: int) -> str:
-    return (f"image too large: {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-            "(a guard against decompression bombs); shrink the image, or raise max_image_pixels in the "
-            "raw_item_images run config")
+    return (
+        f"image too large: {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+        "(a guard against decompression bombs); shrink the image, or raise max_image_pixels in the "
+        "raw_item_images run config"
+    )
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -134,8 +148,13 @@ def decode_image(path: Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> n
         raise MediaProblem(_image_problem(exc)) from exc
 
 
-def decode_images(root: str | Path, item_ids: Sequence[str], paths: Sequence[str | None], size: int,
-                  max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, np.ndarray, list[QuarantineRecord]]:
+def decode_images(
+    root: str | Path,
+    item_ids: Sequence[str],
+    paths: Sequence[str | None],
+    size: int,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> tuple[np.ndarray, np.ndarray, list[QuarantineRecord]]:
     """Return ``(images uint8 [N, size, size, 3], present bool [N], quarantine)``.
 
     Grayscale, palette, RGBA (over white), CMYK and 16-bit images are converted to 8-bit RGB and used.
@@ -182,8 +201,10 @@ def _sniff_audio(path: Path) -> str:
         what = "an MP4/M4A file"
     if what is None:
         what = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else f"starts with {head[:4]!r}"
-    raise MediaProblem(f"unsupported audio format: the content is {what}; convert it to WAV, FLAC, Ogg or MP3 "
-                       "(e.g. ffmpeg -i clip.m4a clip.flac)")
+    raise MediaProblem(
+        f"unsupported audio format: the content is {what}; convert it to WAV, FLAC, Ogg or MP3 "
+        "(e.g. ffmpeg -i clip.m4a clip.flac)"
+    )
 
 
 def read_wav(path: Path) -> tuple[int, np.ndarray]:
@@ -197,8 +218,7 @@ def read_wav(path: Path) -> tuple[int, np.ndarray]:
             rate, data = wavfile.read(path)
     except Exception as exc:  # scipy raises ValueError/struct.error/EOFError for damaged headers
         text = (str(exc) or type(exc).__name__).rstrip(".")
-        kind = "truncated audio" if isinstance(exc, EOFError) or "buffer" in text or "EOF" in text \
-            else "corrupt audio"
+        kind = "truncated audio" if isinstance(exc, EOFError) or "buffer" in text or "EOF" in text else "corrupt audio"
         raise MediaProblem(f"{kind}: {text}; export the clip again as PCM WAV") from exc
     early = [str(w.message) for w in caught if "prematurely" in str(w.message)]
     if early:
@@ -238,19 +258,22 @@ def read_compressed(path: Path, fmt: str, max_seconds: float | None = None) -> t
     try:
         with soundfile.SoundFile(path) as stream:
             rate, frames = int(stream.samplerate), int(stream.frames)
-            wanted = frames if max_seconds is None else min(
-                frames, int(np.ceil(max_seconds * rate)) + _DECODE_MARGIN_FRAMES)
+            wanted = (
+                frames if max_seconds is None else min(frames, int(np.ceil(max_seconds * rate)) + _DECODE_MARGIN_FRAMES)
+            )
             data = stream.read(frames=wanted, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise MediaProblem(f"corrupt audio: not a readable {fmt} stream ({_libsndfile_message(exc, path)}); "
-                           "export the clip again") from exc
+        raise MediaProblem(
+            f"corrupt audio: not a readable {fmt} stream ({_libsndfile_message(exc, path)}); export the clip again"
+        ) from exc
     if frames == 0 or data.size == 0:
         raise MediaProblem(f"no samples: the {fmt} file holds no audio samples")
     if wanted - len(data) > max(_MP3_FRAME, wanted // 20):
         # The header promises more frames than the stream holds: the file was cut short. (Some slack: the
         # length of an MP3 without a Xing header is an estimate.)
-        raise MediaProblem(f"truncated audio: the {fmt} stream ends after {len(data)} of {frames} frames; "
-                           "export the clip again")
+        raise MediaProblem(
+            f"truncated audio: the {fmt} stream ends after {len(data)} of {frames} frames; export the clip again"
+        )
     if not np.isfinite(data).all():
         raise MediaProblem(f"invalid samples: the {fmt} file decodes to NaN or infinite values; export it again")
     return rate, data.mean(axis=1, dtype=np.float32)
@@ -265,8 +288,9 @@ def read_audio(path: Path, max_seconds: float | None = None) -> tuple[int, np.nd
     return read_compressed(path, fmt, max_seconds)
 
 
-def decode_audio(root: str | Path, item_ids: Sequence[str], paths: Sequence[str | None], sample_rate: int,
-                 clip_seconds: float) -> tuple[np.ndarray, np.ndarray, list[QuarantineRecord]]:
+def decode_audio(
+    root: str | Path, item_ids: Sequence[str], paths: Sequence[str | None], sample_rate: int, clip_seconds: float
+) -> tuple[np.ndarray, np.ndarray, list[QuarantineRecord]]:
     """Return ``(waves float32 [N, T], present bool [N], quarantine)``: mono, resampled, cropped/padded."""
     from math import gcd
 
@@ -292,6 +316,6 @@ def decode_audio(root: str | Path, item_ids: Sequence[str], paths: Sequence[str 
             g = gcd(rate, sample_rate)
             data = resample_poly(data, sample_rate // g, rate // g).astype(np.float32)
         clip = data[:n_samples]
-        out[i, :clip.size] = clip
+        out[i, : clip.size] = clip
         present[i] = True
     return out, present, quarantine

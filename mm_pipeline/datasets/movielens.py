@@ -31,14 +31,32 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.datasets.schema import DataError, RawDataset
-from mm_pipeline.datasets.tables import (parse_numbers, read_delimited, require_columns, require_filled)
+from mm_pipeline.datasets.tables import parse_numbers, read_delimited, require_columns, require_filled
 
 DEFAULT_MIN_RATING = 4.0
 MAX_TAGS_PER_ITEM = 20
 POSTER_SUFFIXES = (".jpg", ".jpeg", ".png")  # preference order when a movie has several
-ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-                 "War", "Western")
+ML100K_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 ML100K_ITEM_FIELDS = ("movie_id", "title", "release_date", "video_release_date", "imdb_url")
 NO_GENRES = "(no genres listed)"
 
@@ -46,6 +64,8 @@ NO_GENRES = "(no genres listed)"
 def _rating_dtypes(user: str, item: str) -> dict[str, str]:
     """Column types for the fast typed read of a ratings table (see ``read_delimited``)."""
     return {user: "int64", item: "int64", "rating": "float64", "timestamp": "int64"}
+
+
 EXAMPLES = 5
 
 
@@ -68,8 +88,10 @@ def options_from(raw: dict[str, str]) -> MovieLensOptions:
             try:
                 min_rating = float(value)
             except ValueError:
-                raise DataError(f"movielens option min_rating={raw['min_rating']!r} is not a number; use e.g. "
-                                "min_rating=4 (keep ratings >= 4) or min_rating=none (keep every rating)") from None
+                raise DataError(
+                    f"movielens option min_rating={raw['min_rating']!r} is not a number; use e.g. "
+                    "min_rating=4 (keep ratings >= 4) or min_rating=none (keep every rating)"
+                ) from None
     kcore = 0
     if "kcore" in raw:
         try:
@@ -92,32 +114,38 @@ def detect_layout(root: Path) -> str:
         return "ml-latest"
     found = [n for n, ok in has.items() if ok]
     hint = ""
-    subfolders = sorted(p.name for p in root.iterdir() if p.is_dir() and
-                        ((p / "u.data").is_file() or (p / "ratings.csv").is_file()))
+    subfolders = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and ((p / "u.data").is_file() or (p / "ratings.csv").is_file())
+    )
     if subfolders:
         hint = f"; the subfolder {subfolders[0]!r} looks like one: point the spec at {root / subfolders[0]}"
     if found:
         missing = {"u.data": "u.item", "u.item": "u.data", "ratings.csv": "movies.csv", "movies.csv": "ratings.csv"}
         return_missing = sorted({missing[n] for n in found} - set(found))
-        raise DataError(f"{root}: found {found} but not {return_missing}; a MovieLens folder needs u.data + u.item "
-                        f"(ml-100k) or ratings.csv + movies.csv (ml-latest-small){hint}")
-    raise DataError(f"{root}: not a MovieLens folder: expected u.data + u.item (ml-100k) or ratings.csv + "
-                    f"movies.csv (ml-latest-small, ml-25m, ...){hint}")
+        raise DataError(
+            f"{root}: found {found} but not {return_missing}; a MovieLens folder needs u.data + u.item "
+            f"(ml-100k) or ratings.csv + movies.csv (ml-latest-small){hint}"
+        )
+    raise DataError(
+        f"{root}: not a MovieLens folder: expected u.data + u.item (ml-100k) or ratings.csv + "
+        f"movies.csv (ml-latest-small, ml-25m, ...){hint}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # The two layouts -> (movies: movie_id, title, genres (list text), extra columns; ratings)
 # ----------------------------------------------------------------------------------------------
-def _ratings_frame(frame: pd.DataFrame, path: Path, header: bool, columns: tuple[str, str, str, str]
-                   ) -> pd.DataFrame:
+def _ratings_frame(frame: pd.DataFrame, path: Path, header: bool, columns: tuple[str, str, str, str]) -> pd.DataFrame:
     user, item, rating, ts = columns
     require_filled(frame, path, list(columns), header)
-    return pd.DataFrame({
-        "user_id": parse_numbers(frame, user, path, header, integer=True).astype(str),
-        "item_id": parse_numbers(frame, item, path, header, integer=True).astype(str),
-        "rating": parse_numbers(frame, rating, path, header).astype(np.float32),
-        "timestamp": parse_numbers(frame, ts, path, header, integer=True),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": parse_numbers(frame, user, path, header, integer=True).astype(str),
+            "item_id": parse_numbers(frame, item, path, header, integer=True).astype(str),
+            "rating": parse_numbers(frame, rating, path, header).astype(np.float32),
+            "timestamp": parse_numbers(frame, ts, path, header, integer=True),
+        }
+    )
 
 
 def _unique_movies(movies: pd.DataFrame, path: Path, header: bool) -> None:
@@ -125,29 +153,46 @@ def _unique_movies(movies: pd.DataFrame, path: Path, header: bool) -> None:
     if dup.any():
         pos = int(dup.argmax())
         line = pos + (2 if header else 1)
-        raise DataError(f"{path}: line {line} repeats movie id {movies['movie_id'].iloc[pos]!r}; movie ids must be "
-                        "unique")
+        raise DataError(
+            f"{path}: line {line} repeats movie id {movies['movie_id'].iloc[pos]!r}; movie ids must be unique"
+        )
 
 
 def _read_ml100k(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     data_path, item_path = root / "u.data", root / "u.item"
-    raw, blank_r = read_delimited(data_path, sep="\t", names=["user", "item", "rating", "timestamp"],
-                                  quoting=csv.QUOTE_NONE, numeric=_rating_dtypes("user", "item"))
+    raw, blank_r = read_delimited(
+        data_path,
+        sep="\t",
+        names=["user", "item", "rating", "timestamp"],
+        quoting=csv.QUOTE_NONE,
+        numeric=_rating_dtypes("user", "item"),
+    )
     ratings = _ratings_frame(raw, data_path, False, ("user", "item", "rating", "timestamp"))
     genres = _ml100k_genres(root)
     names = [*ML100K_ITEM_FIELDS, *(f"genre_{i}" for i in range(len(genres)))]
     items, blank_i = read_delimited(item_path, sep="|", names=names, encoding="latin-1", quoting=csv.QUOTE_NONE)
-    require_filled(items, item_path, ["movie_id", "title", *names[-len(genres):]], header=False)
-    flags = pd.DataFrame({g: parse_numbers(items, f"genre_{i}", item_path, False, integer=True, allowed=(0, 1))
-                          for i, g in enumerate(genres)}, index=items.index).astype(bool)
-    movies = pd.DataFrame({"movie_id": parse_numbers(items, "movie_id", item_path, False, integer=True).astype(str),
-                           "title": items["title"].str.strip().to_numpy(),
-                           "genres": _genre_lists(flags),
-                           "release_date": items["release_date"].fillna("").to_numpy(),
-                           "imdb_url": items["imdb_url"].fillna("").to_numpy()})
+    require_filled(items, item_path, ["movie_id", "title", *names[-len(genres) :]], header=False)
+    flags = pd.DataFrame(
+        {
+            g: parse_numbers(items, f"genre_{i}", item_path, False, integer=True, allowed=(0, 1))
+            for i, g in enumerate(genres)
+        },
+        index=items.index,
+    ).astype(bool)
+    movies = pd.DataFrame(
+        {
+            "movie_id": parse_numbers(items, "movie_id", item_path, False, integer=True).astype(str),
+            "title": items["title"].str.strip().to_numpy(),
+            "genres": _genre_lists(flags),
+            "release_date": items["release_date"].fillna("").to_numpy(),
+            "imdb_url": items["imdb_url"].fillna("").to_numpy(),
+        }
+    )
     _unique_movies(movies, item_path, header=False)
-    info = {"files": {"ratings": str(data_path), "items": str(item_path)},
-            "blank_lines": {"u.data": blank_r, "u.item": blank_i}}
+    info = {
+        "files": {"ratings": str(data_path), "items": str(item_path)},
+        "blank_lines": {"u.data": blank_r, "u.item": blank_i},
+    }
     return movies, ratings, info
 
 
@@ -174,20 +219,32 @@ def _genre_lists(flags: pd.DataFrame) -> np.ndarray:
 def _read_ml_latest(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     ratings_path, movies_path, tags_path = root / "ratings.csv", root / "movies.csv", root / "tags.csv"
     raw, blank_r = read_delimited(ratings_path, sep=",", numeric=_rating_dtypes("userId", "movieId"))
-    require_columns(raw, ratings_path, ("userId", "movieId", "rating", "timestamp"),
-                    "ml-latest ratings.csv has the header userId,movieId,rating,timestamp")
+    require_columns(
+        raw,
+        ratings_path,
+        ("userId", "movieId", "rating", "timestamp"),
+        "ml-latest ratings.csv has the header userId,movieId,rating,timestamp",
+    )
     ratings = _ratings_frame(raw, ratings_path, True, ("userId", "movieId", "rating", "timestamp"))
     items, blank_m = read_delimited(movies_path, sep=",")
-    require_columns(items, movies_path, ("movieId", "title", "genres"),
-                    "ml-latest movies.csv has the header movieId,title,genres")
+    require_columns(
+        items, movies_path, ("movieId", "title", "genres"), "ml-latest movies.csv has the header movieId,title,genres"
+    )
     require_filled(items, movies_path, ["movieId", "title"], header=True)
     genres = items["genres"].fillna("").str.strip()
     genres = genres.where(genres != NO_GENRES, "").str.replace("|", ", ", regex=False)
-    movies = pd.DataFrame({"movie_id": parse_numbers(items, "movieId", movies_path, True, integer=True).astype(str),
-                           "title": items["title"].str.strip().to_numpy(), "genres": genres.to_numpy()})
+    movies = pd.DataFrame(
+        {
+            "movie_id": parse_numbers(items, "movieId", movies_path, True, integer=True).astype(str),
+            "title": items["title"].str.strip().to_numpy(),
+            "genres": genres.to_numpy(),
+        }
+    )
     _unique_movies(movies, movies_path, header=True)
-    info: dict = {"files": {"ratings": str(ratings_path), "items": str(movies_path)},
-                  "blank_lines": {"ratings.csv": blank_r, "movies.csv": blank_m}}
+    info: dict = {
+        "files": {"ratings": str(ratings_path), "items": str(movies_path)},
+        "blank_lines": {"ratings.csv": blank_r, "movies.csv": blank_m},
+    }
     if tags_path.is_file():
         movies, info["tags"] = _attach_tags(movies, tags_path)
         info["files"]["tags"] = str(tags_path)
@@ -198,8 +255,12 @@ def _attach_tags(movies: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict]:
     raw, blank = read_delimited(path, sep=",")
     require_columns(raw, path, ("movieId", "tag"), "ml-latest tags.csv has the header userId,movieId,tag,timestamp")
     require_filled(raw, path, ["movieId"], header=True)
-    tags = pd.DataFrame({"movie_id": parse_numbers(raw, "movieId", path, True, integer=True).astype(str),
-                         "tag": raw["tag"].fillna("").str.strip().to_numpy()})
+    tags = pd.DataFrame(
+        {
+            "movie_id": parse_numbers(raw, "movieId", path, True, integer=True).astype(str),
+            "tag": raw["tag"].fillna("").str.strip().to_numpy(),
+        }
+    )
     empty = tags["tag"] == ""
     tags = tags[~empty]
     tags = tags.assign(key=tags["tag"].str.lower())
@@ -211,11 +272,15 @@ def _attach_tags(movies: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict]:
     known = tags["movie_id"].isin(movies["movie_id"])
     movies = movies.assign(tags=movies["movie_id"].map(joined).fillna("").to_numpy())
     unknown_ids = tags.loc[~known, "movie_id"].unique()
-    return movies, {"rows": int(len(raw)), "empty_tags": int(empty.sum()), "blank_lines": blank,
-                    "distinct_per_movie_cap": MAX_TAGS_PER_ITEM,
-                    "tags_beyond_cap": int((rank >= MAX_TAGS_PER_ITEM).sum()),
-                    "rows_naming_unknown_movies": int((~known).sum()),
-                    "unknown_movie_examples": unknown_ids[:EXAMPLES].tolist()}
+    return movies, {
+        "rows": int(len(raw)),
+        "empty_tags": int(empty.sum()),
+        "blank_lines": blank,
+        "distinct_per_movie_cap": MAX_TAGS_PER_ITEM,
+        "tags_beyond_cap": int((rank >= MAX_TAGS_PER_ITEM).sum()),
+        "rows_naming_unknown_movies": int((~known).sum()),
+        "unknown_movie_examples": unknown_ids[:EXAMPLES].tolist(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,13 +307,17 @@ def _posters(root: Path, movie_ids: pd.Series) -> tuple[np.ndarray, dict]:
     has = matched.notna().to_numpy()
     out[has] = [str(folder / name) for name in matched[has]]
     unmatched = chosen.index[~chosen.index.isin(movie_ids)]
-    return out, {"folder": str(folder), "matched": int(has.sum()),
-                 "unmatched_files": int(len(unmatched)),
-                 "unmatched_examples": [chosen[s] for s in unmatched[:EXAMPLES]],
-                 "ignored_files": int(len(ignored)), "ignored_examples": ignored.head(EXAMPLES).tolist(),
-                 "ignored_reason": f"only {', '.join(POSTER_SUFFIXES)} named <movieId><suffix> are used",
-                 "second_choice_files": int(extra.sum()),
-                 "second_choice_examples": files.loc[extra, "name"].head(EXAMPLES).tolist()}
+    return out, {
+        "folder": str(folder),
+        "matched": int(has.sum()),
+        "unmatched_files": int(len(unmatched)),
+        "unmatched_examples": [chosen[s] for s in unmatched[:EXAMPLES]],
+        "ignored_files": int(len(ignored)),
+        "ignored_examples": ignored.head(EXAMPLES).tolist(),
+        "ignored_reason": f"only {', '.join(POSTER_SUFFIXES)} named <movieId><suffix> are used",
+        "second_choice_files": int(extra.sum()),
+        "second_choice_examples": files.loc[extra, "name"].head(EXAMPLES).tolist(),
+    }
 
 
 def kcore_filter(interactions: pd.DataFrame, k: int) -> tuple[pd.DataFrame, int]:
@@ -270,8 +339,11 @@ def kcore_filter(interactions: pd.DataFrame, k: int) -> tuple[pd.DataFrame, int]
 
 
 def _counts(frame: pd.DataFrame) -> dict[str, int]:
-    return {"interactions": int(len(frame)), "users": int(frame["user_id"].nunique()),
-            "items": int(frame["item_id"].nunique())}
+    return {
+        "interactions": int(len(frame)),
+        "users": int(frame["user_id"].nunique()),
+        "items": int(frame["item_id"].nunique()),
+    }
 
 
 def load_movielens(root: str | Path, options: MovieLensOptions | None = None) -> RawDataset:
@@ -303,17 +375,34 @@ def load_movielens(root: str | Path, options: MovieLensOptions | None = None) ->
     images, posters = _posters(root, movies["movie_id"])
     items = movies.rename(columns={"movie_id": "item_id"}).assign(text=text.to_numpy(), image=images, audio=None)
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
-    interactions = pd.DataFrame({"user_id": ratings["user_id"].to_numpy(), "item_id": ratings["item_id"].to_numpy(),
-                                 "timestamp": ratings["timestamp"].to_numpy(np.int64),
-                                 "weight": ratings["rating"].to_numpy(np.float32)})
+    interactions = pd.DataFrame(
+        {
+            "user_id": ratings["user_id"].to_numpy(),
+            "item_id": ratings["item_id"].to_numpy(),
+            "timestamp": ratings["timestamp"].to_numpy(np.int64),
+            "weight": ratings["rating"].to_numpy(np.float32),
+        }
+    )
     has_image = bool(posters.get("matched"))
     modalities = ("text", "image") if has_image else ("text",)
     skipped = {"audio": "MovieLens has no audio"}
     if not has_image:
-        skipped["image"] = (posters["reason"] if posters["folder"] is None
-                            else "no file in posters/ is named <movieId>.jpg|.jpeg|.png for a catalogue movie")
-    info.update({"format": "movielens", "layout": layout, "options": asdict(options), "counts": counts,
-                 "posters": posters, "skipped_modalities": skipped,
-                 "text": "title. Genres: ... . Tags: ... (tags: ml-latest tags.csv only)"})
-    return RawDataset(name=root.name, root=root, items=items, interactions=interactions, modalities=modalities,
-                      info=info)
+        skipped["image"] = (
+            posters["reason"]
+            if posters["folder"] is None
+            else "no file in posters/ is named <movieId>.jpg|.jpeg|.png for a catalogue movie"
+        )
+    info.update(
+        {
+            "format": "movielens",
+            "layout": layout,
+            "options": asdict(options),
+            "counts": counts,
+            "posters": posters,
+            "skipped_modalities": skipped,
+            "text": "title. Genres: ... . Tags: ... (tags: ml-latest tags.csv only)",
+        }
+    )
+    return RawDataset(
+        name=root.name, root=root, items=items, interactions=interactions, modalities=modalities, info=info
+    )

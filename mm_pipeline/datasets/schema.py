@@ -46,8 +46,7 @@ class RawDataset:
     modalities: tuple[str, ...]
     info: dict = field(default_factory=dict)
     #: Table rows set aside instead of loaded (``bad_rows=quarantine``), columns ROW_QUARANTINE_COLUMNS.
-    row_quarantine: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=list(ROW_QUARANTINE_COLUMNS)))
+    row_quarantine: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(ROW_QUARANTINE_COLUMNS)))
 
 
 class DataError(ValueError):

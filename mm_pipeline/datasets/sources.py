@@ -21,13 +21,18 @@ from mm_pipeline.datasets.folder import folder_options, load_folder
 from mm_pipeline.datasets.schema import DataError, RawDataset
 
 KINDS = ("builtin", "builtin-mmrec", "folder", "movielens", "mmrec")
-OPTIONS = {"builtin": (), "builtin-mmrec": (), "folder": ("bad_rows", "encoding"), "movielens": ("min_rating", "kcore"),
-           "mmrec": ("name",)}
+OPTIONS = {
+    "builtin": (),
+    "builtin-mmrec": (),
+    "folder": ("bad_rows", "encoding"),
+    "movielens": ("min_rating", "kcore"),
+    "mmrec": ("name",),
+}
 
 
 @dataclass(frozen=True)
 class Source:
-    kind: str          # "builtin" | "folder" | "movielens" | "mmrec"
+    kind: str  # "builtin" | "folder" | "movielens" | "mmrec"
     root: Path
     description: str
     options: tuple[tuple[str, str], ...] = ()
@@ -74,12 +79,16 @@ def resolve_source(spec: str, data_dir: str | Path, seed: int = 0) -> Source:
     if kind in ("folder", "movielens", "mmrec"):
         path, options = _split_options(kind, rest)
         if not path:
-            raise DataError(f"dataset spec '{kind}:' needs a path, e.g. {kind}:/data/"
-                            + {"folder": "shop", "movielens": "ml-100k", "mmrec": "baby"}[kind])
+            raise DataError(
+                f"dataset spec '{kind}:' needs a path, e.g. {kind}:/data/"
+                + {"folder": "shop", "movielens": "ml-100k", "mmrec": "baby"}[kind]
+            )
         shown = "".join(f"&{k}={v}" for k, v in options).replace("&", "?", 1)
         return Source(kind, Path(path).expanduser().resolve(), f"{kind} {path}{shown}", options)
-    raise DataError(f"unknown dataset spec {spec!r}; use builtin:<tiny|default|large>[:scenario], "
-                    "builtin-mmrec:<small|baby>, folder:<path>, movielens:<path> or mmrec:<path>")
+    raise DataError(
+        f"unknown dataset spec {spec!r}; use builtin:<tiny|default|large>[:scenario], "
+        "builtin-mmrec:<small|baby>, folder:<path>, movielens:<path> or mmrec:<path>"
+    )
 
 
 def load_source(source: Source, text_columns: tuple[str, ...] | None = None) -> RawDataset:

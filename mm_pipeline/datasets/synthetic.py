@@ -10,9 +10,9 @@ Latent model. Every item has four discrete attributes:
 A user's utility for an item is
 
 .. math::
-    U(u, i) = w_c A_{u, c_i} + w_s B_{u, s_i} + w_p G_{u, p_i} + w_r D_{u, r_i} + \pi_i + \epsilon
+    U(u, i) = w_c A_{u, c_i} + w_s B_{u, s_i} + w_p G_{u, p_i} + w_r D_{u, r_i} + \\pi_i + \\epsilon
 
-with per-user preference tables :math:`A, B, G, D` and a log-normal item popularity :math:`\pi_i`.
+with per-user preference tables :math:`A, B, G, D` and a log-normal item popularity :math:`\\pi_i`.
 Each user picks :math:`n_u` distinct items by Gumbel-top-k on :math:`U / \tau`. The category is visible
 in every modality, while style, pattern and rhythm are each visible in one modality only: every
 modality carries part of the preference signal and none carries all of it.
@@ -75,24 +75,75 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
 
 # Three synonyms per attribute value, so text encoders must generalise beyond exact words.
 _CATEGORY_WORDS = {
-    "video": [("cooking", "recipe", "kitchen"), ("travel", "journey", "trip"), ("gaming", "videogame", "esports"),
-              ("fitness", "workout", "training"), ("science", "physics", "experiment"), ("comedy", "sketch", "standup"),
-              ("news", "report", "headlines"), ("pets", "puppy", "kitten"), ("fashion", "outfit", "runway"),
-              ("history", "ancient", "documentary")],
-    "ecommerce": [("shoes", "sneakers", "boots"), ("lamp", "lighting", "chandelier"), ("backpack", "bag", "luggage"),
-                  ("watch", "wristwatch", "timepiece"), ("jacket", "coat", "parka"), ("mug", "cup", "tumbler"),
-                  ("headphones", "earbuds", "headset"), ("chair", "stool", "armchair"), ("blender", "mixer", "juicer"),
-                  ("tent", "camping", "sleeping bag")],
-    "music": [("jazz", "swing", "bebop"), ("rock", "guitar", "grunge"), ("classical", "symphony", "orchestra"),
-              ("hiphop", "rap", "beats"), ("folk", "acoustic", "ballad"), ("electronic", "techno", "synth"),
-              ("reggae", "dub", "ska"), ("blues", "soul", "rhythm"), ("country", "bluegrass", "western"),
-              ("metal", "heavy", "thrash")],
+    "video": [
+        ("cooking", "recipe", "kitchen"),
+        ("travel", "journey", "trip"),
+        ("gaming", "videogame", "esports"),
+        ("fitness", "workout", "training"),
+        ("science", "physics", "experiment"),
+        ("comedy", "sketch", "standup"),
+        ("news", "report", "headlines"),
+        ("pets", "puppy", "kitten"),
+        ("fashion", "outfit", "runway"),
+        ("history", "ancient", "documentary"),
+    ],
+    "ecommerce": [
+        ("shoes", "sneakers", "boots"),
+        ("lamp", "lighting", "chandelier"),
+        ("backpack", "bag", "luggage"),
+        ("watch", "wristwatch", "timepiece"),
+        ("jacket", "coat", "parka"),
+        ("mug", "cup", "tumbler"),
+        ("headphones", "earbuds", "headset"),
+        ("chair", "stool", "armchair"),
+        ("blender", "mixer", "juicer"),
+        ("tent", "camping", "sleeping bag"),
+    ],
+    "music": [
+        ("jazz", "swing", "bebop"),
+        ("rock", "guitar", "grunge"),
+        ("classical", "symphony", "orchestra"),
+        ("hiphop", "rap", "beats"),
+        ("folk", "acoustic", "ballad"),
+        ("electronic", "techno", "synth"),
+        ("reggae", "dub", "ska"),
+        ("blues", "soul", "rhythm"),
+        ("country", "bluegrass", "western"),
+        ("metal", "heavy", "thrash"),
+    ],
 }
-_STYLE_WORDS = [("cozy", "warm", "snug"), ("intense", "extreme", "hardcore"), ("minimalist", "simple", "clean"),
-                ("retro", "vintage", "classic"), ("luxurious", "premium", "deluxe"), ("playful", "fun", "quirky"),
-                ("dark", "moody", "gloomy"), ("bright", "cheerful", "sunny")]
-_FILLER = ("the", "and", "with", "for", "new", "best", "great", "edition", "official", "now", "today", "amazing",
-           "top", "pro", "collection", "series", "part", "episode", "free", "hd")
+_STYLE_WORDS = [
+    ("cozy", "warm", "snug"),
+    ("intense", "extreme", "hardcore"),
+    ("minimalist", "simple", "clean"),
+    ("retro", "vintage", "classic"),
+    ("luxurious", "premium", "deluxe"),
+    ("playful", "fun", "quirky"),
+    ("dark", "moody", "gloomy"),
+    ("bright", "cheerful", "sunny"),
+]
+_FILLER = (
+    "the",
+    "and",
+    "with",
+    "for",
+    "new",
+    "best",
+    "great",
+    "edition",
+    "official",
+    "now",
+    "today",
+    "amazing",
+    "top",
+    "pro",
+    "collection",
+    "series",
+    "part",
+    "episode",
+    "free",
+    "hd",
+)
 
 
 def spec_for(size: str, scenario: str = "video", seed: int = 0) -> SyntheticSpec:
@@ -113,14 +164,16 @@ def spec_digest(spec: SyntheticSpec) -> str:
 # ----------------------------------------------------------------------------------------------
 def _item_latents(spec: SyntheticSpec, rng: np.random.Generator) -> pd.DataFrame:
     n = spec.n_items
-    frame = pd.DataFrame({
-        "category": rng.integers(spec.n_categories, size=n),
-        "style": rng.integers(spec.n_styles, size=n),
-        "pattern": rng.integers(spec.n_patterns, size=n),
-        "rhythm": rng.integers(spec.n_rhythms, size=n),
-        "popularity": rng.normal(0.0, spec.popularity_sigma, size=n),
-        "is_new": rng.random(n) < spec.new_item_fraction,
-    })
+    frame = pd.DataFrame(
+        {
+            "category": rng.integers(spec.n_categories, size=n),
+            "style": rng.integers(spec.n_styles, size=n),
+            "pattern": rng.integers(spec.n_patterns, size=n),
+            "rhythm": rng.integers(spec.n_rhythms, size=n),
+            "popularity": rng.normal(0.0, spec.popularity_sigma, size=n),
+            "is_new": rng.random(n) < spec.new_item_fraction,
+        }
+    )
     modalities = SCENARIOS[spec.scenario]
     missing = rng.random((n, 3)) < spec.missing_fraction
     for j, modality in enumerate(("text", "image", "audio")):
@@ -143,11 +196,15 @@ def _user_preferences(spec: SyntheticSpec, rng: np.random.Generator) -> dict[str
     }
 
 
-def _sample_interactions(spec: SyntheticSpec, items: pd.DataFrame, prefs: dict[str, np.ndarray],
-                         rng: np.random.Generator) -> pd.DataFrame:
+def _sample_interactions(
+    spec: SyntheticSpec, items: pd.DataFrame, prefs: dict[str, np.ndarray], rng: np.random.Generator
+) -> pd.DataFrame:
     n_users, n_items = spec.n_users, spec.n_items
-    counts = np.clip(rng.lognormal(np.log(spec.mean_interactions) - 0.18, 0.6, size=n_users).round(),
-                     spec.min_interactions, n_items // 4).astype(np.int64)
+    counts = np.clip(
+        rng.lognormal(np.log(spec.mean_interactions) - 0.18, 0.6, size=n_users).round(),
+        spec.min_interactions,
+        n_items // 4,
+    ).astype(np.int64)
     w_c, w_s, w_p, w_r = spec.weights
     cols = {k: items[k].to_numpy() for k in ("category", "style", "pattern", "rhythm")}
     pop = items["popularity"].to_numpy()
@@ -155,11 +212,13 @@ def _sample_interactions(spec: SyntheticSpec, items: pd.DataFrame, prefs: dict[s
     chunk = max(1, 4_000_000 // n_items)  # bound memory: chunk users, vectorized within a chunk
     for start in range(0, n_users, chunk):
         stop = min(n_users, start + chunk)
-        utility = (w_c * prefs["category"][start:stop][:, cols["category"]]
-                   + w_s * prefs["style"][start:stop][:, cols["style"]]
-                   + w_p * prefs["pattern"][start:stop][:, cols["pattern"]]
-                   + w_r * prefs["rhythm"][start:stop][:, cols["rhythm"]]
-                   + pop[None, :])
+        utility = (
+            w_c * prefs["category"][start:stop][:, cols["category"]]
+            + w_s * prefs["style"][start:stop][:, cols["style"]]
+            + w_p * prefs["pattern"][start:stop][:, cols["pattern"]]
+            + w_r * prefs["rhythm"][start:stop][:, cols["rhythm"]]
+            + pop[None, :]
+        )
         gumbel = -np.log(-np.log(rng.random(utility.shape) + 1e-12) + 1e-12)
         keys = utility / spec.temperature + gumbel
         n_max = int(counts[start:stop].max())
@@ -213,7 +272,7 @@ def _typo(word: str, rng: np.random.Generator) -> str:
     if len(word) < 3:
         return word
     i = int(rng.integers(1, len(word) - 1))
-    return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -221,8 +280,17 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     i = np.floor(h * 6).astype(int) % 6
     f = h * 6 - np.floor(h * 6)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack([np.stack([v, t, p], -1), np.stack([q, v, p], -1), np.stack([p, v, t], -1),
-                      np.stack([p, q, v], -1), np.stack([t, p, v], -1), np.stack([v, p, q], -1)], 0)
+    table = np.stack(
+        [
+            np.stack([v, t, p], -1),
+            np.stack([q, v, p], -1),
+            np.stack([p, v, t], -1),
+            np.stack([p, q, v], -1),
+            np.stack([t, p, v], -1),
+            np.stack([v, p, q], -1),
+        ],
+        0,
+    )
     return np.take_along_axis(table, i[None, ..., None].repeat(3, -1), 0)[0]
 
 
@@ -240,14 +308,17 @@ def _make_images(spec: SyntheticSpec, items: pd.DataFrame, rng: np.random.Genera
     r = rng.uniform(0.18, 0.3, n)[:, None, None]
     dy, dx = yy[None] - cy, xx[None] - cx
     freq = rng.uniform(5.0, 7.0, n)[:, None, None]
-    shapes = np.stack([
-        dx ** 2 + dy ** 2 < r ** 2,                                   # disc
-        (np.abs(dx) < r) & (np.abs(dy) < r),                           # square
-        (dy > -r) & (np.abs(dx) < (dy + r) * 0.6),                     # triangle
-        np.sin(yy[None] * np.pi * 2 * freq) > 0.3,                     # horizontal stripes
-        np.sin(xx[None] * np.pi * 2 * freq) > 0.3,                     # vertical stripes
-        (np.abs(dx) < r * 0.35) | (np.abs(dy) < r * 0.35),            # cross
-    ], 0)  # [P, N, S, S]
+    shapes = np.stack(
+        [
+            dx**2 + dy**2 < r**2,  # disc
+            (np.abs(dx) < r) & (np.abs(dy) < r),  # square
+            (dy > -r) & (np.abs(dx) < (dy + r) * 0.6),  # triangle
+            np.sin(yy[None] * np.pi * 2 * freq) > 0.3,  # horizontal stripes
+            np.sin(xx[None] * np.pi * 2 * freq) > 0.3,  # vertical stripes
+            (np.abs(dx) < r * 0.35) | (np.abs(dy) < r * 0.35),  # cross
+        ],
+        0,
+    )  # [P, N, S, S]
     mask = shapes[pat % shapes.shape[0], np.arange(n)]
     img = np.where(mask[..., None], fg[:, None, None, :], bg[:, None, None, :])
     img = img + rng.normal(0, 0.04, img.shape)
@@ -310,7 +381,7 @@ def generate(spec: SyntheticSpec, root: str | Path, overwrite: bool = False) -> 
         audio_col = np.where(items["has_audio"], [f"audio/{x}.wav" for x in item_ids], None)
         chunk = 2048
         for start in range(0, spec.n_items, chunk):
-            part = items.iloc[start:start + chunk]
+            part = items.iloc[start : start + chunk]
             if part["has_image"].any():
                 images = _make_images(spec, part, rng)
                 for j in np.flatnonzero(part["has_image"].to_numpy()):
@@ -320,20 +391,34 @@ def generate(spec: SyntheticSpec, root: str | Path, overwrite: bool = False) -> 
                 pcm = (waves * 32767).astype(np.int16)
                 for j in np.flatnonzero(part["has_audio"].to_numpy()):
                     wavfile.write(tmp / audio_col[start + j], spec.sample_rate, pcm[j])
-        pd.DataFrame({"item_id": item_ids, "title": titles, "description": descriptions,
-                      "image": image_col, "audio": audio_col}).to_csv(tmp / "items.csv", index=False)
+        pd.DataFrame(
+            {"item_id": item_ids, "title": titles, "description": descriptions, "image": image_col, "audio": audio_col}
+        ).to_csv(tmp / "items.csv", index=False)
         user_ids = np.array([f"u{u:06d}" for u in range(spec.n_users)])
-        pd.DataFrame({"user_id": user_ids[inter["user"].to_numpy()],
-                      "item_id": item_ids[inter["item"].to_numpy()],
-                      "timestamp": inter["timestamp"].to_numpy()}).to_csv(tmp / "interactions.csv", index=False)
+        pd.DataFrame(
+            {
+                "user_id": user_ids[inter["user"].to_numpy()],
+                "item_id": item_ids[inter["item"].to_numpy()],
+                "timestamp": inter["timestamp"].to_numpy(),
+            }
+        ).to_csv(tmp / "interactions.csv", index=False)
         # Ground truth for analysis only; readers never look at it.
         latent = items.assign(item_id=item_ids)
         (tmp / "_truth").mkdir()
         latent.to_parquet(tmp / "_truth" / "item_latents.parquet", index=False)
-        (tmp / "dataset.json").write_text(json.dumps({
-            "name": f"builtin-{spec.scenario}", "format": "folder", "digest": digest,
-            "generator_version": GENERATOR_VERSION, "spec": asdict(spec),
-            "text_columns": ["title", "description"]}, indent=2))
+        (tmp / "dataset.json").write_text(
+            json.dumps(
+                {
+                    "name": f"builtin-{spec.scenario}",
+                    "format": "folder",
+                    "digest": digest,
+                    "generator_version": GENERATOR_VERSION,
+                    "spec": asdict(spec),
+                    "text_columns": ["title", "description"],
+                },
+                indent=2,
+            )
+        )
         if root.exists():
             shutil.rmtree(root)
         root.parent.mkdir(parents=True, exist_ok=True)

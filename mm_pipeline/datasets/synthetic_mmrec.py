@@ -9,13 +9,13 @@ downloaded. It does not replace them: its numbers say how models rank in *this* 
 
 Latent model. Items belong to a category (Zipf-sized) and carry two latent parts:
 
-* :math:`z_i = \mu_{c_i} + \sigma_z \varepsilon_i` (content): what the product is; visible, with noise,
+* :math:`z_i = \\mu_{c_i} + \\sigma_z \varepsilon_i` (content): what the product is; visible, with noise,
   in the features;
 * :math:`b_i` (behaviour only): brand, price tier, quality; invisible in any feature.
 
 A user likes one to three categories (:math:`p_u`, a noisy mean of their centroids) and has a hidden
-taste :math:`t_u`. Utility :math:`U(u,i) = a\, p_u^\top z_i + b\, t_u^\top b_i + \log \pi_i + \text{Gumbel}`;
-each user takes the top :math:`n_u` items (:math:`n_u \ge 5`, geometric tail). The interactions are then
+taste :math:`t_u`. Utility :math:`U(u,i) = a\\, p_u^\top z_i + b\\, t_u^\top b_i + \\log \\pi_i + \text{Gumbel}`;
+each user takes the top :math:`n_u` items (:math:`n_u \\ge 5`, geometric tail). The interactions are then
 reduced to their 5-core, as the public datasets are.
 
 Features: ``text_feat.npy`` is a random two-layer map of :math:`z_i` plus noise (384-d); ``image_feat.npy``
@@ -42,25 +42,24 @@ from mm_pipeline.evaluate.split import chronological_split
 class MMRecLikeSpec:
     n_users: int = 12000
     n_items: int = 5000
-    extra_interactions: float = 3.5     # mean of the geometric tail above the 5 every user has
+    extra_interactions: float = 3.5  # mean of the geometric tail above the 5 every user has
     n_categories: int = 30
     content_dim: int = 24
     behaviour_dim: int = 8
-    content_noise: float = 0.8          # sigma_z: spread of items around their category centroid
-    content_weight: float = 1.0         # a
-    behaviour_weight: float = 0.8       # b
+    content_noise: float = 0.8  # sigma_z: spread of items around their category centroid
+    content_weight: float = 1.0  # a
+    behaviour_weight: float = 0.8  # b
     popularity_sigma: float = 1.0
     text_dim: int = 384
     image_dim: int = 4096
     text_noise: float = 0.5
     image_noise: float = 1.0
-    image_visible: float = 0.5          # share of the content dimensions the image shows
+    image_visible: float = 0.5  # share of the content dimensions the image shows
     core: int = 5
     seed: int = 0
 
 
-SIZES = {"small": MMRecLikeSpec(n_users=2000, n_items=900, image_dim=512),
-         "baby": MMRecLikeSpec()}
+SIZES = {"small": MMRecLikeSpec(n_users=2000, n_items=900, image_dim=512), "baby": MMRecLikeSpec()}
 SPEC_FILE = "generator.json"  # the spec a folder was written from; a later call with the same spec reuses it
 
 
@@ -98,8 +97,9 @@ def generate_mmrec_like(spec: MMRecLikeSpec, root: str | Path, name: str = "synt
         marker = root / SPEC_FILE
         if marker.is_file() and json.loads(marker.read_text()) == record:
             return root
-        raise FileExistsError(f"{root} already exists and was not written from this spec; choose a new folder "
-                              "or delete it first")
+        raise FileExistsError(
+            f"{root} already exists and was not written from this spec; choose a new folder or delete it first"
+        )
     rng = np.random.default_rng(spec.seed)
     # Items: Zipf-sized categories, content and behaviour latents, log-normal popularity.
     sizes = 1.0 / np.arange(1, spec.n_categories + 1) ** 0.8
@@ -137,8 +137,9 @@ def generate_mmrec_like(spec: MMRecLikeSpec, root: str | Path, name: str = "synt
     user_ids, users = np.unique(users, return_inverse=True)
     item_ids, items = np.unique(items, return_inverse=True)
     timestamps = 1_500_000_000 + rng.integers(0, 3 * 365 * 86400, size=len(users))
-    frame = pd.DataFrame({"userID": users, "itemID": items, "rating": rng.integers(3, 6, size=len(users)),
-                          "timestamp": timestamps})
+    frame = pd.DataFrame(
+        {"userID": users, "itemID": items, "rating": rng.integers(3, 6, size=len(users)), "timestamp": timestamps}
+    )
     split = chronological_split(frame.rename(columns={"userID": "user_idx", "itemID": "item_idx"}), 0.1, 0.1)
     frame["x_label"] = split.map({"train": 0, "valid": 1, "test": 2}).astype(int)
     frame = frame.sort_values(["userID", "timestamp"], kind="mergesort")
@@ -147,8 +148,9 @@ def generate_mmrec_like(spec: MMRecLikeSpec, root: str | Path, name: str = "synt
     visible = max(1, int(round(spec.image_visible * spec.content_dim)))
     nuisance = rng.standard_normal((len(item_ids), spec.content_dim - visible))
     text = _features(z_kept, spec.text_dim, spec.text_noise, rng, relu=False)
-    image = _features(np.concatenate([z_kept[:, :visible], nuisance], 1), spec.image_dim, spec.image_noise, rng,
-                      relu=True)
+    image = _features(
+        np.concatenate([z_kept[:, :visible], nuisance], 1), spec.image_dim, spec.image_noise, rng, relu=True
+    )
 
     # The storage module's staging name: a killed run's leftover is cleaned on the next start.
     staging = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex}"

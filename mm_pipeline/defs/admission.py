@@ -61,8 +61,11 @@ def fail_orphaned_runs(instance: dg.DagsterInstance, host: str | None = None) ->
         pid = int(run.tags.get(CLI_PID_TAG, "0") or 0)
         if pid <= 0 or _process_alive(pid):
             continue
-        instance.report_run_failed(run, f"the command-line process that ran it (pid {pid} on {host}) is gone; "
-                                        "marked failed by the next command-line run. Re-execute it from failure.")
+        instance.report_run_failed(
+            run,
+            f"the command-line process that ran it (pid {pid} on {host}) is gone; "
+            "marked failed by the next command-line run. Re-execute it from failure.",
+        )
         if instance.event_log_storage.supports_global_concurrency_limits:
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         failed.append(run.run_id)
@@ -91,8 +94,13 @@ def cli_run_tags() -> dict[str, str]:
     return {CLI_HOST_TAG: socket.gethostname(), CLI_PID_TAG: str(os.getpid()), ADMISSION_TAG: uuid.uuid4().hex}
 
 
-def admitted_run(instance: dg.DagsterInstance, start: Callable[[dict[str, str]], object],
-                 timeout_s: float | None = None, poll_s: float = 2.0, log: Callable[[str], None] = print):
+def admitted_run(
+    instance: dg.DagsterInstance,
+    start: Callable[[dict[str, str]], object],
+    timeout_s: float | None = None,
+    poll_s: float = 2.0,
+    log: Callable[[str], None] = print,
+):
     """Wait for a free run slot (see the module docstring), then call ``start(tags)``, which must start a
     run carrying ``tags`` (``execute_in_process(tags=...)``, ``execute_job(tags=...)``) and returns its
     result. The admission lock is held from the wait until that run is in the instance."""
@@ -108,8 +116,10 @@ def admitted_run(instance: dg.DagsterInstance, start: Callable[[dict[str, str]],
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             while limit is not None and in_progress_runs(instance) >= limit:
                 if not waited:
-                    log(f"Waiting: {in_progress_runs(instance)} run(s) in progress and max_concurrent_runs is "
-                        f"{limit} ({settings.env(settings.DAGSTER_HOME_ENV) or 'the instance'}/dagster.yaml).")
+                    log(
+                        f"Waiting: {in_progress_runs(instance)} run(s) in progress and max_concurrent_runs is "
+                        f"{limit} ({settings.env(settings.DAGSTER_HOME_ENV) or 'the instance'}/dagster.yaml)."
+                    )
                     waited = True
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"no run slot became free within {timeout_s:g} s")
@@ -118,8 +128,9 @@ def admitted_run(instance: dg.DagsterInstance, start: Callable[[dict[str, str]],
             # Keep the lock until this run is in the instance, where everyone counts it.
             deadline = time.monotonic() + REGISTER_TIMEOUT_S
             filters = dg.RunsFilter(tags={ADMISSION_TAG: tags[ADMISSION_TAG]})
-            while (not released.is_set() and time.monotonic() < deadline
-                   and not instance.get_runs_count(filters=filters)):
+            while (
+                not released.is_set() and time.monotonic() < deadline and not instance.get_runs_count(filters=filters)
+            ):
                 time.sleep(0.1)
 
     def hold() -> None:

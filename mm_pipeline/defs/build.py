@@ -7,9 +7,20 @@ import os
 import dagster as dg
 
 from mm_pipeline import settings
-
-from mm_pipeline.defs.assets import align, augmented, compress, evaluate, features, raw, registry, select, train
-from mm_pipeline.defs.assets import batch, explain, promotion
+from mm_pipeline.defs.assets import (
+    align,
+    augmented,
+    batch,
+    compress,
+    evaluate,
+    explain,
+    features,
+    promotion,
+    raw,
+    registry,
+    select,
+    train,
+)
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_interactions
 from mm_pipeline.defs.assets.research import (
     RESEARCH_MODEL_ASSETS,
@@ -29,21 +40,39 @@ from mm_pipeline.defs.lifecycle import (
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource, from_environment
 from mm_pipeline.defs.shards import with_item_shards
 
-ASSET_MODULES = [raw, augmented, features, align, train, select, compress, evaluate, explain, registry, promotion,
-                 batch]
+ASSET_MODULES = [
+    raw,
+    augmented,
+    features,
+    align,
+    train,
+    select,
+    compress,
+    evaluate,
+    explain,
+    registry,
+    promotion,
+    batch,
+]
 
 # The inbox partitions are ingested by inbox_retrain runs (one partition each); full_pipeline reads
 # whatever is stored, so it needs no partition key.
-full_pipeline_job = dg.define_asset_job("full_pipeline",
-                                        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(INBOX_ASSET_KEY)
-                                        - dg.AssetSelection.groups("research"),
-                                        description="Materialize every stage, raw data to registry and batch scores.")
+full_pipeline_job = dg.define_asset_job(
+    "full_pipeline",
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets(INBOX_ASSET_KEY)
+    - dg.AssetSelection.groups("research"),
+    description="Materialize every stage, raw data to registry and batch scores.",
+)
 # Everything full_pipeline does, plus the ablations and the report that includes them (not the search,
 # which has its own job): several more minutes of training.
 research_pipeline_job = dg.define_asset_job(
-    "research_pipeline", selection=dg.AssetSelection.all() - dg.AssetSelection.assets(INBOX_ASSET_KEY)
+    "research_pipeline",
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets(INBOX_ASSET_KEY)
     - dg.AssetSelection.assets(mm_gcn_hyperparameter_search),
-    description="full_pipeline plus the ablations of the primary model and the research report.")
+    description="full_pipeline plus the ablations of the primary model and the research report.",
+)
 
 
 def all_assets() -> list:
@@ -63,11 +92,15 @@ def default_resources(home: str = "", dataset: str = "", tracking_uri: str = "")
     """The resources; a value not given comes from its environment variable (``dg.EnvVar``) when that is
     set, else from the defaults in :mod:`mm_pipeline.settings`. The project home is read by settings
     (``$MM_PIPELINE_HOME``) in every process: the Dagster instance lives under it too."""
-    return {"pipeline": PipelineResource(home=home, dataset=dataset or from_environment(settings.DATASET_ENV)),
-            "mlflow_tracking": MlflowResource(tracking_uri=tracking_uri or from_environment(settings.TRACKING_URI_ENV),
-                                              home=home),
-            "io_manager": BundleIOManager(base_dir=os.path.join(home, "assets") if home
-                                          else from_environment(settings.STORAGE_ENV))}
+    return {
+        "pipeline": PipelineResource(home=home, dataset=dataset or from_environment(settings.DATASET_ENV)),
+        "mlflow_tracking": MlflowResource(
+            tracking_uri=tracking_uri or from_environment(settings.TRACKING_URI_ENV), home=home
+        ),
+        "io_manager": BundleIOManager(
+            base_dir=os.path.join(home, "assets") if home else from_environment(settings.STORAGE_ENV)
+        ),
+    }
 
 
 EXECUTOR_ENV = settings.EXECUTOR_ENV
@@ -92,11 +125,18 @@ def pipeline_executor():
 
 def build_definitions() -> dg.Definitions:
     executor = pipeline_executor()
-    return dg.Definitions(assets=[*all_assets(), inbox_interactions, *research_assets(),
-                                  mm_gcn_hyperparameter_search],
-                          asset_checks=all_asset_checks(),
-                          jobs=[full_pipeline_job, research_pipeline_job, *LIFECYCLE_JOBS, *SEARCH_JOBS,
-                                build_inbox_retrain_job(full_pipeline_job)],
-                          resources=default_resources(),
-                          schedules=LIFECYCLE_SCHEDULES, sensors=LIFECYCLE_SENSORS,
-                          executor=executor)
+    return dg.Definitions(
+        assets=[*all_assets(), inbox_interactions, *research_assets(), mm_gcn_hyperparameter_search],
+        asset_checks=all_asset_checks(),
+        jobs=[
+            full_pipeline_job,
+            research_pipeline_job,
+            *LIFECYCLE_JOBS,
+            *SEARCH_JOBS,
+            build_inbox_retrain_job(full_pipeline_job),
+        ],
+        resources=default_resources(),
+        schedules=LIFECYCLE_SCHEDULES,
+        sensors=LIFECYCLE_SENSORS,
+        executor=executor,
+    )

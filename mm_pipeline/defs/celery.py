@@ -14,13 +14,13 @@ from mm_pipeline import settings
 
 BROKER_ENV = settings.CELERY_BROKER_ENV
 BACKEND_ENV = settings.CELERY_BACKEND_ENV
-QUEUE = "dagster"                           # dagster-celery's default queue
+QUEUE = "dagster"  # dagster-celery's default queue
 
 # Additions to dagster-celery's defaults. A step's task is acknowledged when a worker takes it (Celery's
 # default): if the worker process dies mid-step the task fails (WorkerLostError) and so does the run,
 # visibly, instead of the step being run again behind the user's back; re-execute the run from failure.
 CELERY_SETTINGS = {
-    "worker_prefetch_multiplier": 1,      # a worker takes one step at a time: steps are long
+    "worker_prefetch_multiplier": 1,  # a worker takes one step at a time: steps are long
     "result_expires": 7 * 24 * 3600,
     "broker_connection_retry_on_startup": True,
     "task_track_started": True,
@@ -40,7 +40,8 @@ def celery_executor_def():
     celery_urls()  # fail at definition load, with the names, rather than at the first run
     return celery_executor.configured(
         {"broker": {"env": BROKER_ENV}, "backend": {"env": BACKEND_ENV}, "config_source": CELERY_SETTINGS},
-        name="celery")
+        name="celery",
+    )
 
 
 def worker_app():

@@ -30,11 +30,24 @@ def config_from_dataclass(dc: type, name: str) -> type[dg.Config]:
 def with_tuning(config: type[dg.Config], name: str, budget_s: float, max_trials: int) -> type[dg.Config]:
     """``config`` plus the two fields of the model's validation search (``Tuning``)."""
     return create_model(
-        name, __base__=config, __doc__=config.__doc__,
-        tuning_budget_s=(float, Field(budget_s, description="Time budget of the validation search over this "
-                                      "model's settings (seconds); the given settings always train once.")),
-        tuning_max_trials=(int, Field(max_trials, description="Most settings the validation search tries "
-                                      "(1: train the given settings only).")))
+        name,
+        __base__=config,
+        __doc__=config.__doc__,
+        tuning_budget_s=(
+            float,
+            Field(
+                budget_s,
+                description="Time budget of the validation search over this "
+                "model's settings (seconds); the given settings always train once.",
+            ),
+        ),
+        tuning_max_trials=(
+            int,
+            Field(
+                max_trials, description="Most settings the validation search tries (1: train the given settings only)."
+            ),
+        ),
+    )
 
 
 def to_dataclass(dc: type[T], config: dg.Config, **overrides: Any) -> T:

@@ -60,8 +60,10 @@ def _to_bundle(context: dg.OutputContext, obj: Any) -> dict:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and type(obj).__name__ in STORED_TYPES:
         name, values = stored_fields(obj)
         return {**values, _KIND_KEY: "dataclass", _CLASS_KEY: name}
-    raise TypeError(f"{_describe(context)} returned {type(obj).__name__}; this IO manager stores DataFrames, "
-                    f"dict bundles and the data types {sorted(STORED_TYPES)}")
+    raise TypeError(
+        f"{_describe(context)} returned {type(obj).__name__}; this IO manager stores DataFrames, "
+        f"dict bundles and the data types {sorted(STORED_TYPES)}"
+    )
 
 
 def _from_bundle(bundle: dict) -> Any:
@@ -75,8 +77,11 @@ def _from_bundle(bundle: dict) -> Any:
 
 
 def _describe(context) -> str:
-    return (f"asset {context.asset_key.to_user_string()}" if context.has_asset_key
-            else f"op output {context.step_key}.{context.name}")
+    return (
+        f"asset {context.asset_key.to_user_string()}"
+        if context.has_asset_key
+        else f"op output {context.step_key}.{context.name}"
+    )
 
 
 def lineage_run_id(context: dg.InputContext) -> str | None:
@@ -162,7 +167,10 @@ class BundleIOManager(dg.ConfigurableIOManagerFactory):
         if self.keep_versions < 1:
             raise dg.DagsterInvalidConfigError(
                 f"io_manager keep_versions must be at least 1 (got {self.keep_versions}): the published version "
-                "is always kept", [], self.keep_versions)
+                "is always kept",
+                [],
+                self.keep_versions,
+            )
         return VersionedBundleIOManager(storage_base(self.base_dir), self.keep_versions)
 
 

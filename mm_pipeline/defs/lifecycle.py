@@ -19,10 +19,11 @@ import dagster as dg
 import yaml
 from pydantic import Field
 
-from mm_pipeline.datasets.inbox import file_digest, inbox_dir as _inbox_dir, is_inbox_file
+from mm_pipeline import settings
+from mm_pipeline.datasets.inbox import file_digest, is_inbox_file
+from mm_pipeline.datasets.inbox import inbox_dir as _inbox_dir
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, inbox_partitions
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
-from mm_pipeline import settings
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
 
 RETRAIN_JOB = "full_pipeline"
@@ -40,40 +41,50 @@ INBOX_OP = INBOX_ASSET_KEY.to_user_string()
 # ------------------------------------------------------------------------------ promote / rollback
 class PromoteModelConfig(dg.Config):
     version: int = Field(default=0, description="Model version to make champion (0: none; use rollback).")
-    rollback: bool = Field(default=False, description="Move champion back to the previous champion "
-                           "recorded in the mm_pipeline.champion_history registered-model tag.")
+    rollback: bool = Field(
+        default=False,
+        description="Move champion back to the previous champion "
+        "recorded in the mm_pipeline.champion_history registered-model tag.",
+    )
     registered_model_name: str = REGISTERED_MODEL_NAME
 
 
 @dg.op(out=dg.Out(dg.Nothing))
-def set_champion_alias(context: dg.OpExecutionContext, config: PromoteModelConfig,
-                       mlflow_tracking: MlflowResource):
+def set_champion_alias(context: dg.OpExecutionContext, config: PromoteModelConfig, mlflow_tracking: MlflowResource):
     """Points the ``champion`` alias at ``version``, or with ``rollback`` at the previous champion."""
     from mm_pipeline.defs.assets.promotion import champion_lock_for
     from mm_pipeline.registry.champion import rollback_champion, set_champion, tag_version
 
     if config.rollback == (config.version > 0):
-        raise dg.Failure("promote_model needs exactly one of: version (a positive model version) or "
-                         "rollback: true")
+        raise dg.Failure("promote_model needs exactly one of: version (a positive model version) or rollback: true")
     client = mlflow_tracking.client()
     name = config.registered_model_name
     try:
         # The same lock as model_promotion: a concurrent automatic promotion waits, then sees the
         # alias moved (its compare-and-set fails) instead of overwriting this change.
         with champion_lock_for(mlflow_tracking, name):
-            change = (rollback_champion(client, name) if config.rollback
-                      else set_champion(client, name, config.version))
+            change = rollback_champion(client, name) if config.rollback else set_champion(client, name, config.version)
     except (LookupError, ValueError, TimeoutError) as exc:
         raise dg.Failure(f"promote_model: {exc}") from exc
     action = "rollback" if config.rollback else "manual"
-    tag_version(client, name, change.current, {"action": action, "previous": change.previous or "none",
-                                               "dagster_run_id": context.run_id},
-                prefix="mm_pipeline.champion.")
+    tag_version(
+        client,
+        name,
+        change.current,
+        {"action": action, "previous": change.previous or "none", "dagster_run_id": context.run_id},
+        prefix="mm_pipeline.champion.",
+    )
     context.log.info(f"{name}: champion {change.previous or '(none)'} -> {change.current} ({action})")
-    yield dg.Output(None, metadata={"registered_model": name, "action": action,
-                                    "champion_before": change.previous or "none",
-                                    "champion_after": change.current,
-                                    "champion_history": ",".join(change.history)})
+    yield dg.Output(
+        None,
+        metadata={
+            "registered_model": name,
+            "action": action,
+            "champion_before": change.previous or "none",
+            "champion_after": change.current,
+            "champion_history": ",".join(change.history),
+        },
+    )
 
 
 @dg.job(name="promote_model", description="Set the champion model version by hand, or roll it back.")
@@ -85,8 +96,7 @@ def promote_model_job():
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = (_deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
-                    else value)
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -108,8 +118,10 @@ def automation_run_config(exclude_ops: tuple[str, ...] = ()) -> dict:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict) or not isinstance(loaded.get("ops", {}), dict):
-        raise ValueError(f"{RUN_CONFIG_ENV}={raw}: must hold a run-config mapping such as "
-                         "'ops: {mm_gcn_model: {config: {epochs: 5}}}'")
+        raise ValueError(
+            f"{RUN_CONFIG_ENV}={raw}: must hold a run-config mapping such as "
+            "'ops: {mm_gcn_model: {config: {epochs: 5}}}'"
+        )
     if exclude_ops and "ops" in loaded:
         loaded = {**loaded, "ops": {op: cfg for op, cfg in loaded["ops"].items() if op not in exclude_ops}}
     return loaded
@@ -130,14 +142,19 @@ def build_retrain_schedule(cron: str | None = None, timezone: str | None = None)
 
     try:
         return dg.schedule(
-            name="retrain_schedule", job_name=RETRAIN_JOB, cron_schedule=cron, execution_timezone=timezone,
+            name="retrain_schedule",
+            job_name=RETRAIN_JOB,
+            cron_schedule=cron,
+            execution_timezone=timezone,
             default_status=dg.DefaultScheduleStatus.STOPPED,
             description=f"Retrain, evaluate, register and (if it wins) promote: {RETRAIN_JOB} at '{cron}' "
-                        f"({timezone}), on the source plus every ingested inbox file. Set {RETRAIN_CRON_ENV} "
-                        f"to change.")(retrain)
+            f"({timezone}), on the source plus every ingested inbox file. Set {RETRAIN_CRON_ENV} "
+            f"to change.",
+        )(retrain)
     except (dg.DagsterInvalidDefinitionError, ValueError) as exc:
-        raise ValueError(f"invalid retraining schedule (cron {cron!r} from {RETRAIN_CRON_ENV}, timezone "
-                         f"{timezone!r}): {exc}") from exc
+        raise ValueError(
+            f"invalid retraining schedule (cron {cron!r} from {RETRAIN_CRON_ENV}, timezone {timezone!r}): {exc}"
+        ) from exc
 
 
 retrain_schedule = build_retrain_schedule()
@@ -149,11 +166,13 @@ def build_inbox_retrain_job(retrain_job):
     materializes, preceded by one partition of ``inbox_interactions``; each run targets one
     partition (a file's SHA-256)."""
     return dg.define_asset_job(
-        INBOX_JOB, selection=dg.AssetSelection.assets(INBOX_ASSET_KEY) | retrain_job.selection,
+        INBOX_JOB,
+        selection=dg.AssetSelection.assets(INBOX_ASSET_KEY) | retrain_job.selection,
         partitions_def=inbox_partitions,
         description=f"Ingest one inbox file (a partition of inbox_interactions, key = its SHA-256), then do what "
-                    f"{retrain_job.name} does (retrain, evaluate, register, maybe promote) on the source plus "
-                    f"every ingested file.")
+        f"{retrain_job.name} does (retrain, evaluate, register, maybe promote) on the source plus "
+        f"every ingested file.",
+    )
 
 
 def inbox_dir(pipeline: PipelineResource) -> Path:
@@ -171,8 +190,7 @@ def _read_cursor(context: dg.SensorEvaluationContext) -> tuple[set[str], dict[st
         seen, known = cursor["seen"], cursor.get("files", {})
         if not isinstance(seen, list) or not isinstance(known, dict):
             raise TypeError("'seen' is not a list or 'files' not a mapping")
-        known = {str(name): entry for name, entry in known.items()
-                 if isinstance(entry, list) and len(entry) == 3}
+        known = {str(name): entry for name, entry in known.items() if isinstance(entry, list) and len(entry) == 3}
         return {str(d) for d in seen}, known
     except (ValueError, KeyError, TypeError) as exc:
         # Safe to start over: Dagster still drops a run request whose run_key (the digest) it launched.
@@ -184,12 +202,15 @@ def _settle_seconds() -> float:
     return settings.inbox_settle_seconds()
 
 
-@dg.sensor(name="new_interactions_sensor", job_name=INBOX_JOB,
-           minimum_interval_seconds=max(1, int(settings.inbox_interval_seconds())),
-           default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Ingest each new interaction file (*.csv, *.parquet) in the inbox ($MM_PIPELINE_INBOX or "
-                       "<home>/inbox) as a partition of inbox_interactions and retrain: one inbox_retrain run per "
-                       "distinct file content.")
+@dg.sensor(
+    name="new_interactions_sensor",
+    job_name=INBOX_JOB,
+    minimum_interval_seconds=max(1, int(settings.inbox_interval_seconds())),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Ingest each new interaction file (*.csv, *.parquet) in the inbox ($MM_PIPELINE_INBOX or "
+    "<home>/inbox) as a partition of inbox_interactions and retrain: one inbox_retrain run per "
+    "distinct file content.",
+)
 def new_interactions_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
     """One ``inbox_retrain`` run per new file content in the inbox.
 
@@ -236,13 +257,24 @@ def new_interactions_sensor(context: dg.SensorEvaluationContext, pipeline: Pipel
         why = f"no new interaction file in {folder}" + (f" ({settling} still settling)" if settling else "")
         return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=cursor)
     base_config = automation_run_config()
-    requests = [dg.RunRequest(
-        run_key=digest, partition_key=digest,
-        run_config=_deep_merge(base_config, {"ops": {INBOX_OP: {"config": {"file": str(path)}}}}),
-        tags={TRIGGER_TAG: "new_interactions_sensor", "mm_pipeline.inbox_file": path.name[:200],
-              "mm_pipeline.inbox_sha256": digest}) for digest, path in new]
-    return dg.SensorResult(run_requests=requests, cursor=cursor,
-                           dynamic_partitions_requests=[inbox_partitions.build_add_request([d for d, _ in new])])
+    requests = [
+        dg.RunRequest(
+            run_key=digest,
+            partition_key=digest,
+            run_config=_deep_merge(base_config, {"ops": {INBOX_OP: {"config": {"file": str(path)}}}}),
+            tags={
+                TRIGGER_TAG: "new_interactions_sensor",
+                "mm_pipeline.inbox_file": path.name[:200],
+                "mm_pipeline.inbox_sha256": digest,
+            },
+        )
+        for digest, path in new
+    ]
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=cursor,
+        dynamic_partitions_requests=[inbox_partitions.build_add_request([d for d, _ in new])],
+    )
 
 
 LIFECYCLE_JOBS = [promote_model_job]  # plus build_inbox_retrain_job(full_pipeline), made in build.py

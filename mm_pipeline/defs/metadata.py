@@ -17,8 +17,10 @@ def frame_markdown(frame: pd.DataFrame, max_rows: int = 30, digits: int = 4) -> 
     if frame.empty:
         return "_empty_"
     shown = frame.head(max_rows)
-    cells = [[f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v) for v in row]
-             for row in shown.itertuples(index=False)]
+    cells = [
+        [f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v) for v in row]
+        for row in shown.itertuples(index=False)
+    ]
     header = "| " + " | ".join(map(str, shown.columns)) + " |"
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
     body = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
@@ -65,12 +67,18 @@ def frame_table(frame: pd.DataFrame, max_rows: int = TABLE_ROWS, digits: int | N
         raise ValueError(f"frame_table needs unique column names, got {names}")
     kinds = [_column_type(frame[c]) for c in frame.columns]
     shown = frame.head(max_rows)
-    records = [dg.TableRecord({name: _cell(value, kind, digits) for name, kind, value in zip(names, kinds, row)})
-               for row in shown.itertuples(index=False, name=None)]
-    constraints = (dg.TableConstraints(other=[f"first {len(shown)} of {len(frame)} rows shown"])
-                   if len(frame) > len(shown) else None)
-    schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in zip(names, kinds)],
-                            constraints=constraints)
+    records = [
+        dg.TableRecord({name: _cell(value, kind, digits) for name, kind, value in zip(names, kinds, row)})
+        for row in shown.itertuples(index=False, name=None)
+    ]
+    constraints = (
+        dg.TableConstraints(other=[f"first {len(shown)} of {len(frame)} rows shown"])
+        if len(frame) > len(shown)
+        else None
+    )
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(name, kind) for name, kind in zip(names, kinds)], constraints=constraints
+    )
     return dg.MetadataValue.table(records, schema=schema)
 
 

@@ -18,7 +18,11 @@ def log_torch_module(module: torch.nn.Module, name: str, example: np.ndarray) ->
     with torch.no_grad():
         output = module(torch.from_numpy(example)).numpy()
     info = mlflow.pytorch.log_model(
-        module, name=name, serialization_format="pt2", input_example=example,
+        module,
+        name=name,
+        serialization_format="pt2",
+        input_example=example,
         signature=infer_signature(example, output),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"])
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+    )
     return info.model_uri

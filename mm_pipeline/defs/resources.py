@@ -9,8 +9,8 @@ that runs it, and the launchpad shows it as such), else the default. Run config
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import dagster as dg
 from pydantic import Field
@@ -26,10 +26,14 @@ def from_environment(name: str, default: str = "") -> str | dg.EnvVar:
 class PipelineResource(dg.ConfigurableResource):
     """Project home, dataset spec and seed. Empty strings mean: the defaults of :mod:`mm_pipeline.settings`."""
 
-    home: str = Field(default="", description="Project home (empty: $MM_PIPELINE_HOME, else .mm_pipeline/ at the "
-                                              "repository root).")
-    dataset: str = Field(default="", description="Dataset spec, e.g. builtin:default, folder:/data/shop, "
-                                                 "movielens:/data/ml-100k (empty: builtin:default).")
+    home: str = Field(
+        default="", description="Project home (empty: $MM_PIPELINE_HOME, else .mm_pipeline/ at the repository root)."
+    )
+    dataset: str = Field(
+        default="",
+        description="Dataset spec, e.g. builtin:default, folder:/data/shop, "
+        "movielens:/data/ml-100k (empty: builtin:default).",
+    )
     seed: int = 0
     torch_threads: int = 0
 
@@ -81,7 +85,7 @@ class MlflowResource(dg.ConfigurableResource):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     @contextlib.contextmanager
-    def start_run(self, context: dg.AssetExecutionContext, run_name: str | None = None) -> Iterator["object"]:
+    def start_run(self, context: dg.AssetExecutionContext, run_name: str | None = None) -> Iterator[object]:
         """An MLflow run tagged with the Dagster run id, asset key and code version."""
         import mlflow
 

@@ -26,8 +26,15 @@ import pandas as pd
 from mm_pipeline import settings
 
 SHARDS_ENV = settings.ITEM_SHARDS_ENV
-SHARDED_ASSETS = ("raw_item_images", "raw_item_audio", "augmented_images", "augmented_text", "augmented_audio",
-                  "text_features", "audio_features")
+SHARDED_ASSETS = (
+    "raw_item_images",
+    "raw_item_audio",
+    "augmented_images",
+    "augmented_text",
+    "augmented_audio",
+    "text_features",
+    "audio_features",
+)
 # Bundle entries with one row per item (sliced for a shard, concatenated back); DataFrames are item
 # tables. Other entries (quarantine tables, the sample rate) are per shard or the same in every shard.
 ITEM_KEYS = frozenset({"images", "present", "waves", "views", "features", "augmented"})
@@ -80,10 +87,14 @@ def _shard_op(asset: dg.AssetsDefinition, index: int, count: int) -> dg.OpDefini
     resources = [p for p in params if p not in inputs and p != "config"]
     name = asset.op.name
 
-    @dg.op(name=f"{name}_shard_{index}_of_{count}", ins={i: dg.In(dg.Any) for i in inputs},
-           out=dg.Out(dg.Any), required_resource_keys=set(resources),
-           config_schema=asset.op.config_schema if config_cls else None,
-           description=f"Items of shard {index + 1} of {count} through {name}.")
+    @dg.op(
+        name=f"{name}_shard_{index}_of_{count}",
+        ins={i: dg.In(dg.Any) for i in inputs},
+        out=dg.Out(dg.Any),
+        required_resource_keys=set(resources),
+        config_schema=asset.op.config_schema if config_cls else None,
+        description=f"Items of shard {index + 1} of {count} through {name}.",
+    )
     def shard(context, **values):
         n = next(n for n in map(_n_items, values.values()) if n is not None)
         lo, hi = index * n // count, (index + 1) * n // count
@@ -108,8 +119,13 @@ def sharded_asset(asset: dg.AssetsDefinition, count: int) -> dg.AssetsDefinition
         return dg.Output(value, metadata={"item_shards": count, "items": _n_items(value) or 0})
 
     has_config = "config" in inspect.signature(asset.op.compute_fn.decorated_fn).parameters
-    config = dg.ConfigMapping(config_schema=asset.op.config_schema,
-                              config_fn=lambda c: {s.name: {"config": c} for s in shards}) if has_config else None
+    config = (
+        dg.ConfigMapping(
+            config_schema=asset.op.config_schema, config_fn=lambda c: {s.name: {"config": c} for s in shards}
+        )
+        if has_config
+        else None
+    )
 
     @dg.graph(name=name, ins={i: dg.GraphIn() for i in inputs}, config=config)
     def graph(**values):
@@ -117,9 +133,12 @@ def sharded_asset(asset: dg.AssetsDefinition, count: int) -> dg.AssetsDefinition
 
     keys_by_input = {i: asset.keys_by_input_name[i] for i in inputs}
     return dg.AssetsDefinition.from_graph(
-        graph, keys_by_input_name=keys_by_input, keys_by_output_name={"result": asset.key},
-        group_name=asset.group_names_by_key[asset.key], descriptions_by_output_name={"result": asset.op.description
-                                                                                     or name})
+        graph,
+        keys_by_input_name=keys_by_input,
+        keys_by_output_name={"result": asset.key},
+        group_name=asset.group_names_by_key[asset.key],
+        descriptions_by_output_name={"result": asset.op.description or name},
+    )
 
 
 def with_item_shards(assets: list, count: int | None = None) -> list:
@@ -132,5 +151,6 @@ def with_item_shards(assets: list, count: int | None = None) -> list:
 
 def _is_sharded(asset) -> bool:
     """One of :data:`SHARDED_ASSETS` (multi-assets, e.g. the raw source's, never are)."""
-    return (isinstance(asset, dg.AssetsDefinition) and len(asset.keys) == 1
-            and asset.key.to_user_string() in SHARDED_ASSETS)
+    return (
+        isinstance(asset, dg.AssetsDefinition) and len(asset.keys) == 1 and asset.key.to_user_string() in SHARDED_ASSETS
+    )

@@ -17,7 +17,17 @@ from mm_pipeline.evaluate.report import (
 from mm_pipeline.evaluate.split import chronological_split, cold_items, interaction_matrix
 
 __all__ = [
-    "PAD", "chronological_split", "cold_items", "interaction_matrix", "metrics_table_markdown",
-    "per_user_metrics", "per_user_metrics_from_top_k", "png_markdown", "ranking_metrics",
-    "ranking_metrics_from_top_k", "top_k", "training_curve_png", "write_report",
+    "PAD",
+    "chronological_split",
+    "cold_items",
+    "interaction_matrix",
+    "metrics_table_markdown",
+    "per_user_metrics",
+    "per_user_metrics_from_top_k",
+    "png_markdown",
+    "ranking_metrics",
+    "ranking_metrics_from_top_k",
+    "top_k",
+    "training_curve_png",
+    "write_report",
 ]

@@ -43,8 +43,9 @@ def _check_resampling(n_resamples: int, level: float) -> None:
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
 
 
-def bootstrap_intervals(per_user: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
-                        ) -> np.ndarray:
+def bootstrap_intervals(
+    per_user: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> np.ndarray:
     r"""Percentile bootstrap intervals of the means of several per-user metrics: ``[m, 2]`` (lo, hi).
 
     ``per_user`` is ``[m, n]``: row :math:`r` holds one metric of one model for the same :math:`n`
@@ -58,8 +59,9 @@ def bootstrap_intervals(per_user: np.ndarray, n_resamples: int = 1000, level: fl
     return np.quantile(means, [tail, 1 - tail], axis=1).T
 
 
-def bootstrap_ci(per_user: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
-                 ) -> tuple[float, float]:
+def bootstrap_ci(
+    per_user: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     r"""Percentile bootstrap interval of the mean of a per-user metric.
 
     Users are resampled with replacement :math:`B` times; the interval is the
@@ -72,8 +74,9 @@ def bootstrap_ci(per_user: np.ndarray, n_resamples: int = 1000, level: float = 0
     return float(lo), float(hi)
 
 
-def paired_bootstraps(per_user: np.ndarray, reference: np.ndarray, n_resamples: int = 1000,
-                      level: float = 0.95, seed: int = 0) -> list[dict[str, float | bool | list[float]]]:
+def paired_bootstraps(
+    per_user: np.ndarray, reference: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> list[dict[str, float | bool | list[float]]]:
     r"""Paired bootstrap of each row of ``per_user`` (``[m, n]``) against ``reference`` (``[n]``).
 
     Row :math:`r` is tested like ``paired_bootstrap(per_user[r], reference)``: the same resampled
@@ -83,22 +86,30 @@ def paired_bootstraps(per_user: np.ndarray, reference: np.ndarray, n_resamples: 
     per_user = _check_rows(per_user, "per_user")
     reference = np.asarray(reference, dtype=np.float64)
     if reference.shape != (per_user.shape[1],):
-        raise ValueError(f"reference must have shape ({per_user.shape[1]},) like each row of per_user, "
-                         f"got {reference.shape}")
+        raise ValueError(
+            f"reference must have shape ({per_user.shape[1]},) like each row of per_user, got {reference.shape}"
+        )
     _check_resampling(n_resamples, level)
     differences = per_user - reference
-    resampled = _resampled_means(differences, int(n_resamples), seed)   # [m, B]
+    resampled = _resampled_means(differences, int(n_resamples), seed)  # [m, B]
     tail = (1 - level) / 2
     lo, hi = np.quantile(resampled, [tail, 1 - tail], axis=1)
     below, above = (resampled <= 0).mean(axis=1), (resampled >= 0).mean(axis=1)
     p_values = np.minimum(1.0, 2 * np.minimum(below, above))
-    return [{"difference": float(differences[r].mean()), "ci": [float(lo[r]), float(hi[r])],
-             "p_value": float(p_values[r]), "significant": bool(lo[r] > 0 or hi[r] < 0)}
-            for r in range(per_user.shape[0])]
+    return [
+        {
+            "difference": float(differences[r].mean()),
+            "ci": [float(lo[r]), float(hi[r])],
+            "p_value": float(p_values[r]),
+            "significant": bool(lo[r] > 0 or hi[r] < 0),
+        }
+        for r in range(per_user.shape[0])
+    ]
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
-                     seed: int = 0) -> dict[str, float | bool]:
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict[str, float | bool]:
     r"""Paired bootstrap of :math:`\bar a - \bar b` where ``a[j]`` and ``b[j]`` belong to the same user.
 
     The *same* resampled users are used for both models, so user-level difficulty cancels. Returns

@@ -74,7 +74,7 @@ class ModelComparison:
     compression: pd.DataFrame | None
     selection: SelectionResult | None = None
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
-    aligned: Mapping[str, Any] | None = None   # weights, present, modalities: the modality-weight figure
+    aligned: Mapping[str, Any] | None = None  # weights, present, modalities: the modality-weight figure
 
     @property
     def max_k(self) -> int:
@@ -102,8 +102,13 @@ def _value(value: Any) -> float:
     return np.nan if value is None else float(value)
 
 
-def _roles(models: Mapping[str, Any], primary: str, baselines: Sequence[str],
-           ablations: Sequence[str], components: Sequence[str] = ()) -> dict[str, str]:
+def _roles(
+    models: Mapping[str, Any],
+    primary: str,
+    baselines: Sequence[str],
+    ablations: Sequence[str],
+    components: Sequence[str] = (),
+) -> dict[str, str]:
     """Role of each model (baseline / primary / component / ablation / variant), in report order."""
     if primary not in models:
         raise ValueError(f"primary model {primary!r} is not among the models {list(models)}")
@@ -114,10 +119,11 @@ def _roles(models: Mapping[str, Any], primary: str, baselines: Sequence[str],
         if len(set(names)) != len(names):
             raise ValueError(f"{label} has duplicates: {list(names)}")
     groups = [{primary}, set(baselines), set(ablations), set(components)]
-    overlap = {name for i, a in enumerate(groups) for b in groups[i + 1:] for name in a & b}
+    overlap = {name for i, a in enumerate(groups) for b in groups[i + 1 :] for name in a & b}
     if overlap:
-        raise ValueError(f"models {sorted(overlap)} are listed in more than one of "
-                         "primary/baselines/ablations/components")
+        raise ValueError(
+            f"models {sorted(overlap)} are listed in more than one of primary/baselines/ablations/components"
+        )
     roles = {name: "baseline" for name in baselines}
     roles[primary] = "primary"
     roles.update({name: "component" for name in components})
@@ -134,8 +140,10 @@ def _check_aligned(aligned: Mapping[str, Any] | None, n_items: int) -> Mapping[s
         raise ValueError(f"aligned item embeddings lack {missing} (expected the aligned_item_embeddings value)")
     for key in ("fused", "weights", "present"):
         if np.asarray(aligned[key]).shape[0] != n_items:
-            raise ValueError(f"aligned[{key!r}] has {np.asarray(aligned[key]).shape[0]} rows but the split has "
-                             f"{n_items} items; the embeddings come from another dataset")
+            raise ValueError(
+                f"aligned[{key!r}] has {np.asarray(aligned[key]).shape[0]} rows but the split has "
+                f"{n_items} items; the embeddings come from another dataset"
+            )
     return aligned
 
 
@@ -147,24 +155,40 @@ def modality_weight_stats(aligned: Mapping[str, Any]) -> list[dict[str, Any]]:
     for column, modality in enumerate(aligned["modalities"]):
         values = weights[present[:, column], column]
         quantiles = np.quantile(values, [0.1, 0.5, 0.9]) if values.size else [np.nan] * 3
-        rows.append({"modality": str(modality), "items": int(values.size),
-                     "coverage": float(values.size / max(len(weights), 1)),
-                     "mean": float(values.mean()) if values.size else None,
-                     "p10": float(quantiles[0]) if values.size else None,
-                     "median": float(quantiles[1]) if values.size else None,
-                     "p90": float(quantiles[2]) if values.size else None})
+        rows.append(
+            {
+                "modality": str(modality),
+                "items": int(values.size),
+                "coverage": float(values.size / max(len(weights), 1)),
+                "mean": float(values.mean()) if values.size else None,
+                "p10": float(quantiles[0]) if values.size else None,
+                "median": float(quantiles[1]) if values.size else None,
+                "p90": float(quantiles[2]) if values.size else None,
+            }
+        )
     return rows
 
 
-def compare_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData", *, primary: str,
-                   baselines: Sequence[str] = (), ablations: Sequence[str] = (), components: Sequence[str] = (),
-                   histories: Mapping[str, pd.DataFrame] | None = None,
-                   compression: pd.DataFrame | None = None, aligned: Mapping[str, Any] | None = None,
-                   dataset: Mapping[str, Any] | None = None, ks: Sequence[int] = (10, 20),
-                   n_resamples: int = 1000, seed: int = 0, split: str = "per-user chronological split (8:1:1)",
-                   head_share: float = HEAD_SHARE,
-                   min_subgroup: tuple[int, int] = (MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS),
-                   selection: Mapping[str, Any] | None = None) -> ModelComparison:
+def compare_models(
+    models: Mapping[str, EmbeddingRecommender],
+    data: SplitData,
+    *,
+    primary: str,
+    baselines: Sequence[str] = (),
+    ablations: Sequence[str] = (),
+    components: Sequence[str] = (),
+    histories: Mapping[str, pd.DataFrame] | None = None,
+    compression: pd.DataFrame | None = None,
+    aligned: Mapping[str, Any] | None = None,
+    dataset: Mapping[str, Any] | None = None,
+    ks: Sequence[int] = (10, 20),
+    n_resamples: int = 1000,
+    seed: int = 0,
+    split: str = "per-user chronological split (8:1:1)",
+    head_share: float = HEAD_SHARE,
+    min_subgroup: tuple[int, int] = (MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS),
+    selection: Mapping[str, Any] | None = None,
+) -> ModelComparison:
     """Evaluate ``models`` on ``data``'s test split.
 
     ``baselines`` and ``ablations`` name models of ``models``; every other model except ``primary``
@@ -188,18 +212,35 @@ def compare_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData"
     roles = _roles(models, primary, baselines, ablations, components)
     aligned = _check_aligned(aligned, data.n_items)
     ordered = {name: models[name] for name in roles}
-    results = evaluate_models(ordered, data, ks=ks, primary=primary, baselines=baselines, n_resamples=n_resamples,
-                              seed=seed, split=split, head_share=head_share, min_subgroup=min_subgroup,
-                              item_features=None if aligned is None else np.asarray(aligned["fused"]))
+    results = evaluate_models(
+        ordered,
+        data,
+        ks=ks,
+        primary=primary,
+        baselines=baselines,
+        n_resamples=n_resamples,
+        seed=seed,
+        split=split,
+        head_share=head_share,
+        min_subgroup=min_subgroup,
+        item_features=None if aligned is None else np.asarray(aligned["fused"]),
+    )
     significance = results.get("significance")
     best = significance["best_baseline"] if significance else None
     groups = results["popularity_groups"]
     weight_stats = modality_weight_stats(aligned) if aligned is not None else []
     metrics: dict[str, Any] = {
-        "dataset": {**(dataset or {}), "users": data.n_users, "items": data.n_items,
-                    "cold_items": groups["cold_items"], "cold_test_interactions": results["cold_test_interactions"],
-                    "head_items": groups["head_items"], "tail_items": groups["tail_items"],
-                    "tail_test_interactions": groups["tail_test_interactions"], "head_share": head_share},
+        "dataset": {
+            **(dataset or {}),
+            "users": data.n_users,
+            "items": data.n_items,
+            "cold_items": groups["cold_items"],
+            "cold_test_interactions": results["cold_test_interactions"],
+            "head_items": groups["head_items"],
+            "tail_items": groups["tail_items"],
+            "tail_test_interactions": groups["tail_test_interactions"],
+            "head_share": head_share,
+        },
         "support": results["support"],
         "protocol": results["protocol"],
         "primary_model": primary,
@@ -217,12 +258,20 @@ def compare_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData"
     chosen = None
     if selection is not None:
         chosen = _selection(selection, results["models"], max(ks))
-        metrics["selection"] = {"selected": chosen.selected, "reason": chosen.reason,
-                                "validation": selection["validation"].to_dict(orient="records"),
-                                "searches": chosen.searches.to_dict(orient="records")}
+        metrics["selection"] = {
+            "selected": chosen.selected,
+            "reason": chosen.reason,
+            "validation": selection["validation"].to_dict(orient="records"),
+            "searches": chosen.searches.to_dict(orient="records"),
+        }
     tables = _Tables(results, roles, primary, best, ks)
     return ModelComparison(
-        metrics=metrics, roles=roles, primary=primary, best_baseline=best, ks=tuple(ks), n_resamples=n_resamples,
+        metrics=metrics,
+        roles=roles,
+        primary=primary,
+        best_baseline=best,
+        ks=tuple(ks),
+        n_resamples=n_resamples,
         overall={k: tables.overall(k) for k in sorted(set(ks))},
         significance=tables.significance() if significance else None,
         cold_start=tables.subgroup(results["cold_start"], []) if results["cold_start"] else None,
@@ -232,7 +281,8 @@ def compare_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData"
         compression=compression if compression is not None and len(compression) else None,
         selection=chosen,
         histories={name: h for name, h in (histories or {}).items() if isinstance(h, pd.DataFrame) and len(h)},
-        aligned=None if aligned is None else {k: aligned[k] for k in ("weights", "present", "modalities")})
+        aligned=None if aligned is None else {k: aligned[k] for k in ("weights", "present", "modalities")},
+    )
 
 
 def _selection(selection: Mapping[str, Any], tested: Mapping[str, Mapping[str, float]], k: int) -> SelectionResult:
@@ -246,8 +296,9 @@ def _selection(selection: Mapping[str, Any], tested: Mapping[str, Mapping[str, f
 class _Tables:
     """The comparison's tables from ``evaluate_models``' results (numbers only; the report formats them)."""
 
-    def __init__(self, results: Mapping[str, Any], roles: Mapping[str, str], primary: str, best: str | None,
-                 ks: Sequence[int]):
+    def __init__(
+        self, results: Mapping[str, Any], roles: Mapping[str, str], primary: str, best: str | None, ks: Sequence[int]
+    ):
         self.results, self.roles, self.primary, self.best = results, roles, primary, best
         self.max_k = max(ks)
         self.section_ks = sorted(set(ks))
@@ -258,8 +309,9 @@ class _Tables:
 
     def overall(self, k: int) -> pd.DataFrame:
         models, names = self.results["models"], list(self.roles)
-        columns = {f"{m}@{k}": [_value(models[n].get(f"{m}@{k}")) for n in names]
-                   for m in ("recall", "ndcg", *self.plain)}
+        columns = {
+            f"{m}@{k}": [_value(models[n].get(f"{m}@{k}")) for n in names] for m in ("recall", "ndcg", *self.plain)
+        }
         if k == self.max_k:
             for metric in (f"recall@{k}", f"ndcg@{k}"):
                 bounds = [models[n].get(f"{metric}_ci") for n in names]
@@ -267,19 +319,29 @@ class _Tables:
                 columns[f"{metric}_ci_high"] = [np.nan if b is None else float(b[1]) for b in bounds]
                 columns[f"{metric}_significant"] = [
                     bool(n != self.best and models[n].get("significant_vs_best_baseline", {}).get(metric))
-                    for n in names]
+                    for n in names
+                ]
         return self._frame(names, columns)
 
     def significance(self) -> pd.DataFrame:
         tests = self.results["significance"]["models"]
-        rows = [{"model": name, "metric": metric, "difference": float(tests[name][metric]["difference"]),
-                 "ci_low": float(tests[name][metric]["ci"][0]), "ci_high": float(tests[name][metric]["ci"][1]),
-                 "p_value": float(tests[name][metric]["p_value"]),
-                 "significant": bool(tests[name][metric]["significant"])}
-                for name in self.roles if name != self.best
-                for metric in (f"recall@{self.max_k}", f"ndcg@{self.max_k}")]
-        return pd.DataFrame(rows, columns=["model", "metric", "difference", "ci_low", "ci_high", "p_value",
-                                           "significant"])
+        rows = [
+            {
+                "model": name,
+                "metric": metric,
+                "difference": float(tests[name][metric]["difference"]),
+                "ci_low": float(tests[name][metric]["ci"][0]),
+                "ci_high": float(tests[name][metric]["ci"][1]),
+                "p_value": float(tests[name][metric]["p_value"]),
+                "significant": bool(tests[name][metric]["significant"]),
+            }
+            for name in self.roles
+            if name != self.best
+            for metric in (f"recall@{self.max_k}", f"ndcg@{self.max_k}")
+        ]
+        return pd.DataFrame(
+            rows, columns=["model", "metric", "difference", "ci_low", "ci_high", "p_value", "significant"]
+        )
 
     def subgroup(self, section: Mapping[str, Mapping[str, float]], extra: Sequence[str]) -> pd.DataFrame:
         names = [n for n in self.roles if n in section]
@@ -306,13 +368,18 @@ class _Tables:
         rows = []
         for name in [*parents, *ablations]:
             own = name in parents
-            rows.append({"model": name, "compared_with": "" if own else parent(name),
-                         recall: _value(models[name][recall]),
-                         f"{recall}_delta": np.nan if own else delta(name, models, recall),
-                         ndcg: _value(models[name][ndcg]),
-                         f"{ndcg}_delta": np.nan if own else delta(name, models, ndcg),
-                         f"cold_{recall}": _value(cold.get(name, {}).get(recall)),
-                         f"cold_{recall}_delta": np.nan if own else delta(name, cold, recall),
-                         f"tail_{recall}": _value(tail.get(name, {}).get(recall)),
-                         f"tail_{recall}_delta": np.nan if own else delta(name, tail, recall)})
+            rows.append(
+                {
+                    "model": name,
+                    "compared_with": "" if own else parent(name),
+                    recall: _value(models[name][recall]),
+                    f"{recall}_delta": np.nan if own else delta(name, models, recall),
+                    ndcg: _value(models[name][ndcg]),
+                    f"{ndcg}_delta": np.nan if own else delta(name, models, ndcg),
+                    f"cold_{recall}": _value(cold.get(name, {}).get(recall)),
+                    f"cold_{recall}_delta": np.nan if own else delta(name, cold, recall),
+                    f"tail_{recall}": _value(tail.get(name, {}).get(recall)),
+                    f"tail_{recall}_delta": np.nan if own else delta(name, tail, recall),
+                }
+            )
         return pd.DataFrame(rows)

@@ -69,8 +69,10 @@ def _self_information(item_popularity, n_train_users, n_items: int) -> torch.Ten
     if isinstance(n_train_users, bool) or int(n_train_users) != n_train_users or n_train_users < 1:
         raise ValueError(f"n_train_users must be a positive integer, got {n_train_users!r}")
     if pop.size and (not np.isfinite(pop).all() or pop.min() < 0 or pop.max() > n_train_users):
-        raise ValueError(f"item_popularity must be counts of distinct training users in "
-                         f"[0, n_train_users={n_train_users}], got range [{pop.min()}, {pop.max()}]")
+        raise ValueError(
+            f"item_popularity must be counts of distinct training users in "
+            f"[0, n_train_users={n_train_users}], got range [{pop.min()}, {pop.max()}]"
+        )
     return torch.from_numpy(np.append(-np.log2((pop + 1.0) / (n_train_users + 1.0)), 0.0))
 
 
@@ -86,8 +88,10 @@ def _unit_features(item_features, n_items: int) -> torch.Tensor | None:
     if features.ndim != 2 or features.shape[0] != n_items or features.shape[1] < 1:
         raise ValueError(f"item_features must be a [n_items={n_items}, d] array, got shape {features.shape}")
     if not np.isfinite(features).all():
-        raise ValueError(f"item_features has {int((~np.isfinite(features)).any(axis=1).sum())} rows with "
-                         "NaN or inf values; intra-list diversity needs finite item features")
+        raise ValueError(
+            f"item_features has {int((~np.isfinite(features)).any(axis=1).sum())} rows with "
+            "NaN or inf values; intra-list diversity needs finite item features"
+        )
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     unit = np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)
     return torch.from_numpy(np.vstack([unit, np.zeros((1, features.shape[1]))]))
@@ -99,15 +103,23 @@ def _check_item_mask(name: str, mask, n_items: int) -> torch.Tensor | None:
         return None
     mask = np.asarray(mask)
     if mask.dtype != bool or mask.shape != (n_items,):
-        raise ValueError(f"{name} must be a bool array of shape ({n_items},), got dtype {mask.dtype} "
-                         f"and shape {mask.shape}")
+        raise ValueError(
+            f"{name} must be a bool array of shape ({n_items},), got dtype {mask.dtype} and shape {mask.shape}"
+        )
     return torch.from_numpy(np.append(mask, False))
 
 
-def ranking_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.csr_matrix,
-                               ks: Sequence[int] = (10, 20), item_popularity: np.ndarray | None = None,
-                               n_train_users: int | None = None, item_features: np.ndarray | None = None,
-                               tail_items: np.ndarray | None = None, chunk_size: int = 2048) -> dict[str, float]:
+def ranking_metrics_from_top_k(
+    top: torch.Tensor,
+    users: np.ndarray,
+    truth: sp.csr_matrix,
+    ks: Sequence[int] = (10, 20),
+    item_popularity: np.ndarray | None = None,
+    n_train_users: int | None = None,
+    item_features: np.ndarray | None = None,
+    tail_items: np.ndarray | None = None,
+    chunk_size: int = 2048,
+) -> dict[str, float]:
     r"""The metrics of :func:`ranking_metrics` for precomputed ranked lists.
 
     ``top[j]`` is the ranked list of user ``users[j]`` (as :func:`top_k` returns it, ``-1``-padded);
@@ -127,11 +139,20 @@ def ranking_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.c
     top = _check_top(top, len(users), max_k, n_items)
     evaluated = _evaluated_rows(truth, users)
 
-    collection = LinkPredMetricCollection({
-        name: metric for k in ks for name, metric in (
-            (f"recall@{k}", LinkPredRecall(k)), (f"precision@{k}", LinkPredPrecision(k)),
-            (f"f1@{k}", LinkPredF1(k)), (f"ndcg@{k}", LinkPredNDCG(k)), (f"map@{k}", LinkPredMAP(k)),
-            (f"hit_ratio@{k}", LinkPredHitRatio(k)))})
+    collection = LinkPredMetricCollection(
+        {
+            name: metric
+            for k in ks
+            for name, metric in (
+                (f"recall@{k}", LinkPredRecall(k)),
+                (f"precision@{k}", LinkPredPrecision(k)),
+                (f"f1@{k}", LinkPredF1(k)),
+                (f"ndcg@{k}", LinkPredNDCG(k)),
+                (f"map@{k}", LinkPredMAP(k)),
+                (f"hit_ratio@{k}", LinkPredHitRatio(k)),
+            )
+        }
+    )
     coverage = {k: LinkPredCoverage(k, num_dst_nodes=n_items) for k in ks}
     slots = dict.fromkeys(ks, 0)
     novelty_sum, tail_slots = dict.fromkeys(ks, 0.0), dict.fromkeys(ks, 0)
@@ -139,7 +160,7 @@ def ranking_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.c
     item_lists = {k: torch.zeros(n_items, dtype=torch.float64) for k in ks}  # lists holding each item
 
     for start in range(0, len(evaluated), chunk_size):
-        selected = evaluated[start:start + chunk_size]
+        selected = evaluated[start : start + chunk_size]
         rows, cols = _rows_coo(truth, users[selected])
         chunk_top = top[torch.from_numpy(selected)]
         filled = chunk_top != PAD
@@ -150,7 +171,7 @@ def ranking_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.c
         if features is not None:
             # sum_{i != j} cos(i, j) = |sum_i e_i|^2 - sum_i |e_i|^2 for unit (or zero) e_i: prefix
             # sums over the slots give it for every k at once, O(B k d) instead of O(B k^2 d).
-            embedded = features[sink]                                  # [B, max_k, d]
+            embedded = features[sink]  # [B, max_k, d]
             running_sum = embedded.cumsum(dim=1)
             running_norm = (embedded * embedded).sum(dim=2).cumsum(dim=1)
         for k in ks:
@@ -181,22 +202,27 @@ def ranking_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.c
         out[f"novelty@{k}"] = novelty_sum[k] / slots[k] if slots[k] else 0.0
         # Every pair of lists, through the item counts c_i: sum_pairs |L_u & L_v| = sum_i c_i (c_i - 1) / 2.
         shared = float((item_lists[k] * (item_lists[k] - 1)).sum())
-        out[f"personalization@{k}"] = (1.0 - shared / (k * n_evaluated * (n_evaluated - 1))
-                                       if n_evaluated >= 2 else 0.0)
+        out[f"personalization@{k}"] = 1.0 - shared / (k * n_evaluated * (n_evaluated - 1)) if n_evaluated >= 2 else 0.0
         if features is not None:
-            out[f"intra_list_diversity@{k}"] = (diversity_sum[k] / diversity_users[k]
-                                                if diversity_users[k] else 0.0)
+            out[f"intra_list_diversity@{k}"] = diversity_sum[k] / diversity_users[k] if diversity_users[k] else 0.0
         if tail is not None:
             out[f"tail_share@{k}"] = tail_slots[k] / slots[k] if slots[k] else 0.0
     out["n_users_evaluated"] = n_evaluated
     return out
 
 
-def ranking_metrics(model: EmbeddingRecommender, truth: sp.csr_matrix, exclude: sp.csr_matrix | None,
-                    ks: Sequence[int] = (10, 20), item_popularity: np.ndarray | None = None,
-                    n_train_users: int | None = None, candidates: np.ndarray | None = None,
-                    chunk_size: int = 2048, item_features: np.ndarray | None = None,
-                    tail_items: np.ndarray | None = None) -> dict[str, float]:
+def ranking_metrics(
+    model: EmbeddingRecommender,
+    truth: sp.csr_matrix,
+    exclude: sp.csr_matrix | None,
+    ks: Sequence[int] = (10, 20),
+    item_popularity: np.ndarray | None = None,
+    n_train_users: int | None = None,
+    candidates: np.ndarray | None = None,
+    chunk_size: int = 2048,
+    item_features: np.ndarray | None = None,
+    tail_items: np.ndarray | None = None,
+) -> dict[str, float]:
     r"""Top-:math:`k` ranking quality of ``model`` against ``truth`` for every ``k`` in ``ks``.
 
     Keys: ``recall@k, precision@k, f1@k, ndcg@k, map@k, hit_ratio@k, coverage@k, novelty@k,
@@ -245,6 +271,14 @@ def ranking_metrics(model: EmbeddingRecommender, truth: sp.csr_matrix, exclude: 
     truth = _check_truth(truth, (n_users, n_items))
     users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
     top = top_k(model, users, exclude, ks[-1], candidates=candidates, chunk_size=chunk_size)
-    return ranking_metrics_from_top_k(top, users, truth, ks, item_popularity=item_popularity,
-                                      n_train_users=n_train_users, item_features=item_features,
-                                      tail_items=tail_items, chunk_size=chunk_size)
+    return ranking_metrics_from_top_k(
+        top,
+        users,
+        truth,
+        ks,
+        item_popularity=item_popularity,
+        n_train_users=n_train_users,
+        item_features=item_features,
+        tail_items=tail_items,
+        chunk_size=chunk_size,
+    )

@@ -26,20 +26,24 @@ HEAD_SHARE = 0.2
 MIN_SUBGROUP_INTERACTIONS = 30
 MIN_SUBGROUP_USERS = 10
 
-PROTOCOL = ("Split: {split}. Test: every item is scored for each test user, the "
-            "user's training and validation items are excluded, and the top-k is compared with the user's "
-            "test items. Cold start: test interactions on items with no training interaction, ranked among "
-            "those cold items only. Long tail: test interactions on warm items outside the head (the most "
-            "popular items that together hold {head:.0%} of the training interactions), on the same "
-            "full ranking. Coverage: share of the catalogue recommended to anyone; novelty: mean "
-            "self-information -log2((pop+1)/(users+1)) of recommended items; personalization: 1 - mean "
-            "overlap of two users' top-k lists;{diversity} tail share: share of recommended slots "
-            "holding long-tail items. A cold-start or long-tail group with fewer than {min_interactions} test "
-            "interactions or {min_users} test users (or, for cold start, no more than k cold items) is "
-            "reported as not enough data, not as numbers. Intervals: 95% percentile bootstrap over test users ({resamples} "
-            "resamples, the same resamples for every model).")
-DIVERSITY = (" intra-list diversity: mean cosine distance between the items of one list, on one item "
-             "representation for every model (the fused content embeddings);")
+PROTOCOL = (
+    "Split: {split}. Test: every item is scored for each test user, the "
+    "user's training and validation items are excluded, and the top-k is compared with the user's "
+    "test items. Cold start: test interactions on items with no training interaction, ranked among "
+    "those cold items only. Long tail: test interactions on warm items outside the head (the most "
+    "popular items that together hold {head:.0%} of the training interactions), on the same "
+    "full ranking. Coverage: share of the catalogue recommended to anyone; novelty: mean "
+    "self-information -log2((pop+1)/(users+1)) of recommended items; personalization: 1 - mean "
+    "overlap of two users' top-k lists;{diversity} tail share: share of recommended slots "
+    "holding long-tail items. A cold-start or long-tail group with fewer than {min_interactions} test "
+    "interactions or {min_users} test users (or, for cold start, no more than k cold items) is "
+    "reported as not enough data, not as numbers. Intervals: 95% percentile bootstrap over test users ({resamples} "
+    "resamples, the same resamples for every model)."
+)
+DIVERSITY = (
+    " intra-list diversity: mean cosine distance between the items of one list, on one item "
+    "representation for every model (the fused content embeddings);"
+)
 
 
 def popularity_groups(train: sp.spmatrix, head_share: float = HEAD_SHARE) -> tuple[np.ndarray, np.ndarray]:
@@ -65,9 +69,13 @@ def popularity_groups(train: sp.spmatrix, head_share: float = HEAD_SHARE) -> tup
     return head, (counts > 0) & ~head
 
 
-def subgroup_support(truth: sp.csr_matrix, candidates: np.ndarray | None, k: int,
-                     min_interactions: int = MIN_SUBGROUP_INTERACTIONS,
-                     min_users: int = MIN_SUBGROUP_USERS) -> dict:
+def subgroup_support(
+    truth: sp.csr_matrix,
+    candidates: np.ndarray | None,
+    k: int,
+    min_interactions: int = MIN_SUBGROUP_INTERACTIONS,
+    min_users: int = MIN_SUBGROUP_USERS,
+) -> dict:
     """How much test data a subgroup (cold-start or long-tail items) has, and whether it is enough.
 
     ``truth`` holds the subgroup's test interactions; ``candidates`` (bool over items, or ``None`` for
@@ -85,8 +93,13 @@ def subgroup_support(truth: sp.csr_matrix, candidates: np.ndarray | None, k: int
         missing.append(f"{users} test users (need {min_users})")
     if candidates is not None and items <= k:
         missing.append(f"{items} candidate items (need more than {k}, else every top-{k} holds them all)")
-    return {"interactions": interactions, "users": users, "items": items, "enough": not missing,
-            "reason": "; ".join(missing) if missing else None}
+    return {
+        "interactions": interactions,
+        "users": users,
+        "items": items,
+        "enough": not missing,
+        "reason": "; ".join(missing) if missing else None,
+    }
 
 
 def _restrict(matrix: sp.spmatrix, items: np.ndarray) -> sp.csr_matrix:
@@ -95,11 +108,19 @@ def _restrict(matrix: sp.spmatrix, items: np.ndarray) -> sp.csr_matrix:
     return out
 
 
-def evaluate_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData", ks: Sequence[int] = (10, 20),
-                    primary: str | None = None, baselines: Sequence[str] = (), n_resamples: int = 1000,
-                    seed: int = 0, split: str = "per-user chronological split (8:1:1)",
-                    item_features: np.ndarray | None = None, head_share: float = HEAD_SHARE,
-                    min_subgroup: tuple[int, int] = (MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS)) -> dict:
+def evaluate_models(
+    models: Mapping[str, EmbeddingRecommender],
+    data: SplitData,
+    ks: Sequence[int] = (10, 20),
+    primary: str | None = None,
+    baselines: Sequence[str] = (),
+    n_resamples: int = 1000,
+    seed: int = 0,
+    split: str = "per-user chronological split (8:1:1)",
+    item_features: np.ndarray | None = None,
+    head_share: float = HEAD_SHARE,
+    min_subgroup: tuple[int, int] = (MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS),
+) -> dict:
     """Test metrics for each model on all items, on cold-start items and on long-tail items.
 
     Each model scores each test user once; the full-ranking and long-tail metrics share those
@@ -125,15 +146,28 @@ def evaluate_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData
     cold_support = subgroup_support(cold_truth, cold, max_k, *min_subgroup)
     tail_support = subgroup_support(tail_truth, None, max_k, *min_subgroup)
     common = dict(ks=ks, item_popularity=popularity, n_train_users=data.n_users, item_features=item_features)
-    out: dict = {"models": {}, "cold_start": {}, "long_tail": {},
-                 "protocol": PROTOCOL.format(split=split, head=head_share, resamples=n_resamples,
-                                             min_interactions=min_subgroup[0], min_users=min_subgroup[1],
-                                             diversity="" if item_features is None else DIVERSITY),
-                 "cold_test_interactions": int(cold_truth.nnz),
-                 "support": {"cold_start": cold_support, "long_tail": tail_support},
-                 "popularity_groups": {"head_share": head_share, "head_items": int(head.sum()),
-                                       "tail_items": int(tail.sum()), "cold_items": int(cold.sum()),
-                                       "tail_test_interactions": int(tail_truth.nnz)}}
+    out: dict = {
+        "models": {},
+        "cold_start": {},
+        "long_tail": {},
+        "protocol": PROTOCOL.format(
+            split=split,
+            head=head_share,
+            resamples=n_resamples,
+            min_interactions=min_subgroup[0],
+            min_users=min_subgroup[1],
+            diversity="" if item_features is None else DIVERSITY,
+        ),
+        "cold_test_interactions": int(cold_truth.nnz),
+        "support": {"cold_start": cold_support, "long_tail": tail_support},
+        "popularity_groups": {
+            "head_share": head_share,
+            "head_items": int(head.sum()),
+            "tail_items": int(tail.sum()),
+            "cold_items": int(cold.sum()),
+            "tail_test_interactions": int(tail_truth.nnz),
+        },
+    }
     ci_metrics = (f"recall@{max_k}", f"ndcg@{max_k}")
     per_user = {}
     for name, model in models.items():
@@ -141,11 +175,11 @@ def evaluate_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData
         out["models"][name] = ranking_metrics_from_top_k(top, test_users, data.test, tail_items=tail, **common)
         per_user[name] = per_user_metrics_from_top_k(top, test_users, data.test, ks=(max_k,))
         if tail_support["enough"]:
-            out["long_tail"][name] = ranking_metrics_from_top_k(top, test_users, tail_truth, tail_items=tail,
-                                                                **common)
+            out["long_tail"][name] = ranking_metrics_from_top_k(top, test_users, tail_truth, tail_items=tail, **common)
         if cold_support["enough"]:
-            out["cold_start"][name] = ranking_metrics(model, truth=cold_truth, exclude=exclude, candidates=cold,
-                                                      **common)
+            out["cold_start"][name] = ranking_metrics(
+                model, truth=cold_truth, exclude=exclude, candidates=cold, **common
+            )
 
     names = list(models)
     stacked = {metric: np.stack([per_user[name][metric] for name in names]) for metric in ci_metrics}
@@ -157,12 +191,15 @@ def evaluate_models(models: Mapping[str, EmbeddingRecommender], data: "SplitData
     present = [b for b in baselines if b in out["models"]]
     if present:
         best = max(present, key=lambda b: out["models"][b][f"recall@{max_k}"])  # ties: the first listed
-        tests = {metric: paired_bootstraps(values, stacked[metric][names.index(best)], n_resamples, seed=seed)
-                 for metric, values in stacked.items()}
+        tests = {
+            metric: paired_bootstraps(values, stacked[metric][names.index(best)], n_resamples, seed=seed)
+            for metric, values in stacked.items()
+        }
         per_model = {name: {metric: tests[metric][row] for metric in ci_metrics} for row, name in enumerate(names)}
         for name in names:
             out["models"][name]["significant_vs_best_baseline"] = {
-                metric: per_model[name][metric]["significant"] for metric in ci_metrics}
+                metric: per_model[name][metric]["significant"] for metric in ci_metrics
+            }
         out["significance"] = {"best_baseline": best, "metrics": list(ci_metrics), "models": per_model}
         if primary in out["models"]:
             out["significance"].update({"primary": primary, **per_model[primary]})

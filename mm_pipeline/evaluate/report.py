@@ -44,9 +44,9 @@ def _number(value: Any) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
-def metrics_table_markdown(models: Mapping[str, Mapping[str, float]],
-                           columns: Sequence[str] = DEFAULT_COLUMNS,
-                           highlight: str | None = None) -> str:
+def metrics_table_markdown(
+    models: Mapping[str, Mapping[str, float]], columns: Sequence[str] = DEFAULT_COLUMNS, highlight: str | None = None
+) -> str:
     """A markdown table: one row per model (in ``models`` order), one column per metric.
 
     Values are printed with 4 decimals; a metric a model lacks (or NaN) shows ``n/a``. The row of
@@ -59,8 +59,7 @@ def metrics_table_markdown(models: Mapping[str, Mapping[str, float]],
         raise ValueError("columns must name at least one metric")
     if highlight is not None and highlight not in models:
         raise ValueError(f"highlight {highlight!r} is not one of the models {list(models)}")
-    lines = ["| model | " + " | ".join(_cell(c) for c in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = ["| model | " + " | ".join(_cell(c) for c in columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, metrics in models.items():
         cells = [_cell(name)] + [_number(metrics.get(c)) for c in columns]
         if name == highlight:
@@ -122,8 +121,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"metrics value of type {type(value).__name__} is not JSON-serialisable")
 
 
-def write_report(report_dir: str | Path, metrics: Mapping[str, Any], markdown: str,
-                 figures: Mapping[str, bytes], html_page: str | None = None) -> dict[str, Path]:
+def write_report(
+    report_dir: str | Path,
+    metrics: Mapping[str, Any],
+    markdown: str,
+    figures: Mapping[str, bytes],
+    html_page: str | None = None,
+) -> dict[str, Path]:
     """Write ``metrics.json`` (sorted keys, indent 2), ``report.md`` and ``<name>.png`` per figure.
 
     With ``html_page``, also ``report.html``. Each file is written atomically. Returns
@@ -133,13 +137,17 @@ def write_report(report_dir: str | Path, metrics: Mapping[str, Any], markdown: s
     report_dir = Path(report_dir)
     for name, png in figures.items():
         if not _PLAIN_NAME.match(str(name)) or name in ("metrics", "report"):
-            raise ValueError(f"figure name {name!r} must be a plain file stem other than "
-                             "'metrics'/'report' (letters, digits, '_', '-', '.')")
+            raise ValueError(
+                f"figure name {name!r} must be a plain file stem other than "
+                "'metrics'/'report' (letters, digits, '_', '-', '.')"
+            )
         if not isinstance(png, (bytes, bytearray)) or not bytes(png).startswith(_PNG_SIGNATURE):
             raise ValueError(f"figures[{name!r}] is not PNG bytes")
     text = json.dumps(dict(metrics), sort_keys=True, indent=2, default=_json_default) + "\n"
-    written = {"metrics.json": atomic_write_text(report_dir / "metrics.json", text),
-               "report.md": atomic_write_text(report_dir / "report.md", markdown)}
+    written = {
+        "metrics.json": atomic_write_text(report_dir / "metrics.json", text),
+        "report.md": atomic_write_text(report_dir / "report.md", markdown),
+    }
     if html_page is not None:
         written["report.html"] = atomic_write_text(report_dir / "report.html", html_page)
     for name, png in figures.items():
@@ -182,11 +190,11 @@ class Table:
     def markdown(self) -> str:
         if not self.rows:
             return "_empty_\n"
+
         def escape(text: str) -> str:  # a significance mark must not start emphasis
             return _cell(text).replace("*", r"\*")
 
-        lines = ["| " + " | ".join(escape(c) for c in self.columns) + " |",
-                 "|---|" + "---:|" * (len(self.columns) - 1)]
+        lines = ["| " + " | ".join(escape(c) for c in self.columns) + " |", "|---|" + "---:|" * (len(self.columns) - 1)]
         for index, row in enumerate(self.rows):
             cells = [escape(c) for c in row]
             if index in self.bold:
@@ -246,8 +254,10 @@ figcaption{font-size:0.85em;color:#555}img{max-width:100%}"""
 
 def render_html(blocks: Sequence[Block], title: str) -> str:
     """One self-contained HTML page: tables as HTML, figures inline as base64 PNG."""
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-             f"<style>{_STYLE}</style></head><body>"]
+    parts = [
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>"
+    ]
     for block in blocks:
         if isinstance(block, Heading):
             level = min(max(block.level, 1), 6)
@@ -261,8 +271,10 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
                 raise ValueError(f"figure {block.name!r} is not PNG bytes")
             data = base64.b64encode(bytes(block.png)).decode("ascii")
             caption = html.escape(block.caption or block.name)
-            parts.append(f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{caption}</figcaption></figure>")
+            parts.append(
+                f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{caption}</figcaption></figure>"
+            )
         else:
             raise TypeError(f"not a report block: {type(block).__name__}")
     parts.append("</body></html>\n")
@@ -286,12 +298,23 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-ROLE_COLORS = {"baseline": "#9e9e9e", "primary": "#1f77b4", "component": "#9467bd", "ablation": "#ff7f0e",
-               "variant": "#2ca02c"}
+ROLE_COLORS = {
+    "baseline": "#9e9e9e",
+    "primary": "#1f77b4",
+    "component": "#9467bd",
+    "ablation": "#ff7f0e",
+    "variant": "#2ca02c",
+}
 
 
-def interval_bar_png(names: Sequence[str], values: Sequence[float], intervals: Sequence[Sequence[float]],
-                     roles: Sequence[str], metric: str, marked: Sequence[bool] | None = None) -> bytes:
+def interval_bar_png(
+    names: Sequence[str],
+    values: Sequence[float],
+    intervals: Sequence[Sequence[float]],
+    roles: Sequence[str],
+    metric: str,
+    marked: Sequence[bool] | None = None,
+) -> bytes:
     """Horizontal bars of ``values`` per model with ``intervals`` (lo, hi) as error bars.
 
     Bars are coloured by ``roles`` (keys of :data:`ROLE_COLORS`); a ``*`` follows the value of
@@ -311,17 +334,25 @@ def interval_bar_png(names: Sequence[str], values: Sequence[float], intervals: S
     fig = _new_figure(7, 0.8 + 0.35 * n)
     ax = fig.add_subplot()
     y = np.arange(n)[::-1]
-    ax.barh(y, values_arr, xerr=errors, color=[ROLE_COLORS[r] for r in roles], capsize=3,
-            error_kw={"elinewidth": 1})
+    ax.barh(y, values_arr, xerr=errors, color=[ROLE_COLORS[r] for r in roles], capsize=3, error_kw={"elinewidth": 1})
     ax.set_yticks(y, [str(name) for name in names], fontsize="small")
     for row, value in enumerate(values_arr):
         label = f"{value:.4f}" + (" *" if marked is not None and marked[row] else "")
-        ax.text(bounds[row, 1] if np.isfinite(bounds[row, 1]) else value, y[row], " " + label,
-                va="center", fontsize="x-small")
+        ax.text(
+            bounds[row, 1] if np.isfinite(bounds[row, 1]) else value,
+            y[row],
+            " " + label,
+            va="center",
+            fontsize="x-small",
+        )
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=ROLE_COLORS[r], label=r) for r in ROLE_COLORS if r in roles],
-              fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(
+        handles=[Patch(color=ROLE_COLORS[r], label=r) for r in ROLE_COLORS if r in roles],
+        fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     ax.set_xlabel(f"{metric} (bars: 95% bootstrap interval; * significant vs best baseline)")
     ax.set_xlim(0, max(float(np.nanmax(bounds[:, 1])), float(np.nanmax(values_arr)), 1e-6) * 1.25)
     ax.grid(axis="x", alpha=0.3)
@@ -338,8 +369,10 @@ def modality_weights_png(weights: np.ndarray, present: np.ndarray, modalities: S
     weights, present = np.asarray(weights, dtype=float), np.asarray(present, dtype=bool)
     modalities = [str(m) for m in modalities]
     if weights.ndim != 2 or weights.shape[1] != len(modalities) or present.shape != weights.shape:
-        raise ValueError(f"weights and present must both be [n_items, {len(modalities)}] (one column per "
-                         f"modality {modalities}), got {weights.shape} and {present.shape}")
+        raise ValueError(
+            f"weights and present must both be [n_items, {len(modalities)}] (one column per "
+            f"modality {modalities}), got {weights.shape} and {present.shape}"
+        )
     samples = [weights[present[:, m], m] for m in range(len(modalities))]
     shown = [m for m, sample in enumerate(samples) if sample.size]
     fig = _new_figure(9, 3.2)
@@ -349,8 +382,13 @@ def modality_weights_png(weights: np.ndarray, present: np.ndarray, modalities: S
         box.set_xticks(range(1, len(shown) + 1), [modalities[m] for m in shown])
         bins = np.linspace(0.0, 1.0, 31)
         for m in shown:
-            hist.hist(samples[m], bins=bins, histtype="step", linewidth=1.5,
-                      label=f"{modalities[m]} ({samples[m].size / max(len(weights), 1):.0%} of items)")
+            hist.hist(
+                samples[m],
+                bins=bins,
+                histtype="step",
+                linewidth=1.5,
+                label=f"{modalities[m]} ({samples[m].size / max(len(weights), 1):.0%} of items)",
+            )
         hist.legend(fontsize="small")
     box.set_ylabel("fusion weight")
     box.set_title("per modality (items that have it)", fontsize="small")
@@ -394,8 +432,15 @@ def training_curves_png(histories: Mapping[str, pd.DataFrame]) -> bytes:
             for offset, column in enumerate(valid):
                 y = history[column].to_numpy(dtype=float)
                 keep = np.isfinite(y)
-                handles += right.plot(x[keep], y[keep], marker="s", markersize=2, linestyle="--",
-                                      color=f"C{len(LOSS_COLUMNS) + offset}", label=column)
+                handles += right.plot(
+                    x[keep],
+                    y[keep],
+                    marker="s",
+                    markersize=2,
+                    linestyle="--",
+                    color=f"C{len(LOSS_COLUMNS) + offset}",
+                    label=column,
+                )
             right.set_ylabel("validation")
         ax.set_title(str(name), fontsize="small")
         ax.grid(alpha=0.3)
@@ -412,11 +457,11 @@ class Comparison(NamedTuple):
     """A rendered :class:`~mm_pipeline.evaluate.comparison.ModelComparison` (what :func:`build_comparison`
     returns)."""
 
-    metrics: dict[str, Any]         # the content of metrics.json
-    markdown: str                   # report.md (figures linked as <name>.png)
-    html: str                       # report.html (self-contained)
-    figures: dict[str, bytes]       # file stem -> PNG
-    tables: dict[str, str]          # section -> markdown table (for Dagster metadata)
+    metrics: dict[str, Any]  # the content of metrics.json
+    markdown: str  # report.md (figures linked as <name>.png)
+    html: str  # report.html (self-contained)
+    figures: dict[str, bytes]  # file stem -> PNG
+    tables: dict[str, str]  # section -> markdown table (for Dagster metadata)
 
 
 def build_comparison(models, data, *, title: str = "Evaluation report", **options) -> Comparison:
@@ -445,8 +490,10 @@ def _not_enough(support: Mapping[str, Any]) -> str:
 
 
 def _frame_table(frame: pd.DataFrame) -> Table:
-    rows = [[_finite(v) if isinstance(v, (float, np.floating)) else str(v) for v in row]
-            for row in frame.itertuples(index=False)]
+    rows = [
+        [_finite(v) if isinstance(v, (float, np.floating)) else str(v) for v in row]
+        for row in frame.itertuples(index=False)
+    ]
     return Table([str(c) for c in frame.columns], rows)
 
 
@@ -467,23 +514,41 @@ class _ComparisonTables:
         def marked(row, metric: str) -> str:
             return _finite(row[metric]) + (SIGNIFICANCE_MARK if row[f"{metric}_significant"] else "")
 
-        note = (f"{SIGNIFICANCE_MARK} differs significantly from the best baseline ({best}): paired bootstrap over "
-                f"test users, 95% interval of the difference excludes 0. Intervals: 95% percentile bootstrap."
-                if best else "No baseline: no significance test.")
+        note = (
+            f"{SIGNIFICANCE_MARK} differs significantly from the best baseline ({best}): paired bootstrap over "
+            f"test users, 95% interval of the difference excludes 0. Intervals: 95% percentile bootstrap."
+            if best
+            else "No baseline: no significance test."
+        )
         plain = c.plain_metrics
         return Table(
             ["model", "role", recall, "95% CI", ndcg, "95% CI", *[f"{m}@{c.max_k}" for m in plain]],
-            [[row["model"], c.role_label(row["model"]), marked(row, recall),
-              _interval(row[f"{recall}_ci_low"], row[f"{recall}_ci_high"]), marked(row, ndcg),
-              _interval(row[f"{ndcg}_ci_low"], row[f"{ndcg}_ci_high"]),
-              *[_finite(row[f"{m}@{c.max_k}"]) for m in plain]] for _, row in frame.iterrows()],
-            self.bold, note)
+            [
+                [
+                    row["model"],
+                    c.role_label(row["model"]),
+                    marked(row, recall),
+                    _interval(row[f"{recall}_ci_low"], row[f"{recall}_ci_high"]),
+                    marked(row, ndcg),
+                    _interval(row[f"{ndcg}_ci_low"], row[f"{ndcg}_ci_high"]),
+                    *[_finite(row[f"{m}@{c.max_k}"]) for m in plain],
+                ]
+                for _, row in frame.iterrows()
+            ],
+            self.bold,
+            note,
+        )
 
     def at(self, k: int) -> Table:
         c, metrics = self.c, ("recall", "ndcg", *self.c.plain_metrics)
-        return Table(["model", "role", *[f"{m}@{k}" for m in metrics]],
-                     [[row["model"], c.role_label(row["model"]), *[_finite(row[f"{m}@{k}"]) for m in metrics]]
-                      for _, row in c.overall[k].iterrows()], self.bold)
+        return Table(
+            ["model", "role", *[f"{m}@{k}" for m in metrics]],
+            [
+                [row["model"], c.role_label(row["model"]), *[_finite(row[f"{m}@{k}"]) for m in metrics]]
+                for _, row in c.overall[k].iterrows()
+            ],
+            self.bold,
+        )
 
     def significance(self) -> Table | None:
         c = self.c
@@ -494,25 +559,33 @@ class _ComparisonTables:
 
         def cells(name: str, metric: str) -> list[str]:
             test = tests.loc[(name, metric)]
-            return [f"{test['difference']:+.4f}" + (SIGNIFICANCE_MARK if test["significant"] else ""),
-                    f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}]", f"{test['p_value']:.3f}"]
+            return [
+                f"{test['difference']:+.4f}" + (SIGNIFICANCE_MARK if test["significant"] else ""),
+                f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}]",
+                f"{test['p_value']:.3f}",
+            ]
 
         return Table(
             ["model", f"Δ {self.recall}", "95% CI", "p", f"Δ {self.ndcg}", "95% CI", "p"],
             [[name, *cells(name, self.recall), *cells(name, self.ndcg)] for name in others],
             frozenset([others.index(c.primary)]) if c.primary != c.best_baseline else frozenset(),
             f"Each model minus {c.best_baseline} on the same test users ({c.n_resamples} paired resamples; no "
-            f"correction for multiple comparisons).")
+            f"correction for multiple comparisons).",
+        )
 
     def subgroup(self, frame: pd.DataFrame | None) -> Table | None:
         if frame is None:
             return None
         columns = [col for col in frame.columns if col not in ("model", "role")]
         present = frame["model"].tolist()
-        return Table(["model", "role", *columns],
-                     [[row["model"], self.c.role_label(row["model"]), *[_finite(row[col]) for col in columns]]
-                      for _, row in frame.iterrows()],
-                     frozenset([present.index(self.c.primary)]) if self.c.primary in present else frozenset())
+        return Table(
+            ["model", "role", *columns],
+            [
+                [row["model"], self.c.role_label(row["model"]), *[_finite(row[col]) for col in columns]]
+                for _, row in frame.iterrows()
+            ],
+            frozenset([present.index(self.c.primary)]) if self.c.primary in present else frozenset(),
+        )
 
     def ablations(self) -> Table | None:
         frame, recall, ndcg = self.c.ablations, self.recall, self.ndcg
@@ -524,21 +597,53 @@ class _ComparisonTables:
             return "" if not row["compared_with"] else _signed(row[f"{column}_delta"])
 
         return Table(
-            ["model", "compared with", recall, f"Δ {recall}", ndcg, f"Δ {ndcg}",
-             f"cold {recall}", "Δ", f"long-tail {recall}", "Δ"],
-            [[row["model"], row["compared_with"], _finite(row[recall]), delta(row, recall), _finite(row[ndcg]),
-              delta(row, ndcg), _finite(row[f"cold_{recall}"]), delta(row, f"cold_{recall}"),
-              _finite(row[f"tail_{recall}"]), delta(row, f"tail_{recall}")] for _, row in frame.iterrows()],
-            frozenset([0]), f"Δ = ablation minus the model it is an ablation of ({', '.join(parents)}).")
+            [
+                "model",
+                "compared with",
+                recall,
+                f"Δ {recall}",
+                ndcg,
+                f"Δ {ndcg}",
+                f"cold {recall}",
+                "Δ",
+                f"long-tail {recall}",
+                "Δ",
+            ],
+            [
+                [
+                    row["model"],
+                    row["compared_with"],
+                    _finite(row[recall]),
+                    delta(row, recall),
+                    _finite(row[ndcg]),
+                    delta(row, ndcg),
+                    _finite(row[f"cold_{recall}"]),
+                    delta(row, f"cold_{recall}"),
+                    _finite(row[f"tail_{recall}"]),
+                    delta(row, f"tail_{recall}"),
+                ]
+                for _, row in frame.iterrows()
+            ],
+            frozenset([0]),
+            f"Δ = ablation minus the model it is an ablation of ({', '.join(parents)}).",
+        )
 
     def modality_weights(self) -> Table | None:
         frame = self.c.modality_weights
         if frame is None:
             return None
-        return Table(["modality", "items", "coverage", "mean", "p10", "median", "p90"],
-                     [[row["modality"], str(row["items"]), _finite(row["coverage"]),
-                       *[_finite(row[col]) for col in ("mean", "p10", "median", "p90")]]
-                      for row in frame.to_dict(orient="records")])
+        return Table(
+            ["modality", "items", "coverage", "mean", "p10", "median", "p90"],
+            [
+                [
+                    row["modality"],
+                    str(row["items"]),
+                    _finite(row["coverage"]),
+                    *[_finite(row[col]) for col in ("mean", "p10", "median", "p90")],
+                ]
+                for row in frame.to_dict(orient="records")
+            ],
+        )
 
     def selection(self) -> tuple[Table, Table | None] | None:
         chosen = self.c.selection
@@ -547,14 +652,23 @@ class _ComparisonTables:
         validation = chosen.validation
         values = [col for col in validation.columns if col != "model"]
         validation_table = Table(
-            ["model", *values], [[str(row["model"]), *[_finite(row[col]) for col in values]]
-                                 for _, row in validation.iterrows()],
+            ["model", *values],
+            [[str(row["model"]), *[_finite(row[col]) for col in values]] for _, row in validation.iterrows()],
             frozenset([int(np.flatnonzero(validation["model"].to_numpy() == chosen.selected)[0])]),
-            "Chosen on validation only; the test columns are for the record, they played no part.")
+            "Chosen on validation only; the test columns are for the record, they played no part.",
+        )
         searches = chosen.searches
-        search_table = Table([str(col) for col in searches.columns],
-                             [[_finite(v) if isinstance(v, float) else str(v) for v in row]
-                              for row in searches.itertuples(index=False)]) if len(searches) else None
+        search_table = (
+            Table(
+                [str(col) for col in searches.columns],
+                [
+                    [_finite(v) if isinstance(v, float) else str(v) for v in row]
+                    for row in searches.itertuples(index=False)
+                ],
+            )
+            if len(searches)
+            else None
+        )
         return validation_table, search_table
 
 
@@ -562,14 +676,21 @@ def comparison_figures(comparison: ModelComparison) -> dict[str, bytes]:
     """The report's figures (file stem -> PNG): recall at the largest k with intervals, the modality
     weights (with aligned embeddings) and the training curves (with histories)."""
     frame, recall = comparison.overall[comparison.max_k], f"recall@{comparison.max_k}"
-    figures = {f"recall_at_{comparison.max_k}_ci": interval_bar_png(
-        frame["model"].tolist(), frame[recall].tolist(),
-        [[lo, hi] for lo, hi in zip(frame[f"{recall}_ci_low"], frame[f"{recall}_ci_high"])],
-        frame["role"].tolist(), recall, marked=[bool(m) for m in frame[f"{recall}_significant"]])}
+    figures = {
+        f"recall_at_{comparison.max_k}_ci": interval_bar_png(
+            frame["model"].tolist(),
+            frame[recall].tolist(),
+            [[lo, hi] for lo, hi in zip(frame[f"{recall}_ci_low"], frame[f"{recall}_ci_high"])],
+            frame["role"].tolist(),
+            recall,
+            marked=[bool(m) for m in frame[f"{recall}_significant"]],
+        )
+    }
     aligned = comparison.aligned
     if aligned is not None and len(aligned["modalities"]):
-        figures["modality_weights"] = modality_weights_png(aligned["weights"], aligned["present"],
-                                                           aligned["modalities"])
+        figures["modality_weights"] = modality_weights_png(
+            aligned["weights"], aligned["present"], aligned["modalities"]
+        )
     if comparison.histories:
         figures["training_curves"] = training_curves_png(comparison.histories)
     return figures
@@ -579,7 +700,7 @@ def render_comparison(comparison: ModelComparison, title: str = "Evaluation repo
     """The report of ``comparison``: markdown (figures linked as ``<name>.png``), one self-contained HTML
     page, the figures, and each section's table as markdown (for Dagster metadata)."""
     c, tables = comparison, _ComparisonTables(comparison)
-    metrics, recall, ndcg = c.metrics, tables.recall, tables.ndcg
+    metrics, recall = c.metrics, tables.recall
     main_table = tables.main()
     other_ks = sorted(k for k in c.ks if k != c.max_k)
     other_tables = {k: tables.at(k) for k in other_ks}
@@ -596,30 +717,43 @@ def render_comparison(comparison: ModelComparison, title: str = "Evaluation repo
     if selection is not None:
         validation_table, search_table = selection
         chosen = c.selection
-        selection_blocks = [Heading("Model selection"),
-                            Paragraph(f"Shipped (registered as the challenger): {chosen.selected}, because "
-                                      f"{chosen.reason}. Its test {recall}: "
-                                      f"{_finite(metrics['models'].get(chosen.selected, {}).get(recall))}."),
-                            validation_table]
+        selection_blocks = [
+            Heading("Model selection"),
+            Paragraph(
+                f"Shipped (registered as the challenger): {chosen.selected}, because "
+                f"{chosen.reason}. Its test {recall}: "
+                f"{_finite(metrics['models'].get(chosen.selected, {}).get(recall))}."
+            ),
+            validation_table,
+        ]
         if search_table is not None:
-            selection_blocks += [Paragraph("Each model's own settings were chosen on validation within a time "
-                                           "budget (the settings tried, the seconds spent, what was chosen):"),
-                                 search_table]
-        tables_extra = {"selection": validation_table.markdown(),
-                        **({"searches": search_table.markdown()} if search_table is not None else {})}
+            selection_blocks += [
+                Paragraph(
+                    "Each model's own settings were chosen on validation within a time "
+                    "budget (the settings tried, the seconds spent, what was chosen):"
+                ),
+                search_table,
+            ]
+        tables_extra = {
+            "selection": validation_table.markdown(),
+            **({"searches": search_table.markdown()} if search_table is not None else {}),
+        }
 
     ds, support = metrics["dataset"], metrics["support"]
     spec = f"{ds['spec']} " if "spec" in ds else ""
     blocks: list = [
         Heading(title, 1),
-        Paragraph(f"Dataset {spec}({ds['users']} users, {ds['items']} items). Primary model: {c.primary}; "
-                  f"baselines: {', '.join(metrics['baselines']) or 'none'}; components of the primary model: "
-                  f"{', '.join(metrics['components']) or 'none'}; ablations: "
-                  f"{', '.join(metrics['ablations']) or 'none'}; "
-                  f"variants: {', '.join(metrics['variants']) or 'none'}."),
+        Paragraph(
+            f"Dataset {spec}({ds['users']} users, {ds['items']} items). Primary model: {c.primary}; "
+            f"baselines: {', '.join(metrics['baselines']) or 'none'}; components of the primary model: "
+            f"{', '.join(metrics['components']) or 'none'}; ablations: "
+            f"{', '.join(metrics['ablations']) or 'none'}; "
+            f"variants: {', '.join(metrics['variants']) or 'none'}."
+        ),
         Paragraph(metrics["protocol"]),
         *selection_blocks,
-        Heading("All items (full ranking)"), main_table,
+        Heading("All items (full ranking)"),
+        main_table,
         Figure(bar_name, figures[bar_name], f"{recall} per model with 95% bootstrap intervals"),
     ]
     for k in other_ks:
@@ -628,32 +762,42 @@ def render_comparison(comparison: ModelComparison, title: str = "Evaluation repo
     blocks += [significance_table] if significance_table else [Paragraph("No baseline to compare with.")]
     blocks += [Heading("Ablations")]
     blocks += [ablation_table] if ablation_table else [Paragraph("No ablation models in this report.")]
-    blocks += [Heading("Cold-start items"),
-               Paragraph(f"{ds['cold_items']} items have no training interaction; {ds['cold_test_interactions']} "
-                         f"test interactions on them from {support['cold_start']['users']} test users, ranked "
-                         "among the cold items only.")]
+    blocks += [
+        Heading("Cold-start items"),
+        Paragraph(
+            f"{ds['cold_items']} items have no training interaction; {ds['cold_test_interactions']} "
+            f"test interactions on them from {support['cold_start']['users']} test users, ranked "
+            "among the cold items only."
+        ),
+    ]
     blocks += [cold_table] if cold_table else [Paragraph(_not_enough(support["cold_start"]))]
-    blocks += [Heading("Long-tail items"),
-               Paragraph(f"Head: the {ds['head_items']} most popular items, which together hold "
-                         f"{ds['head_share']:.0%} of the training interactions. Long tail: the other "
-                         f"{ds['tail_items']} items with a training interaction ({ds['tail_test_interactions']} "
-                         f"test interactions from {support['long_tail']['users']} test users), evaluated on "
-                         "the full ranking with the truth restricted to them. tail_share@k: share of the "
-                         "recommended slots holding long-tail items.")]
+    blocks += [
+        Heading("Long-tail items"),
+        Paragraph(
+            f"Head: the {ds['head_items']} most popular items, which together hold "
+            f"{ds['head_share']:.0%} of the training interactions. Long tail: the other "
+            f"{ds['tail_items']} items with a training interaction ({ds['tail_test_interactions']} "
+            f"test interactions from {support['long_tail']['users']} test users), evaluated on "
+            "the full ranking with the truth restricted to them. tail_share@k: share of the "
+            "recommended slots holding long-tail items."
+        ),
+    ]
     blocks += [tail_table] if tail_table else [Paragraph(_not_enough(support["long_tail"]))]
     if compression_table:
         blocks += [Heading("Compression (validation split)"), compression_table]
     blocks += [Heading("Modality weights")]
     if weights_table:
-        blocks += [Paragraph("Attention-fusion weight of each modality, over the items that have it."),
-                   weights_table]
+        blocks += [Paragraph("Attention-fusion weight of each modality, over the items that have it."), weights_table]
         if "modality_weights" in figures:
             blocks.append(Figure("modality_weights", figures["modality_weights"], "modality-weight distribution"))
     else:
         blocks.append(Paragraph("No aligned item embeddings given."))
     blocks += [Heading("Training curves")]
-    blocks += ([Figure("training_curves", figures["training_curves"], "training loss and validation metrics")]
-               if "training_curves" in figures else [Paragraph("No training histories given.")])
+    blocks += (
+        [Figure("training_curves", figures["training_curves"], "training loss and validation metrics")]
+        if "training_curves" in figures
+        else [Paragraph("No training histories given.")]
+    )
 
     section_tables = {
         "comparison": main_table.markdown(),
@@ -661,7 +805,8 @@ def render_comparison(comparison: ModelComparison, title: str = "Evaluation repo
         "significance": significance_table.markdown() if significance_table else "_no baseline_",
         "ablations": ablation_table.markdown() if ablation_table else "_no ablations_",
         "cold_start": cold_table.markdown() if cold_table else f"_{_not_enough(support['cold_start'])}_",
-        "long_tail": tail_table.markdown() if tail_table else f"_{_not_enough(support['long_tail'])}_"}
+        "long_tail": tail_table.markdown() if tail_table else f"_{_not_enough(support['long_tail'])}_",
+    }
     section_tables.update(tables_extra)
     if weights_table:
         section_tables["modality_weights"] = weights_table.markdown()

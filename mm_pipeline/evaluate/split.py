@@ -21,8 +21,9 @@ def _round_half_up(x: np.ndarray) -> np.ndarray:
     return np.floor(x + 0.5 + 1e-9).astype(np.int64)
 
 
-def chronological_split(interactions: pd.DataFrame, valid_frac: float = 0.1, test_frac: float = 0.1,
-                        min_train: int = 1) -> pd.Series:
+def chronological_split(
+    interactions: pd.DataFrame, valid_frac: float = 0.1, test_frac: float = 0.1, min_train: int = 1
+) -> pd.Series:
     r"""Label every interaction ``"train"``, ``"valid"`` or ``"test"``, per user and in time order.
 
     Each user's interactions are ordered by ``(timestamp, item_idx)`` (then by their position in
@@ -61,12 +62,14 @@ def chronological_split(interactions: pd.DataFrame, valid_frac: float = 0.1, tes
         return pd.Series([], index=interactions.index, dtype=object, name="split")
 
     # Work on positions so a non-unique or unsorted index cannot confuse the alignment.
-    frame = pd.DataFrame({
-        "user": interactions["user_idx"].to_numpy(),
-        "ts": interactions["timestamp"].to_numpy(),
-        "item": interactions["item_idx"].to_numpy(),
-        "pos": np.arange(len(interactions)),
-    })
+    frame = pd.DataFrame(
+        {
+            "user": interactions["user_idx"].to_numpy(),
+            "ts": interactions["timestamp"].to_numpy(),
+            "item": interactions["item_idx"].to_numpy(),
+            "pos": np.arange(len(interactions)),
+        }
+    )
     # mergesort is stable, so "pos" is the final tie-breaker without being a sort key.
     frame = frame.sort_values(["user", "ts", "item"], kind="mergesort")
     rank = frame.groupby("user", sort=False).cumcount().to_numpy()
@@ -81,8 +84,7 @@ def chronological_split(interactions: pd.DataFrame, valid_frac: float = 0.1, tes
     n_valid = np.where(eligible, n_valid, 0)
 
     from_end = n - rank  # 1 for the user's most recent interaction
-    label = np.where(from_end <= n_test, "test",
-                     np.where(from_end <= n_test + n_valid, "valid", "train"))
+    label = np.where(from_end <= n_test, "test", np.where(from_end <= n_test + n_valid, "valid", "train"))
     out = np.empty(len(frame), dtype=object)
     out[frame["pos"].to_numpy()] = label
     return pd.Series(out, index=interactions.index, name="split")

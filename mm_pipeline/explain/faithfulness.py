@@ -57,8 +57,9 @@ def _rank(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
     return (scores > own).sum(axis=1)
 
 
-def deletion_test(model: EmbeddingRecommender, train: sp.csr_matrix, users: np.ndarray, seed: int = 0
-                  ) -> dict[str, DeletionResult]:
+def deletion_test(
+    model: EmbeddingRecommender, train: sp.csr_matrix, users: np.ndarray, seed: int = 0
+) -> dict[str, DeletionResult]:
     """The deletion test on ``users`` (held-out users with a training history): ``{"history": ...,
     "modality": ...}``, a kind absent when the model has no such part (empty for embedding models)."""
     if not model.parts or not model.parts.get("history_width"):
@@ -97,8 +98,14 @@ def deletion_test(model: EmbeddingRecommender, train: sp.csr_matrix, users: np.n
 
     top_drop, top_rank = remove_item(top_j)
     rand_drop, rand_rank = remove_item(random_j)
-    out["history"] = DeletionResult("history", int(users.size), float(top_drop.mean()), float(rand_drop.mean()),
-                                    float(top_rank.mean()), float(rand_rank.mean()))
+    out["history"] = DeletionResult(
+        "history",
+        int(users.size),
+        float(top_drop.mean()),
+        float(rand_drop.mean()),
+        float(top_rank.mean()),
+        float(rand_rank.mean()),
+    )
 
     modalities = model.parts.get("modalities") or {}
     if len(modalities) >= 2:
@@ -115,6 +122,12 @@ def deletion_test(model: EmbeddingRecommender, train: sp.csr_matrix, users: np.n
 
         top_drop, top_rank = remove_modality(top_m)
         rand_drop, rand_rank = remove_modality(random_m)
-        out["modality"] = DeletionResult("modality", int(users.size), float(top_drop.mean()),
-                                         float(rand_drop.mean()), float(top_rank.mean()), float(rand_rank.mean()))
+        out["modality"] = DeletionResult(
+            "modality",
+            int(users.size),
+            float(top_drop.mean()),
+            float(rand_drop.mean()),
+            float(top_rank.mean()),
+            float(rand_rank.mean()),
+        )
     return out

@@ -19,8 +19,9 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
-def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float = 0.0,
-                   fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    n_mels: int, n_fft: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
     r"""Triangular mel filters, float32 ``[n_mels, n_fft // 2 + 1]``.
 
     Take :math:`n_\text{mels} + 2` points equally spaced on the HTK mel scale between ``fmin`` and
@@ -73,8 +74,9 @@ def _n_frames(n_samples: int, n_fft: int, hop_length: int) -> int:
     return max(n_samples, n_fft) // hop_length + 1
 
 
-def log_mel_spectrogram(waves: np.ndarray | torch.Tensor, sample_rate: int, n_mels: int = 40,
-                        n_fft: int = 256, hop_length: int = 64) -> torch.Tensor:
+def log_mel_spectrogram(
+    waves: np.ndarray | torch.Tensor, sample_rate: int, n_mels: int = 40, n_fft: int = 256, hop_length: int = 64
+) -> torch.Tensor:
     r"""Log-mel power spectrogram, float32 ``[N, n_mels, frames]``.
 
     :math:`S = \log(M\,|\mathrm{STFT}(x)|^2 + 10^{-6})` with a Hann window of ``n_fft`` samples,
@@ -97,15 +99,23 @@ def log_mel_spectrogram(waves: np.ndarray | torch.Tensor, sample_rate: int, n_me
     window = torch.hann_window(n_fft, dtype=torch.float32)
     out = torch.empty((n, int(n_mels), frames), dtype=torch.float32)
     for start in range(0, n, _CHUNK):
-        spec = torch.stft(x[start:start + _CHUNK], n_fft=n_fft, hop_length=hop_length, window=window,
-                          center=True, pad_mode="reflect", return_complex=True)  # [B, bins, frames]
+        spec = torch.stft(
+            x[start : start + _CHUNK],
+            n_fft=n_fft,
+            hop_length=hop_length,
+            window=window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )  # [B, bins, frames]
         power = spec.real.square() + spec.imag.square()
-        out[start:start + _CHUNK] = torch.log(torch.matmul(fb, power) + 1e-6)
+        out[start : start + _CHUNK] = torch.log(torch.matmul(fb, power) + 1e-6)
     return out
 
 
-def audio_features(waves: np.ndarray | torch.Tensor, sample_rate: int, n_mels: int = 40,
-                   n_fft: int = 256, hop_length: int = 64) -> np.ndarray:
+def audio_features(
+    waves: np.ndarray | torch.Tensor, sample_rate: int, n_mels: int = 40, n_fft: int = 256, hop_length: int = 64
+) -> np.ndarray:
     r"""Fixed-size clip descriptor, float32 ``[N, 3 * n_mels]``, from the log-mel spectrogram :math:`S`.
 
     Per mel band :math:`b`, over frames :math:`t = 1..F`:

@@ -70,18 +70,24 @@ class ImageEncoder(nn.Module):
         c_in = 3
         for c_out in self.channels:
             # bias=False: batch norm's shift makes a conv bias redundant.
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
             c_in = c_out
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.embed = nn.Linear(c_in, self.embedding_dim)
-        self.head = nn.Sequential(nn.Linear(self.embedding_dim, self.embedding_dim), nn.ReLU(inplace=True),
-                                  nn.Linear(self.embedding_dim, self.embedding_dim))
+        self.head = nn.Sequential(
+            nn.Linear(self.embedding_dim, self.embedding_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(self.embedding_dim, self.embedding_dim),
+        )
         self.register_buffer("pixel_mean", torch.full((3,), 0.5))
         self.register_buffer("pixel_std", torch.full((3,), 0.25))
 
     @classmethod
-    def from_config(cls, config: ImageEncoderConfig) -> "ImageEncoder":
+    def from_config(cls, config: ImageEncoderConfig) -> ImageEncoder:
         return cls(embedding_dim=config.embedding_dim, channels=config.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,20 +148,24 @@ def _load_state(path: str | Path, config: ImageEncoderConfig) -> ImageEncoder:
     if isinstance(saved_arch, dict):
         saved = {"embedding_dim": saved_arch.get("embedding_dim"), "channels": list(saved_arch.get("channels", []))}
         if saved != config.architecture():
-            raise ValueError(f"image encoder checkpoint {str(path)!r} was saved with {saved}, "
-                             f"which does not match the config {config.architecture()}")
+            raise ValueError(
+                f"image encoder checkpoint {str(path)!r} was saved with {saved}, "
+                f"which does not match the config {config.architecture()}"
+            )
     encoder = ImageEncoder.from_config(config)
     try:
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # missing/unexpected keys or shape mismatch
-        raise ValueError(f"image encoder checkpoint {str(path)!r} does not match the architecture "
-                         f"{config.architecture()}: {exc}") from exc
+        raise ValueError(
+            f"image encoder checkpoint {str(path)!r} does not match the architecture {config.architecture()}: {exc}"
+        ) from exc
     encoder.eval()
     return encoder
 
 
-def train_image_encoder(views: np.ndarray, config: ImageEncoderConfig | None = None
-                        ) -> tuple[ImageEncoder, pd.DataFrame]:
+def train_image_encoder(
+    views: np.ndarray, config: ImageEncoderConfig | None = None
+) -> tuple[ImageEncoder, pd.DataFrame]:
     r"""Self-supervised SimCLR training on augmented views, uint8 ``[N, V, H, W, 3]`` with ``V >= 2``.
 
     Per batch of items :math:`B`, two distinct views :math:`a \ne b` of each item are drawn (views 0
@@ -199,7 +209,7 @@ def train_image_encoder(views: np.ndarray, config: ImageEncoderConfig | None = N
             order = torch.randperm(n, generator=gen)
             total, seen = 0.0, 0
             for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 if idx.numel() < 2:
                     continue  # a single leftover item has no negatives (and breaks batch norm)
                 if v == 2:
@@ -210,7 +220,7 @@ def train_image_encoder(views: np.ndarray, config: ImageEncoderConfig | None = N
                     b = (a + torch.randint(1, v, idx.shape, generator=gen)) % v
                 x = _to_float(torch.cat([data[idx, a], data[idx, b]]))  # one pass keeps BN stats joint
                 z = encoder.project(encoder(x))
-                loss = info_nce(z[: idx.numel()], z[idx.numel():], temperature=float(config.temperature))
+                loss = info_nce(z[: idx.numel()], z[idx.numel() :], temperature=float(config.temperature))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -241,7 +251,7 @@ def embed_images(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 51
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                out[start:start + batch_size] = encoder(_to_float(data[start:start + batch_size])).numpy()
+                out[start : start + batch_size] = encoder(_to_float(data[start : start + batch_size])).numpy()
     finally:
         encoder.train(was_training)
     return out
@@ -256,8 +266,13 @@ def save_image_encoder(encoder: ImageEncoder, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: t.detach().cpu().clone() for k, t in encoder.state_dict().items()}
-    torch.save({"state_dict": state,
-                "config": {"embedding_dim": int(encoder.embedding_dim), "channels": list(encoder.channels)}}, path)
+    torch.save(
+        {
+            "state_dict": state,
+            "config": {"embedding_dim": int(encoder.embedding_dim), "channels": list(encoder.channels)},
+        },
+        path,
+    )
     return path
 
 
@@ -269,4 +284,3 @@ def load_image_encoder(path: str | Path, config: ImageEncoderConfig | None = Non
     """
     config = config or ImageEncoderConfig()
     return _load_state(path, config)
-

@@ -61,6 +61,7 @@ def encode_texts(texts: Sequence[str], batch_size: int = 128, model_path: str | 
     model = _load_model(path)
     if not texts:
         return np.zeros((0, text_embedding_dim(path)), dtype=np.float32)
-    emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                       show_progress_bar=False)
+    emb = model.encode(
+        texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+    )
     return np.ascontiguousarray(emb, dtype=np.float32)

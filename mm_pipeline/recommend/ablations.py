@@ -19,8 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from mm_pipeline.recommend.fit import MultimodalConfig, RawFeatures, content_matrix, raw_graph_features, \
-    standardized_features
+from mm_pipeline.recommend.fit import (
+    MultimodalConfig,
+    RawFeatures,
+    content_matrix,
+    raw_graph_features,
+    standardized_features,
+)
 
 PRIMARY = "mm_gcn"
 
@@ -29,7 +34,7 @@ PRIMARY = "mm_gcn"
 class Ablation:
     name: str
     description: str
-    content: np.ndarray                   # [n_items, D] content input of the model
+    content: np.ndarray  # [n_items, D] content input of the model
     graph_features: list[np.ndarray] | None  # one [n_items, d] matrix per k-NN graph of the item graph
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -53,13 +58,26 @@ def ablations(aligned: dict[str, Any], raw_features: RawFeatures, graph_source: 
     out = []
     if len(modalities) > 1:
         for index, modality in enumerate(modalities):
-            graph = (standardized_features(*raw_features[modality]) if graph_source == "raw" else z[:, index])
-            out.append(Ablation(f"{PRIMARY}-{modality}_only", f"content path and item graph on {modality} only",
-                                np.concatenate([z[:, index], present[:, index:index + 1]], 1), [graph]))
+            graph = standardized_features(*raw_features[modality]) if graph_source == "raw" else z[:, index]
+            out.append(
+                Ablation(
+                    f"{PRIMARY}-{modality}_only",
+                    f"content path and item graph on {modality} only",
+                    np.concatenate([z[:, index], present[:, index : index + 1]], 1),
+                    [graph],
+                )
+            )
     raw = np.concatenate([standardized_features(*raw_features[m]) for m in modalities], 1)
-    out.append(Ablation(f"{PRIMARY}-no_alignment", "raw standardised features instead of aligned embeddings; "
-                        "no content-collaborative InfoNCE", np.concatenate([raw, present], 1),
-                        raw_graph_features({m: raw_features[m] for m in modalities}), {"align_weight": 0.0}))
-    out.append(Ablation(f"{PRIMARY}-no_item_graph", "no item-item k-NN graph", content_matrix(aligned), None,
-                        {"knn_k": 0}))
+    out.append(
+        Ablation(
+            f"{PRIMARY}-no_alignment",
+            "raw standardised features instead of aligned embeddings; no content-collaborative InfoNCE",
+            np.concatenate([raw, present], 1),
+            raw_graph_features({m: raw_features[m] for m in modalities}),
+            {"align_weight": 0.0},
+        )
+    )
+    out.append(
+        Ablation(f"{PRIMARY}-no_item_graph", "no item-item k-NN graph", content_matrix(aligned), None, {"knn_k": 0})
+    )
     return out

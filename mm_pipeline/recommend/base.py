@@ -26,17 +26,21 @@ def select_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     new_crow = torch.zeros(len(rows) + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=new_crow[1:])
     gather = torch.repeat_interleave(starts - new_crow[:-1], counts) + torch.arange(int(new_crow[-1]))
-    return torch.sparse_csr_tensor(new_crow, table.col_indices()[gather], table.values()[gather],
-                                   size=(len(rows), table.shape[1]))
+    return torch.sparse_csr_tensor(
+        new_crow, table.col_indices()[gather], table.values()[gather], size=(len(rows), table.shape[1])
+    )
 
 
 def sparse_from_scipy(matrix) -> torch.Tensor:
     """A float32 torch CSR tensor with the same entries as the scipy sparse ``matrix``."""
     csr = matrix.tocsr().astype(np.float32)
     csr.sort_indices()
-    return torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
-                                   torch.from_numpy(csr.indices.astype(np.int64)),
-                                   torch.from_numpy(csr.data), size=csr.shape)
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(csr.indptr.astype(np.int64)),
+        torch.from_numpy(csr.indices.astype(np.int64)),
+        torch.from_numpy(csr.data),
+        size=csr.shape,
+    )
 
 
 @dataclass
@@ -65,8 +69,7 @@ class EmbeddingRecommender:
     info: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, Any] = field(default_factory=dict)
     # Sparse @ dense is several times faster on a contiguous right-hand side than on a transposed view: cached.
-    _item_columns: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False,
-                                                                      compare=False)
+    _item_columns: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_users(self) -> int:
@@ -101,14 +104,17 @@ class EmbeddingRecommender:
             out = {"user_embeddings": self.user_embeddings.float(), "item_embeddings": self.item_embeddings.float()}
         else:
             users = self.user_embeddings
-            out = {"user_crow_indices": users.crow_indices(), "user_col_indices": users.col_indices(),
-                   "user_values": users.values().float(), "user_shape": np.asarray(users.shape, dtype=np.int64),
-                   "item_embeddings": self.item_embeddings.float()}
+            out = {
+                "user_crow_indices": users.crow_indices(),
+                "user_col_indices": users.col_indices(),
+                "user_values": users.values().float(),
+                "user_shape": np.asarray(users.shape, dtype=np.int64),
+                "item_embeddings": self.item_embeddings.float(),
+            }
         return {**out, **parts_to_arrays(self.parts)}
 
     @classmethod
-    def from_arrays(cls, name: str, arrays: dict[str, Any], info: dict[str, Any] | None = None
-                    ) -> "EmbeddingRecommender":
+    def from_arrays(cls, name: str, arrays: dict[str, Any], info: dict[str, Any] | None = None) -> EmbeddingRecommender:
         """The inverse of :meth:`to_arrays` (numpy arrays or tensors)."""
         if "user_embeddings" in arrays:
             users = torch.as_tensor(np.asarray(arrays["user_embeddings"], dtype=np.float32))
@@ -120,16 +126,21 @@ class EmbeddingRecommender:
                 torch.as_tensor(np.asarray(arrays["user_crow_indices"], dtype=np.int64)),
                 torch.as_tensor(np.asarray(arrays["user_col_indices"], dtype=np.int64)),
                 torch.as_tensor(np.asarray(arrays["user_values"], dtype=np.float32)),
-                size=tuple(int(n) for n in np.asarray(arrays["user_shape"])))
-        return cls(name=name, user_embeddings=users,
-                   item_embeddings=torch.as_tensor(np.asarray(arrays["item_embeddings"], dtype=np.float32)),
-                   info=dict(info or {}), parts=parts_from_arrays(arrays))
+                size=tuple(int(n) for n in np.asarray(arrays["user_shape"])),
+            )
+        return cls(
+            name=name,
+            user_embeddings=users,
+            item_embeddings=torch.as_tensor(np.asarray(arrays["item_embeddings"], dtype=np.float32)),
+            info=dict(info or {}),
+            parts=parts_from_arrays(arrays),
+        )
 
     def to_bundle(self) -> dict[str, Any]:
         return {"name": self.name, **self.to_arrays(), "info": self.info}
 
     @classmethod
-    def from_bundle(cls, bundle: dict[str, Any]) -> "EmbeddingRecommender":
+    def from_bundle(cls, bundle: dict[str, Any]) -> EmbeddingRecommender:
         return cls.from_arrays(bundle["name"], bundle, bundle.get("info", {}))
 
 
@@ -141,8 +152,10 @@ def parts_to_arrays(parts: dict[str, Any]) -> dict[str, np.ndarray]:
     import scipy.sparse as sp
 
     modalities = dict(parts.get("modalities") or {})
-    out = {"parts_history_width": np.asarray(int(parts["history_width"]), dtype=np.int64),
-           "parts_modalities": np.asarray(sorted(modalities), dtype=str)}
+    out = {
+        "parts_history_width": np.asarray(int(parts["history_width"]), dtype=np.int64),
+        "parts_modalities": np.asarray(sorted(modalities), dtype=str),
+    }
     for name, matrix in sorted(modalities.items()):
         csr = sp.csr_matrix(matrix, dtype=np.float32)
         out[f"parts_{name}_indptr"] = csr.indptr.astype(np.int64)
@@ -160,8 +173,17 @@ def parts_from_arrays(arrays: dict[str, Any]) -> dict[str, Any]:
 
     names = [str(n) for n in np.asarray(arrays["parts_modalities"]).ravel().tolist()]
     shape = tuple(int(n) for n in np.asarray(arrays["parts_shape"])) if names else None
-    return {"history_width": int(np.asarray(arrays["parts_history_width"])),
-            "modalities": {n: sp.csr_matrix((np.asarray(arrays[f"parts_{n}_values"], dtype=np.float32),
-                                             np.asarray(arrays[f"parts_{n}_indices"]),
-                                             np.asarray(arrays[f"parts_{n}_indptr"])), shape=shape)
-                           for n in names}}
+    return {
+        "history_width": int(np.asarray(arrays["parts_history_width"])),
+        "modalities": {
+            n: sp.csr_matrix(
+                (
+                    np.asarray(arrays[f"parts_{n}_values"], dtype=np.float32),
+                    np.asarray(arrays[f"parts_{n}_indices"]),
+                    np.asarray(arrays[f"parts_{n}_indptr"]),
+                ),
+                shape=shape,
+            )
+            for n in names
+        },
+    }

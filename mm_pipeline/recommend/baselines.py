@@ -18,22 +18,26 @@ def most_popular(train: sp.csr_matrix) -> EmbeddingRecommender:
     """Scores every item by its number of training interactions, the same for every user."""
     n_users, n_items = train.shape
     counts = np.asarray(train.sum(axis=0), dtype=np.float32).ravel()
-    return EmbeddingRecommender("popularity", torch.ones(n_users, 1),
-                                torch.from_numpy(counts).unsqueeze(1), {"kind": "most-popular"})
+    return EmbeddingRecommender(
+        "popularity", torch.ones(n_users, 1), torch.from_numpy(counts).unsqueeze(1), {"kind": "most-popular"}
+    )
 
 
 def check_ease_size(n_items: int) -> None:
     if n_items > EASE_MAX_ITEMS:
-        raise ValueError(f"EASE needs a dense {n_items}x{n_items} inverse; it is limited to "
-                         f"{EASE_MAX_ITEMS} items")
+        raise ValueError(f"EASE needs a dense {n_items}x{n_items} inverse; it is limited to {EASE_MAX_ITEMS} items")
 
 
 def item_item(name: str, profile: sp.csr_matrix, weights: np.ndarray, info: dict) -> EmbeddingRecommender:
     r"""An item-item model in dot-product form: :math:`s(u, \cdot) = x_u W` with the (sparse) history
     :math:`x_u` as user table and :math:`W^\top` as item table."""
-    return EmbeddingRecommender(name, sparse_from_scipy(profile),
-                                torch.from_numpy(np.ascontiguousarray(weights.T, dtype=np.float32)), info,
-                                parts={"history_width": int(profile.shape[1])})
+    return EmbeddingRecommender(
+        name,
+        sparse_from_scipy(profile),
+        torch.from_numpy(np.ascontiguousarray(weights.T, dtype=np.float32)),
+        info,
+        parts={"history_width": int(profile.shape[1])},
+    )
 
 
 def ease(train: sp.csr_matrix, l2: float = 200.0, gram: ItemGram | None = None) -> EmbeddingRecommender:
@@ -58,5 +62,6 @@ def content_knn(train: sp.csr_matrix, item_embeddings: np.ndarray) -> EmbeddingR
     f = np.asarray(item_embeddings, dtype=np.float32)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     profiles = np.asarray(train.astype(np.float32) @ f)
-    return EmbeddingRecommender("content_knn", torch.from_numpy(profiles), torch.from_numpy(f),
-                                {"kind": "content item-kNN (all neighbours)"})
+    return EmbeddingRecommender(
+        "content_knn", torch.from_numpy(profiles), torch.from_numpy(f), {"kind": "content item-kNN (all neighbours)"}
+    )

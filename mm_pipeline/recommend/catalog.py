@@ -54,9 +54,9 @@ class ModelInputs:
     """What a trainer reads: the split's sparse views and stored value, and what its spec needs."""
 
     data: SplitData
-    split: Mapping[str, Any]                  # the interaction_split value (its table dates the history)
+    split: Mapping[str, Any]  # the interaction_split value (its table dates the history)
     aligned: Mapping[str, Any] | None = None  # the aligned_item_embeddings value
-    raw_features: RawFeatures | None = None   # {modality: (features, present)} for the modalities some item has
+    raw_features: RawFeatures | None = None  # {modality: (features, present)} for the modalities some item has
     image_features: Mapping[str, Any] | None = None
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # stored bundles of the models it needs
 
@@ -83,12 +83,12 @@ class ModelSpec:
     role: str
     train: Trainer
     description: str
-    config: type | None = None            # the settings dataclass, defaults in one place
+    config: type | None = None  # the settings dataclass, defaults in one place
     fixed: Mapping[str, Any] = field(default_factory=dict)  # settings the model pins (BPR-MF: no layers)
-    tuning: Tuning | None = None          # default budget and trials of its validation search
-    needs: tuple[str, ...] = ()           # FEATURE_INPUTS entries and other models' names
+    tuning: Tuning | None = None  # default budget and trials of its validation search
+    needs: tuple[str, ...] = ()  # FEATURE_INPUTS entries and other models' names
     skip: Callable[[ModelInputs], str | None] | None = None  # why it cannot run on this data, or None
-    quick: Mapping[str, Any] = field(default_factory=dict)   # run config of a quick run (tests, smoke runs)
+    quick: Mapping[str, Any] = field(default_factory=dict)  # run config of a quick run (tests, smoke runs)
     kinds: tuple[str, ...] = ("pytorch", "mlflow")
     code_version: str = "1"
 
@@ -116,13 +116,14 @@ class ModelSpec:
 
 def raw_modality_features(text_features: Mapping, image_features: Mapping, audio_features: Mapping) -> RawFeatures:
     """``{modality: (features, present)}`` for the modalities some item has."""
-    out = {m: (np.asarray(f["features"]), np.asarray(f["present"], dtype=bool))
-           for m, f in (("text", text_features), ("image", image_features), ("audio", audio_features))}
+    out = {
+        m: (np.asarray(f["features"]), np.asarray(f["present"], dtype=bool))
+        for m, f in (("text", text_features), ("image", image_features), ("audio", audio_features))
+    }
     return {m: value for m, value in out.items() if value[1].any()}
 
 
-def tuned_training(name: str, fit, config, data: SplitData, tuning: Tuning, on_trial: OnTrial | None = None
-                   ) -> Trained:
+def tuned_training(name: str, fit, config, data: SplitData, tuning: Tuning, on_trial: OnTrial | None = None) -> Trained:
     """``fit(data, config, on_epoch) -> (model, history)`` searched over the model's grid on validation:
     the chosen model, its training history, its settings and the search."""
     histories: dict[tuple, pd.DataFrame] = {}
@@ -140,18 +141,34 @@ def tuned_training(name: str, fit, config, data: SplitData, tuning: Tuning, on_t
     return Trained(result.model, chosen.__dict__, histories[key(chosen)], result)
 
 
-def hybrid_parts(data: SplitData, interaction_split: Mapping, cores: Mapping[str, Mapping],
-                 gnns: Mapping[str, Mapping], raw: RawFeatures, hybrid: HybridConfig) -> HybridParts:
+def hybrid_parts(
+    data: SplitData,
+    interaction_split: Mapping,
+    cores: Mapping[str, Mapping],
+    gnns: Mapping[str, Mapping],
+    raw: RawFeatures,
+    hybrid: HybridConfig,
+) -> HybridParts:
     """The hybrid's fixed parts from the stored models: the item-item cores (the tuned EASE and item k-NN
     weights, in that order), the content graph over the raw features, and the candidate GNNs (mm_gcn
     scores cold items from content; LightGCN does not). Skipped models are left out."""
-    weights = {name: EmbeddingRecommender.from_bundle(b).item_embeddings.numpy().T
-               for name, b in cores.items() if "skipped" not in b}
+    weights = {
+        name: EmbeddingRecommender.from_bundle(b).item_embeddings.numpy().T
+        for name, b in cores.items()
+        if "skipped" not in b
+    }
     models = {name: EmbeddingRecommender.from_bundle(b) for name, b in gnns.items() if "skipped" not in b}
-    return HybridParts(data.train, training_age(interaction_split["table"], data.train), weights,
-                       content_graph(raw, hybrid.knn_k) if raw else None, models, content_aware=("mm_gcn",),
-                       scale_users=hybrid.scale_users, seed=hybrid.seed,
-                       modality_graphs=content_graphs(raw, hybrid.knn_k) if raw else None)
+    return HybridParts(
+        data.train,
+        training_age(interaction_split["table"], data.train),
+        weights,
+        content_graph(raw, hybrid.knn_k) if raw else None,
+        models,
+        content_aware=("mm_gcn",),
+        scale_users=hybrid.scale_users,
+        seed=hybrid.seed,
+        modality_graphs=content_graphs(raw, hybrid.knn_k) if raw else None,
+    )
 
 
 # ----------------------------------------------------------------------------------- trainers
@@ -208,8 +225,11 @@ def train_mm_gcn(inputs: ModelInputs, config: MultimodalConfig, tuning: Tuning, 
         return fit_multimodal(data, inputs.aligned, cfg, on_epoch=on_epoch, raw_features=raw)
 
     trained = tuned_training("mm_gcn", fit, config, inputs.data, tuning, on_trial)
-    trained.params = {**trained.params, "modalities": ",".join(inputs.aligned["modalities"]),
-                      "graph_modalities": ",".join(raw)}
+    trained.params = {
+        **trained.params,
+        "modalities": ",".join(inputs.aligned["modalities"]),
+        "graph_modalities": ",".join(raw),
+    }
     return trained
 
 
@@ -226,16 +246,31 @@ def train_freedom(inputs: ModelInputs, config: FreedomConfig, tuning: Tuning, on
 
 def train_mm_hybrid(inputs: ModelInputs, config: HybridConfig, tuning: None, on_trial: OnTrial) -> Trained:
     data, raw, stored = inputs.data, inputs.raw_features, inputs.models
-    parts = hybrid_parts(data, inputs.split, {"ease": stored["ease"], "item_knn": stored["item_knn"]},
-                         {"mm_gcn": stored["mm_gcn"], "lightgcn": stored["lightgcn"]}, raw, config)
-    search = fit_hybrid(parts, validator(data, max_users=config.validation_users, seed=config.seed), config,
-                        on_trial=on_trial)
-    params = {**dataclasses.asdict(config), **{f"chosen.{k}": v for k, v in search.params.items()},
-              "ease_l2": (stored["ease"].get("info") or {}).get("l2"),
-              "item_knn_k": (stored["item_knn"].get("info") or {}).get("k"),
-              "content_modalities": ",".join(raw)}
-    return Trained(search.model, params, None, search,
-                   note=f"mm_hybrid: {search.params} (validation NDCG@20 {search.score:.4f}; {search.stopped})")
+    parts = hybrid_parts(
+        data,
+        inputs.split,
+        {"ease": stored["ease"], "item_knn": stored["item_knn"]},
+        {"mm_gcn": stored["mm_gcn"], "lightgcn": stored["lightgcn"]},
+        raw,
+        config,
+    )
+    search = fit_hybrid(
+        parts, validator(data, max_users=config.validation_users, seed=config.seed), config, on_trial=on_trial
+    )
+    params = {
+        **dataclasses.asdict(config),
+        **{f"chosen.{k}": v for k, v in search.params.items()},
+        "ease_l2": (stored["ease"].get("info") or {}).get("l2"),
+        "item_knn_k": (stored["item_knn"].get("info") or {}).get("k"),
+        "content_modalities": ",".join(raw),
+    }
+    return Trained(
+        search.model,
+        params,
+        None,
+        search,
+        note=f"mm_hybrid: {search.params} (validation NDCG@20 {search.score:.4f}; {search.stopped})",
+    )
 
 
 # ------------------------------------------------------------------------------------- skips
@@ -243,6 +278,7 @@ def too_many_items_for(what: str) -> Callable[[ModelInputs], str | None]:
     def skip(inputs: ModelInputs) -> str | None:
         n_items = inputs.data.n_items
         return f"{n_items} items > {EASE_MAX_ITEMS}: {what} is too large" if n_items > EASE_MAX_ITEMS else None
+
     return skip
 
 
@@ -258,63 +294,132 @@ def no_images(inputs: ModelInputs) -> str | None:
 _QUICK_BPR = {"epochs": 8, "patience": 3, "tuning_max_trials": 1}
 
 MODEL_TABLE: tuple[ModelSpec, ...] = (
-    ModelSpec("popularity", "baseline", train_popularity,
-              "Most-popular baseline: every user gets the items with the most training interactions."),
-    ModelSpec("ease", "baseline", train_ease,
-              "EASE, the closed-form linear item-item baseline, its L2 weight chosen on validation (skipped "
-              "above ``EASE_MAX_ITEMS`` items).",
-              config=EaseConfig, tuning=Tuning(300.0, 8), skip=too_many_items_for("the dense inverse"),
-              quick={"tuning_max_trials": 3}, code_version="2"),
-    ModelSpec("item_knn", "baseline", train_item_knn,
-              "Item-based collaborative k-NN (cosine, shrunk), its neighbourhood size chosen on validation "
-              "(skipped above ``EASE_MAX_ITEMS`` items, like EASE).",
-              config=ItemKnnConfig, tuning=Tuning(120.0, 6),
-              skip=too_many_items_for("the dense item x item matrix"), quick={"tuning_max_trials": 2}),
-    ModelSpec("rp3beta", "baseline", train_rp3beta,
-              "RP3beta: a three-step item-user-item random walk with a popularity penalty, its alpha, beta and "
-              "neighbourhood size chosen on validation (skipped above ``EASE_MAX_ITEMS`` items, like EASE).",
-              config=RP3betaConfig, tuning=Tuning(120.0, 6),
-              skip=too_many_items_for("the dense item x item matrix"), quick={"tuning_max_trials": 2}),
-    ModelSpec("bpr_mf", "baseline", train_bpr_mf,
-              "ID-only matrix factorisation with BPR (LightGCN with no propagation layers); rate, "
-              "regularisation and dimension searched on validation.",
-              config=TrainConfig, fixed={"num_layers": 0}, tuning=Tuning(40.0, 4), quick=_QUICK_BPR,
-              code_version="2"),
-    ModelSpec("lightgcn", "baseline", train_lightgcn,
-              "ID-only baseline: PyG LightGCN with BPR and early stopping on validation NDCG@20; rate, "
-              "regularisation and depth searched on validation.",
-              config=TrainConfig, tuning=Tuning(60.0, 4), quick={**_QUICK_BPR, "tuning_max_trials": 2},
-              code_version="2"),
-    ModelSpec("content_knn", "baseline", train_content_knn,
-              "Content-based item kNN on the fused aligned embeddings: a content baseline that needs no "
-              "training.", needs=(ALIGNED,)),
-    ModelSpec("vbpr", "baseline", train_vbpr,
-              "VBPR: BPR matrix factorisation plus a visual term on the image features (ID + visual "
-              "baseline); rate and regularisation searched on validation.\n\nSkipped, with the reason in "
-              "metadata, when the dataset has no images at all.",
-              config=TrainConfig, fixed={"num_layers": 0}, tuning=Tuning(40.0, 4), needs=(IMAGE_FEATURES,),
-              skip=no_images, quick=_QUICK_BPR, code_version="3"),
-    ModelSpec("freedom", "research", train_freedom,
-              "FREEDOM, the published multimodal recommender, as a baseline: frozen item-item k-NN graphs "
-              "over the raw modality features, degree-sensitive pruning of the user-item graph, BPR; rate "
-              "and regularisation searched on validation like every other model.",
-              config=FreedomConfig, tuning=Tuning(120.0, 3), needs=(RAW_FEATURES,), quick=_QUICK_BPR,
-              code_version="2"),
+    ModelSpec(
+        "popularity",
+        "baseline",
+        train_popularity,
+        "Most-popular baseline: every user gets the items with the most training interactions.",
+    ),
+    ModelSpec(
+        "ease",
+        "baseline",
+        train_ease,
+        "EASE, the closed-form linear item-item baseline, its L2 weight chosen on validation (skipped "
+        "above ``EASE_MAX_ITEMS`` items).",
+        config=EaseConfig,
+        tuning=Tuning(300.0, 8),
+        skip=too_many_items_for("the dense inverse"),
+        quick={"tuning_max_trials": 3},
+        code_version="2",
+    ),
+    ModelSpec(
+        "item_knn",
+        "baseline",
+        train_item_knn,
+        "Item-based collaborative k-NN (cosine, shrunk), its neighbourhood size chosen on validation "
+        "(skipped above ``EASE_MAX_ITEMS`` items, like EASE).",
+        config=ItemKnnConfig,
+        tuning=Tuning(120.0, 6),
+        skip=too_many_items_for("the dense item x item matrix"),
+        quick={"tuning_max_trials": 2},
+    ),
+    ModelSpec(
+        "rp3beta",
+        "baseline",
+        train_rp3beta,
+        "RP3beta: a three-step item-user-item random walk with a popularity penalty, its alpha, beta and "
+        "neighbourhood size chosen on validation (skipped above ``EASE_MAX_ITEMS`` items, like EASE).",
+        config=RP3betaConfig,
+        tuning=Tuning(120.0, 6),
+        skip=too_many_items_for("the dense item x item matrix"),
+        quick={"tuning_max_trials": 2},
+    ),
+    ModelSpec(
+        "bpr_mf",
+        "baseline",
+        train_bpr_mf,
+        "ID-only matrix factorisation with BPR (LightGCN with no propagation layers); rate, "
+        "regularisation and dimension searched on validation.",
+        config=TrainConfig,
+        fixed={"num_layers": 0},
+        tuning=Tuning(40.0, 4),
+        quick=_QUICK_BPR,
+        code_version="2",
+    ),
+    ModelSpec(
+        "lightgcn",
+        "baseline",
+        train_lightgcn,
+        "ID-only baseline: PyG LightGCN with BPR and early stopping on validation NDCG@20; rate, "
+        "regularisation and depth searched on validation.",
+        config=TrainConfig,
+        tuning=Tuning(60.0, 4),
+        quick={**_QUICK_BPR, "tuning_max_trials": 2},
+        code_version="2",
+    ),
+    ModelSpec(
+        "content_knn",
+        "baseline",
+        train_content_knn,
+        "Content-based item kNN on the fused aligned embeddings: a content baseline that needs no training.",
+        needs=(ALIGNED,),
+    ),
+    ModelSpec(
+        "vbpr",
+        "baseline",
+        train_vbpr,
+        "VBPR: BPR matrix factorisation plus a visual term on the image features (ID + visual "
+        "baseline); rate and regularisation searched on validation.\n\nSkipped, with the reason in "
+        "metadata, when the dataset has no images at all.",
+        config=TrainConfig,
+        fixed={"num_layers": 0},
+        tuning=Tuning(40.0, 4),
+        needs=(IMAGE_FEATURES,),
+        skip=no_images,
+        quick=_QUICK_BPR,
+        code_version="3",
+    ),
+    ModelSpec(
+        "freedom",
+        "research",
+        train_freedom,
+        "FREEDOM, the published multimodal recommender, as a baseline: frozen item-item k-NN graphs "
+        "over the raw modality features, degree-sensitive pruning of the user-item graph, BPR; rate "
+        "and regularisation searched on validation like every other model.",
+        config=FreedomConfig,
+        tuning=Tuning(120.0, 3),
+        needs=(RAW_FEATURES,),
+        quick=_QUICK_BPR,
+        code_version="2",
+    ),
     # mm_gcn is the dearest model to train (the content tower and the alignment loss run at every step): a
     # second setting only where the first is quick.
-    ModelSpec("mm_gcn", "component", train_mm_gcn,
-              "The multimodal GNN: LightGCN over the user-item graph plus an item-item k-NN graph over the "
-              "raw modality features; the aligned content carries cold items; BPR + content-collaborative "
-              "InfoNCE. Rate, regularisation and the item graph searched on validation.",
-              config=MultimodalConfig, tuning=Tuning(30.0, 2), needs=(ALIGNED, RAW_FEATURES), quick=_QUICK_BPR,
-              code_version="5"),
-    ModelSpec("mm_hybrid", "primary", train_mm_hybrid,
-              "The primary model: an item-item core (the tuned EASE or item k-NN) over the recency-weighted "
-              "history, plus the items that look, read or sound like the user's (the raw-feature k-NN "
-              "graph), plus a trained GNN (mm_gcn or LightGCN); the core, the recency decay, the weights and "
-              "the GNN chosen on validation.",
-              config=HybridConfig, needs=(RAW_FEATURES, "ease", "item_knn", "mm_gcn", "lightgcn"),
-              quick={"rounds": 1}, kinds=("scipy", "mlflow")),
+    ModelSpec(
+        "mm_gcn",
+        "component",
+        train_mm_gcn,
+        "The multimodal GNN: LightGCN over the user-item graph plus an item-item k-NN graph over the "
+        "raw modality features; the aligned content carries cold items; BPR + content-collaborative "
+        "InfoNCE. Rate, regularisation and the item graph searched on validation.",
+        config=MultimodalConfig,
+        tuning=Tuning(30.0, 2),
+        needs=(ALIGNED, RAW_FEATURES),
+        quick=_QUICK_BPR,
+        code_version="5",
+    ),
+    ModelSpec(
+        "mm_hybrid",
+        "primary",
+        train_mm_hybrid,
+        "The primary model: an item-item core (the tuned EASE or item k-NN) over the recency-weighted "
+        "history, plus the items that look, read or sound like the user's (the raw-feature k-NN "
+        "graph), plus a trained GNN (mm_gcn or LightGCN); the core, the recency decay, the weights and "
+        "the GNN chosen on validation.",
+        config=HybridConfig,
+        needs=(RAW_FEATURES, "ease", "item_knn", "mm_gcn", "lightgcn"),
+        quick={"rounds": 1},
+        kinds=("scipy", "mlflow"),
+    ),
 )
 
 

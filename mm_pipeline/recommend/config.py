@@ -31,8 +31,8 @@ class MultimodalConfig(TrainConfig):
     dropout: float = 0.1
     content_weight: float = 0.0
     cold_prob: float = 0.2
-    knn_k: int = 10              # item-item graph neighbours (0: no item-item graph)
-    item_layers: int = 1         # propagation steps over the item-item graph
+    knn_k: int = 10  # item-item graph neighbours (0: no item-item graph)
+    item_layers: int = 1  # propagation steps over the item-item graph
     # The item graph: mean of per-modality k-NN graphs over the raw features ("raw", as FREEDOM builds
     # it) or one k-NN graph over the fused aligned embedding ("aligned"). The aligned space is trained
     # on the training interactions, so its neighbours repeat what the ID embeddings already know; the
@@ -42,13 +42,13 @@ class MultimodalConfig(TrainConfig):
     # ("pre", so users see it too), added to every item's final embedding ("add", FREEDOM's) or for
     # cold items only ("cold"). "pre" led on validation NDCG@20 with xavier init (docs: experiments).
     graph_mode: str = "pre"
-    align_weight: float = 0.03   # content <-> collaborative InfoNCE in the multi-task loss (0: off)
+    align_weight: float = 0.03  # content <-> collaborative InfoNCE in the multi-task loss (0: off)
     align_temperature: float = 0.2
     # The content score <q_u, c_i> for every item ("all") or only for an item in its cold form ("cold").
     # On sparse data (5-core, a handful of interactions per user) scoring warm items by content
     # overfits validation; on dense data the two tie.
     content_mode: str = "cold"
-    edge_dropout: float = 0.0    # FREEDOM's degree-sensitive pruning of user-item edges per step (0: off)
+    edge_dropout: float = 0.0  # FREEDOM's degree-sensitive pruning of user-item edges per step (0: off)
     # ID embedding initialiser: "xavier" (FREEDOM's; its scale shrinks with the table) or "normal" (std
     # 0.1). With graph_mode "pre" the two are close on validation; xavier no worse on sparse data.
     init: str = "xavier"
@@ -56,23 +56,25 @@ class MultimodalConfig(TrainConfig):
 
 @dataclass
 class FreedomConfig(TrainConfig):
-    lr: float = 5e-3             # the primary model's rate, for a like-for-like comparison
+    lr: float = 5e-3  # the primary model's rate, for a like-for-like comparison
     patience: int = 10
     knn_k: int = 10
     item_layers: int = 1
-    edge_dropout: float = 0.8    # share of user-item edges pruned at each training step (FREEDOM's default)
+    edge_dropout: float = 0.8  # share of user-item edges pruned at each training step (FREEDOM's default)
     feature_weight: float = 1e-4
 
 
 @dataclass
 class EaseConfig:
     l2: float = field(default=200.0, metadata={"description": "Where the search for the L2 weight starts."})
-    l2_factor: float = field(default=2.0, metadata={
-        "description": "The search steps the L2 weight by this factor up or down."})
+    l2_factor: float = field(
+        default=2.0, metadata={"description": "The search steps the L2 weight by this factor up or down."}
+    )
 
 
 @dataclass
 class ItemKnnConfig:
     k: int = field(default=100, metadata={"description": "Where the search for the neighbourhood size starts."})
-    shrink: float = field(default=10.0, metadata={
-        "description": "Shrinks similarities of items with few interactions."})
+    shrink: float = field(
+        default=10.0, metadata={"description": "Shrinks similarities of items with few interactions."}
+    )

@@ -14,9 +14,9 @@ import torch
 
 from mm_pipeline.data.types import SplitData
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.config import FreedomConfig, MultimodalConfig, TrainConfig
 from mm_pipeline.recommend.graph import bipartite_edge_index, knn_item_adjacency
 from mm_pipeline.recommend.models import FREEDOM, VBPR, IDLightGCN, MultimodalGCN
-from mm_pipeline.recommend.config import FreedomConfig, MultimodalConfig, TrainConfig
 from mm_pipeline.recommend.ranking import validator
 from mm_pipeline.recommend.train import train_bpr
 
@@ -24,13 +24,17 @@ from mm_pipeline.recommend.train import train_bpr
 def content_matrix(aligned: dict[str, np.ndarray]) -> np.ndarray:
     """Content input of the multimodal model: fused + per-modality aligned embeddings + modality mask."""
     z = np.asarray(aligned["modality_embeddings"], dtype=np.float32)
-    parts = [np.asarray(aligned["fused"], dtype=np.float32), z.reshape(z.shape[0], -1),
-             np.asarray(aligned["present"], dtype=np.float32)]
+    parts = [
+        np.asarray(aligned["fused"], dtype=np.float32),
+        z.reshape(z.shape[0], -1),
+        np.asarray(aligned["present"], dtype=np.float32),
+    ]
     return np.concatenate(parts, axis=1)
 
 
-def fit_lightgcn(data: SplitData, config: TrainConfig, on_epoch=None, name: str = "lightgcn"
-                 ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
+def fit_lightgcn(
+    data: SplitData, config: TrainConfig, on_epoch=None, name: str = "lightgcn"
+) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """ID-only LightGCN; with ``config.num_layers = 0`` it is plain BPR matrix factorisation."""
     torch.manual_seed(config.seed)
     model = IDLightGCN(data.n_users, data.n_items, data.adj, config)
@@ -42,8 +46,10 @@ def item_knn_graph(features: list[np.ndarray], k: int) -> torch.Tensor:
     construction; one matrix gives one plain k-NN graph)."""
     if not features:
         raise ValueError("item_knn_graph needs at least one feature matrix")
-    graphs = [knn_item_adjacency(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), k).to_sparse_coo()
-              for x in features]
+    graphs = [
+        knn_item_adjacency(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), k).to_sparse_coo()
+        for x in features
+    ]
     if len(graphs) == 1:
         return graphs[0].to_sparse_csr()
     return (sum(graphs[1:], graphs[0]) * (1.0 / len(graphs))).coalesce().to_sparse_csr()
@@ -61,8 +67,9 @@ def content_graph(raw_features: RawFeatures, k: int = 10) -> sp.csr_matrix:
     """The item-item k-NN graph over the raw modality features (the mean of one normalised k-NN graph
     per modality, each over the standardised features): the graph ``mm_gcn`` and FREEDOM use, as scipy CSR."""
     graph = item_knn_graph(raw_graph_features(raw_features), k)
-    return sp.csr_matrix((graph.values().numpy(), graph.col_indices().numpy(), graph.crow_indices().numpy()),
-                         shape=tuple(graph.shape))
+    return sp.csr_matrix(
+        (graph.values().numpy(), graph.col_indices().numpy(), graph.crow_indices().numpy()), shape=tuple(graph.shape)
+    )
 
 
 def content_graphs(raw_features: RawFeatures, k: int = 10) -> dict[str, sp.csr_matrix]:
@@ -71,15 +78,23 @@ def content_graphs(raw_features: RawFeatures, k: int = 10) -> dict[str, sp.csr_m
     out = {}
     for modality in sorted(raw_features):
         graph = item_knn_graph([standardized_features(*raw_features[modality])], k)
-        out[modality] = sp.csr_matrix((graph.values().numpy(), graph.col_indices().numpy(),
-                                       graph.crow_indices().numpy()), shape=tuple(graph.shape))
+        out[modality] = sp.csr_matrix(
+            (graph.values().numpy(), graph.col_indices().numpy(), graph.crow_indices().numpy()),
+            shape=tuple(graph.shape),
+        )
     return out
 
 
-def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, config: MultimodalConfig,
-                   on_epoch=None, name: str = "mm_gcn", content: np.ndarray | None = None,
-                   graph_features: list[np.ndarray] | None = None, raw_features: RawFeatures | None = None
-                   ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
+def fit_multimodal(
+    data: SplitData,
+    aligned: dict[str, np.ndarray] | None,
+    config: MultimodalConfig,
+    on_epoch=None,
+    name: str = "mm_gcn",
+    content: np.ndarray | None = None,
+    graph_features: list[np.ndarray] | None = None,
+    raw_features: RawFeatures | None = None,
+) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """The primary model on the aligned embeddings (``content_matrix(aligned)``) with the item-item graph
     of ``config.graph_source``: over ``raw_features`` (``{modality: (features, present)}``) or the fused
     aligned vectors. ``content`` / ``graph_features`` (a list of matrices, one k-NN graph each, averaged)
@@ -94,8 +109,10 @@ def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, confi
     if graph_features is None and config.knn_k > 0:
         if config.graph_source == "raw":
             if not raw_features:
-                raise ValueError("graph_source='raw' builds the item graph from the raw modality features: pass "
-                                 "raw_features={modality: (features, present)}, or set graph_source='aligned'")
+                raise ValueError(
+                    "graph_source='raw' builds the item graph from the raw modality features: pass "
+                    "raw_features={modality: (features, present)}, or set graph_source='aligned'"
+                )
             graph_features = raw_graph_features(raw_features)
         elif aligned is None:
             raise ValueError("graph_source='aligned' needs the aligned embeddings (or explicit graph_features)")
@@ -110,9 +127,16 @@ def fit_multimodal(data: SplitData, aligned: dict[str, np.ndarray] | None, confi
     item_adj = item_knn_graph(graph_features, config.knn_k) if config.knn_k > 0 else None
     # The user-item edge list is only needed to prune the graph at every step.
     coo = data.train.tocoo() if config.edge_dropout > 0 else None
-    model = MultimodalGCN(data.n_users, data.n_items, data.adj, content_t, torch.from_numpy(data.warm_items),
-                          config, item_adj=item_adj,
-                          edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users))
+    model = MultimodalGCN(
+        data.n_users,
+        data.n_items,
+        data.adj,
+        content_t,
+        torch.from_numpy(data.warm_items),
+        config,
+        item_adj=item_adj,
+        edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users),
+    )
     return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
 
 
@@ -134,8 +158,9 @@ def unit_rows(features: np.ndarray, present: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def fit_vbpr(data: SplitData, visual: np.ndarray, present: np.ndarray, config: TrainConfig, on_epoch=None,
-             name: str = "vbpr") -> tuple[EmbeddingRecommender, pd.DataFrame]:
+def fit_vbpr(
+    data: SplitData, visual: np.ndarray, present: np.ndarray, config: TrainConfig, on_epoch=None, name: str = "vbpr"
+) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """VBPR on the items' visual features, each item's vector at unit length (items without an image get
     zeros). Not standardised: per-dimension scaling blows rare dimensions of 4,096-d CNN features up to
     outliers, and VBPR scored much lower on validation that way (docs/experiments.md)."""
@@ -147,8 +172,9 @@ def fit_vbpr(data: SplitData, visual: np.ndarray, present: np.ndarray, config: T
     return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
 
 
-def fit_freedom(data: SplitData, raw_features: RawFeatures, config: FreedomConfig,
-                on_epoch=None, name: str = "freedom") -> tuple[EmbeddingRecommender, pd.DataFrame]:
+def fit_freedom(
+    data: SplitData, raw_features: RawFeatures, config: FreedomConfig, on_epoch=None, name: str = "freedom"
+) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """FREEDOM on the raw per-modality features ``{modality: (features, present)}`` (standardised;
     zeros where an item lacks the modality). The item-item graph is the mean of one k-NN graph per
     modality."""
@@ -162,6 +188,7 @@ def fit_freedom(data: SplitData, raw_features: RawFeatures, config: FreedomConfi
     features = [torch.from_numpy(x) for x in standardized]
     item_adj = item_knn_graph(standardized, config.knn_k)
     coo = data.train.tocoo()
-    model = FREEDOM(data.n_users, data.n_items, bipartite_edge_index(coo.row, coo.col, data.n_users), item_adj,
-                    features, config)
+    model = FREEDOM(
+        data.n_users, data.n_items, bipartite_edge_index(coo.row, coo.col, data.n_users), item_adj, features, config
+    )
     return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)

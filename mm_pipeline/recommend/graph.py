@@ -27,8 +27,9 @@ class DegreeSensitivePruning(torch.nn.Module):
         half = edge_index.shape[1] // 2  # bipartite_edge_index: user->item edges, then their reverse
         self.register_buffer("edges", edge_index[:, :half].clone(), persistent=False)
         degree = torch.bincount(edge_index[0], minlength=num_nodes).float()
-        self.register_buffer("weight", 1.0 / torch.sqrt(degree[self.edges[0]] * degree[self.edges[1]]),
-                             persistent=False)
+        self.register_buffer(
+            "weight", 1.0 / torch.sqrt(degree[self.edges[0]] * degree[self.edges[1]]), persistent=False
+        )
 
     def forward(self) -> torch.Tensor:
         keep = max(1, int(round(self.edges.shape[1] * (1.0 - self.dropout))))
@@ -54,7 +55,7 @@ class _SymmetricSpMM(torch.autograd.Function):
 
 
 class SymmetricLGConv(LGConv):
-    """PyG's :class:`~torch_geometric.nn.conv.LGConv` for a pre-normalised *symmetric* sparse adjacency.
+    r"""PyG's :class:`~torch_geometric.nn.conv.LGConv` for a pre-normalised *symmetric* sparse adjacency.
 
     Same propagation rule (:math:`x' = \hat{A} x`); only the sparse product's backward is specialised.
     Pass the matrix from :func:`normalized_adjacency`.
@@ -87,12 +88,12 @@ def knn_item_adjacency(features: torch.Tensor, k: int, chunk_size: int = 2048) -
     usable = x.abs().sum(1) > 0
     rows, cols = [], []
     for start in range(0, n, chunk_size):
-        sim = x[start:start + chunk_size] @ x.T
+        sim = x[start : start + chunk_size] @ x.T
         local = torch.arange(sim.shape[0])
-        sim[local, start + local] = -torch.inf           # no self loops
-        sim[:, ~usable] = -torch.inf                      # featureless items are nobody's neighbour
+        sim[local, start + local] = -torch.inf  # no self loops
+        sim[:, ~usable] = -torch.inf  # featureless items are nobody's neighbour
         values, top = sim.topk(k, dim=1)
-        keep = usable[start:start + sim.shape[0], None] & torch.isfinite(values)
+        keep = usable[start : start + sim.shape[0], None] & torch.isfinite(values)
         rows.append((start + local)[:, None].expand(-1, k)[keep])
         cols.append(top[keep])
     row, col = torch.cat(rows), torch.cat(cols)

@@ -56,11 +56,11 @@ class HybridConfig:
     content_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.8)
     # alpha_G: weight of the GNN score (up to 6.4: where the GNN is much the better, the blend leans on it).
     graph_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
-    knn_k: int = 10             # neighbours per item in the content graph K
-    rounds: int = 2             # coordinate-ascent passes at most (it stops early once a pass changes nothing)
-    scale_users: int = 2048     # users sampled to measure each part's RMS score
+    knn_k: int = 10  # neighbours per item in the content graph K
+    rounds: int = 2  # coordinate-ascent passes at most (it stops early once a pass changes nothing)
+    scale_users: int = 2048  # users sampled to measure each part's RMS score
     validation_users: int = 5000  # validation users the weight search scores (a seeded sample when more)
-    budget_s: float = 120.0     # time budget of the weight search
+    budget_s: float = 120.0  # time budget of the weight search
     seed: int = 0
 
 
@@ -88,8 +88,10 @@ def coordinate_ascent(grids: dict[str, Sequence[Any]], start: dict[str, Any], ro
                     candidate = {**best, name: value}
                     if key(candidate) not in scores:
                         return candidate
-                best = max(({**best, name: v} for v in grids[name]),
-                           key=lambda c: (scores[key(c)], -list(grids[name]).index(c[name])))
+                best = max(
+                    ({**best, name: v} for v in grids[name]),
+                    key=lambda c: (scores[key(c)], -list(grids[name]).index(c[name])),
+                )
             if key(best) == before:
                 return None
         return None
@@ -108,16 +110,25 @@ class HybridParts:
     graph per modality, whose mean is ``content_graph``) only split the content score for explanations.
     """
 
-    def __init__(self, train: sp.csr_matrix, age: np.ndarray | None, cores: dict[str, np.ndarray] | None,
-                 content_graph: sp.spmatrix | None, gnns: dict[str, EmbeddingRecommender] | None = None,
-                 content_aware: Sequence[str] = (), scale_users: int = 2048, seed: int = 0,
-                 modality_graphs: dict[str, sp.spmatrix] | None = None):
+    def __init__(
+        self,
+        train: sp.csr_matrix,
+        age: np.ndarray | None,
+        cores: dict[str, np.ndarray] | None,
+        content_graph: sp.spmatrix | None,
+        gnns: dict[str, EmbeddingRecommender] | None = None,
+        content_aware: Sequence[str] = (),
+        scale_users: int = 2048,
+        seed: int = 0,
+        modality_graphs: dict[str, sp.spmatrix] | None = None,
+    ):
         n_users, n_items = train.shape
         cores = dict(cores or {})
         for name, weights in cores.items():
             if weights.shape != (n_items, n_items):
-                raise ValueError(f"the {name} item-item weights have shape {weights.shape}; the split has "
-                                 f"{n_items} items")
+                raise ValueError(
+                    f"the {name} item-item weights have shape {weights.shape}; the split has {n_items} items"
+                )
         if content_graph is not None and content_graph.shape != (n_items, n_items):
             raise ValueError(f"the content graph has shape {content_graph.shape}; the split has {n_items} items")
         gnns = dict(gnns or {})
@@ -125,8 +136,10 @@ class HybridParts:
             raise ValueError("the hybrid needs an item-item core (EASE, item k-NN) or at least one GNN")
         for name, gnn in gnns.items():
             if (gnn.n_users, gnn.n_items) != (n_users, n_items):
-                raise ValueError(f"the GNN {name!r} covers {gnn.n_users} users x {gnn.n_items} items; the split "
-                                 f"has {n_users} x {n_items}")
+                raise ValueError(
+                    f"the GNN {name!r} covers {gnn.n_users} users x {gnn.n_items} items; the split "
+                    f"has {n_users} x {n_items}"
+                )
         self.train, self.age = train.tocsr(), age
         self.content_aware = tuple(content_aware)
         self.cores = {name: np.asarray(w, dtype=np.float32) for name, w in cores.items()}
@@ -154,14 +167,23 @@ class HybridParts:
         graph = tuple(config.graph_weights) if self.gnns else (0.0,)
         if not self.cores:
             graph = (1.0,)  # the GNN is the base part, at unit scale
-        return {"core": tuple(self.cores) or ("none",), "decay": tuple(config.decays),
-                "content_weight": tuple(config.content_weights) if self.content is not None else (0.0,),
-                "graph_weight": graph, "gnn": tuple(self.gnns) or ("none",)}
+        return {
+            "core": tuple(self.cores) or ("none",),
+            "decay": tuple(config.decays),
+            "content_weight": tuple(config.content_weights) if self.content is not None else (0.0,),
+            "graph_weight": graph,
+            "gnn": tuple(self.gnns) or ("none",),
+        }
 
     def start(self) -> dict[str, Any]:
         """The first core alone, EASE (or the first GNN alone, without cores)."""
-        return {"core": next(iter(self.cores), "none"), "decay": 0.0, "content_weight": 0.0,
-                "graph_weight": 0.0 if self.cores else 1.0, "gnn": next(iter(self.gnns), "none")}
+        return {
+            "core": next(iter(self.cores), "none"),
+            "decay": 0.0,
+            "content_weight": 0.0,
+            "graph_weight": 0.0 if self.cores else 1.0,
+            "gnn": next(iter(self.gnns), "none"),
+        }
 
     def profile(self, decay: float) -> sp.csr_matrix:
         if decay not in self._profiles:
@@ -177,8 +199,15 @@ class HybridParts:
             self._scales[core, decay] = (core_rms, content)
         return self._scales[core, decay]
 
-    def model(self, decay: float, content_weight: float, graph_weight: float, gnn: str = "none",
-              core: str = "none", name: str = "mm_hybrid") -> EmbeddingRecommender:
+    def model(
+        self,
+        decay: float,
+        content_weight: float,
+        graph_weight: float,
+        gnn: str = "none",
+        core: str = "none",
+        name: str = "mm_hybrid",
+    ) -> EmbeddingRecommender:
         if content_weight and self.content is None:
             raise ValueError("content_weight > 0 needs the content graph")
         if graph_weight and gnn not in self.gnns:
@@ -186,9 +215,15 @@ class HybridParts:
         if core != "none" and core not in self.cores:
             raise ValueError(f"{core!r} is not one of the item-item cores {sorted(self.cores)}")
         core_scale, content_scale = self.scales(core, decay)
-        info: dict[str, Any] = {"core": core, "decay": decay, "content_weight": content_weight,
-                                "graph_weight": graph_weight, "gnn": gnn if graph_weight else "none",
-                                "core_rms": core_scale, "content_rms": content_scale}
+        info: dict[str, Any] = {
+            "core": core,
+            "decay": decay,
+            "content_weight": content_weight,
+            "graph_weight": graph_weight,
+            "gnn": gnn if graph_weight else "none",
+            "core_rms": core_scale,
+            "content_rms": content_scale,
+        }
         blocks_u, blocks_i = [], []
         parts: dict[str, Any] = {}
         if core in self.cores or content_weight:
@@ -196,8 +231,11 @@ class HybridParts:
             if content_weight and self.content is not None and self.modality_graphs:
                 share = content_weight / (content_scale * len(self.modality_graphs))
                 parts["modalities"] = {m: (g.T * share).tocsr() for m, g in self.modality_graphs.items()}
-            items = (self.cores[core].T / core_scale if core in self.cores  # item i's row: column i of W
-                     else np.zeros((self.train.shape[1],) * 2, dtype=np.float32))
+            items = (
+                self.cores[core].T / core_scale
+                if core in self.cores  # item i's row: column i of W
+                else np.zeros((self.train.shape[1],) * 2, dtype=np.float32)
+            )
             if content_weight:
                 items = items + (self.content.T * (content_weight / content_scale)).toarray()
             blocks_u.append(self.profile(decay))
@@ -215,8 +253,9 @@ class HybridParts:
                 info["cold_gnn"] = cold_gnn
         users = sp.hstack(blocks_u, format="csr") if len(blocks_u) > 1 else blocks_u[0].tocsr()
         items = np.concatenate(blocks_i, axis=1) if len(blocks_i) > 1 else blocks_i[0]
-        return EmbeddingRecommender(name, sparse_from_scipy(users),
-                                    torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32)), info, parts)
+        return EmbeddingRecommender(
+            name, sparse_from_scipy(users), torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32)), info, parts
+        )
 
 
 def _rms(scores: np.ndarray) -> float:
@@ -224,8 +263,9 @@ def _rms(scores: np.ndarray) -> float:
     return value if value > 0 else 1.0
 
 
-def fit_hybrid(parts: HybridParts, validate, config: HybridConfig, name: str = "mm_hybrid",
-               on_trial=None) -> SearchResult:
+def fit_hybrid(
+    parts: HybridParts, validate, config: HybridConfig, name: str = "mm_hybrid", on_trial=None
+) -> SearchResult:
     """Choose the core, ``decay``, ``content_weight``, ``graph_weight`` and the GNN on validation (module doc).
 
     A part that is missing (no content graph, no GNN) keeps weight 0. ``validate(model)`` returns the
@@ -238,8 +278,14 @@ def fit_hybrid(parts: HybridParts, validate, config: HybridConfig, name: str = "
     for param, value in start.items():
         if value not in grids[param]:
             raise ValueError(f"the {param} grid {grids[param]} must hold {value!r}, where the search starts")
-    return search(coordinate_ascent(grids, start, config.rounds), lambda params: parts.model(name=name, **params),
-                  validate, config.budget_s, max_trials=10_000, on_trial=on_trial)
+    return search(
+        coordinate_ascent(grids, start, config.rounds),
+        lambda params: parts.model(name=name, **params),
+        validate,
+        config.budget_s,
+        max_trials=10_000,
+        on_trial=on_trial,
+    )
 
 
 # What each ablation of the hybrid takes away (its other weights are chosen on validation again).

@@ -41,10 +41,15 @@ def training_age(split: pd.DataFrame, train: sp.csr_matrix) -> np.ndarray:
     if not train.has_sorted_indices:
         train = train.sorted_indices()
     users = np.repeat(np.arange(train.shape[0]), np.diff(train.indptr))
-    if (len(latest) != train.nnz or not np.array_equal(latest["user_idx"].to_numpy(), users)
-            or not np.array_equal(latest["item_idx"].to_numpy(), train.indices)):
-        raise ValueError(f"the split's {len(latest)} distinct training (user, item) pairs are not the "
-                         f"{train.nnz} entries of the training matrix: they come from different splits")
+    if (
+        len(latest) != train.nnz
+        or not np.array_equal(latest["user_idx"].to_numpy(), users)
+        or not np.array_equal(latest["item_idx"].to_numpy(), train.indices)
+    ):
+        raise ValueError(
+            f"the split's {len(latest)} distinct training (user, item) pairs are not the "
+            f"{train.nnz} entries of the training matrix: they come from different splits"
+        )
     by_user = latest.groupby("user_idx")["timestamp"]
     newer = by_user.rank(method="average", ascending=False).to_numpy() - 1.0  # 0 for the newest
     return (newer / by_user.transform("size").to_numpy()).astype(np.float32)

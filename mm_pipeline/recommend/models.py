@@ -11,7 +11,6 @@ from mm_pipeline.align.losses import info_nce
 from mm_pipeline.recommend.config import FreedomConfig, MultimodalConfig, TrainConfig
 from mm_pipeline.recommend.graph import DegreeSensitivePruning, SymmetricLGConv, normalized_adjacency
 
-
 ALIGN_MAX_ITEMS = 1024  # in-batch items per content-collaborative InfoNCE step
 
 # Initialisers of the ID embeddings. "xavier" (FREEDOM's) scales with the table: std sqrt(2 / (n + dim)),
@@ -56,14 +55,21 @@ class IDLightGCN(nn.Module):
         u, i, j = rows(out, users), rows(out, self.n_users + pos), rows(out, self.n_users + neg)
         rank = bpr((u * i).sum(-1), (u * j).sum(-1))
         ego = self.lightgcn.embedding.weight
-        reg = self.reg * (rows(ego, users).pow(2).sum() + rows(ego, self.n_users + pos).pow(2).sum()
-                          + rows(ego, self.n_users + neg).pow(2).sum()) / len(users)
+        reg = (
+            self.reg
+            * (
+                rows(ego, users).pow(2).sum()
+                + rows(ego, self.n_users + pos).pow(2).sum()
+                + rows(ego, self.n_users + neg).pow(2).sum()
+            )
+            / len(users)
+        )
         return rank + reg, {"bpr": rank.item()}
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._propagate()
-        return out[: self.n_users], out[self.n_users:]
+        return out[: self.n_users], out[self.n_users :]
 
 
 class MultimodalGCN(nn.Module):
@@ -105,9 +111,17 @@ class MultimodalGCN(nn.Module):
     product.
     """
 
-    def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, content: torch.Tensor, warm: torch.Tensor,
-                 config: MultimodalConfig | None = None, item_adj: torch.Tensor | None = None,
-                 edge_index: torch.Tensor | None = None):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        adj: torch.Tensor,
+        content: torch.Tensor,
+        warm: torch.Tensor,
+        config: MultimodalConfig | None = None,
+        item_adj: torch.Tensor | None = None,
+        edge_index: torch.Tensor | None = None,
+    ):
         super().__init__()
         config = config or MultimodalConfig()
         init, graph_mode, content_mode = config.init, config.graph_mode, config.content_mode
@@ -135,8 +149,12 @@ class MultimodalGCN(nn.Module):
         self.user_content = nn.Embedding(n_users, dim)
         for emb in (self.user_embedding, self.item_embedding, self.user_content):
             INITS[init](emb.weight)
-        self.content_tower = nn.Sequential(nn.Linear(content.shape[1], config.hidden), nn.GELU(),
-                                           nn.Dropout(config.dropout), nn.Linear(config.hidden, dim))
+        self.content_tower = nn.Sequential(
+            nn.Linear(content.shape[1], config.hidden),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, dim),
+        )
         self.conv = SymmetricLGConv()
 
     def _lightgcn(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
@@ -165,7 +183,7 @@ class MultimodalGCN(nn.Module):
         # Both propagate over the same graph: one sparse product on the side-by-side columns (the same
         # result, column by column; on builtin:large the epoch time did not change measurably).
         g, q = self._lightgcn(torch.cat([ids, taste], 1), adj).split([ids.shape[1], taste.shape[1]], 1)
-        g_item = g[self.n_users:] * self.warm
+        g_item = g[self.n_users :] * self.warm
         return g[: self.n_users], g_item, self._item_graph(g_item), q[: self.n_users], c
 
     def bpr_loss(self, users, pos, neg):
@@ -204,10 +222,16 @@ class MultimodalGCN(nn.Module):
             align = info_nce(rows(c_i, items), rows(g_i, items).detach(), self.align_temperature)
             loss = loss + self.align_weight * align
             parts["align_infonce"] = align.item()
-        reg = self.reg * (rows(self.user_embedding.weight, users).pow(2).sum()
-                          + rows(self.user_content.weight, users).pow(2).sum()
-                          + rows(self.item_embedding.weight, pos).pow(2).sum()
-                          + rows(self.item_embedding.weight, neg).pow(2).sum()) / len(users)
+        reg = (
+            self.reg
+            * (
+                rows(self.user_embedding.weight, users).pow(2).sum()
+                + rows(self.user_content.weight, users).pow(2).sum()
+                + rows(self.item_embedding.weight, pos).pow(2).sum()
+                + rows(self.item_embedding.weight, neg).pow(2).sum()
+            )
+            / len(users)
+        )
         return loss + reg, parts
 
     @torch.no_grad()
@@ -251,22 +275,42 @@ class VBPR(nn.Module):
 
     def _score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         f = self.visual[items]
-        return (self.item_bias(items).squeeze(-1) + (self.user_factors(users) * self.item_factors(items)).sum(-1)
-                + (self.user_visual(users) * self.projection(f)).sum(-1) + self.visual_bias(f).squeeze(-1))
+        return (
+            self.item_bias(items).squeeze(-1)
+            + (self.user_factors(users) * self.item_factors(items)).sum(-1)
+            + (self.user_visual(users) * self.projection(f)).sum(-1)
+            + self.visual_bias(f).squeeze(-1)
+        )
 
     def bpr_loss(self, users, pos, neg):
         rank = bpr(self._score(users, pos), self._score(users, neg))
-        reg = self.reg * (self.user_factors(users).pow(2).sum() + self.user_visual(users).pow(2).sum()
-                          + self.item_factors(pos).pow(2).sum() + self.item_factors(neg).pow(2).sum()
-                          + self.item_bias(pos).pow(2).sum() + self.item_bias(neg).pow(2).sum()) / len(users)
+        reg = (
+            self.reg
+            * (
+                self.user_factors(users).pow(2).sum()
+                + self.user_visual(users).pow(2).sum()
+                + self.item_factors(pos).pow(2).sum()
+                + self.item_factors(neg).pow(2).sum()
+                + self.item_bias(pos).pow(2).sum()
+                + self.item_bias(neg).pow(2).sum()
+            )
+            / len(users)
+        )
         return rank + reg, {"bpr": rank.item()}
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         ones = torch.ones(self.user_factors.num_embeddings, 2)
         users = torch.cat([self.user_factors.weight, self.user_visual.weight, ones], 1)
-        items = torch.cat([self.item_factors.weight, self.projection(self.visual), self.item_bias.weight,
-                           self.visual_bias(self.visual)], 1)
+        items = torch.cat(
+            [
+                self.item_factors.weight,
+                self.projection(self.visual),
+                self.item_bias.weight,
+                self.visual_bias(self.visual),
+            ],
+            1,
+        )
         return users, items
 
 
@@ -289,8 +333,15 @@ class FREEDOM(nn.Module):
       projected features :math:`W_m x^{(m)}_i`, plus L2 on the batch's ID embeddings.
     """
 
-    def __init__(self, n_users: int, n_items: int, edge_index: torch.Tensor, item_adj: torch.Tensor,
-                 features: list[torch.Tensor], config: FreedomConfig | None = None):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        edge_index: torch.Tensor,
+        item_adj: torch.Tensor,
+        features: list[torch.Tensor],
+        config: FreedomConfig | None = None,
+    ):
         super().__init__()
         config = config or FreedomConfig()
         dim = config.dim
@@ -320,7 +371,7 @@ class FREEDOM(nn.Module):
         e = self.item_embedding.weight
         for _ in range(self.item_layers):
             e = self.conv(e, self.item_adj)
-        return out[: self.n_users], out[self.n_users:] + e
+        return out[: self.n_users], out[self.n_users :] + e
 
     def bpr_loss(self, users, pos, neg):
         adj = self.pruning() if self.training and self.edge_dropout > 0 else self.full_adj
@@ -330,10 +381,18 @@ class FREEDOM(nn.Module):
         feature_loss = torch.zeros(())
         for index, projection in enumerate(self.projections):
             x = getattr(self, f"features_{index}")
-            feature_loss = feature_loss + bpr((h * projection(rows(x, pos))).sum(-1), (h * projection(rows(x, neg))).sum(-1))
-        reg = self.reg * (rows(self.user_embedding.weight, users).pow(2).sum()
-                          + rows(self.item_embedding.weight, pos).pow(2).sum()
-                          + rows(self.item_embedding.weight, neg).pow(2).sum()) / len(users)
+            feature_loss = feature_loss + bpr(
+                (h * projection(rows(x, pos))).sum(-1), (h * projection(rows(x, neg))).sum(-1)
+            )
+        reg = (
+            self.reg
+            * (
+                rows(self.user_embedding.weight, users).pow(2).sum()
+                + rows(self.item_embedding.weight, pos).pow(2).sum()
+                + rows(self.item_embedding.weight, neg).pow(2).sum()
+            )
+            / len(users)
+        )
         return rank + self.feature_weight * feature_loss + reg, {"bpr": rank.item(), "feature_bpr": feature_loss.item()}
 
     @torch.no_grad()

@@ -33,12 +33,11 @@ def _check_matrix(name: str, matrix, shape: tuple[int, int], optional: bool = Fa
     if matrix is None and optional:
         return None
     if not sp.issparse(matrix):
-        raise TypeError(f"{name} must be a scipy.sparse matrix of shape {shape}, "
-                        f"got {type(matrix).__name__}")
+        raise TypeError(f"{name} must be a scipy.sparse matrix of shape {shape}, got {type(matrix).__name__}")
     if tuple(matrix.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(matrix.shape)}, expected (n_users, n_items) = {shape}")
     matrix = sp.csr_matrix(matrix, copy=True)
-    matrix.sum_duplicates()   # canonical rows: each (user, item) once, so |T| counts items
+    matrix.sum_duplicates()  # canonical rows: each (user, item) once, so |T| counts items
     matrix.eliminate_zeros()  # an explicit 0 is not an interaction
     return matrix
 
@@ -48,8 +47,9 @@ def _check_candidates(candidates, n_items: int) -> torch.Tensor | None:
         return None
     mask = np.asarray(candidates)
     if mask.dtype != bool or mask.shape != (n_items,):
-        raise ValueError(f"candidates must be a bool array of shape ({n_items},), "
-                         f"got dtype {mask.dtype} and shape {mask.shape}")
+        raise ValueError(
+            f"candidates must be a bool array of shape ({n_items},), got dtype {mask.dtype} and shape {mask.shape}"
+        )
     return torch.from_numpy(mask.copy())
 
 
@@ -73,8 +73,7 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
 def _check_users(users, n_users: int) -> np.ndarray:
     users = np.asarray(users)
     if users.ndim != 1 or (users.size and not np.issubdtype(users.dtype, np.integer)):
-        raise ValueError(f"users must be a 1-D integer array, got dtype {users.dtype} "
-                         f"and shape {users.shape}")
+        raise ValueError(f"users must be a 1-D integer array, got dtype {users.dtype} and shape {users.shape}")
     users = users.astype(np.int64)
     if users.size and (users.min() < 0 or users.max() >= n_users):
         raise ValueError(f"users must lie in [0, {n_users}), got range [{users.min()}, {users.max()}]")
@@ -115,8 +114,13 @@ def _exact_top_k(scores: torch.Tensor, ineligible: torch.Tensor, k: int) -> torc
     return index.masked_fill(best == _INELIGIBLE, PAD)
 
 
-def _top_k_chunk(model: EmbeddingRecommender, users: np.ndarray, exclude: sp.csr_matrix | None,
-                 k: int, candidates: torch.Tensor | None) -> torch.Tensor:
+def _top_k_chunk(
+    model: EmbeddingRecommender,
+    users: np.ndarray,
+    exclude: sp.csr_matrix | None,
+    k: int,
+    candidates: torch.Tensor | None,
+) -> torch.Tensor:
     """Exact (score desc, index asc) top-``k`` of the eligible items of ``users``.
 
     Fast path: with ineligible scores set to ``-inf``, a float ``topk`` of ``k + 1`` picks the
@@ -130,8 +134,7 @@ def _top_k_chunk(model: EmbeddingRecommender, users: np.ndarray, exclude: sp.csr
         # Always our own copy: it is masked in place below, and score() may return a cached tensor.
         scores = model.score(torch.from_numpy(users)).detach().to("cpu", torch.float32, copy=True)
     if tuple(scores.shape) != (len(users), n_items):
-        raise ValueError(f"model.score returned shape {tuple(scores.shape)}, "
-                         f"expected {(len(users), n_items)}")
+        raise ValueError(f"model.score returned shape {tuple(scores.shape)}, expected {(len(users), n_items)}")
     if torch.isnan(scores.sum()) and torch.isnan(scores).any():  # cheap test first
         raise ValueError(f"model {model.name!r} produced NaN scores; cannot rank")
     # The exact path below tells these -inf entries apart from scores the model itself made -inf.
@@ -165,8 +168,14 @@ def _top_k_chunk(model: EmbeddingRecommender, users: np.ndarray, exclude: sp.csr
     return index
 
 
-def top_k(model: EmbeddingRecommender, users: np.ndarray, exclude: sp.csr_matrix | None, k: int,
-          candidates: np.ndarray | None = None, chunk_size: int = 2048) -> torch.Tensor:
+def top_k(
+    model: EmbeddingRecommender,
+    users: np.ndarray,
+    exclude: sp.csr_matrix | None,
+    k: int,
+    candidates: np.ndarray | None = None,
+    chunk_size: int = 2048,
+) -> torch.Tensor:
     r"""The ``k`` best items for each of ``users``: a ``LongTensor [len(users), k]``, best first.
 
     Item :math:`i` is *eligible* for user :math:`u` unless ``exclude[u, i] != 0`` (already seen) or
@@ -187,8 +196,12 @@ def top_k(model: EmbeddingRecommender, users: np.ndarray, exclude: sp.csr_matrix
     if users.size == 0:
         return torch.empty((0, k), dtype=torch.long)
     # The only Python loop is over user chunks; everything inside a chunk is vectorized.
-    return torch.cat([_top_k_chunk(model, users[start:start + chunk_size], exclude, k, cand)
-                      for start in range(0, len(users), chunk_size)])
+    return torch.cat(
+        [
+            _top_k_chunk(model, users[start : start + chunk_size], exclude, k, cand)
+            for start in range(0, len(users), chunk_size)
+        ]
+    )
 
 
 def _check_truth(truth, shape: tuple[int, int] | None = None) -> sp.csr_matrix:
@@ -204,8 +217,10 @@ def _check_top(top, n_rows: int, max_k: int, n_items: int) -> torch.Tensor:
     if not isinstance(top, torch.Tensor):
         top = torch.as_tensor(np.asarray(top))
     if top.dtype != torch.long or top.ndim != 2 or top.shape[0] != n_rows or top.shape[1] < max_k:
-        raise ValueError(f"top must be an int64 tensor [len(users)={n_rows}, >= max(ks)={max_k}] as top_k "
-                         f"returns it, got dtype {top.dtype} and shape {tuple(top.shape)}")
+        raise ValueError(
+            f"top must be an int64 tensor [len(users)={n_rows}, >= max(ks)={max_k}] as top_k "
+            f"returns it, got dtype {top.dtype} and shape {tuple(top.shape)}"
+        )
     top = top[:, :max_k]
     if top.numel() and (int(top.min()) < PAD or int(top.max()) >= n_items):
         raise ValueError(f"top holds item indices outside [0, {n_items}) other than the padding {PAD}")
@@ -223,8 +238,10 @@ def _evaluated_rows(truth: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
     has_truth = n_true[users] > 0
     missing = int((n_true > 0).sum() - has_truth.sum())
     if missing:
-        raise ValueError(f"truth has items for {missing} users that are not in users (no top-k row); "
-                         "rank every user that has a truth row")
+        raise ValueError(
+            f"truth has items for {missing} users that are not in users (no top-k row); "
+            "rank every user that has a truth row"
+        )
     return np.flatnonzero(has_truth)
 
 
@@ -235,8 +252,9 @@ def _ideal_dcg(max_k: int) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------- metrics
-def per_user_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.csr_matrix,
-                                ks: Sequence[int] = (10, 20), chunk_size: int = 2048) -> dict[str, np.ndarray]:
+def per_user_metrics_from_top_k(
+    top: torch.Tensor, users: np.ndarray, truth: sp.csr_matrix, ks: Sequence[int] = (10, 20), chunk_size: int = 2048
+) -> dict[str, np.ndarray]:
     r"""Per-user ``recall@k`` and ``ndcg@k`` of precomputed ranked lists (see :func:`per_user_metrics`).
 
     ``top[j]`` is the ranked list of user ``users[j]`` (as :func:`top_k` returns it). Only the users
@@ -256,7 +274,7 @@ def per_user_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.
     discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64))
     recall, ndcg = {k: [np.zeros(0)] for k in ks}, {k: [np.zeros(0)] for k in ks}
     for start in range(0, len(evaluated), chunk_size):
-        selected = evaluated[start:start + chunk_size]
+        selected = evaluated[start : start + chunk_size]
         rows, cols = _rows_coo(truth, users[selected])
         # Column n_items is a never-relevant sink for PAD slots.
         relevant = torch.zeros((len(selected), n_items + 1), dtype=torch.bool)
@@ -275,9 +293,14 @@ def per_user_metrics_from_top_k(top: torch.Tensor, users: np.ndarray, truth: sp.
     return out
 
 
-def per_user_metrics(model: EmbeddingRecommender, truth: sp.csr_matrix, exclude: sp.csr_matrix | None,
-                     ks: Sequence[int] = (10, 20), candidates: np.ndarray | None = None,
-                     chunk_size: int = 2048) -> dict[str, np.ndarray]:
+def per_user_metrics(
+    model: EmbeddingRecommender,
+    truth: sp.csr_matrix,
+    exclude: sp.csr_matrix | None,
+    ks: Sequence[int] = (10, 20),
+    candidates: np.ndarray | None = None,
+    chunk_size: int = 2048,
+) -> dict[str, np.ndarray]:
     r"""Per-user ``recall@k`` and ``ndcg@k`` (float64) for the users with a non-empty ``truth`` row.
 
     Returns ``{"user_idx": int64 [m], "recall@k": [m], "ndcg@k": [m], ...}`` with users in
@@ -292,10 +315,9 @@ def per_user_metrics(model: EmbeddingRecommender, truth: sp.csr_matrix, exclude:
     return per_user_metrics_from_top_k(top, users, truth, ks, chunk_size=chunk_size)
 
 
-
-
-def validator(data: SplitData, ks: tuple[int, ...] = (20,), max_users: int | None = None, seed: int = 0
-              ) -> Callable[[EmbeddingRecommender], dict[str, float]]:
+def validator(
+    data: SplitData, ks: tuple[int, ...] = (20,), max_users: int | None = None, seed: int = 0
+) -> Callable[[EmbeddingRecommender], dict[str, float]]:
     """Validation recall and NDCG at ``ks[-1]`` on ``data.valid`` (all items ranked, training items
     excluded); with ``max_users``, on a seeded sample of that many validation users (a cheaper, noisier
     estimate). What early stopping and every validation search read."""
@@ -311,7 +333,6 @@ def validator(data: SplitData, ks: tuple[int, ...] = (20,), max_users: int | Non
         # Only the two metrics early stopping and the searches read: the per-user arrays' means, the
         # same definitions as ranking_metrics without its catalogue-level metrics (run every epoch).
         metrics = per_user_metrics(model, truth=truth, exclude=data.train, ks=ks[-1:])
-        return {k: float(metrics[k].mean()) if metrics[k].size else 0.0
-                for k in (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}")}
+        return {k: float(metrics[k].mean()) if metrics[k].size else 0.0 for k in (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}")}
 
     return validate

@@ -79,8 +79,12 @@ def rp3beta(train: sp.spmatrix, alpha: float = 1.0, beta: float = 0.5, k: int = 
     """The RP3beta recommender on the training matrix ``train`` (see the module doc)."""
     check_ease_size(train.shape[1])
     walk, popularity = random_walk(train, alpha)
-    return item_item("rp3beta", sp.csr_matrix(train), rp3beta_weights(walk, popularity, beta, k),
-                     {"kind": "RP3beta", "alpha": float(alpha), "beta": float(beta), "k": int(k)})
+    return item_item(
+        "rp3beta",
+        sp.csr_matrix(train),
+        rp3beta_weights(walk, popularity, beta, k),
+        {"kind": "RP3beta", "alpha": float(alpha), "beta": float(beta), "k": int(k)},
+    )
 
 
 def tune_rp3beta(data, tuning: Tuning, start: RP3betaConfig, on_trial=None) -> SearchResult:
@@ -88,8 +92,14 @@ def tune_rp3beta(data, tuning: Tuning, start: RP3betaConfig, on_trial=None) -> S
     a time (``beta`` down and up, ``alpha`` halved, ``k`` doubled and halved) while the budget lasts."""
     check_ease_size(data.n_items)
     base = {"alpha": float(start.alpha), "beta": float(start.beta), "k": int(start.k)}
-    changes = [{}, {"beta": max(base["beta"] - 0.2, 0.0)}, {"beta": base["beta"] + 0.2},
-               {"alpha": base["alpha"] / 2}, {"k": base["k"] * 2}, {"k": max(base["k"] // 2, 1)}]
+    changes = [
+        {},
+        {"beta": max(base["beta"] - 0.2, 0.0)},
+        {"beta": base["beta"] + 0.2},
+        {"alpha": base["alpha"] / 2},
+        {"k": base["k"] * 2},
+        {"k": max(base["k"] // 2, 1)},
+    ]
     candidates = []
     for change in changes:
         candidate = {**base, **change}

@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_multimodal
 
 MONITOR = "ndcg@20"
-OBJECTIVE = f"valid_{MONITOR}"          # the history column the search maximises
+OBJECTIVE = f"valid_{MONITOR}"  # the history column the search maximises
 RECALL = "valid_recall@20"
 
 DEFAULT_SPACE: dict[str, Any] = {
@@ -87,28 +87,36 @@ class TrialResult:
     """One finished trial: what was tried, how it scored on validation, and what it cost."""
 
     number: int
-    state: str                    # "complete" or "pruned"
-    params: dict[str, Any]        # the sampled fields only
-    config: MultimodalConfig      # the full configuration the trial trained with
-    valid_ndcg: float             # best validation NDCG@20 over the epochs run: the objective
-    valid_recall: float           # validation Recall@20 at that epoch
+    state: str  # "complete" or "pruned"
+    params: dict[str, Any]  # the sampled fields only
+    config: MultimodalConfig  # the full configuration the trial trained with
+    valid_ndcg: float  # best validation NDCG@20 over the epochs run: the objective
+    valid_recall: float  # validation Recall@20 at that epoch
     best_epoch: int
     epochs_run: int
-    seconds: float                # wall time of the trial (training + validation)
-    history: pd.DataFrame         # the trainer's per-epoch rows
+    seconds: float  # wall time of the trial (training + validation)
+    history: pd.DataFrame  # the trainer's per-epoch rows
 
     def row(self) -> dict[str, Any]:
         train_seconds = float(self.history["train_seconds"].sum()) if "train_seconds" in self.history else math.nan
-        return {"trial": self.number, "state": self.state, **self.params, OBJECTIVE: self.valid_ndcg,
-                RECALL: self.valid_recall, "best_epoch": self.best_epoch, "epochs_run": self.epochs_run,
-                "seconds": self.seconds, "train_seconds": train_seconds}
+        return {
+            "trial": self.number,
+            "state": self.state,
+            **self.params,
+            OBJECTIVE: self.valid_ndcg,
+            RECALL: self.valid_recall,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "seconds": self.seconds,
+            "train_seconds": train_seconds,
+        }
 
 
 @dataclass
 class SearchResult:
-    trials: pd.DataFrame          # one row per trial (see TrialResult.row), in trial order
+    trials: pd.DataFrame  # one row per trial (see TrialResult.row), in trial order
     results: list[TrialResult]
-    best: TrialResult             # the complete trial with the highest validation NDCG@20
+    best: TrialResult  # the complete trial with the highest validation NDCG@20
     space: dict[str, Param]
 
     @property
@@ -142,8 +150,10 @@ def _number(value: Any, what: str) -> float:
 
 def _check_choice(name: str, annotation: Any, value: Any) -> Any:
     if not isinstance(value, _CATEGORICAL_TYPES):
-        raise ValueError(f"search space field {name!r}: choice {value!r} is a {type(value).__name__}; "
-                         "choices must be numbers, strings, booleans or null")
+        raise ValueError(
+            f"search space field {name!r}: choice {value!r} is a {type(value).__name__}; "
+            "choices must be numbers, strings, booleans or null"
+        )
     if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"search space field {name!r} is an int field; choice {value!r} is not an integer")
     if annotation is float:
@@ -168,8 +178,10 @@ def _parse_param(name: str, annotation: Any, spec: Any) -> Param:
     if isinstance(spec, Mapping):
         unknown = sorted(set(map(str, spec)) - _RANGE_KEYS)
         if unknown or "low" not in spec or "high" not in spec:
-            raise ValueError(f"search space field {name!r}: a range is {{low, high[, log][, step]}}, got keys "
-                             f"{sorted(map(str, spec))}" + (f" (unknown: {unknown})" if unknown else ""))
+            raise ValueError(
+                f"search space field {name!r}: a range is {{low, high[, log][, step]}}, got keys "
+                f"{sorted(map(str, spec))}" + (f" (unknown: {unknown})" if unknown else "")
+            )
         if annotation not in (int, float):
             raise ValueError(f"search space field {name!r} is not numeric ({annotation}); give a list of choices")
         low = _number(spec["low"], f"search space field {name!r}: low")
@@ -192,22 +204,28 @@ def _parse_param(name: str, annotation: Any, spec: Any) -> Param:
                     raise ValueError(f"search space field {name!r} is an int field; {key} {value!r} is not whole")
             return Range(int(low), int(high), log, None if step is None else int(step))
         return Range(float(low), float(high), log, None if step is None else float(step))
-    raise ValueError(f"search space field {name!r}: give a list of choices or a range {{low, high[, log]}}, "
-                     f"got {type(spec).__name__} {spec!r}")
+    raise ValueError(
+        f"search space field {name!r}: give a list of choices or a range {{low, high[, log]}}, "
+        f"got {type(spec).__name__} {spec!r}"
+    )
 
 
 def parse_space(space: Mapping[str, Any], config_type: type = MultimodalConfig) -> dict[str, Param]:
     """Check ``space`` against the fields of ``config_type`` and return it as :class:`Choice` /
     :class:`Range` objects. Raises ``ValueError`` naming the offending field and what to do."""
     if not isinstance(space, Mapping) or not space:
-        raise ValueError(f"the search space must be a non-empty mapping of {config_type.__name__} field -> "
-                         f"choices or range, got {space!r}")
+        raise ValueError(
+            f"the search space must be a non-empty mapping of {config_type.__name__} field -> "
+            f"choices or range, got {space!r}"
+        )
     fields = _field_types(config_type)
     parsed: dict[str, Param] = {}
     for name, spec in space.items():
         if name not in fields:
-            raise ValueError(f"search space field {name!r} is not a {config_type.__name__} field; "
-                             f"searchable fields: {sorted(set(fields) - set(_NOT_SEARCHABLE))}")
+            raise ValueError(
+                f"search space field {name!r} is not a {config_type.__name__} field; "
+                f"searchable fields: {sorted(set(fields) - set(_NOT_SEARCHABLE))}"
+            )
         if name in _NOT_SEARCHABLE:
             raise ValueError(f"search space field {name!r} cannot be searched: {_NOT_SEARCHABLE[name]}")
         parsed[name] = _parse_param(name, fields[name], spec)
@@ -228,8 +246,9 @@ def _validation_only(data: SplitData) -> SplitData:
     return dataclasses.replace(data, test=sp.csr_matrix(data.test.shape, dtype=data.test.dtype))
 
 
-def _trial_result(number: int, state: str, params: dict, config: MultimodalConfig, history: pd.DataFrame,
-                  seconds: float) -> TrialResult:
+def _trial_result(
+    number: int, state: str, params: dict, config: MultimodalConfig, history: pd.DataFrame, seconds: float
+) -> TrialResult:
     scored = history[history[OBJECTIVE].notna()] if OBJECTIVE in history else history.iloc[:0]
     if len(scored):
         best = scored.loc[scored[OBJECTIVE].idxmax()]  # the first best epoch, as the trainer keeps it
@@ -239,13 +258,21 @@ def _trial_result(number: int, state: str, params: dict, config: MultimodalConfi
     return TrialResult(number, state, params, config, ndcg, recall, best_epoch, len(history), seconds, history)
 
 
-def search_hyperparameters(data: SplitData, aligned: Mapping[str, np.ndarray],
-                           space: Mapping[str, Any] | None = None, n_trials: int = 8, seed: int = 0,
-                           base_config: MultimodalConfig | None = None,
-                           on_trial: Callable[[TrialResult], None] | None = None, *,
-                           max_epochs: int | None = None, prune: bool = True,
-                           startup_trials: int | None = None, pruner: Any = None,
-                           raw_features: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> SearchResult:
+def search_hyperparameters(
+    data: SplitData,
+    aligned: Mapping[str, np.ndarray],
+    space: Mapping[str, Any] | None = None,
+    n_trials: int = 8,
+    seed: int = 0,
+    base_config: MultimodalConfig | None = None,
+    on_trial: Callable[[TrialResult], None] | None = None,
+    *,
+    max_epochs: int | None = None,
+    prune: bool = True,
+    startup_trials: int | None = None,
+    pruner: Any = None,
+    raw_features: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> SearchResult:
     """Run ``n_trials`` trials of ``fit_multimodal``, maximising validation NDCG@20.
 
     ``space`` (default :data:`DEFAULT_SPACE`) maps ``MultimodalConfig`` fields to choices or ranges;
@@ -263,19 +290,21 @@ def search_hyperparameters(data: SplitData, aligned: Mapping[str, np.ndarray],
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int)
-                                   or max_epochs < 1):
+    if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1):
         raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs!r}")
     base = MultimodalConfig() if base_config is None else base_config
     if not isinstance(base, MultimodalConfig):
         raise TypeError(f"base_config must be a MultimodalConfig, got {type(base).__name__}")
     if data.valid.nnz == 0:
-        raise ValueError("the split has no validation interactions; the search scores every trial on "
-                         "validation NDCG@20, so it needs a valid split")
+        raise ValueError(
+            "the split has no validation interactions; the search scores every trial on "
+            "validation NDCG@20, so it needs a valid split"
+        )
     params_space = parse_space(DEFAULT_SPACE if space is None else space)
     annotations = _field_types(MultimodalConfig)
-    base = dataclasses.replace(base, seed=seed,
-                               epochs=base.epochs if max_epochs is None else min(base.epochs, max_epochs))
+    base = dataclasses.replace(
+        base, seed=seed, epochs=base.epochs if max_epochs is None else min(base.epochs, max_epochs)
+    )
     startup = min(10, max(2, n_trials // 2)) if startup_trials is None else int(startup_trials)
     if startup < 1:
         raise ValueError(f"startup_trials must be at least 1, got {startup_trials!r}")
@@ -287,8 +316,9 @@ def search_hyperparameters(data: SplitData, aligned: Mapping[str, np.ndarray],
         pruner = optuna.pruners.NopPruner()
     elif pruner is None:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=max(1, base.epochs // 3))
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner,
-                                study_name="mm_gcn_hyperparameter_search")
+    study = optuna.create_study(
+        direction="maximize", sampler=sampler, pruner=pruner, study_name="mm_gcn_hyperparameter_search"
+    )
     results: list[TrialResult] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -306,15 +336,22 @@ def search_hyperparameters(data: SplitData, aligned: Mapping[str, np.ndarray],
 
         started = time.perf_counter()
         try:
-            _, history = fit_multimodal(visible, aligned, config, on_epoch=on_epoch,
-                                        raw_features=None if raw_features is None else dict(raw_features))
+            _, history = fit_multimodal(
+                visible,
+                aligned,
+                config,
+                on_epoch=on_epoch,
+                raw_features=None if raw_features is None else dict(raw_features),
+            )
             state = "complete"
         except optuna.TrialPruned:
             history, state = pd.DataFrame(rows), "pruned"
         result = _trial_result(trial.number, state, params, config, history, time.perf_counter() - started)
         if not math.isfinite(result.valid_ndcg):
-            raise RuntimeError(f"trial {trial.number} produced no finite validation NDCG@20 "
-                               f"(params {params}); check the split's validation users")
+            raise RuntimeError(
+                f"trial {trial.number} produced no finite validation NDCG@20 "
+                f"(params {params}); check the split's validation users"
+            )
         results.append(result)
         if on_trial is not None:
             on_trial(result)

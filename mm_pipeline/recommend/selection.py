@@ -36,8 +36,13 @@ class SearchResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts for MLflow params and Dagster metadata."""
-        return {"chosen": self.params, f"valid_{MONITOR}": self.score, "trials": int(len(self.trials)),
-                "stopped": self.stopped, "seconds": float(self.trials["seconds"].sum())}
+        return {
+            "chosen": self.params,
+            f"valid_{MONITOR}": self.score,
+            "trials": int(len(self.trials)),
+            "stopped": self.stopped,
+            "seconds": float(self.trials["seconds"].sum()),
+        }
 
 
 def grid(candidates: Sequence[dict]) -> Proposer:
@@ -52,8 +57,7 @@ def grid(candidates: Sequence[dict]) -> Proposer:
     return propose
 
 
-def log_line(name: str, start: float, factor: float, low: float, high: float,
-             fixed: dict | None = None) -> Proposer:
+def log_line(name: str, start: float, factor: float, low: float, high: float, fixed: dict | None = None) -> Proposer:
     """Hill-climb one positive parameter on the grid ``start * factor**k`` within ``[low, high]``.
 
     After ``start``, it tries the untried neighbour of the best value so far, the larger one first,
@@ -61,12 +65,14 @@ def log_line(name: str, start: float, factor: float, low: float, high: float,
     unimodal in ``log(name)`` that is the grid's best value, reached in few trials.
     """
     if not (start > 0 and factor > 1 and 0 < low <= start <= high):
-        raise ValueError(f"log_line needs 0 < low <= start <= high and factor > 1, got start={start}, "
-                         f"factor={factor}, low={low}, high={high}")
+        raise ValueError(
+            f"log_line needs 0 < low <= start <= high and factor > 1, got start={start}, "
+            f"factor={factor}, low={low}, high={high}"
+        )
     fixed = dict(fixed or {})
 
     def value(step: int) -> float:
-        return float(f"{start * factor ** step:.6g}")
+        return float(f"{start * factor**step:.6g}")
 
     def propose(tried: list[dict]) -> dict | None:
         if not tried:
@@ -81,9 +87,14 @@ def log_line(name: str, start: float, factor: float, low: float, high: float,
     return propose
 
 
-def search(propose: Proposer, fit: Callable[[dict], EmbeddingRecommender],
-           validate: Callable[[EmbeddingRecommender], dict[str, float]], budget_s: float,
-           max_trials: int = 20, on_trial: Callable[[dict], None] | None = None) -> SearchResult:
+def search(
+    propose: Proposer,
+    fit: Callable[[dict], EmbeddingRecommender],
+    validate: Callable[[EmbeddingRecommender], dict[str, float]],
+    budget_s: float,
+    max_trials: int = 20,
+    on_trial: Callable[[dict], None] | None = None,
+) -> SearchResult:
     """Run trials from ``propose`` until it is done, ``max_trials`` ran, or the budget would be exceeded.
 
     ``fit(params)`` returns a trained model (a trained model's early stopping may read the validation
@@ -110,8 +121,11 @@ def search(propose: Proposer, fit: Callable[[dict], EmbeddingRecommender],
         model = fit(params)
         metrics = validate(model)
         score = float(metrics[MONITOR])
-        row = {**params, **{f"valid_{k}": float(v) for k, v in metrics.items()},
-               "seconds": round(time.perf_counter() - trial_start, 3)}
+        row = {
+            **params,
+            **{f"valid_{k}": float(v) for k, v in metrics.items()},
+            "seconds": round(time.perf_counter() - trial_start, 3),
+        }
         for key in ("best_epoch", "epochs_run", "stopped_early"):
             if key in model.info:
                 row[key] = model.info[key]
@@ -129,13 +143,14 @@ def search(propose: Proposer, fit: Callable[[dict], EmbeddingRecommender],
     return SearchResult(dict(best[1]), model, best[0], trials, stopped)
 
 
-def compare_on_validation(models: dict[str, EmbeddingRecommender], data, ks: tuple[int, ...] = (20,)
-                          ) -> pd.DataFrame:
+def compare_on_validation(models: dict[str, EmbeddingRecommender], data, ks: tuple[int, ...] = (20,)) -> pd.DataFrame:
     """Every model's validation recall and NDCG (all validation users, training items excluded), best
     NDCG first (ties: the order of ``models``): what choosing the model to ship reads. Never the test split."""
     validate = validator(data, ks)
-    rows = [{"model": name, **{f"valid_{k}": float(v) for k, v in validate(model).items()}}
-            for name, model in models.items()]
+    rows = [
+        {"model": name, **{f"valid_{k}": float(v) for k, v in validate(model).items()}}
+        for name, model in models.items()
+    ]
     table = pd.DataFrame(rows)
     key = f"valid_ndcg@{ks[-1]}"
     return table.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)

@@ -6,7 +6,8 @@ import contextlib
 import contextvars
 import copy
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -16,12 +17,10 @@ import torch
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.config import TrainConfig
 
-
 EpochListener = Callable[[str, dict], None]
 # Who hears about every epoch of every training run in this context (progress lines, live metrics): set by
 # the caller around training with :func:`listening`, so trainers and searches need not pass it along.
-_EPOCH_LISTENER: contextvars.ContextVar[EpochListener | None] = contextvars.ContextVar("epoch_listener",
-                                                                                      default=None)
+_EPOCH_LISTENER: contextvars.ContextVar[EpochListener | None] = contextvars.ContextVar("epoch_listener", default=None)
 
 
 @contextlib.contextmanager
@@ -41,8 +40,9 @@ class StopTraining(Exception):
 
 
 class BPRModel(Protocol):
-    def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
-                 ) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def bpr_loss(
+        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -77,8 +77,13 @@ class TrainingPairs:
         return self.keys[position] == wanted
 
 
-def sample_negatives(users: np.ndarray, train: sp.csr_matrix, rng: np.random.Generator,
-                     max_tries: int = 5, pairs: TrainingPairs | None = None) -> np.ndarray:
+def sample_negatives(
+    users: np.ndarray,
+    train: sp.csr_matrix,
+    rng: np.random.Generator,
+    max_tries: int = 5,
+    pairs: TrainingPairs | None = None,
+) -> np.ndarray:
     """Uniform negative items for ``users``, re-drawn (vectorized) where they hit a training item.
 
     ``pairs`` (a :class:`TrainingPairs` of ``train``, built once per training) saves rebuilding the
@@ -95,10 +100,15 @@ def sample_negatives(users: np.ndarray, train: sp.csr_matrix, rng: np.random.Gen
     return neg
 
 
-def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
-              validate: Callable[[EmbeddingRecommender], dict[str, float]], config: TrainConfig,
-              monitor: str = "ndcg@20", on_epoch: Callable[[dict], None] | None = None
-              ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
+def train_bpr(
+    model: BPRModel,
+    name: str,
+    train: sp.csr_matrix,
+    validate: Callable[[EmbeddingRecommender], dict[str, float]],
+    config: TrainConfig,
+    monitor: str = "ndcg@20",
+    on_epoch: Callable[[dict], None] | None = None,
+) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """Mini-batch BPR over the training interactions; keeps the weights with the best ``monitor``.
 
     Each epoch visits every training interaction once in a seeded random order, with one uniformly
@@ -122,7 +132,7 @@ def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
         losses: dict[str, float] = {"loss": 0.0}
         n_batches = 0
         for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
+            batch = order[start : start + config.batch_size]
             u, p = users_all[batch], items_all[batch]
             n = sample_negatives(u, train, rng, pairs=pairs)
             loss, parts = model.bpr_loss(torch.from_numpy(u), torch.from_numpy(p), torch.from_numpy(n))
@@ -133,8 +143,11 @@ def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
             for key, value in parts.items():
                 losses[key] = losses.get(key, 0.0) + value
             n_batches += 1
-        row = {"epoch": epoch, **{k: v / n_batches for k, v in losses.items()},
-               "train_seconds": time.perf_counter() - started}
+        row = {
+            "epoch": epoch,
+            **{k: v / n_batches for k, v in losses.items()},
+            "train_seconds": time.perf_counter() - started,
+        }
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             model.eval()  # type: ignore[attr-defined]
             user_emb, item_emb = model.embeddings()
@@ -161,7 +174,10 @@ def train_bpr(model: BPRModel, name: str, train: sp.csr_matrix,
         model.load_state_dict(best_state)  # type: ignore[attr-defined]
     model.eval()  # type: ignore[attr-defined]
     user_emb, item_emb = model.embeddings()
-    info = {"best_epoch": best_epoch, f"best_valid_{monitor}": float(best_score), "epochs_run": len(history),
-            "stopped_early": stopped_early}
-    return EmbeddingRecommender(name, user_emb.detach().clone(), item_emb.detach().clone(), info), \
-        pd.DataFrame(history)
+    info = {
+        "best_epoch": best_epoch,
+        f"best_valid_{monitor}": float(best_score),
+        "epochs_run": len(history),
+        "stopped_early": stopped_early,
+    }
+    return EmbeddingRecommender(name, user_emb.detach().clone(), item_emb.detach().clone(), info), pd.DataFrame(history)

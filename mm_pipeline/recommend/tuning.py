@@ -76,6 +76,7 @@ class TrailingStop:
                 reached = self.reference[min(epoch, len(self.reference)) - 1]
                 if self._curve[-1] < reached:
                     raise StopTraining
+
         return on_epoch
 
     def finished(self, score: float) -> None:
@@ -91,8 +92,14 @@ def tune_ease(data, tuning: Tuning, start: float = 200.0, factor: float = 2.0, o
     def fit(params: dict) -> EmbeddingRecommender:
         return item_item("ease", data.train, gram.ease(params["l2"]), {"kind": "EASE", "l2": params["l2"]})
 
-    return search(log_line("l2", start, factor, 1e-2, 1e6), fit, validator(data), tuning.budget_s,
-                  tuning.max_trials, on_trial=on_trial)
+    return search(
+        log_line("l2", start, factor, 1e-2, 1e6),
+        fit,
+        validator(data),
+        tuning.budget_s,
+        tuning.max_trials,
+        on_trial=on_trial,
+    )
 
 
 def tune_item_knn(data, tuning: Tuning, start: int = 100, shrink: float = 10.0, on_trial=None) -> SearchResult:
@@ -102,17 +109,30 @@ def tune_item_knn(data, tuning: Tuning, start: int = 100, shrink: float = 10.0, 
 
     def fit(params: dict) -> EmbeddingRecommender:
         k = int(params["k"])
-        return item_item("item_knn", data.train, item_knn_weights(gram, k, shrink),
-                         {"kind": "item k-NN", "k": k, "shrink": shrink})
+        return item_item(
+            "item_knn", data.train, item_knn_weights(gram, k, shrink), {"kind": "item k-NN", "k": k, "shrink": shrink}
+        )
 
     high = float(max(data.n_items - 1, 1))
     low = min(5.0, high)
-    return search(log_line("k", min(max(float(start), low), high), 2.0, low, high), fit, validator(data),
-                  tuning.budget_s, tuning.max_trials, on_trial=on_trial)
+    return search(
+        log_line("k", min(max(float(start), low), high), 2.0, low, high),
+        fit,
+        validator(data),
+        tuning.budget_s,
+        tuning.max_trials,
+        on_trial=on_trial,
+    )
 
 
-def tune_trained(name: str, fit: Callable[[Any, Callable[[dict], None]], EmbeddingRecommender], config: Any,
-                 validate, tuning: Tuning, on_trial=None) -> SearchResult:
+def tune_trained(
+    name: str,
+    fit: Callable[[Any, Callable[[dict], None]], EmbeddingRecommender],
+    config: Any,
+    validate,
+    tuning: Tuning,
+    on_trial=None,
+) -> SearchResult:
     """A BPR-trained model (``fit(config, on_epoch) -> model``) over ``GRIDS[name]`` applied to ``config``,
     each trial stopped once it trails the best one (:class:`TrailingStop`).
 

@@ -23,7 +23,18 @@ from mm_pipeline.registry.tracking import (
 )
 
 __all__ = [
-    "TAG_CODE_VERSION", "TAG_DAGSTER_ASSET_KEY", "TAG_DAGSTER_RUN_ID", "RecommenderPyfunc",
-    "configure_mlflow", "export_serving_arrays", "is_identifier_key", "log_history",
-    "log_recommender", "metric_key", "register_alias", "run_tags", "safe_params", "user_key",
+    "TAG_CODE_VERSION",
+    "TAG_DAGSTER_ASSET_KEY",
+    "TAG_DAGSTER_RUN_ID",
+    "RecommenderPyfunc",
+    "configure_mlflow",
+    "export_serving_arrays",
+    "is_identifier_key",
+    "log_history",
+    "log_recommender",
+    "metric_key",
+    "register_alias",
+    "run_tags",
+    "safe_params",
+    "user_key",
 ]

@@ -58,8 +58,10 @@ class ChampionMovedError(RuntimeError):
 
     def __init__(self, name: str, expected: str | None, current: str | None):
         self.name, self.expected, self.current = name, expected, current
-        super().__init__(f"the champion of {name!r} moved from {expected or '(none)'} to {current or '(none)'} "
-                         "while this change was being prepared; decide again against the current champion")
+        super().__init__(
+            f"the champion of {name!r} moved from {expected or '(none)'} to {current or '(none)'} "
+            "while this change was being prepared; decide again against the current champion"
+        )
 
 
 def _check_name(name: str) -> str:
@@ -94,8 +96,10 @@ def _registered_model(client: MlflowClient, name: str):
         return client.get_registered_model(name)
     except MlflowException as exc:
         if _is_not_found(exc):
-            raise LookupError(f"registered model {name!r} does not exist in the MLflow model registry; "
-                              f"materialize registered_model first") from exc
+            raise LookupError(
+                f"registered model {name!r} does not exist in the MLflow model registry; "
+                f"materialize registered_model first"
+            ) from exc
         raise
 
 
@@ -121,8 +125,7 @@ def _require_version(client: MlflowClient, name: str, version: str) -> None:
         raise
 
 
-def set_champion(client: MlflowClient, name: str, version: str | int, expected_previous: Any = _ANY
-                 ) -> ChampionChange:
+def set_champion(client: MlflowClient, name: str, version: str | int, expected_previous: Any = _ANY) -> ChampionChange:
     """Point the ``champion`` alias of ``name`` at ``version`` and append it to the history.
 
     The version must exist. Setting the version that already is champion changes nothing (and adds
@@ -160,9 +163,11 @@ def rollback_champion(client: MlflowClient, name: str) -> ChampionChange:
     while history and history[-1] == current:
         history.pop()
     if not history:
-        raise LookupError(f"registered model {name!r} has no earlier champion to roll back to "
-                          f"(current champion: {current or 'none'}; {TAG_CHAMPION_HISTORY} holds no other "
-                          f"version)")
+        raise LookupError(
+            f"registered model {name!r} has no earlier champion to roll back to "
+            f"(current champion: {current or 'none'}; {TAG_CHAMPION_HISTORY} holds no other "
+            f"version)"
+        )
     target = history[-1]
     _require_version(client, name, target)
     client.set_registered_model_alias(name, CHAMPION_ALIAS, target)
@@ -174,8 +179,9 @@ def tag_key(name: str) -> str:
     return _INVALID_TAG_CHAR.sub("_", name.replace("@", "_at_"))
 
 
-def tag_version(client: MlflowClient, name: str, version: str | int, tags: Mapping[str, Any],
-                prefix: str = PROMOTION_TAG_PREFIX) -> dict[str, str]:
+def tag_version(
+    client: MlflowClient, name: str, version: str | int, tags: Mapping[str, Any], prefix: str = PROMOTION_TAG_PREFIX
+) -> dict[str, str]:
     """Set ``prefix + key`` tags on a model version (values stringified, floats to 6 significant
     digits, truncated to the registry's limit). Returns the tags written."""
     version = _check_version(version)
@@ -204,8 +210,13 @@ def advisory_lock_key(name: str) -> int:
 
 
 @contextlib.contextmanager
-def champion_lock(name: str, lock_dir: str | Path, tracking_uri: str | None = None,
-                  timeout_s: float = LOCK_TIMEOUT_S, lock_db: str | None = None) -> Iterator[None]:
+def champion_lock(
+    name: str,
+    lock_dir: str | Path,
+    tracking_uri: str | None = None,
+    timeout_s: float = LOCK_TIMEOUT_S,
+    lock_db: str | None = None,
+) -> Iterator[None]:
     """Hold the lock that serialises changes of ``name``'s champion alias and history.
 
     Always an exclusive ``fcntl.flock`` on a lock file next to the SQLite store (``tracking_uri``
@@ -221,8 +232,13 @@ def champion_lock(name: str, lock_dir: str | Path, tracking_uri: str | None = No
         database = tracking_uri if locks.is_postgres(tracking_uri) else lock_db
         if locks.is_postgres(database):
             key = advisory_lock_key(name)
-            with locks.postgres_lock(database, f"mm_pipeline.champion:{name}", timeout_s,
-                                     f"the PostgreSQL advisory lock {key} for {name!r}", holder):
+            with locks.postgres_lock(
+                database,
+                f"mm_pipeline.champion:{name}",
+                timeout_s,
+                f"the PostgreSQL advisory lock {key} for {name!r}",
+                holder,
+            ):
                 yield
         else:
             yield

@@ -25,8 +25,7 @@ def _default_guardrails() -> dict[str, float]:
 
 
 def _finite_number(value: object) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(float(value)))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,9 @@ class PromotionPolicy:
         if not _finite_number(self.min_improvement) or self.min_improvement < 0:
             raise ValueError(f"min_improvement must be a finite number >= 0, got {self.min_improvement!r}")
         if not isinstance(self.guardrails, Mapping):
-            raise TypeError(f"guardrails must be a mapping of metric -> max allowed drop, "
-                            f"got {type(self.guardrails).__name__}")
+            raise TypeError(
+                f"guardrails must be a mapping of metric -> max allowed drop, got {type(self.guardrails).__name__}"
+            )
         for metric, tolerance in self.guardrails.items():
             if not isinstance(metric, str) or not metric:
                 raise ValueError(f"guardrail metric names must be non-empty strings, got {metric!r}")
@@ -91,17 +91,24 @@ def _check_not_applicable(not_applicable: Mapping[str, str] | None, policy: Prom
     if not_applicable is None:
         return {}
     if not isinstance(not_applicable, Mapping):
-        raise TypeError(f"not_applicable must be a mapping of guardrail metric -> reason, "
-                        f"got {type(not_applicable).__name__}")
+        raise TypeError(
+            f"not_applicable must be a mapping of guardrail metric -> reason, got {type(not_applicable).__name__}"
+        )
     if policy.gate_metric in not_applicable:
-        raise ValueError(f"the gate metric {policy.gate_metric!r} cannot be marked not applicable: a challenger "
-                         "that cannot be measured on it is never promoted")
+        raise ValueError(
+            f"the gate metric {policy.gate_metric!r} cannot be marked not applicable: a challenger "
+            "that cannot be measured on it is never promoted"
+        )
     # Only guardrails of the policy can be waived; other names have nothing to waive.
     return {str(m): str(why) for m, why in not_applicable.items() if m in policy.guardrails}
 
 
-def decide(challenger: Mapping[str, float], champion: Mapping[str, float] | None,
-           policy: PromotionPolicy | None = None, not_applicable: Mapping[str, str] | None = None) -> Decision:
+def decide(
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    policy: PromotionPolicy | None = None,
+    not_applicable: Mapping[str, str] | None = None,
+) -> Decision:
     """Apply the promotion rule. Higher is better for every metric.
 
     ``not_applicable`` maps guardrail metrics that the evaluation data cannot measure to the reason
@@ -131,27 +138,41 @@ def decide(challenger: Mapping[str, float], champion: Mapping[str, float] | None
     waived_note = "".join(f"; guardrail {m} not applicable ({why})" for m, why in waived.items())
 
     if _missing(challenger, [gate]):
-        return Decision(False, f"not promoted: the challenger has no finite value for the gate metric {gate!r}",
-                        not_applicable=waived)
+        return Decision(
+            False,
+            f"not promoted: the challenger has no finite value for the gate metric {gate!r}",
+            not_applicable=waived,
+        )
     if champion is None:
-        return Decision(True, f"promoted: there is no champion yet (challenger {gate}={challenger[gate]:.6g})",
-                        not_applicable=waived)
+        return Decision(
+            True,
+            f"promoted: there is no champion yet (challenger {gate}={challenger[gate]:.6g})",
+            not_applicable=waived,
+        )
 
     needed = [m for m in policy.metrics if m not in waived]
     guardrails = {m: t for m, t in policy.guardrails.items() if m not in waived}
     missing = [f"challenger lacks {m!r}" for m in _missing(challenger, needed)]
     missing += [f"champion lacks {m!r}" for m in _missing(champion, needed)]
     if missing:
-        return Decision(False, "not promoted: cannot compare, " + "; ".join(missing)
-                        + " (a missing or non-finite metric never passes the rule)" + waived_note,
-                        not_applicable=waived)
+        return Decision(
+            False,
+            "not promoted: cannot compare, "
+            + "; ".join(missing)
+            + " (a missing or non-finite metric never passes the rule)"
+            + waived_note,
+            not_applicable=waived,
+        )
 
     gate_delta = float(challenger[gate]) - float(champion[gate])
     deltas = {m: float(challenger[m]) - float(champion[m]) for m in guardrails}
-    broken = [f"{m} dropped by {-d:.6g} (> {guardrails[m]:.6g} allowed)"
-              for m, d in deltas.items() if -d > guardrails[m]]
-    comparison = (f"{gate}: challenger {float(challenger[gate]):.6g} vs champion {float(champion[gate]):.6g} "
-                  f"(delta {gate_delta:+.6g}, needs > {policy.min_improvement:.6g})")
+    broken = [
+        f"{m} dropped by {-d:.6g} (> {guardrails[m]:.6g} allowed)" for m, d in deltas.items() if -d > guardrails[m]
+    ]
+    comparison = (
+        f"{gate}: challenger {float(challenger[gate]):.6g} vs champion {float(champion[gate]):.6g} "
+        f"(delta {gate_delta:+.6g}, needs > {policy.min_improvement:.6g})"
+    )
     failures = [] if gate_delta > policy.min_improvement else [f"gate not passed, {comparison}"]
     if broken:
         failures.append(f"guardrail broken, {'; '.join(broken)}")
@@ -174,9 +195,11 @@ def not_applicable_guardrails(policy: PromotionPolicy, cold_support: Mapping[str
     (``{"enough", "interactions", "reason"}``)."""
     if cold_support["enough"]:
         return {}
-    why = (f"not enough cold-start test data in the current split ({cold_support['reason']})"
-           if cold_support["interactions"] else
-           "the current test split has no interaction on a cold item (one without training interactions)")
+    why = (
+        f"not enough cold-start test data in the current split ({cold_support['reason']})"
+        if cold_support["interactions"]
+        else "the current test split has no interaction on a cold item (one without training interactions)"
+    )
     return {m: why for m in policy.guardrails if m.startswith("cold_") and m != policy.gate_metric}
 
 
@@ -208,23 +231,29 @@ class PromotionDecision:
     def promote(self) -> bool:
         return self.label == PROMOTED
 
-    def stale(self, why: str) -> "PromotionDecision":
+    def stale(self, why: str) -> PromotionDecision:
         """This decision once the alias turned out to have moved meanwhile (the compare-and-set failed,
         ``why``): not promoted; the reason keeps what was decided against which champion."""
         compared = f"v{self.champion_version}" if self.champion_version else "no champion"
-        return replace(self, label=STALE, reason=f"not promoted: {why} (this run compared with {compared}: "
-                                                 f"{self.reason})")
+        return replace(
+            self, label=STALE, reason=f"not promoted: {why} (this run compared with {compared}: {self.reason})"
+        )
 
-    def scores_table(self) -> "pd.DataFrame":
+    def scores_table(self) -> pd.DataFrame:
         """One row per metric either side has: ``metric``, ``challenger``, ``champion`` (NaN: absent)."""
         import pandas as pd
 
         champion = self.champion or {}
         rows = sorted(set(self.challenger) | set(champion))
-        return pd.DataFrame({"metric": rows, "challenger": [self.challenger.get(m, math.nan) for m in rows],
-                             "champion": [champion.get(m, math.nan) for m in rows]})
+        return pd.DataFrame(
+            {
+                "metric": rows,
+                "challenger": [self.challenger.get(m, math.nan) for m in rows],
+                "champion": [champion.get(m, math.nan) for m in rows],
+            }
+        )
 
-    def rule_table(self) -> "pd.DataFrame":
+    def rule_table(self) -> pd.DataFrame:
         """The rule, one row per metric it reads: ``metric``, ``role`` (gate / guardrail), ``threshold``
         (the gate's margin, a guardrail's max drop), ``challenger``, ``champion``, ``delta`` and
         ``status`` (passed / failed / not applicable / not compared)."""
@@ -241,29 +270,45 @@ class PromotionDecision:
                 status = "not compared"
             else:
                 status = "passed" if (delta > threshold if gate else -delta <= threshold) else "failed"
-            rows.append({"metric": metric, "role": "gate" if gate else "guardrail", "threshold": float(threshold),
-                         "challenger": _finite_or_none(self.challenger.get(metric)),
-                         "champion": _finite_or_none((self.champion or {}).get(metric)),
-                         "delta": _finite_or_none(delta), "status": status})
+            rows.append(
+                {
+                    "metric": metric,
+                    "role": "gate" if gate else "guardrail",
+                    "threshold": float(threshold),
+                    "challenger": _finite_or_none(self.challenger.get(metric)),
+                    "champion": _finite_or_none((self.champion or {}).get(metric)),
+                    "delta": _finite_or_none(delta),
+                    "status": status,
+                }
+            )
         return pd.DataFrame(rows)
 
     def version_tags(self) -> dict[str, object]:
         """What the challenger version is tagged with (under ``mm_pipeline.promotion.``)."""
         policy, champion = self.policy, self.champion
-        return {"decision": self.label, "reason": self.reason, "gate_metric": policy.gate_metric,
-                "min_improvement": policy.min_improvement,
-                "guardrails": ",".join(f"{m}:{t:g}" for m, t in policy.guardrails.items()),
-                "compared_with": self.champion_version or "none",
-                "not_applicable": ",".join(self.not_applicable) or "none",
-                "cold_test_interactions": self.cold_test_interactions,
-                **{f"challenger.{m}": v for m, v in self.challenger.items() if m in policy.metrics},
-                **({f"champion.{m}": v for m, v in champion.items() if m in policy.metrics} if champion else {}),
-                **({"gate_delta": self.gate_delta} if math.isfinite(self.gate_delta) else {})}
+        return {
+            "decision": self.label,
+            "reason": self.reason,
+            "gate_metric": policy.gate_metric,
+            "min_improvement": policy.min_improvement,
+            "guardrails": ",".join(f"{m}:{t:g}" for m, t in policy.guardrails.items()),
+            "compared_with": self.champion_version or "none",
+            "not_applicable": ",".join(self.not_applicable) or "none",
+            "cold_test_interactions": self.cold_test_interactions,
+            **{f"challenger.{m}": v for m, v in self.challenger.items() if m in policy.metrics},
+            **({f"champion.{m}": v for m, v in champion.items() if m in policy.metrics} if champion else {}),
+            **({"gate_delta": self.gate_delta} if math.isfinite(self.gate_delta) else {}),
+        }
 
 
-def decide_promotion(policy: PromotionPolicy, challenger_version: str, challenger: Mapping[str, float],
-                     champion_version: str | None, champion: Mapping[str, float] | None,
-                     cold_support: Mapping[str, object]) -> PromotionDecision:
+def decide_promotion(
+    policy: PromotionPolicy,
+    challenger_version: str,
+    challenger: Mapping[str, float],
+    champion_version: str | None,
+    champion: Mapping[str, float] | None,
+    cold_support: Mapping[str, object],
+) -> PromotionDecision:
     """The promotion decision for ``challenger_version`` against the current champion (``None``: there
     is none), from both versions' scores on the same test split and that split's cold-start support.
 
@@ -275,13 +320,28 @@ def decide_promotion(policy: PromotionPolicy, challenger_version: str, challenge
     if (champion_version is None) != (champion is None):
         raise ValueError("champion_version and champion scores go together: give both or neither")
     waived = not_applicable_guardrails(policy, cold_support)
-    common = {"policy": policy, "challenger_version": challenger_version, "champion_version": champion_version,
-              "challenger": dict(challenger), "champion": None if champion is None else dict(champion),
-              "not_applicable": waived, "cold_test_interactions": int(cold_support["interactions"])}
+    common = {
+        "policy": policy,
+        "challenger_version": challenger_version,
+        "champion_version": champion_version,
+        "challenger": dict(challenger),
+        "champion": None if champion is None else dict(champion),
+        "not_applicable": waived,
+        "cold_test_interactions": int(cold_support["interactions"]),
+    }
     if champion_version == challenger_version:
-        return PromotionDecision(UNCHANGED, f"version {challenger_version} already is the champion", gate_delta=0.0,
-                                 guardrail_deltas={m: 0.0 for m in policy.guardrails if m not in waived}, **common)
+        return PromotionDecision(
+            UNCHANGED,
+            f"version {challenger_version} already is the champion",
+            gate_delta=0.0,
+            guardrail_deltas={m: 0.0 for m in policy.guardrails if m not in waived},
+            **common,
+        )
     decision = decide(challenger, champion, policy, not_applicable=waived)
-    return PromotionDecision(PROMOTED if decision.promote else REJECTED, decision.reason,
-                             gate_delta=decision.gate_delta, guardrail_deltas=dict(decision.guardrail_deltas),
-                             **common)
+    return PromotionDecision(
+        PROMOTED if decision.promote else REJECTED,
+        decision.reason,
+        gate_delta=decision.gate_delta,
+        guardrail_deltas=dict(decision.guardrail_deltas),
+        **common,
+    )

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import secrets
 import importlib.metadata
+import logging
 import os
 import re
+import secrets
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -73,12 +73,19 @@ _log = logging.getLogger(__name__)
 SPARSE_USER_ARRAYS = ("user_indptr", "user_indices", "user_values")
 _ALIAS = re.compile(r"^[\w\-]+$")
 
-INPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False),
-                       ColSpec("boolean", "explain", required=False)])
+INPUT_SCHEMA = Schema(
+    [ColSpec("string", "user_id"), ColSpec("long", "k", required=False), ColSpec("boolean", "explain", required=False)]
+)
 EXPLAIN_EVIDENCE = 3  # history items named per explained recommendation
-OUTPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "rank"),
-                        ColSpec("string", "item_id"), ColSpec("double", "score"),
-                        ColSpec("boolean", "fallback")])
+OUTPUT_SCHEMA = Schema(
+    [
+        ColSpec("string", "user_id"),
+        ColSpec("long", "rank"),
+        ColSpec("string", "item_id"),
+        ColSpec("double", "score"),
+        ColSpec("boolean", "fallback"),
+    ]
+)
 SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
 
 
@@ -96,8 +103,10 @@ def secret_fingerprint(secret: bytes) -> str:
 def _secret_bytes(secret: bytes | str) -> bytes:
     value = secret.encode("utf-8") if isinstance(secret, str) else secret
     if not isinstance(value, bytes) or len(value) < MIN_SECRET_BYTES:
-        raise ValueError(f"the user key secret must be at least {MIN_SECRET_BYTES} bytes (set {SECRET_ENV} or "
-                         f"{SECRET_FILE_ENV}; `python -c 'import secrets; print(secrets.token_hex(32))'` makes one)")
+        raise ValueError(
+            f"the user key secret must be at least {MIN_SECRET_BYTES} bytes (set {SECRET_ENV} or "
+            f"{SECRET_FILE_ENV}; `python -c 'import secrets; print(secrets.token_hex(32))'` makes one)"
+        )
     return value
 
 
@@ -144,9 +153,15 @@ def _cap_from_env(name: str, stored: int) -> int:
 
 
 def _empty_output() -> pd.DataFrame:
-    return pd.DataFrame({"user_id": pd.Series([], dtype=object), "rank": pd.Series([], dtype=np.int64),
-                         "item_id": pd.Series([], dtype=object), "score": pd.Series([], dtype=np.float64),
-                         "fallback": pd.Series([], dtype=bool)})
+    return pd.DataFrame(
+        {
+            "user_id": pd.Series([], dtype=object),
+            "rank": pd.Series([], dtype=np.int64),
+            "item_id": pd.Series([], dtype=object),
+            "score": pd.Series([], dtype=np.float64),
+            "fallback": pd.Series([], dtype=bool),
+        }
+    )
 
 
 def _csr_gather(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,24 +176,30 @@ class _UserTable:
     """The user vectors, dense ``[n_users, d]`` or sparse CSR (``user_indptr``/``user_indices``/
     ``user_values``, width ``d``); ``rows(users)`` gives the dense ``[len(users), d]`` batch."""
 
-    def __init__(self, dense: np.ndarray | None, csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-                 width: int):
+    def __init__(self, dense: np.ndarray | None, csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None, width: int):
         self.dense, self.csr, self.width = dense, csr, width
         self.n_rows = dense.shape[0] if dense is not None else csr[0].size - 1
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], width: int) -> "_UserTable":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], width: int) -> _UserTable:
         if "user_embeddings" in arrays:
             users = np.ascontiguousarray(arrays["user_embeddings"], dtype=np.float32)
             if users.ndim != 2 or width < 0 or users.shape[1] != width:
-                raise ValueError(f"user_embeddings {users.shape} and item_embeddings (width {width}) must be "
-                                 f"2-D with the same width")
+                raise ValueError(
+                    f"user_embeddings {users.shape} and item_embeddings (width {width}) must be 2-D with the same width"
+                )
             return cls(users, None, width)
         indptr = np.asarray(arrays["user_indptr"], dtype=np.int64)
         indices = np.asarray(arrays["user_indices"], dtype=np.int64)
         values = np.asarray(arrays["user_values"], dtype=np.float32)
-        if (indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or indptr[-1] != indices.size
-                or values.shape != indices.shape or np.any(np.diff(indptr) < 0)):
+        if (
+            indptr.ndim != 1
+            or indptr.size < 1
+            or indptr[0] != 0
+            or indptr[-1] != indices.size
+            or values.shape != indices.shape
+            or np.any(np.diff(indptr) < 0)
+        ):
             raise ValueError("user_indptr, user_indices and user_values do not describe a CSR matrix")
         if width < 0 or (indices.size and (indices.min() < 0 or indices.max() >= width)):
             raise ValueError(f"user_indices must lie in [0, {width}) (the item_embeddings width)")
@@ -223,7 +244,7 @@ class RecommenderPyfunc(PythonModel):
         with np.load(path, allow_pickle=False) as npz:
             self.load_arrays({name: npz[name] for name in npz.files})
 
-    def load_arrays(self, arrays: Mapping[str, np.ndarray], secret: bytes | None = None) -> "RecommenderPyfunc":
+    def load_arrays(self, arrays: Mapping[str, np.ndarray], secret: bytes | None = None) -> RecommenderPyfunc:
         """Load the serving arrays (as built by :func:`export_serving_arrays`) and validate them; ``secret``
         (default: :func:`read_user_key_secret`) is the user key secret the model was keyed with."""
         missing = [name for name in _REQUIRED_ARRAYS if name not in arrays]
@@ -263,20 +284,24 @@ class RecommenderPyfunc(PythonModel):
         self._popular = popular
         self._seen_indptr, self._seen_indices = indptr, indices
         self.max_k = _cap_from_env(MAX_K_ENV, int(arrays["max_k"]) if "max_k" in arrays else DEFAULT_MAX_K)
-        self.max_rows = _cap_from_env(MAX_ROWS_ENV,
-                                      int(arrays["max_rows"]) if "max_rows" in arrays else DEFAULT_MAX_ROWS)
+        self.max_rows = _cap_from_env(
+            MAX_ROWS_ENV, int(arrays["max_rows"]) if "max_rows" in arrays else DEFAULT_MAX_ROWS
+        )
         return self.use_secret(secret if secret is not None else read_user_key_secret())
 
-    def use_secret(self, secret: bytes | None) -> "RecommenderPyfunc":
+    def use_secret(self, secret: bytes | None) -> RecommenderPyfunc:
         """Recognise users with ``secret``. Without it, or with a secret the model was not keyed with,
         no user is recognised (every request gets the popularity fallback) and a warning says why."""
         self._secret = None
         if secret is None:
-            _log.warning("no user key secret (%s / %s): every request gets the popularity fallback",
-                         SECRET_ENV, SECRET_FILE_ENV)
+            _log.warning(
+                "no user key secret (%s / %s): every request gets the popularity fallback", SECRET_ENV, SECRET_FILE_ENV
+            )
         elif secret_fingerprint(secret) != self._key_check:
-            _log.warning("the user key secret is not the one this model was keyed with (rotated?): every "
-                         "request gets the popularity fallback until the model is retrained under it")
+            _log.warning(
+                "the user key secret is not the one this model was keyed with (rotated?): every "
+                "request gets the popularity fallback until the model is retrained under it"
+            )
         else:
             self._secret = _secret_bytes(secret)
         return self
@@ -294,9 +319,13 @@ class RecommenderPyfunc(PythonModel):
             names = [str(n) for n in np.asarray(arrays.get("parts_modalities", np.asarray([], dtype=str))).ravel()]
             for name in names:
                 self._modality_parts[name] = sp.csr_matrix(
-                    (np.asarray(arrays[f"parts_{name}_values"], dtype=np.float32),
-                     np.asarray(arrays[f"parts_{name}_indices"], dtype=np.int64),
-                     np.asarray(arrays[f"parts_{name}_indptr"], dtype=np.int64)), shape=(self.n_items, width))
+                    (
+                        np.asarray(arrays[f"parts_{name}_values"], dtype=np.float32),
+                        np.asarray(arrays[f"parts_{name}_indices"], dtype=np.int64),
+                        np.asarray(arrays[f"parts_{name}_indptr"], dtype=np.int64),
+                    ),
+                    shape=(self.n_items, width),
+                )
 
     @property
     def recognises_users(self) -> bool:
@@ -314,11 +343,13 @@ class RecommenderPyfunc(PythonModel):
         if not isinstance(model_input, pd.DataFrame):
             raise TypeError(f"model_input must be a pandas DataFrame, got {type(model_input).__name__}")
         if "user_id" not in model_input.columns:
-            raise ValueError(f"model_input must have a 'user_id' column, got columns "
-                             f"{list(map(str, model_input.columns))}")
+            raise ValueError(
+                f"model_input must have a 'user_id' column, got columns {list(map(str, model_input.columns))}"
+            )
         if not hasattr(self, "_items"):
-            raise RuntimeError("RecommenderPyfunc has no arrays: load it with mlflow.pyfunc.load_model "
-                               "or call load_arrays first")
+            raise RuntimeError(
+                "RecommenderPyfunc has no arrays: load it with mlflow.pyfunc.load_model or call load_arrays first"
+            )
         raw_ids = model_input["user_id"]
         if raw_ids.isna().any():
             raise ValueError("model_input column 'user_id' has missing values")
@@ -326,15 +357,18 @@ class RecommenderPyfunc(PythonModel):
         if n_rows == 0:
             return _empty_output()
         if n_rows > self.max_rows:
-            raise ValueError(f"the request has {n_rows} rows, above this server's cap of {self.max_rows} "
-                             f"({MAX_ROWS_ENV}): send the users in smaller batches")
+            raise ValueError(
+                f"the request has {n_rows} rows, above this server's cap of {self.max_rows} "
+                f"({MAX_ROWS_ENV}): send the users in smaller batches"
+            )
         ks = self._requested_k(model_input)
         ids = [str(u) for u in raw_ids.tolist()]
         if self._secret is None:
             rows = np.full(n_rows, -1, dtype=np.int64)
         else:
-            rows = np.fromiter((self._key_to_user.get(user_key(u, self._secret), -1) for u in ids),
-                               dtype=np.int64, count=n_rows)
+            rows = np.fromiter(
+                (self._key_to_user.get(user_key(u, self._secret), -1) for u in ids), dtype=np.int64, count=n_rows
+            )
 
         # Known users: one matmul, mask seen items, top-k (sorted by score, then item index).
         known = np.flatnonzero(rows >= 0)
@@ -364,13 +398,15 @@ class RecommenderPyfunc(PythonModel):
         scores_out = np.concatenate(score_parts)
         order = np.lexsort((ranks, position))
         position, ranks, items, scores_out = position[order], ranks[order], items[order], scores_out[order]
-        out = pd.DataFrame({
-            "user_id": np.asarray(ids, dtype=object)[position],
-            "rank": (ranks + 1).astype(np.int64),
-            "item_id": self._item_ids[items].astype(object),
-            "score": scores_out,
-            "fallback": rows[position] < 0,
-        })
+        out = pd.DataFrame(
+            {
+                "user_id": np.asarray(ids, dtype=object)[position],
+                "rank": (ranks + 1).astype(np.int64),
+                "item_id": self._item_ids[items].astype(object),
+                "score": scores_out,
+                "fallback": rows[position] < 0,
+            }
+        )
         if "explain" in model_input.columns:
             wanted = model_input["explain"].fillna(False).astype(bool).to_numpy()
             if wanted.any():
@@ -399,8 +435,7 @@ class RecommenderPyfunc(PythonModel):
         top_scores = np.take_along_axis(cand_scores, order, axis=1)
         rank = np.broadcast_to(np.arange(kmax), top.shape)
         keep = (rank < ks[:, None]) & (top_scores != -np.inf)
-        return np.broadcast_to(np.arange(users.size)[:, None], top.shape)[keep], rank[keep], top[keep], \
-            top_scores[keep]
+        return np.broadcast_to(np.arange(users.size)[:, None], top.shape)[keep], rank[keep], top[keep], top_scores[keep]
 
     def rank_user_rows(self, users: np.ndarray, k: int = DEFAULT_K) -> pd.DataFrame:
         """The top ``k`` recommendations of the users in rows ``users`` of the serving arrays (what
@@ -414,15 +449,25 @@ class RecommenderPyfunc(PythonModel):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if users.size == 0:
-            return pd.DataFrame({"user_key": pd.Series([], dtype=object), "rank": pd.Series([], dtype=np.int64),
-                                 "item_id": pd.Series([], dtype=object), "score": pd.Series([], dtype=np.float32)})
+            return pd.DataFrame(
+                {
+                    "user_key": pd.Series([], dtype=object),
+                    "rank": pd.Series([], dtype=np.int64),
+                    "item_id": pd.Series([], dtype=object),
+                    "score": pd.Series([], dtype=np.float32),
+                }
+            )
         batch, rank, items, scores = self._rank_rows(users, np.full(users.size, min(int(k), self.n_items)))
-        return pd.DataFrame({"user_key": self._user_keys[users[batch]].astype(object),
-                             "rank": (rank + 1).astype(np.int64),
-                             "item_id": self._item_ids[items].astype(object), "score": scores})
+        return pd.DataFrame(
+            {
+                "user_key": self._user_keys[users[batch]].astype(object),
+                "rank": (rank + 1).astype(np.int64),
+                "item_id": self._item_ids[items].astype(object),
+                "score": scores,
+            }
+        )
 
-    def explain(self, users: np.ndarray, items: np.ndarray, scores: np.ndarray, wanted: np.ndarray
-                ) -> pd.DataFrame:
+    def explain(self, users: np.ndarray, items: np.ndarray, scores: np.ndarray, wanted: np.ndarray) -> pd.DataFrame:
         r"""Why each (user, item) row was recommended: one column per score part, ``because`` and ``reason``.
 
         * ``share_<part>``: the part's share of the score, :math:`|s_p| / \sum_q |s_q|`. For an item-item
@@ -438,7 +483,7 @@ class RecommenderPyfunc(PythonModel):
         """
         n = users.size
         ask = wanted & (users >= 0)
-        parts = (["collaborative", *self._modality_parts, "graph"] if self._history_width else ["embedding"])
+        parts = ["collaborative", *self._modality_parts, "graph"] if self._history_width else ["embedding"]
         shares = {p: np.full(n, np.nan) for p in parts}
         because = np.full(n, "", dtype=object)
         reason = np.where(wanted & (users < 0), "popular with everyone (we do not know this user yet)", "")
@@ -449,8 +494,11 @@ class RecommenderPyfunc(PythonModel):
             if self._history_width:
                 values, evidence = self._history_parts(u, i)
                 history = sum(values.values()) if values else np.zeros(rows.size)
-                values = {"collaborative": history - sum(values[m] for m in self._modality_parts),
-                          **{m: values[m] for m in self._modality_parts}, "graph": total - history}
+                values = {
+                    "collaborative": history - sum(values[m] for m in self._modality_parts),
+                    **{m: values[m] for m in self._modality_parts},
+                    "graph": total - history,
+                }
             else:
                 values, evidence = {"embedding": total}, self._similar_history(u, i)
             magnitude = sum(np.abs(v) for v in values.values())
@@ -460,8 +508,7 @@ class RecommenderPyfunc(PythonModel):
             because[rows] = evidence
             top_part = np.asarray(parts)[np.argmax(np.stack([shares[p][rows] for p in parts]), axis=0)]
             reason[rows] = [_reason(e, p, float(shares[p][r])) for e, p, r in zip(evidence, top_part, rows)]
-        return pd.DataFrame({**{f"share_{p}": v for p, v in shares.items()}, "because": because,
-                             "reason": reason})
+        return pd.DataFrame({**{f"share_{p}": v for p, v in shares.items()}, "because": because, "reason": reason})
 
     def _history_entries(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The history entries of each row's user: (row, history item, weight) within ``history_width``."""
@@ -501,8 +548,11 @@ class RecommenderPyfunc(PythonModel):
         row, item, weight = row[order], item[order], weight[order]
         starts = np.searchsorted(row, row, side="left")
         keep = (np.arange(row.size) - starts < EXPLAIN_EVIDENCE) & (weight > 0)
-        joined = (pd.Series(self._item_ids[item[keep]]).groupby(row[keep]).agg("|".join)
-                  if keep.any() else pd.Series(dtype=object))
+        joined = (
+            pd.Series(self._item_ids[item[keep]]).groupby(row[keep]).agg("|".join)
+            if keep.any()
+            else pd.Series(dtype=object)
+        )
         return joined.reindex(range(n_rows), fill_value="").tolist()
 
     def _requested_k(self, model_input: pd.DataFrame) -> np.ndarray:
@@ -517,14 +567,21 @@ class RecommenderPyfunc(PythonModel):
             raise ValueError(f"model_input column 'k' must hold positive integers, got {example!r}")
         ks = raw.fillna(DEFAULT_K).to_numpy(dtype=np.float64)
         if ks.max() > self.max_k:
-            raise ValueError(f"k={int(ks.max())} is above this server's cap of {self.max_k} ({MAX_K_ENV}): "
-                             f"ask for at most {self.max_k} items per user")
+            raise ValueError(
+                f"k={int(ks.max())} is above this server's cap of {self.max_k} ({MAX_K_ENV}): "
+                f"ask for at most {self.max_k} items per user"
+            )
         return np.minimum(ks, self.n_items).astype(np.int64)
 
 
-_PART_WORDS = {"collaborative": "what people with similar histories chose", "text": "what it reads like",
-               "image": "what it looks like", "audio": "what it sounds like",
-               "graph": "the interaction graph", "embedding": "the learned taste profile"}
+_PART_WORDS = {
+    "collaborative": "what people with similar histories chose",
+    "text": "what it reads like",
+    "image": "what it looks like",
+    "audio": "what it sounds like",
+    "graph": "the interaction graph",
+    "embedding": "the learned taste profile",
+}
 
 
 def _reason(evidence: str, part: str, share: float) -> str:
@@ -551,15 +608,21 @@ def _ids(values: Sequence[Any], name: str, expected: int) -> list[str]:
     return out
 
 
-def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str], item_ids: Sequence[str],
-                          train: "sp.csr_matrix | None", secret: bytes,
-                          max_k: int = DEFAULT_MAX_K, max_rows: int = DEFAULT_MAX_ROWS) -> dict[str, np.ndarray]:
+def export_serving_arrays(
+    model: EmbeddingRecommender,
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    train: sp.csr_matrix | None,
+    secret: bytes,
+    max_k: int = DEFAULT_MAX_K,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> dict[str, np.ndarray]:
     """The content of the serving ``.npz``: embeddings, item ids, hashed user keys, fallback, seen items.
 
     ``user_ids[u]`` / ``item_ids[i]`` are the raw ids of embedding rows ``u`` / ``i``; user ids are
-    stored only as :func:`user_key` digests under ``secret`` (which is not stored). ``train`` (``[n_users, n_items]``, any scipy
-    sparse matrix) gives the already-seen items to exclude (``seen_indptr`` / ``seen_indices``, the
-    stored non-zeros per user in CSR form) and the popularity order for the fallback (number of
+    stored only as :func:`user_key` digests under ``secret`` (which is not stored). ``train``
+    (``[n_users, n_items]``, any scipy sparse matrix) gives the already-seen items to exclude
+    (``seen_indptr`` / ``seen_indices``, the stored non-zeros per user in CSR form) and the popularity order for the fallback (number of
     users with a non-zero entry per item; ties to the lower index). Without ``train`` nothing is
     excluded and the fallback ranks items by their score for the mean user embedding. ``max_k`` and
     ``max_rows`` are the request caps the server applies (see :class:`RecommenderPyfunc`).
@@ -571,16 +634,20 @@ def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str]
     items = np.ascontiguousarray(model.item_embeddings.detach().cpu().float().numpy(), dtype=np.float32)
     if model.sparse_users:  # stored in CSR form: the user's history, as wide as the catalogue
         table = model.user_embeddings.detach().cpu()
-        user_arrays = {"user_indptr": table.crow_indices().numpy().astype(np.int64),
-                       "user_indices": table.col_indices().numpy().astype(np.int64),
-                       "user_values": table.values().float().numpy()}
+        user_arrays = {
+            "user_indptr": table.crow_indices().numpy().astype(np.int64),
+            "user_indices": table.col_indices().numpy().astype(np.int64),
+            "user_values": table.values().float().numpy(),
+        }
         user_shape, user_values = tuple(table.shape), user_arrays["user_values"]
     else:
         users = np.ascontiguousarray(model.user_embeddings.detach().cpu().float().numpy(), dtype=np.float32)
         user_arrays, user_shape, user_values = {"user_embeddings": users}, users.shape, users
     if len(user_shape) != 2 or items.ndim != 2 or user_shape[1] != items.shape[1]:
-        raise ValueError(f"model embeddings must be 2-D with the same width, got user_embeddings "
-                         f"{user_shape} and item_embeddings {items.shape}")
+        raise ValueError(
+            f"model embeddings must be 2-D with the same width, got user_embeddings "
+            f"{user_shape} and item_embeddings {items.shape}"
+        )
     if items.shape[0] == 0:
         raise ValueError("model has no items")
     if not (np.isfinite(user_values).all() and np.isfinite(items).all()):
@@ -613,8 +680,7 @@ def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str]
         if not sp.issparse(train):
             raise TypeError(f"train must be a scipy sparse matrix or None, got {type(train).__name__}")
         if train.shape != (n_users, n_items):
-            raise ValueError(f"train has shape {train.shape}, expected (n_users, n_items) = "
-                             f"({n_users}, {n_items})")
+            raise ValueError(f"train has shape {train.shape}, expected (n_users, n_items) = ({n_users}, {n_items})")
         seen = sp.csr_matrix(train, copy=True)
         seen.sum_duplicates()
         seen.eliminate_zeros()
@@ -626,8 +692,12 @@ def export_serving_arrays(model: "EmbeddingRecommender", user_ids: Sequence[str]
         if not n_users:
             mean_user = np.zeros(items.shape[1], dtype=np.float32)
         elif model.sparse_users:
-            mean_user = np.bincount(user_arrays["user_indices"], weights=user_values,
-                                    minlength=items.shape[1]).astype(np.float32) / n_users
+            mean_user = (
+                np.bincount(user_arrays["user_indices"], weights=user_values, minlength=items.shape[1]).astype(
+                    np.float32
+                )
+                / n_users
+            )
         else:
             mean_user = user_values.mean(axis=0)
         popularity = (items @ mean_user).astype(np.float64)
@@ -647,18 +717,29 @@ def _model_code() -> str:
     try:
         source = Path(__file__).read_text(encoding="utf-8")
     except OSError as exc:  # e.g. a zipped / bytecode-only install
-        raise RuntimeError(f"log_recommender needs the source of {__name__} ({__file__}) to log the "
-                           f"model from code: {exc}") from exc
-    return (f"{source.rstrip()}\n\n\n# Appended by mm_pipeline.registry.pyfunc.log_recommender: the model "
-            f"MLflow loads.\nfrom mlflow.models import set_model  # noqa: E402\n\n"
-            f"set_model(RecommenderPyfunc())\n")
+        raise RuntimeError(
+            f"log_recommender needs the source of {__name__} ({__file__}) to log the model from code: {exc}"
+        ) from exc
+    return (
+        f"{source.rstrip()}\n\n\n# Appended by mm_pipeline.registry.pyfunc.log_recommender: the model "
+        f"MLflow loads.\nfrom mlflow.models import set_model  # noqa: E402\n\n"
+        f"set_model(RecommenderPyfunc())\n"
+    )
 
 
-def log_recommender(model: "EmbeddingRecommender", user_ids: Sequence[str], item_ids: Sequence[str],
-                    train: "sp.csr_matrix | None", name: str = "model",
-                    registered_model_name: str | None = None, tags: Mapping[str, Any] | None = None,
-                    input_example_users: int = 3, secret: bytes | None = None,
-                    max_k: int = DEFAULT_MAX_K, max_rows: int = DEFAULT_MAX_ROWS) -> "ModelInfo":
+def log_recommender(
+    model: EmbeddingRecommender,
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    train: sp.csr_matrix | None,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    input_example_users: int = 3,
+    secret: bytes | None = None,
+    max_k: int = DEFAULT_MAX_K,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> ModelInfo:
     """Log ``model`` as a :class:`RecommenderPyfunc` MLflow model in the active run.
 
     Builds the serving arrays (:func:`export_serving_arrays`; users keyed with ``secret``, default: the
@@ -678,12 +759,9 @@ def log_recommender(model: "EmbeddingRecommender", user_ids: Sequence[str], item
         raise RuntimeError("log_recommender must be called inside an active MLflow run (mlflow.start_run())")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if registered_model_name is not None and (not isinstance(registered_model_name, str)
-                                              or not registered_model_name):
-        raise ValueError(f"registered_model_name must be a non-empty string or None, "
-                         f"got {registered_model_name!r}")
-    if isinstance(input_example_users, bool) or not isinstance(input_example_users, int) \
-            or input_example_users < 0:
+    if registered_model_name is not None and (not isinstance(registered_model_name, str) or not registered_model_name):
+        raise ValueError(f"registered_model_name must be a non-empty string or None, got {registered_model_name!r}")
+    if isinstance(input_example_users, bool) or not isinstance(input_example_users, int) or input_example_users < 0:
         raise ValueError(f"input_example_users must be a non-negative integer, got {input_example_users!r}")
     if tags is not None and not isinstance(tags, Mapping):
         raise TypeError(f"tags must be a mapping or None, got {type(tags).__name__}")
@@ -697,15 +775,23 @@ def log_recommender(model: "EmbeddingRecommender", user_ids: Sequence[str], item
     arrays = export_serving_arrays(model, user_ids, item_ids, train, secret, max_k=max_k, max_rows=max_rows)
     n_items = int(arrays["item_embeddings"].shape[0])
     model_tags = {"mm_pipeline.recommender": model.name, **safe_params(tags or {})}
-    model_params = {"recommender": model.name, "n_users": int(arrays["user_keys"].shape[0]),
-                    "n_items": n_items, "embedding_dim": int(arrays["item_embeddings"].shape[1]),
-                    "excludes_seen": "seen_indptr" in arrays, "max_k": int(max_k), "max_rows": int(max_rows)}
+    model_params = {
+        "recommender": model.name,
+        "n_users": int(arrays["user_keys"].shape[0]),
+        "n_items": n_items,
+        "embedding_dim": int(arrays["item_embeddings"].shape[1]),
+        "excludes_seen": "seen_indptr" in arrays,
+        "max_k": int(max_k),
+        "max_rows": int(max_rows),
+    }
     example = None
     if input_example_users:
-        example = pd.DataFrame({
-            "user_id": [f"{EXAMPLE_USER}-{i}" for i in range(input_example_users)],
-            "k": np.full(input_example_users, min(3, n_items, max_k), dtype=np.int64),
-        })
+        example = pd.DataFrame(
+            {
+                "user_id": [f"{EXAMPLE_USER}-{i}" for i in range(input_example_users)],
+                "k": np.full(input_example_users, min(3, n_items, max_k), dtype=np.int64),
+            }
+        )
 
     with tempfile.TemporaryDirectory(prefix="mm_pipeline_serving_") as tmp:
         arrays_path = os.path.join(tmp, ARTIFACT_FILE)
@@ -728,7 +814,7 @@ def log_recommender(model: "EmbeddingRecommender", user_ids: Sequence[str], item
             )
 
 
-def register_alias(name: str, version: str | int, alias: str) -> "ModelVersion":
+def register_alias(name: str, version: str | int, alias: str) -> ModelVersion:
     """Point ``alias`` (e.g. ``"champion"``) of registered model ``name`` at ``version``.
 
     Aliases replace MLflow 2's stages; load with ``models:/<name>@<alias>``. Returns the version
@@ -736,13 +822,21 @@ def register_alias(name: str, version: str | int, alias: str) -> "ModelVersion":
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if isinstance(version, bool) or not (isinstance(version, int) and version >= 1
-                                         or isinstance(version, str) and version.isdigit() and int(version) >= 1):
+    if isinstance(version, bool) or not (
+        isinstance(version, int)
+        and version >= 1
+        or isinstance(version, str)
+        and version.isdigit()
+        and int(version) >= 1
+    ):
         raise ValueError(f"version must be a positive integer (or its string), got {version!r}")
-    if not isinstance(alias, str) or not _ALIAS.match(alias) or re.fullmatch(r"[vV]\d+", alias) \
-            or alias.lower() == "latest":
-        raise ValueError(f"alias must be letters, digits, '_' or '-' and not 'latest' or 'v<number>', "
-                         f"got {alias!r}")
+    if (
+        not isinstance(alias, str)
+        or not _ALIAS.match(alias)
+        or re.fullmatch(r"[vV]\d+", alias)
+        or alias.lower() == "latest"
+    ):
+        raise ValueError(f"alias must be letters, digits, '_' or '-' and not 'latest' or 'v<number>', got {alias!r}")
     client = MlflowClient()
     client.set_registered_model_alias(name, alias, str(int(version)))
     return client.get_model_version_by_alias(name, alias)

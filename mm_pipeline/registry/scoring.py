@@ -52,8 +52,9 @@ def store_is_empty(tracking_uri: str) -> bool:
     return not Path(tracking_uri.removeprefix("sqlite:///")).expanduser().exists()
 
 
-def score_all_users(arrays: Mapping[str, np.ndarray], k: int = 20,
-                    chunk_users: int = DEFAULT_CHUNK_USERS, secret: bytes | None = None) -> pd.DataFrame:
+def score_all_users(
+    arrays: Mapping[str, np.ndarray], k: int = 20, chunk_users: int = DEFAULT_CHUNK_USERS, secret: bytes | None = None
+) -> pd.DataFrame:
     """The top ``k`` of every user in the serving arrays (as the served model answers each of
     them: seen items excluded, ties to the lower item index), as columns :data:`BATCH_COLUMNS`.
 
@@ -72,8 +73,7 @@ def score_all_users(arrays: Mapping[str, np.ndarray], k: int = 20,
     return table
 
 
-def write_recommendations(path: str | Path, table: pd.DataFrame, key_check: str, about: Mapping[str, str]
-                          ) -> Path:
+def write_recommendations(path: str | Path, table: pd.DataFrame, key_check: str, about: Mapping[str, str]) -> Path:
     """Write a batch table to ``path`` (Parquet) atomically: a reader sees the previous file or
     this one, and a killed write leaves only a ``.<name>.tmp-*`` leftover that the next start
     cleans. ``key_check`` (the secret's fingerprint, :func:`~mm_pipeline.registry.pyfunc.secret_fingerprint`)
@@ -88,8 +88,9 @@ def write_recommendations(path: str | Path, table: pd.DataFrame, key_check: str,
         raise ValueError(f"a batch table needs the columns {list(BATCH_COLUMNS)}; missing {missing}")
     arrow = pa.Table.from_pandas(table[list(BATCH_COLUMNS)], preserve_index=False)
     extra = {f"{ABOUT_PREFIX}{key}": str(value) for key, value in {**about, "key_check": key_check}.items()}
-    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
-                                           **{k.encode(): v.encode() for k, v in extra.items()}})
+    arrow = arrow.replace_schema_metadata(
+        {**(arrow.schema.metadata or {}), **{k.encode(): v.encode() for k, v in extra.items()}}
+    )
     buffer = io.BytesIO()
     pq.write_table(arrow, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
@@ -100,18 +101,20 @@ def read_recommendations(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]
     import pyarrow.parquet as pq
 
     arrow = pq.read_table(path)
-    about = {k.decode(): v.decode() for k, v in (arrow.schema.metadata or {}).items()
-             if k.decode().startswith(ABOUT_PREFIX)}
+    about = {
+        k.decode(): v.decode() for k, v in (arrow.schema.metadata or {}).items() if k.decode().startswith(ABOUT_PREFIX)
+    }
     return arrow.to_pandas(), {k.removeprefix(ABOUT_PREFIX): v for k, v in about.items()}
 
 
-def recommendations_for(table: pd.DataFrame, about: Mapping[str, str], user_id: object, secret: bytes
-                        ) -> pd.DataFrame:
+def recommendations_for(table: pd.DataFrame, about: Mapping[str, str], user_id: object, secret: bytes) -> pd.DataFrame:
     """The rows of raw user id ``user_id`` in a batch table whose metadata is ``about`` (empty: the model
     does not know the user, who gets the popularity fallback when served). ``secret`` must be the one the
     keys were made with."""
     if secret_fingerprint(secret) != about.get("key_check"):
-        raise ValueError("this user key secret is not the one the batch table was keyed with (rotated?): "
-                         "score the users again under the current secret")
+        raise ValueError(
+            "this user key secret is not the one the batch table was keyed with (rotated?): "
+            "score the users again under the current secret"
+        )
     key = user_key(str(user_id), secret)
     return table[table["user_key"].astype(str) == key].reset_index(drop=True)

@@ -75,8 +75,10 @@ def _load_served_model(model_uri: str, dst: Path, secret: bytes) -> ServedModel:
     flavor = Model.load(str(local)).flavors.get("python_function", {})
     entry = (flavor.get("artifacts") or {}).get(ARTIFACT_KEY)
     if not entry or "path" not in entry:
-        raise ValueError(f"{model_uri} is not an mm_pipeline recommender: its MLmodel has no "
-                         f"'{ARTIFACT_KEY}' artifact (was it logged with log_recommender?)")
+        raise ValueError(
+            f"{model_uri} is not an mm_pipeline recommender: its MLmodel has no "
+            f"'{ARTIFACT_KEY}' artifact (was it logged with log_recommender?)"
+        )
     with np.load(local / entry["path"], allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     pyfunc = mlflow.pyfunc.load_model(str(local))
@@ -103,23 +105,31 @@ class ServedScorer(EmbeddingRecommender):
         return scores
 
 
-def served_scorer(served: ServedModel, user_ids: Sequence[str], item_ids: Sequence[str],
-                  name: str = "served") -> ServedScorer:
+def served_scorer(
+    served: ServedModel, user_ids: Sequence[str], item_ids: Sequence[str], name: str = "served"
+) -> ServedScorer:
     """Map ``served``'s arrays onto users ``user_ids`` and items ``item_ids`` (raw ids, in the
     split's index order); see the module docstring."""
     arrays = served.arrays
     for key in ("item_embeddings", "item_ids", "user_keys", "key_check", "popular_items"):
         if key not in arrays:
-            raise ValueError(f"{served.uri}: serving arrays lack {key!r} (logged before keyed user hashes? "
-                             f"retrain and register it again)")
+            raise ValueError(
+                f"{served.uri}: serving arrays lack {key!r} (logged before keyed user hashes? "
+                f"retrain and register it again)"
+            )
     sparse_users = "user_embeddings" not in arrays
     items_art = np.asarray(arrays["item_embeddings"], dtype=np.float32)
     secret = served.secret
     if secret is not None and secret_fingerprint(secret) != str(np.asarray(arrays["key_check"]).item()):
         secret = None  # keyed with another secret: like the server, recognise no user
     key_to_row = {str(key): row for row, key in enumerate(np.asarray(arrays["user_keys"]).tolist())}
-    rows = (np.fromiter((key_to_row.get(user_key(str(u), secret), -1) for u in user_ids), dtype=np.int64,
-                        count=len(user_ids)) if secret is not None else np.full(len(user_ids), -1, dtype=np.int64))
+    rows = (
+        np.fromiter(
+            (key_to_row.get(user_key(str(u), secret), -1) for u in user_ids), dtype=np.int64, count=len(user_ids)
+        )
+        if secret is not None
+        else np.full(len(user_ids), -1, dtype=np.int64)
+    )
     art_item = {str(item): i for i, item in enumerate(np.asarray(arrays["item_ids"]).astype(str).tolist())}
     cols = np.fromiter((art_item.get(str(i), -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
 
@@ -129,9 +139,14 @@ def served_scorer(served: ServedModel, user_ids: Sequence[str], item_ids: Sequen
     if sparse_users:
         import scipy.sparse as sp
 
-        table = sp.csr_matrix((np.asarray(arrays["user_values"], dtype=np.float32),
-                               np.asarray(arrays["user_indices"]), np.asarray(arrays["user_indptr"])),
-                              shape=(len(arrays["user_keys"]), dim))
+        table = sp.csr_matrix(
+            (
+                np.asarray(arrays["user_values"], dtype=np.float32),
+                np.asarray(arrays["user_indices"]),
+                np.asarray(arrays["user_indptr"]),
+            ),
+            shape=(len(arrays["user_keys"]), dim),
+        )
         known_rows = sp.diags((rows >= 0).astype(np.float32)) @ table[np.maximum(rows, 0)]
         known_rows.eliminate_zeros()
         users = sparse_from_scipy(known_rows)
@@ -147,15 +162,27 @@ def served_scorer(served: ServedModel, user_ids: Sequence[str], item_ids: Sequen
     art_score = np.full(items_art.shape[0], -np.inf, dtype=np.float32)
     art_score[popular] = np.arange(popular.size, 0, -1, dtype=np.float32)
     fallback = np.where(cols >= 0, art_score[np.maximum(cols, 0)], -np.inf).astype(np.float32)
-    return ServedScorer(name, users, torch.from_numpy(items),
-                        info={"model_uri": served.uri},
-                        known_users=torch.from_numpy(rows >= 0), known_items=torch.from_numpy(cols >= 0),
-                        fallback_scores=torch.from_numpy(fallback))
+    return ServedScorer(
+        name,
+        users,
+        torch.from_numpy(items),
+        info={"model_uri": served.uri},
+        known_users=torch.from_numpy(rows >= 0),
+        known_items=torch.from_numpy(cols >= 0),
+        fallback_scores=torch.from_numpy(fallback),
+    )
 
 
-def check_served_predictions(served: ServedModel, scorer: ServedScorer, user_ids: Sequence[str],
-                             item_ids: Sequence[str], users: np.ndarray, k: int = 20,
-                             max_users: int = 64, atol: float = 1e-4) -> int:
+def check_served_predictions(
+    served: ServedModel,
+    scorer: ServedScorer,
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    users: np.ndarray,
+    k: int = 20,
+    max_users: int = 64,
+    atol: float = 1e-4,
+) -> int:
     """Ask the served pyfunc for the top-``k`` of (up to ``max_users`` of) ``users`` (split indices)
     and check it agrees with ``scorer``: known users get scored rows whose scores match the
     scorer's, unknown users get the fallback. Returns the number of rows checked; raises
@@ -165,16 +192,16 @@ def check_served_predictions(served: ServedModel, scorer: ServedScorer, user_ids
         users = users[np.linspace(0, users.size - 1, max_users).round().astype(np.int64)]
     if users.size == 0:
         return 0
-    request = pd.DataFrame({"user_id": [str(user_ids[u]) for u in users],
-                            "k": np.full(users.size, k, dtype=np.int64)})
+    request = pd.DataFrame({"user_id": [str(user_ids[u]) for u in users], "k": np.full(users.size, k, dtype=np.int64)})
     answer = served.pyfunc.predict(request)
     position = {str(user_ids[u]): int(u) for u in users}
     answer_users = answer["user_id"].astype(str).map(position).to_numpy()
     known = scorer.known_users.numpy()
     fallback = answer["fallback"].to_numpy(dtype=bool)
     if not np.array_equal(fallback, ~known[answer_users]):
-        raise RuntimeError(f"{served.uri}: the served model's fallback flags disagree with the users "
-                           f"found in its serving arrays")
+        raise RuntimeError(
+            f"{served.uri}: the served model's fallback flags disagree with the users found in its serving arrays"
+        )
     item_index = {str(item): i for i, item in enumerate(item_ids)}
     scored = ~fallback
     cols = answer["item_id"].astype(str).map(item_index)
@@ -183,19 +210,31 @@ def check_served_predictions(served: ServedModel, scorer: ServedScorer, user_ids
         u = answer_users[scored]
         i = cols[scored].to_numpy(dtype=np.int64)
         with torch.no_grad():
-            ours = (scorer.user_rows(torch.from_numpy(u))
-                    * scorer.item_embeddings[torch.from_numpy(i)]).sum(1).double().numpy()
+            ours = (
+                (scorer.user_rows(torch.from_numpy(u)) * scorer.item_embeddings[torch.from_numpy(i)])
+                .sum(1)
+                .double()
+                .numpy()
+            )
         theirs = answer["score"].to_numpy(dtype=np.float64)[scored]
         bad = ~np.isclose(theirs, ours, rtol=atol, atol=atol)
         if bad.any():
-            raise RuntimeError(f"{served.uri}: {int(bad.sum())} of {bad.size} served scores differ from the "
-                               f"scores re-computed from its serving arrays (max abs diff "
-                               f"{float(np.abs(theirs - ours).max()):.3g})")
+            raise RuntimeError(
+                f"{served.uri}: {int(bad.sum())} of {bad.size} served scores differ from the "
+                f"scores re-computed from its serving arrays (max abs diff "
+                f"{float(np.abs(theirs - ours).max()):.3g})"
+            )
     return int(len(answer))
 
 
-def score_served_model(served: ServedModel, data: "SplitData", user_ids: Sequence[str],
-                       item_ids: Sequence[str], k: int = 20, name: str = "served") -> dict[str, float]:
+def score_served_model(
+    served: ServedModel,
+    data: SplitData,
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    k: int = 20,
+    name: str = "served",
+) -> dict[str, float]:
     """Test metrics of ``served`` on ``data`` with the evaluation report's protocol.
 
     Returns ``recall@k``, ``ndcg@k``, ``precision@k``, ``hit_ratio@k``, ``coverage@k``,
@@ -207,15 +246,18 @@ def score_served_model(served: ServedModel, data: "SplitData", user_ids: Sequenc
     from mm_pipeline.evaluate.protocol import evaluate_models
 
     if len(user_ids) != data.n_users or len(item_ids) != data.n_items:
-        raise ValueError(f"user_ids ({len(user_ids)}) and item_ids ({len(item_ids)}) must match the split's "
-                         f"{data.n_users} users and {data.n_items} items")
+        raise ValueError(
+            f"user_ids ({len(user_ids)}) and item_ids ({len(item_ids)}) must match the split's "
+            f"{data.n_users} users and {data.n_items} items"
+        )
     scorer = served_scorer(served, user_ids, item_ids, name)
     test_users = np.flatnonzero(np.diff(data.test.tocsr().indptr) > 0)
     checked = check_served_predictions(served, scorer, user_ids, item_ids, test_users, k=k)
     results = evaluate_models({name: scorer}, data, ks=(k,))
     main = results["models"][name]
-    out = {f"{m}@{k}": float(main[f"{m}@{k}"])
-           for m in ("recall", "ndcg", "precision", "hit_ratio", "coverage", "novelty")}
+    out = {
+        f"{m}@{k}": float(main[f"{m}@{k}"]) for m in ("recall", "ndcg", "precision", "hit_ratio", "coverage", "novelty")
+    }
     cold = results["cold_start"].get(name)
     if cold is not None:
         out[f"cold_recall@{k}"] = float(cold[f"recall@{k}"])

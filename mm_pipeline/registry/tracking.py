@@ -89,8 +89,10 @@ def configure_mlflow(tracking_uri: str, experiment_name: str, artifact_root: Pat
             experiment_id = experiment.experiment_id
     else:
         if experiment.lifecycle_stage != "active":
-            raise ValueError(f"experiment_name {experiment_name!r} names a deleted MLflow experiment "
-                             f"(id {experiment.experiment_id}); restore it or choose another name")
+            raise ValueError(
+                f"experiment_name {experiment_name!r} names a deleted MLflow experiment "
+                f"(id {experiment.experiment_id}); restore it or choose another name"
+            )
         experiment_id = experiment.experiment_id
 
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -104,8 +106,7 @@ def metric_key(name: str) -> str:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     key = _INVALID_KEY_CHAR.sub("_", name.replace("@", "_at_"))
     if len(key) > MAX_ENTITY_KEY_LENGTH:
-        raise ValueError(f"name {name[:60]!r}... is longer than MLflow's {MAX_ENTITY_KEY_LENGTH}-character "
-                         f"key limit")
+        raise ValueError(f"name {name[:60]!r}... is longer than MLflow's {MAX_ENTITY_KEY_LENGTH}-character key limit")
     return key
 
 
@@ -114,8 +115,12 @@ def _clean_value(value: Any, limit: int) -> str:
     return text[:limit]
 
 
-def run_tags(dagster_run_id: str | None = None, asset_key: str | None = None,
-             code_version: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+def run_tags(
+    dagster_run_id: str | None = None,
+    asset_key: str | None = None,
+    code_version: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
     """Tags linking an MLflow run to the Dagster run / asset / code version that produced it.
 
     ``dagster_run_id`` -> ``dagster.run_id``, ``asset_key`` -> ``dagster.asset_key`` and
@@ -124,9 +129,11 @@ def run_tags(dagster_run_id: str | None = None, asset_key: str | None = None,
     dropped, nested mappings flattened); they may not set the three reserved tag names.
     """
     tags: dict[str, str] = {}
-    for name, key, value in (("dagster_run_id", TAG_DAGSTER_RUN_ID, dagster_run_id),
-                             ("asset_key", TAG_DAGSTER_ASSET_KEY, asset_key),
-                             ("code_version", TAG_CODE_VERSION, code_version)):
+    for name, key, value in (
+        ("dagster_run_id", TAG_DAGSTER_RUN_ID, dagster_run_id),
+        ("asset_key", TAG_DAGSTER_ASSET_KEY, asset_key),
+        ("code_version", TAG_CODE_VERSION, code_version),
+    ):
         if value is not None:
             tags[key] = _clean_value(_require_str(value, name), MAX_TAG_VAL_LENGTH)
     if extra is not None:
@@ -134,8 +141,10 @@ def run_tags(dagster_run_id: str | None = None, asset_key: str | None = None,
             raise TypeError(f"extra must be a mapping of tag names to values, got {type(extra).__name__}")
         reserved = sorted(set(map(str, extra)) & set(_RESERVED_TAGS))
         if reserved:
-            raise ValueError(f"extra must not set the reserved tag(s) {reserved}; pass dagster_run_id / "
-                             f"asset_key / code_version instead")
+            raise ValueError(
+                f"extra must not set the reserved tag(s) {reserved}; pass dagster_run_id / "
+                f"asset_key / code_version instead"
+            )
         for key, value in _flatten(extra, "extra"):
             tags[key] = _clean_value(value, MAX_TAG_VAL_LENGTH)
     return tags
@@ -150,8 +159,7 @@ def is_identifier_key(key: str, value: Any = None) -> bool:
     component = _normalise_component(key)
     if _IDENTIFIER_KEY.match(component):
         return True
-    carrier = isinstance(value, (str, bytes, Mapping, list, tuple, set, frozenset, np.ndarray, pd.Series,
-                                 pd.Index))
+    carrier = isinstance(value, (str, bytes, Mapping, list, tuple, set, frozenset, np.ndarray, pd.Series, pd.Index))
     return carrier and bool(_USERS_KEY.match(component))
 
 
@@ -170,8 +178,9 @@ def _flatten(params: Mapping[str, Any], argument: str) -> list[tuple[str, Any]]:
                 visit(value, full)
                 continue
             if len(full) > MAX_ENTITY_KEY_LENGTH:
-                raise ValueError(f"{argument} key {full[:60]!r}... is longer than MLflow's "
-                                 f"{MAX_ENTITY_KEY_LENGTH}-character limit")
+                raise ValueError(
+                    f"{argument} key {full[:60]!r}... is longer than MLflow's {MAX_ENTITY_KEY_LENGTH}-character limit"
+                )
             full = metric_key(full)
             if full in out:
                 raise ValueError(f"{argument} has two entries that flatten to the same key {full!r}")
@@ -238,8 +247,9 @@ def log_history(history: pd.DataFrame, step_column: str = "epoch", *, run_id: st
     if not isinstance(history, pd.DataFrame):
         raise TypeError(f"history must be a pandas DataFrame, got {type(history).__name__}")
     if step_column not in history.columns:
-        raise ValueError(f"step_column {step_column!r} is not a column of history "
-                         f"(columns: {list(map(str, history.columns))})")
+        raise ValueError(
+            f"step_column {step_column!r} is not a column of history (columns: {list(map(str, history.columns))})"
+        )
     if run_id is None:
         run = mlflow.active_run()
         if run is None:
@@ -251,8 +261,7 @@ def log_history(history: pd.DataFrame, step_column: str = "epoch", *, run_id: st
         raise ValueError(f"step_column {step_column!r} must hold whole numbers with no missing values")
     steps = steps_raw.astype(np.int64)
 
-    columns = [c for c in history.columns
-               if c != step_column and pd.api.types.is_numeric_dtype(history[c])]
+    columns = [c for c in history.columns if c != step_column and pd.api.types.is_numeric_dtype(history[c])]
     keys: dict[str, Any] = {}
     for column in columns:
         if not isinstance(column, str) or not column:
@@ -273,7 +282,7 @@ def log_history(history: pd.DataFrame, step_column: str = "epoch", *, run_id: st
 
     client = MlflowClient()
     for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+        client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
     return len(metrics)
 
 
@@ -302,6 +311,6 @@ def log_evaluation(metrics: Mapping[str, Any], report_dir: Path) -> int:
     batch = [Metric(key=k, value=v, timestamp=timestamp, step=0) for k, v in values.items()]
     client = MlflowClient()
     for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
-        client.log_batch(run.info.run_id, metrics=batch[start:start + MAX_METRICS_PER_BATCH])
+        client.log_batch(run.info.run_id, metrics=batch[start : start + MAX_METRICS_PER_BATCH])
     mlflow.log_artifacts(str(report_dir), artifact_path="report")
     return len(values)

@@ -16,10 +16,16 @@ AlignRunConfig = config_from_dataclass(AlignConfig, "AlignRunConfig")
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1")
-def aligned_item_embeddings(context: dg.AssetExecutionContext, config: AlignRunConfig,  # type: ignore[valid-type]
-                            text_features: dict, image_features: dict, audio_features: dict,
-                            interaction_split: dict, pipeline: PipelineResource,
-                            mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+def aligned_item_embeddings(
+    context: dg.AssetExecutionContext,
+    config: AlignRunConfig,  # type: ignore[valid-type]
+    text_features: dict,
+    image_features: dict,
+    audio_features: dict,
+    interaction_split: dict,
+    pipeline: PipelineResource,
+    mlflow_tracking: MlflowResource,
+) -> dg.Output[dict]:
     """Every item in one ``dim``-d space: per-modality embeddings, attention-fused vector and weights.
 
     Modalities that no item has are skipped (named in metadata). Missing modalities are masked
@@ -31,33 +37,48 @@ def aligned_item_embeddings(context: dg.AssetExecutionContext, config: AlignRunC
 
     align_config = to_dataclass(AlignConfig, config, seed=pipeline.seed)
     candidates = {"text": text_features, "image": image_features, "audio": audio_features}
-    inputs = {m: ModalityInput(np.asarray(f["features"]), np.asarray(f["present"], dtype=bool),
-                               np.asarray(f["augmented"]) if "augmented" in f else None)
-              for m, f in candidates.items() if np.asarray(f["present"]).any()}
+    inputs = {
+        m: ModalityInput(
+            np.asarray(f["features"]),
+            np.asarray(f["present"], dtype=bool),
+            np.asarray(f["augmented"]) if "augmented" in f else None,
+        )
+        for m, f in candidates.items()
+        if np.asarray(f["present"]).any()
+    }
     skipped = sorted(set(candidates) - set(inputs))
     table = interaction_split["table"]
     train = table[table["split"] == "train"]
     with mlflow_tracking.start_run(context) as run:
         mlflow.log_params(safe_params({**align_config.__dict__, "modalities": ",".join(inputs)}))
-        model, history = fit_aligner(inputs, train["user_idx"].to_numpy(), train["item_idx"].to_numpy(),
-                                     align_config)
+        model, history = fit_aligner(inputs, train["user_idx"].to_numpy(), train["item_idx"].to_numpy(), align_config)
         log_history(history)
         dims = [inputs[m].features.shape[1] for m in inputs]
-        example = np.concatenate([inputs[m].features[:2] for m in inputs]
-                                 + [np.stack([inputs[m].present[:2] for m in inputs], 1)], 1).astype(np.float32)
+        example = np.concatenate(
+            [inputs[m].features[:2] for m in inputs] + [np.stack([inputs[m].present[:2] for m in inputs], 1)], 1
+        ).astype(np.float32)
         model_uri = log_torch_module(ConcatenatedAligner(model, dims), "aligner", example)
     out = embed_items(model, inputs)
     weights = pd.DataFrame(out["weights"], columns=list(inputs))
     has = pd.DataFrame(out["present"], columns=list(inputs))
-    weight_stats = pd.DataFrame({
-        "modality": list(inputs),
-        "coverage": [float(has[m].mean()) for m in inputs],
-        "mean_weight": [float(weights.loc[has[m], m].mean()) if has[m].any() else 0.0 for m in inputs],
-        "p10": [float(weights.loc[has[m], m].quantile(0.1)) if has[m].any() else 0.0 for m in inputs],
-        "p90": [float(weights.loc[has[m], m].quantile(0.9)) if has[m].any() else 0.0 for m in inputs]})
-    return dg.Output({**out, "modalities": list(inputs), "history": history}, metadata={
-        "dimension": align_config.dim, "modalities": ", ".join(inputs),
-        "skipped_modalities": ", ".join(skipped) or "none",
-        "modality_weights": frame_table(weight_stats),
-        "mlflow_run_id": run.info.run_id, "mlflow_model": model_uri,
-        **history_metadata(history, ["cross_modal", "collaborative"], "alignment losses")})
+    weight_stats = pd.DataFrame(
+        {
+            "modality": list(inputs),
+            "coverage": [float(has[m].mean()) for m in inputs],
+            "mean_weight": [float(weights.loc[has[m], m].mean()) if has[m].any() else 0.0 for m in inputs],
+            "p10": [float(weights.loc[has[m], m].quantile(0.1)) if has[m].any() else 0.0 for m in inputs],
+            "p90": [float(weights.loc[has[m], m].quantile(0.9)) if has[m].any() else 0.0 for m in inputs],
+        }
+    )
+    return dg.Output(
+        {**out, "modalities": list(inputs), "history": history},
+        metadata={
+            "dimension": align_config.dim,
+            "modalities": ", ".join(inputs),
+            "skipped_modalities": ", ".join(skipped) or "none",
+            "modality_weights": frame_table(weight_stats),
+            "mlflow_run_id": run.info.run_id,
+            "mlflow_model": model_uri,
+            **history_metadata(history, ["cross_modal", "collaborative"], "alignment losses"),
+        },
+    )

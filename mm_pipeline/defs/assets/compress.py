@@ -19,28 +19,39 @@ class CompressConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, code_version="2")
-def compressed_model(config: CompressConfig, selected_model: dict, interaction_split: dict,
-                     pipeline: PipelineResource) -> dg.Output[dict]:
+def compressed_model(
+    config: CompressConfig, selected_model: dict, interaction_split: dict, pipeline: PipelineResource
+) -> dg.Output[dict]:
     """fp32, pruned, int8 and pruned+int8 variants with parameter count, size, latency and quality.
 
     The quality change here is measured on the *validation* split; test numbers are in the report.
     """
     model = EmbeddingRecommender.from_bundle(selected_model)
     data = split_data(interaction_split)
-    result = compress_recommender(model, prune_amount=config.prune_amount, latency_users=config.latency_users,
-                                  seed=pipeline.seed)
+    result = compress_recommender(
+        model, prune_amount=config.prune_amount, latency_users=config.latency_users, seed=pipeline.seed
+    )
     popularity = data.train.sum(axis=0).A1
     quality = []
     for name, rec in result["recommenders"].items():
-        m = ranking_metrics(rec, truth=data.valid, exclude=data.train, ks=(20,), item_popularity=popularity,
-                            n_train_users=data.n_users)
+        m = ranking_metrics(
+            rec, truth=data.valid, exclude=data.train, ks=(20,), item_popularity=popularity, n_train_users=data.n_users
+        )
         quality.append({"variant": name, "valid_recall@20": m["recall@20"], "valid_ndcg@20": m["ndcg@20"]})
     stats = result["stats"].merge(pd.DataFrame(quality), on="variant")
     base = stats.loc[stats["variant"] == "fp32"].iloc[0]
     stats["valid_recall@20_change"] = stats["valid_recall@20"] - base["valid_recall@20"]
     variants = {name: rec.to_arrays() for name, rec in result["recommenders"].items() if name != "fp32"}
-    return dg.Output({"stats": stats, "variants": list(variants), "source_model": model.name,
-                      **{f"variant_{k}": v for k, v in variants.items()}},
-                     metadata={"compression": frame_table(stats),
-                               "prune_amount": config.prune_amount,
-                               "int8_size_ratio": float(stats.loc[stats["variant"] == "int8", "size_ratio"].iloc[0])})
+    return dg.Output(
+        {
+            "stats": stats,
+            "variants": list(variants),
+            "source_model": model.name,
+            **{f"variant_{k}": v for k, v in variants.items()},
+        },
+        metadata={
+            "compression": frame_table(stats),
+            "prune_amount": config.prune_amount,
+            "int8_size_ratio": float(stats.loc[stats["variant"] == "int8", "size_ratio"].iloc[0]),
+        },
+    )

@@ -7,8 +7,7 @@ import pandas as pd
 
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import PipelineResource
-from mm_pipeline.evaluate.report import build_comparison
-from mm_pipeline.evaluate.report import png_markdown, write_report
+from mm_pipeline.evaluate.report import build_comparison, png_markdown, write_report
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.catalog import MODEL_TABLE, names_with_role
 from mm_pipeline.storage import point_link
@@ -39,29 +38,53 @@ def selection_summary(selected_model: dict, bundles: Sequence[dict]) -> dict:
             continue
         search = bundle.get("search")
         if not isinstance(search, pd.DataFrame) or not len(search):
-            searches.append({"model": bundle["name"], "settings tried": 0, "search seconds": 0.0,
-                             "chosen": "nothing to choose"})
+            searches.append(
+                {"model": bundle["name"], "settings tried": 0, "search seconds": 0.0, "chosen": "nothing to choose"}
+            )
             continue
         row = search.loc[search["chosen"].astype(bool)].iloc[0]
         # A trained model's grid changes one setting at a time from its config: the chosen row names the
         # change (none: the config as given).
-        changed = {k: row[k] for k in search.columns if not k.startswith("valid_")
-                   and k not in ("seconds", "chosen", "best_epoch", "epochs_run") and pd.notna(row[k])}
-        searches.append({"model": bundle["name"], "settings tried": int(len(search)),
-                         "search seconds": float(search["seconds"].sum()),
-                         "chosen": ", ".join(f"{k}={v}" for k, v in changed.items()) or "the given settings"})
-    return {"selected": selected_model["selected"], "reason": selected_model["selection_reason"],
-            "validation": selected_model["selection"], "searches": pd.DataFrame(searches)}
+        changed = {
+            k: row[k]
+            for k in search.columns
+            if not k.startswith("valid_")
+            and k not in ("seconds", "chosen", "best_epoch", "epochs_run")
+            and pd.notna(row[k])
+        }
+        searches.append(
+            {
+                "model": bundle["name"],
+                "settings tried": int(len(search)),
+                "search seconds": float(search["seconds"].sum()),
+                "chosen": ", ".join(f"{k}={v}" for k, v in changed.items()) or "the given settings",
+            }
+        )
+    return {
+        "selected": selected_model["selected"],
+        "reason": selected_model["selection_reason"],
+        "validation": selected_model["selection"],
+        "searches": pd.DataFrame(searches),
+    }
 
 
-def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResource, source_dataset: dict,
-                      interaction_split: dict, bundles: Sequence[dict], aligned_item_embeddings: dict,
-                      compressed_model: dict | None = None, ablation_bundles: Sequence[dict] = (),
-                      title: str = "Evaluation report", selected_model: dict | None = None) -> dg.Output[dict]:
+def comparison_report(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    source_dataset: dict,
+    interaction_split: dict,
+    bundles: Sequence[dict],
+    aligned_item_embeddings: dict,
+    compressed_model: dict | None = None,
+    ablation_bundles: Sequence[dict] = (),
+    title: str = "Evaluation report",
+    selected_model: dict | None = None,
+) -> dg.Output[dict]:
     """Evaluate model bundles (baselines + the primary), compressed variants and ablations; write the report.
 
     Files go to ``reports/runs/<run id>`` (``metrics.json``, ``report.md``, ``report.html`` and the PNG
-    figures); ``reports/latest`` is then switched to that folder (``research_report`` calls this with the ablation bundles).
+    figures); ``reports/latest`` is then switched to that folder (``research_report`` calls this with the
+    ablation bundles).
     The report (files and every model's test metrics) is also logged as an MLflow run of its own.
     """
     data = split_data(interaction_split)
@@ -70,21 +93,37 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
         raise ValueError(f"model names must be unique across bundles and ablations, got {names}")
     models = _recommenders([*bundles, *ablation_bundles], compressed_model)
     ablations = [b["name"] for b in ablation_bundles if "skipped" not in b]
-    histories = {b["name"]: b["history"] for b in [*bundles, *ablation_bundles]
-                 if "skipped" not in b and isinstance(b.get("history"), pd.DataFrame) and len(b["history"])}
+    histories = {
+        b["name"]: b["history"]
+        for b in [*bundles, *ablation_bundles]
+        if "skipped" not in b and isinstance(b.get("history"), pd.DataFrame) and len(b["history"])
+    }
     if isinstance(aligned_item_embeddings.get("history"), pd.DataFrame) and len(aligned_item_embeddings["history"]):
         histories["alignment"] = aligned_item_embeddings["history"]
     table = interaction_split["table"]
-    dataset = {"spec": source_dataset["spec"], "name": source_dataset["name"],
-               "modalities": source_dataset["modalities"], "interactions": int(len(table)),
-               **{f"{k}_interactions": int((table["split"] == k).sum()) for k in ("train", "valid", "test")}}
+    dataset = {
+        "spec": source_dataset["spec"],
+        "name": source_dataset["name"],
+        "modalities": source_dataset["modalities"],
+        "interactions": int(len(table)),
+        **{f"{k}_interactions": int((table["split"] == k).sum()) for k in ("train", "valid", "test")},
+    }
     comparison = build_comparison(
-        models, data, primary=PRIMARY_MODEL, baselines=[n for n in BASELINES if n in models], ablations=ablations,
+        models,
+        data,
+        primary=PRIMARY_MODEL,
+        baselines=[n for n in BASELINES if n in models],
+        ablations=ablations,
         components=[n for n in COMPONENTS if n in models],
-        histories=histories, compression=compressed_model["stats"] if compressed_model else None,
-        aligned=aligned_item_embeddings, dataset=dataset, seed=pipeline.seed, title=title,
+        histories=histories,
+        compression=compressed_model["stats"] if compressed_model else None,
+        aligned=aligned_item_embeddings,
+        dataset=dataset,
+        seed=pipeline.seed,
+        title=title,
         split=interaction_split.get("split_method", DEFAULT_SPLIT),
-        selection=selection_summary(selected_model, bundles) if selected_model is not None else None)
+        selection=selection_summary(selected_model, bundles) if selected_model is not None else None,
+    )
     metrics = {**comparison.metrics, "dagster_run_id": context.run_id}
     paths = pipeline.paths()
     latest, this_run = paths.reports / "latest", paths.reports / "runs" / context.run_id
@@ -95,22 +134,32 @@ def comparison_report(context: dg.AssetExecutionContext, pipeline: PipelineResou
     with context.resources.mlflow_tracking.start_run(context, run_name=context.asset_key.to_user_string()) as run:
         logged = log_evaluation(metrics, this_run)
     primary = metrics["models"][PRIMARY_MODEL]
-    return dg.Output({"metrics": metrics}, metadata={
-        **{name: dg.MetadataValue.md(text) for name, text in comparison.tables.items()},
-        **{f"figure_{name}": dg.MetadataValue.md(png_markdown(png, name)) for name, png in comparison.figures.items()},
-        "report": dg.MetadataValue.path(str(written["report.md"])),
-        "report_html": dg.MetadataValue.path(str(written["report.html"])),
-        "metrics_json": dg.MetadataValue.path(str(written["metrics.json"])),
-        "mlflow_run_id": run.info.run_id, "mlflow_test_metrics": logged,
-        f"{PRIMARY_MODEL}_recall@20": float(primary["recall@20"]),
-        f"{PRIMARY_MODEL}_ndcg@20": float(primary["ndcg@20"]),
-    })
+    return dg.Output(
+        {"metrics": metrics},
+        metadata={
+            **{name: dg.MetadataValue.md(text) for name, text in comparison.tables.items()},
+            **{
+                f"figure_{name}": dg.MetadataValue.md(png_markdown(png, name))
+                for name, png in comparison.figures.items()
+            },
+            "report": dg.MetadataValue.path(str(written["report.md"])),
+            "report_html": dg.MetadataValue.path(str(written["report.html"])),
+            "metrics_json": dg.MetadataValue.path(str(written["metrics.json"])),
+            "mlflow_run_id": run.info.run_id,
+            "mlflow_test_metrics": logged,
+            f"{PRIMARY_MODEL}_recall@20": float(primary["recall@20"]),
+            f"{PRIMARY_MODEL}_ndcg@20": float(primary["ndcg@20"]),
+        },
+    )
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas", "mlflow"}, code_version="5",
-          required_resource_keys={"pipeline", "mlflow_tracking"},
-          ins={name: dg.AssetIn() for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE
-                                                                 if s.role != "research")]})
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas", "mlflow"},
+    code_version="5",
+    required_resource_keys={"pipeline", "mlflow_tracking"},
+    ins={name: dg.AssetIn() for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE if s.role != "research")]},
+)
 def evaluation_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[dict]:
     """Every model on the same test split: Recall/NDCG/Precision/F1/MAP/hit ratio at 10 and 20, coverage,
     novelty, personalization and intra-list diversity, with bootstrap intervals and a paired test against
@@ -121,8 +170,13 @@ def evaluation_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[
     ``reports/latest/{metrics.json,report.md,report.html}`` and the figures. The models are those of the
     model table (:mod:`mm_pipeline.recommend.catalog`) outside the research role.
     """
-    return comparison_report(context, context.resources.pipeline, stored["source_dataset"],
-                             stored["interaction_split"],
-                             [stored[s.asset_name] for s in MODEL_TABLE if s.role != "research"],
-                             stored["aligned_item_embeddings"], compressed_model=stored["compressed_model"],
-                             selected_model=stored["selected_model"])
+    return comparison_report(
+        context,
+        context.resources.pipeline,
+        stored["source_dataset"],
+        stored["interaction_split"],
+        [stored[s.asset_name] for s in MODEL_TABLE if s.role != "research"],
+        stored["aligned_item_embeddings"],
+        compressed_model=stored["compressed_model"],
+        selected_model=stored["selected_model"],
+    )

@@ -22,10 +22,14 @@ class ExplainConfig(dg.Config):
     shown: int = Field(5, description="Users whose explained top-5 is shown in the metadata.")
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1", required_resource_keys={"pipeline"},
-          ins={name: dg.AssetIn() for name in ["interaction_split", "raw_items", *(s.asset_name for s in EXPLAINED)]})
-def recommendation_explanations(context: dg.AssetExecutionContext, config: ExplainConfig, **stored
-                                ) -> dg.Output[dict]:
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas"},
+    code_version="1",
+    required_resource_keys={"pipeline"},
+    ins={name: dg.AssetIn() for name in ["interaction_split", "raw_items", *(s.asset_name for s in EXPLAINED)]},
+)
+def recommendation_explanations(context: dg.AssetExecutionContext, config: ExplainConfig, **stored) -> dg.Output[dict]:
     """Why the primary model recommends what it does, for a seeded sample of held-out users: each
     recommendation's score split into parts (collaborative, each modality, the GNN) and the history items
     behind it; each user's dominant part and how it relates to test recall; and, per model, the deletion
@@ -34,7 +38,11 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     from mm_pipeline.explain.summary import explain_top_k, interest_by_part
     from mm_pipeline.registry.user_keys import pipeline_user_key_secret
 
-    interaction_split, raw_items, pipeline = stored["interaction_split"], stored["raw_items"], context.resources.pipeline
+    interaction_split, raw_items, pipeline = (
+        stored["interaction_split"],
+        stored["raw_items"],
+        context.resources.pipeline,
+    )
     data = split_data(interaction_split)
     test_users = np.flatnonzero(np.diff(data.test.tocsr().indptr) > 0)
     rng = np.random.default_rng(pipeline.seed)
@@ -48,10 +56,19 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
         if not results:
             rows.append({"model": name, "removed": "n/a (no exact parts: an embedding model)"})
         for kind, r in results.items():
-            rows.append({"model": name, "removed": kind, "users": r.users,
-                         "top score drop": r.top_score_drop, "random score drop": r.random_score_drop,
-                         "top rank drop": r.top_rank_drop, "random rank drop": r.random_rank_drop,
-                         "score gap": r.score_gap, "rank gap": r.rank_gap})
+            rows.append(
+                {
+                    "model": name,
+                    "removed": kind,
+                    "users": r.users,
+                    "top score drop": r.top_score_drop,
+                    "random score drop": r.random_score_drop,
+                    "top rank drop": r.top_rank_drop,
+                    "random rank drop": r.random_rank_drop,
+                    "score gap": r.score_gap,
+                    "rank gap": r.rank_gap,
+                }
+            )
     faithfulness = pd.DataFrame(rows)
 
     model = EmbeddingRecommender.from_bundle(bundles[PRIMARY])
@@ -59,25 +76,33 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     explained = explain_top_k(model, data.train, users, item_ids, pipeline_user_key_secret(), k=config.k)
     profiles, by_part = interest_by_part(explained, data.test)
     titles = raw_items.set_index(raw_items["item_id"].astype(str))["title"] if "title" in raw_items else None
-    shown = explained[explained["user"].isin(users[:config.shown]) & (explained["rank"] <= 5)].copy()
+    shown = explained[explained["user"].isin(users[: config.shown]) & (explained["rank"] <= 5)].copy()
     if titles is not None:  # name items by title in what people read (a handful of rows)
-        shown["reason"] = [_titled(reason, because, titles) for reason, because in zip(shown["reason"],
-                                                                                        shown["because"])]
+        shown["reason"] = [
+            _titled(reason, because, titles) for reason, because in zip(shown["reason"], shown["because"])
+        ]
         shown["item_id"] = shown["item_id"].map(titles).fillna(shown["item_id"])
     shown = shown[["user", "rank", "item_id", "reason"]]
-    context.log.info(f"explained {len(explained)} recommendations of {users.size} users; "
-                     f"dominant parts: {dict(zip(by_part['dominant part'], by_part['users']))}")
+    context.log.info(
+        f"explained {len(explained)} recommendations of {users.size} users; "
+        f"dominant parts: {dict(zip(by_part['dominant part'], by_part['users']))}"
+    )
     primary = faithfulness[faithfulness["model"] == PRIMARY].set_index("removed")
-    meta = {"users": int(users.size), "explained": int(len(explained)),
-            "faithfulness": frame_table(faithfulness),
-            "dominant_part": frame_table(by_part),
-            "examples": frame_table(shown, 40)}
+    meta = {
+        "users": int(users.size),
+        "explained": int(len(explained)),
+        "faithfulness": frame_table(faithfulness),
+        "dominant_part": frame_table(by_part),
+        "examples": frame_table(shown, 40),
+    }
     for kind in ("history", "modality"):
         if kind in primary.index:
             meta[f"{PRIMARY}_{kind}_rank_gap"] = float(primary.loc[kind, "rank gap"])
             meta[f"{PRIMARY}_{kind}_score_gap"] = float(primary.loc[kind, "score gap"])
-    return dg.Output({"faithfulness": faithfulness, "interest": profiles, "by_part": by_part,
-                      "explanations": explained}, metadata=meta)
+    return dg.Output(
+        {"faithfulness": faithfulness, "interest": profiles, "by_part": by_part, "explanations": explained},
+        metadata=meta,
+    )
 
 
 def _titled(reason: str, because: str, titles: pd.Series) -> str:

@@ -25,8 +25,11 @@ class TextEncoderConfig(dg.Config):
 
 
 def _coverage_metadata(features: np.ndarray, present: np.ndarray) -> dict:
-    return {"dimension": int(features.shape[1]), "items": int(features.shape[0]),
-            "coverage": float(present.mean()) if len(present) else 0.0}
+    return {
+        "dimension": int(features.shape[1]),
+        "items": int(features.shape[0]),
+        "coverage": float(present.mean()) if len(present) else 0.0,
+    }
 
 
 def _precomputed_path(source_dataset: dict, modality: str) -> str | None:
@@ -45,28 +48,47 @@ def precomputed_features(source_dataset: dict, raw_items: pd.DataFrame, modality
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
-        raise dg.Failure(f"precomputed {modality} features {path} cannot be read ({exc}); re-materialize "
-                         "source_dataset to re-check the dataset") from exc
+        raise dg.Failure(
+            f"precomputed {modality} features {path} cannot be read ({exc}); re-materialize "
+            "source_dataset to re-check the dataset"
+        ) from exc
     row_column = info.get("feature_row_column")
-    rows = (raw_items[row_column].to_numpy(np.int64) if row_column and row_column in raw_items.columns
-            else np.arange(len(raw_items)))
+    rows = (
+        raw_items[row_column].to_numpy(np.int64)
+        if row_column and row_column in raw_items.columns
+        else np.arange(len(raw_items))
+    )
     if array.ndim != 2 or (len(rows) and (rows.min() < 0 or rows.max() >= array.shape[0])):
-        raise dg.Failure(f"{path}: shape {array.shape} does not cover the catalogue's feature rows "
-                         f"(0..{int(rows.max()) if len(rows) else -1}); the file changed after source_dataset was "
-                         "materialized, re-materialize it")
+        raise dg.Failure(
+            f"{path}: shape {array.shape} does not cover the catalogue's feature rows "
+            f"(0..{int(rows.max()) if len(rows) else -1}); the file changed after source_dataset was "
+            "materialized, re-materialize it"
+        )
     features = np.asarray(array[rows], dtype=np.float32)
     finite = np.isfinite(features).all(axis=1)
     features[~finite] = 0.0
     present = finite & (np.abs(features).sum(axis=1) > 0)
-    return dg.Output({"features": features, "present": present, "precomputed": str(path)}, metadata={
-        **_coverage_metadata(features, present), "source": f"precomputed: {path}", "extracted": False,
-        "non_finite_rows": int((~finite).sum()), "zero_rows": int((finite & ~present).sum()),
-        "augmented_views": "none (precomputed features are used as they are)"})
+    return dg.Output(
+        {"features": features, "present": present, "precomputed": str(path)},
+        metadata={
+            **_coverage_metadata(features, present),
+            "source": f"precomputed: {path}",
+            "extracted": False,
+            "non_finite_rows": int((~finite).sum()),
+            "zero_rows": int((finite & ~present).sum()),
+            "augmented_views": "none (precomputed features are used as they are)",
+        },
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, code_version="2")
-def text_features(config: TextEncoderConfig, raw_item_text: pd.DataFrame, augmented_text: pd.DataFrame,
-                  source_dataset: dict, raw_items: pd.DataFrame) -> dg.Output[dict]:
+def text_features(
+    config: TextEncoderConfig,
+    raw_item_text: pd.DataFrame,
+    augmented_text: pd.DataFrame,
+    source_dataset: dict,
+    raw_items: pd.DataFrame,
+) -> dg.Output[dict]:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised) of the clean and augmented texts.
 
     When the source provides precomputed text features (MMRec ``text_feat.npy``), those are used instead.
@@ -75,18 +97,27 @@ def text_features(config: TextEncoderConfig, raw_item_text: pd.DataFrame, augmen
         return precomputed_features(source_dataset, raw_items, "text")
     present = raw_item_text["present"].to_numpy(bool)
     texts = raw_item_text["text"].tolist()
-    both = encode_texts(texts + augmented_text["text"].tolist(), batch_size=config.batch_size,
-                        model_path=config.model_path or None)
-    clean, augmented = both[: len(texts)], both[len(texts):]
-    return dg.Output({"features": clean, "augmented": augmented[:, None, :], "present": present},
-                     metadata=_coverage_metadata(clean, present))
+    both = encode_texts(
+        texts + augmented_text["text"].tolist(), batch_size=config.batch_size, model_path=config.model_path or None
+    )
+    clean, augmented = both[: len(texts)], both[len(texts) :]
+    return dg.Output(
+        {"features": clean, "augmented": augmented[:, None, :], "present": present},
+        metadata=_coverage_metadata(clean, present),
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="2")
-def image_features(context: dg.AssetExecutionContext, config: ImageEncoderRunConfig,  # type: ignore[valid-type]
-                   raw_item_images: dict, augmented_images: dict, pipeline: PipelineResource,
-                   mlflow_tracking: MlflowResource, source_dataset: dict, raw_items: pd.DataFrame
-                   ) -> dg.Output[dict]:
+def image_features(
+    context: dg.AssetExecutionContext,
+    config: ImageEncoderRunConfig,  # type: ignore[valid-type]
+    raw_item_images: dict,
+    augmented_images: dict,
+    pipeline: PipelineResource,
+    mlflow_tracking: MlflowResource,
+    source_dataset: dict,
+    raw_items: pd.DataFrame,
+) -> dg.Output[dict]:
     """A small CNN trained self-supervised (SimCLR) on the augmented views, or loaded from ``checkpoint``.
 
     When the source provides precomputed image features (MMRec ``image_feat.npy``), those are used and
@@ -103,10 +134,15 @@ def image_features(context: dg.AssetExecutionContext, config: ImageEncoderRunCon
     views = augmented_images["views"]
     if present.sum() < 2:  # the dataset has no usable images: the modality is skipped downstream
         empty = np.zeros((len(present), encoder_config.embedding_dim), dtype=np.float32)
-        reason = ("no item has an image" if not present.any()
-                  else "only one item has a usable image; an encoder cannot be trained on it")
-        return dg.Output({"features": empty, "augmented": empty[:, None], "present": np.zeros_like(present)},
-                         metadata={**_coverage_metadata(empty, present), "skipped": reason})
+        reason = (
+            "no item has an image"
+            if not present.any()
+            else "only one item has a usable image; an encoder cannot be trained on it"
+        )
+        return dg.Output(
+            {"features": empty, "augmented": empty[:, None], "present": np.zeros_like(present)},
+            metadata={**_coverage_metadata(empty, present), "skipped": reason},
+        )
     with mlflow_tracking.start_run(context) as run:
         mlflow.log_params(safe_params({**encoder_config.__dict__, "items": int(present.sum())}))
         encoder, history = train_image_encoder(views[present], encoder_config)
@@ -115,13 +151,18 @@ def image_features(context: dg.AssetExecutionContext, config: ImageEncoderRunCon
         images = raw_item_images["images"]
         features = embed_images(encoder, images)
         augmented = np.stack([embed_images(encoder, views[:, v]) for v in range(views.shape[1])], 1)
-        example = (images[:2].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        example = images[:2].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         model_uri = log_torch_module(encoder, "image_encoder", example)
-    return dg.Output({"features": features, "augmented": augmented, "present": present,
-                      "history": history}, metadata={
-        **_coverage_metadata(features, present), "mlflow_run_id": run.info.run_id, "mlflow_model": model_uri,
-        "trained": not bool(encoder_config.checkpoint),
-        **history_metadata(history, ["loss"], "image encoder (SimCLR) loss")})
+    return dg.Output(
+        {"features": features, "augmented": augmented, "present": present, "history": history},
+        metadata={
+            **_coverage_metadata(features, present),
+            "mlflow_run_id": run.info.run_id,
+            "mlflow_model": model_uri,
+            "trained": not bool(encoder_config.checkpoint),
+            **history_metadata(history, ["loss"], "image encoder (SimCLR) loss"),
+        },
+    )
 
 
 class AudioFeatureConfig(dg.Config):
@@ -131,8 +172,13 @@ class AudioFeatureConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="2")
-def audio_features(config: AudioFeatureConfig, raw_item_audio: dict, augmented_audio: dict,
-                   source_dataset: dict, raw_items: pd.DataFrame) -> dg.Output[dict]:
+def audio_features(
+    config: AudioFeatureConfig,
+    raw_item_audio: dict,
+    augmented_audio: dict,
+    source_dataset: dict,
+    raw_items: pd.DataFrame,
+) -> dg.Output[dict]:
     """Log-mel statistics per clip: band means, standard deviations and mean absolute time deltas.
 
     Precomputed audio features from the source (``audio_feat.npy`` in an MMRec folder) are used as
@@ -146,10 +192,14 @@ def audio_features(config: AudioFeatureConfig, raw_item_audio: dict, augmented_a
     n_dims = 3 * config.n_mels
     if not present.any():  # nothing to extract: skip the STFTs, the aligner skips the modality
         empty = np.zeros((len(present), n_dims), dtype=np.float32)
-        return dg.Output({"features": empty, "augmented": empty[:, None], "present": present},
-                         metadata={**_coverage_metadata(empty, present), "skipped": "no item has usable audio"})
+        return dg.Output(
+            {"features": empty, "augmented": empty[:, None], "present": present},
+            metadata={**_coverage_metadata(empty, present), "skipped": "no item has usable audio"},
+        )
     features = pooled_audio_features(raw_item_audio["waves"], rate, **kwargs)
     views = augmented_audio["views"]
     augmented = np.stack([pooled_audio_features(views[:, v], rate, **kwargs) for v in range(views.shape[1])], 1)
-    return dg.Output({"features": features, "augmented": augmented, "present": present},
-                     metadata=_coverage_metadata(features, present))
+    return dg.Output(
+        {"features": features, "augmented": augmented, "present": present},
+        metadata=_coverage_metadata(features, present),
+    )

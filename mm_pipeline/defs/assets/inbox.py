@@ -42,14 +42,17 @@ def inbox_store(pipeline: PipelineResource) -> Path:
 
 
 class InboxFileConfig(dg.Config):
-    file: str = Field(default="", description="The inbox file with this partition's content (the sensor sets "
-                      "it). Empty: look for a file with this SHA-256 in the inbox, else use the stored copy.")
+    file: str = Field(
+        default="",
+        description="The inbox file with this partition's content (the sensor sets "
+        "it). Empty: look for a file with this SHA-256 in the inbox, else use the stored copy.",
+    )
 
 
-@dg.asset(key=INBOX_ASSET_KEY, group_name=GROUP, partitions_def=inbox_partitions, kinds={"pandas"},
-          code_version="1")
-def inbox_interactions(context: dg.AssetExecutionContext, config: InboxFileConfig,
-                       pipeline: PipelineResource) -> dg.MaterializeResult:
+@dg.asset(key=INBOX_ASSET_KEY, group_name=GROUP, partitions_def=inbox_partitions, kinds={"pandas"}, code_version="1")
+def inbox_interactions(
+    context: dg.AssetExecutionContext, config: InboxFileConfig, pipeline: PipelineResource
+) -> dg.MaterializeResult:
     """One inbox file (partition key: its SHA-256), checked like the folder format's interactions
     table and stored write-once: the original bytes and the parsed table under
     ``<home>/assets/inbox_interactions/<sha256>/``. The inbox file itself is only read.
@@ -68,19 +71,29 @@ def inbox_interactions(context: dg.AssetExecutionContext, config: InboxFileConfi
     try:
         stored = ingest_file(path, digest, inbox_store(pipeline))
     except (DataError, OSError) as exc:
-        raise dg.Failure(description=f"inbox_interactions[{digest[:12]}]: {exc}",
-                         metadata={"file": str(path) if path else "none", "sha256": digest}) from exc
+        raise dg.Failure(
+            description=f"inbox_interactions[{digest[:12]}]: {exc}",
+            metadata={"file": str(path) if path else "none", "sha256": digest},
+        ) from exc
     table = stored.table
-    context.log.info(f"inbox partition {digest[:12]}: {len(table)} interactions from "
-                     f"{path.name if path else stored.original.name}"
-                     f"{'' if stored.newly_stored else ' (already stored: copy kept as it was)'}")
-    return dg.MaterializeResult(metadata={
-        "sha256": digest, "file": str(path) if path else "none (stored copy)",
-        "stored_copy": dg.MetadataValue.path(str(stored.original)),
-        "newly_stored": stored.newly_stored,
-        "interactions": len(table), "users": int(table["user_id"].nunique()),
-        "items": int(table["item_id"].nunique()),
-        "first": _when(table["timestamp"].min()), "last": _when(table["timestamp"].max())})
+    context.log.info(
+        f"inbox partition {digest[:12]}: {len(table)} interactions from "
+        f"{path.name if path else stored.original.name}"
+        f"{'' if stored.newly_stored else ' (already stored: copy kept as it was)'}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "sha256": digest,
+            "file": str(path) if path else "none (stored copy)",
+            "stored_copy": dg.MetadataValue.path(str(stored.original)),
+            "newly_stored": stored.newly_stored,
+            "interactions": len(table),
+            "users": int(table["user_id"].nunique()),
+            "items": int(table["item_id"].nunique()),
+            "first": _when(table["timestamp"].min()),
+            "last": _when(table["timestamp"].max()),
+        }
+    )
 
 
 def _when(seconds) -> str:
@@ -90,8 +103,9 @@ def _when(seconds) -> str:
         return f"{int(seconds)} s (out of range)"
 
 
-def with_inbox_interactions(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-                            interactions: pd.DataFrame, source_dataset: dict) -> tuple[pd.DataFrame, dict]:
+def with_inbox_interactions(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, interactions: pd.DataFrame, source_dataset: dict
+) -> tuple[pd.DataFrame, dict]:
     """``interactions`` with every materialized ``inbox_interactions`` partition appended (in the
     order the partitions were added), and metadata for ``raw_interactions``.
 
@@ -108,17 +122,26 @@ def with_inbox_interactions(context: dg.AssetExecutionContext, pipeline: Pipelin
     split_column = (source_dataset.get("info") or {}).get("split_column")
     store = inbox_store(pipeline)
     try:
-        combined, stats = append_inbox(interactions, [(d, load_partition(store, d)) for d in included],
-                                       split_column=split_column)
+        combined, stats = append_inbox(
+            interactions, [(d, load_partition(store, d)) for d in included], split_column=split_column
+        )
     except DataError as exc:
         raise dg.Failure(f"raw_interactions: {exc}") from exc
     if pending:
-        context.log.warning(f"{len(pending)} inbox partition(s) are registered but not materialized (failed or "
-                            f"still running) and are not included: {', '.join(d[:12] for d in pending)}")
-    table = pd.DataFrame({"sha256": included, "rows": [stats.rows[d] for d in included],
-                          "already_present": [stats.already_present[d] for d in included]})
+        context.log.warning(
+            f"{len(pending)} inbox partition(s) are registered but not materialized (failed or "
+            f"still running) and are not included: {', '.join(d[:12] for d in pending)}"
+        )
+    table = pd.DataFrame(
+        {
+            "sha256": included,
+            "rows": [stats.rows[d] for d in included],
+            "already_present": [stats.already_present[d] for d in included],
+        }
+    )
     return combined, {
-        "inbox_partitions": len(included), "inbox_rows_appended": stats.appended,
+        "inbox_partitions": len(included),
+        "inbox_rows_appended": stats.appended,
         "inbox_rows_already_present": int(sum(stats.already_present.values())),
         "inbox_digests": dg.MetadataValue.json(included),
         "inbox_partitions_not_included": dg.MetadataValue.json(pending),

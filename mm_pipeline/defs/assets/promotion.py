@@ -24,12 +24,17 @@ K = 20
 
 
 class PromotionConfig(dg.Config):
-    gate_metric: str = Field(default=DEFAULT_GATE_METRIC,
-                             description="Metric the challenger must improve (higher is better).")
-    min_improvement: float = Field(default=0.0, description="Absolute margin: promote only when "
-                                   "challenger - champion > min_improvement on the gate metric.")
-    guardrails: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GUARDRAILS),
-                                         description="Metric -> largest allowed absolute drop vs the champion.")
+    gate_metric: str = Field(
+        default=DEFAULT_GATE_METRIC, description="Metric the challenger must improve (higher is better)."
+    )
+    min_improvement: float = Field(
+        default=0.0,
+        description="Absolute margin: promote only when challenger - champion > min_improvement on the gate metric.",
+    )
+    guardrails: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_GUARDRAILS),
+        description="Metric -> largest allowed absolute drop vs the champion.",
+    )
 
 
 def cold_start_support(data) -> dict:
@@ -45,14 +50,20 @@ def champion_lock_for(mlflow_tracking: MlflowResource, name: str):
     """The lock around champion alias changes, for this resource's store (see ``champion_lock``)."""
     from mm_pipeline.registry.champion import champion_lock
 
-    return champion_lock(name, project_paths(mlflow_tracking.home or None).home / "locks", mlflow_tracking.uri(),
-                         lock_db=lock_database())
+    return champion_lock(
+        name, project_paths(mlflow_tracking.home or None).home / "locks", mlflow_tracking.uri(), lock_db=lock_database()
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="2")
-def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, registered_model: dict,
-                    interaction_split: dict, raw_items: pd.DataFrame,
-                    mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+def model_promotion(
+    context: dg.AssetExecutionContext,
+    config: PromotionConfig,
+    registered_model: dict,
+    interaction_split: dict,
+    raw_items: pd.DataFrame,
+    mlflow_tracking: MlflowResource,
+) -> dg.Output[dict]:
     """Challenger vs champion on today's test split; moves the ``champion`` alias when promoted.
 
     Both registered versions are downloaded and re-scored *now* (their served arrays, checked against
@@ -93,14 +104,22 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
             served = load_served_model(f"models:/{name}/{version}")
             return score_served_model(served, data, user_ids, item_ids, k=K, name=f"v{version}")
         except Exception as exc:
-            raise dg.Failure(f"could not re-score the {role} {name} v{version} on the current test split: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise dg.Failure(
+                f"could not re-score the {role} {name} v{version} on the current test split: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     challenger = rescore(challenger_version, "challenger")
-    champion = (None if champion_version is None else challenger if champion_version == challenger_version
-                else rescore(champion_version, "champion"))
-    decision = decide_promotion(policy, challenger_version, challenger, champion_version, champion,
-                                cold_start_support(data))
+    champion = (
+        None
+        if champion_version is None
+        else challenger
+        if champion_version == challenger_version
+        else rescore(champion_version, "champion")
+    )
+    decision = decide_promotion(
+        policy, challenger_version, challenger, champion_version, champion, cold_start_support(data)
+    )
 
     champion_after, history = champion_version, []
     if decision.promote:
@@ -112,33 +131,49 @@ def model_promotion(context: dg.AssetExecutionContext, config: PromotionConfig, 
             decision, champion_after = decision.stale(str(exc)), exc.current
         except TimeoutError as exc:
             raise dg.Failure(f"model_promotion: {exc}") from exc
-    context.log.info(f"{name} v{challenger_version} vs champion "
-                     f"{'v' + champion_version if champion_version else '(none)'}: {decision.reason}")
-    written = tag_version(client, name, challenger_version,
-                          {**decision.version_tags(), "dagster_run_id": context.run_id})
-    return dg.Output(_value(name, decision, champion_after),
-                     metadata=_metadata(name, decision, champion_after, history, written))
+    context.log.info(
+        f"{name} v{challenger_version} vs champion "
+        f"{'v' + champion_version if champion_version else '(none)'}: {decision.reason}"
+    )
+    written = tag_version(
+        client, name, challenger_version, {**decision.version_tags(), "dagster_run_id": context.run_id}
+    )
+    return dg.Output(
+        _value(name, decision, champion_after), metadata=_metadata(name, decision, champion_after, history, written)
+    )
 
 
 def _value(name: str, decision: PromotionDecision, champion_after: str | None) -> dict:
-    return {"name": name, "decision": decision.label, "promote": decision.promote, "reason": decision.reason,
-            "challenger_version": decision.challenger_version, "champion_before": decision.champion_version,
-            "champion_after": champion_after, "gate_metric": decision.policy.gate_metric,
-            "gate_delta": _finite_or_none(decision.gate_delta),
-            "guardrail_deltas": {m: _finite_or_none(d) for m, d in decision.guardrail_deltas.items()},
-            "guardrails_not_applicable": dict(decision.not_applicable),
-            "cold_test_interactions": decision.cold_test_interactions,
-            "challenger_metrics": dict(decision.challenger),
-            "champion_metrics": None if decision.champion is None else dict(decision.champion)}
+    return {
+        "name": name,
+        "decision": decision.label,
+        "promote": decision.promote,
+        "reason": decision.reason,
+        "challenger_version": decision.challenger_version,
+        "champion_before": decision.champion_version,
+        "champion_after": champion_after,
+        "gate_metric": decision.policy.gate_metric,
+        "gate_delta": _finite_or_none(decision.gate_delta),
+        "guardrail_deltas": {m: _finite_or_none(d) for m, d in decision.guardrail_deltas.items()},
+        "guardrails_not_applicable": dict(decision.not_applicable),
+        "cold_test_interactions": decision.cold_test_interactions,
+        "challenger_metrics": dict(decision.challenger),
+        "champion_metrics": None if decision.champion is None else dict(decision.champion),
+    }
 
 
-def _metadata(name: str, decision: PromotionDecision, champion_after: str | None, history: list[str],
-              written: dict) -> dict:
+def _metadata(
+    name: str, decision: PromotionDecision, champion_after: str | None, history: list[str], written: dict
+) -> dict:
     policy = decision.policy
     metadata = {
-        "decision": decision.label, "reason": decision.reason, "registered_model": name,
-        "challenger_version": decision.challenger_version, "champion_before": decision.champion_version or "none",
-        "champion_after": champion_after or "none", "gate_metric": policy.gate_metric,
+        "decision": decision.label,
+        "reason": decision.reason,
+        "registered_model": name,
+        "challenger_version": decision.challenger_version,
+        "champion_before": decision.champion_version or "none",
+        "champion_after": champion_after or "none",
+        "gate_metric": policy.gate_metric,
         "min_improvement": policy.min_improvement,
         "scores": frame_table(decision.scores_table(), 50),
         "rule": frame_table(decision.rule_table(), 50),

@@ -6,8 +6,8 @@ import pandas as pd
 
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import MlflowResource
-from mm_pipeline.registry.tracking import metric_key
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.registry.tracking import metric_key
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
 
 GROUP = "registry"
@@ -19,9 +19,15 @@ class RegistryConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="2")
-def registered_model(context: dg.AssetExecutionContext, config: RegistryConfig, selected_model: dict,
-                     interaction_split: dict, raw_items: pd.DataFrame, evaluation_report: dict,
-                     mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+def registered_model(
+    context: dg.AssetExecutionContext,
+    config: RegistryConfig,
+    selected_model: dict,
+    interaction_split: dict,
+    raw_items: pd.DataFrame,
+    evaluation_report: dict,
+    mlflow_tracking: MlflowResource,
+) -> dg.Output[dict]:
     """Logs the selected model (the best validation NDCG@20 among the trained models, see ``selected_model``) as
     a pyfunc with its test metrics and registers a new version; the choice and its reason are tags."""
     import mlflow
@@ -32,19 +38,40 @@ def registered_model(context: dg.AssetExecutionContext, config: RegistryConfig, 
     data = split_data(interaction_split)
     test_metrics = evaluation_report["metrics"]["models"][model.name]
     with mlflow_tracking.start_run(context, run_name=f"register {model.name}") as run:
-        mlflow.log_metrics({f"test_{metric_key(k)}": float(v) for k, v in test_metrics.items()
-                            if isinstance(v, (int, float))})
-        mlflow.set_tags({"mm_pipeline.selected_model": model.name,
-                         "mm_pipeline.selection_reason": selected_model.get("selection_reason", "")})
-        info = log_recommender(model, interaction_split["user_ids"].tolist(), raw_items["item_id"].astype(str).tolist(),
-                               data.train, name="recommender", registered_model_name=config.registered_model_name,
-                               tags={"selected_model": model.name})
+        mlflow.log_metrics(
+            {f"test_{metric_key(k)}": float(v) for k, v in test_metrics.items() if isinstance(v, (int, float))}
+        )
+        mlflow.set_tags(
+            {
+                "mm_pipeline.selected_model": model.name,
+                "mm_pipeline.selection_reason": selected_model.get("selection_reason", ""),
+            }
+        )
+        info = log_recommender(
+            model,
+            interaction_split["user_ids"].tolist(),
+            raw_items["item_id"].astype(str).tolist(),
+            data.train,
+            name="recommender",
+            registered_model_name=config.registered_model_name,
+            tags={"selected_model": model.name},
+        )
     version = str(info.registered_model_version)
     register_alias(config.registered_model_name, version, config.alias)
-    return dg.Output({"name": config.registered_model_name, "version": version, "model_uri": info.model_uri,
-                      "run_id": run.info.run_id},
-                     metadata={"registered_model": config.registered_model_name, "version": version,
-                               "selected_model": model.name,
-                               "alias": config.alias, "mlflow_run_id": run.info.run_id,
-                               "model_uri": info.model_uri,
-                               "test_recall@20": float(test_metrics["recall@20"])})
+    return dg.Output(
+        {
+            "name": config.registered_model_name,
+            "version": version,
+            "model_uri": info.model_uri,
+            "run_id": run.info.run_id,
+        },
+        metadata={
+            "registered_model": config.registered_model_name,
+            "version": version,
+            "selected_model": model.name,
+            "alias": config.alias,
+            "mlflow_run_id": run.info.run_id,
+            "model_uri": info.model_uri,
+            "test_recall@20": float(test_metrics["recall@20"]),
+        },
+    )

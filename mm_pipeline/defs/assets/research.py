@@ -24,10 +24,17 @@ RESEARCH_MODEL_ASSETS = [MODEL_ASSETS[s.name] for s in MODEL_TABLE if s.role == 
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="4")
-def mm_gcn_ablations(context: dg.AssetExecutionContext, mm_gcn_model: dict, interaction_split: dict,
-                     aligned_item_embeddings: dict, text_features: dict, image_features: dict,
-                     audio_features: dict, pipeline: PipelineResource,
-                     mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+def mm_gcn_ablations(
+    context: dg.AssetExecutionContext,
+    mm_gcn_model: dict,
+    interaction_split: dict,
+    aligned_item_embeddings: dict,
+    text_features: dict,
+    image_features: dict,
+    audio_features: dict,
+    pipeline: PipelineResource,
+    mlflow_tracking: MlflowResource,
+) -> dg.Output[dict]:
     """The multimodal GNN with one part removed at a time (each modality alone, no alignment, no
     item-item graph), with the config ``mm_gcn_model`` chose on validation, same seed and split. One
     nested MLflow run per variant."""
@@ -41,8 +48,11 @@ def mm_gcn_ablations(context: dg.AssetExecutionContext, mm_gcn_model: dict, inte
     chosen = {k: v for k, v in (mm_gcn_model.get("config") or {}).items() if k in fields}
     base = MultimodalConfig(**{**chosen, "seed": pipeline.seed})
     data = split_data(interaction_split)
-    variants = ablations(aligned_item_embeddings, raw_modality_features(text_features, image_features, audio_features),
-                         graph_source=base.graph_source)
+    variants = ablations(
+        aligned_item_embeddings,
+        raw_modality_features(text_features, image_features, audio_features),
+        graph_source=base.graph_source,
+    )
     # Stored flat (the IO manager keeps arrays, tables and JSON, not nested bundles): see ablation_bundles.
     bundle: dict = {"names": [v.name for v in variants], "infos": {}}
     rows = []
@@ -50,30 +60,52 @@ def mm_gcn_ablations(context: dg.AssetExecutionContext, mm_gcn_model: dict, inte
         for variant in variants:
             variant_config = variant.config(base)
             with mlflow.start_run(run_name=variant.name, nested=True):
-                mlflow.log_params(safe_params({**variant_config.__dict__, "ablation": variant.name,
-                                               "description": variant.description}))
-                model, history = fit_multimodal(data, None, variant_config, name=variant.name,
-                                                content=variant.content, graph_features=variant.graph_features)
+                mlflow.log_params(
+                    safe_params(
+                        {**variant_config.__dict__, "ablation": variant.name, "description": variant.description}
+                    )
+                )
+                model, history = fit_multimodal(
+                    data,
+                    None,
+                    variant_config,
+                    name=variant.name,
+                    content=variant.content,
+                    graph_features=variant.graph_features,
+                )
                 log_history(history)
                 mlflow.log_metrics({metric_key(k): float(v) for k, v in model.info.items()})
             index = len(bundle["infos"])
             bundle["infos"][variant.name] = model.info
             bundle[f"embeddings_{index}"] = model.to_arrays()
             bundle[f"history_{index}"] = history
-            rows.append({"ablation": variant.name, "what is removed": variant.description,
-                         "best valid ndcg@20": round(float(model.info["best_valid_ndcg@20"]), 4),
-                         "epochs": int(model.info["epochs_run"])})
+            rows.append(
+                {
+                    "ablation": variant.name,
+                    "what is removed": variant.description,
+                    "best valid ndcg@20": round(float(model.info["best_valid_ndcg@20"]), 4),
+                    "epochs": int(model.info["epochs_run"]),
+                }
+            )
             context.log.info(f"{variant.name}: best valid ndcg@20 {model.info['best_valid_ndcg@20']:.4f}")
-    return dg.Output(bundle, metadata={"ablations": frame_table(pd.DataFrame(rows)),
-                                       "variants": len(variants)})
+    return dg.Output(bundle, metadata={"ablations": frame_table(pd.DataFrame(rows)), "variants": len(variants)})
 
 
 @dg.asset(group_name=GROUP, kinds={"scipy", "mlflow"}, code_version="1")
-def mm_hybrid_ablations(context: dg.AssetExecutionContext, config: HybridRunConfig,  # type: ignore[valid-type]
-                        interaction_split: dict, ease_model: dict, item_knn_model: dict, mm_gcn_model: dict,
-                        lightgcn_model: dict,
-                        text_features: dict, image_features: dict, audio_features: dict,
-                        pipeline: PipelineResource, mlflow_tracking: MlflowResource) -> dg.Output[dict]:
+def mm_hybrid_ablations(
+    context: dg.AssetExecutionContext,
+    config: HybridRunConfig,  # type: ignore[valid-type]
+    interaction_split: dict,
+    ease_model: dict,
+    item_knn_model: dict,
+    mm_gcn_model: dict,
+    lightgcn_model: dict,
+    text_features: dict,
+    image_features: dict,
+    audio_features: dict,
+    pipeline: PipelineResource,
+    mlflow_tracking: MlflowResource,
+) -> dg.Output[dict]:
     """The primary model with one part taken away at a time (no multimodal content, no GNN, no recency
     weighting, no item-item core), its remaining weights chosen on validation again. One nested MLflow
     run per variant."""
@@ -84,9 +116,14 @@ def mm_hybrid_ablations(context: dg.AssetExecutionContext, config: HybridRunConf
 
     hybrid = to_dataclass(HybridConfig, config, seed=pipeline.seed)
     data = split_data(interaction_split)
-    parts = hybrid_parts(data, interaction_split, {"ease": ease_model, "item_knn": item_knn_model},
-                         {"mm_gcn": mm_gcn_model, "lightgcn": lightgcn_model},
-                         raw_modality_features(text_features, image_features, audio_features), hybrid)
+    parts = hybrid_parts(
+        data,
+        interaction_split,
+        {"ease": ease_model, "item_knn": item_knn_model},
+        {"mm_gcn": mm_gcn_model, "lightgcn": lightgcn_model},
+        raw_modality_features(text_features, image_features, audio_features),
+        hybrid,
+    )
     validate = validator(data, max_users=hybrid.validation_users, seed=hybrid.seed)
     bundle: dict = {"names": [], "infos": {}}
     rows = []
@@ -100,38 +137,73 @@ def mm_hybrid_ablations(context: dg.AssetExecutionContext, config: HybridRunConf
             name = f"mm_hybrid-{what}"
             search = fit_hybrid(ablated, validate, ablated_config, name=name, on_trial=log_trials(context, name))
             with mlflow.start_run(run_name=name, nested=True):
-                mlflow.log_params(safe_params({"ablation": name, "description": description,
-                                               **{f"chosen.{k}": v for k, v in search.params.items()}}))
+                mlflow.log_params(
+                    safe_params(
+                        {
+                            "ablation": name,
+                            "description": description,
+                            **{f"chosen.{k}": v for k, v in search.params.items()},
+                        }
+                    )
+                )
                 mlflow.log_metric("valid_ndcg_at_20", search.score)
             index = len(bundle["names"])
             bundle["names"].append(name)
             bundle["infos"][name] = search.model.info
             bundle[f"embeddings_{index}"] = search.model.to_arrays()
             bundle[f"history_{index}"] = pd.DataFrame()
-            rows.append({"ablation": name, "what is removed": description, "chosen": str(search.params),
-                         "valid ndcg@20": round(search.score, 4)})
-    return dg.Output(bundle, metadata={"ablations": frame_table(pd.DataFrame(rows)),
-                                       "variants": len(rows)})
+            rows.append(
+                {
+                    "ablation": name,
+                    "what is removed": description,
+                    "chosen": str(search.params),
+                    "valid ndcg@20": round(search.score, 4),
+                }
+            )
+    return dg.Output(bundle, metadata={"ablations": frame_table(pd.DataFrame(rows)), "variants": len(rows)})
 
 
 def ablation_bundles(stored: dict) -> list[dict]:
     """An ablations value (``mm_gcn_ablations``, ``mm_hybrid_ablations``) as model bundles (see
     :meth:`EmbeddingRecommender.from_bundle`)."""
-    return [{"name": name, **stored[f"embeddings_{index}"], "info": stored["infos"][name],
-             "history": stored[f"history_{index}"]} for index, name in enumerate(stored["names"])]
+    return [
+        {
+            "name": name,
+            **stored[f"embeddings_{index}"],
+            "info": stored["infos"][name],
+            "history": stored[f"history_{index}"],
+        }
+        for index, name in enumerate(stored["names"])
+    ]
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2", deps=["evaluation_report"],
-          ins={name: dg.AssetIn() for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE),
-                                               "mm_gcn_ablations", "mm_hybrid_ablations"]},
-          required_resource_keys={"pipeline", "mlflow_tracking"})
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas"},
+    code_version="2",
+    deps=["evaluation_report"],
+    ins={
+        name: dg.AssetIn()
+        for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE), "mm_gcn_ablations", "mm_hybrid_ablations"]
+    },
+    required_resource_keys={"pipeline", "mlflow_tracking"},
+)
 def research_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[dict]:
     """The evaluation report with FREEDOM and the ablations added: the same protocol, split and
     bootstrap, so those rows are directly comparable with the primary model and the baselines. Runs
     after ``evaluation_report`` and replaces ``reports/latest`` with this superset."""
-    return comparison_report(context, context.resources.pipeline, stored["source_dataset"],
-                             stored["interaction_split"], [stored[s.asset_name] for s in MODEL_TABLE],
-                             stored["aligned_item_embeddings"], compressed_model=stored["compressed_model"],
-                             ablation_bundles=[*ablation_bundles(stored["mm_hybrid_ablations"]),
-                                               *ablation_bundles(stored["mm_gcn_ablations"])],
-                             title="Research report (with ablations)", selected_model=stored["selected_model"])
+    return comparison_report(
+        context,
+        context.resources.pipeline,
+        stored["source_dataset"],
+        stored["interaction_split"],
+        [stored[s.asset_name] for s in MODEL_TABLE],
+        stored["aligned_item_embeddings"],
+        compressed_model=stored["compressed_model"],
+        ablation_bundles=[
+            *ablation_bundles(stored["mm_hybrid_ablations"]),
+            *ablation_bundles(stored["mm_gcn_ablations"]),
+        ],
+        title="Research report (with ablations)",
+        selected_model=stored["selected_model"],
+    )

@@ -12,43 +12,81 @@ GROUP = "select"
 
 
 class SelectionConfig(dg.Config):
-    candidates: list[str] = Field(default_factory=list, description="Models that may be shipped (e.g. "
-                                  "[mm_hybrid, ease]); empty: every trained model.")
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="Models that may be shipped (e.g. [mm_hybrid, ease]); empty: every trained model.",
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
-def selected_model(context: dg.AssetExecutionContext, config: SelectionConfig, interaction_split: dict,
-                   popularity_model: dict,
-                   ease_model: dict, item_knn_model: dict, bpr_mf_model: dict, lightgcn_model: dict,
-                   content_knn_model: dict,
-                   vbpr_model: dict, mm_gcn_model: dict, mm_hybrid_model: dict) -> dg.Output[dict]:
+def selected_model(
+    context: dg.AssetExecutionContext,
+    config: SelectionConfig,
+    interaction_split: dict,
+    popularity_model: dict,
+    ease_model: dict,
+    item_knn_model: dict,
+    bpr_mf_model: dict,
+    lightgcn_model: dict,
+    content_knn_model: dict,
+    vbpr_model: dict,
+    mm_gcn_model: dict,
+    mm_hybrid_model: dict,
+) -> dg.Output[dict]:
     """The model to compress, register and serve: the best validation NDCG@20 among all trained models
     (each already tuned on validation). The test split is not read; the report shows how the choice
     does on test. The value is the chosen model's bundle plus the validation table."""
-    bundles = [popularity_model, ease_model, item_knn_model, bpr_mf_model, lightgcn_model, content_knn_model,
-               vbpr_model, mm_gcn_model, mm_hybrid_model]
+    bundles = [
+        popularity_model,
+        ease_model,
+        item_knn_model,
+        bpr_mf_model,
+        lightgcn_model,
+        content_knn_model,
+        vbpr_model,
+        mm_gcn_model,
+        mm_hybrid_model,
+    ]
     candidates = {b["name"]: b for b in bundles if "skipped" not in b}
     unknown = sorted(set(config.candidates) - {b["name"] for b in bundles})
     if unknown:
-        raise dg.Failure(f"selected_model config candidates {unknown} are not models of this pipeline; choose "
-                         f"from {sorted(b['name'] for b in bundles)}")
+        raise dg.Failure(
+            f"selected_model config candidates {unknown} are not models of this pipeline; choose "
+            f"from {sorted(b['name'] for b in bundles)}"
+        )
     if config.candidates:
         candidates = {n: b for n, b in candidates.items() if n in config.candidates}
         if not candidates:
-            raise dg.Failure(f"none of the candidates {config.candidates} was trained (skipped models: "
-                             f"{ {b['name']: b['skipped'] for b in bundles if 'skipped' in b} })")
+            raise dg.Failure(
+                f"none of the candidates {config.candidates} was trained (skipped models: "
+                f"{ {b['name']: b['skipped'] for b in bundles if 'skipped' in b} })"
+            )
     data = split_data(interaction_split)
     table = compare_on_validation({n: EmbeddingRecommender.from_bundle(b) for n, b in candidates.items()}, data)
     chosen = str(table.loc[0, "model"])
     score = f"valid_{MONITOR}"
-    runner_up = (f"; next best {table.loc[1, 'model']} {table.loc[1, score]:.4f}" if len(table) > 1 else "")
-    among = f"the {len(table)} candidate models {config.candidates}" if config.candidates else \
-        f"{len(table)} trained models"
+    runner_up = f"; next best {table.loc[1, 'model']} {table.loc[1, score]:.4f}" if len(table) > 1 else ""
+    among = (
+        f"the {len(table)} candidate models {config.candidates}"
+        if config.candidates
+        else f"{len(table)} trained models"
+    )
     reason = f"{chosen} has the best validation NDCG@20 among {among} ({table.loc[0, score]:.4f}{runner_up})"
     context.log.info(f"selected model: {reason}")
     skipped = {b["name"]: b["skipped"] for b in bundles if "skipped" in b}
-    value = {**candidates[chosen], "selection": table, "selected": chosen, "selection_reason": reason,
-             "skipped_models": skipped}
-    return dg.Output(value, metadata={"selected": chosen, "reason": reason,
-                                      "validation": frame_table(table),
-                                      "skipped": dg.MetadataValue.json(skipped)})
+    value = {
+        **candidates[chosen],
+        "selection": table,
+        "selected": chosen,
+        "selection_reason": reason,
+        "skipped_models": skipped,
+    }
+    return dg.Output(
+        value,
+        metadata={
+            "selected": chosen,
+            "reason": reason,
+            "validation": frame_table(table),
+            "skipped": dg.MetadataValue.json(skipped),
+        },
+    )

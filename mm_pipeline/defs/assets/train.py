@@ -48,22 +48,29 @@ def tuning(config: dg.Config) -> Tuning:
 
 def selection_metadata(result: SearchResult) -> dict:
     """The validation search as Dagster metadata: chosen settings, why the search stopped, every trial."""
-    return {"valid_ndcg@20": dg.MetadataValue.float(result.score), "chosen": dg.MetadataValue.json(result.params),
-            "search_stopped": result.stopped, "search_trials": len(result.trials),
-            "search": frame_table(result.trials, 60)}
+    return {
+        "valid_ndcg@20": dg.MetadataValue.float(result.score),
+        "chosen": dg.MetadataValue.json(result.params),
+        "search_stopped": result.stopped,
+        "search_trials": len(result.trials),
+        "search": frame_table(result.trials, 60),
+    }
 
 
 def log_trials(context: dg.AssetExecutionContext, name: str):
     """A per-trial progress line in the run log."""
+
     def log(row: dict) -> None:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
         context.log.info(f"{name} search trial: {shown}")
+
     return log
 
 
 def split_data(interaction_split: dict) -> SplitData:
-    return SplitData.from_frame(interaction_split["table"], int(interaction_split["n_users"]),
-                                int(interaction_split["n_items"]))
+    return SplitData.from_frame(
+        interaction_split["table"], int(interaction_split["n_users"]), int(interaction_split["n_items"])
+    )
 
 
 def epoch_progress(context: dg.AssetExecutionContext):
@@ -76,18 +83,30 @@ def epoch_progress(context: dg.AssetExecutionContext):
     def listen(name: str, row: dict) -> None:
         nonlocal step
         step += 1
-        values = {k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))
-                  and not isinstance(v, bool)}
+        values = {
+            k: float(v)
+            for k, v in row.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "train_seconds")
         context.log.info(f"{name} epoch {row.get('epoch')}: {shown} ({values.get('train_seconds', 0.0):.1f} s)")
         if mlflow.active_run() is not None:
             mlflow.log_metrics({metric_key(f"progress/{k}"): v for k, v in values.items()}, step=step)
+
     return listen
 
 
-def _finish(context: dg.AssetExecutionContext, run, model: EmbeddingRecommender, history: pd.DataFrame | None,
-            data: SplitData, interaction_split: dict, raw_items: pd.DataFrame, params: dict,
-            search: SearchResult | None = None) -> dg.Output[dict]:
+def _finish(
+    context: dg.AssetExecutionContext,
+    run,
+    model: EmbeddingRecommender,
+    history: pd.DataFrame | None,
+    data: SplitData,
+    interaction_split: dict,
+    raw_items: pd.DataFrame,
+    params: dict,
+    search: SearchResult | None = None,
+) -> dg.Output[dict]:
     """Log params, curves, the validation search and the servable model to the active MLflow run ``run``;
     return the model bundle with metadata."""
     import mlflow
@@ -96,11 +115,24 @@ def _finish(context: dg.AssetExecutionContext, run, model: EmbeddingRecommender,
     from mm_pipeline.registry.tracking import log_history, log_split_input, safe_params
 
     # The run was opened before training (live progress metrics): everything goes into it.
-    mlflow.log_params(safe_params({**params, "model": model.name, "users": data.n_users,
-                                   "items": data.n_items, "train_interactions": int(data.train.nnz)}))
+    mlflow.log_params(
+        safe_params(
+            {
+                **params,
+                "model": model.name,
+                "users": data.n_users,
+                "items": data.n_items,
+                "train_interactions": int(data.train.nnz),
+            }
+        )
+    )
     # Lineage: the exact split this model was trained on (indices only, no raw user ids), with MLflow's digest.
-    log_split_input(interaction_split["table"], "interaction_split", "training",
-                    {"split_method": str(interaction_split.get("split_method", ""))})
+    log_split_input(
+        interaction_split["table"],
+        "interaction_split",
+        "training",
+        {"split_method": str(interaction_split.get("split_method", ""))},
+    )
     if history is not None and len(history):
         log_history(history)
     if search is not None:
@@ -110,17 +142,31 @@ def _finish(context: dg.AssetExecutionContext, run, model: EmbeddingRecommender,
     if final:
         mlflow.log_metrics({metric_key(k): v for k, v in final.items()})
     # No input example here (MLflow would load the model back to check it): the registered model has one.
-    info = log_recommender(model, interaction_split["user_ids"].tolist(),
-                           raw_items["item_id"].astype(str).tolist(), data.train, name="recommender",
-                           input_example_users=0)
-    bundle = {**model.to_bundle(), "history": history if history is not None else pd.DataFrame(),
-              "config": {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool, type(None)))}}
-    meta = {"mlflow_run_id": run.info.run_id, "mlflow_model": info.model_uri,
-            "embedding_dim": int(model.item_embeddings.shape[1]),
-            **{k: dg.MetadataValue.float(v) if isinstance(v, float) else v for k, v in final.items()}}
+    info = log_recommender(
+        model,
+        interaction_split["user_ids"].tolist(),
+        raw_items["item_id"].astype(str).tolist(),
+        data.train,
+        name="recommender",
+        input_example_users=0,
+    )
+    bundle = {
+        **model.to_bundle(),
+        "history": history if history is not None else pd.DataFrame(),
+        "config": {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool, type(None)))},
+    }
+    meta = {
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_model": info.model_uri,
+        "embedding_dim": int(model.item_embeddings.shape[1]),
+        **{k: dg.MetadataValue.float(v) if isinstance(v, float) else v for k, v in final.items()},
+    }
     if history is not None and len(history):
-        meta.update(history_metadata(history, [c for c in ("loss", "valid_ndcg@20", "valid_recall@20")],
-                                     f"{model.name} training"))
+        meta.update(
+            history_metadata(
+                history, [c for c in ("loss", "valid_ndcg@20", "valid_recall@20")], f"{model.name} training"
+            )
+        )
     if search is not None:
         meta.update(selection_metadata(search))
         bundle["search"] = search.trials
@@ -141,15 +187,24 @@ def input_asset_names(spec: ModelSpec) -> list[str]:
 
 def model_inputs(spec: ModelSpec, data: SplitData, interaction_split: dict, stored: dict) -> ModelInputs:
     """The trainer's inputs from the loaded upstream values ``stored`` (by asset name)."""
-    raw = (raw_modality_features(stored["text_features"], stored["image_features"], stored["audio_features"])
-           if RAW_FEATURES in spec.needs else None)
-    return ModelInputs(data, interaction_split, aligned=stored.get("aligned_item_embeddings"), raw_features=raw,
-                       image_features=stored.get("image_features") if IMAGE_FEATURES in spec.needs else None,
-                       models={name: stored[f"{name}_model"] for name in spec.model_needs})
+    raw = (
+        raw_modality_features(stored["text_features"], stored["image_features"], stored["audio_features"])
+        if RAW_FEATURES in spec.needs
+        else None
+    )
+    return ModelInputs(
+        data,
+        interaction_split,
+        aligned=stored.get("aligned_item_embeddings"),
+        raw_features=raw,
+        image_features=stored.get("image_features") if IMAGE_FEATURES in spec.needs else None,
+        models={name: stored[f"{name}_model"] for name in spec.model_needs},
+    )
 
 
-def train_model(context: dg.AssetExecutionContext, spec: ModelSpec, config: dg.Config | None,
-                stored: dict) -> dg.Output[dict]:
+def train_model(
+    context: dg.AssetExecutionContext, spec: ModelSpec, config: dg.Config | None, stored: dict
+) -> dg.Output[dict]:
     """One model of the table: skip it (with the reason) where it cannot run, else train it, search its
     settings on validation and log it to MLflow."""
     interaction_split, raw_items = stored.pop("interaction_split"), stored.pop("raw_items")
@@ -161,31 +216,53 @@ def train_model(context: dg.AssetExecutionContext, spec: ModelSpec, config: dg.C
     settings = spec.settings(config.model_dump() if config is not None else {}, context.resources.pipeline.seed)
     with context.resources.mlflow_tracking.start_run(context, run_name=spec.name) as run:
         with listening(epoch_progress(context)):
-            trained = spec.train(inputs, settings, tuning(config) if spec.tuning is not None else None,
-                                 log_trials(context, spec.name))
+            trained = spec.train(
+                inputs, settings, tuning(config) if spec.tuning is not None else None, log_trials(context, spec.name)
+            )
         if trained.note:
             context.log.info(trained.note)
-        return _finish(context, run, trained.model, trained.history, data, interaction_split, raw_items,
-                       trained.params, trained.search)
+        return _finish(
+            context,
+            run,
+            trained.model,
+            trained.history,
+            data,
+            interaction_split,
+            raw_items,
+            trained.params,
+            trained.search,
+        )
 
 
 def model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     """The training asset ``<name>_model`` of one model of the table."""
     ins = {name: dg.AssetIn() for name in ["interaction_split", "raw_items", *input_asset_names(spec)]}
-    options = dict(name=spec.asset_name, ins=ins, description=spec.description, kinds=set(spec.kinds),
-                   code_version=spec.code_version, required_resource_keys={"pipeline", "mlflow_tracking"},
-                   group_name=RESEARCH_GROUP if spec.role == "research" else GROUP)
+    options = dict(
+        name=spec.asset_name,
+        ins=ins,
+        description=spec.description,
+        kinds=set(spec.kinds),
+        code_version=spec.code_version,
+        required_resource_keys={"pipeline", "mlflow_tracking"},
+        group_name=RESEARCH_GROUP if spec.role == "research" else GROUP,
+    )
     run_config = run_config_class(spec)
     if run_config is None:
+
         @dg.asset(**options)
         def plain(context: dg.AssetExecutionContext, **stored) -> dg.Output[dict]:
             return train_model(context, spec, None, stored)
+
         return plain
 
     @dg.asset(**options)
-    def configured(context: dg.AssetExecutionContext, config: run_config, **stored  # type: ignore[valid-type]
-                   ) -> dg.Output[dict]:
+    def configured(
+        context: dg.AssetExecutionContext,
+        config: run_config,
+        **stored,  # type: ignore[valid-type]
+    ) -> dg.Output[dict]:
         return train_model(context, spec, config, stored)
+
     return configured
 
 
