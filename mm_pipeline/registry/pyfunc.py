@@ -623,9 +623,10 @@ def export_serving_arrays(
     stored only as :func:`user_key` digests under ``secret`` (which is not stored). ``train``
     (``[n_users, n_items]``, any scipy sparse matrix) gives the already-seen items to exclude
     (``seen_indptr`` / ``seen_indices``, the stored non-zeros per user in CSR form) and the popularity
-    order for the fallback (number of users with a non-zero entry per item; ties to the lower index). Without ``train`` nothing is
-    excluded and the fallback ranks items by their score for the mean user embedding. ``max_k`` and
-    ``max_rows`` are the request caps the server applies (see :class:`RecommenderPyfunc`).
+    order for the fallback (number of users with a non-zero entry per item; ties to the lower index).
+    Without ``train`` nothing is excluded and the fallback ranks items by their score for the mean user
+    embedding. ``max_k`` and ``max_rows`` are the request caps the server applies (see
+    :class:`RecommenderPyfunc`).
     """
     from mm_pipeline.recommend.base import EmbeddingRecommender
 
