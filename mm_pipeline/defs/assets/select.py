@@ -6,6 +6,7 @@ from pydantic import Field
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.catalog import MODEL_TABLE
 from mm_pipeline.recommend.selection import MONITOR, compare_on_validation
 
 GROUP = "select"
@@ -18,35 +19,22 @@ class SelectionConfig(dg.Config):
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
-def selected_model(
-    context: dg.AssetExecutionContext,
-    config: SelectionConfig,
-    interaction_split: dict,
-    popularity_model: dict,
-    ease_model: dict,
-    item_knn_model: dict,
-    bpr_mf_model: dict,
-    lightgcn_model: dict,
-    content_knn_model: dict,
-    vbpr_model: dict,
-    mm_gcn_model: dict,
-    mm_hybrid_model: dict,
-) -> dg.Output[dict]:
-    """The model to compress, register and serve: the best validation NDCG@20 among all trained models
-    (each already tuned on validation). The test split is not read; the report shows how the choice
-    does on test. The value is the chosen model's bundle plus the validation table."""
-    bundles = [
-        popularity_model,
-        ease_model,
-        item_knn_model,
-        bpr_mf_model,
-        lightgcn_model,
-        content_knn_model,
-        vbpr_model,
-        mm_gcn_model,
-        mm_hybrid_model,
-    ]
+# Every model of the table outside the research role may ship.
+CANDIDATES = tuple(spec for spec in MODEL_TABLE if spec.role != "research")
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas"},
+    code_version="2",
+    ins={name: dg.AssetIn() for name in ["interaction_split", *(spec.asset_name for spec in CANDIDATES)]},
+)
+def selected_model(context: dg.AssetExecutionContext, config: SelectionConfig, **stored) -> dg.Output[dict]:
+    """The model to compress, register and serve: the best validation NDCG@20 among all trained models of
+    the model table (each already tuned on validation). The test split is not read; the report shows how
+    the choice does on test. The value is the chosen model's bundle plus the validation table."""
+    interaction_split = stored["interaction_split"]
+    bundles = [stored[spec.asset_name] for spec in CANDIDATES]
     candidates = {b["name"]: b for b in bundles if "skipped" not in b}
     unknown = sorted(set(config.candidates) - {b["name"] for b in bundles})
     if unknown:
