@@ -141,6 +141,7 @@ def build_inputs(spec: str, seed: int) -> tuple[object, dict, dict, dict]:
             n_modalities, source = max(1, len(data.modalities)), f"{spec} read from disk"
         # The pipeline's own split asset, called directly: the same indexing and split as a run.
         split = interaction_split(raw_interactions=interactions, raw_items=items, source_dataset={"info": info}).value
+        split = {"table": split.table, "n_users": split.n_users, "n_items": split.n_items}  # as stored
         aligned = random_aligned(int(split["n_items"]), n_modalities, seed)
         raw = random_raw(int(split["n_items"]), n_modalities, seed)
         about = {

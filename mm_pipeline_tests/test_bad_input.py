@@ -753,7 +753,7 @@ def test_dirty_dataset_runs_to_an_evaluation_report(tmp_path):
     assert len(result.asset_value("raw_interactions")) == dirty.n_interactions
     aligned = result.output_for_node("aligned_item_embeddings")
     assert aligned["fused"].shape[0] == len(dirty.item_ids) and np.isfinite(aligned["fused"]).all()
-    assert result.output_for_node("interaction_split")["n_items"] == len(dirty.item_ids)
+    assert result.output_for_node("interaction_split").n_items == len(dirty.item_ids)
     ids = items["item_id"].to_numpy()
     assert ids[images["present"]].tolist() == sorted(dirty.image_items)
     assert ids[audio["present"]].tolist() == sorted(dirty.audio_items)

@@ -70,9 +70,9 @@ def test_raw_and_split_outputs(pipeline_run):
     audio = result.output_for_node("raw_item_audio")
     assert audio["waves"].shape == (360, 8000) and np.isfinite(audio["waves"]).all()
     split = result.output_for_node("interaction_split")
-    table = split["table"]
+    table = split.table
     assert set(table["split"]) == {"train", "valid", "test"}
-    assert split["n_users"] == 240 and table["user_idx"].max() == 239
+    assert split.n_users == 240 and table["user_idx"].max() == 239
     # Chronology: within each user, every test interaction is no earlier than every train interaction.
     last_train = table[table["split"] == "train"].groupby("user_idx")["timestamp"].max()
     first_test = table[table["split"] == "test"].groupby("user_idx")["timestamp"].min()

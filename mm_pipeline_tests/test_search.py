@@ -85,7 +85,7 @@ def searched(tmp_path_factory):
     upstream = dg.AssetSelection.assets("interaction_split").upstream()
     prepared = dg.materialize(_assets(), selection=upstream, instance=instance, resources=resources)
     assert prepared.success
-    n_items = int(prepared.output_for_node("interaction_split")["n_items"])
+    n_items = int(prepared.output_for_node("interaction_split").n_items)
     save_bundle(home / "assets" / "aligned_item_embeddings", _stand_in_aligned(n_items))
     features = _stand_in_features(n_items)
     for modality, bundle in features.items():
@@ -96,7 +96,7 @@ def searched(tmp_path_factory):
     )
     split = load_bundle(home / "assets" / "interaction_split")
     aligned = load_bundle(home / "assets" / "aligned_item_embeddings")
-    data = SplitData.from_frame(split["table"], int(split["n_users"]), int(split["n_items"]))
+    data = SplitData.from_frame(split.table, int(split.n_users), int(split.n_items))
     yield {
         "result": result,
         "home": home,

@@ -400,8 +400,8 @@ def test_graph_on_mmrec_uses_precomputed_features_and_published_split(tmp_path):
         np.testing.assert_array_equal(feats["features"], provided[items["feature_row"].to_numpy()])
         assert feats["present"].all() and "precomputed" in feats
     split = result.output_for_node("interaction_split")
-    table = split["table"]
-    users = split["user_ids"]
+    table = split.table
+    users = split.user_ids
     got = pd.DataFrame(
         {
             "user": users[table["user_idx"].to_numpy()],
@@ -500,7 +500,7 @@ def _read_raw_source(home, monkeypatch, resources, run_config=None) -> tuple[dic
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert set(RAW_SOURCE) <= materialized
     split = result.asset_value("interaction_split")
-    assert split["n_items"] == len(result.asset_value("raw_items"))
+    assert split.n_items == len(result.asset_value("raw_items"))
     return result.asset_value("source_dataset"), reads
 
 

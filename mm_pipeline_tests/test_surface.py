@@ -138,10 +138,10 @@ def test_batch_asset_scores_every_user_of_the_champion(home):
     assert value["path"] == str(path)
     table, about = read_recommendations(path)
     split = result.output_for_node("interaction_split")
-    assert value["users"] == table["user_key"].nunique() == int(split["n_users"])
+    assert value["users"] == table["user_key"].nunique() == int(split.n_users)
     assert value["rows"] == len(table) and table.groupby("user_key", observed=True).size().max() == 20
     assert about["model_uri"] == value["model_uri"] == f"models:/{value['registered_model']}/{value['version']}"
-    raw_users = {str(u) for u in split["user_ids"].tolist()}
+    raw_users = {str(u) for u in split.user_ids.tolist()}
     secret = pipeline_user_key_secret_of(home_dir)
     assert {user_key(u, secret) for u in raw_users} == set(table["user_key"].astype(str))
     assert not raw_users & set(table["user_key"].astype(str))

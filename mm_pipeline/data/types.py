@@ -8,7 +8,7 @@ kernel; training never reads :mod:`mm_pipeline.evaluate`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -145,6 +145,11 @@ class InteractionSplit:
     @cached_property
     def data(self) -> SplitData:
         return SplitData.from_frame(self.table, self.n_users, self.n_items)
+
+
+def as_interaction_split(value: InteractionSplit | Mapping[str, Any]) -> InteractionSplit:
+    """``value`` itself, or a split stored before it was typed (a dict with the same fields)."""
+    return value if isinstance(value, InteractionSplit) else InteractionSplit.from_bundle(dict(value))
 
 
 # The dataclasses the IO manager may store and load back, by class name (nothing outside this list is

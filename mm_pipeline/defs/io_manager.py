@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import OrderedDict
 from typing import Any
 
 import dagster as dg
@@ -44,6 +45,9 @@ _TABLE_KEY = "table"
 _KIND_KEY = "_stored_kind"
 _CLASS_KEY = "_stored_class"  # a dataclass's name, looked up in data.types.STORED_TYPES
 DEFAULT_KEEP_VERSIONS = 3
+# Typed values (data.types) loaded in this process, by (path, run version): a few, they can be large.
+TYPED_VALUES_KEPT = 4
+_TYPED_VALUES: OrderedDict[tuple[str, str], Any] = OrderedDict()
 OPS_FOLDER = "_ops"
 
 try:  # the run id Dagster gives an upstream asset that is not part of the run (it loads what is stored)
@@ -132,7 +136,19 @@ class VersionedBundleIOManager(dg.UPathIOManager):
     def load_from_path(self, context: dg.InputContext, path) -> Any:
         if not context.has_asset_key:
             return _from_bundle(load_bundle(path))
-        return _from_bundle(load_bundle(path, version=lineage_run_id(context)))
+        version = lineage_run_id(context)
+        if version is None:  # the published version: it may move, so it is read afresh
+            return _from_bundle(load_bundle(path, version=None))
+        key = (str(path), version)
+        if key in _TYPED_VALUES:  # one object per process for a run's typed value (immutable), so what it
+            _TYPED_VALUES.move_to_end(key)  # builds on first use (a split's sparse views) is built once
+            return _TYPED_VALUES[key]
+        value = _from_bundle(load_bundle(path, version=version))
+        if dataclasses.is_dataclass(value):
+            _TYPED_VALUES[key] = value
+            while len(_TYPED_VALUES) > TYPED_VALUES_KEPT:
+                _TYPED_VALUES.popitem(last=False)
+        return value
 
     def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict:
         return {"version": context.run_id} if context.has_asset_key else {}

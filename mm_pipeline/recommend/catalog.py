@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mm_pipeline.data.types import SplitData
+from mm_pipeline.data.types import InteractionSplit, SplitData, as_interaction_split
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.baselines import EASE_MAX_ITEMS, content_knn, most_popular
 from mm_pipeline.recommend.config import EaseConfig, FreedomConfig, ItemKnnConfig, MultimodalConfig, TrainConfig
@@ -54,7 +54,7 @@ class ModelInputs:
     """What a trainer reads: the split's sparse views and stored value, and what its spec needs."""
 
     data: SplitData
-    split: Mapping[str, Any]  # the interaction_split value (its table dates the history)
+    split: InteractionSplit  # the interaction_split value (its table dates the history)
     aligned: Mapping[str, Any] | None = None  # the aligned_item_embeddings value
     raw_features: RawFeatures | None = None  # {modality: (features, present)} for the modalities some item has
     image_features: Mapping[str, Any] | None = None
@@ -143,7 +143,7 @@ def tuned_training(name: str, fit, config, data: SplitData, tuning: Tuning, on_t
 
 def hybrid_parts(
     data: SplitData,
-    interaction_split: Mapping,
+    interaction_split: InteractionSplit,
     cores: Mapping[str, Mapping],
     gnns: Mapping[str, Mapping],
     raw: RawFeatures,
@@ -160,7 +160,7 @@ def hybrid_parts(
     models = {name: EmbeddingRecommender.from_bundle(b) for name, b in gnns.items() if "skipped" not in b}
     return HybridParts(
         data.train,
-        training_age(interaction_split["table"], data.train),
+        training_age(as_interaction_split(interaction_split).table, data.train),
         weights,
         content_graph(raw, hybrid.knn_k) if raw else None,
         models,

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.align.model import AlignConfig, ConcatenatedAligner, ModalityInput, embed_items, fit_aligner
+from mm_pipeline.data.types import as_interaction_split
 from mm_pipeline.defs.config import config_from_dataclass, to_dataclass
 from mm_pipeline.defs.metadata import frame_table, history_metadata
 from mm_pipeline.defs.mlflow_models import log_torch_module
@@ -47,7 +48,7 @@ def aligned_item_embeddings(
         if np.asarray(f["present"]).any()
     }
     skipped = sorted(set(candidates) - set(inputs))
-    table = interaction_split["table"]
+    table = as_interaction_split(interaction_split).table
     train = table[table["split"] == "train"]
     with mlflow_tracking.start_run(context) as run:
         mlflow.log_params(safe_params({**align_config.__dict__, "modalities": ",".join(inputs)}))

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import dagster as dg
 import pandas as pd
 
+from mm_pipeline.data.types import as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import PipelineResource
 from mm_pipeline.evaluate.report import build_comparison, png_markdown, write_report
@@ -100,7 +101,7 @@ def comparison_report(
     }
     if isinstance(aligned_item_embeddings.get("history"), pd.DataFrame) and len(aligned_item_embeddings["history"]):
         histories["alignment"] = aligned_item_embeddings["history"]
-    table = interaction_split["table"]
+    table = as_interaction_split(interaction_split).table
     dataset = {
         "spec": source_dataset["spec"],
         "name": source_dataset["name"],
@@ -121,7 +122,7 @@ def comparison_report(
         dataset=dataset,
         seed=pipeline.seed,
         title=title,
-        split=interaction_split.get("split_method", DEFAULT_SPLIT),
+        split=(as_interaction_split(interaction_split).split_method or DEFAULT_SPLIT),
         selection=selection_summary(selected_model, bundles) if selected_model is not None else None,
     )
     metrics = {**comparison.metrics, "dagster_run_id": context.run_id}

@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from mm_pipeline.data.types import as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import MlflowResource
@@ -96,7 +97,7 @@ def model_promotion(
     champion_version = alias_version(client, name, CHAMPION_ALIAS)
 
     data = split_data(interaction_split)
-    user_ids = [str(u) for u in interaction_split["user_ids"].tolist()]
+    user_ids = [str(u) for u in as_interaction_split(interaction_split).user_ids.tolist()]
     item_ids = raw_items["item_id"].astype(str).tolist()
 
     def rescore(version: str, role: str) -> dict[str, float]:

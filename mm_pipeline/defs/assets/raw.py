@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from mm_pipeline.data.types import InteractionSplit
 from mm_pipeline.datasets import media
 from mm_pipeline.datasets.schema import MODALITIES, quarantine_frame
 from mm_pipeline.datasets.sources import Source, load_source, resolve_source
@@ -250,7 +251,9 @@ def _none_metadata(modality: str, raw_items: pd.DataFrame, present: np.ndarray, 
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, code_version="2")
-def interaction_split(raw_interactions: pd.DataFrame, raw_items: pd.DataFrame, source_dataset: dict) -> dg.Output[dict]:
+def interaction_split(
+    raw_interactions: pd.DataFrame, raw_items: pd.DataFrame, source_dataset: dict
+) -> dg.Output[InteractionSplit]:
     """Train/valid/test split over indexed users and items: per-user chronological (8:1:1), or the
     source's published split when it has one (``info["split_column"]``, e.g. MMRec's ``x_label``:
     0 train, 1 valid, 2 test).
@@ -299,13 +302,7 @@ def interaction_split(raw_interactions: pd.DataFrame, raw_items: pd.DataFrame, s
         f"published split from column {split_column!r}" if split_column else "per-user chronological split (8:1:1)"
     )
     return dg.Output(
-        {
-            "table": frame,
-            "user_ids": user_ids.astype(str),
-            "n_users": len(user_ids),
-            "n_items": len(raw_items),
-            "split_method": split_method,
-        },
+        InteractionSplit(frame, len(user_ids), len(raw_items), user_ids.astype(str), split_method),
         metadata={
             "users": len(user_ids),
             "items": len(raw_items),

@@ -4,6 +4,7 @@
 import dagster as dg
 import pandas as pd
 
+from mm_pipeline.data.types import as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import MlflowResource
 from mm_pipeline.recommend.base import EmbeddingRecommender
@@ -49,7 +50,7 @@ def registered_model(
         )
         info = log_recommender(
             model,
-            interaction_split["user_ids"].tolist(),
+            as_interaction_split(interaction_split).user_ids.tolist(),
             raw_items["item_id"].astype(str).tolist(),
             data.train,
             name="recommender",

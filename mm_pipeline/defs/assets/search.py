@@ -9,10 +9,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from mm_pipeline.data.types import as_interaction_split
 from mm_pipeline.defs.assets.train import raw_modality_features
 from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
-from mm_pipeline.recommend.fit import MultimodalConfig, SplitData
+from mm_pipeline.recommend.fit import MultimodalConfig
 from mm_pipeline.recommend.search import (
     DEFAULT_SPACE,
     OBJECTIVE,
@@ -86,9 +87,7 @@ def mm_gcn_hyperparameter_search(
         raise dg.Failure(
             description=f"n_trials and max_epochs must be positive, got {config.n_trials} and {config.max_epochs}"
         )
-    data = SplitData.from_frame(
-        interaction_split["table"], int(interaction_split["n_users"]), int(interaction_split["n_items"])
-    )
+    data = as_interaction_split(interaction_split).data
     base = MultimodalConfig(seed=pipeline.seed, patience=config.patience, epochs=config.max_epochs)
     code_version = (context.assets_def.code_versions_by_key or {}).get(context.asset_key)
 

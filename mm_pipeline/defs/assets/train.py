@@ -8,7 +8,7 @@ table of every setting tried.
 import dagster as dg
 import pandas as pd
 
-from mm_pipeline.data.types import SplitData
+from mm_pipeline.data.types import InteractionSplit, SplitData, as_interaction_split
 from mm_pipeline.defs.config import config_from_dataclass, with_tuning
 from mm_pipeline.defs.metadata import frame_table, history_metadata
 from mm_pipeline.recommend.base import EmbeddingRecommender
@@ -67,10 +67,10 @@ def log_trials(context: dg.AssetExecutionContext, name: str):
     return log
 
 
-def split_data(interaction_split: dict) -> SplitData:
-    return SplitData.from_frame(
-        interaction_split["table"], int(interaction_split["n_users"]), int(interaction_split["n_items"])
-    )
+def split_data(interaction_split: InteractionSplit | dict) -> SplitData:
+    """The split's sparse views, built once per loaded split (the IO manager hands every step of a run the
+    same object in one process)."""
+    return as_interaction_split(interaction_split).data
 
 
 def epoch_progress(context: dg.AssetExecutionContext):
@@ -128,10 +128,10 @@ def _finish(
     )
     # Lineage: the exact split this model was trained on (indices only, no raw user ids), with MLflow's digest.
     log_split_input(
-        interaction_split["table"],
+        as_interaction_split(interaction_split).table,
         "interaction_split",
         "training",
-        {"split_method": str(interaction_split.get("split_method", ""))},
+        {"split_method": as_interaction_split(interaction_split).split_method},
     )
     if history is not None and len(history):
         log_history(history)
@@ -144,7 +144,7 @@ def _finish(
     # No input example here (MLflow would load the model back to check it): the registered model has one.
     info = log_recommender(
         model,
-        interaction_split["user_ids"].tolist(),
+        as_interaction_split(interaction_split).user_ids.tolist(),
         raw_items["item_id"].astype(str).tolist(),
         data.train,
         name="recommender",
@@ -207,7 +207,7 @@ def train_model(
 ) -> dg.Output[dict]:
     """One model of the table: skip it (with the reason) where it cannot run, else train it, search its
     settings on validation and log it to MLflow."""
-    interaction_split, raw_items = stored.pop("interaction_split"), stored.pop("raw_items")
+    interaction_split, raw_items = as_interaction_split(stored.pop("interaction_split")), stored.pop("raw_items")
     data = split_data(interaction_split)
     inputs = model_inputs(spec, data, interaction_split, stored)
     reason = spec.skip(inputs) if spec.skip is not None else None
