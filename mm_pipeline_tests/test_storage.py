@@ -182,3 +182,34 @@ def test_the_io_manager_stores_typed_data_field_by_field_without_pickle(tmp_path
         from_stored_fields("Popen", {})
     with pytest.raises(ValueError, match="n_users"):
         InteractionSplit(table, 1, 3, np.array(["u0"]))
+
+
+def test_a_runs_split_is_loaded_once_and_an_older_dict_split_still_loads(tmp_path):
+    import dagster as dg
+
+    from mm_pipeline.data.types import InteractionSplit
+    from mm_pipeline.defs.io_manager import BundleIOManager
+
+    table = pd.DataFrame(
+        {
+            "user_idx": [0, 1, 1],
+            "item_idx": [1, 2, 0],
+            "timestamp": [1, 2, 3],
+            "weight": np.ones(3, np.float32),
+            "split": ["train", "test", "train"],
+        }
+    )
+    manager = BundleIOManager(base_dir=str(tmp_path)).create_io_manager(None)
+    key = dg.AssetKey("interaction_split")
+    split = InteractionSplit(table, 2, 3, np.array(["u0", "u1"]))
+    manager.handle_output(dg.build_output_context(asset_key=key, run_id="run_a"), split)
+    upstream = dg.build_output_context(asset_key=key, run_id="run_a")
+    first = manager.load_input(dg.build_input_context(asset_key=key, upstream_output=upstream))
+    again = manager.load_input(dg.build_input_context(asset_key=key, upstream_output=upstream))
+    assert first is again and first.data is again.data  # the sparse views are built once per run and process
+
+    # A home written before the split was typed: a plain dict with the same fields.
+    legacy = {"table": table, "n_users": 2, "n_items": 3, "user_ids": np.array(["u0", "u1"]), "split_method": "x"}
+    manager.handle_output(dg.build_output_context(asset_key=key, run_id="run_old"), legacy)
+    loaded = manager.load_input(dg.build_input_context(asset_key=key))
+    assert isinstance(loaded, InteractionSplit) and loaded.split_method == "x" and loaded.data.train.nnz == 2

@@ -80,6 +80,21 @@ def _from_bundle(bundle: dict) -> Any:
     return bundle
 
 
+# Assets whose value became a typed dataclass: a version stored before that (a plain dict with the same
+# fields) is read as the dataclass, so a home from an earlier release keeps working.
+TYPED_ASSETS = {"interaction_split": "InteractionSplit"}
+
+
+def _typed_if_legacy(context: dg.InputContext, value: Any) -> Any:
+    name = TYPED_ASSETS.get(context.asset_key.path[-1])
+    if name is None or not isinstance(value, dict):
+        return value
+    fields = {f.name for f in dataclasses.fields(STORED_TYPES[name]) if f.default is dataclasses.MISSING}
+    if not fields <= set(value):  # not a stored value of that type: leave it as it is
+        return value
+    return STORED_TYPES[name].from_bundle(value)
+
+
 def _describe(context) -> str:
     return (
         f"asset {context.asset_key.to_user_string()}"
@@ -138,12 +153,12 @@ class VersionedBundleIOManager(dg.UPathIOManager):
             return _from_bundle(load_bundle(path))
         version = lineage_run_id(context)
         if version is None:  # the published version: it may move, so it is read afresh
-            return _from_bundle(load_bundle(path, version=None))
+            return _typed_if_legacy(context, _from_bundle(load_bundle(path, version=None)))
         key = (str(path), version)
         if key in _TYPED_VALUES:  # one object per process for a run's typed value (immutable), so what it
             _TYPED_VALUES.move_to_end(key)  # builds on first use (a split's sparse views) is built once
             return _TYPED_VALUES[key]
-        value = _from_bundle(load_bundle(path, version=version))
+        value = _typed_if_legacy(context, _from_bundle(load_bundle(path, version=version)))
         if dataclasses.is_dataclass(value):
             _TYPED_VALUES[key] = value
             while len(_TYPED_VALUES) > TYPED_VALUES_KEPT:

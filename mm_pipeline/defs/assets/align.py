@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.align.model import AlignConfig, ConcatenatedAligner, ModalityInput, embed_items, fit_aligner
-from mm_pipeline.data.types import as_interaction_split
+from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.config import config_from_dataclass, to_dataclass
 from mm_pipeline.defs.metadata import frame_table, history_metadata
 from mm_pipeline.defs.mlflow_models import log_torch_module
@@ -23,7 +23,7 @@ def aligned_item_embeddings(
     text_features: dict,
     image_features: dict,
     audio_features: dict,
-    interaction_split: dict,
+    interaction_split: InteractionSplit,
     pipeline: PipelineResource,
     mlflow_tracking: MlflowResource,
 ) -> dg.Output[dict]:

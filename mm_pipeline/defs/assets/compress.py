@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from mm_pipeline.compress.measure import compress_recommender
+from mm_pipeline.data.types import InteractionSplit
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import PipelineResource
@@ -20,7 +21,7 @@ class CompressConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, code_version="2")
 def compressed_model(
-    config: CompressConfig, selected_model: dict, interaction_split: dict, pipeline: PipelineResource
+    config: CompressConfig, selected_model: dict, interaction_split: InteractionSplit, pipeline: PipelineResource
 ) -> dg.Output[dict]:
     """fp32, pruned, int8 and pruned+int8 variants with parameter count, size, latency and quality.
 

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import dagster as dg
 import pandas as pd
 
-from mm_pipeline.data.types import as_interaction_split
+from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import PipelineResource
 from mm_pipeline.evaluate.report import build_comparison, png_markdown, write_report
@@ -73,7 +73,7 @@ def comparison_report(
     context: dg.AssetExecutionContext,
     pipeline: PipelineResource,
     source_dataset: dict,
-    interaction_split: dict,
+    interaction_split: InteractionSplit,
     bundles: Sequence[dict],
     aligned_item_embeddings: dict,
     compressed_model: dict | None = None,

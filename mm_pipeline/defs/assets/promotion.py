@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from mm_pipeline.data.types import as_interaction_split
+from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import MlflowResource
@@ -61,7 +61,7 @@ def model_promotion(
     context: dg.AssetExecutionContext,
     config: PromotionConfig,
     registered_model: dict,
-    interaction_split: dict,
+    interaction_split: InteractionSplit,
     raw_items: pd.DataFrame,
     mlflow_tracking: MlflowResource,
 ) -> dg.Output[dict]:

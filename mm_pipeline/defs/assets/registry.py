@@ -4,7 +4,7 @@
 import dagster as dg
 import pandas as pd
 
-from mm_pipeline.data.types import as_interaction_split
+from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import MlflowResource
 from mm_pipeline.recommend.base import EmbeddingRecommender
@@ -24,7 +24,7 @@ def registered_model(
     context: dg.AssetExecutionContext,
     config: RegistryConfig,
     selected_model: dict,
-    interaction_split: dict,
+    interaction_split: InteractionSplit,
     raw_items: pd.DataFrame,
     evaluation_report: dict,
     mlflow_tracking: MlflowResource,

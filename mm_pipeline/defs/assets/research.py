@@ -7,6 +7,7 @@ Not part of ``full_pipeline`` (several more minutes of training on the default d
 import dagster as dg
 import pandas as pd
 
+from mm_pipeline.data.types import InteractionSplit
 from mm_pipeline.defs.assets.evaluate import REPORT_INPUTS, comparison_report
 from mm_pipeline.defs.assets.train import MODEL_ASSETS, HybridRunConfig, log_trials, split_data
 from mm_pipeline.defs.config import to_dataclass
@@ -27,7 +28,7 @@ RESEARCH_MODEL_ASSETS = [MODEL_ASSETS[s.name] for s in MODEL_TABLE if s.role == 
 def mm_gcn_ablations(
     context: dg.AssetExecutionContext,
     mm_gcn_model: dict,
-    interaction_split: dict,
+    interaction_split: InteractionSplit,
     aligned_item_embeddings: dict,
     text_features: dict,
     image_features: dict,
@@ -95,7 +96,7 @@ def mm_gcn_ablations(
 def mm_hybrid_ablations(
     context: dg.AssetExecutionContext,
     config: HybridRunConfig,  # type: ignore[valid-type]
-    interaction_split: dict,
+    interaction_split: InteractionSplit,
     ease_model: dict,
     item_knn_model: dict,
     mm_gcn_model: dict,

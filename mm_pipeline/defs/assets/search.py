@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from mm_pipeline.data.types import as_interaction_split
+from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import raw_modality_features
 from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
@@ -60,7 +60,7 @@ def _scalar_metrics(trial: TrialResult) -> dict[str, float]:
 def mm_gcn_hyperparameter_search(
     context: dg.AssetExecutionContext,
     config: HyperparameterSearchConfig,
-    interaction_split: dict,
+    interaction_split: InteractionSplit,
     aligned_item_embeddings: dict,
     text_features: dict,
     image_features: dict,

@@ -102,7 +102,7 @@ def _finish(
     model: EmbeddingRecommender,
     history: pd.DataFrame | None,
     data: SplitData,
-    interaction_split: dict,
+    interaction_split: InteractionSplit,
     raw_items: pd.DataFrame,
     params: dict,
     search: SearchResult | None = None,
@@ -185,7 +185,7 @@ def input_asset_names(spec: ModelSpec) -> list[str]:
     return names + [f"{name}_model" for name in spec.model_needs]
 
 
-def model_inputs(spec: ModelSpec, data: SplitData, interaction_split: dict, stored: dict) -> ModelInputs:
+def model_inputs(spec: ModelSpec, data: SplitData, interaction_split: InteractionSplit, stored: dict) -> ModelInputs:
     """The trainer's inputs from the loaded upstream values ``stored`` (by asset name)."""
     raw = (
         raw_modality_features(stored["text_features"], stored["image_features"], stored["audio_features"])
