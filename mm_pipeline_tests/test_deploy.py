@@ -327,7 +327,7 @@ def test_full_pipeline_runs_every_step_on_the_celery_workers(deployment):
         steps = _steps(instance, run_id)
     finally:
         instance.dispose()
-    assert {"source_dataset", "mm_gcn_model", "evaluation_report", "registered_model", "model_promotion"} <= set(steps)
+    assert {"raw_source", "mm_gcn_model", "evaluation_report", "registered_model", "model_promotion"} <= set(steps)
     workers = {f"{name}@{socket.gethostname()}" for name in deployment.worker_names}
     for key, step in steps.items():
         # Every step: taken by one of the two workers (its engine event), started in a process other than
@@ -443,7 +443,7 @@ def test_a_worker_killed_mid_step_fails_the_run_and_reexecution_completes(deploy
         rerun = instance.get_run_by_id(rerun_id)
         assert rerun.is_success and rerun.parent_run_id == run_id
         reexecuted = {key for key, step in _steps(instance, rerun_id).items() if step["success"]}
-        assert "mm_gcn_model" in reexecuted and "source_dataset" not in reexecuted  # only what had not finished
+        assert "mm_gcn_model" in reexecuted and "raw_source" not in reexecuted  # only what had not finished
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
