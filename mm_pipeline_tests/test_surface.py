@@ -212,8 +212,8 @@ def test_failed_demo_ends_with_the_data_error(tmp_path, monkeypatch, capsys):
     assert cli.main(["demo", "--dataset", f"folder:{data}"]) == 1
     captured = capsys.readouterr()
     err = captured.err
-    assert "started  source_dataset" in err and "FAILED   source_dataset" in err  # progress as it runs
-    assert f"step source_dataset failed: {data / 'interactions.csv'}: missing required column(s) ['timestamp']" in err
+    assert "started  raw_source" in err and "FAILED   raw_source" in err  # progress as it runs
+    assert f"step raw_source failed: {data / 'interactions.csv'}: missing required column(s) ['timestamp']" in err
     assert "step(s) not executed" in err and "Dependencies for step" not in err
     assert "Traceback" not in err + captured.out
     assert cli.main(["demo", "--dataset", f"folder:{data}", "--debug"]) == 1
@@ -222,4 +222,4 @@ def test_failed_demo_ends_with_the_data_error(tmp_path, monkeypatch, capsys):
     # Through the job's executor too: the run's log goes by, and it ends with the same line.
     assert cli.main(["run", "--dataset", f"folder:{data}"]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-2:]
-    assert last[0].startswith("step source_dataset failed: ") and "missing required column(s)" in last[0]
+    assert last[0].startswith("step raw_source failed: ") and "missing required column(s)" in last[0]
