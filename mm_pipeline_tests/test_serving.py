@@ -173,14 +173,31 @@ def test_served_model_answers_like_the_in_process_pyfunc(registered):
         )
     try:
         _wait_until_up(proc, url, log)
-        payload = json.dumps({"dataframe_split": request.to_dict(orient="split", index=False)}).encode()
-        post = urllib.request.Request(
-            f"{url}/invocations", data=payload, method="POST", headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(post, timeout=30) as response:
-            assert response.status == 200
-            body = json.loads(response.read())  # NaN scores (fallback rows) come back as NaN
+
+        def invoke(frame: pd.DataFrame) -> tuple[int, dict]:
+            payload = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
+            post = urllib.request.Request(
+                f"{url}/invocations", data=payload, method="POST", headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(post, timeout=30) as response:
+                    return response.status, json.loads(response.read())  # NaN scores come back as NaN
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read() or b"{}")
+
+        status, body = invoke(request)
+        assert status == 200
         served = pd.DataFrame(body["predictions"])
+        # The explain flag adds why, as the in-process model says; a request above the caps is refused.
+        asked = request.iloc[:2].assign(explain=[True, True])
+        status, body = invoke(asked)
+        assert status == 200
+        explained = pd.DataFrame(body["predictions"])
+        local = mlflow.pyfunc.load_model(registered["model_uri"]).predict(asked)
+        assert {"share_embedding", "because", "reason"} <= set(explained.columns)
+        assert explained["reason"].tolist() == local["reason"].tolist() and explained["reason"].str.len().gt(0).all()
+        status, body = invoke(pd.DataFrame({"user_id": [USER_IDS[3]], "k": [500]}))
+        assert status >= 400 and "above this server's cap" in json.dumps(body)
     finally:
         _stop(proc)
     assert proc.poll() is not None
