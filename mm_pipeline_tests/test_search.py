@@ -96,7 +96,7 @@ def searched(tmp_path_factory):
     )
     split = load_bundle(home / "assets" / "interaction_split")
     aligned = load_bundle(home / "assets" / "aligned_item_embeddings")
-    data = SplitData.from_frame(split.table, int(split.n_users), int(split.n_items))
+    data = SplitData.from_frame(split["table"], int(split["n_users"]), int(split["n_items"]))  # the stored fields
     yield {
         "result": result,
         "home": home,
