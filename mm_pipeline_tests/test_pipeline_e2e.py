@@ -255,3 +255,13 @@ def test_explanations_are_faithful_and_name_no_user(pipeline_run):
     np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-6)
     assert explained["reason"].str.len().gt(0).all() and "user_id" not in explained
     assert out["by_part"]["users"].sum() == out["interest"]["user"].nunique()
+
+
+def test_the_report_carries_the_faithfulness_figures(pipeline_run):
+    result, home, _ = pipeline_run
+    metrics = json.loads((home / "reports" / "latest" / "metrics.json").read_text())
+    tested = {(row["model"], row["removed"]): row for row in metrics["faithfulness"]}
+    assert tested[("mm_hybrid", "history")]["rank gap"] > 0 and ("ease", "history") in tested
+    assert sum(row["users"] for row in metrics["dominant_part"]) > 0
+    html = (home / "reports" / "latest" / "report.html").read_text()
+    assert "Explanations and their faithfulness" in html

@@ -464,10 +464,22 @@ class Comparison(NamedTuple):
     tables: dict[str, str]  # section -> markdown table (for Dagster metadata)
 
 
-def build_comparison(models, data, *, title: str = "Evaluation report", **options) -> Comparison:
+def build_comparison(
+    models, data, *, title: str = "Evaluation report", explanations: Explanations | None = None, **options
+) -> Comparison:
     """:func:`~mm_pipeline.evaluate.comparison.compare_models` (``models``, ``data``, ``options``), rendered
-    by :func:`render_comparison` under ``title``."""
-    return render_comparison(compare_models(models, data, **options), title)
+    by :func:`render_comparison` under ``title`` (with the ``explanations`` section when given)."""
+    return render_comparison(compare_models(models, data, **options), title, explanations)
+
+
+@dataclass(frozen=True)
+class Explanations:
+    """What the report says about explanations: the deletion test per model (``faithfulness``: model,
+    removed, users, top/random score and rank drops, gaps) and users by dominant score part (``by_part``)."""
+
+    faithfulness: pd.DataFrame
+    by_part: pd.DataFrame
+    users: int
 
 
 def _finite(value: Any, digits: int = 4) -> str:
@@ -696,7 +708,9 @@ def comparison_figures(comparison: ModelComparison) -> dict[str, bytes]:
     return figures
 
 
-def render_comparison(comparison: ModelComparison, title: str = "Evaluation report") -> Comparison:
+def render_comparison(
+    comparison: ModelComparison, title: str = "Evaluation report", explanations: Explanations | None = None
+) -> Comparison:
     """The report of ``comparison``: markdown (figures linked as ``<name>.png``), one self-contained HTML
     page, the figures, and each section's table as markdown (for Dagster metadata)."""
     c, tables = comparison, _ComparisonTables(comparison)
@@ -792,6 +806,22 @@ def render_comparison(comparison: ModelComparison, title: str = "Evaluation repo
             blocks.append(Figure("modality_weights", figures["modality_weights"], "modality-weight distribution"))
     else:
         blocks.append(Paragraph("No aligned item embeddings given."))
+    if explanations is not None:
+        tested = explanations.faithfulness.dropna(subset=["rank gap"])
+        blocks += [
+            Heading("Explanations and their faithfulness"),
+            Paragraph(
+                f"Deletion test on {explanations.users} held-out users: for each user's top recommended item, "
+                "remove the history item (or modality) the explanation credits most, and separately a random "
+                "one, and measure how far the item's score and rank fall. A faithful explanation has a positive "
+                "gap (top minus random). Models without an exact score split (embedding models) are not tested."
+            ),
+            _frame_table(tested) if len(tested) else Paragraph("No model with an exact score split."),
+            Paragraph(f"Users by the part that dominates their explained recommendations ({c.primary}):"),
+            _frame_table(explanations.by_part),
+        ]
+        metrics["faithfulness"] = tested.to_dict(orient="records")
+        metrics["dominant_part"] = explanations.by_part.to_dict(orient="records")
     blocks += [Heading("Training curves")]
     blocks += (
         [Figure("training_curves", figures["training_curves"], "training loss and validation metrics")]

@@ -8,7 +8,7 @@ import pandas as pd
 from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import PipelineResource
-from mm_pipeline.evaluate.report import build_comparison, png_markdown, write_report
+from mm_pipeline.evaluate.report import Explanations, build_comparison, png_markdown, write_report
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.catalog import MODEL_TABLE, names_with_role
 from mm_pipeline.storage import point_link
@@ -18,7 +18,14 @@ GROUP = "evaluate"
 BASELINES = names_with_role("baseline", "research")
 COMPONENTS = names_with_role("component")  # models the primary may use: reported, not baselines
 # What both reports read besides the model bundles.
-REPORT_INPUTS = ("source_dataset", "interaction_split", "selected_model", "compressed_model", "aligned_item_embeddings")
+REPORT_INPUTS = (
+    "source_dataset",
+    "interaction_split",
+    "selected_model",
+    "compressed_model",
+    "aligned_item_embeddings",
+    "recommendation_explanations",
+)
 DEFAULT_SPLIT = "per-user chronological split (8:1:1)"
 
 
@@ -80,6 +87,7 @@ def comparison_report(
     ablation_bundles: Sequence[dict] = (),
     title: str = "Evaluation report",
     selected_model: dict | None = None,
+    explanations: dict | None = None,
 ) -> dg.Output[dict]:
     """Evaluate model bundles (baselines + the primary), compressed variants and ablations; write the report.
 
@@ -124,6 +132,13 @@ def comparison_report(
         title=title,
         split=(as_interaction_split(interaction_split).split_method or DEFAULT_SPLIT),
         selection=selection_summary(selected_model, bundles) if selected_model is not None else None,
+        explanations=(
+            Explanations(
+                explanations["faithfulness"], explanations["by_part"], int(explanations["interest"]["user"].size)
+            )
+            if explanations is not None
+            else None
+        ),
     )
     metrics = {**comparison.metrics, "dagster_run_id": context.run_id}
     paths = pipeline.paths()
@@ -180,4 +195,5 @@ def evaluation_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[
         stored["aligned_item_embeddings"],
         compressed_model=stored["compressed_model"],
         selected_model=stored["selected_model"],
+        explanations=stored["recommendation_explanations"],
     )

@@ -207,4 +207,5 @@ def research_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[di
         ],
         title="Research report (with ablations)",
         selected_model=stored["selected_model"],
+        explanations=stored["recommendation_explanations"],
     )
