@@ -202,6 +202,16 @@ def test_mlflow_runs_models_and_registry(pipeline_run):
         )
         assert models, f"{asset} logged no model"
     assert client.get_metric_history(by_asset["mm_gcn_model"].info.run_id, "valid_ndcg_at_20")
+    # Training progress went to the run live: one step per epoch of every trial of the search.
+    live = client.get_metric_history(by_asset["lightgcn_model"].info.run_id, "progress/loss")
+    assert len(live) >= 2 and [m.step for m in live] == list(range(1, len(live) + 1))
+    # The report is a run of its own: every model's test metrics and the report files.
+    report = by_asset["evaluation_report"]
+    assert report.data.metrics["mm_hybrid.recall_at_20"] > 0 and "ease.ndcg_at_20" in report.data.metrics
+    assert {a.path for a in client.list_artifacts(report.info.run_id, "report")} >= {
+        "report/report.html",
+        "report/metrics.json",
+    }
     inputs = client.get_run(by_asset["mm_gcn_model"].info.run_id).inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["interaction_split"] and inputs[0].dataset.digest
     versions = client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'")
