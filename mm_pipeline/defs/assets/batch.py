@@ -64,17 +64,7 @@ def batch_recommendations(
         "model_uri": uri,
         "recommender": recommender,
     }
+    preview = table.head(20).assign(user_key=table["user_key"].head(20).astype(str).str[:12])
     return dg.Output(
-        value,
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "rows": len(table),
-            "users": users,
-            "k": config.k,
-            "registered_model": name,
-            "version": version,
-            "model_uri": uri,
-            "recommender": recommender,
-            "preview": frame_table(table.head(20).assign(user_key=table["user_key"].head(20).astype(str).str[:12])),
-        },
+        value, metadata={**value, "path": dg.MetadataValue.path(str(path)), "preview": frame_table(preview)}
     )
