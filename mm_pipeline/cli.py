@@ -212,7 +212,12 @@ def report_failure(events, run_id: str, debug: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------ commands
-def run_demo(dataset: str | None, job: str = "full_pipeline", debug: bool = False) -> int:
+def run_demo(
+    dataset: str | None, job: str = "full_pipeline", debug: bool = False, config_file: str | None = None
+) -> int:
+    run_config = read_run_config(config_file)
+    if run_config is None:
+        return 2
     settings.prefer_offline_models()
     paths = settings.project_paths().ensure()
     prepare_dagster_home(paths)
@@ -239,7 +244,7 @@ def run_demo(dataset: str | None, job: str = "full_pipeline", debug: bool = Fals
                 instance=instance,
                 raise_on_error=False,
                 tags=tags,
-                run_config={"loggers": loggers, **dataset_run_config(dataset)},
+                run_config={**with_dataset(run_config, dataset), "loggers": loggers},
             ),
         )
     elapsed = time.perf_counter() - started
@@ -273,10 +278,33 @@ def run_demo(dataset: str | None, job: str = "full_pipeline", debug: bool = Fals
     return 0
 
 
-def dataset_run_config(dataset: str | None) -> dict:
-    """Run config choosing ``dataset`` (the ``pipeline`` resource's config); empty: the resource's own
-    (``$MM_PIPELINE_DATASET`` or builtin:default)."""
-    return {"resources": {"pipeline": {"config": {"dataset": dataset}}}} if dataset else {}
+def with_dataset(run_config: dict, dataset: str | None) -> dict:
+    """``run_config`` with ``dataset`` set as the ``pipeline`` resource's config; unchanged without one (the
+    resource's own: ``$MM_PIPELINE_DATASET`` or builtin:default)."""
+    if not dataset:
+        return run_config
+    resources = dict(run_config.get("resources") or {})
+    pipeline = dict(resources.get("pipeline") or {})
+    resources["pipeline"] = {**pipeline, "config": {**(pipeline.get("config") or {}), "dataset": dataset}}
+    return {**run_config, "resources": resources}
+
+
+def read_run_config(config_file: str | None) -> dict | None:
+    """The YAML run config in ``config_file`` ({} without one); None, after saying why on stderr, when it
+    cannot be read or is not a mapping."""
+    import yaml
+
+    if not config_file:
+        return {}
+    try:
+        run_config = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"--config {config_file}: cannot read it as YAML run config ({exc})", file=sys.stderr)
+        return None
+    if not isinstance(run_config, dict):
+        print(f"--config {config_file}: must hold a run-config mapping (ops:, resources:)", file=sys.stderr)
+        return None
+    return run_config
 
 
 def run_job(
@@ -286,28 +314,17 @@ def run_job(
     once a run slot is free. ``dataset`` goes into the run config (the ``pipeline`` resource), so steps
     on workers with another environment still read it. Prints the run id and where its report is."""
     import dagster as dg
-    import yaml
 
     from mm_pipeline import definitions
     from mm_pipeline.defs.admission import admitted_run
 
+    run_config = read_run_config(config_file)
+    if run_config is None:
+        return 2
+    run_config = with_dataset(run_config, dataset)
     settings.prefer_offline_models()
     paths = settings.project_paths().ensure()
     prepare_dagster_home(paths)
-    run_config: dict = {}
-    if config_file:
-        try:
-            run_config = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            print(f"--config {config_file}: cannot read it as YAML run config ({exc})", file=sys.stderr)
-            return 2
-        if not isinstance(run_config, dict):
-            print(f"--config {config_file}: must hold a run-config mapping (ops:, resources:)", file=sys.stderr)
-            return 2
-    if dataset:
-        resources = run_config.setdefault("resources", {})
-        pipeline = resources.setdefault("pipeline", {}).setdefault("config", {})
-        pipeline["dataset"] = dataset
     clean_written_leftovers(paths)
     with dg.DagsterInstance.get() as instance:
         # From failure: the steps that failed or never finished in that run; the others' outputs are read
@@ -470,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("full_pipeline", "research_pipeline"),
         help="research_pipeline adds the ablations of the primary model (several minutes more)",
     )
+    demo.add_argument("--config", help="a YAML run-config file (ops:, resources:), e.g. which ablations to train")
     run = sub.add_parser(
         "run", parents=[debug], help="run a job through its executor ($MM_PIPELINE_EXECUTOR, e.g. celery)"
     )
@@ -502,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            return run_demo(args.dataset, args.job, args.debug)
+            return run_demo(args.dataset, args.job, args.debug, args.config)
         if args.command == "run":
             return run_job(args.job, args.dataset, args.config, args.from_failure, args.debug)
         if args.command == "recommend":

@@ -275,3 +275,27 @@ def test_the_report_carries_the_faithfulness_figures(pipeline_run):
     assert sum(row["users"] for row in metrics["dominant_part"]) > 0
     html = (home / "reports" / "latest" / "report.html").read_text()
     assert "Explanations and their faithfulness" in html
+
+
+def test_gnn_ablations_run_config_chooses_the_variants(pipeline_run):
+    """``variants`` trains a subset (here none, the cheap case) and names an unknown variant in its error."""
+    from mm_pipeline.defs.assets.research import GnnAblationConfig, mm_gcn_ablations
+
+    result, home, uri = pipeline_run
+    resources = default_resources(home=str(home), dataset="builtin:tiny", tracking_uri=uri)
+    inputs = {
+        name: result.output_for_node(name)
+        for name in [
+            "mm_gcn_model",
+            "interaction_split",
+            "aligned_item_embeddings",
+            "text_features",
+            "image_features",
+            "audio_features",
+        ]
+    }
+    kwargs = {**inputs, "pipeline": resources["pipeline"], "mlflow_tracking": resources["mlflow_tracking"]}
+    none = mm_gcn_ablations(dg.build_asset_context(), config=GnnAblationConfig(variants=[]), **kwargs)
+    assert none.value["names"] == [] and none.metadata["variants"].value == 0
+    with pytest.raises(ValueError, match="unknown variants \\['mm_gcn-no_such'\\]"):
+        mm_gcn_ablations(dg.build_asset_context(), config=GnnAblationConfig(variants=["mm_gcn-no_such"]), **kwargs)
