@@ -211,6 +211,17 @@ def item_shards() -> int:
     return value
 
 
+def torchrun_local_rank() -> int | None:
+    """This process's ``LOCAL_RANK`` when torchrun launched it (its GPU on a multi-GPU machine), else None."""
+    raw = env("LOCAL_RANK")
+    return int(raw) if raw.isdigit() else None
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or another launcher that sets ``WORLD_SIZE``) started this process."""
+    return is_set("WORLD_SIZE")
+
+
 def run_config_file() -> str:
     """``$MM_PIPELINE_RUN_CONFIG``: the YAML run-config file automation puts on its runs (empty: none)."""
     return env(RUN_CONFIG_ENV)

@@ -27,7 +27,9 @@ def _load_model(path: str):
 
     if not Path(path).is_dir():
         raise ValueError(f"model_path {path!r} is not a directory holding a sentence-transformers model")
-    model = SentenceTransformer(path, device="cpu")
+    from mm_pipeline.devices import resolve_device
+
+    model = SentenceTransformer(path, device=str(resolve_device("auto")))  # the GPU when there is one
     model.eval()
     return model
 

@@ -20,6 +20,9 @@ class TrainConfig:
     patience: int = 8
     eval_every: int = 1
     seed: int = 0
+    # "auto": CUDA when a GPU is visible (this process's LOCAL_RANK one under torchrun), else the CPU;
+    # or a torch device string ("cpu", "cuda", "cuda:1"). Results are not bit-identical across devices.
+    device: str = "auto"
 
 
 @dataclass

@@ -14,8 +14,16 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from mm_pipeline.devices import resolve_device
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.config import TrainConfig
+from mm_pipeline.recommend.parallel import (
+    broadcast_parameters,
+    from_rank_zero,
+    shard,
+    synchronise_gradients,
+    world,
+)
 
 EpochListener = Callable[[str, dict], None]
 # Who hears about every epoch of every training run in this context (progress lines, live metrics): set by
@@ -114,10 +122,19 @@ def train_bpr(
     Each epoch visits every training interaction once in a seeded random order, with one uniformly
     drawn negative per positive. Stops after ``patience`` evaluations without improvement, or when
     ``on_epoch`` raises :class:`StopTraining` (``info["stopped_early"]`` is then true).
-    Returns the best model as an :class:`EmbeddingRecommender` and the per-epoch history.
+    Trains on ``config.device`` (see :func:`~mm_pipeline.recommend.parallel.resolve_device`). Inside an
+    initialised ``torch.distributed`` process group each process takes its share of every mini-batch
+    and the gradients are all-reduced (:mod:`mm_pipeline.recommend.parallel`); rank 0 validates and the
+    others follow its decisions, so every process ends with the same weights.
+    Returns the best model (on the CPU) as an :class:`EmbeddingRecommender` and the per-epoch history.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)
+    rank, size = world()
+    model.to(device)  # type: ignore[attr-defined]
+    if size > 1:
+        broadcast_parameters(model)  # type: ignore[arg-type]
     coo = train.tocoo()
     users_all, items_all = coo.row.astype(np.int64), coo.col.astype(np.int64)
     pairs = TrainingPairs(train)
@@ -134,10 +151,18 @@ def train_bpr(
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             u, p = users_all[batch], items_all[batch]
+            # Drawn for the whole batch on every process, so the generator stays in step across them.
             n = sample_negatives(u, train, rng, pairs=pairs)
-            loss, parts = model.bpr_loss(torch.from_numpy(u), torch.from_numpy(p), torch.from_numpy(n))
+            if size > 1:
+                u, p, n = shard(u, rank, size), shard(p, rank, size), shard(n, rank, size)
             optim.zero_grad()
-            loss.backward()
+            if len(u):
+                loss, parts = model.bpr_loss(*(torch.from_numpy(x).to(device) for x in (u, p, n)))
+                loss.backward()
+            else:  # a batch smaller than the world leaves this process nothing: it joins with zeros
+                loss, parts = torch.zeros(()), {}
+            if size > 1:
+                synchronise_gradients(model.parameters(), len(u) / len(batch))  # type: ignore[attr-defined]
             optim.step()
             losses["loss"] += loss.item()
             for key, value in parts.items():
@@ -149,35 +174,52 @@ def train_bpr(
             "train_seconds": time.perf_counter() - started,
         }
         if epoch % config.eval_every == 0 or epoch == config.epochs:
-            model.eval()  # type: ignore[attr-defined]
-            user_emb, item_emb = model.embeddings()
-            metrics = validate(EmbeddingRecommender(name, user_emb, item_emb))
-            row.update({f"valid_{k}": v for k, v in metrics.items()})
-            if metrics[monitor] > best_score:
-                best_score, best_epoch, bad = metrics[monitor], epoch, 0
+            score = -np.inf
+            if rank == 0:
+                model.eval()  # type: ignore[attr-defined]
+                metrics = validate(_on_cpu(name, model))
+                row.update({f"valid_{k}": v for k, v in metrics.items()})
+                score = metrics[monitor]
+            if size > 1:
+                (score,) = from_rank_zero([score], device)
+            if score > best_score:
+                best_score, best_epoch, bad = score, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())  # type: ignore[attr-defined]
             else:
                 bad += 1
         history.append(row)
-        listener = _EPOCH_LISTENER.get()
-        if listener is not None:
-            listener(name, row)
-        if on_epoch:
-            try:
-                on_epoch(row)
-            except StopTraining:
-                stopped_early = True
-                break
+        stop = 0.0
+        if rank == 0:
+            listener = _EPOCH_LISTENER.get()
+            if listener is not None:
+                listener(name, row)
+            if on_epoch:
+                try:
+                    on_epoch(row)
+                except StopTraining:
+                    stop = 1.0
+        if size > 1:
+            (stop,) = from_rank_zero([stop], device)
+        if stop:
+            stopped_early = True
+            break
         if bad >= config.patience:
             break
     if best_state is not None:
         model.load_state_dict(best_state)  # type: ignore[attr-defined]
     model.eval()  # type: ignore[attr-defined]
-    user_emb, item_emb = model.embeddings()
-    info = {
+    best = _on_cpu(name, model)
+    best.info = {
         "best_epoch": best_epoch,
         f"best_valid_{monitor}": float(best_score),
         "epochs_run": len(history),
         "stopped_early": stopped_early,
     }
-    return EmbeddingRecommender(name, user_emb.detach().clone(), item_emb.detach().clone(), info), pd.DataFrame(history)
+    return best, pd.DataFrame(history)
+
+
+def _on_cpu(name: str, model: BPRModel) -> EmbeddingRecommender:
+    """The model's current user and item embeddings, detached, as a recommender on the CPU."""
+    with torch.no_grad():
+        user_emb, item_emb = model.embeddings()
+    return EmbeddingRecommender(name, user_emb.detach().cpu().clone(), item_emb.detach().cpu().clone())
