@@ -637,6 +637,11 @@ def run_forget(
     problems = [
         *([f"the champion v{version} still recognises the user"] if recognised else []),
         *(["the batch scores still hold the user"] if in_batch else []),
+        *(
+            [f"the MLflow store did not delete {len(purged.mlflow.failed)} artifact folder(s) (see the audit record)"]
+            if purged.mlflow is not None and purged.mlflow.failed
+            else []
+        ),
     ]
     record["status"] = "incomplete: " + "; ".join(problems) if problems else "done"
     audit = forget.append_audit(home, record)

@@ -173,16 +173,21 @@ class MlflowPurge:
     aliases_removed: list[str] = field(default_factory=list)
     kept_runs: int = 0
     not_pipeline_runs: int = 0
+    failed: list[str] = field(default_factory=list)  # "<uri>: <error>" for artifacts the store would not delete
 
 
-def _delete_artifacts(uri: str) -> None:
+def _delete_artifacts(uri: str, out: MlflowPurge) -> bool:
+    """Delete everything under the artifact ``uri``; a store that refuses is recorded in ``out.failed``."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    repo = get_artifact_repository(uri)
     try:
-        repo.delete_artifacts()
+        get_artifact_repository(uri).delete_artifacts()
     except FileNotFoundError:
         pass
+    except Exception as exc:  # read-only stores, servers without artifact deletes, permissions
+        out.failed.append(f"{uri}: {type(exc).__name__}: {exc}")
+        return False
+    return True
 
 
 def _all_runs(client, experiment_ids: list[str]):
@@ -212,7 +217,8 @@ def purge_mlflow(client, keep: Callable[[str], bool], request: str) -> MlflowPur
     ``keep`` refuses, of the logged models those runs made, and of the registered model versions built
     from them; tag each (``mm_pipeline.forget.artifacts_deleted`` = ``request``) and remove the aliases
     that point at such a version. The ``champion`` must already be a kept version (the caller checks):
-    an alias on a deleted version is removed, never left pointing at nothing."""
+    an alias on a deleted version is removed, never left pointing at nothing. Artifacts the store refuses
+    to delete are listed in ``failed`` (and their run or version is not tagged)."""
     from mlflow.entities import ViewType
 
     out = MlflowPurge()
@@ -227,7 +233,8 @@ def purge_mlflow(client, keep: Callable[[str], bool], request: str) -> MlflowPur
             out.kept_runs += 1
             continue
         doomed_runs.add(run.info.run_id)
-        _delete_artifacts(run.info.artifact_uri)
+        if not _delete_artifacts(run.info.artifact_uri, out):
+            continue
         out.run_artifacts_deleted += 1
         if run.info.lifecycle_stage == "active" and run.data.tags.get(TAG_ARTIFACTS_DELETED) != request:
             client.set_tag(run.info.run_id, TAG_ARTIFACTS_DELETED, request)
@@ -236,7 +243,8 @@ def purge_mlflow(client, keep: Callable[[str], bool], request: str) -> MlflowPur
         if model.source_run_id not in doomed_runs:
             continue
         doomed_models.add(model.model_id)
-        _delete_artifacts(model.artifact_location)
+        if not _delete_artifacts(model.artifact_location, out):
+            continue
         out.logged_models_deleted += 1
         if (model.tags or {}).get(TAG_ARTIFACTS_DELETED) != request:
             client.set_logged_model_tags(model.model_id, {TAG_ARTIFACTS_DELETED: request})
@@ -244,7 +252,8 @@ def purge_mlflow(client, keep: Callable[[str], bool], request: str) -> MlflowPur
         for version in client.search_model_versions(f"name='{registered.name}'"):
             if version.run_id not in doomed_runs and getattr(version, "model_id", None) not in doomed_models:
                 continue
-            _delete_artifacts(client.get_model_version_download_uri(registered.name, version.version))
+            if not _delete_artifacts(client.get_model_version_download_uri(registered.name, version.version), out):
+                continue
             if (version.tags or {}).get(TAG_ARTIFACTS_DELETED) != request:
                 client.set_model_version_tag(registered.name, version.version, TAG_ARTIFACTS_DELETED, request)
             for alias in list(getattr(version, "aliases", None) or []):
