@@ -523,8 +523,8 @@ def run_forget(
     run_config = read_run_config(config_file)
     if run_config is None:
         return 2
-    if not user_id or user_id != user_id.strip():
-        _stderr("mm-pipeline forget: --user must be the id exactly as in the interactions (no surrounding blanks)")
+    if not user_id.strip():
+        _stderr("mm-pipeline forget: --user must be a user id, exactly as spelled in the interactions")
         return 2
     settings.prefer_offline_models()
     paths = settings.project_paths().ensure()
@@ -541,7 +541,11 @@ def run_forget(
     inbox_store = paths.assets / "inbox_interactions"
     source = resolve_source(spec, paths.data)
     presence = forget.find_user(user_id, load_source(source).interactions, inbox_store, inbox_dir(home))
-    secret = forget_secret(home)
+    try:
+        secret = forget_secret(home)
+    except ValueError as exc:  # a named secret file that cannot be read, a secret too short
+        _stderr(f"mm-pipeline forget: the forget secret: {exc}; nothing was changed")
+        return 2
     listed = load_forget_list(home)
     already = secret is not None and listed is not None and forget_hash(user_id, secret) in listed
     if not presence.total and not already and not even_if_unknown:

@@ -108,6 +108,61 @@ def test_stored_inbox_copies_are_rewritten_without_forgotten_users_and_still_che
     assert len(ingest_file(None, digest, store).table) == 0  # an emptied copy is still a valid partition
 
 
+# ------------------------------------------------------------------------------------- raw_interactions
+def test_raw_interactions_leave_forgotten_users_out_and_refuse_a_list_they_cannot_apply(tmp_path, monkeypatch):
+    from mm_pipeline.defs.assets.inbox import INBOX_PARTITIONS_NAME, inbox_interactions
+    from mm_pipeline.defs.build import all_assets, default_resources
+
+    home = tmp_path / "home"
+    for name in ("MM_PIPELINE_FORGET_KEY_SECRET", "MM_PIPELINE_FORGET_KEY_SECRET_FILE", "MM_PIPELINE_INBOX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MM_PIPELINE_HOME", str(home))
+    instance = dg.DagsterInstance.ephemeral()
+
+    def materialize(selection, partition_key=None):
+        return dg.materialize(
+            [inbox_interactions, *all_assets()],
+            selection=selection,
+            partition_key=partition_key,
+            instance=instance,
+            raise_on_error=False,
+            resources=default_resources(home=str(home), dataset="builtin:tiny"),
+        )
+
+    raw = ["source_dataset", "raw_items", "raw_interactions"]
+    before = materialize(raw).asset_value("raw_interactions")
+    target = before["user_id"].value_counts().index[0]
+    inbox = home / "inbox"
+    inbox.mkdir()
+    (inbox / "a.csv").write_text(
+        f"user_id,item_id,timestamp\n{target},i000001,1900000000\nu999999,i000002,1900000001\n"
+    )
+    digest = hashlib.sha256((inbox / "a.csv").read_bytes()).hexdigest()
+    secret = forget_secret(home, create=True)
+    add_to_forget_list(home, forget_hash(target, secret), "forget-r1", secret)  # listed before the file arrives
+    instance.add_dynamic_partitions(INBOX_PARTITIONS_NAME, [digest])
+    run = materialize(["inbox_interactions", *raw], partition_key=digest)
+    assert run.success
+    after = run.asset_value("raw_interactions")
+    assert target not in set(after["user_id"]) and "u999999" in set(after["user_id"])
+    metadata = {
+        e.asset_key.to_user_string(): {k: getattr(v, "value", v) for k, v in e.materialization.metadata.items()}
+        for e in run.get_asset_materialization_events()
+    }
+    source_rows = int((before["user_id"] == target).sum())
+    assert metadata["raw_interactions"]["forgotten_rows_removed"] == source_rows  # the inbox copy never held them
+    assert metadata["raw_interactions"]["forgotten_rows_removed_by_origin"] == {"source": source_rows, "inbox": 0}
+    assert metadata["inbox_interactions"]["forgotten_rows_removed"] == 1
+    assert target.encode() not in b"".join(
+        p.read_bytes() for p in (home / "assets" / "inbox_interactions").rglob("*.*")
+    )
+
+    (home / "secrets" / "forget_key").write_text("another-secret-" + "0" * 32)  # the secret was lost
+    refused = materialize(raw)
+    assert not refused.success
+    assert "another forget secret" in str(refused.failure_data_for_node("raw_source").error.message)
+
+
 # ------------------------------------------------------------------------------------------- promotion
 def test_a_forget_request_replaces_the_champion_whatever_the_comparison():
     from mm_pipeline.registry.promotion import PromotionPolicy, decide_promotion

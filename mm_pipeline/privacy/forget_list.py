@@ -233,7 +233,10 @@ def forget_filter(home: str | Path) -> ForgetFilter | None:
     forget_list = load_forget_list(home)
     if forget_list is None or not len(forget_list):
         return None
-    secret = forget_secret(home)
+    try:
+        secret = forget_secret(home)
+    except ValueError as exc:
+        raise ForgetListError(f"{forget_list.path} cannot be applied: the forget secret: {exc}") from exc
     if secret is None:
         raise ForgetListError(
             f"{forget_list.path} lists {len(forget_list)} forgotten user(s) but this process has no forget "
