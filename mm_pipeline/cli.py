@@ -694,7 +694,13 @@ def _print_forget_summary(record: dict, purged, audit: Path) -> None:
             f"{len(mlflow_purge.model_versions_deleted)} model version(s)",
         ]
     print(f"  deleted:   {'; '.join(deleted)}")
-    print("  checked:   the champion gives the user the popularity fallback; the batch scores hold no row for them")
+    verified = record["verified"]
+    print(
+        "  checked:   the champion "
+        + ("STILL RECOGNISES the user" if verified["champion_recognises_user"] else "gives the user the fallback")
+        + "; the batch scores "
+        + ("STILL HOLD rows for them" if verified["batch_scores_hold_user"] else "hold no row for them")
+    )
     if record["left_in_place"]["inbox_files"]:
         print(
             f"  yours:     inbox file(s) {', '.join(record['left_in_place']['inbox_files'])} still hold the user "
