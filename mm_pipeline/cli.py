@@ -1,11 +1,12 @@
-"""``mm-pipeline demo|run|report|recommend`` (also ``python -m mm_pipeline.cli ...``).
+"""``mm-pipeline demo|run|report|recommend|forget`` (also ``python -m mm_pipeline.cli ...``).
 
 ``demo`` executes the graph in this process (the embedded path) and prints each step as it starts
 and finishes; ``run`` hands the steps to the job's executor (``$MM_PIPELINE_EXECUTOR``: in-process,
 multiprocess, or the Celery workers). Both wait for a free run slot under the instance's
 ``max_concurrent_runs``, like runs launched from the UI (:mod:`mm_pipeline.defs.admission`), and a
 failed run ends with the step and the error it raised (``--debug``: the stack trace). ``report``
-prints the latest metrics; ``recommend`` asks the champion model for one user's top-k.
+prints the latest metrics; ``recommend`` asks the champion model for one user's top-k; ``forget``
+forgets a user (:mod:`mm_pipeline.privacy`: forget list, retrain, purge, audit).
 """
 
 from __future__ import annotations
@@ -212,15 +213,16 @@ def report_failure(events, run_id: str, debug: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------ commands
-def run_demo(
-    dataset: str | None, job: str = "full_pipeline", debug: bool = False, config_file: str | None = None
-) -> int:
-    run_config = read_run_config(config_file)
-    if run_config is None:
-        return 2
-    settings.prefer_offline_models()
-    paths = settings.project_paths().ensure()
-    prepare_dagster_home(paths)
+def execute_with_progress(
+    job: str,
+    dataset: str | None,
+    run_config: dict,
+    paths: settings.ProjectPaths,
+    debug: bool = False,
+    tags: dict[str, str] | None = None,
+):
+    """Run ``job`` in this process once a run slot is free, printing each step as it starts and
+    finishes. Returns ``(result, progress handler, perf_counter at the start)``."""
     import dagster as dg
     from dagster._loggers import colored_console_logger
 
@@ -240,13 +242,28 @@ def run_demo(
     with dg.DagsterInstance.get() as instance:
         result = admitted_run(
             instance,
-            lambda tags: job_def.execute_in_process(
+            lambda admission: job_def.execute_in_process(
                 instance=instance,
                 raise_on_error=False,
-                tags=tags,
+                tags={**admission, **(tags or {})},
                 run_config={**with_dataset(run_config, dataset), "loggers": loggers},
             ),
         )
+    return result, progress, started
+
+
+def run_demo(
+    dataset: str | None, job: str = "full_pipeline", debug: bool = False, config_file: str | None = None
+) -> int:
+    run_config = read_run_config(config_file)
+    if run_config is None:
+        return 2
+    settings.prefer_offline_models()
+    paths = settings.project_paths().ensure()
+    prepare_dagster_home(paths)
+    from mm_pipeline.definitions import defs
+
+    result, progress, started = execute_with_progress(job, dataset, run_config, paths, debug)
     elapsed = time.perf_counter() - started
     if progress.not_executed:
         _stderr(f"{progress.not_executed} step(s) not executed: a step they depend on failed or was skipped")
@@ -472,6 +489,226 @@ def _titled_reason(reason: str, because: str, titles: dict[str, str]) -> str:
     return reason
 
 
+# ------------------------------------------------------------------------------------ forgetting a user
+FORGET_TAG = "mm_pipeline.forget_request"
+
+
+def _materialization_value(result, asset: str, key: str):
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == asset:
+            value = event.materialization.metadata.get(key)
+            return getattr(value, "value", value)
+    return None
+
+
+def _forget_run_config(run_config: dict, request: str) -> dict:
+    """``run_config`` with ``model_promotion``'s ``forget_request`` set (the champion must be replaced)."""
+    ops = dict(run_config.get("ops") or {})
+    promotion = dict(ops.get("model_promotion") or {})
+    promotion["config"] = {**(promotion.get("config") or {}), "forget_request": request}
+    ops["model_promotion"] = promotion
+    return {**run_config, "ops": ops}
+
+
+def run_forget(
+    user_id: str,
+    dataset: str | None,
+    config_file: str | None = None,
+    even_if_unknown: bool = False,
+    model_name: str = settings.REGISTERED_MODEL_NAME,
+    debug: bool = False,
+) -> int:
+    """Forget ``user_id``: forget list, stored inbox copies, retrain + register + promote without them,
+    delete what was made before, check, and append the audit record (docs/privacy.md)."""
+    run_config = read_run_config(config_file)
+    if run_config is None:
+        return 2
+    if not user_id.strip():
+        _stderr("mm-pipeline forget: --user must be a user id, exactly as spelled in the interactions")
+        return 2
+    settings.prefer_offline_models()
+    paths = settings.project_paths().ensure()
+    prepare_dagster_home(paths)
+    import dagster as dg
+
+    from mm_pipeline.datasets.inbox import inbox_dir
+    from mm_pipeline.datasets.sources import load_source, resolve_source
+    from mm_pipeline.defs.io_manager import OPS_FOLDER, storage_base
+    from mm_pipeline.privacy import forget
+    from mm_pipeline.privacy.forget_list import forget_hash, forget_secret, load_forget_list
+
+    home, spec = paths.home, dataset or settings.dataset_spec()
+    inbox_store = paths.assets / "inbox_interactions"
+    source = resolve_source(spec, paths.data)
+    presence = forget.find_user(user_id, load_source(source).interactions, inbox_store, inbox_dir(home))
+    try:
+        secret = forget_secret(home)
+    except ValueError as exc:  # a named secret file that cannot be read, a secret too short
+        _stderr(f"mm-pipeline forget: the forget secret: {exc}; nothing was changed")
+        return 2
+    listed = load_forget_list(home)
+    already = secret is not None and listed is not None and forget_hash(user_id, secret) in listed
+    if not presence.total and not already and not even_if_unknown:
+        _stderr(
+            f"mm-pipeline forget: user {user_id!r} has no interaction in {spec}, in the stored inbox partitions "
+            "or in the inbox: nothing was changed. Check the id (spelled as in the interactions); "
+            "--even-if-unknown puts it on the forget list anyway (its rows in later inbox files are then left out)."
+        )
+        return 1
+
+    request = forget.new_request_id()
+    prepared, filt = forget.prepare(home, user_id, request, inbox_store)
+    record: dict[str, Any] = {
+        "request": request,
+        "forget_hash": prepared.forget_hash,
+        "already_listed": not prepared.newly_listed,
+        "users_on_forget_list": prepared.listed_users,
+        "interactions_found": {
+            "source": presence.source,
+            "inbox_copies": presence.inbox_copies,
+            "inbox_files": presence.inbox_files,
+        },
+        "inbox_copies_rewritten": prepared.inbox_copies_redacted,
+    }
+    _stderr(
+        f"Forget request {request}: on the forget list (forget hash {prepared.forget_hash[:12]}...); "
+        f"{sum(prepared.inbox_copies_redacted.values())} row(s) removed from "
+        f"{len(prepared.inbox_copies_redacted)} stored inbox cop(y/ies). Retraining without the user."
+    )
+
+    result, _, _ = execute_with_progress(
+        "full_pipeline", dataset, _forget_run_config(run_config, request), paths, debug, tags={FORGET_TAG: request}
+    )
+    record["retrain_run"] = result.run_id
+    if not result.success:
+        report_failure(result.all_events, result.run_id, debug)
+        return _forget_incomplete(
+            home,
+            record,
+            f"the retrain (Dagster run {result.run_id}) failed; nothing made before it was deleted",
+        )
+    promotion = result.output_for_node("model_promotion")
+    version = str(promotion["challenger_version"])
+    record["champion"] = {"name": model_name, "version": version, "decision": promotion["decision"]}
+    record["rows_left_out_by_the_retrain"] = _materialization_value(
+        result, "raw_interactions", "forgotten_rows_removed"
+    )
+    if str(promotion.get("champion_after")) != version:
+        return _forget_incomplete(
+            home,
+            record,
+            f"the retrained {model_name} v{version} did not become the champion ({promotion['reason']}); nothing "
+            "made before it was deleted",
+        )
+
+    from mlflow.tracking import MlflowClient
+
+    uri = settings.mlflow_tracking_uri(paths)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with dg.DagsterInstance.get() as instance:
+        kept = {result.run_id} | {
+            r.dagster_run.run_id
+            for r in instance.get_run_records()
+            if r.create_timestamp.timestamp() >= prepared.started
+        }
+    purged = forget.finish(
+        home,
+        storage_base(),
+        kept.__contains__,
+        prepared.started,
+        filt,
+        request,
+        client,
+        asset_skip=frozenset({"inbox_interactions", OPS_FOLDER}),
+        ops_folder=OPS_FOLDER,
+    )
+    record["deleted"] = purged
+
+    from mm_pipeline.registry.pyfunc import user_key
+    from mm_pipeline.registry.user_keys import pipeline_user_key_secret
+
+    user_key_secret = pipeline_user_key_secret()
+    settings.quiet_mlflow_uploads()
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    recognised = forget.champion_recognises(f"models:/{model_name}/{version}", user_id, user_key_secret)
+    in_batch = forget.batch_holds(home / "batch" / "recommendations.parquet", user_key(user_id, user_key_secret))
+    record["verified"] = {"champion_recognises_user": recognised, "batch_scores_hold_user": in_batch}
+    record["left_in_place"] = {
+        "source": f"{spec}: {presence.source} interaction(s); the source is yours and is not modified: "
+        "every read leaves the user out",
+        "inbox_files": sorted(presence.inbox_files),
+    }
+    problems = [
+        *([f"the champion v{version} still recognises the user"] if recognised else []),
+        *(["the batch scores still hold the user"] if in_batch else []),
+        *(
+            [f"the MLflow store did not delete {len(purged.mlflow.failed)} artifact folder(s) (see the audit record)"]
+            if purged.mlflow is not None and purged.mlflow.failed
+            else []
+        ),
+    ]
+    record["status"] = "incomplete: " + "; ".join(problems) if problems else "done"
+    audit = forget.append_audit(home, record)
+    _print_forget_summary(record, purged, audit)
+    if problems:
+        _stderr("mm-pipeline forget: " + "; ".join(problems))
+        return 1
+    return 0
+
+
+def _forget_incomplete(home: Path, record: dict, why: str) -> int:
+    from mm_pipeline.privacy import forget
+
+    record["status"] = f"incomplete: {why}"
+    audit = forget.append_audit(home, record)
+    _stderr(
+        f"mm-pipeline forget: {why}. The user stays on the forget list (no run trains on them again); fix the "
+        f"problem and run the same command again to finish. Audit: {audit}"
+    )
+    return 1
+
+
+def _print_forget_summary(record: dict, purged, audit: Path) -> None:
+    found = record["interactions_found"]
+    mlflow_purge = purged.mlflow
+    print(f"Forgot a user (request {record['request']}, forget hash {record['forget_hash'][:12]}...):")
+    print(
+        f"  found:     {found['source']} interaction(s) in the source, "
+        f"{sum(found['inbox_copies'].values())} in stored inbox copies, "
+        f"{sum(found['inbox_files'].values())} in inbox files"
+    )
+    print(
+        f"  retrained: Dagster run {record['retrain_run']}; {record['champion']['name']} "
+        f"v{record['champion']['version']} is the champion"
+    )
+    deleted = [
+        f"{purged.asset_versions_deleted} asset version(s)",
+        f"{len(purged.assets_deleted)} asset(s) not rewritten by the retrain"
+        + (f" ({', '.join(purged.assets_deleted)})" if purged.assets_deleted else ""),
+        f"{purged.report_runs_deleted} run report(s)",
+    ]
+    if mlflow_purge is not None:
+        deleted += [
+            f"the artifacts of {mlflow_purge.run_artifacts_deleted} MLflow run(s), "
+            f"{mlflow_purge.logged_models_deleted} logged model(s) and "
+            f"{len(mlflow_purge.model_versions_deleted)} model version(s)",
+        ]
+    print(f"  deleted:   {'; '.join(deleted)}")
+    verified = record["verified"]
+    print(
+        "  checked:   the champion "
+        + ("STILL RECOGNISES the user" if verified["champion_recognises_user"] else "gives the user the fallback")
+        + "; the batch scores "
+        + ("STILL HOLD rows for them" if verified["batch_scores_hold_user"] else "hold no row for them")
+    )
+    if record["left_in_place"]["inbox_files"]:
+        print(
+            f"  yours:     inbox file(s) {', '.join(record['left_in_place']['inbox_files'])} still hold the user "
+            "(never modified by the pipeline; already left out of training): delete or edit them"
+        )
+    print(f"  audit:     {audit}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", help="on failure, print the whole stack trace")
@@ -513,6 +750,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=settings.REGISTERED_MODEL_NAME,
         help=f"registered model name (default {settings.REGISTERED_MODEL_NAME})",
     )
+    forget = sub.add_parser(
+        "forget",
+        parents=[debug],
+        help="forget a user: leave them out of all training, retrain and promote without them, delete older "
+        "artifacts, write an audit record (docs/privacy.md)",
+    )
+    forget.add_argument("--user", required=True, metavar="ID", help="the user's id, as in the interactions")
+    forget.add_argument("--dataset", help="dataset spec (default: $MM_PIPELINE_DATASET or builtin:default)")
+    forget.add_argument("--config", help="a YAML run-config file (ops:, resources:) for the retrain")
+    forget.add_argument(
+        "--even-if-unknown",
+        action="store_true",
+        help="put the id on the forget list even when no interaction of it is found (guards later inbox files)",
+    )
+    forget.add_argument(
+        "--model",
+        default=settings.REGISTERED_MODEL_NAME,
+        help=f"registered model name (default {settings.REGISTERED_MODEL_NAME})",
+    )
     return parser
 
 
@@ -525,6 +781,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_job(args.job, args.dataset, args.config, args.from_failure, args.debug)
         if args.command == "recommend":
             return run_recommend(args.user, args.k, args.json, args.model, explain=args.explain)
+        if args.command == "forget":
+            return run_forget(args.user, args.dataset, args.config, args.even_if_unknown, args.model, debug=args.debug)
         return run_report()
     except Exception as exc:
         import dagster as dg

@@ -253,6 +253,11 @@ def prune_run_folders(folder: Any, keep: int, in_use: Callable[[str], bool] = la
     return deleted
 
 
+def remove_tree(path) -> None:
+    """Delete the folder ``path`` (local: renamed away first, so no reader sees it half deleted)."""
+    _remove_tree(path)
+
+
 def _remove_tree(path) -> None:
     if is_local(path):
         # Renamed away first, so no reader ever sees a half-deleted version under its own name.

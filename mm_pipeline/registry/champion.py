@@ -34,6 +34,8 @@ from mm_pipeline import locks
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 TAG_CHAMPION_HISTORY = "mm_pipeline.champion_history"
+#: Set on versions whose artifacts were deleted when a user was forgotten (mm_pipeline.privacy.purge).
+TAG_ARTIFACTS_DELETED = "mm_pipeline.forget.artifacts_deleted"
 PROMOTION_TAG_PREFIX = "mm_pipeline.promotion."
 MAX_HISTORY = 100
 LOCK_TIMEOUT_S = 300.0  # a promotion holds the lock for a few registry calls, never for training
@@ -117,12 +119,19 @@ def _write_history(client: MlflowClient, name: str, history: list[str]) -> list[
 
 
 def _require_version(client: MlflowClient, name: str, version: str) -> None:
+    """The version exists and can still serve (its artifacts were not deleted by ``mm-pipeline forget``)."""
     try:
-        client.get_model_version(name, version)
+        found = client.get_model_version(name, version)
     except MlflowException as exc:
         if _is_not_found(exc):
             raise LookupError(f"registered model {name!r} has no version {version}") from exc
         raise
+    request = (found.tags or {}).get(TAG_ARTIFACTS_DELETED)
+    if request:
+        raise LookupError(
+            f"registered model {name!r} version {version} cannot serve again: its artifacts were deleted "
+            f"when a user was forgotten (forget request {request}, tag {TAG_ARTIFACTS_DELETED})"
+        )
 
 
 def set_champion(client: MlflowClient, name: str, version: str | int, expected_previous: Any = _ANY) -> ChampionChange:

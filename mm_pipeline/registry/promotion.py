@@ -226,6 +226,7 @@ class PromotionDecision:
     guardrail_deltas: Mapping[str, float] = field(default_factory=dict)
     not_applicable: Mapping[str, str] = field(default_factory=dict)
     cold_test_interactions: int = 0
+    forget_request: str = ""
 
     @property
     def promote(self) -> bool:
@@ -298,6 +299,7 @@ class PromotionDecision:
             **{f"challenger.{m}": v for m, v in self.challenger.items() if m in policy.metrics},
             **({f"champion.{m}": v for m, v in champion.items() if m in policy.metrics} if champion else {}),
             **({"gate_delta": self.gate_delta} if math.isfinite(self.gate_delta) else {}),
+            **({"forget_request": self.forget_request} if self.forget_request else {}),
         }
 
 
@@ -308,13 +310,19 @@ def decide_promotion(
     champion_version: str | None,
     champion: Mapping[str, float] | None,
     cold_support: Mapping[str, object],
+    forget_request: str = "",
 ) -> PromotionDecision:
     """The promotion decision for ``challenger_version`` against the current champion (``None``: there
     is none), from both versions' scores on the same test split and that split's cold-start support.
 
     The challenger already being the champion: ``unchanged``. Otherwise :func:`decide`, with the
     cold-start guardrails waived when the support says they cannot be measured
-    (:func:`not_applicable_guardrails`)."""
+    (:func:`not_applicable_guardrails`).
+
+    ``forget_request`` (set by ``mm-pipeline forget``): the champion was trained on data of a user
+    forgotten since, so it cannot stay: a challenger with a finite gate metric replaces it whatever
+    the comparison says (the comparison is still recorded); one that cannot be measured is not
+    promoted, and the reason says the champion still holds the forgotten user."""
     challenger_version = str(challenger_version)
     champion_version = None if champion_version is None else str(champion_version)
     if (champion_version is None) != (champion is None):
@@ -328,6 +336,7 @@ def decide_promotion(
         "champion": None if champion is None else dict(champion),
         "not_applicable": waived,
         "cold_test_interactions": int(cold_support["interactions"]),
+        "forget_request": forget_request,
     }
     if champion_version == challenger_version:
         return PromotionDecision(
@@ -338,6 +347,27 @@ def decide_promotion(
             **common,
         )
     decision = decide(challenger, champion, policy, not_applicable=waived)
+    if forget_request and champion_version is not None:
+        gate = policy.gate_metric
+        if _missing(challenger, [gate]):
+            promote, reason = (
+                False,
+                f"not promoted: the challenger has no finite value for the gate metric {gate!r}; the champion "
+                f"v{champion_version} still holds data of a forgotten user (forget request {forget_request})",
+            )
+        elif decision.promote:
+            promote, reason = (
+                True,
+                f"{decision.reason}; the champion had to be replaced anyway (forget request {forget_request})",
+            )
+        else:
+            promote, reason = (
+                True,
+                f"promoted without the gate: the champion v{champion_version} was trained on data of a user "
+                f"forgotten since (forget request {forget_request}) and must be replaced; the comparison "
+                f"alone would say: {decision.reason}",
+            )
+        decision = replace(decision, promote=promote, reason=reason)
     return PromotionDecision(
         PROMOTED if decision.promote else REJECTED,
         decision.reason,

@@ -115,21 +115,48 @@ def read_user_key_secret(home: str | os.PathLike | None = None, create: bool = F
     ``$MM_PIPELINE_USER_KEY_SECRET_FILE``, else ``<home>/secrets/user_key`` (``home`` defaults to
     ``$MM_PIPELINE_HOME``). With ``create`` and no secret anywhere, a random one is written to the home's
     file, readable by its owner only (the embedded default). ``None`` when there is none."""
-    value = os.environ.get(SECRET_ENV, "")
+    return read_secret(SECRET_ENV, SECRET_FILE_ENV, SECRET_HOME_FILE, home=home, create=create)
+
+
+def read_secret(
+    value_env: str,
+    file_env: str,
+    home_file: Sequence[str],
+    home: str | os.PathLike | None = None,
+    create: bool = False,
+) -> bytes | None:
+    """A secret of the project: ``$<value_env>``, else the file named by ``$<file_env>``, else
+    ``<home>/<home_file>`` (``home`` defaults to ``$MM_PIPELINE_HOME``). With ``create`` and no secret
+    anywhere, a random one is written to the home's file, readable by its owner only. ``None`` when
+    there is none. (:func:`read_user_key_secret` is this for the user key secret.)"""
+
+    def checked(raw: bytes | str, where: str) -> bytes:
+        try:
+            return _secret_bytes(raw)
+        except ValueError:
+            if value_env == SECRET_ENV:
+                raise
+            raise ValueError(
+                f"the secret in {where} must be at least {MIN_SECRET_BYTES} bytes "
+                "(`python -c 'import secrets; print(secrets.token_hex(32))'` makes one)"
+            ) from None
+
+    value = os.environ.get(value_env, "")
     if value:
-        return _secret_bytes(value.strip())
-    named = os.environ.get(SECRET_FILE_ENV, "")
+        return checked(value.strip(), f"${value_env}")
+    named = os.environ.get(file_env, "")
     if named:
         try:
-            return _secret_bytes(Path(named).read_bytes().strip())
+            raw = Path(named).read_bytes().strip()
         except OSError as exc:
-            raise ValueError(f"{SECRET_FILE_ENV}={named}: cannot read the user key secret ({exc})") from exc
+            raise ValueError(f"{file_env}={named}: cannot read the secret ({exc})") from exc
+        return checked(raw, f"{file_env}={named}")
     home = home or os.environ.get(HOME_ENV, "")
     if not home:
         return None
-    path = Path(home).joinpath(*SECRET_HOME_FILE)
+    path = Path(home).joinpath(*home_file)
     if path.exists():
-        return _secret_bytes(path.read_bytes().strip())
+        return checked(path.read_bytes().strip(), str(path))
     if not create:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,10 +164,10 @@ def read_user_key_secret(home: str | os.PathLike | None = None, create: bool = F
     try:  # O_EXCL: two processes creating it at once keep the first one's secret
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _secret_bytes(path.read_bytes().strip())
+        return checked(path.read_bytes().strip(), str(path))
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_hex(32))
-    return _secret_bytes(path.read_bytes().strip())
+    return checked(path.read_bytes().strip(), str(path))
 
 
 def _cap_from_env(name: str, stored: int) -> int:

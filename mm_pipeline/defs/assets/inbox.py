@@ -29,6 +29,8 @@ from mm_pipeline.datasets.inbox import (
 from mm_pipeline.datasets.schema import DataError
 from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import PipelineResource
+from mm_pipeline.privacy.forget_list import ForgetFilter, ForgetListError
+from mm_pipeline.privacy.forget_list import forget_filter as _forget_filter
 
 GROUP = "raw"
 INBOX_PARTITIONS_NAME = "inbox_files"
@@ -39,6 +41,15 @@ inbox_partitions = dg.DynamicPartitionsDefinition(name=INBOX_PARTITIONS_NAME)
 def inbox_store(pipeline: PipelineResource) -> Path:
     """Where the partitions' copies live: ``<home>/assets/inbox_interactions/<sha256>/``."""
     return pipeline.paths().assets.joinpath(*INBOX_ASSET_KEY.path)
+
+
+def forget_filter(pipeline: PipelineResource, asset: str) -> ForgetFilter | None:
+    """The project's forget list as a filter (``None``: nobody forgotten); a list this process cannot
+    apply fails the step (training without it would bring forgotten users back)."""
+    try:
+        return _forget_filter(pipeline.paths().home)
+    except ForgetListError as exc:
+        raise dg.Failure(f"{asset}: {exc}") from exc
 
 
 class InboxFileConfig(dg.Config):
@@ -58,7 +69,8 @@ def inbox_interactions(
     ``<home>/assets/inbox_interactions/<sha256>/``. The inbox file itself is only read.
 
     A bad file fails this partition with the file, row and column in the error; nothing of it is
-    stored and ``raw_interactions`` does not include it.
+    stored and ``raw_interactions`` does not include it. Rows of users on the forget list are not
+    stored (counted in ``forgotten_rows_removed``).
     """
     try:
         digest = check_digest(context.partition_key)
@@ -68,8 +80,11 @@ def inbox_interactions(
     path = Path(config.file).expanduser() if config.file else find_inbox_file(folder, digest)
     if path is not None and not path.is_file():
         path = None  # gone since the sensor saw it: the stored copy, if any, still serves
+    forgetting = forget_filter(pipeline, "inbox_interactions")
     try:
-        stored = ingest_file(path, digest, inbox_store(pipeline))
+        stored = ingest_file(
+            path, digest, inbox_store(pipeline), forgotten=forgetting.forgotten if forgetting else None
+        )
     except (DataError, OSError) as exc:
         raise dg.Failure(
             description=f"inbox_interactions[{digest[:12]}]: {exc}",
@@ -88,10 +103,11 @@ def inbox_interactions(
             "stored_copy": dg.MetadataValue.path(str(stored.original)),
             "newly_stored": stored.newly_stored,
             "interactions": len(table),
+            "forgotten_rows_removed": stored.forgotten_rows,
             "users": int(table["user_id"].nunique()),
             "items": int(table["item_id"].nunique()),
-            "first": _when(table["timestamp"].min()),
-            "last": _when(table["timestamp"].max()),
+            "first": _when(table["timestamp"].min()) if len(table) else "none",
+            "last": _when(table["timestamp"].max()) if len(table) else "none",
         }
     )
 

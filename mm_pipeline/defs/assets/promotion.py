@@ -36,6 +36,12 @@ class PromotionConfig(dg.Config):
         default_factory=lambda: dict(DEFAULT_GUARDRAILS),
         description="Metric -> largest allowed absolute drop vs the champion.",
     )
+    forget_request: str = Field(
+        default="",
+        description="Set by `mm-pipeline forget` (an opaque request id, never a user id): the champion was "
+        "trained on data of a user forgotten since, so the challenger replaces it whatever the comparison says "
+        "(unless it cannot be measured).",
+    )
 
 
 def cold_start_support(data) -> dict:
@@ -119,7 +125,13 @@ def model_promotion(
         else rescore(champion_version, "champion")
     )
     decision = decide_promotion(
-        policy, challenger_version, challenger, champion_version, champion, cold_start_support(data)
+        policy,
+        challenger_version,
+        challenger,
+        champion_version,
+        champion,
+        cold_start_support(data),
+        forget_request=config.forget_request,
     )
 
     champion_after, history = champion_version, []
@@ -158,6 +170,7 @@ def _value(name: str, decision: PromotionDecision, champion_after: str | None) -
         "guardrail_deltas": {m: _finite_or_none(d) for m, d in decision.guardrail_deltas.items()},
         "guardrails_not_applicable": dict(decision.not_applicable),
         "cold_test_interactions": decision.cold_test_interactions,
+        "forget_request": decision.forget_request,
         "challenger_metrics": dict(decision.challenger),
         "champion_metrics": None if decision.champion is None else dict(decision.champion),
     }
@@ -183,6 +196,8 @@ def _metadata(
         "cold_test_interactions": decision.cold_test_interactions,
         "mlflow_version_tags": dg.MetadataValue.json(written),
     }
+    if decision.forget_request:
+        metadata["forget_request"] = decision.forget_request
     for role, scores in (("challenger", decision.challenger), ("champion", decision.champion or {})):
         for metric in policy.metrics:
             if _finite_or_none(scores.get(metric)) is not None:

@@ -8,7 +8,7 @@ from mm_pipeline.data.types import InteractionSplit
 from mm_pipeline.datasets import media
 from mm_pipeline.datasets.schema import MODALITIES, quarantine_frame
 from mm_pipeline.datasets.sources import Source, load_source, resolve_source
-from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, with_inbox_interactions
+from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, forget_filter, with_inbox_interactions
 from mm_pipeline.defs.metadata import frame_table, quarantine_metadata
 from mm_pipeline.defs.resources import PipelineResource
 
@@ -35,7 +35,8 @@ SOURCE_DATASET_DOC = """The dataset: generated for ``builtin:*`` specs; read and
 contract for precomputed features (``info["precomputed"]``) and a published split (``info["split_column"]``)."""
 RAW_ITEMS_DOC = "The item catalogue, sorted by ``item_id``: text, image and audio paths, extra columns kept."
 RAW_INTERACTIONS_DOC = """User-item interactions with timestamps and weights, as read from the source, then every
-materialized ``inbox_interactions`` partition appended (column ``origin``; see defs/assets/inbox.py)."""
+materialized ``inbox_interactions`` partition appended (column ``origin``; see defs/assets/inbox.py), without the
+users on the forget list (``mm-pipeline forget``; the count removed is in ``forgotten_rows_removed``)."""
 
 
 @dg.multi_asset(
@@ -60,16 +61,47 @@ def raw_source(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     are materialized together (no subset), so they always describe the same version of the source even
     when its folder is edited during the run."""
     spec = pipeline.dataset_spec()
+    forgetting = forget_filter(pipeline, "raw_source")  # before reading: a list it cannot apply stops the run
     source = resolve_source(spec, pipeline.paths().data, seed=pipeline.seed)
     context.log.info(f"reading the dataset {spec} ({source.description})")
     data = load_source(source)
+    if forgetting is not None and len(data.row_quarantine):
+        data.row_quarantine = data.row_quarantine[~forgetting.mentioned(data.row_quarantine["value"])]
     manifest, manifest_metadata = _source_dataset(spec, source, data)
     yield dg.Output(manifest, output_name="source_dataset", metadata=manifest_metadata)
     yield dg.Output(data.items, output_name="raw_items", metadata=_items_metadata(data, manifest, pipeline))
     inter, inbox_metadata = with_inbox_interactions(context, pipeline, data.interactions, manifest)
+    inter, forget_metadata = _without_forgotten(context, inter, forgetting)
+    inbox_metadata = {**inbox_metadata, **forget_metadata}
     yield dg.Output(
         inter, output_name="raw_interactions", metadata=_interactions_metadata(data, inter, inbox_metadata, pipeline)
     )
+
+
+def _without_forgotten(context, inter: pd.DataFrame, forgetting) -> tuple[pd.DataFrame, dict]:
+    """``inter`` without the rows of users on the forget list, and metadata: counts only, never an id."""
+    from mm_pipeline.datasets.inbox import ORIGIN_COLUMN, SOURCE_ORIGIN
+
+    if forgetting is None:
+        return inter, {"forgotten_users": 0, "forgotten_rows_removed": 0}
+    kept, removed = forgetting.drop(inter)
+    by_origin = {}
+    if removed.any() and ORIGIN_COLUMN in inter.columns:
+        origins = inter.loc[removed, ORIGIN_COLUMN]
+        by_origin = {
+            "source": int((origins == SOURCE_ORIGIN).sum()),
+            "inbox": int((origins != SOURCE_ORIGIN).sum()),
+        }
+    if removed.any():
+        context.log.info(
+            f"left out {int(removed.sum())} interaction(s) of users on the forget list "
+            f"({len(forgetting.hashes)} forgotten user(s))"
+        )
+    return kept, {
+        "forgotten_users": len(forgetting.hashes),
+        "forgotten_rows_removed": int(removed.sum()),
+        **({"forgotten_rows_removed_by_origin": dg.MetadataValue.json(by_origin)} if by_origin else {}),
+    }
 
 
 def _source_dataset(spec: str, source: Source, data) -> tuple[dict, dict]:
