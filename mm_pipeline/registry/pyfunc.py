@@ -326,6 +326,19 @@ class RecommenderPyfunc(PythonModel):
                     ),
                     shape=(self.n_items, width),
                 )
+        # An embedding model's content split (integrated gradients per modality; dense user tables only).
+        self._content_columns, self._content_parts = None, {}
+        if "parts_content_columns" in arrays and self._users.dense is not None:
+            a, b = (int(c) for c in np.asarray(arrays["parts_content_columns"]))
+            names = [str(n) for n in np.asarray(arrays["parts_content_modalities"]).ravel()]
+            if not 0 <= a < b <= self._items.shape[1]:
+                raise ValueError(f"parts_content_columns ({a}, {b}) lie outside the item_embeddings width")
+            for name in names:
+                table = np.asarray(arrays[f"parts_content_{name}_attribution"], dtype=np.float32)
+                if table.shape != (self.n_items, b - a):
+                    raise ValueError(f"parts_content_{name}_attribution has shape {table.shape}")
+                self._content_parts[name] = table
+            self._content_columns = (a, b)
 
     @property
     def recognises_users(self) -> bool:
@@ -473,7 +486,10 @@ class RecommenderPyfunc(PythonModel):
         * ``share_<part>``: the part's share of the score, :math:`|s_p| / \sum_q |s_q|`. For an item-item
           model (EASE, item k-NN, the hybrid) the score splits exactly: ``collaborative`` (the item-item
           core over the history), one part per modality (the content graphs), ``graph`` (the GNN's dot
-          product, the rest of the score). A pure embedding model has one part, ``embedding``.
+          product, the rest of the score). An embedding model with a content split (``mm_gcn``, VBPR) has
+          one part per modality, the integrated gradients of the score over that modality's content input
+          (see ``mm_pipeline.explain.attribution``), and ``collaborative``, the rest. Any other embedding
+          model has one part, ``embedding``.
         * ``because``: up to three of the user's training items that contribute most, ``|``-joined. Exact
           contributions :math:`x_{uj} W_{ji}` for item-item models; for embedding models the training items
           whose item vectors are most like the recommended one (cosine).
@@ -483,7 +499,12 @@ class RecommenderPyfunc(PythonModel):
         """
         n = users.size
         ask = wanted & (users >= 0)
-        parts = ["collaborative", *self._modality_parts, "graph"] if self._history_width else ["embedding"]
+        if self._history_width:
+            parts = ["collaborative", *self._modality_parts, "graph"]
+        elif self._content_parts:
+            parts = ["collaborative", *self._content_parts]
+        else:
+            parts = ["embedding"]
         shares = {p: np.full(n, np.nan) for p in parts}
         because = np.full(n, "", dtype=object)
         reason = np.where(wanted & (users < 0), "popular with everyone (we do not know this user yet)", "")
@@ -499,6 +520,12 @@ class RecommenderPyfunc(PythonModel):
                     **{m: values[m] for m in self._modality_parts},
                     "graph": total - history,
                 }
+            elif self._content_parts:
+                a, b = self._content_columns
+                user_rows = self._users.rows(u)[:, a:b]
+                content = {m: (user_rows * t[i]).sum(1).astype(np.float64) for m, t in self._content_parts.items()}
+                values = {"collaborative": total - sum(content.values()), **content}
+                evidence = self._similar_history(u, i)
             else:
                 values, evidence = {"embedding": total}, self._similar_history(u, i)
             magnitude = sum(np.abs(v) for v in values.values())
