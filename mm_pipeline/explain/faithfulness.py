@@ -143,6 +143,16 @@ def deletion_test(
     return out
 
 
+def not_tested_reason(model: EmbeddingRecommender) -> str:
+    """Why :func:`deletion_test` has no result for ``model`` (when it has none)."""
+    content = (model.parts or {}).get("content")
+    if not content:
+        return "no exact parts: an embedding model"
+    if len(content["attribution"]) < 2:
+        return "one modality: nothing to compare"
+    return "no recommended item has a content part"
+
+
 def _content_deletion(
     model: EmbeddingRecommender, train: sp.csr_matrix, users: np.ndarray, content: dict, seed: int
 ) -> DeletionResult | None:

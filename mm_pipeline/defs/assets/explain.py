@@ -41,6 +41,7 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     (``mm_gcn``, VBPR: integrated gradients); and, per model, the deletion test (removing the
     top-attributed history item or modality vs a random one). Users appear by index only."""
     from mm_pipeline.explain import deletion_test
+    from mm_pipeline.explain.faithfulness import not_tested_reason
     from mm_pipeline.explain.interest import InterestSpace, interest_profiles
     from mm_pipeline.explain.summary import accuracy_by_interest, explain_top_k, interest_by_part
     from mm_pipeline.registry.user_keys import pipeline_user_key_secret
@@ -60,23 +61,16 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     test_users = np.flatnonzero(np.diff(data.test.tocsr().indptr) > 0)
     rng = np.random.default_rng(pipeline.seed)
     users = np.sort(rng.choice(test_users, size=min(config.users, test_users.size), replace=False))
-    bundles = {spec.name: stored[spec.asset_name] for spec in EXPLAINED}
+    models = {
+        spec.name: EmbeddingRecommender.from_bundle(stored[spec.asset_name])
+        for spec in EXPLAINED
+        if "skipped" not in stored[spec.asset_name]
+    }
     rows = []
-    for name, bundle in bundles.items():
-        if "skipped" in bundle:
-            continue
-        tested = EmbeddingRecommender.from_bundle(bundle)
+    for name, tested in models.items():
         results = deletion_test(tested, data.train, users, seed=pipeline.seed)
         if not results:
-            content = tested.parts.get("content")
-            why = "no exact parts: an embedding model"
-            if content:
-                why = (
-                    "one modality: nothing to compare"
-                    if len(content["attribution"]) < 2
-                    else "no item scored by content"
-                )
-            rows.append({"model": name, "removed": f"n/a ({why})"})
+            rows.append({"model": name, "removed": f"n/a ({not_tested_reason(tested)})"})
         for kind, r in results.items():
             rows.append(
                 {
@@ -93,7 +87,7 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
             )
     faithfulness = pd.DataFrame(rows)
 
-    model = EmbeddingRecommender.from_bundle(bundles[PRIMARY])
+    model = models[PRIMARY]
     item_ids = raw_items["item_id"].astype(str).tolist()
     secret = pipeline_user_key_secret()
     explained = explain_top_k(model, data.train, users, item_ids, secret, k=config.k, interest=space)
@@ -107,11 +101,9 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     )
     # The embedding models whose score is not a sum of parts, split by integrated gradients over their content.
     others = [
-        explain_top_k(
-            EmbeddingRecommender.from_bundle(b), data.train, users, item_ids, secret, k=config.k, interest=space
-        ).assign(model=n)
-        for n, b in bundles.items()
-        if n != PRIMARY and "skipped" not in b and "parts_content_columns" in b
+        explain_top_k(m, data.train, users, item_ids, secret, k=config.k, interest=space).assign(model=n)
+        for n, m in models.items()
+        if n != PRIMARY and m.parts.get("content")
     ]
     components = pd.concat(others, ignore_index=True) if others else pd.DataFrame({"model": []})
     titles = raw_items.set_index(raw_items["item_id"].astype(str))["title"] if "title" in raw_items else None
