@@ -8,7 +8,7 @@ import torch
 from captum.attr import IntegratedGradients
 
 from mm_pipeline.explain import deletion_test
-from mm_pipeline.explain.attribution import integrated_jacobian, modality_attribution
+from mm_pipeline.explain.attribution import content_parts, integrated_jacobian, modality_attribution
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.config import MultimodalConfig, TrainConfig
 from mm_pipeline.recommend.fit import SplitData, content_blocks, content_matrix, fit_multimodal, fit_vbpr
@@ -51,6 +51,19 @@ def test_integrated_gradients_are_complete_and_match_captum():
         method="riemann_middle",
     )
     torch.testing.assert_close(ours, torch.stack([t.sum(1) for t in theirs], 1), atol=1e-4, rtol=1e-4)
+
+
+def test_items_whose_score_has_no_content_part_get_none():
+    tower = _tower(out=4)
+    torch.manual_seed(2)
+    deltas = {"text": torch.randn(6, 7), "image": torch.randn(6, 7)}
+    removed = {"text": deltas["image"], "image": deltas["text"]}
+    scale = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 2.0])  # mm_gcn scoring cold items only: 1 - warm
+    parts = content_parts(tower, (4, 8), deltas, removed, scale)
+    full = content_parts(tower, (4, 8), deltas, removed)
+    for m in ("text", "image"):
+        for kind in ("attribution", "removal"):
+            np.testing.assert_allclose(parts[kind][m], full[kind][m] * scale.numpy()[:, None], atol=1e-6)
 
 
 def _split(n_users=40, n_items=30, seed=0):
