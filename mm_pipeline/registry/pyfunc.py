@@ -512,7 +512,11 @@ class RecommenderPyfunc(PythonModel):
         * ``because``: up to three of the user's training items that contribute most, ``|``-joined. Exact
           contributions :math:`x_{uj} W_{ji}` for item-item models; for embedding models the training items
           whose item vectors are most like the recommended one (cosine).
-        * ``reason``: a sentence built from both.
+        * ``interest``: the user's dominant modality in the aligned space (``text``, ``image``, ``audio``,
+          ``mixed`` or ``none``; empty without the stored ``interest_*`` arrays) and ``interest_match``: the
+          item's match with the user's profile in it (a z-score; NaN unless one modality dominates). See
+          ``mm_pipeline.explain.interest``.
+        * ``reason``: a sentence built from these, naming the dominant modality when the item matches it.
 
         Rows of unknown users (``users < 0``, the popularity fallback) and rows not ``wanted`` are left empty.
         """
