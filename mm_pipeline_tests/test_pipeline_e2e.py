@@ -265,6 +265,18 @@ def test_explanations_are_faithful_and_name_no_user(pipeline_run):
     np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-6)
     assert explained["reason"].str.len().gt(0).all() and "user_id" not in explained
     assert out["by_part"]["users"].sum() == out["interest"]["user"].nunique()
+    # Every user's interest per modality in the aligned space; the test users by dominant modality.
+    modalities = set(result.output_for_node("aligned_item_embeddings")["modalities"])
+    assert set(out["users_interest"]["dominant"]) <= modalities | {"mixed", "none"}
+    by_interest = out["by_interest"]
+    assert by_interest["users"].sum() > 0 and np.isclose(by_interest["share"].sum(), 1.0)
+    assert set(explained["interest"]) <= modalities | {"mixed", "none"}
+    # mm_gcn's score is split by modality (integrated gradients over its content) and deletion-tested.
+    components = out["component_explanations"]
+    gcn = components[components["model"] == "mm_gcn"]
+    assert len(gcn) and {f"share_{m}" for m in modalities} <= set(gcn.columns)
+    np.testing.assert_allclose(gcn.filter(like="share_").sum(axis=1, min_count=1).dropna(), 1.0, atol=1e-6)
+    assert ("mm_gcn", "modality") in faithfulness.index
 
 
 def test_the_report_carries_the_faithfulness_figures(pipeline_run):
@@ -273,6 +285,7 @@ def test_the_report_carries_the_faithfulness_figures(pipeline_run):
     tested = {(row["model"], row["removed"]): row for row in metrics["faithfulness"]}
     assert tested[("mm_hybrid", "history")]["rank gap"] > 0 and ("ease", "history") in tested
     assert sum(row["users"] for row in metrics["dominant_part"]) > 0
+    assert sum(row["users"] for row in metrics["dominant_modality"]) > 0
     html = (home / "reports" / "latest" / "report.html").read_text()
     assert "Explanations and their faithfulness" in html
 

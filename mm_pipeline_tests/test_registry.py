@@ -101,6 +101,15 @@ def _toy_data():
     return model, sp.csr_matrix(dense)
 
 
+def _interest_space():
+    """Aligned per-modality item embeddings (random, two modalities) for the served explanations."""
+    from mm_pipeline.explain.interest import InterestSpace
+
+    z = np.random.default_rng(3).normal(size=(N_ITEMS, 2, 4)).astype(np.float32)
+    aligned = {"modalities": ["text", "image"], "modality_embeddings": z, "present": np.ones((N_ITEMS, 2), bool)}
+    return InterestSpace.from_aligned(aligned, samples=32)
+
+
 @pytest.fixture(scope="module")
 def logged(store):
     model, train = _toy_data()
@@ -114,6 +123,7 @@ def logged(store):
             name="recommender",
             registered_model_name=MODEL_NAME,
             tags={"users": USER_IDS[:2], "k": 10},
+            interest=_interest_space(),
         )
     local = store.root / "downloaded"
     local.mkdir()
@@ -439,6 +449,8 @@ def test_loading_needs_neither_mm_pipeline_nor_torch(store, logged):
         "import mlflow, pandas as pd\n"
         "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
         "out = model.predict(pd.DataFrame({'user_id': [sys.argv[2], 'nobody'], 'k': [3, 2]}))\n"
+        "why = model.predict(pd.DataFrame({'user_id': [sys.argv[2]], 'k': [3], 'explain': [True]}))\n"
+        "print('interest=' + ','.join(why['interest']))\n"
         "print(','.join(out['item_id']) + '|' + ','.join(map(str, out['fallback'])))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -454,6 +466,9 @@ def test_loading_needs_neither_mm_pipeline_nor_torch(store, logged):
     assert result.returncode == 0, result.stderr[-2000:]
     expected = _expected_top_k(logged.model, logged.train, 3, 3)[0] + _popular_ids(logged.train)[:2]
     assert result.stdout.strip().splitlines()[-1] == ",".join(expected) + "|False,False,False,True,True"
+    # The user's interest per modality is computed at request time, with numpy and scipy only.
+    interest = result.stdout.strip().splitlines()[-2].removeprefix("interest=").split(",")
+    assert len(interest) == 3 and set(interest) <= {"text", "image", "mixed", "none"}
 
 
 def test_log_recommender_needs_an_active_run_and_valid_arguments(store):

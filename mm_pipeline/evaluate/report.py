@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.evaluate.comparison import ModelComparison, compare_models
+from mm_pipeline.evaluate.protocol import MIN_SUBGROUP_USERS
 from mm_pipeline.storage import atomic_write_bytes, atomic_write_text
 
 DEFAULT_COLUMNS = ("recall@20", "ndcg@20", "precision@20", "f1@20", "coverage@20", "novelty@20")
@@ -475,11 +476,15 @@ def build_comparison(
 @dataclass(frozen=True)
 class Explanations:
     """What the report says about explanations: the deletion test per model (``faithfulness``: model,
-    removed, users, top/random score and rank drops, gaps) and users by dominant score part (``by_part``)."""
+    removed, users, top/random score and rank drops, gaps), users by dominant score part (``by_part``) and
+    test users by dominant modality in the aligned space with the primary model's accuracy per group
+    (``by_interest``: dominant modality, users, share, recall@20, ndcg@20, note; see
+    :func:`mm_pipeline.explain.summary.accuracy_by_interest`)."""
 
     faithfulness: pd.DataFrame
     by_part: pd.DataFrame
     users: int
+    by_interest: pd.DataFrame | None = None
 
 
 def _finite(value: Any, digits: int = 4) -> str:
@@ -814,7 +819,8 @@ def render_comparison(
                 f"Deletion test on {explanations.users} held-out users: for each user's top recommended item, "
                 "remove the history item (or modality) the explanation credits most, and separately a random "
                 "one, and measure how far the item's score and rank fall. A faithful explanation has a positive "
-                "gap (top minus random). Models without an exact score split (embedding models) are not tested."
+                "gap (top minus random). Embedding models with content inputs (mm_gcn) are tested on "
+                "modalities attributed by integrated gradients; other embedding models are not tested."
             ),
             _frame_table(tested) if len(tested) else Paragraph("No model with an exact score split."),
             Paragraph(f"Users by the part that dominates their explained recommendations ({c.primary}):"),
@@ -822,6 +828,22 @@ def render_comparison(
         ]
         metrics["faithfulness"] = tested.to_dict(orient="records")
         metrics["dominant_part"] = explanations.by_part.to_dict(orient="records")
+        if explanations.by_interest is not None and len(explanations.by_interest):
+            by_interest = explanations.by_interest
+            blocks += [
+                Paragraph(
+                    "Test users by the modality their training history is most coherent in, in the aligned "
+                    "space (a z-score against random item sets of the same size in that modality; 'mixed': "
+                    "two or more modalities about as strong; 'none': no modality clearly above chance), with "
+                    f"{c.primary}'s test accuracy per group. A group of fewer than {MIN_SUBGROUP_USERS} users "
+                    "is reported as not enough data."
+                ),
+                _frame_table(by_interest.fillna({"note": ""})),
+            ]
+            metrics["dominant_modality"] = [
+                {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+                for row in by_interest.to_dict(orient="records")
+            ]
     blocks += [Heading("Training curves")]
     blocks += (
         [Figure("training_curves", figures["training_curves"], "training loss and validation metrics")]

@@ -61,6 +61,12 @@ class EmbeddingRecommender:
     models; the contribution of history item :math:`j` to :math:`s(u, i)` is then exactly
     :math:`p_{uj} q_{ij}`), and ``modalities`` maps a modality to a scipy CSR ``[n_items, h]`` whose row
     :math:`i` is the part of :math:`q_{i, :h}` that comes from that modality's content graph.
+    ``content`` (embedding models with content inputs: ``mm_gcn``, VBPR) says how the item side's content
+    splits by modality: ``columns`` = :math:`(a, b)`, the columns of the tables the content enters, and
+    per modality ``attribution`` (``[n_items, b - a]``, row :math:`i` the integrated-gradients vector
+    :math:`A_{i,m}`, so the modality's part of :math:`s(u, i)` is :math:`\langle p_{u, a:b}, A_{i,m} \rangle`;
+    see :mod:`mm_pipeline.explain.attribution`) and ``removal`` (same shape: how :math:`q_{i, a:b}` changes
+    when the item loses that modality).
     """
 
     name: str
@@ -145,37 +151,46 @@ class EmbeddingRecommender:
 
 
 def parts_to_arrays(parts: dict[str, Any]) -> dict[str, np.ndarray]:
-    """:attr:`EmbeddingRecommender.parts` as flat arrays (``parts_history_width``, ``parts_modalities``
-    and one CSR triple ``parts_<modality>_{indptr,indices,values}`` per modality, with ``parts_shape``)."""
+    """:attr:`EmbeddingRecommender.parts` as flat arrays: ``parts_history_width``, ``parts_modalities``
+    and one CSR triple ``parts_<modality>_{indptr,indices,values}`` per modality, with ``parts_shape``;
+    ``parts_content_columns``, ``parts_content_modalities`` and ``parts_content_<modality>_{attribution,
+    removal}`` for the content split."""
     if not parts:
         return {}
     import scipy.sparse as sp
 
-    modalities = dict(parts.get("modalities") or {})
-    out = {
-        "parts_history_width": np.asarray(int(parts["history_width"]), dtype=np.int64),
-        "parts_modalities": np.asarray(sorted(modalities), dtype=str),
-    }
-    for name, matrix in sorted(modalities.items()):
-        csr = sp.csr_matrix(matrix, dtype=np.float32)
-        out[f"parts_{name}_indptr"] = csr.indptr.astype(np.int64)
-        out[f"parts_{name}_indices"] = csr.indices.astype(np.int64)
-        out[f"parts_{name}_values"] = csr.data.astype(np.float32)
-        out["parts_shape"] = np.asarray(csr.shape, dtype=np.int64)
+    out: dict[str, np.ndarray] = {}
+    if "history_width" in parts:
+        modalities = dict(parts.get("modalities") or {})
+        out["parts_history_width"] = np.asarray(int(parts["history_width"]), dtype=np.int64)
+        out["parts_modalities"] = np.asarray(sorted(modalities), dtype=str)
+        for name, matrix in sorted(modalities.items()):
+            csr = sp.csr_matrix(matrix, dtype=np.float32)
+            out[f"parts_{name}_indptr"] = csr.indptr.astype(np.int64)
+            out[f"parts_{name}_indices"] = csr.indices.astype(np.int64)
+            out[f"parts_{name}_values"] = csr.data.astype(np.float32)
+            out["parts_shape"] = np.asarray(csr.shape, dtype=np.int64)
+    content = parts.get("content")
+    if content:
+        names = sorted(content["attribution"])
+        out["parts_content_columns"] = np.asarray(content["columns"], dtype=np.int64)
+        out["parts_content_modalities"] = np.asarray(names, dtype=str)
+        for name in names:
+            out[f"parts_content_{name}_attribution"] = np.asarray(content["attribution"][name], dtype=np.float32)
+            out[f"parts_content_{name}_removal"] = np.asarray(content["removal"][name], dtype=np.float32)
     return out
 
 
 def parts_from_arrays(arrays: dict[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`parts_to_arrays` (empty when the arrays hold no parts)."""
-    if "parts_history_width" not in arrays:
-        return {}
-    import scipy.sparse as sp
+    out: dict[str, Any] = {}
+    if "parts_history_width" in arrays:
+        import scipy.sparse as sp
 
-    names = [str(n) for n in np.asarray(arrays["parts_modalities"]).ravel().tolist()]
-    shape = tuple(int(n) for n in np.asarray(arrays["parts_shape"])) if names else None
-    return {
-        "history_width": int(np.asarray(arrays["parts_history_width"])),
-        "modalities": {
+        names = [str(n) for n in np.asarray(arrays["parts_modalities"]).ravel().tolist()]
+        shape = tuple(int(n) for n in np.asarray(arrays["parts_shape"])) if names else None
+        out["history_width"] = int(np.asarray(arrays["parts_history_width"]))
+        out["modalities"] = {
             n: sp.csr_matrix(
                 (
                     np.asarray(arrays[f"parts_{n}_values"], dtype=np.float32),
@@ -185,5 +200,12 @@ def parts_from_arrays(arrays: dict[str, Any]) -> dict[str, Any]:
                 shape=shape,
             )
             for n in names
-        },
-    }
+        }
+    if "parts_content_columns" in arrays:
+        names = [str(n) for n in np.asarray(arrays["parts_content_modalities"]).ravel().tolist()]
+        out["content"] = {
+            "columns": tuple(int(c) for c in np.asarray(arrays["parts_content_columns"])),
+            "attribution": {n: np.asarray(arrays[f"parts_content_{n}_attribution"], dtype=np.float32) for n in names},
+            "removal": {n: np.asarray(arrays[f"parts_content_{n}_removal"], dtype=np.float32) for n in names},
+        }
+    return out

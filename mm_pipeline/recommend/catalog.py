@@ -377,7 +377,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         needs=(IMAGE_FEATURES,),
         skip=no_images,
         quick=_QUICK_BPR,
-        code_version="3",
+        code_version="4",
     ),
     ModelSpec(
         "freedom",
@@ -405,7 +405,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(30.0, 2),
         needs=(ALIGNED, RAW_FEATURES),
         quick=_QUICK_BPR,
-        code_version="5",
+        code_version="6",
     ),
     ModelSpec(
         "mm_hybrid",

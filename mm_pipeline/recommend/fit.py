@@ -32,6 +32,40 @@ def content_matrix(aligned: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def content_blocks(aligned: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    r""":func:`content_matrix` split by modality, for attribution: ``(deltas, removed)``.
+
+    ``deltas[m]`` holds modality :math:`m`'s entries of the content matrix: its own aligned embedding
+    :math:`z_{i,m}`, its presence flag and its share :math:`\alpha_{i,m} z_{i,m}` of the fused vector
+    (the fused vector is :math:`\sum_m \alpha_{i,m} z_{i,m}`), so the blocks sum to the content matrix.
+    ``removed[m]`` is the content matrix of the same items without modality :math:`m`: its embedding and
+    flag zeroed and the fusion weights renormalised over the other modalities (what the aligner gives an
+    item that lacks it: the fusion is a softmax over the modalities an item has)."""
+    z = np.asarray(aligned["modality_embeddings"], dtype=np.float32)
+    n, n_modalities, dim = z.shape
+    present = np.asarray(aligned["present"], dtype=np.float32)
+    weights = np.asarray(aligned["weights"], dtype=np.float32) * present
+    names = [str(m) for m in aligned["modalities"]]
+    deltas, removed = {}, {}
+    for k, name in enumerate(names):
+        only = np.zeros_like(z)
+        only[:, k] = z[:, k]
+        flag = np.zeros_like(present)
+        flag[:, k] = present[:, k]
+        deltas[name] = np.concatenate([weights[:, k : k + 1] * z[:, k], only.reshape(n, -1), flag], axis=1)
+        rest = weights.copy()
+        rest[:, k] = 0.0
+        total = rest.sum(1, keepdims=True)
+        rest = np.divide(rest, total, out=np.zeros_like(rest), where=total > 0)
+        others = z.copy()
+        others[:, k] = 0.0
+        flags = present.copy()
+        flags[:, k] = 0.0
+        fused = (rest[:, :, None] * others).sum(1)
+        removed[name] = np.concatenate([fused, others.reshape(n, -1), flags], axis=1).astype(np.float32)
+    return deltas, removed
+
+
 def fit_lightgcn(
     data: SplitData, config: TrainConfig, on_epoch=None, name: str = "lightgcn"
 ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
@@ -94,12 +128,15 @@ def fit_multimodal(
     content: np.ndarray | None = None,
     graph_features: list[np.ndarray] | None = None,
     raw_features: RawFeatures | None = None,
+    attribution: bool = True,
 ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """The primary model on the aligned embeddings (``content_matrix(aligned)``) with the item-item graph
     of ``config.graph_source``: over ``raw_features`` (``{modality: (features, present)}``) or the fused
     aligned vectors. ``content`` / ``graph_features`` (a list of matrices, one k-NN graph each, averaged)
-    replace those inputs (the ablations do)."""
+    replace those inputs (the ablations do). With ``attribution`` and content from ``aligned``, the model
+    carries the modality split of its content (:mod:`mm_pipeline.explain.attribution`) in ``parts``."""
     torch.manual_seed(config.seed)
+    attribution = attribution and content is None and aligned is not None and "weights" in aligned
     if config.graph_source not in ("raw", "aligned"):
         raise ValueError(f"graph_source must be 'raw' or 'aligned', got {config.graph_source!r}")
     if content is None:
@@ -137,7 +174,10 @@ def fit_multimodal(
         item_adj=item_adj,
         edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users),
     )
-    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
+    trained, history = train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
+    if attribution:
+        trained.parts = {"content": model.content_parts(*content_blocks(aligned))}
+    return trained, history
 
 
 def standardized_features(features: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -169,7 +209,9 @@ def fit_vbpr(
     if visual.shape[0] != data.n_items:
         raise ValueError(f"visual features cover {visual.shape[0]} items but the split has {data.n_items}")
     model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), config)
-    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
+    trained, history = train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
+    trained.parts = {"content": model.content_parts()}
+    return trained, history
 
 
 def fit_freedom(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -234,6 +235,23 @@ class MultimodalGCN(nn.Module):
         )
         return loss + reg, parts
 
+    def content_parts(self, deltas: dict[str, np.ndarray], removed: dict[str, np.ndarray]) -> dict:
+        """The modality split of the content columns of :meth:`embeddings` (:math:`\tilde c_i`), by
+        integrated gradients through the content tower (:func:`mm_pipeline.explain.attribution.content_parts`;
+        ``deltas`` / ``removed``: :func:`mm_pipeline.recommend.fit.content_blocks`)."""
+        from mm_pipeline.explain.attribution import content_parts
+
+        self.eval()
+        dim = self.item_embedding.embedding_dim
+        scale = 1 - self.warm[:, 0] if self.content_mode == "cold" else torch.ones(self.n_items)
+        return content_parts(
+            self.content_tower,
+            (dim, 2 * dim),
+            {m: torch.from_numpy(np.asarray(d)) for m, d in deltas.items()},
+            {m: torch.from_numpy(np.asarray(r)) for m, r in removed.items()},
+            scale,
+        )
+
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         h_u, g_i, n_i, q_u, c_i = self._forward(self.adj)
@@ -297,6 +315,21 @@ class VBPR(nn.Module):
             / len(users)
         )
         return rank + reg, {"bpr": rank.item()}
+
+    def _visual_columns(self, f: torch.Tensor) -> torch.Tensor:
+        """The item table's columns from ``[E f; beta_i; beta'^T f]`` with the ID bias zeroed."""
+        return torch.cat([self.projection(f), torch.zeros(f.shape[0], 1), self.visual_bias(f)], 1)
+
+    def content_parts(self) -> dict:
+        """The image's part of the score, :math:`\\langle \theta_u, E f_i \rangle + \beta'^\top f_i`, in
+        the form of :func:`mm_pipeline.explain.attribution.content_parts` (linear in :math:`f_i`: integrated
+        gradients from :math:`f = 0` give it exactly; removing the image sets :math:`f_i = 0`)."""
+        from mm_pipeline.explain.attribution import content_parts
+
+        dim = self.user_factors.embedding_dim
+        return content_parts(
+            self._visual_columns, (dim, 2 * dim + 2), {"image": self.visual}, {"image": torch.zeros_like(self.visual)}
+        )
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

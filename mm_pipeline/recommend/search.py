@@ -342,6 +342,7 @@ def search_hyperparameters(
                 config,
                 on_epoch=on_epoch,
                 raw_features=None if raw_features is None else dict(raw_features),
+                attribution=False,
             )
             state = "complete"
         except optuna.TrialPruned:

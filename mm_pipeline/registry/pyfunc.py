@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.models.model import ModelInfo
 
+    from mm_pipeline.explain.interest import InterestSpace
     from mm_pipeline.recommend.base import EmbeddingRecommender
 
 DEFAULT_K = 10
@@ -306,6 +307,7 @@ class RecommenderPyfunc(PythonModel):
         self._item_ids = item_ids.astype(str)
         self._user_keys = user_keys.astype(str)
         self._load_parts(arrays)
+        self._load_interest(arrays)
         self._key_to_user = {str(key): row for row, key in enumerate(self._user_keys.tolist())}
         self._key_check = str(np.asarray(arrays["key_check"]).item())
         self._popular = popular
@@ -353,6 +355,36 @@ class RecommenderPyfunc(PythonModel):
                     ),
                     shape=(self.n_items, width),
                 )
+        # An embedding model's content split (integrated gradients per modality; dense user tables only).
+        self._content_columns, self._content_parts = None, {}
+        if "parts_content_columns" in arrays and self._users.dense is not None:
+            a, b = (int(c) for c in np.asarray(arrays["parts_content_columns"]))
+            names = [str(n) for n in np.asarray(arrays["parts_content_modalities"]).ravel()]
+            if not 0 <= a < b <= self._items.shape[1]:
+                raise ValueError(f"parts_content_columns ({a}, {b}) lie outside the item_embeddings width")
+            for name in names:
+                table = np.asarray(arrays[f"parts_content_{name}_attribution"], dtype=np.float32)
+                if table.shape != (self.n_items, b - a):
+                    raise ValueError(f"parts_content_{name}_attribution has shape {table.shape}")
+                self._content_parts[name] = table
+            self._content_columns = (a, b)
+
+    def _load_interest(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The aligned per-modality item embeddings and their null (``interest_*``, see
+        ``mm_pipeline.explain.interest.InterestSpace``), when stored: users' interest per modality."""
+        self._interest = None
+        if "interest_modalities" not in arrays:
+            return
+        interest = {name: np.asarray(arrays[f"interest_{name}"]) for name in _INTEREST_ARRAYS}
+        n_items, n_modalities = self.n_items, interest["modalities"].size
+        if (
+            interest["embeddings"].ndim != 3
+            or interest["embeddings"].shape[:2] != (n_items, n_modalities)
+            or interest["present"].shape != (n_items, n_modalities)
+            or interest["null_mean"].shape != (n_modalities, interest["null_sizes"].size)
+        ):
+            raise ValueError("the interest_* arrays do not match the items and modalities of this model")
+        self._interest = interest
 
     @property
     def recognises_users(self) -> bool:
@@ -500,19 +532,32 @@ class RecommenderPyfunc(PythonModel):
         * ``share_<part>``: the part's share of the score, :math:`|s_p| / \sum_q |s_q|`. For an item-item
           model (EASE, item k-NN, the hybrid) the score splits exactly: ``collaborative`` (the item-item
           core over the history), one part per modality (the content graphs), ``graph`` (the GNN's dot
-          product, the rest of the score). A pure embedding model has one part, ``embedding``.
+          product, the rest of the score). An embedding model with a content split (``mm_gcn``, VBPR) has
+          one part per modality, the integrated gradients of the score over that modality's content input
+          (see ``mm_pipeline.explain.attribution``), and ``collaborative``, the rest. Any other embedding
+          model has one part, ``embedding``.
         * ``because``: up to three of the user's training items that contribute most, ``|``-joined. Exact
           contributions :math:`x_{uj} W_{ji}` for item-item models; for embedding models the training items
           whose item vectors are most like the recommended one (cosine).
-        * ``reason``: a sentence built from both.
+        * ``interest``: the user's dominant modality in the aligned space (``text``, ``image``, ``audio``,
+          ``mixed`` or ``none``; empty without the stored ``interest_*`` arrays) and ``interest_match``: the
+          item's match with the user's profile in it (a z-score; NaN unless one modality dominates). See
+          ``mm_pipeline.explain.interest``.
+        * ``reason``: a sentence built from these, naming the dominant modality when the item matches it.
 
         Rows of unknown users (``users < 0``, the popularity fallback) and rows not ``wanted`` are left empty.
         """
         n = users.size
         ask = wanted & (users >= 0)
-        parts = ["collaborative", *self._modality_parts, "graph"] if self._history_width else ["embedding"]
+        if self._history_width:
+            parts = ["collaborative", *self._modality_parts, "graph"]
+        elif self._content_parts:
+            parts = ["collaborative", *self._content_parts]
+        else:
+            parts = ["embedding"]
         shares = {p: np.full(n, np.nan) for p in parts}
         because = np.full(n, "", dtype=object)
+        interest, match = np.full(n, "", dtype=object), np.full(n, np.nan)
         reason = np.where(wanted & (users < 0), "popular with everyone (we do not know this user yet)", "")
         reason = reason.astype(object)
         rows = np.flatnonzero(ask)
@@ -526,6 +571,12 @@ class RecommenderPyfunc(PythonModel):
                     **{m: values[m] for m in self._modality_parts},
                     "graph": total - history,
                 }
+            elif self._content_parts:
+                a, b = self._content_columns
+                user_rows = self._users.rows(u)[:, a:b]
+                content = {m: (user_rows * t[i]).sum(1).astype(np.float64) for m, t in self._content_parts.items()}
+                values = {"collaborative": total - sum(content.values()), **content}
+                evidence = self._similar_history(u, i)
             else:
                 values, evidence = {"embedding": total}, self._similar_history(u, i)
             magnitude = sum(np.abs(v) for v in values.values())
@@ -535,7 +586,58 @@ class RecommenderPyfunc(PythonModel):
             because[rows] = evidence
             top_part = np.asarray(parts)[np.argmax(np.stack([shares[p][rows] for p in parts]), axis=0)]
             reason[rows] = [_reason(e, p, float(shares[p][r])) for e, p, r in zip(evidence, top_part, rows)]
-        return pd.DataFrame({**{f"share_{p}": v for p, v in shares.items()}, "because": because, "reason": reason})
+            if self._interest is not None and self._seen_indptr is not None:
+                interest[rows], match[rows], fits = self._user_interest(u, i)
+                reason[rows] = [
+                    r + _TASTE_WORDS.get(t, "") if f else r for r, t, f in zip(reason[rows], interest[rows], fits)
+                ]
+        return pd.DataFrame(
+            {
+                **{f"share_{p}": v for p, v in shares.items()},
+                "because": because,
+                "reason": reason,
+                "interest": interest,
+                "interest_match": match,
+            }
+        )
+
+    def _user_interest(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: the user's dominant modality in the aligned space (from their training items), the
+        item's match with the user's profile in it and whether it matches. The request-time half of
+        ``mm_pipeline.explain.interest`` (its module doc has the math; a test holds the two equal)."""
+        import scipy.sparse as sp
+
+        s = self._interest
+        min_items, threshold, margin, match_at = (float(v) for v in s["thresholds"])
+        emb, present = s["embeddings"].astype(np.float64), s["present"].astype(np.float64)
+        n_items, n_modalities, dim = emb.shape
+        unique, inverse = np.unique(users, return_inverse=True)
+        row, entries = _csr_gather(self._seen_indptr, unique)
+        x = sp.csr_matrix((np.ones(row.size), (row, self._seen_indices[entries])), shape=(unique.size, n_items))
+        count = np.asarray(x @ present)
+        mean = np.asarray(x @ emb.reshape(n_items, -1)).reshape(-1, n_modalities, dim) / np.maximum(count, 1)[..., None]
+        coherence = np.linalg.norm(mean, axis=2)
+        profile = mean / np.maximum(coherence, 1e-12)[..., None]
+        strength = np.full(coherence.shape, -np.inf)
+        log_k, log_sizes = np.log(np.maximum(count, min_items)), np.log(s["null_sizes"])
+        for m in range(n_modalities):
+            null = np.interp(log_k[:, m], log_sizes, s["null_mean"][m])
+            spread = np.interp(log_k[:, m], log_sizes, s["null_std"][m])
+            strength[:, m] = np.where(count[:, m] >= min_items, (coherence[:, m] - null) / spread, -np.inf)
+        order = np.argsort(-strength, axis=1, kind="stable")
+        best = strength[np.arange(unique.size), order[:, 0]]
+        second = strength[np.arange(unique.size), order[:, 1]] if n_modalities > 1 else np.full(unique.size, -np.inf)
+        names = s["modalities"].astype(str).astype(object)
+        dominant = np.where(second >= np.maximum(threshold, best - margin), "mixed", names[order[:, 0]])
+        dominant = np.where(best >= threshold, dominant, "none")[inverse]
+        m = order[inverse, 0]
+        p = profile[inverse, m]
+        z = emb[items, m]
+        spread = np.sqrt(np.maximum(np.einsum("bd,bde,be->b", p, s["item_cov"][m], p), 1e-12))
+        match = ((z * p).sum(1) - (s["item_mean"][m] * p).sum(1)) / spread
+        single = ~np.isin(dominant, ["mixed", "none"])
+        match = np.where(single & (present[items, m] > 0), match, np.nan)
+        return dominant.astype(object), match, single & (match >= match_at)
 
     def _history_entries(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The history entries of each row's user: (row, history item, weight) within ``history_width``."""
@@ -611,6 +713,25 @@ _PART_WORDS = {
 }
 
 
+# Appended to the reason when the item matches the user's dominant modality (interest column).
+_TASTE_WORDS = {
+    "text": "; you go mostly by what things are about, and this one fits",
+    "image": "; you go mostly by what things look like, and this one fits",
+    "audio": "; you go mostly by what things sound like, and this one fits",
+}
+_INTEREST_ARRAYS = (
+    "modalities",
+    "embeddings",
+    "present",
+    "null_sizes",
+    "null_mean",
+    "null_std",
+    "item_mean",
+    "item_cov",
+    "thresholds",
+)
+
+
 def _reason(evidence: str, part: str, share: float) -> str:
     items = evidence.split("|") if evidence else []
     why = f"mostly {_PART_WORDS.get(part, part)} ({share:.0%} of the score)"
@@ -643,6 +764,7 @@ def export_serving_arrays(
     secret: bytes,
     max_k: int = DEFAULT_MAX_K,
     max_rows: int = DEFAULT_MAX_ROWS,
+    interest: InterestSpace | None = None,
 ) -> dict[str, np.ndarray]:
     """The content of the serving ``.npz``: embeddings, item ids, hashed user keys, fallback, seen items.
 
@@ -653,7 +775,9 @@ def export_serving_arrays(
     order for the fallback (number of users with a non-zero entry per item; ties to the lower index).
     Without ``train`` nothing is excluded and the fallback ranks items by their score for the mean user
     embedding. ``max_k`` and ``max_rows`` are the request caps the server applies (see
-    :class:`RecommenderPyfunc`).
+    :class:`RecommenderPyfunc`). ``interest`` (the aligned per-modality item embeddings and their null,
+    :class:`~mm_pipeline.explain.interest.InterestSpace`) lets explanations name the user's dominant
+    modality; it needs ``train`` (the user's history).
     """
     from mm_pipeline.recommend.base import EmbeddingRecommender
 
@@ -733,6 +857,12 @@ def export_serving_arrays(
     from mm_pipeline.recommend.base import parts_to_arrays
 
     arrays.update(parts_to_arrays(model.parts))
+    if interest is not None:
+        if train is None:
+            raise ValueError("interest needs train: a user's profile is built from their training items")
+        if interest.embeddings.shape[0] != n_items:
+            raise ValueError(f"the interest space covers {interest.embeddings.shape[0]} items, the model {n_items}")
+        arrays.update(interest.to_arrays())
     return arrays
 
 
@@ -767,6 +897,7 @@ def log_recommender(
     secret: bytes | None = None,
     max_k: int = DEFAULT_MAX_K,
     max_rows: int = DEFAULT_MAX_ROWS,
+    interest: InterestSpace | None = None,
 ) -> ModelInfo:
     """Log ``model`` as a :class:`RecommenderPyfunc` MLflow model in the active run.
 
@@ -781,7 +912,8 @@ def log_recommender(
     identifier filter and go to the LoggedModel (and the registered version).
 
     The model is logged from code (this module's source, see the module docstring): nothing is
-    pickled, and loading needs MLflow, numpy and pandas but not ``mm_pipeline`` itself.
+    pickled, and loading needs MLflow, numpy and pandas but not ``mm_pipeline`` itself. ``interest``: see
+    :func:`export_serving_arrays`.
     """
     if mlflow.active_run() is None:
         raise RuntimeError("log_recommender must be called inside an active MLflow run (mlflow.start_run())")
@@ -800,7 +932,9 @@ def log_recommender(
         from mm_pipeline.registry.user_keys import pipeline_user_key_secret
 
         secret = pipeline_user_key_secret()
-    arrays = export_serving_arrays(model, user_ids, item_ids, train, secret, max_k=max_k, max_rows=max_rows)
+    arrays = export_serving_arrays(
+        model, user_ids, item_ids, train, secret, max_k=max_k, max_rows=max_rows, interest=interest
+    )
     n_items = int(arrays["item_embeddings"].shape[0])
     model_tags = {"mm_pipeline.recommender": model.name, **safe_params(tags or {})}
     model_params = {

@@ -134,7 +134,10 @@ def comparison_report(
         selection=selection_summary(selected_model, bundles) if selected_model is not None else None,
         explanations=(
             Explanations(
-                explanations["faithfulness"], explanations["by_part"], int(explanations["interest"]["user"].size)
+                explanations["faithfulness"],
+                explanations["by_part"],
+                int(explanations["interest"]["user"].size),
+                explanations.get("by_interest"),
             )
             if explanations is not None
             else None
@@ -172,7 +175,7 @@ def comparison_report(
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas", "mlflow"},
-    code_version="5",
+    code_version="6",
     required_resource_keys={"pipeline", "mlflow_tracking"},
     ins={name: dg.AssetIn() for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE if s.role != "research")]},
 )

@@ -25,17 +25,25 @@ class ExplainConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas"},
-    code_version="1",
+    code_version="2",
     required_resource_keys={"pipeline"},
-    ins={name: dg.AssetIn() for name in ["interaction_split", "raw_items", *(s.asset_name for s in EXPLAINED)]},
+    ins={
+        name: dg.AssetIn()
+        for name in ["interaction_split", "raw_items", "aligned_item_embeddings", *(s.asset_name for s in EXPLAINED)]
+    },
 )
 def recommendation_explanations(context: dg.AssetExecutionContext, config: ExplainConfig, **stored) -> dg.Output[dict]:
     """Why the primary model recommends what it does, for a seeded sample of held-out users: each
     recommendation's score split into parts (collaborative, each modality, the GNN) and the history items
-    behind it; each user's dominant part and how it relates to test recall; and, per model, the deletion
-    test (removing the top-attributed history item or modality vs a random one). Users appear by index only."""
+    behind it; each user's dominant part and how it relates to test recall; every user's interest per
+    modality in the aligned space, the distribution of dominant modalities and the primary model's test
+    accuracy per dominant modality; the same explanations from the embedding models with a content split
+    (``mm_gcn``, VBPR: integrated gradients); and, per model, the deletion test (removing the
+    top-attributed history item or modality vs a random one). Users appear by index only."""
     from mm_pipeline.explain import deletion_test
-    from mm_pipeline.explain.summary import explain_top_k, interest_by_part
+    from mm_pipeline.explain.faithfulness import not_tested_reason
+    from mm_pipeline.explain.interest import InterestSpace, interest_profiles
+    from mm_pipeline.explain.summary import accuracy_by_interest, explain_top_k, interest_by_part
     from mm_pipeline.registry.user_keys import pipeline_user_key_secret
 
     interaction_split, raw_items, pipeline = (
@@ -44,17 +52,25 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
         context.resources.pipeline,
     )
     data = split_data(interaction_split)
+    history = (data.train > 0).astype(np.float32).tocsr()
+    space = InterestSpace.from_aligned(
+        stored["aligned_item_embeddings"], max_size=int(np.diff(history.indptr).max()), seed=pipeline.seed
+    )
+    interest = interest_profiles(space, history)
+    users_interest = interest.frame().rename_axis("user").reset_index()
     test_users = np.flatnonzero(np.diff(data.test.tocsr().indptr) > 0)
     rng = np.random.default_rng(pipeline.seed)
     users = np.sort(rng.choice(test_users, size=min(config.users, test_users.size), replace=False))
-    bundles = {spec.name: stored[spec.asset_name] for spec in EXPLAINED}
+    models = {
+        spec.name: EmbeddingRecommender.from_bundle(stored[spec.asset_name])
+        for spec in EXPLAINED
+        if "skipped" not in stored[spec.asset_name]
+    }
     rows = []
-    for name, bundle in bundles.items():
-        if "skipped" in bundle:
-            continue
-        results = deletion_test(EmbeddingRecommender.from_bundle(bundle), data.train, users, seed=pipeline.seed)
+    for name, tested in models.items():
+        results = deletion_test(tested, data.train, users, seed=pipeline.seed)
         if not results:
-            rows.append({"model": name, "removed": "n/a (no exact parts: an embedding model)"})
+            rows.append({"model": name, "removed": f"n/a ({not_tested_reason(tested)})"})
         for kind, r in results.items():
             rows.append(
                 {
@@ -71,10 +87,25 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
             )
     faithfulness = pd.DataFrame(rows)
 
-    model = EmbeddingRecommender.from_bundle(bundles[PRIMARY])
+    model = models[PRIMARY]
     item_ids = raw_items["item_id"].astype(str).tolist()
-    explained = explain_top_k(model, data.train, users, item_ids, pipeline_user_key_secret(), k=config.k)
+    secret = pipeline_user_key_secret()
+    explained = explain_top_k(model, data.train, users, item_ids, secret, k=config.k, interest=space)
     profiles, by_part = interest_by_part(explained, data.test)
+    by_interest = accuracy_by_interest(
+        model,
+        (data.train + data.valid).tocsr(),
+        data.test,
+        users_interest.set_index("user")["dominant"].iloc[test_users],
+        k=20,
+    )
+    # The embedding models whose score is not a sum of parts, split by integrated gradients over their content.
+    others = [
+        explain_top_k(m, data.train, users, item_ids, secret, k=config.k, interest=space).assign(model=n)
+        for n, m in models.items()
+        if n != PRIMARY and m.parts.get("content")
+    ]
+    components = pd.concat(others, ignore_index=True) if others else pd.DataFrame({"model": []})
     titles = raw_items.set_index(raw_items["item_id"].astype(str))["title"] if "title" in raw_items else None
     shown = explained[explained["user"].isin(users[: config.shown]) & (explained["rank"] <= 5)].copy()
     if titles is not None:  # name items by title in what people read (a handful of rows)
@@ -85,7 +116,8 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     shown = shown[["user", "rank", "item_id", "reason"]]
     context.log.info(
         f"explained {len(explained)} recommendations of {users.size} users; "
-        f"dominant parts: {dict(zip(by_part['dominant part'], by_part['users']))}"
+        f"dominant parts: {dict(zip(by_part['dominant part'], by_part['users']))}; dominant modalities "
+        f"of the test users: {dict(zip(by_interest['dominant modality'], by_interest['users']))}"
     )
     primary = faithfulness[faithfulness["model"] == PRIMARY].set_index("removed")
     meta = {
@@ -93,6 +125,7 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
         "explained": int(len(explained)),
         "faithfulness": frame_table(faithfulness),
         "dominant_part": frame_table(by_part),
+        "dominant_modality": frame_table(by_interest),
         "examples": frame_table(shown, 40),
     }
     for kind in ("history", "modality"):
@@ -100,7 +133,15 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
             meta[f"{PRIMARY}_{kind}_rank_gap"] = float(primary.loc[kind, "rank gap"])
             meta[f"{PRIMARY}_{kind}_score_gap"] = float(primary.loc[kind, "score gap"])
     return dg.Output(
-        {"faithfulness": faithfulness, "interest": profiles, "by_part": by_part, "explanations": explained},
+        {
+            "faithfulness": faithfulness,
+            "interest": profiles,
+            "by_part": by_part,
+            "explanations": explained,
+            "users_interest": users_interest,
+            "by_interest": by_interest,
+            "component_explanations": components,
+        },
         metadata=meta,
     )
 

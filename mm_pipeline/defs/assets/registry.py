@@ -2,11 +2,12 @@
 ``challenger``)."""
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
-from mm_pipeline.defs.resources import MlflowResource
+from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.registry.tracking import metric_key
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
@@ -19,24 +20,32 @@ class RegistryConfig(dg.Config):
     alias: str = "challenger"
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="2")
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="3")
 def registered_model(
     context: dg.AssetExecutionContext,
     config: RegistryConfig,
     selected_model: dict,
     interaction_split: InteractionSplit,
     raw_items: pd.DataFrame,
+    aligned_item_embeddings: dict,
     evaluation_report: dict,
     mlflow_tracking: MlflowResource,
+    pipeline: PipelineResource,
 ) -> dg.Output[dict]:
     """Logs the selected model (the best validation NDCG@20 among the trained models, see ``selected_model``) as
-    a pyfunc with its test metrics and registers a new version; the choice and its reason are tags."""
+    a pyfunc with its test metrics and registers a new version; the choice and its reason are tags. The
+    served model also holds the aligned per-modality item embeddings, so its explanations can name each
+    user's dominant modality (:mod:`mm_pipeline.explain.interest`)."""
     import mlflow
 
+    from mm_pipeline.explain.interest import InterestSpace
     from mm_pipeline.registry.pyfunc import log_recommender, register_alias
 
     model = EmbeddingRecommender.from_bundle(selected_model)
     data = split_data(interaction_split)
+    interest = InterestSpace.from_aligned(
+        aligned_item_embeddings, max_size=int(np.diff(data.train.tocsr().indptr).max()), seed=pipeline.seed
+    )
     test_metrics = evaluation_report["metrics"]["models"][model.name]
     with mlflow_tracking.start_run(context, run_name=f"register {model.name}") as run:
         mlflow.log_metrics(
@@ -56,6 +65,7 @@ def registered_model(
             name="recommender",
             registered_model_name=config.registered_model_name,
             tags={"selected_model": model.name},
+            interest=interest,
         )
     version = str(info.registered_model_version)
     register_alias(config.registered_model_name, version, config.alias)

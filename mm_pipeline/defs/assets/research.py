@@ -200,7 +200,7 @@ def ablation_bundles(stored: dict) -> list[dict]:
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas"},
-    code_version="2",
+    code_version="3",
     deps=["evaluation_report"],
     ins={
         name: dg.AssetIn()
