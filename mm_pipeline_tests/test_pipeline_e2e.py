@@ -130,9 +130,14 @@ def test_models_and_compression(pipeline_run):
         validation.loc[validation["model"] == "mm_hybrid", "valid_ndcg@20"].iloc[0]
         >= validation.loc[validation["model"] == "ease", "valid_ndcg@20"].iloc[0] - 0.01
     )
-    stats = result.output_for_node("compressed_model")["stats"]
-    assert list(stats["variant"]) == ["fp32", "pruned", "int8", "pruned_int8"]
-    assert (stats["params_total"] > 0).all() and (stats["latency_median_ms"] > 0).all()
+    compressed = result.output_for_node("compressed_model")
+    stats = compressed["stats"]
+    assert list(stats["variant"]) == ["fp32", "fp16", "int8", "int4"]
+    assert (stats["bytes"] > 0).all() and (stats["latency_median_ms"] > 0).all()
+    assert stats["bytes"].is_monotonic_decreasing and stats.loc[stats["served"], "variant"].tolist() == [
+        compressed["serving"]
+    ]
+    assert stats.loc[stats["served"], "valid_ndcg_loss"].iloc[0] <= compressed["max_relative_loss"] + 1e-12
 
 
 def test_metrics_json(pipeline_run):

@@ -19,23 +19,27 @@ class RegistryConfig(dg.Config):
     alias: str = "challenger"
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="2")
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="3")
 def registered_model(
     context: dg.AssetExecutionContext,
     config: RegistryConfig,
     selected_model: dict,
+    compressed_model: dict,
     interaction_split: InteractionSplit,
     raw_items: pd.DataFrame,
     evaluation_report: dict,
     mlflow_tracking: MlflowResource,
 ) -> dg.Output[dict]:
     """Logs the selected model (the best validation NDCG@20 among the trained models, see ``selected_model``) as
-    a pyfunc with its test metrics and registers a new version; the choice and its reason are tags."""
+    a pyfunc with its test metrics and registers a new version; the choice and its reason are tags. The
+    artifact is stored as ``compressed_model`` chose (its ``serving`` variant: the smallest within the
+    validation quality gate, or what its config forces; ``fp32`` is the plain format)."""
     import mlflow
 
     from mm_pipeline.registry.pyfunc import log_recommender, register_alias
 
     model = EmbeddingRecommender.from_bundle(selected_model)
+    compression = str(compressed_model.get("serving", "fp32"))
     data = split_data(interaction_split)
     test_metrics = evaluation_report["metrics"]["models"][model.name]
     with mlflow_tracking.start_run(context, run_name=f"register {model.name}") as run:
@@ -46,6 +50,7 @@ def registered_model(
             {
                 "mm_pipeline.selected_model": model.name,
                 "mm_pipeline.selection_reason": selected_model.get("selection_reason", ""),
+                "mm_pipeline.compression": compression,
             }
         )
         info = log_recommender(
@@ -55,7 +60,8 @@ def registered_model(
             data.train,
             name="recommender",
             registered_model_name=config.registered_model_name,
-            tags={"selected_model": model.name},
+            tags={"selected_model": model.name, "compression": compression},
+            compression=compression,
         )
     version = str(info.registered_model_version)
     register_alias(config.registered_model_name, version, config.alias)
@@ -65,6 +71,7 @@ def registered_model(
             "version": version,
             "model_uri": info.model_uri,
             "run_id": run.info.run_id,
+            "compression": compression,
         },
         metadata={
             "registered_model": config.registered_model_name,
@@ -73,6 +80,8 @@ def registered_model(
             "alias": config.alias,
             "mlflow_run_id": run.info.run_id,
             "model_uri": info.model_uri,
+            "compression": compression,
+            "artifact_bytes": int(info.params.get("artifact_bytes", 0)) if info.params else 0,
             "test_recall@20": float(test_metrics["recall@20"]),
         },
     )
