@@ -260,19 +260,14 @@ KEY_DIGEST_BYTES = 32
 _COMPACT_REQUIRED = ("table_shape", "history_width", "compression", "item_ids", "user_key_digests", "key_check")
 
 
-def _int4_lookup() -> np.ndarray:
-    """``[256, 2]`` float32: the two signed int4 codes held by each byte, low nibble first."""
-    byte = np.arange(256)
-    return np.stack([(byte & 0xF) - 8, (byte >> 4) - 8], axis=1).astype(np.float32)
-
-
-_INT4 = _int4_lookup()
-
-
 def unpack_int4(packed: np.ndarray, width: int) -> np.ndarray:
-    """The float32 codes ``[..., width]`` of int4 codes packed two to a byte along the last axis."""
+    """The int8 codes ``[..., width]`` of int4 codes packed two to a byte along the last axis."""
     packed = np.asarray(packed, dtype=np.uint8)
-    return _INT4[packed].reshape(*packed.shape[:-1], -1)[..., :width]
+    out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), dtype=np.uint8)
+    np.bitwise_and(packed, 0x0F, out=out[..., 0::2])
+    np.right_shift(packed, 4, out=out[..., 1::2])
+    out -= 8  # wraps around in uint8: read as int8, the code
+    return out.view(np.int8)[..., :width]
 
 
 def _nibbles(stream: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -298,7 +293,7 @@ class _Block:
         """The rows' codes as float32, not yet scaled (fp16: the values themselves)."""
         codes = self.codes if rows is None else self.codes[rows]
         if self.compression == "int4":
-            return unpack_int4(codes, self.shape[1])
+            codes = unpack_int4(codes, self.shape[1])
         return codes.astype(np.float32)
 
     def row_scale(self, rows: np.ndarray | None = None) -> np.ndarray | None:
@@ -310,10 +305,13 @@ class _Block:
         values, scale = self.values(rows), self.row_scale(rows)
         return values if scale is None else values * scale[:, None]
 
-    def left_product(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``x @ block[rows]``: the scales folded into ``x``, so the big matrix is only decoded once."""
+    def left_product(self, x, rows: np.ndarray) -> np.ndarray:
+        """``x @ block[rows]`` for a dense or scipy sparse ``x``: the scales folded into ``x``, so the rows
+        are decoded once and a sparse ``x`` (a batch's histories) costs ``nnz(x) * n_columns``."""
         scale = self.row_scale(rows)
-        return (x if scale is None else x * scale[None, :]) @ self.values(rows)
+        if scale is not None:
+            x = x.multiply(scale[None, :]).tocsr() if hasattr(x, "multiply") else x * scale[None, :]
+        return np.asarray(x @ self.values(rows), dtype=np.float32)
 
     def right_product(self, x: np.ndarray) -> np.ndarray:
         """``x @ block.T`` (``[B, n_rows]``), the row scales applied to the product."""
@@ -452,9 +450,10 @@ class _CompactTables:
         if self.csr is not None:
             batch_rows, columns, weights = self.history_rows(users)
             if columns.size:
+                import scipy.sparse as sp
+
                 used, position = np.unique(columns, return_inverse=True)
-                x = np.zeros((users.size, used.size), dtype=np.float32)
-                x[batch_rows, position] = weights
+                x = sp.csr_matrix((weights, (batch_rows, position)), shape=(users.size, used.size))
                 out += self.item_history.left_product(x, used)
         if self.user_dense is not None:
             out += self.item_dense.right_product(self.user_dense.rows(users))
