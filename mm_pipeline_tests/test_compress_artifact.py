@@ -23,6 +23,7 @@ from mm_pipeline.compress.frontier import compression_frontier, request_latency_
 from mm_pipeline.recommend.base import EmbeddingRecommender, sparse_from_scipy
 from mm_pipeline.recommend.fit import SplitData
 from mm_pipeline.registry.pyfunc import (
+    COMPRESSIONS,
     RecommenderPyfunc,
     _Block,
     _SparseBlock,
@@ -98,6 +99,37 @@ def test_per_row_quantization_error_is_at_most_half_a_step_and_zeros_stay_zero(c
     np.testing.assert_array_equal(block.entries(r, c), decoded[r, c])
 
 
+def test_int4_with_outliers_keeps_each_rows_largest_entries_and_a_finer_step_for_the_rest():
+    from mm_pipeline.compress.artifact import _encode_block, outlier_count, row_outliers
+
+    rng = np.random.default_rng(6)
+    matrix = (rng.normal(size=(30, 600)) * 0.01).astype(np.float32)
+    matrix[:, :3] = rng.normal(size=(30, 3)).astype(np.float32) * 5  # three strong neighbours per row
+    assert outlier_count(600) == 3 and outlier_count(10) == 1
+    rest, columns, values = row_outliers(matrix, 3)
+    np.testing.assert_array_equal(columns, np.tile([0, 1, 2], (30, 1)))
+    np.testing.assert_allclose(values.astype(np.float32) + rest[:, :3], matrix[:, :3], rtol=0, atol=1e-7)
+    out: dict = {}
+    _encode_block(out, "b", matrix, "int4_outliers", allow_sparse=True)
+    assert str(out["b_codec"]) == "int4" and out["b_outlier_values"].dtype == np.float16
+    block = _Block(
+        out["b_codes"], out["b_scale"], "int4", matrix.shape, (out["b_outlier_columns"], out["b_outlier_values"])
+    )
+    decoded = block.rows()
+    plain = _Block(*quantize_rows(matrix, "int4"), "int4", matrix.shape).rows()
+    # the step is set by the weak entries, not the strong ones: far smaller errors than plain int4
+    assert np.abs(decoded - matrix).max() <= out["b_scale"].astype(np.float64).max() / 2 + 1e-6
+    assert np.abs(decoded - matrix).mean() < 0.2 * np.abs(plain - matrix).mean()
+    r, c = rng.integers(0, 30, 300), rng.integers(0, 600, 300)
+    r[:30], c[:30] = np.arange(30), 1  # outlier positions too
+    np.testing.assert_allclose(block.entries(r, c), decoded[r, c], rtol=1e-6, atol=1e-7)
+    x = sp.random(4, 7, density=0.5, random_state=0, format="csr", dtype=np.float32)
+    rows = np.array([0, 2, 3, 10, 11, 20, 29])
+    np.testing.assert_allclose(block.left_product(x, rows), x @ decoded[rows], rtol=1e-5, atol=1e-6)
+    y = rng.normal(size=(2, 600)).astype(np.float32)
+    np.testing.assert_allclose(block.right_product(y), y @ decoded.T, rtol=1e-4, atol=1e-4)
+
+
 def test_int4_packing_is_exact_and_two_codes_per_byte():
     codes = np.array([[-8, -7, -1, 0, 1, 7, 3], [0, 0, 0, 0, 0, 0, 0]], dtype=np.int8)
     packed = pack_int4(codes)
@@ -143,7 +175,9 @@ def _top(pyfunc, users, k=20):
     return out.groupby("user_key", sort=False)["item_id"].apply(list)
 
 
-@pytest.mark.parametrize("compression, min_overlap", [("fp16", 0.99), ("int8", 0.95), ("int4", 0.8)])
+@pytest.mark.parametrize(
+    "compression, min_overlap", [("fp16", 0.99), ("int8", 0.95), ("int4_outliers", 0.9), ("int4", 0.8)]
+)
 def test_the_compressed_artifact_ranks_nearly_as_fp32(hybrid, compression, min_overlap):
     model, train, plain = hybrid
     arrays = compact_serving_arrays(plain, compression)
@@ -162,7 +196,7 @@ def test_the_compressed_artifact_ranks_nearly_as_fp32(hybrid, compression, min_o
     # and they are close to fp32's (per-row error bound: the history block's codes and the GNN rows)
     error = np.abs(decoded.score(torch.from_numpy(users)).numpy() - model.score(torch.from_numpy(users)).numpy())
     scale = np.abs(model.score(torch.from_numpy(users)).numpy()).max()
-    assert error.max() < {"fp16": 1e-3, "int8": 2e-2, "int4": 0.3}[compression] * scale
+    assert error.max() < {"fp16": 1e-3, "int8": 2e-2, "int4_outliers": 0.3, "int4": 0.3}[compression] * scale
 
 
 def test_the_compact_format_round_trips_everything_but_the_rounding(hybrid):
@@ -187,9 +221,10 @@ def test_the_compact_format_round_trips_everything_but_the_rounding(hybrid):
 
 def test_the_int4_artifact_is_at_least_four_times_smaller_when_its_tables_dominate(hybrid):
     _, _, plain = hybrid
-    sizes = {c: artifact_bytes(compact_serving_arrays(plain, c)) for c in ("fp32", "fp16", "int8", "int4")}
-    assert sizes["fp32"] > sizes["fp16"] > sizes["int8"] > sizes["int4"]
-    assert sizes["fp32"] / sizes["int8"] >= 3.5 and sizes["fp32"] / sizes["int4"] >= 6.0
+    sizes = {c: artifact_bytes(compact_serving_arrays(plain, c)) for c in COMPRESSIONS}
+    assert sizes["fp32"] > sizes["fp16"] > sizes["int8"] > sizes["int4_outliers"] > sizes["int4"]
+    assert sizes["fp32"] / sizes["int8"] >= 3.5 and sizes["fp32"] / sizes["int4_outliers"] >= 5.5
+    assert sizes["fp32"] / sizes["int4"] >= 6.0
 
 
 def test_a_dense_embedding_model_compresses_and_explains_too():
@@ -202,7 +237,7 @@ def test_a_dense_embedding_model_compresses_and_explains_too():
     plain = export_serving_arrays(model, ids, items, train, SECRET)
     request = pd.DataFrame({"user_id": ids[:10] + ["nobody"], "k": 5, "explain": True})
     want = RecommenderPyfunc().load_arrays(plain, secret=SECRET).predict(None, request)
-    for compression in ("fp16", "int8", "int4"):
+    for compression in COMPRESSIONS[1:]:
         arrays = compact_serving_arrays(plain, compression)
         assert int(arrays["history_width"]) == 0 and "seen_indptr" in arrays
         got = RecommenderPyfunc().load_arrays(arrays, secret=SECRET).predict(None, request)
@@ -267,12 +302,12 @@ def test_the_frontier_measures_every_variant_and_serves_the_smallest_within_the_
     data = SplitData(N_USERS, N_ITEMS, train, valid, test, adj=torch.zeros(0))
     frontier = compression_frontier(model, data, ITEM_IDS, latency_batch=8, latency_requests=2)
     table = frontier.table.set_index("variant")
-    assert list(table.index) == ["fp32", "fp16", "int8", "int4"]
+    assert list(table.index) == list(COMPRESSIONS)
     assert table.loc["fp32", "size_ratio"] == 1.0 and table.loc["fp32", "valid_ndcg_loss"] == 0.0
     assert (table["latency_median_ms"] > 0).all() and (table["bytes"] > 0).all()
     passing = table.loc[table["passes_gate"]]
     assert frontier.served == passing["bytes"].idxmin() and table.loc[frontier.served, "served"]
-    assert set(frontier.arrays) == {"fp32", "fp16", "int8", "int4"}
+    assert set(frontier.arrays) == set(COMPRESSIONS)
     forced = compression_frontier(model, data, ITEM_IDS, compressions=["int8"], serve="fp32", latency_requests=1)
     assert forced.served == "fp32" and list(forced.table["variant"]) == ["fp32", "int8"]
     strict = compression_frontier(

@@ -13,9 +13,12 @@ next to its reader in :mod:`mm_pipeline.registry.pyfunc`. What changes:
 * **lossy**, by ``compression``: the float tables as ``fp16``, or ``int8`` / ``int4`` codes with one
   scale per row (symmetric: :math:`q = \mathrm{round}(x / s)`, :math:`s = \max_c |x_{rc}| / L`,
   :math:`L = 127` or :math:`7`, so :math:`|x - q s| \le s / 2` and exact zeros stay zero; the scale is
-  stored as fp16, rounded up, or as float32 when fp16 cannot hold it). The user history weights stay
-  fp16 (data, not weights). A block that is mostly zeros (an item k-NN core) is stored as CSR when that
-  is smaller.
+  stored as fp16, rounded up, or as float32 when fp16 cannot hold it). ``int4_outliers`` is mixed
+  precision: int4 rows whose largest entries (:data:`OUTLIER_SHARE` of each row, at least one) are kept
+  in fp16 beside the codes, so the row's scale, and its rounding step, covers the rest only (an item-item
+  row is a few strong neighbours and many weak ones: plain int4 rounds most of the weak ones to zero).
+  The user history weights stay fp16 (data, not weights). A block that is mostly zeros (an item k-NN
+  core) is stored as CSR when that is smaller (int8 codes under ``int4_outliers``).
 
 :func:`serving_recommender` decodes any serving arrays back into an
 :class:`~mm_pipeline.recommend.base.EmbeddingRecommender` whose scores are the served ones, so the
@@ -33,6 +36,7 @@ import scipy.sparse as sp
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.registry.pyfunc import (
+    BLOCK_CODECS,
     COMPACT_FORMAT_VERSION,
     COMPRESSIONS,
     KEY_DIGEST_BYTES,
@@ -43,6 +47,8 @@ from mm_pipeline.registry.pyfunc import (
 _FP16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal fp16: below it fp16 loses precision
 _FP16_MAX = float(np.finfo(np.float16).max)
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+# int4_outliers keeps this share of each row's entries (the largest in magnitude, at least one) in fp16.
+OUTLIER_SHARE = 1 / 256
 
 
 def index_dtype(max_value: int) -> np.dtype:
@@ -97,6 +103,27 @@ def pack_int4(codes: np.ndarray) -> np.ndarray:
     return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
 
 
+def row_outliers(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rest, columns, values)``: each row's ``k`` largest-magnitude entries (``columns`` and their fp16
+    ``values``, ``[n_rows, k]``, columns ascending) and the matrix with them set to zero."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    k = min(int(k), matrix.shape[1])
+    if k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    columns = np.sort(np.argpartition(-np.abs(matrix), k - 1, axis=1)[:, :k], axis=1)
+    values = np.take_along_axis(matrix, columns, axis=1)
+    values = values.astype(np.float16) if np.abs(values).max(initial=0.0) <= _FP16_MAX else values
+    rest = matrix.copy()
+    # What fp16 does not hold exactly stays in the rest, to be quantized with it.
+    np.put_along_axis(rest, columns, np.take_along_axis(matrix, columns, axis=1) - values.astype(np.float32), 1)
+    return rest, columns.astype(index_dtype(matrix.shape[1])), values
+
+
+def outlier_count(width: int, share: float = OUTLIER_SHARE) -> int:
+    """How many outliers a row of ``width`` entries keeps: ``ceil(share * width)``, at least one."""
+    return max(1, int(np.ceil(share * width)))
+
+
 def quantize_rows(matrix: np.ndarray, compression: str) -> tuple[np.ndarray, np.ndarray | None]:
     """``(codes, scale)`` of a float matrix: fp16 values (no scale), or int8 / packed int4 codes and one
     scale per row (see the module doc)."""
@@ -110,7 +137,7 @@ def quantize_rows(matrix: np.ndarray, compression: str) -> tuple[np.ndarray, np.
             raise ValueError("values above the fp16 range: use int8 or int4 (scaled per row)")
         return matrix.astype(np.float16), None
     if compression not in QUANTIZED_LEVELS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS[1:]}, got {compression!r}")
+        raise ValueError(f"compression must be one of {BLOCK_CODECS}, got {compression!r}")
     levels = QUANTIZED_LEVELS[compression]
     absmax = np.abs(matrix).max(axis=1) if matrix.shape[1] else np.zeros(matrix.shape[0], np.float32)
     scale = _row_scales(absmax, levels)
@@ -134,14 +161,23 @@ def _quantize_stream(
 
 def _encode_block(out: dict, name: str, matrix: np.ndarray, compression: str, allow_sparse: bool) -> None:
     """``name_codes`` (+ ``name_scale``) of a dense block, or, when smaller, its CSR form
-    (``name_indptr``, ``name_indices``, ``name_codes``, ``name_scale``)."""
+    (``name_indptr``, ``name_indices``, ``name_codes``, ``name_scale``). ``int4_outliers``: a dense block
+    is int4 with each row's outliers (``name_outlier_columns`` / ``name_outlier_values``), a CSR block
+    int8; each says so in ``name_codec``."""
     n_rows, width = matrix.shape
+    outliers = compression == "int4_outliers"
+    dense_codec = "int4" if outliers else compression
     if allow_sparse:
+        sparse_codec = "int8" if outliers else compression
         nnz = int(np.count_nonzero(matrix))
-        code_bytes = BITS[compression] / 8
-        dense = n_rows * np.ceil(width * code_bytes)
-        sparse_bytes = nnz * (code_bytes + index_dtype(width).itemsize) + (n_rows + 1) * 4
+        dense = n_rows * np.ceil(width * BITS[dense_codec] / 8)
+        if outliers:
+            dense += n_rows * outlier_count(width) * (2 + index_dtype(width).itemsize)
+        sparse_bytes = nnz * (BITS[sparse_codec] / 8 + index_dtype(width).itemsize) + (n_rows + 1) * 4
         if sparse_bytes < dense:
+            compression = sparse_codec
+            if outliers:
+                out[f"{name}_codec"] = np.asarray(sparse_codec)
             csr = sp.csr_matrix(matrix)
             csr.sum_duplicates()
             csr.sort_indices()
@@ -153,7 +189,11 @@ def _encode_block(out: dict, name: str, matrix: np.ndarray, compression: str, al
             if scale is not None:
                 out[f"{name}_scale"] = scale
             return
-    codes, scale = quantize_rows(matrix, compression)
+    if outliers:
+        matrix, columns, values = row_outliers(matrix, outlier_count(width))
+        out[f"{name}_codec"] = np.asarray(dense_codec)
+        out[f"{name}_outlier_columns"], out[f"{name}_outlier_values"] = columns, values
+    codes, scale = quantize_rows(matrix, dense_codec)
     out[f"{name}_codes"] = codes
     if scale is not None:
         out[f"{name}_scale"] = scale

@@ -1,6 +1,6 @@
 """The size-quality-latency frontier of the served artifact, and the variant that ships.
 
-For each compression (``fp32``, the plain artifact, then ``fp16``, ``int8``, ``int4``, see
+For each compression (``fp32``, the plain artifact, then ``fp16``, ``int8``, ``int4_outliers``, ``int4``, see
 :mod:`mm_pipeline.compress.artifact`) the serving arrays of the model are built as
 ``log_recommender`` logs them and measured:
 

@@ -254,7 +254,10 @@ class _DenseTables:
 # core that is mostly zeros) is CSR over its rows with the codes of the stored entries in one stream.
 # Scoring dequantizes only what a request batch needs, vectorised.
 COMPACT_FORMAT_VERSION = 2
-COMPRESSIONS = ("fp32", "fp16", "int8", "int4")  # fp32: the plain format (format_version 1)
+# fp32: the plain format (format_version 1). int4_outliers: int4 rows whose largest entries are kept in
+# fp16 (mixed precision); its blocks name their own codec where it differs (``<block>_codec``).
+COMPRESSIONS = ("fp32", "fp16", "int8", "int4_outliers", "int4")
+BLOCK_CODECS = ("fp16", "int8", "int4")
 QUANTIZED_LEVELS = {"int8": 127, "int4": 7}
 KEY_DIGEST_BYTES = 32
 _COMPACT_REQUIRED = ("table_shape", "history_width", "compression", "item_ids", "user_key_digests", "key_check")
@@ -277,16 +280,34 @@ def _nibbles(stream: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 
 class _Block:
-    """A float32 ``[n_rows, width]`` block as stored (dense codes, see the format notes above)."""
+    """A float32 ``[n_rows, width]`` block as stored (dense codes, see the format notes above), with
+    optionally each row's outliers: ``k`` (column, fp16 value) pairs per row added to the decoded codes
+    (whose own code there is 0), so the row's scale covers the rest only."""
 
-    def __init__(self, codes: np.ndarray, scale: np.ndarray | None, compression: str, shape: tuple[int, int]):
+    def __init__(
+        self,
+        codes: np.ndarray,
+        scale: np.ndarray | None,
+        compression: str,
+        shape: tuple[int, int],
+        outliers: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
         n_rows, width = shape
+        if compression not in BLOCK_CODECS:
+            raise ValueError(f"unknown block codec {compression!r}; expected one of {BLOCK_CODECS}")
         packed = -(-width // 2) if compression == "int4" else width
         if codes.shape != (n_rows, packed):
             raise ValueError(f"a {compression} block of shape {shape} needs codes of shape {(n_rows, packed)}")
         if compression != "fp16" and (scale is None or scale.shape != (n_rows,)):
             raise ValueError(f"a {compression} block of {n_rows} rows needs one scale per row")
-        self.codes, self.compression, self.shape = codes, compression, shape
+        if outliers is not None:
+            columns, values = outliers
+            if columns.ndim != 2 or columns.shape[0] != n_rows or values.shape != columns.shape:
+                raise ValueError(f"the outliers of a block of {n_rows} rows must be two [n_rows, k] arrays")
+            if columns.size and int(columns.max()) >= width:
+                raise ValueError(f"outlier columns must lie in [0, {width})")
+            outliers = (columns.astype(np.int64), values.astype(np.float32))
+        self.codes, self.compression, self.shape, self.outliers = codes, compression, shape, outliers
         self.scale = None if scale is None else scale.astype(np.float32)
 
     def values(self, rows: np.ndarray | None = None) -> np.ndarray:
@@ -303,28 +324,41 @@ class _Block:
 
     def rows(self, rows: np.ndarray | None = None) -> np.ndarray:
         values, scale = self.values(rows), self.row_scale(rows)
-        return values if scale is None else values * scale[:, None]
+        values = values if scale is None else values * scale[:, None]
+        if self.outliers is not None:
+            columns, extra = (a if rows is None else a[rows] for a in self.outliers)
+            np.put_along_axis(values, columns, np.take_along_axis(values, columns, axis=1) + extra, axis=1)
+        return values
 
     def left_product(self, x, rows: np.ndarray) -> np.ndarray:
         """``x @ block[rows]`` for a dense or scipy sparse ``x``: the scales folded into ``x``, so the rows
         are decoded once and a sparse ``x`` (a batch's histories) costs ``nnz(x) * n_columns``."""
         scale = self.row_scale(rows)
+        if self.outliers is not None:
+            return np.asarray(x @ self.rows(rows), dtype=np.float32)
         if scale is not None:
             x = x.multiply(scale[None, :]).tocsr() if hasattr(x, "multiply") else x * scale[None, :]
         return np.asarray(x @ self.values(rows), dtype=np.float32)
 
     def right_product(self, x: np.ndarray) -> np.ndarray:
         """``x @ block.T`` (``[B, n_rows]``), the row scales applied to the product."""
+        if self.outliers is not None:
+            return x @ self.rows().T
         out = x @ self.values().T
         return out if self.scale is None else out * self.scale[None, :]
 
     def entries(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        rows, columns = np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64)
         if self.compression == "int4":
             width = self.codes.shape[1]
-            values = _nibbles(self.codes.reshape(-1), rows.astype(np.int64) * (2 * width) + columns)
+            values = _nibbles(self.codes.reshape(-1), rows * (2 * width) + columns)
         else:
             values = self.codes[rows, columns].astype(np.float32)
-        return values if self.scale is None else values * self.scale[rows]
+        values = values if self.scale is None else values * self.scale[rows]
+        if self.outliers is not None:
+            match = self.outliers[0][rows] == columns[:, None]
+            values = values + (self.outliers[1][rows] * match).sum(axis=1)
+        return values
 
     def square_norms(self, axis: int, chunk: int = 1024) -> np.ndarray:
         """Sum of squares over ``axis`` (1: per row, 0: per column), decoded ``chunk`` rows at a time."""
@@ -345,6 +379,8 @@ class _SparseBlock(_Block):
 
     def __init__(self, indptr, indices, codes, scale, compression: str, shape: tuple[int, int]):
         n_rows, width = shape
+        if compression not in BLOCK_CODECS:
+            raise ValueError(f"unknown block codec {compression!r}; expected one of {BLOCK_CODECS}")
         nnz = int(indptr[-1]) if len(indptr) else 0
         packed = -(-nnz // 2) if compression == "int4" else nnz
         if indptr.shape != (n_rows + 1,) or indices.shape != (nnz,) or codes.shape != (packed,):
@@ -354,6 +390,7 @@ class _SparseBlock(_Block):
         if compression != "fp16" and (scale is None or scale.shape != (n_rows,)):
             raise ValueError(f"a {compression} block of {n_rows} rows needs one scale per row")
         self.indptr, self.indices, self.codes, self.compression, self.shape = indptr, indices, codes, compression, shape
+        self.outliers = None
         self.scale = None if scale is None else scale.astype(np.float32)
 
     def _codes_at(self, positions: np.ndarray) -> np.ndarray:
@@ -384,6 +421,8 @@ class _SparseBlock(_Block):
 
 
 def _block(arrays: Mapping[str, np.ndarray], name: str, compression: str, shape: tuple[int, int]) -> _Block:
+    """Block ``name``, stored with its own codec (``name_codec``) or the artifact's ``compression``."""
+    compression = str(np.asarray(arrays[f"{name}_codec"]).item()) if f"{name}_codec" in arrays else compression
     scale = np.asarray(arrays[f"{name}_scale"]) if f"{name}_scale" in arrays else None
     if f"{name}_indptr" in arrays:
         return _SparseBlock(
@@ -394,7 +433,10 @@ def _block(arrays: Mapping[str, np.ndarray], name: str, compression: str, shape:
             compression,
             shape,
         )
-    return _Block(np.asarray(arrays[f"{name}_codes"]), scale, compression, shape)
+    outliers = None
+    if f"{name}_outlier_columns" in arrays:
+        outliers = (np.asarray(arrays[f"{name}_outlier_columns"]), np.asarray(arrays[f"{name}_outlier_values"]))
+    return _Block(np.asarray(arrays[f"{name}_codes"]), scale, compression, shape, outliers)
 
 
 class _CompactTables:
@@ -406,7 +448,7 @@ class _CompactTables:
 
     def __init__(self, arrays: Mapping[str, np.ndarray]):
         compression = str(np.asarray(arrays["compression"]).item())
-        if compression not in QUANTIZED_LEVELS and compression != "fp16":
+        if compression not in COMPRESSIONS or compression == "fp32":
             raise ValueError(f"unknown compression {compression!r} in a compact artifact")
         shape = np.asarray(arrays["table_shape"]).astype(np.int64)
         if shape.shape != (3,) or np.any(shape < 0):

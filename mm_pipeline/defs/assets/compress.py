@@ -1,5 +1,5 @@
-"""Compressed model: the selected model's served artifact at fp32, fp16, int8 and int4, measured, and the
-variant that ships (the smallest within the validation quality gate)."""
+"""Compressed model: the selected model's served artifact at fp32, fp16, int8, int4 with fp16 outliers and
+int4, measured, and the variant that ships (the smallest within the validation quality gate)."""
 
 from typing import Literal
 
@@ -18,7 +18,7 @@ GROUP = "compress"
 
 
 class CompressConfig(dg.Config):
-    serve: Literal["auto", "fp32", "fp16", "int8", "int4"] = Field(
+    serve: Literal["auto", "fp32", "fp16", "int8", "int4_outliers", "int4"] = Field(
         default="auto",
         description="The variant registered and served: 'auto' = the smallest whose validation NDCG@20 is "
         "within max_relative_loss of fp32; a name forces it ('fp32' keeps the plain artifact).",
@@ -38,7 +38,8 @@ def compressed_model(
     raw_items: pd.DataFrame,
     pipeline: PipelineResource,
 ) -> dg.Output[dict]:
-    """The served artifact of the selected model at fp32 (plain), fp16, int8 and int4 (per-row scales):
+    """The served artifact of the selected model at fp32 (plain), fp16, int8, int4 with fp16 outliers and int4
+    (per-row scales):
     its bytes, validation and test NDCG@20 / recall@20 and request latency through the pyfunc, and which
     variant is served (chosen on validation; test is for the record). See ``mm_pipeline.compress.frontier``.
     """
