@@ -631,12 +631,33 @@ def test_a_compressed_model_logs_loads_and_answers_like_the_plain_one(store):
 
     local = store.root / "compressed"
     local.mkdir()
-    mlflow.artifacts.download_artifacts(artifact_uri=small_info.model_uri, dst_path=str(local))
+    model_dir = mlflow.artifacts.download_artifacts(artifact_uri=small_info.model_uri, dst_path=str(local))
     for path in (p for p in local.rglob("*") if p.is_file()):
         blob = path.read_bytes()
         assert SECRET not in blob and SECRET.hex().encode() not in blob, path.name
         for user_id in USER_IDS:
             assert user_id.encode() not in blob and user_id.encode("utf-32-le") not in blob, path.name
+
+    # The compact artifact loads and answers without mm_pipeline or torch too (scipy is a requirement).
+    script = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('mm_pipeline', 'torch'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "out = model.predict(pd.DataFrame({'user_id': [sys.argv[2]], 'k': [3], 'explain': [True]}))\n"
+        "print(','.join(out['item_id']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run(
+        [sys.executable, "-c", script, model_dir, USER_IDS[3]], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = got.loc[got["user_id"] == USER_IDS[3], "item_id"].head(3).tolist()
+    assert result.stdout.strip().splitlines()[-1] == ",".join(expected)
 
     # Re-scoring the served model (champion vs challenger) reads the compact arrays, decoded.
     served = load_served_model(small_info.model_uri, secret=SECRET)
