@@ -330,22 +330,40 @@ class _Block:
             np.put_along_axis(values, columns, np.take_along_axis(values, columns, axis=1) + extra, axis=1)
         return values
 
+    def _outlier_matrix(self, rows: np.ndarray | None = None):
+        """The rows' outliers as a scipy CSR matrix ``[len(rows), width]`` (``None`` without outliers)."""
+        if self.outliers is None:
+            return None
+        import scipy.sparse as sp
+
+        columns, values = (a if rows is None else a[rows] for a in self.outliers)
+        n, k = columns.shape
+        indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
+        return sp.csr_matrix((values.ravel(), columns.ravel(), indptr), shape=(n, self.shape[1]))
+
     def left_product(self, x, rows: np.ndarray) -> np.ndarray:
         """``x @ block[rows]`` for a dense or scipy sparse ``x``: the scales folded into ``x``, so the rows
-        are decoded once and a sparse ``x`` (a batch's histories) costs ``nnz(x) * n_columns``."""
+        are decoded once and a sparse ``x`` (a batch's histories) costs ``nnz(x) * n_columns``; the
+        outliers, if any, are one more sparse product."""
         scale = self.row_scale(rows)
-        if self.outliers is not None:
-            return np.asarray(x @ self.rows(rows), dtype=np.float32)
+        scaled = x
         if scale is not None:
-            x = x.multiply(scale[None, :]).tocsr() if hasattr(x, "multiply") else x * scale[None, :]
-        return np.asarray(x @ self.values(rows), dtype=np.float32)
+            scaled = x.multiply(scale[None, :]).tocsr() if hasattr(x, "multiply") else x * scale[None, :]
+        out = np.asarray(scaled @ self.values(rows), dtype=np.float32)
+        outliers = self._outlier_matrix(rows)
+        if outliers is not None:
+            extra = x @ outliers
+            out += extra.toarray() if hasattr(extra, "toarray") else np.asarray(extra)
+        return out
 
     def right_product(self, x: np.ndarray) -> np.ndarray:
         """``x @ block.T`` (``[B, n_rows]``), the row scales applied to the product."""
-        if self.outliers is not None:
-            return x @ self.rows().T
         out = x @ self.values().T
-        return out if self.scale is None else out * self.scale[None, :]
+        out = out if self.scale is None else out * self.scale[None, :]
+        outliers = self._outlier_matrix()
+        if outliers is not None:
+            out += np.asarray(outliers @ x.T).T
+        return out
 
     def entries(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         rows, columns = np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64)
