@@ -250,8 +250,9 @@ class _DenseTables:
 # (``[history_width, n_items]``), so a batch of users reads only the rows of the items in its histories;
 # its dense block keeps one row per item. Every float block is ``fp16`` values, or ``int8`` / ``int4`` codes
 # times one scale per row (``x[r, c] = code[r, c] * scale[r]``, symmetric, codes in [-127, 127] /
-# [-7, 7]; int4 codes packed two to a byte, ``code + 8``, low nibble first). A sparse block (an item-item
-# core that is mostly zeros) is CSR over its rows with the codes of the stored entries in one stream.
+# [-7, 7]; int4 codes packed two to a byte, ``code + 8``, low nibble first), plus, for ``int4_outliers``,
+# ``k`` (column, fp16 value) outliers per row added on top. A sparse block (an item-item core that is
+# mostly zeros) is CSR over its rows with the codes of the stored entries in one stream.
 # Scoring dequantizes only what a request batch needs, vectorised.
 COMPACT_FORMAT_VERSION = 2
 # fp32: the plain format (format_version 1). int4_outliers: int4 rows whose largest entries are kept in
