@@ -132,7 +132,7 @@ def test_models_and_compression(pipeline_run):
     )
     compressed = result.output_for_node("compressed_model")
     stats = compressed["stats"]
-    assert list(stats["variant"]) == ["fp32", "fp16", "int8", "int4_outliers", "int4"]
+    assert list(stats["variant"]) == ["fp32", "fp32_compact", "fp16", "int8", "int4_outliers", "int4"]
     assert (stats["bytes"] > 0).all() and (stats["latency_median_ms"] > 0).all()
     assert stats["bytes"].is_monotonic_decreasing and stats.loc[stats["served"], "variant"].tolist() == [
         compressed["serving"]

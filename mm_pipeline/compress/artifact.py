@@ -10,7 +10,8 @@ next to its reader in :mod:`mm_pipeline.registry.pyfunc`. What changes:
   65,536 items, ``int32`` offsets), user keys as their raw 32-byte digests instead of 64 hex characters
   stored as 256 bytes of UTF-32, the already-seen items shared with the user history when they are the
   same entries (item-item models), score parts (explanations) with narrow indices and fp16 values;
-* **lossy**, by ``compression``: the float tables as ``fp16``, or ``int8`` / ``int4`` codes with one
+* **lossy**, by ``compression`` (``fp32_compact``: none, the lossless part alone): the float tables as
+  ``fp16``, or ``int8`` / ``int4`` codes with one
   scale per row (symmetric: :math:`q = \mathrm{round}(x / s)`, :math:`s = \max_c |x_{rc}| / L`,
   :math:`L = 127` or :math:`7`, so :math:`|x - q s| \le s / 2` and exact zeros stay zero; the scale is
   stored as fp16, rounded up, or as float32 when fp16 cannot hold it). ``int4_outliers`` is mixed
@@ -36,6 +37,7 @@ import scipy.sparse as sp
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.registry.pyfunc import (
+    BLOCK_CODEC,
     BLOCK_CODECS,
     COMPACT_FORMAT_VERSION,
     COMPRESSIONS,
@@ -132,6 +134,8 @@ def quantize_rows(matrix: np.ndarray, compression: str) -> tuple[np.ndarray, np.
         raise ValueError(f"quantize_rows needs a 2-D matrix, got shape {matrix.shape}")
     if not np.isfinite(matrix).all():
         raise ValueError("cannot quantize NaN or infinite values")
+    if compression == "fp32":
+        return matrix, None
     if compression == "fp16":
         if matrix.size and np.abs(matrix).max() > _FP16_MAX:
             raise ValueError("values above the fp16 range: use int8 or int4 (scaled per row)")
@@ -149,8 +153,8 @@ def _quantize_stream(
     values: np.ndarray, rows: np.ndarray, n_rows: int, compression: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The stored entries of a CSR block (row ``rows[e]`` for entry ``e``), one scale per row."""
-    if compression == "fp16":
-        return quantize_rows(values[None, :], "fp16")[0][0], None
+    if compression in ("fp32", "fp16"):
+        return quantize_rows(values[None, :], compression)[0][0], None
     levels = QUANTIZED_LEVELS[compression]
     absmax = np.zeros(n_rows, dtype=np.float32)
     np.maximum.at(absmax, rows, np.abs(values))
@@ -163,12 +167,12 @@ def _encode_block(out: dict, name: str, matrix: np.ndarray, compression: str, al
     """``name_codes`` (+ ``name_scale``) of a dense block, or, when smaller, its CSR form
     (``name_indptr``, ``name_indices``, ``name_codes``, ``name_scale``). ``int4_outliers``: a dense block
     is int4 with each row's outliers (``name_outlier_columns`` / ``name_outlier_values``), a CSR block
-    int8; each says so in ``name_codec``."""
+    int8 (its ``name_codec`` says so)."""
     n_rows, width = matrix.shape
     outliers = compression == "int4_outliers"
-    dense_codec = "int4" if outliers else compression
+    dense_codec = BLOCK_CODEC.get(compression, compression)
     if allow_sparse:
-        sparse_codec = "int8" if outliers else compression
+        sparse_codec = "int8" if outliers else dense_codec
         nnz = int(np.count_nonzero(matrix))
         dense = n_rows * np.ceil(width * BITS[dense_codec] / 8)
         if outliers:
@@ -191,7 +195,6 @@ def _encode_block(out: dict, name: str, matrix: np.ndarray, compression: str, al
             return
     if outliers:
         matrix, columns, values = row_outliers(matrix, outlier_count(width))
-        out[f"{name}_codec"] = np.asarray(dense_codec)
         out[f"{name}_outlier_columns"], out[f"{name}_outlier_values"] = columns, values
     codes, scale = quantize_rows(matrix, dense_codec)
     out[f"{name}_codes"] = codes
@@ -227,6 +230,7 @@ def compact_serving_arrays(arrays: Mapping[str, np.ndarray], compression: str) -
     keys = np.asarray(arrays["user_keys"]).astype(str)
     n_users = keys.size
     h = _history_width(arrays, width)
+    lossless = compression == "fp32_compact"
     out: dict[str, Any] = {
         "format_version": np.asarray(COMPACT_FORMAT_VERSION, dtype=np.int64),
         "compression": np.asarray(compression),
@@ -244,7 +248,7 @@ def compact_serving_arrays(arrays: Mapping[str, np.ndarray], compression: str) -
         counts = np.bincount(row_of[history], minlength=n_users)
         out["history_indptr"] = _indices(np.concatenate([[0], np.cumsum(counts)]), int(history.sum()))
         out["history_indices"] = _indices(indices[history], h)
-        out["history_values"] = float_values(values[history])
+        out["history_values"] = values[history] if lossless else float_values(values[history])
         dense_users = np.zeros((n_users, width - h), dtype=np.float32)
         dense_users[row_of[~history], indices[~history] - h] = values[~history]
     if h:
@@ -277,7 +281,7 @@ def compact_serving_arrays(arrays: Mapping[str, np.ndarray], compression: str) -
             continue
         value = np.asarray(value)
         if name.endswith("_values"):
-            out[name] = float_values(value)
+            out[name] = value.astype(np.float32) if lossless else float_values(value)
         elif name.endswith(("_indptr", "_indices")):
             out[name] = _indices(value, max(int(value.max()) if value.size else 0, 0))
         else:

@@ -255,10 +255,13 @@ class _DenseTables:
 # mostly zeros) is CSR over its rows with the codes of the stored entries in one stream.
 # Scoring dequantizes only what a request batch needs, vectorised.
 COMPACT_FORMAT_VERSION = 2
-# fp32: the plain format (format_version 1). int4_outliers: int4 rows whose largest entries are kept in
-# fp16 (mixed precision); its blocks name their own codec where it differs (``<block>_codec``).
-COMPRESSIONS = ("fp32", "fp16", "int8", "int4_outliers", "int4")
-BLOCK_CODECS = ("fp16", "int8", "int4")
+# fp32: the plain format (format_version 1). fp32_compact: the compact format without rounding (what the
+# lossless part alone saves). int4_outliers: int4 rows whose largest entries are kept in fp16 (mixed
+# precision); its blocks name their own codec where it differs (``<block>_codec``).
+COMPRESSIONS = ("fp32", "fp32_compact", "fp16", "int8", "int4_outliers", "int4")
+BLOCK_CODECS = ("fp32", "fp16", "int8", "int4")
+UNSCALED_CODECS = ("fp32", "fp16")  # values stored as they are, no scale
+BLOCK_CODEC = {"fp32_compact": "fp32", "int4_outliers": "int4"}  # a block's codec, unless it names its own
 QUANTIZED_LEVELS = {"int8": 127, "int4": 7}
 KEY_DIGEST_BYTES = 32
 _COMPACT_REQUIRED = ("table_shape", "history_width", "compression", "item_ids", "user_key_digests", "key_check")
@@ -299,7 +302,7 @@ class _Block:
         packed = -(-width // 2) if compression == "int4" else width
         if codes.shape != (n_rows, packed):
             raise ValueError(f"a {compression} block of shape {shape} needs codes of shape {(n_rows, packed)}")
-        if compression != "fp16" and (scale is None or scale.shape != (n_rows,)):
+        if compression not in UNSCALED_CODECS and (scale is None or scale.shape != (n_rows,)):
             raise ValueError(f"a {compression} block of {n_rows} rows needs one scale per row")
         if outliers is not None:
             columns, values = outliers
@@ -312,7 +315,7 @@ class _Block:
         self.scale = None if scale is None else scale.astype(np.float32)
 
     def values(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """The rows' codes as float32, not yet scaled (fp16: the values themselves)."""
+        """The rows' codes as float32, not yet scaled (fp32 / fp16: the values themselves)."""
         codes = self.codes if rows is None else self.codes[rows]
         if self.compression == "int4":
             codes = unpack_int4(codes, self.shape[1])
@@ -406,7 +409,7 @@ class _SparseBlock(_Block):
             raise ValueError(f"the sparse {compression} block of shape {shape} has inconsistent CSR arrays")
         if nnz and (int(indices.max()) >= width or np.any(np.diff(indptr.astype(np.int64)) < 0)):
             raise ValueError(f"the sparse {compression} block of shape {shape} has indices out of range")
-        if compression != "fp16" and (scale is None or scale.shape != (n_rows,)):
+        if compression not in UNSCALED_CODECS and (scale is None or scale.shape != (n_rows,)):
             raise ValueError(f"a {compression} block of {n_rows} rows needs one scale per row")
         self.indptr, self.indices, self.codes, self.compression, self.shape = indptr, indices, codes, compression, shape
         self.outliers = None
@@ -476,7 +479,7 @@ class _CompactTables:
         self.history_width = int(np.asarray(arrays["history_width"]))
         if not 0 <= self.history_width <= self.width:
             raise ValueError(f"history_width {self.history_width} must lie in [0, {self.width}]")
-        self.compression = compression
+        self.compression, codec = compression, BLOCK_CODEC.get(compression, compression)
         h, rest = self.history_width, self.width - self.history_width
         self.csr = None
         self.item_history = self.user_dense = self.item_dense = None
@@ -494,10 +497,10 @@ class _CompactTables:
             if indices.size and int(indices.max()) >= h:
                 raise ValueError(f"history_indices must lie in [0, {h}) (the history width)")
             self.csr = (indptr, indices, values)
-            self.item_history = _block(arrays, "item_history", compression, (h, self.n_items))
+            self.item_history = _block(arrays, "item_history", codec, (h, self.n_items))
         if rest:
-            self.user_dense = _block(arrays, "user_dense", compression, (self.n_users, rest))
-            self.item_dense = _block(arrays, "item_dense", compression, (self.n_items, rest))
+            self.user_dense = _block(arrays, "user_dense", codec, (self.n_users, rest))
+            self.item_dense = _block(arrays, "item_dense", codec, (self.n_items, rest))
         self._norms: np.ndarray | None = None
 
     def history_rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ GROUP = "compress"
 
 
 class CompressConfig(dg.Config):
-    serve: Literal["auto", "fp32", "fp16", "int8", "int4_outliers", "int4"] = Field(
+    serve: Literal["auto", "fp32", "fp32_compact", "fp16", "int8", "int4_outliers", "int4"] = Field(
         default="auto",
         description="The variant registered and served: 'auto' = the smallest whose validation NDCG@20 is "
         "within max_relative_loss of fp32; a name forces it ('fp32' keeps the plain artifact).",
