@@ -1,4 +1,4 @@
-"""The served artifact's size-quality-latency frontier: fp32 (plain), fp16, int8 and int4 (per-row scales).
+"""The served artifact's size-quality-latency frontier: fp32 (plain), fp32_compact, fp16, int8, int4_outliers, int4.
 
     python benchmarks/compression.py --home ~/.mm_pipeline          # the model a pipeline run selected
     python benchmarks/compression.py --dataset builtin:tiny --epochs 5  # a hybrid trained here, in memory
@@ -145,12 +145,14 @@ def print_table(table: pd.DataFrame, about: str, model, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
+    from mm_pipeline.registry.pyfunc import COMPRESSIONS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--home", help="a project home whose pipeline run stored selected_model")
     source.add_argument("--dataset", help="builtin:<size>[:scenario]: train a hybrid in memory")
     parser.add_argument("--epochs", type=int, default=10, help="LightGCN epochs (--dataset only)")
-    parser.add_argument("--compressions", nargs="+", default=["fp32", "fp16", "int8", "int4"])
+    parser.add_argument("--compressions", nargs="+", default=list(COMPRESSIONS), choices=COMPRESSIONS)
     parser.add_argument("--max-loss", type=float, default=0.01, help="relative validation NDCG@20 loss allowed")
     parser.add_argument("--batch", type=int, default=64, help="known users per request")
     parser.add_argument("--requests", type=int, default=20, help="timed requests per variant")
