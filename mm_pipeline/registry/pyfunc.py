@@ -614,14 +614,15 @@ def plain_serving_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
     if version != COMPACT_FORMAT_VERSION:
         return dict(arrays)
     tables = _CompactTables(arrays)
-    out = {
-        "format_version": np.asarray(1, dtype=np.int64),
-        **tables.dense_arrays(),
-        "item_ids": np.asarray(arrays["item_ids"]),
-        "user_keys": user_keys_from_digests(arrays["user_key_digests"]),
-        "key_check": np.asarray(arrays["key_check"]),
-        "popular_items": np.asarray(arrays["popular_items"], dtype=np.int64),
-    }
+    out = {"format_version": np.asarray(1, dtype=np.int64), **tables.dense_arrays()}
+    # Without the keys and ids (a variant kept for evaluation), the tables alone.
+    if "user_key_digests" in arrays:
+        out["user_keys"] = user_keys_from_digests(arrays["user_key_digests"])
+    for name in ("item_ids", "key_check"):
+        if name in arrays:
+            out[name] = np.asarray(arrays[name])
+    if "popular_items" in arrays:
+        out["popular_items"] = np.asarray(arrays["popular_items"], dtype=np.int64)
     for cap in ("max_k", "max_rows"):
         if cap in arrays:
             out[cap] = np.asarray(arrays[cap], dtype=np.int64)
