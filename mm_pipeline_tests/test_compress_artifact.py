@@ -370,3 +370,13 @@ def test_the_report_section_names_the_served_variant_and_the_frontier():
     assert "Served: int4, 7.0x smaller than fp32" in blocks[1].text
     old = compression_blocks(pd.DataFrame({"variant": ["fp32"], "size_bytes": [1]}))[1]
     assert "size_bytes" in old.markdown()  # an older stats table is shown as it is
+
+
+def test_the_evaluation_reads_the_kept_variants_as_served(hybrid):
+    from mm_pipeline.defs.assets.evaluate import _recommenders
+
+    model, _, plain = hybrid
+    kept = table_arrays(compact_serving_arrays(plain, "int4"))
+    models = _recommenders([], {"variants": ["int4"], "source_model": "mm_hybrid", "variant_int4": kept})
+    users = torch.arange(N_USERS)
+    torch.testing.assert_close(models["mm_hybrid[int4]"].score(users), serving_recommender(kept, "x").score(users))

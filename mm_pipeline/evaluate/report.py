@@ -553,8 +553,9 @@ def compression_blocks(frame: pd.DataFrame) -> tuple[list, Table]:
     served = frame.loc[frame["served"].astype(bool)].iloc[0]
     text = (
         "The served artifact (the MLflow model's serving arrays: user and item tables, the item-item "
-        "weights, histories, keys) at fp32 (the plain format), fp16, and int8 / int4 with one scale per "
-        "row (int4_outliers: each row's largest entries kept in fp16), integers and keys stored compactly. "
+        "weights, histories, keys) at fp32 (the plain format), fp32_compact (integers and keys stored "
+        "compactly, sparse blocks as CSR, no rounding), then the compact format with fp16, or int8 / int4 "
+        "with one scale per row (int4_outliers: each row's largest entries kept in fp16). "
         "Loss: relative NDCG@20 drop against fp32. Latency: one "
         "request through the served pyfunc's predict (a batch of known users, k = 20). The served "
         "variant is the smallest whose validation loss is within the gate; test is for the record. "
