@@ -41,7 +41,9 @@ def registered_model(
     model = EmbeddingRecommender.from_bundle(selected_model)
     compression = str(compressed_model.get("serving", "fp32"))
     data = split_data(interaction_split)
-    test_metrics = evaluation_report["metrics"]["models"][model.name]
+    # The test metrics of what is logged: the compressed variant's row of the report when one is served.
+    reported = evaluation_report["metrics"]["models"]
+    test_metrics = reported.get(f"{model.name}[{compression}]", reported[model.name])
     with mlflow_tracking.start_run(context, run_name=f"register {model.name}") as run:
         mlflow.log_metrics(
             {f"test_{metric_key(k)}": float(v) for k, v in test_metrics.items() if isinstance(v, (int, float))}
