@@ -19,7 +19,7 @@ FAST_OPS = {
     "aligned_item_embeddings": {"config": {"epochs": 5}},
     **{spec.asset_name: {"config": dict(spec.quick)} for spec in MODEL_TABLE if spec.quick},
     "mm_hybrid_ablations": {"config": {"rounds": 1}},
-    "compressed_model": {"config": {"latency_users": 64}},
+    "compressed_model": {"config": {"latency_batch": 16, "latency_requests": 3}},
 }
 
 # For tests that materialize the graph several times: fewer epochs still.
@@ -28,7 +28,7 @@ FASTER_OPS = {
     "aligned_item_embeddings": {"config": {"epochs": 3}},
     **{spec.asset_name: {"config": _faster(spec.quick)} for spec in MODEL_TABLE if spec.quick},
     "mm_hybrid_ablations": {"config": {"rounds": 1}},
-    "compressed_model": {"config": {"latency_users": 16}},
+    "compressed_model": {"config": {"latency_batch": 8, "latency_requests": 1}},
 }
 
 

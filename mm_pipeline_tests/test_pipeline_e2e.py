@@ -130,9 +130,14 @@ def test_models_and_compression(pipeline_run):
         validation.loc[validation["model"] == "mm_hybrid", "valid_ndcg@20"].iloc[0]
         >= validation.loc[validation["model"] == "ease", "valid_ndcg@20"].iloc[0] - 0.01
     )
-    stats = result.output_for_node("compressed_model")["stats"]
-    assert list(stats["variant"]) == ["fp32", "pruned", "int8", "pruned_int8"]
-    assert (stats["params_total"] > 0).all() and (stats["latency_median_ms"] > 0).all()
+    compressed = result.output_for_node("compressed_model")
+    stats = compressed["stats"]
+    assert list(stats["variant"]) == ["fp32", "fp32_compact", "fp16", "int8", "int4_outliers", "int4"]
+    assert (stats["bytes"] > 0).all() and (stats["latency_median_ms"] > 0).all()
+    assert stats["bytes"].is_monotonic_decreasing and stats.loc[stats["served"], "variant"].tolist() == [
+        compressed["serving"]
+    ]
+    assert stats.loc[stats["served"], "valid_ndcg_loss"].iloc[0] <= compressed["max_relative_loss"] + 1e-12
 
 
 def test_metrics_json(pipeline_run):
@@ -237,15 +242,19 @@ def test_first_run_promotes_the_challenger(pipeline_run):
     assert client.get_registered_model(REGISTERED_MODEL_NAME).tags["mm_pipeline.champion_history"] == str(
         champion.version
     )
-    # Re-scored from the registered artifact, with the evaluation report's protocol: the same numbers.
+    # Re-scored from the registered artifact, with the evaluation report's protocol: the same numbers as
+    # the report's row of what was registered (the compressed variant compressed_model chose, if any).
     report = result.output_for_node("evaluation_report")["metrics"]
     shipped = report["selection"]["selected"]  # the best on validation is what was registered
     assert client.get_run(challenger.run_id).data.tags["mm_pipeline.selected_model"] == shipped
+    compression = result.output_for_node("compressed_model")["serving"]
+    assert client.get_run(challenger.run_id).data.tags["mm_pipeline.compression"] == compression
+    row = shipped if compression == "fp32" else f"{shipped}[{compression}]"
     for key in ("ndcg@20", "recall@20", "coverage@20"):
-        assert promotion["challenger_metrics"][key] == pytest.approx(report["models"][shipped][key], abs=1e-9), key
+        assert promotion["challenger_metrics"][key] == pytest.approx(report["models"][row][key], abs=1e-9), key
     if report["cold_start"]:
         assert promotion["challenger_metrics"]["cold_recall@20"] == pytest.approx(
-            report["cold_start"][shipped]["recall@20"], abs=1e-9
+            report["cold_start"][row]["recall@20"], abs=1e-9
         )
     assert promotion["challenger_metrics"]["known_user_share"] == 1.0
     assert promotion["challenger_metrics"]["served_rows_checked"] > 0

@@ -602,3 +602,80 @@ def test_the_evaluation_report_is_logged_to_mlflow(store, tmp_path):
         "report/report.html",
         "report/metrics.json",
     }
+
+
+# --- the compressed artifact ----------------------------------------------------------------------
+
+
+def _toy_hybrid():
+    """A model shaped like the served hybrid: [weighted history; GNN vector] users, [item-item core; GNN
+    vector] items, and the score parts of one modality."""
+    from mm_pipeline.recommend.base import sparse_from_scipy
+
+    model, train = _toy_data()
+    rng = np.random.default_rng(11)
+    history = train.copy()
+    history.data = np.exp(-rng.random(history.nnz)).astype(np.float32)
+    core = rng.normal(size=(N_ITEMS, N_ITEMS)).astype(np.float32)
+    np.fill_diagonal(core, 0.0)
+    users = sp.hstack([history, sp.csr_matrix(model.user_embeddings.numpy())], format="csr")
+    items = np.concatenate([core.T, model.item_embeddings.numpy()], axis=1)
+    text = sp.random(N_ITEMS, N_ITEMS, density=0.1, random_state=3, format="csr", dtype=np.float32)
+    parts = {"history_width": N_ITEMS, "modalities": {"text": text}}
+    return EmbeddingRecommender("mm_hybrid", sparse_from_scipy(users), torch.from_numpy(items), {}, parts), train
+
+
+def test_a_compressed_model_logs_loads_and_answers_like_the_plain_one(store):
+    from mm_pipeline.registry.served import check_served_predictions, load_served_model, served_scorer
+
+    model, train = _toy_hybrid()
+    with mlflow.start_run():
+        plain_info = log_recommender(model, USER_IDS, ITEM_IDS, train, name="plain", input_example_users=0)
+        small_info = log_recommender(model, USER_IDS, ITEM_IDS, train, name="small", compression="int8")
+        with pytest.raises(ValueError, match="compression must be one of"):
+            log_recommender(model, USER_IDS, ITEM_IDS, train, name="bad", compression="int2")
+    assert small_info.params["compression"] == "int8" and plain_info.params["compression"] == "fp32"
+    assert int(small_info.params["artifact_bytes"]) < int(plain_info.params["artifact_bytes"])
+    plain, small = mlflow.pyfunc.load_model(plain_info.model_uri), mlflow.pyfunc.load_model(small_info.model_uri)
+    request = pd.DataFrame({"user_id": [*USER_IDS[:8], "stranger"], "k": 5, "explain": True})
+    want, got = plain.predict(request), small.predict(request)
+    assert list(got.columns) == list(want.columns) and "share_text" in got.columns
+    assert got["fallback"].tolist() == want["fallback"].tolist()
+    assert (got["item_id"] == want["item_id"]).mean() > 0.9
+    assert got.loc[~got["fallback"], "reason"].str.len().min() > 0  # explanations work on the compact tables
+
+    local = store.root / "compressed"
+    local.mkdir()
+    model_dir = mlflow.artifacts.download_artifacts(artifact_uri=small_info.model_uri, dst_path=str(local))
+    for path in (p for p in local.rglob("*") if p.is_file()):
+        blob = path.read_bytes()
+        assert SECRET not in blob and SECRET.hex().encode() not in blob, path.name
+        for user_id in USER_IDS:
+            assert user_id.encode() not in blob and user_id.encode("utf-32-le") not in blob, path.name
+
+    # The compact artifact loads and answers without mm_pipeline or torch too (scipy is a requirement).
+    script = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('mm_pipeline', 'torch'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "out = model.predict(pd.DataFrame({'user_id': [sys.argv[2]], 'k': [3], 'explain': [True]}))\n"
+        "print(','.join(out['item_id']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run(
+        [sys.executable, "-c", script, model_dir, USER_IDS[3]], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = got.loc[got["user_id"] == USER_IDS[3], "item_id"].head(3).tolist()
+    assert result.stdout.strip().splitlines()[-1] == ",".join(expected)
+
+    # Re-scoring the served model (champion vs challenger) reads the compact arrays, decoded.
+    served = load_served_model(small_info.model_uri, secret=SECRET)
+    scorer = served_scorer(served, USER_IDS, ITEM_IDS)
+    assert scorer.known_users.all()
+    assert check_served_predictions(served, scorer, USER_IDS, ITEM_IDS, np.arange(N_USERS), k=5) > 0

@@ -194,7 +194,8 @@ def _empty_output() -> pd.DataFrame:
 
 def _csr_gather(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For CSR rows ``rows``: the position of each stored entry in the batch and in the arrays."""
-    starts, counts = indptr[rows], indptr[rows + 1] - indptr[rows]
+    starts = indptr[rows].astype(np.int64)  # compact artifacts store offsets in narrow (unsigned) types
+    counts = indptr[rows + 1].astype(np.int64) - starts
     batch_rows = np.repeat(np.arange(rows.size), counts)
     offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     return batch_rows, np.repeat(starts, counts) + offsets
@@ -243,6 +244,437 @@ class _UserTable:
         return out
 
 
+class _DenseTables:
+    """The plain (``format_version`` 1) tables: a :class:`_UserTable` and the float32 item matrix."""
+
+    def __init__(self, users: _UserTable, items: np.ndarray):
+        self.users, self.items = users, items
+        self.n_users, self.n_items, self.width = users.n_rows, items.shape[0], items.shape[1]
+        self.csr = users.csr
+        self._norms: np.ndarray | None = None
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return self.users.rows(users) @ self.items.T  # [B, N] float32
+
+    def dense_user_rows(self, users: np.ndarray) -> np.ndarray | None:
+        """The users' vectors ``[len(users), width]`` of a model without a history table (None with one)."""
+        return None if self.csr is not None else self.users.rows(users)
+
+    def item_entries(self, items: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return self.items[items, columns]
+
+    def item_rows(self, items: np.ndarray) -> np.ndarray:
+        return self.items[items]
+
+    def item_norms(self) -> np.ndarray:
+        if self._norms is None:
+            self._norms = np.linalg.norm(self.items, axis=1)
+        return self._norms
+
+
+# --- The compact format (format_version 2) -----------------------------------------------------------
+#
+# The same tables in fewer bytes (see ``mm_pipeline.compress.artifact``, which writes it): integer arrays
+# in the narrowest type that holds them, user keys as raw 32-byte digests, the seen items shared with the
+# user history when they are the same, and the float tables quantized. The user table's first
+# ``history_width`` columns are sparse (the user's weighted history, CSR); the rest are dense. The item
+# table splits the same way: its history block is stored *transposed*, one row per history item
+# (``[history_width, n_items]``), so a batch of users reads only the rows of the items in its histories;
+# its dense block keeps one row per item. Every float block is ``fp16`` values, or ``int8`` / ``int4`` codes
+# times one scale per row (``x[r, c] = code[r, c] * scale[r]``, symmetric, codes in [-127, 127] /
+# [-7, 7]; int4 codes packed two to a byte, ``code + 8``, low nibble first), plus, for ``int4_outliers``,
+# ``k`` (column, fp16 value) outliers per row added on top. A sparse block (an item-item core that is
+# mostly zeros) is CSR over its rows with the codes of the stored entries in one stream.
+# Scoring dequantizes only what a request batch needs, vectorised.
+COMPACT_FORMAT_VERSION = 2
+# fp32: the plain format (format_version 1). fp32_compact: the compact format without rounding (what the
+# lossless part alone saves). int4_outliers: int4 rows whose largest entries are kept in fp16 (mixed
+# precision); its blocks name their own codec where it differs (``<block>_codec``).
+COMPRESSIONS = ("fp32", "fp32_compact", "fp16", "int8", "int4_outliers", "int4")
+BLOCK_CODECS = ("fp32", "fp16", "int8", "int4")
+UNSCALED_CODECS = ("fp32", "fp16")  # values stored as they are, no scale
+BLOCK_CODEC = {"fp32_compact": "fp32", "int4_outliers": "int4"}  # a block's codec, unless it names its own
+QUANTIZED_LEVELS = {"int8": 127, "int4": 7}
+KEY_DIGEST_BYTES = 32
+_COMPACT_REQUIRED = ("table_shape", "history_width", "compression", "item_ids", "user_key_digests", "key_check")
+
+
+def unpack_int4(packed: np.ndarray, width: int) -> np.ndarray:
+    """The int8 codes ``[..., width]`` of int4 codes packed two to a byte along the last axis."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), dtype=np.uint8)
+    np.bitwise_and(packed, 0x0F, out=out[..., 0::2])
+    np.right_shift(packed, 4, out=out[..., 1::2])
+    out -= 8  # wraps around in uint8: read as int8, the code
+    return out.view(np.int8)[..., :width]
+
+
+def _nibbles(stream: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The float32 int4 codes at ``positions`` of a packed stream (code ``p`` in byte ``p // 2``)."""
+    byte = stream[positions >> 1]
+    return np.where(positions & 1, byte >> 4, byte & 0xF).astype(np.float32) - 8.0
+
+
+class _Block:
+    """A float32 ``[n_rows, width]`` block as stored (dense codes, see the format notes above), with
+    optionally each row's outliers: ``k`` (column, fp16 value) pairs per row added to the decoded codes
+    (whose own code there is 0), so the row's scale covers the rest only."""
+
+    def __init__(
+        self,
+        codes: np.ndarray,
+        scale: np.ndarray | None,
+        compression: str,
+        shape: tuple[int, int],
+        outliers: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
+        n_rows, width = shape
+        if compression not in BLOCK_CODECS:
+            raise ValueError(f"unknown block codec {compression!r}; expected one of {BLOCK_CODECS}")
+        packed = -(-width // 2) if compression == "int4" else width
+        if codes.shape != (n_rows, packed):
+            raise ValueError(f"a {compression} block of shape {shape} needs codes of shape {(n_rows, packed)}")
+        if compression not in UNSCALED_CODECS and (scale is None or scale.shape != (n_rows,)):
+            raise ValueError(f"a {compression} block of {n_rows} rows needs one scale per row")
+        if outliers is not None:
+            columns, values = outliers
+            if columns.ndim != 2 or columns.shape[0] != n_rows or values.shape != columns.shape:
+                raise ValueError(f"the outliers of a block of {n_rows} rows must be two [n_rows, k] arrays")
+            if columns.size and int(columns.max()) >= width:
+                raise ValueError(f"outlier columns must lie in [0, {width})")
+            outliers = (columns.astype(np.int64), values.astype(np.float32))
+        self.codes, self.compression, self.shape, self.outliers = codes, compression, shape, outliers
+        self.scale = None if scale is None else scale.astype(np.float32)
+
+    def values(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The rows' codes as float32, not yet scaled (fp32 / fp16: the values themselves)."""
+        codes = self.codes if rows is None else self.codes[rows]
+        if self.compression == "int4":
+            codes = unpack_int4(codes, self.shape[1])
+        return codes.astype(np.float32)
+
+    def row_scale(self, rows: np.ndarray | None = None) -> np.ndarray | None:
+        if self.scale is None:
+            return None
+        return self.scale if rows is None else self.scale[rows]
+
+    def rows(self, rows: np.ndarray | None = None) -> np.ndarray:
+        values, scale = self.values(rows), self.row_scale(rows)
+        values = values if scale is None else values * scale[:, None]
+        if self.outliers is not None:
+            columns, extra = (a if rows is None else a[rows] for a in self.outliers)
+            np.put_along_axis(values, columns, np.take_along_axis(values, columns, axis=1) + extra, axis=1)
+        return values
+
+    def _outlier_matrix(self, rows: np.ndarray | None = None):
+        """The rows' outliers as a scipy CSR matrix ``[len(rows), width]`` (``None`` without outliers)."""
+        if self.outliers is None:
+            return None
+        import scipy.sparse as sp
+
+        columns, values = (a if rows is None else a[rows] for a in self.outliers)
+        n, k = columns.shape
+        indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
+        return sp.csr_matrix((values.ravel(), columns.ravel(), indptr), shape=(n, self.shape[1]))
+
+    def left_product(self, x, rows: np.ndarray) -> np.ndarray:
+        """``x @ block[rows]`` for a dense or scipy sparse ``x``: the scales folded into ``x``, so the rows
+        are decoded once and a sparse ``x`` (a batch's histories) costs ``nnz(x) * n_columns``; the
+        outliers, if any, are one more sparse product."""
+        scale = self.row_scale(rows)
+        scaled = x
+        if scale is not None:
+            scaled = x.multiply(scale[None, :]).tocsr() if hasattr(x, "multiply") else x * scale[None, :]
+        out = np.asarray(scaled @ self.values(rows), dtype=np.float32)
+        outliers = self._outlier_matrix(rows)
+        if outliers is not None:
+            extra = x @ outliers
+            out += extra.toarray() if hasattr(extra, "toarray") else np.asarray(extra)
+        return out
+
+    def right_product(self, x: np.ndarray) -> np.ndarray:
+        """``x @ block.T`` (``[B, n_rows]``), the row scales applied to the product."""
+        out = x @ self.values().T
+        out = out if self.scale is None else out * self.scale[None, :]
+        outliers = self._outlier_matrix()
+        if outliers is not None:
+            out += np.asarray(outliers @ x.T).T
+        return out
+
+    def entries(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        rows, columns = np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64)
+        if self.compression == "int4":
+            width = self.codes.shape[1]
+            values = _nibbles(self.codes.reshape(-1), rows * (2 * width) + columns)
+        else:
+            values = self.codes[rows, columns].astype(np.float32)
+        values = values if self.scale is None else values * self.scale[rows]
+        if self.outliers is not None:
+            match = self.outliers[0][rows] == columns[:, None]
+            values = values + (self.outliers[1][rows] * match).sum(axis=1)
+        return values
+
+    def square_norms(self, axis: int, chunk: int = 1024) -> np.ndarray:
+        """Sum of squares over ``axis`` (1: per row, 0: per column), decoded ``chunk`` rows at a time."""
+        n_rows = self.shape[0]
+        out = np.zeros(self.shape[1 - axis], dtype=np.float64)
+        for start in range(0, n_rows, chunk):
+            part = np.square(self.rows(np.arange(start, min(start + chunk, n_rows))), dtype=np.float64)
+            if axis == 1:
+                out[start : start + part.shape[0]] = part.sum(axis=1)
+            else:
+                out += part.sum(axis=0)
+        return out
+
+
+class _SparseBlock(_Block):
+    """A mostly-zero block as CSR over its rows: ``indptr``/``indices`` and the stored entries' codes in
+    one stream (int4: packed, two per byte), with one scale per row."""
+
+    def __init__(self, indptr, indices, codes, scale, compression: str, shape: tuple[int, int]):
+        n_rows, width = shape
+        if compression not in BLOCK_CODECS:
+            raise ValueError(f"unknown block codec {compression!r}; expected one of {BLOCK_CODECS}")
+        nnz = int(indptr[-1]) if len(indptr) else 0
+        packed = -(-nnz // 2) if compression == "int4" else nnz
+        if indptr.shape != (n_rows + 1,) or indices.shape != (nnz,) or codes.shape != (packed,):
+            raise ValueError(f"the sparse {compression} block of shape {shape} has inconsistent CSR arrays")
+        if nnz and (int(indices.max()) >= width or np.any(np.diff(indptr.astype(np.int64)) < 0)):
+            raise ValueError(f"the sparse {compression} block of shape {shape} has indices out of range")
+        if compression not in UNSCALED_CODECS and (scale is None or scale.shape != (n_rows,)):
+            raise ValueError(f"a {compression} block of {n_rows} rows needs one scale per row")
+        self.indptr, self.indices, self.codes, self.compression, self.shape = indptr, indices, codes, compression, shape
+        self.outliers = None
+        self.scale = None if scale is None else scale.astype(np.float32)
+
+    def _codes_at(self, positions: np.ndarray) -> np.ndarray:
+        if self.compression == "int4":
+            return _nibbles(self.codes, positions)
+        return self.codes[positions].astype(np.float32)
+
+    def values(self, rows: np.ndarray | None = None) -> np.ndarray:
+        rows = np.arange(self.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+        out = np.zeros((rows.size, self.shape[1]), dtype=np.float32)
+        batch_rows, positions = _csr_gather(self.indptr, rows)
+        out[batch_rows, self.indices[positions]] = self._codes_at(positions)
+        return out
+
+    def entries(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        rows, columns = rows.astype(np.int64), columns.astype(np.int64)
+        starts, ends = self.indptr[rows].astype(np.int64), self.indptr[rows + 1].astype(np.int64)
+        # Sorted indices within each row: the global keys row * width + column increase along the stream.
+        key = np.repeat(np.arange(self.shape[0], dtype=np.int64), np.diff(self.indptr.astype(np.int64)))
+        key = key * self.shape[1] + self.indices
+        found = np.clip(np.searchsorted(key, rows * self.shape[1] + columns), 0, max(key.size - 1, 0))
+        hit = (found >= starts) & (found < ends)
+        if key.size:
+            hit &= key[found] == rows * self.shape[1] + columns
+        values = np.zeros(rows.size, dtype=np.float32)
+        values[hit] = self._codes_at(found[hit])
+        return values if self.scale is None else values * self.scale[rows]
+
+
+def _block(arrays: Mapping[str, np.ndarray], name: str, compression: str, shape: tuple[int, int]) -> _Block:
+    """Block ``name``, stored with its own codec (``name_codec``) or the artifact's ``compression``."""
+    compression = str(np.asarray(arrays[f"{name}_codec"]).item()) if f"{name}_codec" in arrays else compression
+    scale = np.asarray(arrays[f"{name}_scale"]) if f"{name}_scale" in arrays else None
+    if f"{name}_indptr" in arrays:
+        return _SparseBlock(
+            np.asarray(arrays[f"{name}_indptr"]),
+            np.asarray(arrays[f"{name}_indices"]),
+            np.asarray(arrays[f"{name}_codes"]),
+            scale,
+            compression,
+            shape,
+        )
+    outliers = None
+    if f"{name}_outlier_columns" in arrays:
+        outliers = (np.asarray(arrays[f"{name}_outlier_columns"]), np.asarray(arrays[f"{name}_outlier_values"]))
+    return _Block(np.asarray(arrays[f"{name}_codes"]), scale, compression, shape, outliers)
+
+
+class _CompactTables:
+    """The tables of a compact (``format_version`` 2) artifact, kept as stored and decoded per request batch.
+
+    Scores of a batch: the history block reads the rows of the items in the batch's histories (their
+    union), the dense block the whole (small) item block; each is decoded into float32 for that product
+    only."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        compression = str(np.asarray(arrays["compression"]).item())
+        if compression not in COMPRESSIONS or compression == "fp32":
+            raise ValueError(f"unknown compression {compression!r} in a compact artifact")
+        shape = np.asarray(arrays["table_shape"]).astype(np.int64)
+        if shape.shape != (3,) or np.any(shape < 0):
+            raise ValueError("table_shape must be (n_users, n_items, width)")
+        self.n_users, self.n_items, self.width = (int(n) for n in shape)
+        self.history_width = int(np.asarray(arrays["history_width"]))
+        if not 0 <= self.history_width <= self.width:
+            raise ValueError(f"history_width {self.history_width} must lie in [0, {self.width}]")
+        self.compression, codec = compression, BLOCK_CODEC.get(compression, compression)
+        h, rest = self.history_width, self.width - self.history_width
+        self.csr = None
+        self.item_history = self.user_dense = self.item_dense = None
+        if h:
+            indptr, indices = np.asarray(arrays["history_indptr"]), np.asarray(arrays["history_indices"])
+            values = np.asarray(arrays["history_values"])
+            if (
+                indptr.shape != (self.n_users + 1,)
+                or int(indptr[0]) != 0
+                or int(indptr[-1]) != indices.size
+                or values.shape != indices.shape
+                or np.any(np.diff(indptr.astype(np.int64)) < 0)
+            ):
+                raise ValueError("history_indptr, history_indices and history_values do not describe a CSR matrix")
+            if indices.size and int(indices.max()) >= h:
+                raise ValueError(f"history_indices must lie in [0, {h}) (the history width)")
+            self.csr = (indptr, indices, values)
+            self.item_history = _block(arrays, "item_history", codec, (h, self.n_items))
+        if rest:
+            self.user_dense = _block(arrays, "user_dense", codec, (self.n_users, rest))
+            self.item_dense = _block(arrays, "item_dense", codec, (self.n_items, rest))
+        self._norms: np.ndarray | None = None
+
+    def history_rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batch's history entries: (row in the batch, history column, float32 weight)."""
+        indptr, indices, values = self.csr
+        batch_rows, entries = _csr_gather(indptr, users)
+        return batch_rows, indices[entries].astype(np.int64), values[entries].astype(np.float32)
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        out = np.zeros((users.size, self.n_items), dtype=np.float32)
+        if self.csr is not None:
+            batch_rows, columns, weights = self.history_rows(users)
+            if columns.size:
+                import scipy.sparse as sp
+
+                used, position = np.unique(columns, return_inverse=True)
+                x = sp.csr_matrix((weights, (batch_rows, position)), shape=(users.size, used.size))
+                out += self.item_history.left_product(x, used)
+        if self.user_dense is not None:
+            out += self.item_dense.right_product(self.user_dense.rows(users))
+        return out
+
+    def dense_user_rows(self, users: np.ndarray) -> np.ndarray | None:
+        """The users' vectors ``[len(users), width]`` of a model without a history table (None with one)."""
+        return None if self.csr is not None or self.user_dense is None else self.user_dense.rows(users)
+
+    def item_entries(self, items: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        items, columns = np.asarray(items, dtype=np.int64), np.asarray(columns, dtype=np.int64)
+        out = np.zeros(items.size, dtype=np.float32)
+        history = columns < self.history_width
+        if history.any():
+            out[history] = self.item_history.entries(columns[history], items[history])
+        if (~history).any():
+            out[~history] = self.item_dense.entries(items[~history], columns[~history] - self.history_width)
+        return out
+
+    def item_rows(self, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        blocks = []
+        if self.item_history is not None:
+            columns = np.arange(self.history_width)
+            blocks.append(
+                self.item_history.entries(np.tile(columns, items.size), np.repeat(items, columns.size)).reshape(
+                    items.size, -1
+                )
+            )
+        if self.item_dense is not None:
+            blocks.append(self.item_dense.rows(items))
+        return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+
+    def item_norms(self) -> np.ndarray:
+        if self._norms is None:
+            square = np.zeros(self.n_items, dtype=np.float64)
+            if self.item_history is not None:
+                square += self.item_history.square_norms(axis=0)
+            if self.item_dense is not None:
+                square += self.item_dense.square_norms(axis=1)
+            self._norms = np.sqrt(square).astype(np.float32)
+        return self._norms
+
+    def dense_arrays(self) -> dict[str, np.ndarray]:
+        """The tables decoded into the plain format's arrays (``item_embeddings`` and ``user_embeddings``
+        or the CSR ``user_indptr``/``user_indices``/``user_values``), float32."""
+        items = np.zeros((self.n_items, self.width), dtype=np.float32)
+        h = self.history_width
+        if self.item_history is not None:
+            items[:, :h] = self.item_history.rows().T
+        if self.item_dense is not None:
+            items[:, h:] = self.item_dense.rows()
+        if self.csr is None:
+            return {"item_embeddings": items, "user_embeddings": self.user_dense.rows()}
+        indptr, indices, values = (np.asarray(a) for a in self.csr)
+        indptr = indptr.astype(np.int64)
+        if self.user_dense is None:
+            return {
+                "item_embeddings": items,
+                "user_indptr": indptr,
+                "user_indices": indices.astype(np.int64),
+                "user_values": values.astype(np.float32),
+            }
+        dense, rest = self.user_dense.rows(), self.width - h
+        counts = np.diff(indptr) + rest
+        new_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        user_of = np.repeat(np.arange(self.n_users), np.diff(indptr))
+        # Each row: its history entries, then every dense column (zeros included, as in the plain format).
+        slot = np.arange(indptr[-1]) - indptr[user_of] + new_indptr[user_of]
+        out_indices = np.empty(new_indptr[-1], dtype=np.int64)
+        out_values = np.empty(new_indptr[-1], dtype=np.float32)
+        out_indices[slot], out_values[slot] = indices.astype(np.int64), values.astype(np.float32)
+        tail = (new_indptr[1:] - rest)[:, None] + np.arange(rest)[None, :]
+        out_indices[tail.ravel()] = np.tile(np.arange(h, self.width), self.n_users)
+        out_values[tail.ravel()] = dense.ravel()
+        return {
+            "item_embeddings": items,
+            "user_indptr": new_indptr,
+            "user_indices": out_indices,
+            "user_values": out_values,
+        }
+
+
+def user_keys_from_digests(digests: np.ndarray) -> np.ndarray:
+    """The hex user keys (as :func:`user_key` writes them) of ``[n_users, 32]`` raw digests."""
+    digests = np.ascontiguousarray(digests, dtype=np.uint8)
+    if digests.ndim != 2 or digests.shape[1] != KEY_DIGEST_BYTES:
+        raise ValueError(f"user_key_digests must be [n_users, {KEY_DIGEST_BYTES}] bytes, got {digests.shape}")
+    text = digests.tobytes().hex().encode("ascii")
+    return np.frombuffer(text, dtype=f"S{2 * KEY_DIGEST_BYTES}").astype(f"<U{2 * KEY_DIGEST_BYTES}")
+
+
+def plain_serving_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Serving arrays in the plain (``format_version`` 1) layout: a compact artifact decoded (float32
+    tables, hex ``user_keys``, ``seen_*`` and ``popular_items`` as int64, parts as float32/int64), or a
+    plain one as it is. What offline tools that read the tables (``served_scorer``) start from."""
+    version = int(np.asarray(arrays["format_version"])) if "format_version" in arrays else 1
+    if version != COMPACT_FORMAT_VERSION:
+        return dict(arrays)
+    tables = _CompactTables(arrays)
+    out = {"format_version": np.asarray(1, dtype=np.int64), **tables.dense_arrays()}
+    # Without the keys and ids (a variant kept for evaluation), the tables alone.
+    if "user_key_digests" in arrays:
+        out["user_keys"] = user_keys_from_digests(arrays["user_key_digests"])
+    for name in ("item_ids", "key_check"):
+        if name in arrays:
+            out[name] = np.asarray(arrays[name])
+    if "popular_items" in arrays:
+        out["popular_items"] = np.asarray(arrays["popular_items"], dtype=np.int64)
+    for cap in ("max_k", "max_rows"):
+        if cap in arrays:
+            out[cap] = np.asarray(arrays[cap], dtype=np.int64)
+    if "seen_indptr" in arrays:
+        out["seen_indptr"] = np.asarray(arrays["seen_indptr"], dtype=np.int64)
+        out["seen_indices"] = np.asarray(arrays["seen_indices"], dtype=np.int64)
+    elif int(np.asarray(arrays.get("seen_from_history", 0))) and tables.csr is not None:
+        out["seen_indptr"] = np.asarray(tables.csr[0], dtype=np.int64)
+        out["seen_indices"] = np.asarray(tables.csr[1], dtype=np.int64)
+    for name, value in arrays.items():
+        if name.startswith("parts_"):
+            kind = np.asarray(value).dtype.kind
+            out[name] = np.asarray(value, dtype=np.float32 if kind == "f" else np.int64) if kind in "fiu" else value
+    return out
+
+
 class RecommenderPyfunc(PythonModel):
     """Top-k recommendations from a dot-product recommender, in long format.
 
@@ -275,35 +707,49 @@ class RecommenderPyfunc(PythonModel):
     def load_arrays(self, arrays: Mapping[str, np.ndarray], secret: bytes | None = None) -> RecommenderPyfunc:
         """Load the serving arrays (as built by :func:`export_serving_arrays`) and validate them; ``secret``
         (default: :func:`read_user_key_secret`) is the user key secret the model was keyed with."""
-        missing = [name for name in _REQUIRED_ARRAYS if name not in arrays]
-        if "user_embeddings" not in arrays and not all(k in arrays for k in SPARSE_USER_ARRAYS):
-            missing.append("user_embeddings (or the sparse user_indptr, user_indices, user_values)")
-        if missing:
-            raise ValueError(f"serving arrays are missing {missing}")
-        items = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)
-        users = _UserTable.from_arrays(arrays, items.shape[1] if items.ndim == 2 else -1)
+        version = int(np.asarray(arrays["format_version"])) if "format_version" in arrays else 1
+        if version == COMPACT_FORMAT_VERSION:
+            missing = [name for name in (*_COMPACT_REQUIRED, "popular_items") if name not in arrays]
+            if missing:
+                raise ValueError(f"compact serving arrays are missing {missing}")
+            tables: _DenseTables | _CompactTables = _CompactTables(arrays)
+            user_keys = user_keys_from_digests(arrays["user_key_digests"])
+        else:
+            missing = [name for name in _REQUIRED_ARRAYS if name not in arrays]
+            if "user_embeddings" not in arrays and not all(k in arrays for k in SPARSE_USER_ARRAYS):
+                missing.append("user_embeddings (or the sparse user_indptr, user_indices, user_values)")
+            if missing:
+                raise ValueError(f"serving arrays are missing {missing}")
+            items = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)
+            if items.ndim != 2:
+                raise ValueError(f"item_embeddings must be 2-D, got shape {items.shape}")
+            tables = _DenseTables(_UserTable.from_arrays(arrays, items.shape[1]), items)
+            user_keys = np.asarray(arrays["user_keys"])
+        n_items, n_users = tables.n_items, tables.n_users
         item_ids = np.asarray(arrays["item_ids"])
-        user_keys = np.asarray(arrays["user_keys"])
         popular = np.asarray(arrays["popular_items"], dtype=np.int64)
-        if item_ids.shape != (items.shape[0],):
-            raise ValueError(f"item_ids has shape {item_ids.shape}, expected ({items.shape[0]},)")
-        if user_keys.shape != (users.n_rows,):
-            raise ValueError(f"user_keys has shape {user_keys.shape}, expected ({users.n_rows},)")
-        if popular.ndim != 1 or popular.size == 0 or popular.min() < 0 or popular.max() >= items.shape[0]:
+        if item_ids.shape != (n_items,):
+            raise ValueError(f"item_ids has shape {item_ids.shape}, expected ({n_items},)")
+        if user_keys.shape != (n_users,):
+            raise ValueError(f"user_keys has shape {user_keys.shape}, expected ({n_users},)")
+        if popular.ndim != 1 or popular.size == 0 or popular.min() < 0 or popular.max() >= n_items:
             raise ValueError("popular_items must be a non-empty 1-D array of item indices")
         has_indptr, has_indices = "seen_indptr" in arrays, "seen_indices" in arrays
         if has_indptr != has_indices:
             raise ValueError("seen_indptr and seen_indices must be given together")
         if has_indptr:
-            indptr = np.asarray(arrays["seen_indptr"], dtype=np.int64)
-            indices = np.asarray(arrays["seen_indices"], dtype=np.int64)
-            if indptr.shape != (users.n_rows + 1,) or indptr[0] != 0 or indptr[-1] != indices.size:
+            indptr, indices = np.asarray(arrays["seen_indptr"]), np.asarray(arrays["seen_indices"])
+            if indptr.shape != (n_users + 1,) or indptr[0] != 0 or indptr[-1] != indices.size:
                 raise ValueError("seen_indptr does not describe one row per user over seen_indices")
-            if indices.size and (indices.min() < 0 or indices.max() >= items.shape[0]):
+            if indices.size and (indices.min() < 0 or indices.max() >= n_items):
                 raise ValueError("seen_indices holds item indices out of range")
+        elif version == COMPACT_FORMAT_VERSION and int(np.asarray(arrays.get("seen_from_history", 0))):
+            if tables.csr is None or tables.history_width != n_items:
+                raise ValueError("seen_from_history needs a user history over the items")
+            indptr, indices = tables.csr[0], tables.csr[1]  # the seen items are the history's columns
         else:
             indptr = indices = None
-        self._users, self._items = users, items
+        self._tables = tables
         self._item_ids = item_ids.astype(str)
         self._user_keys = user_keys.astype(str)
         self._load_parts(arrays)
@@ -338,7 +784,7 @@ class RecommenderPyfunc(PythonModel):
     def _load_parts(self, arrays: Mapping[str, np.ndarray]) -> None:
         """The score decomposition for explanations (see ``EmbeddingRecommender.parts``)."""
         width = int(arrays["parts_history_width"]) if "parts_history_width" in arrays else 0
-        if width and self._users.csr is None:
+        if width and self._tables.csr is None:
             width = 0  # a dense user table has no per-item history columns to attribute
         self._history_width = width
         self._modality_parts = {}
@@ -357,10 +803,10 @@ class RecommenderPyfunc(PythonModel):
                 )
         # An embedding model's content split (integrated gradients per modality; dense user tables only).
         self._content_columns, self._content_parts = None, {}
-        if "parts_content_columns" in arrays and self._users.dense is not None:
+        if "parts_content_columns" in arrays and self._tables.csr is None:
             a, b = (int(c) for c in np.asarray(arrays["parts_content_columns"]))
             names = [str(n) for n in np.asarray(arrays["parts_content_modalities"]).ravel()]
-            if not 0 <= a < b <= self._items.shape[1]:
+            if not 0 <= a < b <= self._tables.width:
                 raise ValueError(f"parts_content_columns ({a}, {b}) lie outside the item_embeddings width")
             for name in names:
                 table = np.asarray(arrays[f"parts_content_{name}_attribution"], dtype=np.float32)
@@ -376,6 +822,7 @@ class RecommenderPyfunc(PythonModel):
         if "interest_modalities" not in arrays:
             return
         interest = {name: np.asarray(arrays[f"interest_{name}"]) for name in _INTEREST_ARRAYS}
+        interest["embeddings"] = interest["embeddings"].astype(np.float32)  # fp16 in a compact artifact
         n_items, n_modalities = self.n_items, interest["modalities"].size
         if (
             interest["embeddings"].ndim != 3
@@ -392,11 +839,11 @@ class RecommenderPyfunc(PythonModel):
 
     @property
     def n_items(self) -> int:
-        return int(self._items.shape[0])
+        return int(self._tables.n_items)
 
     @property
     def n_users(self) -> int:
-        return int(self._users.n_rows)
+        return int(self._tables.n_users)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
@@ -405,7 +852,7 @@ class RecommenderPyfunc(PythonModel):
             raise ValueError(
                 f"model_input must have a 'user_id' column, got columns {list(map(str, model_input.columns))}"
             )
-        if not hasattr(self, "_items"):
+        if not hasattr(self, "_tables"):
             raise RuntimeError(
                 "RecommenderPyfunc has no arrays: load it with mlflow.pyfunc.load_model or call load_arrays first"
             )
@@ -477,7 +924,7 @@ class RecommenderPyfunc(PythonModel):
 
         Returns ``(j, rank, item, score)`` (0-based rank) for every recommendation, grouped by ``j``
         in rank order: by score, then item index; seen items never appear."""
-        scores = self._users.rows(users) @ self._items.T  # [B, N] float32
+        scores = self._tables.score(users)  # [B, N] float32
         if self._seen_indptr is not None:
             starts, ends = self._seen_indptr[users], self._seen_indptr[users + 1]
             if (ends - starts).sum():
@@ -573,7 +1020,7 @@ class RecommenderPyfunc(PythonModel):
                 }
             elif self._content_parts:
                 a, b = self._content_columns
-                user_rows = self._users.rows(u)[:, a:b]
+                user_rows = self._tables.dense_user_rows(u)[:, a:b]
                 content = {m: (user_rows * t[i]).sum(1).astype(np.float64) for m, t in self._content_parts.items()}
                 values = {"collaborative": total - sum(content.values()), **content}
                 evidence = self._similar_history(u, i)
@@ -641,9 +1088,9 @@ class RecommenderPyfunc(PythonModel):
 
     def _history_entries(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The history entries of each row's user: (row, history item, weight) within ``history_width``."""
-        indptr, indices, values = self._users.csr
+        indptr, indices, values = self._tables.csr
         batch_rows, entries = _csr_gather(indptr, users)
-        j, x = indices[entries], values[entries]
+        j, x = indices[entries].astype(np.int64), values[entries].astype(np.float32)
         keep = j < self._history_width
         return batch_rows[keep], j[keep], x[keep]
 
@@ -653,7 +1100,7 @@ class RecommenderPyfunc(PythonModel):
         import scipy.sparse as sp
 
         row, j, x = self._history_entries(users)
-        contribution = x * self._items[items[row], j]
+        contribution = x * self._tables.item_entries(items[row], j)
         out = {"history": np.bincount(row, weights=contribution, minlength=users.size)}
         history = sp.csr_matrix((x, (row, j)), shape=(users.size, self._history_width))
         for modality, part in self._modality_parts.items():
@@ -665,10 +1112,10 @@ class RecommenderPyfunc(PythonModel):
         if self._seen_indptr is None:
             return [""] * users.size
         row, entries = _csr_gather(self._seen_indptr, users)
-        j = self._seen_indices[entries]
-        norms = np.linalg.norm(self._items, axis=1)
-        norms[norms == 0] = 1.0
-        cosine = (self._items[j] * self._items[items[row]]).sum(axis=1) / (norms[j] * norms[items[row]])
+        j = self._seen_indices[entries].astype(np.int64)
+        norms = np.where(self._tables.item_norms() == 0, 1.0, self._tables.item_norms())
+        vectors = self._tables.item_rows(j) * self._tables.item_rows(items[row])
+        cosine = vectors.sum(axis=1) / (norms[j] * norms[items[row]])
         return self._top_items(row, j, cosine, users.size)
 
     def _top_items(self, row: np.ndarray, item: np.ndarray, weight: np.ndarray, n_rows: int) -> list[str]:
@@ -898,6 +1345,7 @@ def log_recommender(
     max_k: int = DEFAULT_MAX_K,
     max_rows: int = DEFAULT_MAX_ROWS,
     interest: InterestSpace | None = None,
+    compression: str = "fp32",
 ) -> ModelInfo:
     """Log ``model`` as a :class:`RecommenderPyfunc` MLflow model in the active run.
 
@@ -914,6 +1362,9 @@ def log_recommender(
     The model is logged from code (this module's source, see the module docstring): nothing is
     pickled, and loading needs MLflow, numpy and pandas but not ``mm_pipeline`` itself. ``interest``: see
     :func:`export_serving_arrays`.
+
+    ``compression`` (one of :data:`COMPRESSIONS`) chooses how the tables are stored: ``fp32`` the plain
+    format, ``fp16`` / ``int8`` / ``int4`` the compact one (:mod:`mm_pipeline.compress.artifact`).
     """
     if mlflow.active_run() is None:
         raise RuntimeError("log_recommender must be called inside an active MLflow run (mlflow.start_run())")
@@ -925,6 +1376,8 @@ def log_recommender(
         raise ValueError(f"input_example_users must be a non-negative integer, got {input_example_users!r}")
     if tags is not None and not isinstance(tags, Mapping):
         raise TypeError(f"tags must be a mapping or None, got {type(tags).__name__}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
     from mm_pipeline.registry.tracking import safe_params
 
@@ -936,7 +1389,6 @@ def log_recommender(
         model, user_ids, item_ids, train, secret, max_k=max_k, max_rows=max_rows, interest=interest
     )
     n_items = int(arrays["item_embeddings"].shape[0])
-    model_tags = {"mm_pipeline.recommender": model.name, **safe_params(tags or {})}
     model_params = {
         "recommender": model.name,
         "n_users": int(arrays["user_keys"].shape[0]),
@@ -945,7 +1397,13 @@ def log_recommender(
         "excludes_seen": "seen_indptr" in arrays,
         "max_k": int(max_k),
         "max_rows": int(max_rows),
+        "compression": compression,
     }
+    if compression != "fp32":
+        from mm_pipeline.compress.artifact import compact_serving_arrays
+
+        arrays = compact_serving_arrays(arrays, compression)
+    model_tags = {"mm_pipeline.recommender": model.name, **safe_params(tags or {})}
     example = None
     if input_example_users:
         example = pd.DataFrame(
@@ -958,6 +1416,7 @@ def log_recommender(
     with tempfile.TemporaryDirectory(prefix="mm_pipeline_serving_") as tmp:
         arrays_path = os.path.join(tmp, ARTIFACT_FILE)
         np.savez(arrays_path, **arrays)
+        model_params["artifact_bytes"] = os.path.getsize(arrays_path)
         code_path = Path(tmp) / MODEL_CODE_FILE
         code_path.write_text(_model_code(), encoding="utf-8")
         with warnings.catch_warnings():

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from mm_pipeline.recommend.base import EmbeddingRecommender, sparse_from_scipy
-from mm_pipeline.registry.pyfunc import ARTIFACT_KEY, secret_fingerprint, user_key
+from mm_pipeline.registry.pyfunc import ARTIFACT_KEY, plain_serving_arrays, secret_fingerprint, user_key
 
 if TYPE_CHECKING:
     from mm_pipeline.data.types import SplitData
@@ -110,7 +110,7 @@ def served_scorer(
 ) -> ServedScorer:
     """Map ``served``'s arrays onto users ``user_ids`` and items ``item_ids`` (raw ids, in the
     split's index order); see the module docstring."""
-    arrays = served.arrays
+    arrays = plain_serving_arrays(served.arrays)  # a compact artifact decoded: the tables it serves
     for key in ("item_embeddings", "item_ids", "user_keys", "key_check", "popular_items"):
         if key not in arrays:
             raise ValueError(

@@ -1,58 +1,80 @@
-"""Compressed model: magnitude pruning and int8 quantization of the selected model's serving scorer."""
+"""Compressed model: the selected model's served artifact at fp32, fp16, int8, int4 with fp16 outliers and
+int4, measured, and the variant that ships (the smallest within the validation quality gate)."""
+
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
-from mm_pipeline.compress.measure import compress_recommender
+from mm_pipeline.compress.frontier import DEFAULT_MAX_RELATIVE_LOSS, compression_frontier
 from mm_pipeline.data.types import InteractionSplit
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.metadata import frame_table
 from mm_pipeline.defs.resources import PipelineResource
-from mm_pipeline.evaluate.metrics import ranking_metrics
 from mm_pipeline.recommend.base import EmbeddingRecommender
 
 GROUP = "compress"
 
 
 class CompressConfig(dg.Config):
-    prune_amount: float = 0.3
-    latency_users: int = 512
+    serve: Literal["auto", "fp32", "fp32_compact", "fp16", "int8", "int4_outliers", "int4"] = Field(
+        default="auto",
+        description="The variant registered and served: 'auto' = the smallest whose validation NDCG@20 is "
+        "within max_relative_loss of fp32; a name forces it ('fp32' keeps the plain artifact).",
+    )
+    max_relative_loss: float = Field(
+        default=DEFAULT_MAX_RELATIVE_LOSS, description="The quality gate: relative validation NDCG@20 loss."
+    )
+    latency_batch: int = Field(default=64, description="Known users per timed request (k = 20).")
+    latency_requests: int = Field(default=20, description="Timed requests per variant (the median is reported).")
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"}, code_version="2")
+@dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="3")
 def compressed_model(
-    config: CompressConfig, selected_model: dict, interaction_split: InteractionSplit, pipeline: PipelineResource
+    config: CompressConfig,
+    selected_model: dict,
+    interaction_split: InteractionSplit,
+    raw_items: pd.DataFrame,
+    pipeline: PipelineResource,
 ) -> dg.Output[dict]:
-    """fp32, pruned, int8 and pruned+int8 variants with parameter count, size, latency and quality.
-
-    The quality change here is measured on the *validation* split; test numbers are in the report.
+    """The served artifact of the selected model at fp32 (plain), fp16, int8, int4 with fp16 outliers and int4
+    (per-row scales):
+    its bytes, validation and test NDCG@20 / recall@20 and request latency through the pyfunc, and which
+    variant is served (chosen on validation; test is for the record). See ``mm_pipeline.compress.frontier``.
     """
     model = EmbeddingRecommender.from_bundle(selected_model)
-    data = split_data(interaction_split)
-    result = compress_recommender(
-        model, prune_amount=config.prune_amount, latency_users=config.latency_users, seed=pipeline.seed
+    frontier = compression_frontier(
+        model,
+        split_data(interaction_split),
+        raw_items["item_id"].astype(str).tolist(),
+        max_relative_loss=config.max_relative_loss,
+        serve=config.serve,
+        latency_batch=config.latency_batch,
+        latency_requests=config.latency_requests,
+        seed=pipeline.seed,
     )
-    popularity = data.train.sum(axis=0).A1
-    quality = []
-    for name, rec in result["recommenders"].items():
-        m = ranking_metrics(
-            rec, truth=data.valid, exclude=data.train, ks=(20,), item_popularity=popularity, n_train_users=data.n_users
-        )
-        quality.append({"variant": name, "valid_recall@20": m["recall@20"], "valid_ndcg@20": m["ndcg@20"]})
-    stats = result["stats"].merge(pd.DataFrame(quality), on="variant")
-    base = stats.loc[stats["variant"] == "fp32"].iloc[0]
-    stats["valid_recall@20_change"] = stats["valid_recall@20"] - base["valid_recall@20"]
-    variants = {name: rec.to_arrays() for name, rec in result["recommenders"].items() if name != "fp32"}
+    stats = frontier.table
+    served = stats.loc[stats["served"]].iloc[0]
+    variants = [name for name in frontier.arrays if name != "fp32"]
     return dg.Output(
         {
             "stats": stats,
-            "variants": list(variants),
+            "variants": variants,
             "source_model": model.name,
-            **{f"variant_{k}": v for k, v in variants.items()},
+            "serving": frontier.served,
+            "max_relative_loss": config.max_relative_loss,
+            **{f"variant_{name}": frontier.arrays[name] for name in variants},
         },
         metadata={
             "compression": frame_table(stats),
-            "prune_amount": config.prune_amount,
-            "int8_size_ratio": float(stats.loc[stats["variant"] == "int8", "size_ratio"].iloc[0]),
+            "served_variant": frontier.served,
+            "served_bytes": int(served["bytes"]),
+            "fp32_bytes": int(stats.loc[0, "bytes"]),
+            "served_size_ratio": dg.MetadataValue.float(float(served["size_ratio"])),
+            "served_valid_ndcg_loss": dg.MetadataValue.float(float(served["valid_ndcg_loss"])),
+            "served_test_ndcg_loss": dg.MetadataValue.float(float(served["test_ndcg_loss"])),
+            "served_latency_median_ms": dg.MetadataValue.float(float(served["latency_median_ms"])),
+            "fp32_latency_median_ms": dg.MetadataValue.float(float(stats.loc[0, "latency_median_ms"])),
         },
     )

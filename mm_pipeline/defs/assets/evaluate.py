@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import dagster as dg
 import pandas as pd
 
+from mm_pipeline.compress.artifact import serving_recommender
 from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
 from mm_pipeline.defs.resources import PipelineResource
@@ -33,7 +34,13 @@ def _recommenders(bundles: Sequence[dict], compressed_model: dict | None) -> dic
     models = {b["name"]: EmbeddingRecommender.from_bundle(b) for b in bundles if "skipped" not in b}
     for variant in (compressed_model or {}).get("variants", []):
         name = f"{compressed_model['source_model']}[{variant}]"
-        models[name] = EmbeddingRecommender.from_arrays(name, compressed_model[f"variant_{variant}"])
+        arrays = compressed_model[f"variant_{variant}"]
+        # A served artifact's tables (format_version 2), decoded: the variant is evaluated as it is served.
+        models[name] = (
+            serving_recommender(arrays, name)
+            if "format_version" in arrays
+            else EmbeddingRecommender.from_arrays(name, arrays)
+        )
     return models
 
 

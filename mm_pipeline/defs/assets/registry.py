@@ -25,6 +25,7 @@ def registered_model(
     context: dg.AssetExecutionContext,
     config: RegistryConfig,
     selected_model: dict,
+    compressed_model: dict,
     interaction_split: InteractionSplit,
     raw_items: pd.DataFrame,
     aligned_item_embeddings: dict,
@@ -34,19 +35,24 @@ def registered_model(
 ) -> dg.Output[dict]:
     """Logs the selected model (the best validation NDCG@20 among the trained models, see ``selected_model``) as
     a pyfunc with its test metrics and registers a new version; the choice and its reason are tags. The
-    served model also holds the aligned per-modality item embeddings, so its explanations can name each
-    user's dominant modality (:mod:`mm_pipeline.explain.interest`)."""
+    artifact is stored as ``compressed_model`` chose (its ``serving`` variant: the smallest within the
+    validation quality gate, or what its config forces; ``fp32`` is the plain format). The served model
+    also holds the aligned per-modality item embeddings, so its explanations can name each user's
+    dominant modality (:mod:`mm_pipeline.explain.interest`)."""
     import mlflow
 
     from mm_pipeline.explain.interest import InterestSpace
     from mm_pipeline.registry.pyfunc import log_recommender, register_alias
 
     model = EmbeddingRecommender.from_bundle(selected_model)
+    compression = str(compressed_model.get("serving", "fp32"))
     data = split_data(interaction_split)
     interest = InterestSpace.from_aligned(
         aligned_item_embeddings, max_size=int(np.diff(data.train.tocsr().indptr).max()), seed=pipeline.seed
     )
-    test_metrics = evaluation_report["metrics"]["models"][model.name]
+    # The test metrics of what is logged: the compressed variant's row of the report when one is served.
+    reported = evaluation_report["metrics"]["models"]
+    test_metrics = reported.get(f"{model.name}[{compression}]", reported[model.name])
     with mlflow_tracking.start_run(context, run_name=f"register {model.name}") as run:
         mlflow.log_metrics(
             {f"test_{metric_key(k)}": float(v) for k, v in test_metrics.items() if isinstance(v, (int, float))}
@@ -55,6 +61,7 @@ def registered_model(
             {
                 "mm_pipeline.selected_model": model.name,
                 "mm_pipeline.selection_reason": selected_model.get("selection_reason", ""),
+                "mm_pipeline.compression": compression,
             }
         )
         info = log_recommender(
@@ -64,8 +71,9 @@ def registered_model(
             data.train,
             name="recommender",
             registered_model_name=config.registered_model_name,
-            tags={"selected_model": model.name},
+            tags={"selected_model": model.name, "compression": compression},
             interest=interest,
+            compression=compression,
         )
     version = str(info.registered_model_version)
     register_alias(config.registered_model_name, version, config.alias)
@@ -75,6 +83,7 @@ def registered_model(
             "version": version,
             "model_uri": info.model_uri,
             "run_id": run.info.run_id,
+            "compression": compression,
         },
         metadata={
             "registered_model": config.registered_model_name,
@@ -83,6 +92,8 @@ def registered_model(
             "alias": config.alias,
             "mlflow_run_id": run.info.run_id,
             "model_uri": info.model_uri,
+            "compression": compression,
+            "artifact_bytes": int(info.params.get("artifact_bytes", 0)) if info.params else 0,
             "test_recall@20": float(test_metrics["recall@20"]),
         },
     )
