@@ -15,6 +15,10 @@ A step loads its upstream value from the run that produced it in its run lineage
 the parent run it re-executes from), never from another run that happens to be writing the same
 asset; an asset that is not part of the run (a job that reads what is stored) loads the published
 version. So two runs at once, on one machine or many, never read each other's partial outputs.
+
+Every asset value it stores gets the content hash of what was stored as its Dagster data version
+(:func:`set_content_version`): what Dagster's staleness, the UI and the incremental runs of
+:mod:`mm_pipeline.defs.incremental` go by.
 """
 
 from __future__ import annotations
