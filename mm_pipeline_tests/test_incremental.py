@@ -120,7 +120,7 @@ def test_every_asset_carries_a_content_hash_data_version(project):
 def test_a_second_run_with_nothing_changed_materializes_nothing(project):
     plan = project.plan()
     assert plan.nothing_to_do and len(plan.up_to_date) == 31
-    assert plan.summary().startswith("31 assets up to date, 0 to materialize (up to date: source_dataset, ")
+    assert plan.summary().startswith("31 assets up to date, 0 to materialize (up to date: ")
     # --force's counterpart: any other run config than the last one (here: another dataset) is a change.
     other = project.plan({**FAST, "resources": {"pipeline": {"config": {"dataset": "builtin:tiny"}}}})
     assert other.reasons == {K("source_dataset"): "the source changed"} and len(other.to_materialize) == 31
@@ -183,3 +183,29 @@ def test_an_edited_source_file_recomputes_the_source_and_what_is_downstream(proj
 def test_op_config_entry_treats_a_missing_and_an_empty_config_alike():
     assert op_config_entry({}, "a") == op_config_entry({"ops": {"a": {"config": {}}}}, "a")
     assert op_config_entry({"ops": {"a": {"config": {"x": 1}}}}, "a") != op_config_entry({}, "a")
+
+
+def test_a_new_inbox_partition_makes_the_raw_source_run_again(project, tmp_path):
+    """Dagster's staleness does not follow a new partition of the partitioned ``inbox_interactions`` into
+    ``raw_interactions``: the plan compares the partitions it appended with those materialized now."""
+    import hashlib
+
+    from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, INBOX_PARTITIONS_NAME
+
+    new = tmp_path / "2026-11-01.csv"
+    new.write_text("user_id,item_id,timestamp\nu000001,i000003,1900000000\n")
+    digest = hashlib.sha256(new.read_bytes()).hexdigest()
+    project.instance.add_dynamic_partitions(INBOX_PARTITIONS_NAME, [digest])
+    assert K("raw_interactions") not in project.plan().reasons  # registered, not materialized: not included
+    result = dg.materialize(
+        [inbox_interactions, *all_assets()],
+        selection=[INBOX_ASSET_KEY],
+        partition_key=digest,
+        instance=project.instance,
+        resources=project.resources,
+        run_config={"ops": {"inbox_interactions": {"config": {"file": str(new)}}}},
+    )
+    assert result.success and project.data_version("inbox_interactions") == digest
+    plan = project.plan()
+    assert plan.reasons[K("raw_interactions")] == "the inbox partitions changed"
+    assert {K("source_dataset"), K("raw_items"), K("raw_interactions")} <= set(plan.to_materialize)

@@ -10,7 +10,9 @@ An asset of the job is **up to date** when all of these hold:
 * its op's run config (``ops: {<op>: ...}``) is the one its last materialization ran with (Dagster's
   staleness does not look at run config: the run that materialized it is asked);
 * for the source (``source_dataset``): the fingerprint of the source as it is now is the data version it was
-  read with (a file edited, added or removed, another ``--dataset`` or seed changes it).
+  read with (a file edited, added or removed, another ``--dataset`` or seed changes it);
+* for ``raw_interactions``: the inbox partitions it appended are those materialized now (Dagster's
+  staleness does not follow new partitions of an upstream partitioned asset into an unpartitioned one).
 
 Everything else is **materialized**, with everything downstream of it in the job (Dagster's staleness stops
 at the first asset whose parent changed; a run recomputes the whole way down) and whatever must run with it
@@ -27,6 +29,7 @@ from typing import Any
 import dagster as dg
 
 SOURCE_KEY = dg.AssetKey("source_dataset")
+RAW_INTERACTIONS_KEY = dg.AssetKey("raw_interactions")
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,27 @@ def _reason(key, asset_graph, instance, resolver, runs, run_config, stored, expe
     node = asset_graph.get(key).assets_def.node_def.name
     if op_config_entry(run.run_config, node) != op_config_entry(run_config, node):
         return "its run config changed"
+    if key == RAW_INTERACTIONS_KEY and _inbox_digests(instance) != _recorded_inbox_digests(event):
+        return "the inbox partitions changed"
     return None
+
+
+def _inbox_digests(instance: dg.DagsterInstance) -> list[str]:
+    """The inbox partitions ``raw_interactions`` would append now: registered and materialized, in order."""
+    from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, INBOX_PARTITIONS_NAME
+
+    registered = list(instance.get_dynamic_partitions(INBOX_PARTITIONS_NAME))
+    if not registered:
+        return []
+    materialized = instance.get_materialized_partitions(INBOX_ASSET_KEY)
+    return [d for d in registered if d in materialized]
+
+
+def _recorded_inbox_digests(event) -> list[str]:
+    """The inbox partitions the last ``raw_interactions`` appended (its metadata ``inbox_digests``). Dagster's
+    staleness does not see a partition of ``inbox_interactions`` materialized after it, so this is asked."""
+    entry = event.asset_materialization.metadata.get("inbox_digests")
+    return list(entry.value) if entry is not None else []
 
 
 def _with_downstream(roots: set, keys: Iterable[dg.AssetKey], asset_graph) -> set:
