@@ -64,7 +64,11 @@ class Plan:
             return ""
         downstream = len(self.to_materialize) - sum(map(len, by_reason.values()))
         tail = f"; and {downstream} downstream of them" if downstream else ""
-        return "why: " + "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()) + tail
+        return "why: " + "; ".join(f"{_some(names)}: {reason}" for reason, names in by_reason.items()) + tail
+
+
+def _some(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names) if len(names) <= shown else f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
 def stale_status_resolver(instance: dg.DagsterInstance, asset_graph):
@@ -233,9 +237,12 @@ def planned_pipeline(run_config: Mapping[str, Any] | None, base=None):
     """The ``pipeline`` resource a run with ``run_config`` gets: ``base`` (default: the defaults and
     environment, as :func:`mm_pipeline.defs.build.default_resources` makes it) with the run config's
     ``resources: {pipeline: {config: ...}}`` on top."""
+    from mm_pipeline import settings
     from mm_pipeline.defs.resources import PipelineResource
 
     config = dict((((run_config or {}).get("resources") or {}).get("pipeline") or {}).get("config") or {})
+    # Run config may name an environment variable for a value ({env: NAME}), as Dagster allows.
+    config = {k: (settings.env(v["env"]) or "") if isinstance(v, dict) and "env" in v else v for k, v in config.items()}
     fields = {}
     if base is not None:
         fields = {name: getattr(base, name) for name in ("home", "dataset", "seed", "torch_threads")}
