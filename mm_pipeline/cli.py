@@ -4,9 +4,11 @@
 and finishes; ``run`` hands the steps to the job's executor (``$MM_PIPELINE_EXECUTOR``: in-process,
 multiprocess, or the Celery workers). Both wait for a free run slot under the instance's
 ``max_concurrent_runs``, like runs launched from the UI (:mod:`mm_pipeline.defs.admission`), and a
-failed run ends with the step and the error it raised (``--debug``: the stack trace). ``report``
-prints the latest metrics; ``recommend`` asks the champion model for one user's top-k; ``forget``
-forgets a user (:mod:`mm_pipeline.privacy`: forget list, retrain, purge, audit).
+failed run ends with the step and the error it raised (``--debug``: the stack trace). Both
+materialize only the assets that are missing or stale and what is downstream of them
+(:mod:`mm_pipeline.defs.incremental`; ``--force``: every asset of the job). ``report`` prints the
+latest metrics; ``recommend`` asks the champion model for one user's top-k; ``forget`` forgets a user
+(:mod:`mm_pipeline.privacy`: forget list, retrain, purge, audit).
 """
 
 from __future__ import annotations
@@ -213,6 +215,27 @@ def report_failure(events, run_id: str, debug: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------ commands
+def plan_incremental(defs, job: str, instance, run_config: dict):
+    """What a run of ``job`` with ``run_config`` must materialize (:mod:`mm_pipeline.defs.incremental`): the
+    assets that are missing or stale and everything downstream of them. Prints the plan on stderr."""
+    from mm_pipeline.defs.incremental import expected_source_versions, plan_run, planned_pipeline, stored_in
+    from mm_pipeline.defs.io_manager import storage_base
+
+    io_config = ((run_config.get("resources") or {}).get("io_manager") or {}).get("config") or {}
+    plan = plan_run(
+        defs,
+        job,
+        instance,
+        run_config,
+        stored_in(storage_base(str(io_config.get("base_dir") or ""))),
+        expected_source_versions(planned_pipeline(run_config)),
+    )
+    _stderr(plan.summary())
+    if plan.why():
+        _stderr(plan.why())
+    return plan
+
+
 def execute_with_progress(
     job: str,
     dataset: str | None,
@@ -220,9 +243,13 @@ def execute_with_progress(
     paths: settings.ProjectPaths,
     debug: bool = False,
     tags: dict[str, str] | None = None,
+    force: bool = False,
 ):
     """Run ``job`` in this process once a run slot is free, printing each step as it starts and
-    finishes. Returns ``(result, progress handler, perf_counter at the start)``."""
+    finishes: only the assets that are missing or stale and what is downstream of them, or every asset
+    with ``force``. Returns ``(result, progress handler, perf_counter at the start)``; the result is None
+    when every asset was up to date (no run)."""
+    run_config = with_dataset(run_config, dataset)
     import dagster as dg
     from dagster._loggers import colored_console_logger
 
@@ -239,21 +266,31 @@ def execute_with_progress(
         {"progress": progress_logger_def(progress), "console": colored_console_logger}
     )
     _stderr(f"Running {job} on {dataset or settings.dataset_spec()} (one line per step; the Dagster UI shows more)")
-    with dg.DagsterInstance.get() as instance:
-        result = admitted_run(
-            instance,
-            lambda admission: job_def.execute_in_process(
-                instance=instance,
-                raise_on_error=False,
-                tags={**admission, **(tags or {})},
-                run_config={**with_dataset(run_config, dataset), "loggers": loggers},
-            ),
+
+    def start(instance, admission):
+        # Planned once a run slot is free: a run that finished meanwhile may have materialized what was missing.
+        plan = None if force else plan_incremental(defs, job, instance, run_config)
+        if plan is not None and plan.nothing_to_do:
+            return None
+        return job_def.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            tags={**admission, **(tags or {})},
+            run_config={**run_config, "loggers": loggers},
+            asset_selection=None if plan is None else list(plan.to_materialize),
         )
+
+    with dg.DagsterInstance.get() as instance:
+        result = admitted_run(instance, lambda admission: start(instance, admission))
     return result, progress, started
 
 
 def run_demo(
-    dataset: str | None, job: str = "full_pipeline", debug: bool = False, config_file: str | None = None
+    dataset: str | None,
+    job: str = "full_pipeline",
+    debug: bool = False,
+    config_file: str | None = None,
+    force: bool = False,
 ) -> int:
     run_config = read_run_config(config_file)
     if run_config is None:
@@ -263,8 +300,12 @@ def run_demo(
     prepare_dagster_home(paths)
     from mm_pipeline.definitions import defs
 
-    result, progress, started = execute_with_progress(job, dataset, run_config, paths, debug)
+    result, progress, started = execute_with_progress(job, dataset, run_config, paths, debug, force=force)
     elapsed = time.perf_counter() - started
+    if result is None:
+        print(f"\nNothing to materialize: every asset of {job} is up to date ({elapsed:.1f} s)")
+        print("(--force recomputes them all)")
+        return _print_outcome(paths, None)
     if progress.not_executed:
         _stderr(f"{progress.not_executed} step(s) not executed: a step they depend on failed or was skipped")
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
@@ -283,12 +324,24 @@ def run_demo(
     if not result.success:
         report_failure(result.all_events, result.run_id, debug)
         return 1
-    print_report(paths.reports / "latest" / "metrics.json")
+    return _print_outcome(paths, result.run_id)
+
+
+def _print_outcome(paths: settings.ProjectPaths, run_id: str | None) -> int:
+    """The metrics table and where everything is (``run_id``: the run, None when nothing ran)."""
+    metrics = paths.reports / "latest" / "metrics.json"
+    if not metrics.exists():
+        _stderr(f"no report at {metrics}: run with --force to write it again")
+        return 1
+    print_report(metrics)
     print(f"\nReports:    {paths.reports / 'latest'}  (metrics.json, report.md, report.html)")
     batch = paths.home / "batch" / "recommendations.parquet"
     if batch.exists():
         print(f"Batch:      {batch}  (the champion's top-k for every user; `mm-pipeline recommend --user ID`)")
-    print(f"Dagster:    run {result.run_id}; browse it with `make ui` -> http://127.0.0.1:3000")
+    if run_id is not None:
+        print(f"Dagster:    run {run_id}; browse it with `make ui` -> http://127.0.0.1:3000")
+    else:
+        print("Dagster:    no run (nothing to do); browse the assets with `make ui` -> http://127.0.0.1:3000")
     print(
         f"MLflow:     {settings.mlflow_tracking_uri(paths)}; browse it with `make mlflow-ui` -> http://127.0.0.1:5000"
     )
@@ -325,11 +378,18 @@ def read_run_config(config_file: str | None) -> dict | None:
 
 
 def run_job(
-    job: str, dataset: str | None, config_file: str | None, from_failure: str | None = None, debug: bool = False
+    job: str,
+    dataset: str | None,
+    config_file: str | None,
+    from_failure: str | None = None,
+    debug: bool = False,
+    force: bool = False,
 ) -> int:
     """``job`` through its own executor (``$MM_PIPELINE_EXECUTOR``) in the instance of ``$DAGSTER_HOME``,
-    once a run slot is free. ``dataset`` goes into the run config (the ``pipeline`` resource), so steps
-    on workers with another environment still read it. Prints the run id and where its report is."""
+    once a run slot is free: the assets that are missing or stale and what is downstream of them (all of
+    them with ``force``; a re-execution from a failure runs what that run left). ``dataset`` goes into the
+    run config (the ``pipeline`` resource), so steps on workers with another environment still read it.
+    Prints the run id and where its report is."""
     import dagster as dg
 
     from mm_pipeline import definitions
@@ -347,17 +407,25 @@ def run_job(
         # From failure: the steps that failed or never finished in that run; the others' outputs are read
         # from the versions that run wrote.
         reexecution = dg.ReexecutionOptions.from_failure(from_failure, instance) if from_failure else None
-        result = admitted_run(
-            instance,
-            lambda tags: dg.execute_job(
+
+        def start(tags):
+            plan = None if force or reexecution else plan_incremental(definitions.defs, job, instance, run_config)
+            if plan is not None and plan.nothing_to_do:
+                return None
+            return dg.execute_job(
                 dg.reconstructable(definitions.JOB_LOADERS[job]),
                 instance=instance,
                 run_config=run_config,
                 tags=tags,
                 reexecution_options=reexecution,
                 raise_on_error=False,
-            ),
-        )
+                asset_selection=None if plan is None else list(plan.to_materialize),
+            )
+
+        result = admitted_run(instance, start)
+    if result is None:
+        print(f"Nothing to materialize: every asset of {job} is up to date (--force recomputes them all)")
+        return 0
     print(f"Dagster run {result.run_id}: {'success' if result.success else 'FAILED'}")
     print(f"Report:     {paths.reports / 'runs' / result.run_id} (reports/latest is the newest run's)")
     if not result.success:
@@ -577,7 +645,13 @@ def run_forget(
     )
 
     result, _, _ = execute_with_progress(
-        "full_pipeline", dataset, _forget_run_config(run_config, request), paths, debug, tags={FORGET_TAG: request}
+        "full_pipeline",
+        dataset,
+        _forget_run_config(run_config, request),
+        paths,
+        debug,
+        tags={FORGET_TAG: request},
+        force=True,  # the forget list changes what every asset holds, whatever the source's fingerprint says
     )
     record["retrain_run"] = result.run_id
     if not result.success:
@@ -709,6 +783,12 @@ def _print_forget_summary(record: dict, purged, audit: Path) -> None:
     print(f"  audit:     {audit}")
 
 
+FORCE_HELP = (
+    "materialize every asset of the job; without it, only those that are missing or stale (code, input data, "
+    "run config or source changed) and what is downstream of them"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", help="on failure, print the whole stack trace")
@@ -725,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="research_pipeline adds the ablations of the primary model (several minutes more)",
     )
     demo.add_argument("--config", help="a YAML run-config file (ops:, resources:), e.g. which ablations to train")
+    demo.add_argument("--force", action="store_true", help=FORCE_HELP)
     run = sub.add_parser(
         "run", parents=[debug], help="run a job through its executor ($MM_PIPELINE_EXECUTOR, e.g. celery)"
     )
@@ -735,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help="a YAML run-config file (ops:, resources:)")
     run.add_argument("--from-failure", metavar="RUN_ID", help="re-execute that failed run from its failure")
+    run.add_argument("--force", action="store_true", help=FORCE_HELP)
     sub.add_parser("report", parents=[debug], help="print the latest metrics table")
     recommend = sub.add_parser("recommend", parents=[debug], help="the champion model's top-k items for one user")
     recommend.add_argument("--user", required=True, metavar="ID", help="the user's id, as in the interactions")
@@ -776,9 +858,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            return run_demo(args.dataset, args.job, args.debug, args.config)
+            return run_demo(args.dataset, args.job, args.debug, args.config, force=args.force)
         if args.command == "run":
-            return run_job(args.job, args.dataset, args.config, args.from_failure, args.debug)
+            return run_job(args.job, args.dataset, args.config, args.from_failure, args.debug, force=args.force)
         if args.command == "recommend":
             return run_recommend(args.user, args.k, args.json, args.model, explain=args.explain)
         if args.command == "forget":

@@ -24,6 +24,7 @@ is never read. Leftovers of killed writes (``.<name>.tmp-*``, ``.<name>.old-*``)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -126,6 +127,57 @@ def _write_entries(folder, bundle: dict[str, Any]) -> None:
             manifest["values"][key] = value
     text = json.dumps(manifest, indent=1, default=_json_default)  # fails before anything is committed
     (folder / MANIFEST).write_text(text)
+
+
+def bundle_digest(bundle: dict[str, Any]) -> str:
+    """A content hash of ``bundle`` (32 hex digits): equal for bundles that store the same values, whatever
+    the order of their keys or when they were written. Tables hash their column names, dtypes and cells,
+    arrays their dtype, shape and bytes, other entries their JSON text."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(bundle):
+        digest.update(f"\x00{key}\x00".encode())
+        _digest_entry(digest, bundle[key])
+    return digest.hexdigest()
+
+
+def _digest_entry(digest, value: Any) -> None:
+    array = _to_numpy(value)
+    if isinstance(value, pd.DataFrame):
+        digest.update(f"table{list(map(str, value.columns))}{len(value)}".encode())
+        for name in value.columns:
+            _digest_column(digest, value[name])
+    elif array is not None:
+        _digest_array(digest, array)
+    elif isinstance(value, dict) and value and all(_to_numpy(v) is not None for v in value.values()):
+        for key in sorted(value):
+            digest.update(f"\x01{key}".encode())
+            _digest_array(digest, _to_numpy(value[key]))
+    else:
+        try:
+            text = json.dumps(value, sort_keys=True, default=_json_default)
+        except TypeError:  # keys of mixed types cannot be sorted
+            text = json.dumps(value, default=_json_default)
+        digest.update(f"json{text}".encode())
+
+
+def _digest_array(digest, array: np.ndarray) -> None:
+    digest.update(f"array{array.dtype.str}{array.shape}".encode())
+    if array.dtype == object:
+        digest.update(json.dumps(array.tolist(), default=str).encode())
+    else:
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
+def _digest_column(digest, column: pd.Series) -> None:
+    digest.update(f"column{column.dtype}".encode())
+    values = column.to_numpy()
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        _digest_array(digest, values)
+        return
+    try:  # strings, categories, mixed objects: one 64-bit hash per cell, with a fixed key
+        digest.update(pd.util.hash_pandas_object(column, index=False).to_numpy().tobytes())
+    except TypeError:  # unhashable cells (lists, dicts)
+        digest.update(json.dumps(column.tolist(), default=str).encode())
 
 
 def save_bundle(path: Any, bundle: dict[str, Any]) -> Path:

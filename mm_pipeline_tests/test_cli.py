@@ -4,8 +4,11 @@ import json
 import os
 
 import dagster as dg
+import yaml
 
 from mm_pipeline import cli
+
+from fast_config import FASTER_OPS, fast_run_config
 
 
 def test_demo_runs_the_full_job_and_prints_the_table(tmp_path, monkeypatch, capsys):
@@ -13,7 +16,10 @@ def test_demo_runs_the_full_job_and_prints_the_table(tmp_path, monkeypatch, caps
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MM_PIPELINE_DATASET", raising=False)  # --dataset reaches the run as run config
-    assert cli.main(["demo", "--dataset", "builtin:tiny"]) == 0
+    config = tmp_path / "fast.yaml"  # shorter training: the demo runs three times here
+    config.write_text(yaml.safe_dump(fast_run_config(FASTER_OPS)))
+    demo = ["demo", "--dataset", "builtin:tiny", "--config", str(config)]
+    assert cli.main(demo) == 0
     captured = capsys.readouterr()
     out = captured.out
     assert "mm_gcn" in out and "recall@20" in out and "cold-start" in out
@@ -29,3 +35,24 @@ def test_demo_runs_the_full_job_and_prints_the_table(tmp_path, monkeypatch, caps
         runs = instance.get_runs()
         assert len(runs) == 1 and runs[0].job_name == "full_pipeline"
         assert runs[0].status == dg.DagsterRunStatus.SUCCESS
+
+    # Again, nothing changed: nothing is materialized, no run is made, the report stays as it was.
+    report = (tmp_path / "reports" / "latest" / "metrics.json").read_text()
+    assert cli.main(demo) == 0
+    captured = capsys.readouterr()
+    (summary,) = [line for line in captured.err.splitlines() if "assets up to date" in line]
+    assert summary.startswith("31 assets up to date, 0 to materialize (up to date: ") and "raw_items, " in summary
+    assert "started " not in captured.err and "Nothing to materialize" in captured.out and "mm_gcn" in captured.out
+    assert (tmp_path / "reports" / "latest" / "metrics.json").read_text() == report
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_runs()) == 1
+
+    # --force: every asset again.
+    assert cli.main([*demo, "--force"]) == 0
+    captured = capsys.readouterr()
+    assert "assets up to date" not in captured.err and "finished batch_recommendations (" in captured.err
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 2
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(dg.AssetKey("raw_items")), limit=10).records
+        assert {r.event_log_entry.run_id for r in records} == {run.run_id for run in runs}

@@ -163,3 +163,25 @@ def test_spec_options_are_parsed_and_checked(tmp_path):
         from mm_pipeline.datasets.movielens import options_from
 
         options_from({"kcore": "-2"})
+
+
+def test_source_fingerprint_follows_every_file_the_spec_and_the_seed(tmp_path):
+    from mm_pipeline.datasets.sources import resolve_source, source_fingerprint
+
+    shop = tmp_path / "shop"
+    (shop / "images").mkdir(parents=True)
+    (shop / "items.csv").write_text("item_id,title\na,Red hat\n")
+    (shop / "images" / "a.png").write_bytes(b"\x89PNG fake")
+    spec = f"folder:{shop}"
+    source = resolve_source(spec, tmp_path / "data")
+    first = source_fingerprint(spec, source)
+    assert source_fingerprint(spec, source) == first
+    (shop / ".items.csv.tmp-0").write_text("a write in progress")  # hidden names are not the source
+    assert source_fingerprint(spec, source) == first
+    assert source_fingerprint(spec, source, seed=1) != first
+    assert source_fingerprint(f"{spec}?bad_rows=quarantine", resolve_source(f"{spec}?bad_rows=quarantine", "")) != first
+    (shop / "images" / "a.png").write_bytes(b"\x89PNG edited")
+    edited = source_fingerprint(spec, source)
+    assert edited != first
+    (shop / "images" / "b.png").write_bytes(b"\x89PNG new")
+    assert source_fingerprint(spec, source) not in (first, edited)

@@ -278,3 +278,47 @@ def test_audio_features_edge_cases():
         audio_features(np.zeros(100, np.float32), SR)
     with pytest.raises(ValueError, match="hop_length"):
         audio_features(np.zeros((1, 100), np.float32), SR, hop_length=0)
+
+
+# ------------------------------------------------------------------------------------------- feature cache
+
+
+def test_feature_cache_encodes_only_new_texts(tmp_path):
+    from mm_pipeline.features.cache import FeatureCache, cached_vectors
+
+    calls: list[list[str]] = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return np.array([[len(t), t.count("a")] for t in texts], dtype=np.float32)
+
+    cache = FeatureCache(tmp_path / "text", max_chunks=2)
+    texts = ["a hat", "a cap", "", "a hat"]
+    vectors, hits = cached_vectors(texts, encode, cache)
+    assert hits == 0 and calls == [["a hat", "a cap", ""]]  # each distinct text once
+    np.testing.assert_array_equal(vectors, encode(texts))
+    # One text edited, one added: only those two are encoded; the order is the input's.
+    calls.clear()
+    vectors, hits = cached_vectors(["a hat", "a cap!", "", "banana"], encode, cache)
+    assert calls == [["a cap!", "banana"]] and hits == 2
+    np.testing.assert_array_equal(vectors, encode(["a hat", "a cap!", "", "banana"]))
+    # Past max_chunks the chunks are merged into one, without losing a vector.
+    cached_vectors(["x"], encode, cache)
+    assert len(list((tmp_path / "text").glob("*.npz"))) == 1
+    calls.clear()
+    _, hits = cached_vectors(["a hat", "a cap", "a cap!", "banana", "x"], encode, cache)
+    assert hits == 5 and calls == []
+    assert cached_vectors(["a hat"], encode, None)[1] == 0  # no cache: everything encoded
+
+
+def test_encode_texts_cached_matches_encode_texts(tmp_path):
+    from mm_pipeline.features.text import encode_texts_cached, text_cache_folder
+
+    texts = ["A red summer dress.", "Noise-cancelling headphones", ""]
+    fresh = encode_texts(texts)
+    first, hits = encode_texts_cached(texts, tmp_path)
+    assert hits == 0 and text_cache_folder(tmp_path).is_dir()
+    again, hits = encode_texts_cached(texts[::-1], tmp_path)
+    assert hits == 3
+    np.testing.assert_allclose(first, fresh, atol=1e-5)
+    np.testing.assert_allclose(again, fresh[::-1], atol=1e-5)

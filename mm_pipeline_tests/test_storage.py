@@ -213,3 +213,25 @@ def test_a_runs_split_is_loaded_once_and_an_older_dict_split_still_loads(tmp_pat
     manager.handle_output(dg.build_output_context(asset_key=key, run_id="run_old"), legacy)
     loaded = manager.load_input(dg.build_input_context(asset_key=key))
     assert isinstance(loaded, InteractionSplit) and loaded.split_method == "x" and loaded.data.train.nnz == 2
+
+
+def test_bundle_digest_is_the_content_of_what_is_stored(tmp_path):
+    from mm_pipeline.storage import bundle_digest
+
+    bundle = {
+        "table": pd.DataFrame({"a": [1, 2], "b": ["x", None], "c": pd.Categorical(["u", "v"]), "d": [[1], [2]]}),
+        "array": np.arange(6).reshape(2, 3),
+        "tensor": torch.ones(2, 2),
+        "state": {"w": np.zeros(3)},
+        "meta": {"k": 1, "names": ["a"]},
+    }
+    digest = bundle_digest(bundle)
+    assert len(digest) == 32 and bundle_digest(dict(reversed(list(bundle.items())))) == digest  # key order
+    stored = load_bundle(save_bundle(tmp_path / "asset", {k: v for k, v in bundle.items() if k != "table"}))
+    assert bundle_digest(stored) == bundle_digest({k: v for k, v in bundle.items() if k != "table"})
+    edited = bundle["table"].copy()
+    edited.loc[1, "b"] = "y"
+    assert bundle_digest({**bundle, "table": edited}) != digest
+    assert bundle_digest({**bundle, "array": np.arange(6).reshape(3, 2)}) != digest  # the shape counts
+    assert bundle_digest({**bundle, "meta": {"k": 2, "names": ["a"]}}) != digest
+    assert bundle_digest({**bundle, "state": {"w": np.zeros(3), "v": np.ones(1)}}) != digest

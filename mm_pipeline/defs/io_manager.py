@@ -15,6 +15,10 @@ A step loads its upstream value from the run that produced it in its run lineage
 the parent run it re-executes from), never from another run that happens to be writing the same
 asset; an asset that is not part of the run (a job that reads what is stored) loads the published
 version. So two runs at once, on one machine or many, never read each other's partial outputs.
+
+Every asset value it stores gets the content hash of what was stored as its Dagster data version
+(:func:`set_content_version`): what Dagster's staleness, the UI and the incremental runs of
+:mod:`mm_pipeline.defs.incremental` go by.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from mm_pipeline.data.types import STORED_TYPES, from_stored_fields, stored_fiel
 from mm_pipeline.settings import project_paths
 from mm_pipeline.storage import (
     as_path,
+    bundle_digest,
     clean_leftovers,
     is_local,
     load_bundle,
@@ -56,7 +61,7 @@ except ImportError:  # pragma: no cover - only if Dagster moves it
     RUN_ID_PLACEHOLDER = "__EPHEMERAL_RUN_ID"
 
 
-def _to_bundle(context: dg.OutputContext, obj: Any) -> dict:
+def _to_bundle(obj: Any, about: str = "the value") -> dict:
     if isinstance(obj, pd.DataFrame):
         return {_TABLE_KEY: obj, _KIND_KEY: "table"}
     if isinstance(obj, dict):
@@ -65,9 +70,15 @@ def _to_bundle(context: dg.OutputContext, obj: Any) -> dict:
         name, values = stored_fields(obj)
         return {**values, _KIND_KEY: "dataclass", _CLASS_KEY: name}
     raise TypeError(
-        f"{_describe(context)} returned {type(obj).__name__}; this IO manager stores DataFrames, "
+        f"{about} returned {type(obj).__name__}; this IO manager stores DataFrames, "
         f"dict bundles and the data types {sorted(STORED_TYPES)}"
     )
+
+
+def value_digest(obj: Any) -> str:
+    """The content hash of a value as this IO manager stores it (:func:`mm_pipeline.storage.bundle_digest`):
+    the data version of every asset it writes."""
+    return bundle_digest(_to_bundle(obj))
 
 
 def _from_bundle(bundle: dict) -> Any:
@@ -130,7 +141,7 @@ class VersionedBundleIOManager(dg.UPathIOManager):
         return UPath(OPS_FOLDER, *context.get_identifier())
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path) -> None:
-        bundle = _to_bundle(context, obj)
+        bundle = _to_bundle(obj, _describe(context))
         try:
             instance = context.step_context.instance
         except dg.DagsterInvariantViolationError:  # an output context built outside a run
@@ -142,6 +153,7 @@ class VersionedBundleIOManager(dg.UPathIOManager):
             prune_run_folders(self._base_path / OPS_FOLDER, self.keep_versions, in_use)
             return
         run_id = context.run_id
+        set_content_version(context, bundle)
         save_version(path, run_id, bundle)
         publish_version(path, run_id)
         prune_versions(path, self.keep_versions, in_use)
@@ -170,6 +182,21 @@ class VersionedBundleIOManager(dg.UPathIOManager):
 
     def get_writing_output_log_message(self, path) -> str:
         return f"Writing a new version under {path}"
+
+
+def set_content_version(context: dg.OutputContext, bundle: dict) -> str | None:
+    """Give the asset being stored the content hash of ``bundle`` as its data version. The materialization
+    event is built after the IO manager has stored the value, from the step's data versions: so every asset
+    value this IO manager writes carries a data version that changes exactly when what is stored changes,
+    and Dagster marks the assets downstream of a changed value stale (and only those). A data version the
+    asset gives itself (``dg.Output(data_version=...)``) wins: the raw source's is the source's fingerprint."""
+    try:
+        step_context = context.step_context
+    except dg.DagsterInvariantViolationError:  # an output context built outside a run
+        return None
+    version = bundle_digest(bundle)
+    step_context.set_data_version(context.asset_key, dg.DataVersion(version))
+    return version
 
 
 def _run_in_progress(instance, run_id: str) -> bool:

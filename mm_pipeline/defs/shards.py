@@ -138,7 +138,14 @@ def sharded_asset(asset: dg.AssetsDefinition, count: int) -> dg.AssetsDefinition
         keys_by_output_name={"result": asset.key},
         group_name=asset.group_names_by_key[asset.key],
         descriptions_by_output_name={"result": asset.op.description or name},
+        # The asset's own code version plus the shard count (augmentation draws are seeded per shard).
+        code_versions_by_output_name={"result": _sharded_code_version(asset, count)},
     )
+
+
+def _sharded_code_version(asset: dg.AssetsDefinition, count: int) -> str | None:
+    version = (asset.code_versions_by_key or {}).get(asset.key)
+    return None if version is None else f"{version}+shards{count}"
 
 
 def with_item_shards(assets: list, count: int | None = None) -> list:

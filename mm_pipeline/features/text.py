@@ -67,3 +67,29 @@ def encode_texts(texts: Sequence[str], batch_size: int = 128, model_path: str | 
         texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
     )
     return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+# Part of the cache folder's name: bump when encode_texts computes its vectors differently.
+ENCODING_VERSION = "1"
+
+
+def text_cache_folder(cache_root: str | Path, model_path: str | None = None) -> Path:
+    """Where the cache of ``encode_texts`` with the model at ``model_path`` lives under ``cache_root``:
+    ``text/<identity>``, the identity a hash of this code's version and the model folder's files."""
+    from mm_pipeline.features.cache import folder_identity
+
+    path = str(model_path) if model_path is not None else default_model_path()
+    return Path(cache_root) / "text" / folder_identity(f"encode_texts-{ENCODING_VERSION}", folder=path)
+
+
+def encode_texts_cached(
+    texts: Sequence[str], cache_root: str | Path | None, batch_size: int = 128, model_path: str | None = None
+) -> tuple[np.ndarray, int]:
+    """:func:`encode_texts`, with every text already encoded by the same model taken from the cache under
+    ``cache_root`` (:mod:`mm_pipeline.features.cache`; ``None``: no cache). Returns the embeddings and how
+    many came from the cache. A cached vector is the one computed when the text was first seen, in another
+    batch: equal to a fresh one up to float rounding (about 1e-7)."""
+    from mm_pipeline.features.cache import FeatureCache, cached_vectors
+
+    cache = None if cache_root is None else FeatureCache(text_cache_folder(cache_root, model_path))
+    return cached_vectors(texts, lambda todo: encode_texts(todo, batch_size=batch_size, model_path=model_path), cache)

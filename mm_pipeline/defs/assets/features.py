@@ -10,7 +10,7 @@ from mm_pipeline.defs.mlflow_models import log_torch_module
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.features.audio import audio_features as pooled_audio_features
 from mm_pipeline.features.image import ImageEncoderConfig, embed_images, train_image_encoder
-from mm_pipeline.features.text import encode_texts
+from mm_pipeline.features.text import encode_texts_cached
 
 GROUP = "features"
 
@@ -18,10 +18,13 @@ ImageEncoderRunConfig = config_from_dataclass(ImageEncoderConfig, "ImageEncoderR
 
 
 class TextEncoderConfig(dg.Config):
-    """``model_path``: a sentence-transformers folder to use instead of the bundled all-MiniLM-L6-v2."""
+    """``model_path``: a sentence-transformers folder to use instead of the bundled all-MiniLM-L6-v2.
+    ``cache``: take the embedding of every text the same model encoded before from the feature cache
+    (``<home>/cache/features/text/``), so after items are added or edited only their texts are encoded."""
 
     model_path: str = ""
     batch_size: int = 128
+    cache: bool = True
 
 
 def _coverage_metadata(features: np.ndarray, present: np.ndarray) -> dict:
@@ -88,23 +91,34 @@ def text_features(
     augmented_text: pd.DataFrame,
     source_dataset: dict,
     raw_items: pd.DataFrame,
+    pipeline: PipelineResource,
 ) -> dg.Output[dict]:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised) of the clean and augmented texts.
 
-    When the source provides precomputed text features (MMRec ``text_feat.npy``), those are used instead.
+    Texts the same model encoded before come from the feature cache (config ``cache``): after items are
+    added or edited, only their texts are encoded (metadata: ``encoded``, ``from_cache``). When the source
+    provides precomputed text features (MMRec ``text_feat.npy``), those are used instead.
     """
     if _precomputed_path(source_dataset, "text"):
         return precomputed_features(source_dataset, raw_items, "text")
     present = raw_item_text["present"].to_numpy(bool)
     texts = raw_item_text["text"].tolist()
-    both = encode_texts(
-        texts + augmented_text["text"].tolist(), batch_size=config.batch_size, model_path=config.model_path or None
+    both, hits = encode_texts_cached(
+        texts + augmented_text["text"].tolist(),
+        feature_cache_root(pipeline) if config.cache else None,
+        batch_size=config.batch_size,
+        model_path=config.model_path or None,
     )
     clean, augmented = both[: len(texts)], both[len(texts) :]
     return dg.Output(
         {"features": clean, "augmented": augmented[:, None, :], "present": present},
-        metadata=_coverage_metadata(clean, present),
+        metadata={**_coverage_metadata(clean, present), "encoded": len(both) - hits, "from_cache": hits},
     )
+
+
+def feature_cache_root(pipeline: PipelineResource):
+    """``<home>/cache/features``: the per-item feature cache (:mod:`mm_pipeline.features.cache`)."""
+    return pipeline.paths().home / "cache" / "features"
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="2")

@@ -97,6 +97,7 @@ def inbox_interactions(
         f"{'' if stored.newly_stored else ' (already stored: copy kept as it was)'}"
     )
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(digest),  # the file's content hash: the partition's data version
         metadata={
             "sha256": digest,
             "file": str(path) if path else "none (stored copy)",
@@ -108,7 +109,7 @@ def inbox_interactions(
             "items": int(table["item_id"].nunique()),
             "first": _when(table["timestamp"].min()) if len(table) else "none",
             "last": _when(table["timestamp"].max()) if len(table) else "none",
-        }
+        },
     )
 
 

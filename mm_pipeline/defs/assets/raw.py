@@ -1,5 +1,7 @@
 """Raw modalities: the dataset on disk, its catalogue, interactions, and decoded text/images/audio."""
 
+import warnings
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -7,7 +9,7 @@ import pandas as pd
 from mm_pipeline.data.types import InteractionSplit
 from mm_pipeline.datasets import media
 from mm_pipeline.datasets.schema import MODALITIES, quarantine_frame
-from mm_pipeline.datasets.sources import Source, load_source, resolve_source
+from mm_pipeline.datasets.sources import Source, load_source, resolve_source, source_fingerprint
 from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, forget_filter, with_inbox_interactions
 from mm_pipeline.defs.metadata import frame_table, quarantine_metadata
 from mm_pipeline.defs.resources import PipelineResource
@@ -59,16 +61,29 @@ def raw_source(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     """The source read once per run (the dataset of the ``pipeline`` resource), and the three assets taken
     from that one read: ``source_dataset`` (the manifest), ``raw_items`` and ``raw_interactions``. They
     are materialized together (no subset), so they always describe the same version of the source even
-    when its folder is edited during the run."""
+    when its folder is edited during the run. ``source_dataset``'s data version is the source's
+    fingerprint (spec, seed and the bytes of every file: :func:`~mm_pipeline.datasets.sources.source_fingerprint`),
+    the other two carry the content hash of their tables (the IO manager's)."""
     spec = pipeline.dataset_spec()
     forgetting = forget_filter(pipeline, "raw_source")  # before reading: a list it cannot apply stops the run
     source = resolve_source(spec, pipeline.paths().data, seed=pipeline.seed)
     context.log.info(f"reading the dataset {spec} ({source.description})")
+    # Before the read: a file edited while it is read leaves the fingerprint of the older content, so the
+    # next run sees a change and reads the source again.
+    fingerprint = source_fingerprint(spec, source, pipeline.seed)
     data = load_source(source)
     if forgetting is not None and len(data.row_quarantine):
         data.row_quarantine = data.row_quarantine[~forgetting.mentioned(data.row_quarantine["value"])]
     manifest, manifest_metadata = _source_dataset(spec, source, data)
-    yield dg.Output(manifest, output_name="source_dataset", metadata=manifest_metadata)
+    with warnings.catch_warnings():  # Output's data_version is "beta" in Dagster 1.13 (and long stable)
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        manifest_output = dg.Output(
+            manifest,
+            output_name="source_dataset",
+            metadata={**manifest_metadata, "source_fingerprint": fingerprint},
+            data_version=dg.DataVersion(fingerprint),
+        )
+    yield manifest_output
     yield dg.Output(data.items, output_name="raw_items", metadata=_items_metadata(data, manifest, pipeline))
     inter, inbox_metadata = with_inbox_interactions(context, pipeline, data.interactions, manifest)
     inter, forget_metadata = _without_forgotten(context, inter, forgetting)

@@ -1,0 +1,211 @@
+"""Incremental runs on the tiny dataset (a folder copy of it, so a source file can be edited): every asset
+carries a content-hash data version, a second run with nothing changed materializes nothing, a changed run
+config or source file recomputes exactly what is downstream of it, and an unchanged model is not
+registered again."""
+
+import json
+import shutil
+
+import dagster as dg
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mm_pipeline.datasets.sources import resolve_source, source_fingerprint
+from mm_pipeline.defs.assets.inbox import inbox_interactions
+from mm_pipeline.defs.build import all_assets, default_resources, full_pipeline_job
+from mm_pipeline.defs.checks import all_asset_checks
+from mm_pipeline.defs.incremental import (
+    Plan,
+    expected_source_versions,
+    op_config_entry,
+    plan_run,
+    planned_pipeline,
+    stale_status_resolver,
+    stored_in,
+)
+from mm_pipeline.defs.io_manager import storage_base, value_digest
+from mm_pipeline.settings import REGISTERED_MODEL_NAME
+from mm_pipeline.storage import bundle_digest, load_bundle
+
+from fast_config import FASTER_OPS, fast_run_config
+
+JOB = "full_pipeline"
+K = dg.AssetKey
+FAST = fast_run_config(FASTER_OPS)
+
+
+class Project:
+    """A project home with a persistent Dagster instance, the pipeline on a folder copy of builtin:tiny."""
+
+    def __init__(self, root):
+        self.home, self.shop = root / "home", root / "shop"
+        shutil.copytree(resolve_source("builtin:tiny", root / "generated").root, self.shop)
+        self.uri = f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+        self.spec = f"folder:{self.shop}"
+        self.resources = default_resources(home=str(self.home), dataset=self.spec, tracking_uri=self.uri)
+        self.defs = dg.Definitions(
+            assets=[*all_assets(), inbox_interactions],
+            asset_checks=all_asset_checks(),
+            jobs=[full_pipeline_job],
+            resources=self.resources,
+        )
+        (root / "dagster").mkdir()
+        self.config = FAST  # the run config of the latest run (what "nothing changed" means)
+        self.instance = dg.DagsterInstance.local_temp(
+            str(root / "dagster"), overrides={"telemetry": {"enabled": False}}
+        )
+
+    def plan(self, run_config=None) -> Plan:
+        run_config = self.config if run_config is None else run_config
+        pipeline = planned_pipeline(run_config, self.resources["pipeline"])
+        stored = stored_in(storage_base(str(self.home / "assets")))
+        return plan_run(self.defs, JOB, self.instance, run_config, stored, expected_source_versions(pipeline))
+
+    def run(self, run_config=None, selection=None):
+        run_config = self.config if run_config is None else run_config
+        result = self.defs.resolve_job_def(JOB).execute_in_process(
+            run_config=run_config, instance=self.instance, asset_selection=selection
+        )
+        assert result.success
+        return result
+
+    def data_version(self, name: str) -> str:
+        event = self.instance.get_latest_materialization_event(K(name))
+        return event.asset_materialization.tags["dagster/data_version"]
+
+    def stored(self, name: str) -> dict:
+        return load_bundle(self.home / "assets" / name)
+
+    def metrics(self) -> dict:
+        return json.loads((self.home / "reports" / "latest" / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("incremental")
+    mp.setenv("MM_PIPELINE_HOME", str(root / "home"))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("MM_PIPELINE_ITEM_SHARDS", raising=False)
+    project = Project(root)
+    plan = project.plan()
+    assert set(plan.reasons.values()) == {"never materialized"} and not plan.up_to_date
+    project.first = project.run(selection=list(plan.to_materialize))
+    yield project
+    project.instance.dispose()
+    mp.undo()
+    mlflow.set_tracking_uri(None)
+
+
+def materialized(result) -> set[str]:
+    return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+
+
+def test_every_asset_carries_a_content_hash_data_version(project):
+    job_keys = {k.to_user_string() for k in project.defs.resolve_job_def(JOB).asset_layer.executable_asset_keys}
+    assert materialized(project.first) == job_keys and len(job_keys) == 31
+    # A stored value's data version is the hash of what was stored; the source's is its fingerprint.
+    stored = project.stored("raw_items")
+    assert project.data_version("raw_items") == bundle_digest(stored)
+    assert project.data_version("raw_items") == value_digest(project.first.asset_value("raw_items"))
+    assert project.data_version("interaction_split") == bundle_digest(project.stored("interaction_split"))
+    source = resolve_source(project.spec, project.home / "data")
+    assert project.data_version("source_dataset") == source_fingerprint(project.spec, source, 0)
+    resolver = stale_status_resolver(project.instance, project.defs.resolve_asset_graph())
+    assert {resolver.get_status(K(name)).value for name in job_keys} == {"FRESH"}
+
+
+def test_a_second_run_with_nothing_changed_materializes_nothing(project):
+    plan = project.plan()
+    assert plan.nothing_to_do and len(plan.up_to_date) == 31
+    assert plan.summary().startswith("31 assets up to date, 0 to materialize (up to date: ")
+    # --force's counterpart: any other run config than the last one (here: another dataset) is a change.
+    other = project.plan({**FAST, "resources": {"pipeline": {"config": {"dataset": "builtin:tiny"}}}})
+    assert other.reasons == {K("source_dataset"): "the source changed"} and len(other.to_materialize) == 31
+
+
+def test_a_changed_run_config_recomputes_that_asset_and_what_is_downstream(project):
+    before = project.metrics()
+    client = MlflowClient(tracking_uri=project.uri, registry_uri=project.uri)
+    versions = client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'")
+    changed = {**FAST, "ops": {**FAST["ops"], "compressed_model": {"config": {"latency_users": 8}}}}
+    plan = project.plan(changed)
+    assert plan.reasons == {K("compressed_model"): "its run config changed"}
+    downstream = [
+        "compressed_model",
+        "evaluation_report",
+        "registered_model",
+        "model_promotion",
+        "batch_recommendations",
+    ]
+    assert [k.to_user_string() for k in plan.to_materialize] == downstream
+    assert "and 4 downstream of them" in plan.why()
+    result = project.run(changed, list(plan.to_materialize))
+    assert materialized(result) == set(downstream)
+    # The selected model did not change: no new model version, and the champion stays.
+    assert len(client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'")) == len(versions) == 1
+    registered = result.output_for_node("registered_model")
+    assert registered["version"] == str(versions[0].version)
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == K("registered_model")]
+    assert event.materialization.metadata["reused"].value is True
+    assert result.output_for_node("model_promotion")["decision"] == "unchanged"
+    # The report's test metrics are those of the first run (same models, same split).
+    after = project.metrics()
+    for name, values in before["models"].items():
+        if "[" not in name:  # compressed variants: measured again
+            assert after["models"][name]["ndcg@20"] == pytest.approx(values["ndcg@20"]), name
+    project.config = changed
+    assert project.plan().nothing_to_do
+
+
+def test_an_edited_source_file_recomputes_the_source_and_what_is_downstream(project):
+    raw_interactions_version = project.data_version("raw_interactions")
+    raw_items_version = project.data_version("raw_items")
+    items = pd.read_csv(project.shop / "items.csv", keep_default_na=False)
+    items.loc[5, "title"] = "An edited title"
+    items.to_csv(project.shop / "items.csv", index=False)
+    plan = project.plan()
+    assert plan.reasons == {K("source_dataset"): "the source changed"} and len(plan.to_materialize) == 31
+
+    # Materialize the source alone: only the table that changed gets a new data version, and Dagster's
+    # staleness (what the UI shows) names its children.
+    project.run(selection=[K("source_dataset"), K("raw_items"), K("raw_interactions")])
+    assert project.data_version("raw_interactions") == raw_interactions_version
+    assert project.data_version("raw_items") != raw_items_version
+    plan = project.plan()
+    assert plan.reasons[K("raw_item_text")] == "raw_items changed"
+    assert K("raw_interactions") in plan.up_to_date and K("source_dataset") in plan.up_to_date
+    assert len(plan.to_materialize) == 28  # everything below the source
+
+
+def test_op_config_entry_treats_a_missing_and_an_empty_config_alike():
+    assert op_config_entry({}, "a") == op_config_entry({"ops": {"a": {"config": {}}}}, "a")
+    assert op_config_entry({"ops": {"a": {"config": {"x": 1}}}}, "a") != op_config_entry({}, "a")
+
+
+def test_a_new_inbox_partition_makes_the_raw_source_run_again(project, tmp_path):
+    """Dagster's staleness does not follow a new partition of the partitioned ``inbox_interactions`` into
+    ``raw_interactions``: the plan compares the partitions it appended with those materialized now."""
+    import hashlib
+
+    from mm_pipeline.defs.assets.inbox import INBOX_ASSET_KEY, INBOX_PARTITIONS_NAME
+
+    new = tmp_path / "2026-11-01.csv"
+    new.write_text("user_id,item_id,timestamp\nu000001,i000003,1900000000\n")
+    digest = hashlib.sha256(new.read_bytes()).hexdigest()
+    project.instance.add_dynamic_partitions(INBOX_PARTITIONS_NAME, [digest])
+    assert K("raw_interactions") not in project.plan().reasons  # registered, not materialized: not included
+    result = dg.materialize(
+        [inbox_interactions, *all_assets()],
+        selection=[INBOX_ASSET_KEY],
+        partition_key=digest,
+        instance=project.instance,
+        resources=project.resources,
+        run_config={"ops": {"inbox_interactions": {"config": {"file": str(new)}}}},
+    )
+    assert result.success and project.data_version("inbox_interactions") == digest
+    plan = project.plan()
+    assert plan.reasons[K("raw_interactions")] == "the inbox partitions changed"
+    assert {K("source_dataset"), K("raw_items"), K("raw_interactions")} <= set(plan.to_materialize)
