@@ -58,7 +58,13 @@ def random_aligned(n_items: int, n_modalities: int, seed: int, dim: int = CONTEN
     weights = (present / present.sum(1, keepdims=True)).astype(np.float32)
     fused = (weights[:, :, None] * modality).sum(1)
     fused /= np.linalg.norm(fused, axis=1, keepdims=True)
-    return {"modality_embeddings": modality, "fused": fused.astype(np.float32), "weights": weights, "present": present}
+    return {
+        "modalities": np.asarray(["text", "image", "audio", "video"][:n_modalities]),
+        "modality_embeddings": modality,
+        "fused": fused.astype(np.float32),
+        "weights": weights,
+        "present": present,
+    }
 
 
 RAW_DIMS = {"text": 384, "image": 64, "audio": 120}  # the feature stages' output sizes on the built-in data

@@ -364,7 +364,11 @@ def test_full_pipeline_runs_every_step_on_the_celery_workers(deployment):
 
 def test_two_runs_at_once_on_two_datasets_match_their_runs_alone(deployment):
     assert hasattr(deployment, "alone"), "needs the full-pipeline test's run of builtin:tiny"
-    procs = {TINY: deployment.cli("--dataset", TINY), ECOMMERCE: deployment.cli("--dataset", ECOMMERCE)}
+    # --force: the same home already holds builtin:tiny's assets, and this test is about two whole runs at once.
+    procs = {
+        TINY: deployment.cli("--dataset", TINY, "--force"),
+        ECOMMERCE: deployment.cli("--dataset", ECOMMERCE, "--force"),
+    }
     runs = {}
     for spec, proc in procs.items():
         code, out = deployment.finish(proc)
@@ -397,7 +401,7 @@ def test_a_worker_killed_mid_step_fails_the_run_and_reexecution_completes(deploy
     log = deployment.root / "cli-killed.log"
     deployment.logs["cli-killed"] = log
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mm_pipeline.cli", "run", "--config", str(slow), "--dataset", ECOMMERCE],
+        [sys.executable, "-m", "mm_pipeline.cli", "run", "--config", str(slow), "--dataset", ECOMMERCE, "--force"],
         cwd=REPO_ROOT,
         env=deployment.env,
         stdout=log.open("wb"),

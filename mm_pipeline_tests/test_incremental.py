@@ -130,7 +130,7 @@ def test_a_changed_run_config_recomputes_that_asset_and_what_is_downstream(proje
     before = project.metrics()
     client = MlflowClient(tracking_uri=project.uri, registry_uri=project.uri)
     versions = client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'")
-    changed = {**FAST, "ops": {**FAST["ops"], "compressed_model": {"config": {"latency_users": 8}}}}
+    changed = {**FAST, "ops": {**FAST["ops"], "compressed_model": {"config": {"latency_requests": 8}}}}
     plan = project.plan(changed)
     assert plan.reasons == {K("compressed_model"): "its run config changed"}
     downstream = [
