@@ -41,6 +41,18 @@ class DeletionResult:
     top_rank_drop: float
     random_rank_drop: float
 
+    @classmethod
+    def from_removals(cls, kind: str, top: tuple[np.ndarray, np.ndarray], random: tuple[np.ndarray, np.ndarray]):
+        """From per-user ``(score drops, rank drops)`` of the top-attributed and of the random removal."""
+        return cls(
+            kind,
+            int(top[0].size),
+            float(top[0].mean()),
+            float(random[0].mean()),
+            float(top[1].mean()),
+            float(random[1].mean()),
+        )
+
     @property
     def score_gap(self) -> float:
         return self.top_score_drop - self.random_score_drop
@@ -106,16 +118,7 @@ def deletion_test(
         after = scores - x[rows, j][:, None] * items[:, j].T
         return scores[rows, top] - after[rows, top], _rank(after, top) - before_rank
 
-    top_drop, top_rank = remove_item(top_j)
-    rand_drop, rand_rank = remove_item(random_j)
-    out["history"] = DeletionResult(
-        "history",
-        int(users.size),
-        float(top_drop.mean()),
-        float(rand_drop.mean()),
-        float(top_rank.mean()),
-        float(rand_rank.mean()),
-    )
+    out["history"] = DeletionResult.from_removals("history", remove_item(top_j), remove_item(random_j))
 
     modalities = model.parts.get("modalities") or {}
     if len(modalities) >= 2:
@@ -130,16 +133,7 @@ def deletion_test(
             after = scores - removed
             return scores[rows, top] - after[rows, top], _rank(after, top) - before_rank
 
-        top_drop, top_rank = remove_modality(top_m)
-        rand_drop, rand_rank = remove_modality(random_m)
-        out["modality"] = DeletionResult(
-            "modality",
-            int(users.size),
-            float(top_drop.mean()),
-            float(rand_drop.mean()),
-            float(top_rank.mean()),
-            float(rand_rank.mean()),
-        )
+        out["modality"] = DeletionResult.from_removals("modality", remove_modality(top_m), remove_modality(random_m))
     return out
 
 
@@ -185,13 +179,4 @@ def _content_deletion(
         after = scores + removal[choice, rows]
         return scores[rows, top] - after[rows, top], _rank(after, top) - before_rank
 
-    top_drop, top_rank = remove(top_m)
-    rand_drop, rand_rank = remove(random_m)
-    return DeletionResult(
-        "modality",
-        int(users.size),
-        float(top_drop.mean()),
-        float(rand_drop.mean()),
-        float(top_rank.mean()),
-        float(rand_rank.mean()),
-    )
+    return DeletionResult.from_removals("modality", remove(top_m), remove(random_m))
