@@ -376,3 +376,41 @@ def test_init_xavier_scales_with_the_table_and_unknown_init_is_an_error():
     assert abs(normal.item_embedding.weight.std().item() - 0.1) < 2e-3
     with pytest.raises(ValueError, match="init"):
         MultimodalGCN(1, 3000, adj, content, warm, MultimodalConfig(init="zeros"))
+
+
+def test_training_step_reads_a_cached_content_taste_that_matches_the_full_propagation():
+    """mm_gcn's training step does not run the content tower over every item: the other nodes' share of a
+    user's content taste is cached. Right after a refresh the step's taste is the full forward pass's, the
+    cache is refreshed every ``taste_refresh`` steps, and the loss still reaches every trainable part."""
+    from mm_pipeline.recommend.models import MultimodalGCN
+
+    n_users, n_items, dim = 6, 8, 4
+    users = np.array([0, 0, 1, 2, 3, 4, 4, 5, 5, 1])
+    items = np.array([0, 1, 2, 3, 4, 0, 2, 5, 6, 4])  # item 7: cold
+    adj = normalized_adjacency(bipartite_edge_index(users, items, n_users), n_users + n_items)
+    warm = torch.tensor([True] * 7 + [False])
+    torch.manual_seed(0)
+    config = MultimodalConfig(dim=dim, hidden=8, dropout=0.0, taste_refresh=3, cold_prob=0.5, align_weight=0.1)
+    model = MultimodalGCN(n_users, n_items, adj, torch.randn(n_items, 5), warm, config).train()
+    batch = torch.arange(n_users)
+    cached = model._user_taste(batch)
+    with torch.no_grad():
+        exact = model._forward(model.adj)[3]
+    assert torch.allclose(cached, exact, atol=1e-6)
+    # The user's own vector stays live between refreshes; the rest is refreshed after taste_refresh steps.
+    with torch.no_grad():
+        model.user_content.weight.add_(1.0)
+    assert model._taste_age == 1
+    shifted = model._user_taste(batch)
+    assert torch.allclose(shifted, cached + 1.0 / (config.num_layers + 1), atol=1e-6)
+    model._user_taste(batch)
+    assert model._taste_age == 3
+    model._user_taste(batch)  # the refresh
+    assert model._taste_age == 1
+    with torch.no_grad():
+        assert torch.allclose(model._taste_cache + model.user_content.weight / 3, model._forward(model.adj)[3])
+    loss, parts = model.bpr_loss(torch.tensor([0, 1, 4, 5]), torch.tensor([0, 2, 2, 6]), torch.tensor([7, 5, 3, 1]))
+    loss.backward()
+    assert {"bpr", "align_infonce"} <= set(parts)
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

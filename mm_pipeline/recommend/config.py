@@ -47,6 +47,8 @@ class MultimodalConfig(TrainConfig):
     graph_mode: str = "pre"
     align_weight: float = 0.03  # content <-> collaborative InfoNCE in the multi-task loss (0: off)
     align_temperature: float = 0.2
+    # Training steps between refreshes of the users' cached content taste (MultimodalGCN._user_taste).
+    taste_refresh: int = 32
     # The content score <q_u, c_i> for every item ("all") or only for an item in its cold form ("cold").
     # On sparse data (5-core, a handful of interactions per user) scoring warm items by content
     # overfits validation; on dense data the two tie.

@@ -12,7 +12,7 @@ from mm_pipeline.align.losses import info_nce
 from mm_pipeline.recommend.config import FreedomConfig, MultimodalConfig, TrainConfig
 from mm_pipeline.recommend.graph import DegreeSensitivePruning, SymmetricLGConv, normalized_adjacency
 
-ALIGN_MAX_ITEMS = 1024  # in-batch items per content-collaborative InfoNCE step
+ALIGN_MAX_ITEMS = 256  # in-batch items per content-collaborative InfoNCE step
 
 # Initialisers of the ID embeddings. "xavier" (FREEDOM's) scales with the table: std sqrt(2 / (n + dim)),
 # about 0.02 for 4,000 items against the fixed 0.1 of "normal".
@@ -110,6 +110,12 @@ class MultimodalGCN(nn.Module):
     optionally ``content_weight`` times a content-only BPR. ``embeddings()`` returns the
     concatenations :math:`[h_u; q_u]` and :math:`[\tilde g_i; \tilde c_i]`, so the score is one dot
     product.
+
+    Training cost: a step propagates the ID embeddings over the whole graph, as LightGCN does, but runs the
+    content tower over the batch's items that need it only (those scored in their cold form and those of the
+    InfoNCE term), and reads the users' content taste :math:`q_u` from a cache of the other nodes' share,
+    refreshed every ``taste_refresh`` steps (the user's own :math:`q^{(0)}_u` stays live).
+    ``embeddings()`` computes everything exactly.
     """
 
     def __init__(
@@ -138,6 +144,9 @@ class MultimodalGCN(nn.Module):
         self.reg, self.content_weight, self.cold_prob = config.reg, config.content_weight, config.cold_prob
         self.item_layers, self.align_weight = config.item_layers, config.align_weight
         self.align_temperature = config.align_temperature
+        self.taste_refresh = config.taste_refresh
+        self._taste_cache: torch.Tensor | None = None  # see _user_taste
+        self._taste_age = 0
         self.register_buffer("adj", adj, persistent=False)
         self.register_buffer("item_adj", item_adj, persistent=False)
         if edge_dropout > 0 and edge_index is None:
@@ -174,53 +183,71 @@ class MultimodalGCN(nn.Module):
             total = total + x
         return total / self.item_layers
 
-    def _forward(self, adj: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        c = self.content_tower(self.content)
+    def _collaborative(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ID part: users' h, items' g (zero for cold items) and their item-graph smoothing (the cold form)."""
         e = self.item_embedding.weight * self.warm
         if self.graph_mode == "pre":
             e = e + self._item_graph(e)
-        ids = torch.cat([self.user_embedding.weight, e])
-        taste = torch.cat([self.user_content.weight, c])
-        # Both propagate over the same graph: one sparse product on the side-by-side columns (the same
-        # result, column by column; on builtin:large the epoch time did not change measurably).
-        g, q = self._lightgcn(torch.cat([ids, taste], 1), adj).split([ids.shape[1], taste.shape[1]], 1)
+        g = self._lightgcn(torch.cat([self.user_embedding.weight, e]), adj)
         g_item = g[self.n_users :] * self.warm
-        return g[: self.n_users], g_item, self._item_graph(g_item), q[: self.n_users], c
+        return g[: self.n_users], g_item, self._item_graph(g_item)
+
+    def _taste(self, c: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        """Users' content taste :math:`q_u`: their own vector and the content of what they consumed, propagated."""
+        return self._lightgcn(torch.cat([self.user_content.weight, c]), adj)[: self.n_users]
+
+    def _forward(self, adj: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        c = self.content_tower(self.content)
+        return (*self._collaborative(adj), self._taste(c, adj), c)
+
+    @torch.no_grad()
+    def _refresh_taste(self) -> None:
+        """Cache what the other nodes contribute to every user's taste, :math:`q_u - q^{(0)}_u / (L+1)`,
+        with the content tower as it is now (no dropout); training adds the live :math:`q^{(0)}_u / (L+1)`."""
+        was_training = self.content_tower.training
+        self.content_tower.eval()
+        q = self._taste(self.content_tower(self.content), self.adj)
+        self.content_tower.train(was_training)
+        self._taste_cache = q - self.user_content.weight / (self.num_layers + 1)
+        self._taste_age = 0
 
     def bpr_loss(self, users, pos, neg):
         pruned = self.training and self.pruning is not None
-        h_u, g_i, n_i, q_u, c_i = self._forward(self.pruning() if pruned else self.adj)
-        h, q = rows(h_u, users), rows(q_u, users)
-        collab_pos, collab_neg = (h * rows(g_i, pos)).sum(-1), (h * rows(g_i, neg)).sum(-1)
-        neigh_pos, neigh_neg = (h * rows(n_i, pos)).sum(-1), (h * rows(n_i, neg)).sum(-1)
+        h_u, g_i, n_i = self._collaborative(self.pruning() if pruned else self.adj)
+        items = torch.cat([pos, neg])  # positives then negatives: every item-side gather done once
+        h = rows(h_u, users)
+        collab = (h * rows(g_i, items).view(2, len(users), -1)).sum(-1)
+        neigh = (h * rows(n_i, items).view(2, len(users), -1)).sum(-1)
         if self.graph_mode == "add":
-            collab_pos, collab_neg = collab_pos + neigh_pos, collab_neg + neigh_neg
+            collab = collab + neigh
         # The item's cold form: its own ID embedding is gone; only its content neighbours speak for it.
         # Items without training interactions only have that form; warm ones take it with cold_prob.
-        cold_pos, cold_neg = self.warm[pos, 0] == 0, self.warm[neg, 0] == 0
+        cold = (self.warm[items, 0] == 0).view(2, -1)
         if self.training and self.cold_prob > 0:
-            cold_pos = cold_pos | (torch.rand_like(collab_pos) < self.cold_prob)
-            cold_neg = cold_neg | (torch.rand_like(collab_neg) < self.cold_prob)
-        collab_pos = torch.where(cold_pos, neigh_pos, collab_pos)
-        collab_neg = torch.where(cold_neg, neigh_neg, collab_neg)
-        content_pos, content_neg = (q * rows(c_i, pos)).sum(-1), (q * rows(c_i, neg)).sum(-1)
+            cold = cold | (torch.rand_like(collab) < self.cold_prob)
+        collab = torch.where(cold, neigh, collab)
+        # The content side, on the items this batch needs only: with content_mode "cold" those in their
+        # cold form (a content score of 0 needs no content), plus the items of the alignment term.
+        align_items = self._align_items(pos) if self.align_weight > 0 else pos[:0]
+        scored = items[cold.view(-1)] if self.content_mode == "cold" else items
+        needed = torch.unique(torch.cat([scored, align_items]))
+        c_needed = self.content_tower(rows(self.content, needed))
+        slot = torch.zeros(self.n_items, dtype=torch.long, device=items.device)
+        slot[needed] = torch.arange(len(needed), device=items.device)
+        content = (self._user_taste(users) * rows(c_needed, slot[items]).view(2, len(users), -1)).sum(-1)
         if self.content_mode == "cold":  # the content score speaks for an item in its cold form only
-            content_pos, content_neg = content_pos * cold_pos, content_neg * cold_neg
-        rank = bpr(collab_pos + content_pos, collab_neg + content_neg)
+            content = content * cold
+        rank = bpr(*(collab + content))
         loss = rank
         parts = {"bpr": rank.item()}
         if self.content_weight > 0:
-            content = bpr(content_pos, content_neg)
-            loss = loss + self.content_weight * content
-            parts["content_bpr"] = content.item()
+            content_rank = bpr(*content)
+            loss = loss + self.content_weight * content_rank
+            parts["content_bpr"] = content_rank.item()
         if self.align_weight > 0:
-            items = torch.unique(pos)
-            items = items[self.warm[items, 0] > 0]
-            if len(items) > ALIGN_MAX_ITEMS:  # the logits are items x items: a random subset is plenty
-                items = items[torch.randperm(len(items))[:ALIGN_MAX_ITEMS]]
             # Stop-gradient on the behaviour side: the content tower learns to predict it; pulling the
             # ID embeddings toward content instead cost warm-item accuracy (validation NDCG).
-            align = info_nce(rows(c_i, items), rows(g_i, items).detach(), self.align_temperature)
+            align = info_nce(rows(c_needed, slot[align_items]), rows(g_i, align_items).detach(), self.align_temperature)
             loss = loss + self.align_weight * align
             parts["align_infonce"] = align.item()
         reg = (
@@ -228,12 +255,29 @@ class MultimodalGCN(nn.Module):
             * (
                 rows(self.user_embedding.weight, users).pow(2).sum()
                 + rows(self.user_content.weight, users).pow(2).sum()
-                + rows(self.item_embedding.weight, pos).pow(2).sum()
-                + rows(self.item_embedding.weight, neg).pow(2).sum()
+                + rows(self.item_embedding.weight, items).pow(2).sum()
             )
             / len(users)
         )
         return loss + reg, parts
+
+    def _align_items(self, pos: torch.Tensor) -> torch.Tensor:
+        """The warm positives of the batch, at most ``ALIGN_MAX_ITEMS`` (the logits are items x items)."""
+        items = torch.unique(pos)
+        items = items[self.warm[items, 0] > 0]
+        if len(items) > ALIGN_MAX_ITEMS:
+            items = items[torch.randperm(len(items), device=items.device)[:ALIGN_MAX_ITEMS]]
+        return items
+
+    def _user_taste(self, users: torch.Tensor) -> torch.Tensor:
+        """:math:`q_u` for a training batch. Propagating content over the whole graph at every step would
+        run the content tower over every item and double the width of the propagation; the other nodes'
+        share is cached instead and refreshed every ``taste_refresh`` steps, while the user's own vector
+        stays live (it gets its gradient; the tower gets its own from the item side)."""
+        if self._taste_cache is None or self._taste_age >= self.taste_refresh:
+            self._refresh_taste()
+        self._taste_age += 1
+        return rows(self._taste_cache, users) + rows(self.user_content.weight, users) / (self.num_layers + 1)
 
     def content_parts(self, deltas: dict[str, np.ndarray], removed: dict[str, np.ndarray]) -> dict:
         """The modality split of the content columns of :meth:`embeddings` (:math:`\tilde c_i`), by
