@@ -135,3 +135,65 @@ def test_a_warm_start_validates_its_start_and_never_ends_below_it():
     # Deterministic with the seed.
     repeat, _ = fit_lightgcn(data, config, warm=WarmStart(checkpoint, users, items))
     assert torch.equal(repeat.item_embeddings, again.item_embeddings)
+
+
+def _train_lightgcn(home, instance, tags=None, config=None):
+    import dagster as dg
+    import mlflow
+
+    from mm_pipeline.defs.build import all_assets, default_resources
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MM_PIPELINE_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        result = dg.materialize(
+            all_assets(),
+            selection=["source_dataset", "raw_items", "raw_interactions", "interaction_split", "lightgcn_model"],
+            run_config={
+                "ops": {
+                    "lightgcn_model": {"config": {"epochs": 3, "patience": 1, "tuning_max_trials": 1, **(config or {})}}
+                }
+            },
+            instance=instance,
+            tags=tags or {},
+            resources=default_resources(
+                home=str(home), dataset="builtin:tiny", tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+            ),
+        )
+    finally:
+        mp.undo()
+        mlflow.set_tracking_uri(None)
+    assert result.success
+    (event,) = [
+        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "lightgcn_model"
+    ]
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+def test_the_training_asset_warm_starts_only_where_safe(tmp_path):
+    import dagster as dg
+
+    from mm_pipeline.defs.tags import FORGET_TAG, FROM_SCRATCH_TAG
+
+    home = tmp_path / "home"
+    instance = dg.DagsterInstance.ephemeral()
+    first = _train_lightgcn(home, instance)  # a first run: no checkpoint, from scratch, unchanged
+    assert first["warm_start"] is False and first["warm_start_reason"] == "no checkpoint"
+    assert "start_valid_ndcg@20" not in first
+    checkpoint = load_checkpoint(home / "checkpoints" / "lightgcn")
+    assert checkpoint is not None and len(checkpoint.user_ids) == 240
+    again = _train_lightgcn(home, instance)
+    assert again["warm_start"] is True and "search_trials" not in again
+    assert again["best_valid_ndcg@20"] >= again["start_valid_ndcg@20"] >= first["best_valid_ndcg@20"] - 1e-6
+    forced = _train_lightgcn(home, instance, tags={FROM_SCRATCH_TAG: "true"})
+    assert forced["warm_start"] is False and "forced" in forced["warm_start_reason"]
+    assert forced["best_valid_ndcg@20"] == pytest.approx(first["best_valid_ndcg@20"])  # the same seeded run
+    on = _train_lightgcn(home, instance, tags={FROM_SCRATCH_TAG: "true"}, config={"epochs": 3, "warm_start": "on"})
+    assert on["warm_start"] is True
+    forget = _train_lightgcn(
+        home, instance, tags={FORGET_TAG: "r", FROM_SCRATCH_TAG: "true"}, config={"epochs": 3, "warm_start": "on"}
+    )
+    assert forget["warm_start"] is False and "forget" in forget["warm_start_reason"]
+    changed = _train_lightgcn(home, instance, config={"epochs": 3, "dim": 32})
+    assert changed["warm_start"] is False and "dim" in changed["warm_start_reason"]

@@ -44,7 +44,7 @@ INITS = ("history", "default")
 # Below this share of the current users known to the checkpoint, training from scratch is the better start.
 MIN_KNOWN_USERS = 0.5
 # Settings that say how or where to train, not what the model is: they may differ from the checkpoint's.
-NOT_THE_MODEL = ("device", "epochs", "patience", "eval_every", "warm_start", "warm_init")
+NOT_THE_MODEL = ("device", "epochs", "patience", "eval_every", "warm_start", "warm_init", "warm_epochs")
 
 # Which rows of a parameter belong to which ids, per model class: ``{parameter: (("user"|"item", offset), ...)}``,
 # segments in row order; and which user table is scored against which item table (new rows start from them).
@@ -136,6 +136,13 @@ def compatible(checkpoint: Checkpoint | None, model: str, settings: Any, user_id
     if not user_ids or known < MIN_KNOWN_USERS * len(user_ids):
         return f"only {known} of {len(user_ids)} users are known to the checkpoint"
     return None
+
+
+def same_shapes(checkpoint: Checkpoint, module: torch.nn.Module) -> str | None:
+    """Why ``checkpoint``'s parameters cannot all be loaded into ``module`` (None: they can)."""
+    mine = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    theirs = {name: tuple(t.shape) for name, t in checkpoint.state.items()}
+    return None if mine == theirs else "the parameters' names or shapes changed since the checkpoint"
 
 
 def _segments(module_name: str, name: str, n_users: int, n_items: int) -> list[tuple[str, int, int]]:

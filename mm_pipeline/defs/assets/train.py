@@ -13,7 +13,7 @@ import pandas as pd
 from mm_pipeline.data.types import InteractionSplit, SplitData, as_interaction_split
 from mm_pipeline.defs.config import config_from_dataclass, with_tuning
 from mm_pipeline.defs.metadata import frame_table, history_metadata
-from mm_pipeline.defs.tags import FORGET_TAG, FROM_SCRATCH_TAG
+from mm_pipeline.defs.tags import from_scratch_reason
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.catalog import (
     ALIGNED,
@@ -223,14 +223,8 @@ def warm_start_for(
     mode = settings.warm_start
     if mode not in WARM_START_MODES:
         raise dg.Failure(f"{spec.name}: warm_start must be one of {WARM_START_MODES}, got {mode!r}")
-    tags = context.run.tags
-    if FORGET_TAG in tags:
-        why = "a forget retrain trains from scratch"
-    elif mode == "off":
-        why = "warm_start: off"
-    elif mode == "auto" and tags.get(FROM_SCRATCH_TAG) == "true":
-        why = "a forced run trains from scratch (warm_start: on warm-starts it too)"
-    else:
+    why = from_scratch_reason(mode, context.run.tags)
+    if why is None:
         checkpoint = load_checkpoint(context.resources.pipeline.paths().checkpoints / spec.name)
         why = compatible(checkpoint, spec.name, settings, user_ids)
         if why is None:
