@@ -61,6 +61,7 @@ class ModelInputs:
     image_features: Mapping[str, Any] | None = None
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # stored bundles of the models it needs
     warm: WarmStart | None = None  # a compatible checkpoint to start from (warm_start specs only)
+    previous: Mapping[str, Any] | None = None  # the hybrid's previous choice, where a warm search starts
 
 
 @dataclass
@@ -283,7 +284,11 @@ def train_mm_hybrid(inputs: ModelInputs, config: HybridConfig, tuning: None, on_
         config,
     )
     search = fit_hybrid(
-        parts, validator(data, max_users=config.validation_users, seed=config.seed), config, on_trial=on_trial
+        parts,
+        validator(data, max_users=config.validation_users, seed=config.seed),
+        config,
+        on_trial=on_trial,
+        previous=dict(inputs.previous) if inputs.previous else None,
     )
     params = {
         **dataclasses.asdict(config),

@@ -44,7 +44,18 @@ INITS = ("history", "default")
 # Below this share of the current users known to the checkpoint, training from scratch is the better start.
 MIN_KNOWN_USERS = 0.5
 # Settings that say how or where to train, not what the model is: they may differ from the checkpoint's.
-NOT_THE_MODEL = ("device", "epochs", "patience", "eval_every", "warm_start", "warm_init", "warm_epochs")
+NOT_THE_MODEL = (
+    "device",
+    "epochs",
+    "patience",
+    "eval_every",
+    "warm_start",
+    "warm_init",
+    "warm_epochs",
+    "warm_rounds",
+    "rounds",
+    "budget_s",
+)
 
 # Which rows of a parameter belong to which ids, per model class: ``{parameter: (("user"|"item", offset), ...)}``,
 # segments in row order; and which user table is scored against which item table (new rows start from them).

@@ -6,6 +6,7 @@ table of every setting tried.
 """
 
 import dataclasses
+import json
 
 import dagster as dg
 import pandas as pd
@@ -38,6 +39,7 @@ from mm_pipeline.recommend.warm import (
     save_checkpoint,
 )
 from mm_pipeline.registry.tracking import metric_key
+from mm_pipeline.storage import atomic_write_text
 
 GROUP = "train"
 RESEARCH_GROUP = "research"
@@ -250,6 +252,30 @@ def save_model_checkpoint(
     save_checkpoint(context.resources.pipeline.paths().checkpoints / spec.name, checkpoint)
 
 
+CHOICE = "choice.json"
+
+
+def previous_choice(context: dg.AssetExecutionContext, spec: ModelSpec, settings) -> tuple[dict | None, dict]:
+    """The search's previous choice to start from (the hybrid's weights), if the run may warm-start and the
+    settings are those it was chosen with, and metadata saying which and why."""
+    if settings.warm_start not in WARM_START_MODES:
+        raise dg.Failure(f"{spec.name}: warm_start must be one of {WARM_START_MODES}, got {settings.warm_start!r}")
+    why = from_scratch_reason(settings.warm_start, context.run.tags)
+    if why is None:
+        path = context.resources.pipeline.paths().checkpoints / spec.name / CHOICE
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved is None:
+            why = "no previous choice"
+        elif saved.get("settings") != json.loads(json.dumps(as_mapping(model_settings(settings)))):
+            why = "settings changed since the previous choice"
+        else:
+            return saved["chosen"], {"warm_start": True, "search_started_from": dg.MetadataValue.json(saved["chosen"])}
+    return None, {"warm_start": False, "warm_start_reason": why}
+
+
 def train_model(
     context: dg.AssetExecutionContext, spec: ModelSpec, config: dg.Config | None, stored: dict
 ) -> dg.Output[dict]:
@@ -269,6 +295,9 @@ def train_model(
         warm, warm_meta = warm_start_for(context, spec, settings, user_ids, item_ids)
         inputs = dataclasses.replace(inputs, warm=warm)
         context.log.info(f"{spec.name}: {'warm start' if warm else 'from scratch: ' + warm_meta['warm_start_reason']}")
+    elif settings is not None and hasattr(settings, "warm_start"):  # a search that can start from its last choice
+        previous, warm_meta = previous_choice(context, spec, settings)
+        inputs = dataclasses.replace(inputs, previous=previous)
     with context.resources.mlflow_tracking.start_run(context, run_name=spec.name) as run:
         with listening(epoch_progress(context)):
             trained = spec.train(
@@ -291,6 +320,11 @@ def train_model(
         )
     if spec.warm_start and trained.model.trainable is not None:
         save_model_checkpoint(context, spec, settings, trained, user_ids, item_ids)
+    elif settings is not None and hasattr(settings, "warm_start") and trained.search is not None:
+        atomic_write_text(
+            context.resources.pipeline.paths().checkpoints / spec.name / CHOICE,
+            json.dumps({"settings": as_mapping(model_settings(settings)), "chosen": trained.search.params}),
+        )
     return dg.Output(output.value, metadata={**output.metadata, **warm_meta})
 
 
