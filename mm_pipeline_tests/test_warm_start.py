@@ -197,3 +197,39 @@ def test_the_training_asset_warm_starts_only_where_safe(tmp_path):
     assert forget["warm_start"] is False and "forget" in forget["warm_start_reason"]
     changed = _train_lightgcn(home, instance, config={"epochs": 3, "dim": 32})
     assert changed["warm_start"] is False and "dim" in changed["warm_start_reason"]
+
+
+def test_a_warm_hybrid_search_starts_from_the_previous_choice():
+    from mm_pipeline.recommend.hybrid import HybridConfig, coordinate_ascent, fit_hybrid  # noqa: F401
+
+    calls = []
+
+    class Parts:
+        def grids(self, config):
+            return {
+                "core": ["ease"],
+                "decay": [0.0, 1.0],
+                "content_weight": [0.0, 0.2],
+                "graph_weight": [0.0],
+                "gnn": ["g"],
+            }
+
+        def start(self):
+            return {"core": "ease", "decay": 0.0, "content_weight": 0.0, "graph_weight": 0.0, "gnn": "g"}
+
+        def model(self, name, **params):
+            from mm_pipeline.recommend.base import EmbeddingRecommender
+
+            calls.append(params)
+            score = params["decay"] + params["content_weight"]
+            return EmbeddingRecommender(name, torch.zeros(1, 1), torch.zeros(1, 1), {"score": score})
+
+    def validate(model):
+        return {"ndcg@20": model.info["score"], "recall@20": 0.0}
+
+    previous = {"core": "ease", "decay": 1.0, "content_weight": 0.2, "graph_weight": 0.0, "gnn": "g"}
+    result = fit_hybrid(Parts(), validate, HybridConfig(rounds=2), previous=previous)
+    assert calls[0] == previous and result.params == previous
+    calls.clear()
+    fit_hybrid(Parts(), validate, HybridConfig(rounds=2), previous={**previous, "decay": 9.0})  # not in its grid
+    assert calls[0]["decay"] == 0.0
