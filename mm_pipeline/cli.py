@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_pipeline import settings
+from mm_pipeline.defs.tags import FORGET_TAG, FROM_SCRATCH_TAG
 
 TABLE_COLUMNS = ("recall@20", "ndcg@20", "precision@20", "f1@20", "coverage@20", "novelty@20")
 
@@ -275,7 +276,7 @@ def execute_with_progress(
         return job_def.execute_in_process(
             instance=instance,
             raise_on_error=False,
-            tags={**admission, **(tags or {})},
+            tags={**admission, **(tags or {}), **({FROM_SCRATCH_TAG: "true"} if force else {})},
             run_config={**run_config, "loggers": loggers},
             asset_selection=None if plan is None else list(plan.to_materialize),
         )
@@ -416,7 +417,7 @@ def run_job(
                 dg.reconstructable(definitions.JOB_LOADERS[job]),
                 instance=instance,
                 run_config=run_config,
-                tags=tags,
+                tags={**tags, **({FROM_SCRATCH_TAG: "true"} if force else {})},
                 reexecution_options=reexecution,
                 raise_on_error=False,
                 asset_selection=None if plan is None else list(plan.to_materialize),
@@ -558,7 +559,6 @@ def _titled_reason(reason: str, because: str, titles: dict[str, str]) -> str:
 
 
 # ------------------------------------------------------------------------------------ forgetting a user
-FORGET_TAG = "mm_pipeline.forget_request"
 
 
 def _materialization_value(result, asset: str, key: str):
@@ -637,6 +637,7 @@ def run_forget(
             "inbox_files": presence.inbox_files,
         },
         "inbox_copies_rewritten": prepared.inbox_copies_redacted,
+        "checkpoints_deleted": prepared.checkpoints_deleted,
     }
     _stderr(
         f"Forget request {request}: on the forget list (forget hash {prepared.forget_hash[:12]}...); "

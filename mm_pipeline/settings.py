@@ -115,6 +115,11 @@ class ProjectPaths:
     def dagster(self) -> Path:
         return self.home / "dagster"
 
+    @property
+    def checkpoints(self) -> Path:
+        """Warm-start checkpoints, one folder per trained model (mm_pipeline.recommend.warm)."""
+        return self.home / "checkpoints"
+
     def ensure(self) -> ProjectPaths:
         for path in (self.data, self.assets, self.reports, self.mlflow, self.dagster):
             path.mkdir(parents=True, exist_ok=True)

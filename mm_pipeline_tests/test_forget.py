@@ -329,6 +329,7 @@ def forgotten(tmp_path_factory):
         assert cli.main(["demo", "--dataset", spec, "--config", str(config)]) == 0
         before = _split(home)
         assert TARGET in before["user_id"].to_numpy() and _traces(home)  # the scan sees the user before
+        checkpoints_before = [t for t in _traces(home) if t.startswith("checkpoints/")]
         code = cli.main(["forget", "--user", TARGET, "--dataset", spec, "--config", str(config)])
         yield {
             "home": home,
@@ -339,6 +340,7 @@ def forgotten(tmp_path_factory):
             "spec": spec,
             "dropped": dropped,
             "mp": mp,
+            "checkpoints_before": checkpoints_before,
         }
     finally:
         mp.undo()
@@ -363,6 +365,26 @@ def test_forget_leaves_no_trace_of_the_id_or_its_key_in_the_home(forgotten):
     traces = _traces(forgotten["home"])
     assert not traces, f"still holding the user: {traces}"
     assert forgotten["dropped"].read_text().count(TARGET) == 2  # the inbox file is the user's: never touched
+
+
+def test_forget_retrains_from_scratch_and_leaves_no_checkpoint_holding_the_user(forgotten):
+    from mm_pipeline.recommend.warm import load_checkpoint
+
+    home = forgotten["home"]
+    # The warm-start checkpoints of the first run held the user (its rows, keyed by its id) ...
+    assert any(t.startswith("checkpoints/mm_gcn/") for t in forgotten["checkpoints_before"])
+    # ... forget deleted them before the retrain, which trained every model from scratch and wrote new ones.
+    from mm_pipeline.privacy.forget import read_audit
+
+    (record,) = read_audit(home)
+    assert record["checkpoints_deleted"] >= 4  # the trained models of full_pipeline and the aligner
+    for model in ("bpr_mf", "lightgcn", "mm_gcn", "aligner"):
+        checkpoint = load_checkpoint(home / "checkpoints" / model)
+        assert checkpoint is not None and TARGET not in checkpoint.user_ids
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("mm_gcn_model"))
+    meta = event.asset_materialization.metadata
+    assert meta["warm_start"].value is False and "forget" in meta["warm_start_reason"].value
 
 
 def test_the_new_champion_does_not_know_the_user(forgotten):

@@ -53,6 +53,12 @@ class AlignConfig:
     modality_dropout: float = 0.5  # per modality, in the collaborative pairs (see fit_aligner)
     dropout: float = 0.1
     seed: int = 0
+    # Warm start (as the trained models', mm_pipeline.recommend.warm): "auto" fine-tunes the previous
+    # training's aligner for ``warm_epochs`` epochs when its checkpoint is compatible and the run is not
+    # forced; "on" also in a forced run (never in a forget); "off" trains ``epochs`` epochs from scratch.
+    # Besides time, it keeps the space close to the one the trained models' checkpoints were trained on.
+    warm_start: str = "auto"
+    warm_epochs: int = 8
 
 
 @dataclass
@@ -136,9 +142,15 @@ def _co_consumed_pairs(
 
 
 def fit_aligner(
-    inputs: dict[str, ModalityInput], train_users: np.ndarray, train_items: np.ndarray, config: AlignConfig
+    inputs: dict[str, ModalityInput],
+    train_users: np.ndarray,
+    train_items: np.ndarray,
+    config: AlignConfig,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[ModalityAligner, pd.DataFrame]:
-    """Train projections and fusion; returns the model and a per-epoch loss history."""
+    """Train projections and fusion; returns the model and a per-epoch loss history. ``initial_state`` (a
+    warm start: a previous aligner's parameters) replaces the initial parameters; ``config.epochs`` are run
+    either way."""
     if not inputs:
         raise ValueError("fit_aligner needs at least one modality")
     torch.manual_seed(config.seed)
@@ -155,6 +167,10 @@ def fit_aligner(
         rows = x[p] if p.any() else x
         stats.append((rows.mean(0), rows.std(0).clamp_min(1e-4) if len(rows) > 1 else torch.ones(x.shape[1])))
     model = ModalityAligner(modalities, [x.shape[1] for x in feats], stats, config)
+    if initial_state is not None:
+        model.load_state_dict(
+            {k: v for k, v in initial_state.items() if k in dict(model.named_parameters())}, strict=False
+        )
     optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n_items = present.shape[0]
     pairs = list(combinations(range(len(modalities)), 2))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mm_pipeline import settings
 from mm_pipeline.privacy.forget_list import (
     ForgetFilter,
     ForgetList,
@@ -104,11 +105,14 @@ class Prepared:
     listed_users: int
     inbox_copies_redacted: dict[str, int]
     started: float  # when the list held the user: runs created after this never see them
+    checkpoints_deleted: int = 0  # warm-start checkpoints removed before the retrain (they know the user)
 
 
 def prepare(home: Path, user_id: str, request: str, inbox_store: Path) -> tuple[Prepared, ForgetFilter]:
-    """Put the user on the forget list and rewrite the stored inbox copies without every listed user.
-    Idempotent: a user already listed stays listed once."""
+    """Put the user on the forget list, rewrite the stored inbox copies without every listed user and delete
+    the warm-start checkpoints (``<home>/checkpoints``: trained on the user's data, they hold the user's rows
+    and raw id; the retrain then trains from scratch and writes new ones). Idempotent: a user already listed
+    stays listed once."""
     from mm_pipeline.datasets.inbox import redact_partition, stored_digests
 
     secret = forget_secret(home, create=True)
@@ -121,7 +125,20 @@ def prepare(home: Path, user_id: str, request: str, inbox_store: Path) -> tuple[
         removed = redact_partition(inbox_store, digest, filt.forgotten, request)
         if removed:
             redacted[digest] = removed
-    return Prepared(request, hashed, new, len(listed), redacted, started), filt
+    checkpoints = delete_checkpoints(home)
+    return Prepared(request, hashed, new, len(listed), redacted, started, checkpoints), filt
+
+
+def delete_checkpoints(home: Path) -> int:
+    """Remove every warm-start checkpoint under ``<home>/checkpoints``; how many files were removed."""
+    import shutil
+
+    folder = settings.ProjectPaths(Path(home)).checkpoints
+    if not folder.exists():
+        return 0
+    count = sum(1 for p in folder.rglob("*") if p.is_file())
+    shutil.rmtree(folder)
+    return count
 
 
 def forget_list_hashes(forget_list: ForgetList | None) -> frozenset[str]:

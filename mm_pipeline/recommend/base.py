@@ -74,6 +74,9 @@ class EmbeddingRecommender:
     item_embeddings: torch.Tensor  # [n_items, d] float32
     info: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, Any] = field(default_factory=dict)
+    # A trained model's nn.Module parameters (train_bpr sets them; a warm-start checkpoint saves them). Not
+    # part of the stored bundle.
+    trainable: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     # Sparse @ dense is several times faster on a contiguous right-hand side than on a transposed view: cached.
     _item_columns: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 

@@ -40,6 +40,7 @@ from mm_pipeline.recommend.ranking import validator
 from mm_pipeline.recommend.rp3beta import RP3betaConfig, tune_rp3beta
 from mm_pipeline.recommend.selection import SearchResult
 from mm_pipeline.recommend.tuning import Tuning, tune_ease, tune_item_knn, tune_trained
+from mm_pipeline.recommend.warm import WarmStart
 
 ROLES = ("primary", "baseline", "component", "research")
 # What a spec may need besides the split (other models are named by their spec name).
@@ -59,6 +60,8 @@ class ModelInputs:
     raw_features: RawFeatures | None = None  # {modality: (features, present)} for the modalities some item has
     image_features: Mapping[str, Any] | None = None
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # stored bundles of the models it needs
+    warm: WarmStart | None = None  # a compatible checkpoint to start from (warm_start specs only)
+    previous: Mapping[str, Any] | None = None  # the hybrid's previous choice, where a warm search starts
 
 
 @dataclass
@@ -91,6 +94,8 @@ class ModelSpec:
     quick: Mapping[str, Any] = field(default_factory=dict)  # run config of a quick run (tests, smoke runs)
     kinds: tuple[str, ...] = ("pytorch", "mlflow")
     code_version: str = "1"
+    # BPR-trained: it saves a checkpoint of its parameters and can start a retrain from one (recommend.warm).
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -123,16 +128,37 @@ def raw_modality_features(text_features: Mapping, image_features: Mapping, audio
     return {m: value for m, value in out.items() if value[1].any()}
 
 
-def tuned_training(name: str, fit, config, data: SplitData, tuning: Tuning, on_trial: OnTrial | None = None) -> Trained:
-    """``fit(data, config, on_epoch) -> (model, history)`` searched over the model's grid on validation:
-    the chosen model, its training history, its settings and the search."""
+def tuned_training(
+    name: str,
+    fit,
+    config,
+    data: SplitData,
+    tuning: Tuning,
+    on_trial: OnTrial | None = None,
+    warm: WarmStart | None = None,
+) -> Trained:
+    """``fit(data, config, on_epoch, warm) -> (model, history)`` searched over the model's grid on validation:
+    the chosen model, its training history, its settings and the search. With ``warm`` (a compatible
+    checkpoint) there is no search: the checkpoint's chosen settings are trained again from its parameters,
+    stopping on validation as usual."""
+    if warm is not None:
+        chosen = warm.chosen(config)
+        model, history = fit(data, chosen, None, warm)
+        report = warm.report.as_dict() if warm.report else {}
+        start = model.info.get("start_valid_ndcg@20", float("nan"))
+        note = (
+            f"{name}: warm start from the previous checkpoint ({report}); validation NDCG@20 "
+            f"{start:.4f} at the start, {model.info.get('best_valid_ndcg@20', float('nan')):.4f} after "
+            f"{model.info.get('epochs_run')} epoch(s)"
+        )
+        return Trained(model, chosen.__dict__, history, None, note=note)
     histories: dict[tuple, pd.DataFrame] = {}
 
     def key(cfg) -> tuple:
         return tuple(sorted(dataclasses.asdict(cfg).items()))
 
     def fit_one(cfg, on_epoch) -> EmbeddingRecommender:
-        model, history = fit(data, cfg, on_epoch)
+        model, history = fit(data, cfg, on_epoch, None)
         histories[key(cfg)] = history
         return model
 
@@ -192,14 +218,17 @@ def train_rp3beta(inputs: ModelInputs, config: RP3betaConfig, tuning: Tuning, on
 
 
 def train_lightgcn(inputs: ModelInputs, config: TrainConfig, tuning: Tuning, on_trial: OnTrial) -> Trained:
-    return tuned_training("lightgcn", fit_lightgcn, config, inputs.data, tuning, on_trial)
+    def fit(data: SplitData, cfg: TrainConfig, on_epoch, warm):
+        return fit_lightgcn(data, cfg, on_epoch=on_epoch, warm=warm)
+
+    return tuned_training("lightgcn", fit, config, inputs.data, tuning, on_trial, inputs.warm)
 
 
 def train_bpr_mf(inputs: ModelInputs, config: TrainConfig, tuning: Tuning, on_trial: OnTrial) -> Trained:
-    def fit(data: SplitData, cfg: TrainConfig, on_epoch):
-        return fit_lightgcn(data, cfg, on_epoch=on_epoch, name="bpr_mf")
+    def fit(data: SplitData, cfg: TrainConfig, on_epoch, warm):
+        return fit_lightgcn(data, cfg, on_epoch=on_epoch, name="bpr_mf", warm=warm)
 
-    return tuned_training("bpr_mf", fit, config, inputs.data, tuning, on_trial)
+    return tuned_training("bpr_mf", fit, config, inputs.data, tuning, on_trial, inputs.warm)
 
 
 def train_content_knn(inputs: ModelInputs, config: None, tuning: None, on_trial: OnTrial) -> Trained:
@@ -210,10 +239,10 @@ def train_vbpr(inputs: ModelInputs, config: TrainConfig, tuning: Tuning, on_tria
     present = np.asarray(inputs.image_features["present"], dtype=bool)
     visual = np.asarray(inputs.image_features["features"])
 
-    def fit(data: SplitData, cfg: TrainConfig, on_epoch):
-        return fit_vbpr(data, visual, present, cfg, on_epoch=on_epoch)
+    def fit(data: SplitData, cfg: TrainConfig, on_epoch, warm):
+        return fit_vbpr(data, visual, present, cfg, on_epoch=on_epoch, warm=warm)
 
-    trained = tuned_training("vbpr", fit, config, inputs.data, tuning, on_trial)
+    trained = tuned_training("vbpr", fit, config, inputs.data, tuning, on_trial, inputs.warm)
     trained.params = {**trained.params, "visual_items": int(present.sum())}
     return trained
 
@@ -221,10 +250,10 @@ def train_vbpr(inputs: ModelInputs, config: TrainConfig, tuning: Tuning, on_tria
 def train_mm_gcn(inputs: ModelInputs, config: MultimodalConfig, tuning: Tuning, on_trial: OnTrial) -> Trained:
     raw = inputs.raw_features
 
-    def fit(data: SplitData, cfg: MultimodalConfig, on_epoch):
-        return fit_multimodal(data, inputs.aligned, cfg, on_epoch=on_epoch, raw_features=raw)
+    def fit(data: SplitData, cfg: MultimodalConfig, on_epoch, warm):
+        return fit_multimodal(data, inputs.aligned, cfg, on_epoch=on_epoch, raw_features=raw, warm=warm)
 
-    trained = tuned_training("mm_gcn", fit, config, inputs.data, tuning, on_trial)
+    trained = tuned_training("mm_gcn", fit, config, inputs.data, tuning, on_trial, inputs.warm)
     trained.params = {
         **trained.params,
         "modalities": ",".join(inputs.aligned["modalities"]),
@@ -236,10 +265,10 @@ def train_mm_gcn(inputs: ModelInputs, config: MultimodalConfig, tuning: Tuning, 
 def train_freedom(inputs: ModelInputs, config: FreedomConfig, tuning: Tuning, on_trial: OnTrial) -> Trained:
     raw = inputs.raw_features
 
-    def fit(data: SplitData, cfg: FreedomConfig, on_epoch):
-        return fit_freedom(data, raw, cfg, on_epoch=on_epoch)
+    def fit(data: SplitData, cfg: FreedomConfig, on_epoch, warm):
+        return fit_freedom(data, raw, cfg, on_epoch=on_epoch, warm=warm)
 
-    trained = tuned_training("freedom", fit, config, inputs.data, tuning, on_trial)
+    trained = tuned_training("freedom", fit, config, inputs.data, tuning, on_trial, inputs.warm)
     trained.params = {**trained.params, "modalities": ",".join(raw)}
     return trained
 
@@ -255,7 +284,11 @@ def train_mm_hybrid(inputs: ModelInputs, config: HybridConfig, tuning: None, on_
         config,
     )
     search = fit_hybrid(
-        parts, validator(data, max_users=config.validation_users, seed=config.seed), config, on_trial=on_trial
+        parts,
+        validator(data, max_users=config.validation_users, seed=config.seed),
+        config,
+        on_trial=on_trial,
+        previous=dict(inputs.previous) if inputs.previous else None,
     )
     params = {
         **dataclasses.asdict(config),
@@ -345,6 +378,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(40.0, 4),
         quick=_QUICK_BPR,
         code_version="2",
+        warm_start=True,
     ),
     ModelSpec(
         "lightgcn",
@@ -356,6 +390,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(60.0, 4),
         quick={**_QUICK_BPR, "tuning_max_trials": 2},
         code_version="2",
+        warm_start=True,
     ),
     ModelSpec(
         "content_knn",
@@ -378,6 +413,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         skip=no_images,
         quick=_QUICK_BPR,
         code_version="4",
+        warm_start=True,
     ),
     ModelSpec(
         "freedom",
@@ -391,6 +427,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         needs=(RAW_FEATURES,),
         quick=_QUICK_BPR,
         code_version="2",
+        warm_start=True,
     ),
     # mm_gcn is the dearest model to train (the content tower and the alignment loss run at every step): a
     # second setting only where the first is quick.
@@ -406,6 +443,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         needs=(ALIGNED, RAW_FEATURES),
         quick=_QUICK_BPR,
         code_version="6",
+        warm_start=True,
     ),
     ModelSpec(
         "mm_hybrid",

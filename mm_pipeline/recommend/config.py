@@ -23,6 +23,13 @@ class TrainConfig:
     # "auto": CUDA when a GPU is visible (this process's LOCAL_RANK one under torchrun), else the CPU;
     # or a torch device string ("cpu", "cuda", "cuda:1"). Results are not bit-identical across devices.
     device: str = "auto"
+    # Warm start (mm_pipeline.recommend.warm): "auto" starts a retrain from the previous training's
+    # checkpoint when a compatible one exists and the run is not forced (--force, forget: from scratch);
+    # "on" also in a forced run (never in a forget); "off" always from scratch.
+    warm_start: str = "auto"
+    # New users' and items' rows in a warm start: "history" (the mean of their history's rows) or "default"
+    # (the model's own initialisation).
+    warm_init: str = "history"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from mm_pipeline.recommend.graph import bipartite_edge_index, knn_item_adjacency
 from mm_pipeline.recommend.models import FREEDOM, VBPR, IDLightGCN, MultimodalGCN
 from mm_pipeline.recommend.ranking import validator
 from mm_pipeline.recommend.train import train_bpr
+from mm_pipeline.recommend.warm import WarmStart
 
 
 def content_matrix(aligned: dict[str, np.ndarray]) -> np.ndarray:
@@ -67,12 +68,22 @@ def content_blocks(aligned: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray
 
 
 def fit_lightgcn(
-    data: SplitData, config: TrainConfig, on_epoch=None, name: str = "lightgcn"
+    data: SplitData, config: TrainConfig, on_epoch=None, name: str = "lightgcn", warm: WarmStart | None = None
 ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
-    """ID-only LightGCN; with ``config.num_layers = 0`` it is plain BPR matrix factorisation."""
+    """ID-only LightGCN; with ``config.num_layers = 0`` it is plain BPR matrix factorisation. ``warm``: start
+    from a checkpoint's parameters (:mod:`mm_pipeline.recommend.warm`), as every trainer here."""
     torch.manual_seed(config.seed)
     model = IDLightGCN(data.n_users, data.n_items, data.adj, config)
-    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
+    return _train(model, name, data, config, on_epoch, warm)
+
+
+def _train(model, name: str, data: SplitData, config: TrainConfig, on_epoch, warm: WarmStart | None):
+    """:func:`train_bpr` from the model as built, or warm-started from ``warm`` (then validated first)."""
+    if warm is not None:
+        warm.apply(model, data.train)
+    return train_bpr(
+        model, name, data.train, validator(data), config, on_epoch=on_epoch, validate_start=warm is not None
+    )
 
 
 def item_knn_graph(features: list[np.ndarray], k: int) -> torch.Tensor:
@@ -129,6 +140,7 @@ def fit_multimodal(
     graph_features: list[np.ndarray] | None = None,
     raw_features: RawFeatures | None = None,
     attribution: bool = True,
+    warm: WarmStart | None = None,
 ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """The primary model on the aligned embeddings (``content_matrix(aligned)``) with the item-item graph
     of ``config.graph_source``: over ``raw_features`` (``{modality: (features, present)}``) or the fused
@@ -174,7 +186,7 @@ def fit_multimodal(
         item_adj=item_adj,
         edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users),
     )
-    trained, history = train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
+    trained, history = _train(model, name, data, config, on_epoch, warm)
     if attribution:
         trained.parts = {"content": model.content_parts(*content_blocks(aligned))}
     return trained, history
@@ -199,7 +211,13 @@ def unit_rows(features: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 
 def fit_vbpr(
-    data: SplitData, visual: np.ndarray, present: np.ndarray, config: TrainConfig, on_epoch=None, name: str = "vbpr"
+    data: SplitData,
+    visual: np.ndarray,
+    present: np.ndarray,
+    config: TrainConfig,
+    on_epoch=None,
+    name: str = "vbpr",
+    warm: WarmStart | None = None,
 ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """VBPR on the items' visual features, each item's vector at unit length (items without an image get
     zeros). Not standardised: per-dimension scaling blows rare dimensions of 4,096-d CNN features up to
@@ -209,13 +227,18 @@ def fit_vbpr(
     if visual.shape[0] != data.n_items:
         raise ValueError(f"visual features cover {visual.shape[0]} items but the split has {data.n_items}")
     model = VBPR(data.n_users, data.n_items, torch.from_numpy(visual), config)
-    trained, history = train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
+    trained, history = _train(model, name, data, config, on_epoch, warm)
     trained.parts = {"content": model.content_parts()}
     return trained, history
 
 
 def fit_freedom(
-    data: SplitData, raw_features: RawFeatures, config: FreedomConfig, on_epoch=None, name: str = "freedom"
+    data: SplitData,
+    raw_features: RawFeatures,
+    config: FreedomConfig,
+    on_epoch=None,
+    name: str = "freedom",
+    warm: WarmStart | None = None,
 ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """FREEDOM on the raw per-modality features ``{modality: (features, present)}`` (standardised;
     zeros where an item lacks the modality). The item-item graph is the mean of one k-NN graph per
@@ -233,4 +256,4 @@ def fit_freedom(
     model = FREEDOM(
         data.n_users, data.n_items, bipartite_edge_index(coo.row, coo.col, data.n_users), item_adj, features, config
     )
-    return train_bpr(model, name, data.train, validator(data), config, on_epoch=on_epoch)
+    return _train(model, name, data, config, on_epoch, warm)

@@ -62,6 +62,11 @@ class HybridConfig:
     validation_users: int = 5000  # validation users the weight search scores (a seeded sample when more)
     budget_s: float = 120.0  # time budget of the weight search
     seed: int = 0
+    # Warm start (as the trained models', mm_pipeline.recommend.warm): "auto" starts the search from the
+    # previous training's choice with ``warm_rounds`` passes when the run is not forced; "on" also in a
+    # forced run (never in a forget); "off" from EASE with ``rounds`` passes.
+    warm_start: str = "auto"
+    warm_rounds: int = 1
 
 
 def coordinate_ascent(grids: dict[str, Sequence[Any]], start: dict[str, Any], rounds: int) -> Proposer:
@@ -264,22 +269,30 @@ def _rms(scores: np.ndarray) -> float:
 
 
 def fit_hybrid(
-    parts: HybridParts, validate, config: HybridConfig, name: str = "mm_hybrid", on_trial=None
+    parts: HybridParts,
+    validate,
+    config: HybridConfig,
+    name: str = "mm_hybrid",
+    on_trial=None,
+    previous: dict[str, Any] | None = None,
 ) -> SearchResult:
     """Choose the core, ``decay``, ``content_weight``, ``graph_weight`` and the GNN on validation (module doc).
 
     A part that is missing (no content graph, no GNN) keeps weight 0. ``validate(model)`` returns the
-    validation metrics (``ndcg@20`` decides)."""
+    validation metrics (``ndcg@20`` decides). ``previous`` (a warm start: the previous training's choice)
+    is where the search starts, with ``config.warm_rounds`` passes, when every value of it is in its grid."""
     grids = parts.grids(config)
     for param in ("decay", "content_weight", "graph_weight"):
         if any(v < 0 for v in grids[param]):
             raise ValueError(f"the {param} grid must not hold negative values, got {grids[param]}")
-    start = parts.start()
+    start, rounds = parts.start(), config.rounds
+    if previous is not None and set(previous) == set(start) and all(previous[k] in grids[k] for k in start):
+        start, rounds = dict(previous), config.warm_rounds
     for param, value in start.items():
         if value not in grids[param]:
             raise ValueError(f"the {param} grid {grids[param]} must hold {value!r}, where the search starts")
     return search(
-        coordinate_ascent(grids, start, config.rounds),
+        coordinate_ascent(grids, start, rounds),
         lambda params: parts.model(name=name, **params),
         validate,
         config.budget_s,

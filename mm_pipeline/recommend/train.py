@@ -116,6 +116,7 @@ def train_bpr(
     config: TrainConfig,
     monitor: str = "ndcg@20",
     on_epoch: Callable[[dict], None] | None = None,
+    validate_start: bool = False,
 ) -> tuple[EmbeddingRecommender, pd.DataFrame]:
     """Mini-batch BPR over the training interactions; keeps the weights with the best ``monitor``.
 
@@ -126,6 +127,9 @@ def train_bpr(
     initialised ``torch.distributed`` process group each process takes its share of every mini-batch
     and the gradients are all-reduced (:mod:`mm_pipeline.recommend.parallel`); rank 0 validates and the
     others follow its decisions, so every process ends with the same weights.
+    With ``validate_start`` (a warm start: the model starts from trained parameters) the starting point is
+    validated first, as epoch 0 of the history, and counts as the best so far: training keeps it unless an
+    epoch beats it. The best model's trainable parameters are in ``best.trainable`` (a checkpoint saves them).
     Returns the best model (on the CPU) as an :class:`EmbeddingRecommender` and the per-epoch history.
     """
     torch.manual_seed(config.seed)
@@ -142,6 +146,19 @@ def train_bpr(
     best_score, best_state, best_epoch, bad = -np.inf, None, 0, 0
     history = []
     stopped_early = False
+    start_score = None
+    if validate_start:
+        score = -np.inf
+        row = {"epoch": 0, "train_seconds": 0.0}
+        if rank == 0:
+            model.eval()  # type: ignore[attr-defined]
+            metrics = validate(_on_cpu(name, model))
+            row.update({f"valid_{k}": v for k, v in metrics.items()})
+            score = metrics[monitor]
+        if size > 1:
+            (score,) = from_rank_zero([score], device)
+        best_score, best_state, start_score = score, copy.deepcopy(model.state_dict()), float(score)  # type: ignore[attr-defined]
+        history.append(row)
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         model.train()  # type: ignore[attr-defined]
@@ -212,9 +229,12 @@ def train_bpr(
     best.info = {
         "best_epoch": best_epoch,
         f"best_valid_{monitor}": float(best_score),
-        "epochs_run": len(history),
+        "epochs_run": len(history) - (start_score is not None),
         "stopped_early": stopped_early,
     }
+    if start_score is not None:
+        best.info[f"start_valid_{monitor}"] = start_score
+    best.trainable = {k: v.detach().cpu().clone() for k, v in model.named_parameters()}  # type: ignore[attr-defined]
     return best, pd.DataFrame(history)
 
 

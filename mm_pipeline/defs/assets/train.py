@@ -5,12 +5,16 @@ fields; see :mod:`mm_pipeline.recommend.tuning`): the asset's metadata and its M
 table of every setting tried.
 """
 
+import dataclasses
+import json
+
 import dagster as dg
 import pandas as pd
 
 from mm_pipeline.data.types import InteractionSplit, SplitData, as_interaction_split
 from mm_pipeline.defs.config import config_from_dataclass, with_tuning
 from mm_pipeline.defs.metadata import frame_table, history_metadata
+from mm_pipeline.defs.tags import from_scratch_reason
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.catalog import (
     ALIGNED,
@@ -24,7 +28,18 @@ from mm_pipeline.recommend.catalog import (
 from mm_pipeline.recommend.selection import SearchResult
 from mm_pipeline.recommend.train import listening
 from mm_pipeline.recommend.tuning import Tuning
+from mm_pipeline.recommend.warm import (
+    WARM_START_MODES,
+    Checkpoint,
+    WarmStart,
+    as_mapping,
+    compatible,
+    load_checkpoint,
+    model_settings,
+    save_checkpoint,
+)
 from mm_pipeline.registry.tracking import metric_key
+from mm_pipeline.storage import atomic_write_text
 
 GROUP = "train"
 RESEARCH_GROUP = "research"
@@ -202,6 +217,65 @@ def model_inputs(spec: ModelSpec, data: SplitData, interaction_split: Interactio
     )
 
 
+def warm_start_for(
+    context: dg.AssetExecutionContext, spec: ModelSpec, settings, user_ids: list[str], item_ids: list[str]
+) -> tuple[WarmStart | None, dict]:
+    """The checkpoint this training starts from, if any (``warm_start`` setting, the run's tags, the checkpoint's
+    compatibility), and metadata saying which and why."""
+    mode = settings.warm_start
+    if mode not in WARM_START_MODES:
+        raise dg.Failure(f"{spec.name}: warm_start must be one of {WARM_START_MODES}, got {mode!r}")
+    why = from_scratch_reason(mode, context.run.tags)
+    if why is None:
+        checkpoint = load_checkpoint(context.resources.pipeline.paths().checkpoints / spec.name)
+        why = compatible(checkpoint, spec.name, settings, user_ids)
+        if why is None:
+            return WarmStart(checkpoint, user_ids, item_ids, settings.warm_init), {"warm_start": True}
+    return None, {"warm_start": False, "warm_start_reason": why}
+
+
+def save_model_checkpoint(
+    context: dg.AssetExecutionContext, spec: ModelSpec, settings, trained, user_ids: list[str], item_ids: list[str]
+) -> None:
+    """The trained parameters, the settings and the ids of their rows: what a later retrain warm-starts from."""
+    names = {f.name for f in dataclasses.fields(settings)}
+    chosen = {k: v for k, v in trained.params.items() if k in names}
+    checkpoint = Checkpoint(
+        spec.name,
+        as_mapping(model_settings(settings)),
+        as_mapping(chosen),
+        user_ids,
+        item_ids,
+        trained.model.trainable,
+        {"valid_ndcg@20": float(trained.model.info.get("best_valid_ndcg@20", float("nan"))), "run": context.run_id},
+    )
+    save_checkpoint(context.resources.pipeline.paths().checkpoints / spec.name, checkpoint)
+
+
+CHOICE = "choice.json"
+
+
+def previous_choice(context: dg.AssetExecutionContext, spec: ModelSpec, settings) -> tuple[dict | None, dict]:
+    """The search's previous choice to start from (the hybrid's weights), if the run may warm-start and the
+    settings are those it was chosen with, and metadata saying which and why."""
+    if settings.warm_start not in WARM_START_MODES:
+        raise dg.Failure(f"{spec.name}: warm_start must be one of {WARM_START_MODES}, got {settings.warm_start!r}")
+    why = from_scratch_reason(settings.warm_start, context.run.tags)
+    if why is None:
+        path = context.resources.pipeline.paths().checkpoints / spec.name / CHOICE
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved is None:
+            why = "no previous choice"
+        elif saved.get("settings") != json.loads(json.dumps(as_mapping(model_settings(settings)))):
+            why = "settings changed since the previous choice"
+        else:
+            return saved["chosen"], {"warm_start": True, "search_started_from": dg.MetadataValue.json(saved["chosen"])}
+    return None, {"warm_start": False, "warm_start_reason": why}
+
+
 def train_model(
     context: dg.AssetExecutionContext, spec: ModelSpec, config: dg.Config | None, stored: dict
 ) -> dg.Output[dict]:
@@ -214,6 +288,16 @@ def train_model(
     if reason:
         return dg.Output({"name": spec.name, "skipped": reason}, metadata={"skipped": reason})
     settings = spec.settings(config.model_dump() if config is not None else {}, context.resources.pipeline.seed)
+    warm_meta: dict = {}
+    if spec.warm_start:
+        user_ids = [str(u) for u in interaction_split.user_ids]
+        item_ids = raw_items["item_id"].astype(str).tolist()
+        warm, warm_meta = warm_start_for(context, spec, settings, user_ids, item_ids)
+        inputs = dataclasses.replace(inputs, warm=warm)
+        context.log.info(f"{spec.name}: {'warm start' if warm else 'from scratch: ' + warm_meta['warm_start_reason']}")
+    elif settings is not None and hasattr(settings, "warm_start"):  # a search that can start from its last choice
+        previous, warm_meta = previous_choice(context, spec, settings)
+        inputs = dataclasses.replace(inputs, previous=previous)
     with context.resources.mlflow_tracking.start_run(context, run_name=spec.name) as run:
         with listening(epoch_progress(context)):
             trained = spec.train(
@@ -221,7 +305,9 @@ def train_model(
             )
         if trained.note:
             context.log.info(trained.note)
-        return _finish(
+        if inputs.warm is not None and inputs.warm.report is not None:
+            warm_meta["warm_start_rows"] = dg.MetadataValue.json(inputs.warm.report.as_dict())
+        output = _finish(
             context,
             run,
             trained.model,
@@ -232,6 +318,14 @@ def train_model(
             trained.params,
             trained.search,
         )
+    if spec.warm_start and trained.model.trainable is not None:
+        save_model_checkpoint(context, spec, settings, trained, user_ids, item_ids)
+    elif settings is not None and hasattr(settings, "warm_start") and trained.search is not None:
+        atomic_write_text(
+            context.resources.pipeline.paths().checkpoints / spec.name / CHOICE,
+            json.dumps({"settings": as_mapping(model_settings(settings)), "chosen": trained.search.params}),
+        )
+    return dg.Output(output.value, metadata={**output.metadata, **warm_meta})
 
 
 def model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
