@@ -27,7 +27,10 @@ Stages:
   ``lightgcn`` (``fit_lightgcn``) and ``mm_gcn`` (``fit_multimodal`` on seeded random content of the pipeline's
   shapes, as ``model_training.py``; no attribution): ``--epochs`` epochs each, early stopping off, batch size
   ``--batch-size``; the trainer's mandatory validation after the last epoch runs on a seeded sample of
-  ``--valid-users`` validation users.
+  ``--valid-users`` validation users. Every BPR step propagates over the whole training graph, so an epoch
+  costs (steps) x (graph size), quadratic in the interactions at a fixed batch size; ``--max-steps`` caps
+  the steps per epoch (the positives an epoch visits are then a seeded sample of steps x batch size
+  training interactions; the graph stays whole) and ``seconds_per_step`` is reported.
 
 Evaluation: test recall@20 and NDCG@20 (``ranking.top_k`` and ``per_user_metrics_from_top_k``: every item
 ranked, training items excluded, ties to the lower index) over every user with a test item, or over a
@@ -281,6 +284,13 @@ def fit_model(name: str, data, args, n_modalities: int):
     # The trainer validates after its last epoch (early stopping is off): on a seeded sample of users.
     valid_users = sample_users(data.valid, args.valid_users, args.seed + 1)
     small = dataclasses.replace(data, valid=restrict_rows(data.valid, valid_users))
+    notes: dict = {"batch_size": args.batch_size}
+    if args.max_steps and data.train.nnz > args.max_steps * args.batch_size:
+        # Every step still propagates over the whole training graph (data.adj); only the positives an
+        # epoch visits are a seeded sample, so an epoch is max_steps steps.
+        positives = subsample_entries(data.train, args.max_steps * args.batch_size, args.seed + 2)
+        small = dataclasses.replace(small, train=positives)
+        notes["positives_per_epoch"] = int(positives.nnz)
     if name == "lightgcn":
         model, history = fit_lightgcn(small, TrainConfig(**settings))
     else:
@@ -288,7 +298,22 @@ def fit_model(name: str, data, args, n_modalities: int):
         model, history = fit_multimodal(
             small, aligned, MultimodalConfig(**settings), raw_features=raw, attribution=False
         )
-    return model, {"epochs": len(history), "epoch_seconds": history["train_seconds"].astype(float).tolist()}
+    epoch_seconds = history["train_seconds"].astype(float).tolist()
+    steps = -(-small.train.nnz // args.batch_size)
+    notes.update(epochs=len(history), steps_per_epoch=steps, epoch_seconds=epoch_seconds)
+    notes["seconds_per_step"] = float(np.median(epoch_seconds)) / steps
+    return model, notes
+
+
+def subsample_entries(matrix, n: int, seed: int):
+    """A seeded sample of ``n`` of the stored entries of a CSR matrix, as a CSR matrix of the same shape."""
+    import scipy.sparse as sp
+
+    coo = matrix.tocoo()
+    keep = np.sort(np.random.default_rng(seed).choice(coo.nnz, size=n, replace=False))
+    out = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=matrix.shape)
+    out.sort_indices()
+    return out
 
 
 # ------------------------------------------------------------------------------------------ runner
@@ -396,6 +421,7 @@ def settings(args) -> dict:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "max_eval_users": args.max_eval_users,
+        "max_steps": args.max_steps,
         "valid_users": args.valid_users,
         "ease_max_items": args.ease_max_items,
         "skip": sorted(args.skip),
@@ -411,6 +437,8 @@ def forwarded(args) -> list[str]:
     out += ["--valid-users", str(args.valid_users), "--ease-max-items", str(args.ease_max_items)]
     if args.max_eval_users is not None:
         out += ["--max-eval-users", str(args.max_eval_users)]
+    if args.max_steps is not None:
+        out += ["--max-steps", str(args.max_steps)]
     if args.skip:
         out += ["--skip", *args.skip]
     if args.threads:
@@ -570,6 +598,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=4096, help="BPR batch size of lightgcn and mm_gcn")
     parser.add_argument(
         "--max-eval-users", type=int, default=None, help="evaluate a seeded sample of this many test users"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="at most this many BPR steps per epoch: the positives are then a seeded sample of steps x batch size",
     )
     parser.add_argument("--valid-users", type=int, default=2000, help="users of the trainers' final validation")
     parser.add_argument("--ease-max-items", type=int, default=None, help="skip EASE above this many items")

@@ -24,7 +24,20 @@ def _load_benchmark():
 
 def test_scaling_benchmark_reports_every_stage_and_the_reason_for_a_skip(tmp_path, capsys):
     out, figure = tmp_path / "scaling.json", tmp_path / "scaling.png"
-    args = ["--dataset", "builtin:tiny", "--epochs", "1", "--ease-max-items", "100", "--max-eval-users", "150"]
+    args = [
+        "--dataset",
+        "builtin:tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "512",
+        "--max-steps",
+        "3",
+        "--ease-max-items",
+        "100",
+        "--max-eval-users",
+        "150",
+    ]
     _load_benchmark().main(args + ["--out", str(out), "--plot", str(figure)])
     report = json.loads(out.read_text())
     (entry,) = report["datasets"]
@@ -41,7 +54,10 @@ def test_scaling_benchmark_reports_every_stage_and_the_reason_for_a_skip(tmp_pat
     for model in ("popularity", "item_knn", "lightgcn", "mm_gcn"):
         assert 0.0 <= rows[model]["test_recall@20"] <= 1.0, model
         assert rows[model]["fit_s"] > 0 and rows[model]["eval_s"] > 0, model
-    assert rows["lightgcn"]["epochs"] == rows["mm_gcn"]["epochs"] == 1
+    for model in ("lightgcn", "mm_gcn"):
+        row = rows[model]
+        assert row["epochs"] == 1 and row["steps_per_epoch"] == 3 and row["positives_per_epoch"] == 3 * 512, model
+        assert row["seconds_per_step"] > 0, model
     assert figure.stat().st_size > 0
     printed = capsys.readouterr().out
     assert "| stage | wall s" in printed and "ease on tiny: EASE inverts" in printed
