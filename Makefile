@@ -15,7 +15,7 @@ MLFLOW_PORT ?= 5000
 PIP_ARGS ?=
 
 .PHONY: install lint demo research test ui mlflow-ui bench bench-models validate materialize clean-home \
-	deploy-home run worker webserver daemon mlflow-server bench-shards
+	deploy-home run worker webserver daemon mlflow-server bench-shards bench-scaling
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,13 @@ bench: install home
 bench-models: install
 	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large \
 		--out $(MM_PIPELINE_HOME)/reports/bench/model_training.json
+
+# Wall time and peak memory per stage from builtin:default to large to xl (~10M interactions), with a
+# log-log plot (benchmarks/scaling.py; about 45 minutes on two cores).
+bench-scaling: install
+	nice -n 10 $(BIN)/python benchmarks/scaling.py --dataset builtin:default builtin:large builtin:xl \
+		--epochs 1 --batch-size 8192 --max-steps 20 --max-eval-users 20000 --threads 1 \
+		--out $(MM_PIPELINE_HOME)/reports/bench/scaling.json --plot $(MM_PIPELINE_HOME)/reports/bench/scaling.png
 
 # ---- Outgrowing one machine (docs/deployment.md): one command per role; the environment comes from deploy/env.example.
 # The instance on PostgreSQL: link deploy/dagster.yaml into $$DAGSTER_HOME (on every machine).

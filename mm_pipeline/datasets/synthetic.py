@@ -65,7 +65,13 @@ SIZES: dict[str, SyntheticSpec] = {
     "tiny": SyntheticSpec(n_users=240, n_items=360, mean_interactions=22),
     "default": SyntheticSpec(n_users=1500, n_items=2500, mean_interactions=40),
     "large": SyntheticSpec(n_users=40000, n_items=20000, mean_interactions=30),
+    # Interactions only (~10.2M): generate() refuses it (media for 100k items); benchmarks/scaling.py draws
+    # its interactions with sample_interaction_chunks.
+    "xl": SyntheticSpec(n_users=320000, n_items=100000, mean_interactions=32),
 }
+# generate() writes an image and an audio clip per item and draws interactions from a dense
+# n_users x n_items utility matrix: it is limited to this many items (builtin:large's catalogue).
+GENERATE_MAX_ITEMS = 20_000
 
 SCENARIOS: dict[str, tuple[str, ...]] = {
     "video": ("text", "image", "audio"),
@@ -244,6 +250,115 @@ def _sample_interactions(
     return frame[["user", "item", "timestamp"]]
 
 
+def interaction_counts(spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
+    """Interactions per user, as :func:`_sample_interactions` draws them (log-normal, clipped)."""
+    return np.clip(
+        rng.lognormal(np.log(spec.mean_interactions) - 0.18, 0.6, size=spec.n_users).round(),
+        spec.min_interactions,
+        spec.n_items // 4,
+    ).astype(np.int64)
+
+
+def sample_interaction_chunks(
+    spec: SyntheticSpec,
+    items: pd.DataFrame,
+    prefs: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    chunk_users: int = 4096,
+    t0: int = 1_700_000_000,
+):
+    r"""The same latent model as :func:`_sample_interactions`, drawn without the dense
+    :math:`n_\text{users} \times n_\text{items}` utility matrix; yields ``{"user", "item", "timestamp"}``
+    arrays (int32, int32, int64) one chunk of ``chunk_users`` users at a time, sorted by user then time.
+
+    Gumbel-top-:math:`n_u` on :math:`U/\tau` is Plackett-Luce sampling without replacement from
+    :math:`p_i \propto e^{U(u,i)/\tau}`, i.e. the distinct items, in order of first appearance, of
+    independent draws from :math:`p`. The utility depends on the item only through its attribute
+    combination :math:`t_i` (category, style, pattern, rhythm: 2,160 combinations by default) and its
+    popularity, :math:`p_i \propto e^{a_u(t_i)/\tau} \cdot e^{\pi_i/\tau}`, so each draw picks a
+    combination :math:`t` with probability :math:`\propto e^{a_u(t)/\tau} \sum_{i: t_i = t} e^{\pi_i/\tau}`
+    and then an item of that combination :math:`\propto e^{\pi_i/\tau}`: :math:`O(n_\text{types})` per
+    user instead of :math:`O(n_\text{items})`. Users are oversampled and topped up until they have
+    :math:`n_u` distinct items. Timestamps follow :func:`_sample_interactions`' rule (new-arrival items
+    last, non-decreasing per user). Same distribution, different random stream: the interactions
+    are not those of :func:`generate` for the same seed. Memory: :math:`O(\text{chunk\_users} \cdot
+    n_\text{types})` besides the item arrays.
+    """
+    counts = interaction_counts(spec, rng)
+    w_c, w_s, w_p, w_r = spec.weights
+    dims = (spec.n_categories, spec.n_styles, spec.n_patterns, spec.n_rhythms)
+    names = ("category", "style", "pattern", "rhythm")
+    attrs = [items[k].to_numpy().astype(np.int64) for k in names]
+    item_type = np.ravel_multi_index(attrs, dims)
+    n_types = int(np.prod(dims))
+    type_attr = np.unravel_index(np.arange(n_types), dims)  # attribute values of every combination
+    pop = items["popularity"].to_numpy() / spec.temperature
+    weight = np.exp(pop - pop.max())
+    order = np.argsort(item_type, kind="stable")  # items grouped by combination
+    cum = np.cumsum(weight[order])
+    type_mass = np.bincount(item_type, weights=weight, minlength=n_types)
+    type_start = np.concatenate([[0.0], cum])[np.searchsorted(item_type[order], np.arange(n_types))]
+    log_mass = np.log(np.where(type_mass > 0, type_mass, 1.0))
+    is_new = items["is_new"].to_numpy()
+    n_items = spec.n_items
+    for start in range(0, spec.n_users, chunk_users):
+        stop = min(spec.n_users, start + chunk_users)
+        c = stop - start
+        logits = (
+            w_c * prefs["category"][start:stop][:, type_attr[0]]
+            + w_s * prefs["style"][start:stop][:, type_attr[1]]
+            + w_p * prefs["pattern"][start:stop][:, type_attr[2]]
+            + w_r * prefs["rhythm"][start:stop][:, type_attr[3]]
+        ) / spec.temperature + log_mass
+        logits[:, type_mass <= 0] = -np.inf
+        prob = np.exp(logits - logits.max(1, keepdims=True))
+        cdf = np.cumsum(prob, axis=1)
+        cdf /= cdf[:, -1:]
+        flat_cdf = (cdf + np.arange(c)[:, None]).ravel()  # one increasing array: row r spans [r, r + 1]
+        need = counts[start:stop]
+        users = np.zeros(0, dtype=np.int64)
+        picked = np.zeros(0, dtype=np.int64)
+        want = need
+        for attempt in range(200):
+            # A user whose taste is concentrated on few items needs many draws for its last distinct ones:
+            # the top-up doubles every round.
+            extra = (np.ceil(want * 1.3).astype(np.int64) + np.where(want > 0, 4, 0)) << min(attempt, 16)
+            rows = np.repeat(np.arange(c), extra)
+            t = np.searchsorted(flat_cdf, rows + rng.random(rows.size), side="right") - rows * n_types
+            t = np.clip(t, 0, n_types - 1)
+            pos = np.searchsorted(cum, type_start[t] + rng.random(rows.size) * type_mass[t], side="right")
+            pos = np.clip(pos, 0, n_items - 1)
+            users, picked = np.concatenate([users, rows]), np.concatenate([picked, order[pos]])
+            # The first appearance of every (user, item), in draw order, grouped by user.
+            _, first = np.unique(users * n_items + picked, return_index=True)
+            first.sort()
+            first = first[np.argsort(users[first], kind="stable")]
+            users, picked = users[first], picked[first]
+            have = np.bincount(users, minlength=c)
+            want = np.maximum(need - have, 0)
+            if not want.any():
+                break
+        rank = np.arange(users.size) - np.concatenate([[0], np.cumsum(have)[:-1]])[users]
+        keep = rank < need[users]
+        users, picked = users[keep], picked[keep]
+        # Timestamps: _sample_interactions' rule, per chunk.
+        rand = rng.random(users.size)
+        new = is_new[picked]
+        by = np.lexsort((rand, new, users))
+        users, picked = users[by], picked[by]
+        n_u = np.bincount(users, minlength=c)
+        position = np.arange(users.size) - np.concatenate([[0], np.cumsum(n_u)[:-1]])[users]
+        start_time = rng.integers(0, 200 * 86_400, size=c)[users]
+        gaps = rng.exponential(6 * 3600, size=users.size).astype(np.int64) + 60
+        stamp = start_time + position * 4 * 3600 + gaps  # < 2**33 for any realistic count
+        stamp = np.maximum.accumulate(stamp + (users << 34)) - (users << 34)  # running max within each user
+        yield {
+            "user": (users + start).astype(np.int32),
+            "item": picked.astype(np.int32),
+            "timestamp": t0 + stamp,
+        }
+
+
 # ----------------------------------------------------------------------------------------------
 # Modalities
 # ----------------------------------------------------------------------------------------------
@@ -358,6 +473,12 @@ def generate(spec: SyntheticSpec, root: str | Path, overwrite: bool = False) -> 
     import cv2
     from scipy.io import wavfile
 
+    if spec.n_items > GENERATE_MAX_ITEMS:
+        raise ValueError(
+            f"the built-in dataset with {spec.n_items:,} items is interactions-only: writing its media files "
+            f"is limited to {GENERATE_MAX_ITEMS:,} items; draw its interactions with "
+            "sample_interaction_chunks (benchmarks/scaling.py does)"
+        )
     root = Path(root)
     digest = spec_digest(spec)
     marker = root / "dataset.json"
