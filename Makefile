@@ -68,9 +68,9 @@ mlflow-ui: install
 bench: install home
 	$(BIN)/python benchmarks/pipeline_stages.py --dataset builtin:default
 
-# Epoch time, evaluation time and peak memory of mm_gcn and LightGCN on the default and large datasets.
+# Epoch time (wall and CPU, one torch thread), evaluation time and peak memory of mm_gcn and LightGCN on default and large.
 bench-models: install
-	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large \
+	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large --epochs 5 --threads 1 \
 		--out $(MM_PIPELINE_HOME)/reports/bench/model_training.json
 
 # Wall time and peak memory per stage from builtin:default to large to xl (~10M interactions), with a

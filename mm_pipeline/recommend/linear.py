@@ -112,15 +112,28 @@ class ItemGram:
         g = self.gram.copy()
         g[np.diag_indices_from(g)] += l2
         potrf, potri = (lapack.dpotrf, lapack.dpotri) if self.dtype == np.float64 else (lapack.spotrf, lapack.spotri)
-        factor, info = potrf(g, lower=False, overwrite_a=True, clean=True)
+        # LAPACK works in place only on Fortran-ordered memory: g.T is that view of the same symmetric
+        # matrix, so neither call copies it (one n x n matrix besides the Gram matrix at the peak).
+        factor, info = potrf(g.T, lower=False, overwrite_a=True, clean=True)
         if info != 0:
             raise np.linalg.LinAlgError(f"Cholesky factorisation of the Gram matrix failed (info={info})")
         inverse, info = potri(factor, lower=False, overwrite_c=True)
         if info != 0:
             raise np.linalg.LinAlgError(f"inverting the Gram matrix failed (info={info})")
-        b = np.triu(inverse)  # potri fills the upper triangle only
-        del inverse
-        b += np.triu(b, 1).T  # now P
+        b = _symmetric_from_lower(inverse.T)  # potri fills the upper triangle: the lower one of the C view
+        del inverse, factor, g
         b /= -np.diag(b).copy()[None, :]
         np.fill_diagonal(b, 0.0)
         return b.astype(np.float32, copy=False)
+
+
+def _symmetric_from_lower(m: np.ndarray, block: int = 2048) -> np.ndarray:
+    """Copy the lower triangle of square ``m`` onto its upper one, in place, a block of rows at a time (no
+    second n x n matrix)."""
+    n = m.shape[0]
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        diagonal = m[start:stop, start:stop]
+        diagonal[...] = np.tril(diagonal) + np.tril(diagonal, -1).T
+        m[start:stop, stop:] = m[stop:, start:stop].T
+    return m
