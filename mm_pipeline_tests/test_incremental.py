@@ -307,3 +307,29 @@ def test_a_new_inbox_partition_makes_the_raw_source_run_again(project, tmp_path)
     plan = project.plan()
     assert plan.reasons[K("raw_interactions")] == "the inbox partitions changed"
     assert {K("source_dataset"), K("raw_items"), K("raw_interactions")} <= set(plan.to_materialize)
+
+
+def test_the_definitions_the_ui_and_the_daemon_load_reuse_in_every_step_they_can():
+    """Runs launched from the UI, the schedule and the sensor use the same wrapped assets as the CLI; the
+    wrapping keeps what Dagster shows of an asset (specs: code version, group, kinds, description) and its
+    op's inputs, config and resources."""
+    from mm_pipeline.defs.build import ASSET_MODULES, build_definitions
+    from mm_pipeline.defs.cutoff import can_reuse, is_reusing, reusing
+
+    defs = build_definitions()
+    assets = defs.resolve_asset_graph().assets_defs
+    plain = {
+        a.key.to_user_string() if len(a.keys) == 1 else a.node_def.name for a in assets if a.keys and not is_reusing(a)
+    }
+    assert plain == {"raw_source", "inbox_interactions", "mm_gcn_hyperparameter_search", *ALWAYS_COMPUTED}
+    for asset in dg.load_assets_from_modules(ASSET_MODULES):
+        if not can_reuse(asset):
+            continue
+        wrapped = reusing(asset)
+        assert list(wrapped.specs) == list(asset.specs)
+        assert wrapped.node_keys_by_input_name == asset.node_keys_by_input_name
+        assert wrapped.op.required_resource_keys == asset.op.required_resource_keys
+        assert wrapped.op.config_schema.as_field().config_type.key == asset.op.config_schema.as_field().config_type.key
+        assert {n: i.dagster_type.key for n, i in wrapped.op.ins.items()} == {
+            n: i.dagster_type.key for n, i in asset.op.ins.items()
+        }
