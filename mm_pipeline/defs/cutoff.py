@@ -34,6 +34,7 @@ import functools
 import hashlib
 import inspect
 import json
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,17 +60,19 @@ def with_early_cutoff(assets: Iterable) -> list:
 
 
 def can_reuse(asset) -> bool:
-    """One asset computed by one plain op function (not a generator), unpartitioned, not in
-    :data:`ALWAYS_COMPUTED`."""
+    """One asset computed by one plain op function (not a generator) that returns its value (stored by the
+    IO manager: not a ``MaterializeResult``), unpartitioned, not in :data:`ALWAYS_COMPUTED`."""
     if not isinstance(asset, dg.AssetsDefinition) or not isinstance(asset.node_def, dg.OpDefinition):
         return False
     if len(asset.keys) != 1 or asset.partitions_def is not None or list(asset.check_specs):
         return False
     if asset.key.to_user_string() in ALWAYS_COMPUTED or is_reusing(asset):
         return False
-    fn = asset.op.compute_fn
-    fn = getattr(fn, "decorated_fn", None)
-    return fn is not None and not inspect.isgeneratorfunction(fn) and not inspect.iscoroutinefunction(fn)
+    fn = getattr(asset.op.compute_fn, "decorated_fn", None)
+    if fn is None or inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn):
+        return False
+    returns = inspect.signature(fn).return_annotation
+    return returns is not dg.MaterializeResult and typing.get_origin(returns) is not dg.MaterializeResult
 
 
 def is_reusing(asset) -> bool:
@@ -86,16 +89,19 @@ def reusing(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
     key = asset.key
     parents = tuple(sorted({dep.asset_key for spec in asset.specs for dep in spec.deps}, key=lambda k: k.path))
     resource_keys = tuple(sorted(op.required_resource_keys))
+    annotation = inspect.signature(fn).return_annotation
+    returns_output = annotation is dg.Output or typing.get_origin(annotation) is dg.Output
 
     @functools.wraps(fn)
     def compute(*args, **kwargs):
         context = dg.AssetExecutionContext.get()
         decision = decide(context, key, parents, resource_keys)
-        if decision.value is not None:
-            context.log.info(f"reused the value of run {decision.run_id[:8]}: {decision.why}")
-            return dg.Output(decision.value[0], metadata=decision.metadata)
         context.add_output_metadata(decision.metadata)
-        return fn(*args, **kwargs)
+        if decision.value is None:
+            return fn(*args, **kwargs)
+        context.log.info(f"reused the value of run {decision.run_id[:8]}: {decision.why}")
+        # Returned as the function returns its value: an ``Output`` where it is annotated so.
+        return dg.Output(decision.value[0]) if returns_output else decision.value[0]
 
     compute.__mm_reusing__ = True  # type: ignore[attr-defined]
     # Resources named by the function's parameters are inferred again from its signature (functools.wraps).
