@@ -6,7 +6,8 @@ multiprocess, or the Celery workers). Both wait for a free run slot under the in
 ``max_concurrent_runs``, like runs launched from the UI (:mod:`mm_pipeline.defs.admission`), and a
 failed run ends with the step and the error it raised (``--debug``: the stack trace). Both
 materialize only the assets that are missing or stale and what is downstream of them
-(:mod:`mm_pipeline.defs.incremental`; ``--force``: every asset of the job). ``report`` prints the
+(:mod:`mm_pipeline.defs.incremental`), and of those each whose inputs turn out unchanged reuses its stored
+value (:mod:`mm_pipeline.defs.cutoff`); ``--force``: every asset of the job, computed. ``report`` prints the
 latest metrics; ``recommend`` asks the champion model for one user's top-k; ``forget`` forgets a user
 (:mod:`mm_pipeline.privacy`: forget list, retrain, purge, audit).
 """
@@ -237,6 +238,14 @@ def plan_incremental(defs, job: str, instance, run_config: dict):
     return plan
 
 
+def force_tags(force: bool) -> dict[str, str]:
+    """The run tags of ``--force``: every asset the run selects is computed, none reuses its stored value
+    (:mod:`mm_pipeline.defs.cutoff`), and models train from scratch (no warm start)."""
+    from mm_pipeline.defs.cutoff import REUSE_OFF, REUSE_TAG
+
+    return {REUSE_TAG: REUSE_OFF, FROM_SCRATCH_TAG: "true"} if force else {}
+
+
 def execute_with_progress(
     job: str,
     dataset: str | None,
@@ -276,7 +285,7 @@ def execute_with_progress(
         return job_def.execute_in_process(
             instance=instance,
             raise_on_error=False,
-            tags={**admission, **(tags or {}), **({FROM_SCRATCH_TAG: "true"} if force else {})},
+            tags={**admission, **(tags or {}), **force_tags(force)},
             run_config={**run_config, "loggers": loggers},
             asset_selection=None if plan is None else list(plan.to_materialize),
         )
@@ -310,22 +319,38 @@ def run_demo(
     if progress.not_executed:
         _stderr(f"{progress.not_executed} step(s) not executed: a step they depend on failed or was skipped")
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    reused = reused_assets(result)
     print("\nStage timings (s):")
     check_seconds, checks = 0.0, 0
     for event in result.all_events:
         if event.event_type_value == "STEP_SUCCESS":
             seconds = event.event_specific_data.duration_ms / 1000
             if event.step_key in assets:
-                print(f"  {event.step_key:<28}{seconds:8.1f}")
+                print(f"  {event.step_key:<28}{seconds:8.1f}{'  reused' if event.step_key in reused else ''}")
             else:
                 check_seconds, checks = check_seconds + seconds, checks + 1
     if checks:
         print(f"  {f'asset checks ({checks})':<28}{check_seconds:8.1f}")
     print(f"  {'total (incl. start-up)':<28}{elapsed:8.1f}")
+    if reused:
+        print(
+            f"  ({len(reused)} assets reused their stored value: their inputs had not changed; --force computes them)"
+        )
     if not result.success:
         report_failure(result.all_events, result.run_id, debug)
         return 1
     return _print_outcome(paths, result.run_id)
+
+
+def reused_assets(result) -> set[str]:
+    """The assets a run materialized by reusing their stored value (metadata ``reused``,
+    :mod:`mm_pipeline.defs.cutoff`)."""
+    out = set()
+    for event in result.get_asset_materialization_events():
+        metadata = event.materialization.metadata
+        if "reuse" in metadata and metadata["reused"].value is True:
+            out.add(event.asset_key.to_user_string())
+    return out
 
 
 def _print_outcome(paths: settings.ProjectPaths, run_id: str | None) -> int:
@@ -417,7 +442,7 @@ def run_job(
                 dg.reconstructable(definitions.JOB_LOADERS[job]),
                 instance=instance,
                 run_config=run_config,
-                tags={**tags, **({FROM_SCRATCH_TAG: "true"} if force else {})},
+                tags={**tags, **force_tags(force)},
                 reexecution_options=reexecution,
                 raise_on_error=False,
                 asset_selection=None if plan is None else list(plan.to_materialize),
@@ -785,8 +810,9 @@ def _print_forget_summary(record: dict, purged, audit: Path) -> None:
 
 
 FORCE_HELP = (
-    "materialize every asset of the job; without it, only those that are missing or stale (code, input data, "
-    "run config or source changed) and what is downstream of them"
+    "compute every asset of the job; without it, only those that are missing or stale (code, input data, "
+    "run config or source changed) and what is downstream of them, and of those only the ones whose inputs "
+    "turn out changed (the others reuse their stored value)"
 )
 
 

@@ -10,12 +10,15 @@ import dagster as dg
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from mm_pipeline.datasets.sources import resolve_source, source_fingerprint
 from mm_pipeline.defs.assets.inbox import inbox_interactions
+from mm_pipeline.defs.assets.raw import MediaConfig
 from mm_pipeline.defs.build import all_assets, default_resources, full_pipeline_job
 from mm_pipeline.defs.checks import all_asset_checks
+from mm_pipeline.defs.cutoff import ALWAYS_COMPUTED, REUSE_OFF, REUSE_TAG
 from mm_pipeline.defs.incremental import (
     Plan,
     expected_source_versions,
@@ -26,6 +29,7 @@ from mm_pipeline.defs.incremental import (
     stored_in,
 )
 from mm_pipeline.defs.io_manager import storage_base, value_digest
+from mm_pipeline.defs.lifecycle import RUN_CONFIG_ENV, build_retrain_schedule
 from mm_pipeline.settings import REGISTERED_MODEL_NAME
 from mm_pipeline.storage import bundle_digest, load_bundle
 
@@ -63,10 +67,10 @@ class Project:
         stored = stored_in(storage_base(str(self.home / "assets")))
         return plan_run(self.defs, JOB, self.instance, run_config, stored, expected_source_versions(pipeline))
 
-    def run(self, run_config=None, selection=None):
+    def run(self, run_config=None, selection=None, tags=None):
         run_config = self.config if run_config is None else run_config
         result = self.defs.resolve_job_def(JOB).execute_in_process(
-            run_config=run_config, instance=self.instance, asset_selection=selection
+            run_config=run_config, instance=self.instance, asset_selection=selection, tags=tags
         )
         assert result.success
         return result
@@ -160,6 +164,100 @@ def test_a_changed_run_config_recomputes_that_asset_and_what_is_downstream(proje
     assert project.plan().nothing_to_do
 
 
+def reuse(result) -> dict[str, bool]:
+    """Each asset the run materialized through :mod:`mm_pipeline.defs.cutoff`: whether it reused its value."""
+    return {
+        e.asset_key.to_user_string(): e.materialization.metadata["reused"].value
+        for e in result.get_asset_materialization_events()
+        if "reuse" in e.materialization.metadata
+    }
+
+
+def test_a_change_that_leaves_a_value_as_it_was_stops_the_recomputation_below_it(project):
+    """Early cutoff: a raised image-size limit that no image reaches changes raw_item_images' run config, so
+    the plan runs it and everything below it; it computes the same value (same data version), and every
+    asset below whose inputs are therefore unchanged reuses its stored value."""
+    images_version, report_version = project.data_version("raw_item_images"), project.data_version("image_features")
+    ops = project.config["ops"]
+    limit = {"config": {"max_image_pixels": 2 * MediaConfig().max_image_pixels}}
+    changed = {**project.config, "ops": {**ops, "raw_item_images": limit}}
+    plan = project.plan(changed)
+    assert plan.reasons == {K("raw_item_images"): "its run config changed"}
+    result = project.run(changed, list(plan.to_materialize))
+    reused = reuse(result)
+    assert reused.pop("raw_item_images") is False
+    assert project.data_version("raw_item_images") == images_version
+    assert project.data_version("image_features") == report_version
+    below = {k.to_user_string() for k in plan.to_materialize} - {"raw_item_images"} - ALWAYS_COMPUTED
+    assert {"augmented_images", "image_features", "mm_gcn_model", "selected_model"} <= below
+    assert reused == dict.fromkeys(below, True)
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == K("image_features")]
+    why = event.materialization.metadata["reuse"].value
+    assert why.startswith("inputs, code version") and event.materialization.metadata["reused_from_run"].value
+    # The reused value is stored for this run too, and what the first run recorded about it is kept.
+    assert project.first.asset_value("image_features").keys() == result.asset_value("image_features").keys()
+    project.config = changed
+    assert project.plan().nothing_to_do
+
+
+def test_a_source_file_rewritten_into_the_same_tables_reuses_what_does_not_read_the_files(project):
+    """The source's fingerprint is the bytes of its files: items.csv with Windows line endings is another
+    source, read again, into the same tables. Only the assets that read the source's files (its direct
+    children: the media, the split, the features) compute again; they compute the same values, so every
+    other asset reuses its own."""
+    versions = {name: project.data_version(name) for name in ("source_dataset", "raw_items", "raw_interactions")}
+    path = project.shop / "items.csv"
+    original = path.read_bytes()
+    path.write_bytes(original.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    assert path.read_bytes() != original
+    plan = project.plan()
+    assert plan.reasons == {K("source_dataset"): "the source changed"}
+    result = project.run(selection=list(plan.to_materialize))
+    assert project.data_version("source_dataset") != versions["source_dataset"]
+    assert {n: project.data_version(n) for n in ("raw_items", "raw_interactions")} == {
+        n: versions[n] for n in ("raw_items", "raw_interactions")
+    }
+    reused = reuse(result)
+    graph = project.defs.resolve_asset_graph()
+    raw_source = {"source_dataset", "raw_items", "raw_interactions"}
+    readers = {k.to_user_string() for k in graph.get(K("source_dataset")).child_keys} - raw_source
+    assert {"interaction_split", "raw_item_images", "text_features", "image_features"} <= readers
+    assert {name for name, again in reused.items() if not again} == readers - ALWAYS_COMPUTED
+    assert set(reused) == set(materialized(result)) - raw_source - ALWAYS_COMPUTED
+    assert {"raw_item_text", "augmented_images", "aligned_item_embeddings", "mm_gcn_model"} <= {
+        name for name, again in reused.items() if again
+    }
+
+
+def test_a_scheduled_run_is_incremental_inside_its_steps(project, tmp_path, monkeypatch):
+    """The retraining schedule requests the whole job (so does a run launched from the UI): with nothing
+    changed, the raw source reads the source again and every asset below reuses its value, but for those
+    that always run (report, registration, promotion, batch scores)."""
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(project.config))
+    monkeypatch.setenv(RUN_CONFIG_ENV, str(config_file))
+    request = build_retrain_schedule().evaluate_tick(dg.build_schedule_context()).run_requests[0]
+    assert request.asset_selection is None and REUSE_TAG not in request.tags
+    result = project.run(request.run_config, tags=request.tags)
+    computed = {name for name, again in reuse(result).items() if not again}
+    assert not computed and len(reuse(result)) == 31 - 3 - 4
+    assert ALWAYS_COMPUTED & materialized(result) == {
+        "evaluation_report",
+        "registered_model",
+        "model_promotion",
+        "batch_recommendations",
+    }
+
+
+def test_a_run_tagged_reuse_off_computes_what_it_selects(project):
+    """``--force`` (and the forget flow) tag their run ``mm_pipeline.reuse=off``."""
+    result = project.run(selection=[K("raw_item_text")], tags={REUSE_TAG: REUSE_OFF})
+    assert reuse(result) == {"raw_item_text": False}
+    (event,) = result.get_asset_materialization_events()
+    assert "reuse is off for this run" in event.materialization.metadata["reuse"].value
+    assert reuse(project.run(selection=[K("raw_item_text")])) == {"raw_item_text": True}
+
+
 def test_an_edited_source_file_recomputes_the_source_and_what_is_downstream(project):
     raw_interactions_version = project.data_version("raw_interactions")
     raw_items_version = project.data_version("raw_items")
@@ -209,3 +307,29 @@ def test_a_new_inbox_partition_makes_the_raw_source_run_again(project, tmp_path)
     plan = project.plan()
     assert plan.reasons[K("raw_interactions")] == "the inbox partitions changed"
     assert {K("source_dataset"), K("raw_items"), K("raw_interactions")} <= set(plan.to_materialize)
+
+
+def test_the_definitions_the_ui_and_the_daemon_load_reuse_in_every_step_they_can():
+    """Runs launched from the UI, the schedule and the sensor use the same wrapped assets as the CLI; the
+    wrapping keeps what Dagster shows of an asset (specs: code version, group, kinds, description) and its
+    op's inputs, config and resources."""
+    from mm_pipeline.defs.build import ASSET_MODULES, build_definitions
+    from mm_pipeline.defs.cutoff import can_reuse, is_reusing, reusing
+
+    defs = build_definitions()
+    assets = defs.resolve_asset_graph().assets_defs
+    plain = {
+        a.key.to_user_string() if len(a.keys) == 1 else a.node_def.name for a in assets if a.keys and not is_reusing(a)
+    }
+    assert plain == {"raw_source", "inbox_interactions", "mm_gcn_hyperparameter_search", *ALWAYS_COMPUTED}
+    for asset in dg.load_assets_from_modules(ASSET_MODULES):
+        if not can_reuse(asset):
+            continue
+        wrapped = reusing(asset)
+        assert list(wrapped.specs) == list(asset.specs)
+        assert wrapped.node_keys_by_input_name == asset.node_keys_by_input_name
+        assert wrapped.op.required_resource_keys == asset.op.required_resource_keys
+        assert wrapped.op.config_schema.as_field().config_type.key == asset.op.config_schema.as_field().config_type.key
+        assert {n: i.dagster_type.key for n, i in wrapped.op.ins.items()} == {
+            n: i.dagster_type.key for n, i in asset.op.ins.items()
+        }

@@ -30,6 +30,7 @@ from mm_pipeline.defs.assets.research import (
 )
 from mm_pipeline.defs.assets.search import SEARCH_JOBS, mm_gcn_hyperparameter_search
 from mm_pipeline.defs.checks import all_asset_checks
+from mm_pipeline.defs.cutoff import with_early_cutoff
 from mm_pipeline.defs.io_manager import BundleIOManager
 from mm_pipeline.defs.lifecycle import (
     LIFECYCLE_JOBS,
@@ -78,14 +79,15 @@ research_pipeline_job = dg.define_asset_job(
 def all_assets() -> list:
     """The unpartitioned graph (what ``full_pipeline`` and ``dg.materialize`` run), the per-item stages
     split into ``$MM_PIPELINE_ITEM_SHARDS`` shards; the partitioned ``inbox_interactions`` is added by
-    :func:`build_definitions`."""
-    return with_item_shards(dg.load_assets_from_modules(ASSET_MODULES))
+    :func:`build_definitions`. Each asset reuses its stored value when its inputs did not change
+    (:mod:`mm_pipeline.defs.cutoff`)."""
+    return with_early_cutoff(with_item_shards(dg.load_assets_from_modules(ASSET_MODULES)))
 
 
 def research_assets() -> list:
     """The research-role models of the model table (FREEDOM), the ablations and the report that includes
     them (group ``research``; not in ``full_pipeline``)."""
-    return [*RESEARCH_MODEL_ASSETS, mm_gcn_ablations, mm_hybrid_ablations, research_report]
+    return with_early_cutoff([*RESEARCH_MODEL_ASSETS, mm_gcn_ablations, mm_hybrid_ablations, research_report])
 
 
 def default_resources(home: str = "", dataset: str = "", tracking_uri: str = "") -> dict:

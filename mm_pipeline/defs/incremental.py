@@ -15,8 +15,10 @@ An asset of the job is **up to date** when all of these hold:
   staleness does not follow new partitions of an upstream partitioned asset into an unpartitioned one).
 
 Everything else is **materialized**, with everything downstream of it in the job (Dagster's staleness stops
-at the first asset whose parent changed; a run recomputes the whole way down) and whatever must run with it
-(the raw source's three outputs are one step). Asset checks run with the assets they check.
+at the first asset whose parent changed; whether a recomputed asset comes out different is known only when
+it has run) and whatever must run with it (the raw source's three outputs are one step). Asset checks run
+with the assets they check. In the run, each step whose inputs turn out unchanged reuses its stored value
+instead of computing it (early cutoff: :mod:`mm_pipeline.defs.cutoff`).
 """
 
 from __future__ import annotations

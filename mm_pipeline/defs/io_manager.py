@@ -96,8 +96,8 @@ def _from_bundle(bundle: dict) -> Any:
 TYPED_ASSETS = {"interaction_split": "InteractionSplit"}
 
 
-def _typed_if_legacy(context: dg.InputContext, value: Any) -> Any:
-    name = TYPED_ASSETS.get(context.asset_key.path[-1])
+def _typed_if_legacy(asset_key: dg.AssetKey, value: Any) -> Any:
+    name = TYPED_ASSETS.get(asset_key.path[-1])
     if name is None or not isinstance(value, dict):
         return value
     fields = {f.name for f in dataclasses.fields(STORED_TYPES[name]) if f.default is dataclasses.MISSING}
@@ -165,17 +165,26 @@ class VersionedBundleIOManager(dg.UPathIOManager):
             return _from_bundle(load_bundle(path))
         version = lineage_run_id(context)
         if version is None:  # the published version: it may move, so it is read afresh
-            return _typed_if_legacy(context, _from_bundle(load_bundle(path, version=None)))
+            return _typed_if_legacy(context.asset_key, _from_bundle(load_bundle(path, version=None)))
         key = (str(path), version)
         if key in _TYPED_VALUES:  # one object per process for a run's typed value (immutable), so what it
             _TYPED_VALUES.move_to_end(key)  # builds on first use (a split's sparse views) is built once
             return _TYPED_VALUES[key]
-        value = _typed_if_legacy(context, _from_bundle(load_bundle(path, version=version)))
+        value = _typed_if_legacy(context.asset_key, _from_bundle(load_bundle(path, version=version)))
         if dataclasses.is_dataclass(value):
             _TYPED_VALUES[key] = value
             while len(_TYPED_VALUES) > TYPED_VALUES_KEPT:
                 _TYPED_VALUES.popitem(last=False)
         return value
+
+    def stored_value(self, asset_key: dg.AssetKey, version: str) -> tuple[Any, str]:
+        """The value version ``version`` (a run id) of ``asset_key`` holds, and its content hash as this IO
+        manager would store it again (its data version): what a step that reuses it outputs
+        (:mod:`mm_pipeline.defs.cutoff`). Raises ``FileNotFoundError`` when that version is gone."""
+        value = _typed_if_legacy(
+            asset_key, _from_bundle(load_bundle(self._base_path.joinpath(*asset_key.path), version))
+        )
+        return value, value_digest(value)
 
     def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict:
         return {"version": context.run_id} if context.has_asset_key else {}

@@ -7,6 +7,11 @@ Both the schedule and the sensor start **stopped**: turn them on in the UI (Auto
 ``dagster schedule start retrain_schedule`` / ``dagster sensor start new_interactions_sensor``; they
 need the Dagster daemon (``dagster dev`` runs one).
 
+Both request the whole job and are incremental inside it: each step whose inputs, code and config did not
+change since its latest materialization reuses its stored value (:mod:`mm_pipeline.defs.cutoff`), so a
+scheduled run with nothing new computes the raw source and the assets that always run (report, registration,
+promotion, batch scores).
+
 ``$MM_PIPELINE_RUN_CONFIG`` names a YAML run-config file (``ops: {mm_gcn_model: {config: ...}}``)
 that both put on every run they request, e.g. shorter training for a smoke test.
 """
