@@ -142,6 +142,7 @@ def _train_lightgcn(home, instance, tags=None, config=None):
     import mlflow
 
     from mm_pipeline.defs.build import all_assets, default_resources
+    from mm_pipeline.defs.cutoff import REUSE_OFF, REUSE_TAG
 
     mp = pytest.MonkeyPatch()
     mp.setenv("MM_PIPELINE_HOME", str(home))
@@ -156,7 +157,8 @@ def _train_lightgcn(home, instance, tags=None, config=None):
                 }
             },
             instance=instance,
-            tags=tags or {},
+            # Every call trains: with the same inputs the early cutoff would reuse the stored model instead.
+            tags={REUSE_TAG: REUSE_OFF, **(tags or {})},
             resources=default_resources(
                 home=str(home), dataset="builtin:tiny", tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
             ),
