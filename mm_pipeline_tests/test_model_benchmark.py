@@ -1,23 +1,17 @@
 """benchmarks/model_training.py on the tiny dataset: it runs, reports what it promises, and its in-memory
 built-in interactions are the ones the generated dataset files hold. (Not a timing test.)"""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from benchmark_scripts import load_benchmark
 
 from mm_pipeline.datasets import load_source, resolve_source
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "model_training.py"
-
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("model_training", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("model_training")
 
 
 def test_benchmark_reports_epoch_eval_time_and_memory_for_both_models(tmp_path, capsys):
@@ -52,9 +46,7 @@ def test_in_memory_builtin_interactions_match_the_generated_files(tmp_path):
 
 
 def test_config_compare_reports_validation_and_test_per_seed(capsys):
-    spec = importlib.util.spec_from_file_location("config_compare", SCRIPT.parent / "config_compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("config_compare")
     settings = '{"epochs": 2, "patience": 3}'
     rows = module.main(
         ["--inputs", "builtin:tiny", "--model", "mm_gcn", "--config", settings, "--seeds", "0", "0", "1"]

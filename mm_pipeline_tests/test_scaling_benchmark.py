@@ -1,25 +1,19 @@
 """benchmarks/scaling.py on the tiny dataset: every stage reports wall time and peak RSS, a skipped EASE says
 why, the plot is written, and its chunked data path agrees with the pipeline's split rule. (Not a timing test.)"""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from benchmark_scripts import load_benchmark
 
 from mm_pipeline.datasets import synthetic
 from mm_pipeline.evaluate.split import chronological_split
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scaling.py"
-
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("scaling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scaling")
 
 
 def test_scaling_benchmark_reports_every_stage_and_the_reason_for_a_skip(tmp_path, capsys):

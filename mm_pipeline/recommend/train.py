@@ -148,15 +148,8 @@ def train_bpr(
     stopped_early = False
     start_score = None
     if validate_start:
-        score = -np.inf
         row = {"epoch": 0, "train_seconds": 0.0}
-        if rank == 0:
-            model.eval()  # type: ignore[attr-defined]
-            metrics = validate(_on_cpu(name, model))
-            row.update({f"valid_{k}": v for k, v in metrics.items()})
-            score = metrics[monitor]
-        if size > 1:
-            (score,) = from_rank_zero([score], device)
+        score = _validate_into(row, model, name, validate, monitor, device)
         best_score, best_state, start_score = score, copy.deepcopy(model.state_dict()), float(score)  # type: ignore[attr-defined]
         history.append(row)
     for epoch in range(1, config.epochs + 1):
@@ -191,14 +184,7 @@ def train_bpr(
             "train_seconds": time.perf_counter() - started,
         }
         if epoch % config.eval_every == 0 or epoch == config.epochs:
-            score = -np.inf
-            if rank == 0:
-                model.eval()  # type: ignore[attr-defined]
-                metrics = validate(_on_cpu(name, model))
-                row.update({f"valid_{k}": v for k, v in metrics.items()})
-                score = metrics[monitor]
-            if size > 1:
-                (score,) = from_rank_zero([score], device)
+            score = _validate_into(row, model, name, validate, monitor, device)
             if score > best_score:
                 best_score, best_epoch, bad = score, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())  # type: ignore[attr-defined]
@@ -236,6 +222,21 @@ def train_bpr(
         best.info[f"start_valid_{monitor}"] = start_score
     best.trainable = {k: v.detach().cpu().clone() for k, v in model.named_parameters()}  # type: ignore[attr-defined]
     return best, pd.DataFrame(history)
+
+
+def _validate_into(row: dict, model: BPRModel, name: str, validate, monitor: str, device) -> float:
+    """Validate the model as it is now (rank 0; the others receive its score) into the history ``row``;
+    returns the ``monitor`` score."""
+    rank, size = world()
+    score = -np.inf
+    if rank == 0:
+        model.eval()  # type: ignore[attr-defined]
+        metrics = validate(_on_cpu(name, model))
+        row.update({f"valid_{k}": v for k, v in metrics.items()})
+        score = metrics[monitor]
+    if size > 1:
+        (score,) = from_rank_zero([score], device)
+    return score
 
 
 def _on_cpu(name: str, model: BPRModel) -> EmbeddingRecommender:
