@@ -854,11 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="say why: the history items behind each item and the part of the score that drives it",
     )
-    recommend.add_argument(
-        "--model",
-        default=settings.REGISTERED_MODEL_NAME,
-        help=f"registered model name (default {settings.REGISTERED_MODEL_NAME})",
-    )
+    _add_model_argument(recommend)
     forget = sub.add_parser(
         "forget",
         parents=[debug],
@@ -873,12 +869,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="put the id on the forget list even when no interaction of it is found (guards later inbox files)",
     )
-    forget.add_argument(
+    _add_model_argument(forget)
+    return parser
+
+
+def _add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model``: the registered model a command reads (recommend, forget)."""
+    parser.add_argument(
         "--model",
         default=settings.REGISTERED_MODEL_NAME,
         help=f"registered model name (default {settings.REGISTERED_MODEL_NAME})",
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
