@@ -246,6 +246,16 @@ def force_tags(force: bool) -> dict[str, str]:
     return {REUSE_TAG: REUSE_OFF, FROM_SCRATCH_TAG: "true"} if force else {}
 
 
+def inherited_tags(instance, parent_run_id: str) -> dict[str, str]:
+    """The project's run tags of ``parent_run_id`` (forced, reuse off, forget request): its re-execution must
+    train and reuse the same way (Dagster does not copy launch-time tags onto a re-execution)."""
+    from mm_pipeline.defs.cutoff import REUSE_TAG
+
+    parent = instance.get_run_by_id(parent_run_id)
+    kept = (REUSE_TAG, FROM_SCRATCH_TAG, FORGET_TAG)
+    return {k: v for k, v in (parent.tags if parent is not None else {}).items() if k in kept}
+
+
 def execute_with_progress(
     job: str,
     dataset: str | None,
@@ -433,6 +443,7 @@ def run_job(
         # From failure: the steps that failed or never finished in that run; the others' outputs are read
         # from the versions that run wrote.
         reexecution = dg.ReexecutionOptions.from_failure(from_failure, instance) if from_failure else None
+        inherited = inherited_tags(instance, from_failure) if from_failure else {}
 
         def start(tags):
             plan = None if force or reexecution else plan_incremental(definitions.defs, job, instance, run_config)
@@ -442,7 +453,7 @@ def run_job(
                 dg.reconstructable(definitions.JOB_LOADERS[job]),
                 instance=instance,
                 run_config=run_config,
-                tags={**tags, **force_tags(force)},
+                tags={**tags, **inherited, **force_tags(force)},
                 reexecution_options=reexecution,
                 raise_on_error=False,
                 asset_selection=None if plan is None else list(plan.to_materialize),

@@ -183,7 +183,8 @@ def test_the_training_asset_warm_starts_only_where_safe(tmp_path):
     first = _train_lightgcn(home, instance)  # a first run: no checkpoint, from scratch, unchanged
     assert first["warm_start"] is False and first["warm_start_reason"] == "no checkpoint"
     assert "start_valid_ndcg@20" not in first
-    checkpoint = load_checkpoint(home / "checkpoints" / "lightgcn")
+    (folder,) = (home / "checkpoints").glob("*/lightgcn")
+    checkpoint = load_checkpoint(folder)
     assert checkpoint is not None and len(checkpoint.user_ids) == 240
     again = _train_lightgcn(home, instance)
     assert again["warm_start"] is True and "search_trials" not in again
@@ -235,3 +236,40 @@ def test_a_warm_hybrid_search_starts_from_the_previous_choice():
     calls.clear()
     fit_hybrid(Parts(), validate, HybridConfig(rounds=2), previous={**previous, "decay": 9.0})  # not in its grid
     assert calls[0]["decay"] == 0.0
+
+
+def test_checkpoints_of_other_datasets_or_seeds_are_kept_apart(tmp_path):
+    """Runs of two datasets in one home (concurrent ones too) must not warm-start from each other's models."""
+    from mm_pipeline.defs.resources import PipelineResource
+
+    folders = {
+        PipelineResource(home=str(tmp_path), dataset=dataset, seed=seed).checkpoints("mm_gcn")
+        for dataset, seed in (("builtin:tiny", 0), ("builtin:tiny:ecommerce", 0), ("builtin:tiny", 1))
+    }
+    assert len(folders) == 3 and all(
+        f.name == "mm_gcn" and f.parent.parent == tmp_path / "checkpoints" for f in folders
+    )
+
+
+def test_a_reexecution_keeps_the_forced_reuse_and_forget_tags_of_its_parent():
+    """`mm-pipeline run --from-failure` of a forced (or forget) run must train from scratch and compute as it did."""
+    import dagster as dg
+
+    from mm_pipeline.cli import inherited_tags
+    from mm_pipeline.defs.cutoff import REUSE_OFF, REUSE_TAG
+    from mm_pipeline.defs.tags import FORGET_TAG, FROM_SCRATCH_TAG
+
+    @dg.op
+    def step():
+        return 1
+
+    @dg.job
+    def job():
+        step()
+
+    instance = dg.DagsterInstance.ephemeral()
+    tags = {FROM_SCRATCH_TAG: "true", REUSE_TAG: REUSE_OFF, FORGET_TAG: "req-1"}
+    parent = job.execute_in_process(instance=instance, tags={**tags, "unrelated": "x"})
+    assert inherited_tags(instance, parent.run_id) == tags
+    plain = job.execute_in_process(instance=instance)
+    assert inherited_tags(instance, plain.run_id) == {}

@@ -9,6 +9,7 @@ that runs it, and the launchpad shows it as such), else the default. Run config
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,12 @@ class PipelineResource(dg.ConfigurableResource):
 
     def dataset_spec(self) -> str:
         return self.dataset or settings.dataset_spec()
+
+    def checkpoints(self, name: str) -> Path:
+        """Warm-start checkpoint folder of ``name`` for this dataset and seed: runs of other datasets in the same
+        home (concurrent ones too) neither read nor overwrite it."""
+        key = hashlib.sha256(f"{self.dataset_spec()}\0{self.seed}".encode()).hexdigest()[:16]
+        return self.paths().checkpoints / key / name
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.torch_threads > 0:

@@ -3,7 +3,8 @@ r"""Warm-start retraining: a retrain after new interactions starts from the prev
 No Dagster here. After a BPR-trained model is trained, its trainable parameters (the nn.Module's parameters,
 not the propagated embeddings the model asset stores), the settings its search chose and the raw user and item
 ids its rows belong to are saved as one *checkpoint* (:func:`save_checkpoint`, atomically, under
-``<home>/checkpoints/<model>/checkpoint.pt``). A later retrain on grown data builds the model as usual and
+``<home>/checkpoints/<dataset key>/<model>/checkpoint.pt``, one folder per dataset and seed). A later
+retrain on grown data builds the model as usual and
 then takes, row by row and keyed by the raw ids (indices change when data grows):
 
 * a known user or item: its previous row;
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -168,12 +170,10 @@ def _segments(module_name: str, name: str, n_users: int, n_items: int) -> list[t
 
 def mapped_rows(old_ids: Sequence[str], new_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """``(new_rows, old_rows)``: for each id in both lists, its row in the new and in the old table."""
-    where = {str(x): i for i, x in enumerate(old_ids)}
-    pairs = [(i, where[str(x)]) for i, x in enumerate(new_ids) if str(x) in where]
-    if not pairs:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    new_rows, old_rows = zip(*pairs, strict=True)
-    return np.asarray(new_rows, dtype=np.int64), np.asarray(old_rows, dtype=np.int64)
+    old = pd.Index(np.asarray(old_ids, dtype=str))
+    position = old.get_indexer(np.asarray(new_ids, dtype=str)) if len(old) else np.full(len(new_ids), -1)
+    new_rows = np.flatnonzero(position >= 0).astype(np.int64)
+    return new_rows, np.asarray(position, dtype=np.int64)[new_rows]
 
 
 def _mean_of(table: torch.Tensor, links: sp.csr_matrix, rows: np.ndarray, known: np.ndarray) -> dict[int, torch.Tensor]:

@@ -34,7 +34,7 @@ def aligner_warm_start(
         raise dg.Failure(f"aligned_item_embeddings: warm_start must be one of {WARM_START_MODES}")
     why = from_scratch_reason(config.warm_start, context.run.tags)
     if why is None:
-        checkpoint = load_checkpoint(pipeline.paths().checkpoints / CHECKPOINT)
+        checkpoint = load_checkpoint(pipeline.checkpoints(CHECKPOINT))
         if checkpoint is None:
             why = "no checkpoint"
         elif checkpoint.settings != as_mapping(model_settings(config)) or checkpoint.chosen != shape:
@@ -98,7 +98,7 @@ def aligned_item_embeddings(
         ).astype(np.float32)
         model_uri = log_torch_module(ConcatenatedAligner(model, dims), "aligner", example)
     save_checkpoint(
-        pipeline.paths().checkpoints / CHECKPOINT,
+        pipeline.checkpoints(CHECKPOINT),
         Checkpoint(CHECKPOINT, as_mapping(model_settings(align_config)), shape, [], [], parameters_of(model)),
     )
     out = embed_items(model, inputs)

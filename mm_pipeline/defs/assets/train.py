@@ -227,7 +227,7 @@ def warm_start_for(
         raise dg.Failure(f"{spec.name}: warm_start must be one of {WARM_START_MODES}, got {mode!r}")
     why = from_scratch_reason(mode, context.run.tags)
     if why is None:
-        checkpoint = load_checkpoint(context.resources.pipeline.paths().checkpoints / spec.name)
+        checkpoint = load_checkpoint(context.resources.pipeline.checkpoints(spec.name))
         why = compatible(checkpoint, spec.name, settings, user_ids)
         if why is None:
             return WarmStart(checkpoint, user_ids, item_ids, settings.warm_init), {"warm_start": True}
@@ -249,7 +249,7 @@ def save_model_checkpoint(
         trained.model.trainable,
         {"valid_ndcg@20": float(trained.model.info.get("best_valid_ndcg@20", float("nan"))), "run": context.run_id},
     )
-    save_checkpoint(context.resources.pipeline.paths().checkpoints / spec.name, checkpoint)
+    save_checkpoint(context.resources.pipeline.checkpoints(spec.name), checkpoint)
 
 
 CHOICE = "choice.json"
@@ -262,7 +262,7 @@ def previous_choice(context: dg.AssetExecutionContext, spec: ModelSpec, settings
         raise dg.Failure(f"{spec.name}: warm_start must be one of {WARM_START_MODES}, got {settings.warm_start!r}")
     why = from_scratch_reason(settings.warm_start, context.run.tags)
     if why is None:
-        path = context.resources.pipeline.paths().checkpoints / spec.name / CHOICE
+        path = context.resources.pipeline.checkpoints(spec.name) / CHOICE
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -322,7 +322,7 @@ def train_model(
         save_model_checkpoint(context, spec, settings, trained, user_ids, item_ids)
     elif settings is not None and hasattr(settings, "warm_start") and trained.search is not None:
         atomic_write_text(
-            context.resources.pipeline.paths().checkpoints / spec.name / CHOICE,
+            context.resources.pipeline.checkpoints(spec.name) / CHOICE,
             json.dumps({"settings": as_mapping(model_settings(settings)), "chosen": trained.search.params}),
         )
     return dg.Output(output.value, metadata={**output.metadata, **warm_meta})
