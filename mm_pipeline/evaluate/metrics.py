@@ -2,8 +2,8 @@ r"""Full-ranking top-:math:`k` evaluation of an :class:`EmbeddingRecommender`.
 
 Every item is scored for every evaluated user (no negative sampling); items the user has already
 seen (``exclude``) and items outside ``candidates`` are never recommended. Users are processed in
-chunks of ``chunk_size`` rows, so memory is :math:`O(\text{chunk\_size} \cdot n_\text{items})` and
-the results do not depend on the chunk size.
+chunks of ``chunk_size`` rows (by default about 16 MB of scores each), so memory is
+:math:`O(\text{chunk\_size} \cdot n_\text{items})` and the results do not depend on the chunk size.
 
 Conventions (shared with :mod:`torch_geometric.metrics`, which computes most of them). For a user
 with relevant set :math:`T` (``truth`` row) and top-:math:`k` list :math:`L`, :math:`h = |L \cap T|`:
@@ -53,6 +53,7 @@ from mm_pipeline.recommend.ranking import (  # noqa: F401 (PAD, top_k and per_us
     _evaluated_rows,
     _ideal_dcg,
     _rows_coo,
+    chunk_users,
     per_user_metrics,
     per_user_metrics_from_top_k,
     top_k,
@@ -118,7 +119,7 @@ def ranking_metrics_from_top_k(
     n_train_users: int | None = None,
     item_features: np.ndarray | None = None,
     tail_items: np.ndarray | None = None,
-    chunk_size: int = 2048,
+    chunk_size: int | None = None,
 ) -> dict[str, float]:
     r"""The metrics of :func:`ranking_metrics` for precomputed ranked lists.
 
@@ -130,7 +131,7 @@ def ranking_metrics_from_top_k(
     truth = _check_truth(truth)
     n_users, n_items = truth.shape
     ks = _check_ks(ks)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    chunk_size = chunk_users(n_items, chunk_size)
     self_info = _self_information(item_popularity, n_train_users, n_items)
     features = _unit_features(item_features, n_items)
     tail = _check_item_mask("tail_items", tail_items, n_items)
@@ -219,7 +220,7 @@ def ranking_metrics(
     item_popularity: np.ndarray | None = None,
     n_train_users: int | None = None,
     candidates: np.ndarray | None = None,
-    chunk_size: int = 2048,
+    chunk_size: int | None = None,
     item_features: np.ndarray | None = None,
     tail_items: np.ndarray | None = None,
 ) -> dict[str, float]:

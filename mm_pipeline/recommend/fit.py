@@ -81,9 +81,8 @@ def _train(model, name: str, data: SplitData, config: TrainConfig, on_epoch, war
     """:func:`train_bpr` from the model as built, or warm-started from ``warm`` (then validated first)."""
     if warm is not None:
         warm.apply(model, data.train)
-    return train_bpr(
-        model, name, data.train, validator(data), config, on_epoch=on_epoch, validate_start=warm is not None
-    )
+    validate = validator(data, max_users=config.validation_users or None, seed=config.seed)
+    return train_bpr(model, name, data.train, validate, config, on_epoch=on_epoch, validate_start=warm is not None)
 
 
 def item_knn_graph(features: list[np.ndarray], k: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.baselines import check_ease_size, item_item
@@ -61,18 +62,29 @@ def random_walk(train: sp.spmatrix, alpha: float) -> tuple[np.ndarray, np.ndarra
     return walk, d_item
 
 
-def rp3beta_weights(walk: np.ndarray, popularity: np.ndarray, beta: float, k: int) -> np.ndarray:
-    """:math:`W` (float32 ``[n_items, n_items]``) from :func:`random_walk`'s output (see the module doc)."""
+def rp3beta_weights(walk: np.ndarray, popularity: np.ndarray, beta: float, k: int, block: int = 1024) -> np.ndarray:
+    """:math:`W` (float32 ``[n_items, n_items]``) from :func:`random_walk`'s output (see the module doc).
+
+    Built a ``block`` of rows at a time, keeping each row's ``k`` largest entries (``torch.topk``; ties at the
+    cut as it picks them): no ``n x n`` temporary besides the result (selecting the entries to drop over the
+    whole matrix held an ``n x n`` index array and took 7 s at 12k items, this about 2 s)."""
     if beta < 0 or k < 1:
         raise ValueError(f"RP3beta needs beta >= 0 and k >= 1, got beta={beta}, k={k}")
+    n = walk.shape[1]
     # Items without training interactions have an all-zero column already; the floor only avoids 0 ** -beta.
-    w = (walk / np.power(np.maximum(popularity, 1.0), beta)[None, :]).astype(np.float32)
-    np.fill_diagonal(w, 0.0)
-    n = w.shape[1]
-    if k < n:
-        drop = np.argpartition(w, n - k, axis=1)[:, : n - k]  # per row, all but its k largest
-        np.put_along_axis(w, drop, 0.0, axis=1)
-    return w
+    penalty = np.power(np.maximum(popularity, 1.0), beta)[None, :]
+    weights = np.zeros(walk.shape, dtype=np.float32)
+    for start in range(0, walk.shape[0], block):
+        stop = min(walk.shape[0], start + block)
+        w = (walk[start:stop] / penalty).astype(np.float32)
+        local = np.arange(stop - start)
+        w[local, start + local] = 0.0
+        if k < n:
+            values, keep = torch.topk(torch.from_numpy(w), k, dim=1, sorted=False)  # per row, its k largest
+            np.put_along_axis(weights[start:stop], keep.numpy(), values.numpy(), axis=1)
+        else:
+            weights[start:stop] = w
+    return weights
 
 
 def rp3beta(train: sp.spmatrix, alpha: float = 1.0, beta: float = 0.5, k: int = 100) -> EmbeddingRecommender:

@@ -51,6 +51,7 @@ NOT_THE_MODEL = (
     "epochs",
     "patience",
     "eval_every",
+    "validation_users",
     "warm_start",
     "warm_init",
     "warm_epochs",
