@@ -86,9 +86,21 @@ def _row_scales(absmax: np.ndarray, levels: int) -> np.ndarray:
     return scale.astype(np.float32)
 
 
-def _codes(values: np.ndarray, scale: np.ndarray, levels: int) -> np.ndarray:
-    safe = np.where(scale > 0, scale.astype(np.float64), 1.0)
-    return np.clip(np.rint(values / safe), -levels, levels).astype(np.int8)
+def _codes(values: np.ndarray, scale: np.ndarray, levels: int, block: int = 1 << 20) -> np.ndarray:
+    """``clip(rint(values / scale), -levels, levels)`` as int8 (``scale`` broadcast against ``values``; a zero
+    scale reads as 1), in float32, about ``block`` entries at a time: float64 temporaries of a 12k x 12k
+    table were most of the cost of compressing it."""
+    safe = np.where(scale > 0, scale, 1).astype(np.float32)
+    safe = np.broadcast_to(safe, np.broadcast_shapes(safe.shape, values.shape[:1] + (1,) * (values.ndim - 1)))
+    out = np.empty(values.shape, dtype=np.int8)
+    step = max(1, block // max(1, int(np.prod(values.shape[1:]))))
+    for start in range(0, values.shape[0], step):
+        stop = start + step
+        quotient = np.asarray(values[start:stop], dtype=np.float32) / safe[start:stop]
+        np.rint(quotient, out=quotient)
+        np.clip(quotient, -levels, levels, out=quotient)
+        out[start:stop] = quotient
+    return out
 
 
 def pack_int4(codes: np.ndarray) -> np.ndarray:

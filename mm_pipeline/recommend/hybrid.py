@@ -229,38 +229,51 @@ class HybridParts:
             "core_rms": core_scale,
             "content_rms": content_scale,
         }
-        blocks_u, blocks_i = [], []
+        # The item table is built as its transpose, the layout scoring multiplies by (one row per user-table
+        # column, one column per item): the core's W as it is stored, no n x n transposes per trial.
+        blocks_u: list[sp.spmatrix] = []
+        columns: list[tuple[int, Any]] = []  # (height, how to fill those rows of the transposed item table)
         parts: dict[str, Any] = {}
+        n_items = self.train.shape[1]
         if core in self.cores or content_weight:
-            parts["history_width"] = int(self.train.shape[1])
+            parts["history_width"] = int(n_items)
             if content_weight and self.content is not None and self.modality_graphs:
                 share = content_weight / (content_scale * len(self.modality_graphs))
                 parts["modalities"] = {m: (g.T * share).tocsr() for m, g in self.modality_graphs.items()}
-            items = (
-                self.cores[core].T / core_scale
-                if core in self.cores  # item i's row: column i of W
-                else np.zeros((self.train.shape[1],) * 2, dtype=np.float32)
-            )
-            if content_weight:
-                items = items + (self.content.T * (content_weight / content_scale)).toarray()
+
+            def history_rows(out: np.ndarray) -> None:  # row j: what history item j adds to every item
+                if core in self.cores:
+                    np.divide(self.cores[core], np.float32(core_scale), out=out)
+                else:
+                    out[...] = 0.0
+                if content_weight:
+                    neighbours = (self.content * (content_weight / content_scale)).tocsr()
+                    rows = np.repeat(np.arange(n_items), np.diff(neighbours.indptr))
+                    out[rows, neighbours.indices] += neighbours.data
+
             blocks_u.append(self.profile(decay))
-            blocks_i.append(items)
+            columns.append((n_items, history_rows))
         if graph_weight:
             users, items, scale = self.gnns[gnn]
             blocks_u.append(sp.csr_matrix(users * (graph_weight / scale)))
-            blocks_i.append(items)
+            columns.append((items.shape[1], items.T))
             info["gnn_rms"] = scale
             cold_gnn = next((n for n in self.content_aware if n in self.gnns), None)
             if gnn not in self.content_aware and cold_gnn is not None and self.cold.any():
                 users, items, scale = self.gnns[cold_gnn]  # cold items only, at the content-aware GNN's scale
                 blocks_u.append(sp.csr_matrix(users * (graph_weight / scale)))
-                blocks_i.append(np.where(self.cold[:, None], items, 0.0).astype(np.float32))
+                columns.append((items.shape[1], np.where(self.cold[None, :], items.T, 0.0)))
                 info["cold_gnn"] = cold_gnn
         users = sp.hstack(blocks_u, format="csr") if len(blocks_u) > 1 else blocks_u[0].tocsr()
-        items = np.concatenate(blocks_i, axis=1) if len(blocks_i) > 1 else blocks_i[0]
-        return EmbeddingRecommender(
-            name, sparse_from_scipy(users), torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32)), info, parts
-        )
+        table = np.empty((sum(height for height, _ in columns), n_items), dtype=np.float32)
+        top = 0
+        for height, fill in columns:
+            if callable(fill):
+                fill(table[top : top + height])
+            else:
+                table[top : top + height] = fill
+            top += height
+        return EmbeddingRecommender(name, sparse_from_scipy(users), torch.from_numpy(table).T, info, parts)
 
 
 def _rms(scores: np.ndarray) -> float:

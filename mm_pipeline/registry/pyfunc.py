@@ -180,6 +180,14 @@ def _cap_from_env(name: str, stored: int) -> int:
     return int(raw)
 
 
+def _float32_table(values: Any) -> np.ndarray:
+    """``values`` as float32 in either memory order: an item-item model's table is the transpose of the
+    matrix it is built as, and a row-major copy of a 12k x 12k table took seconds for nothing (matrix
+    products read both orders)."""
+    table = np.asarray(values, dtype=np.float32)
+    return table if table.flags.c_contiguous or table.flags.f_contiguous else np.ascontiguousarray(table)
+
+
 def _empty_output() -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -596,8 +604,11 @@ class _CompactTables:
     def dense_arrays(self) -> dict[str, np.ndarray]:
         """The tables decoded into the plain format's arrays (``item_embeddings`` and ``user_embeddings``
         or the CSR ``user_indptr``/``user_indices``/``user_values``), float32."""
-        items = np.zeros((self.n_items, self.width), dtype=np.float32)
         h = self.history_width
+        # Column-major with a history: its block is stored as the item-item matrix (item_history.rows()), whose
+        # transpose is then written in place without a transposed copy.
+        order = "F" if self.item_history is not None else "C"
+        items = np.zeros((self.n_items, self.width), dtype=np.float32, order=order)
         if self.item_history is not None:
             items[:, :h] = self.item_history.rows().T
         if self.item_dense is not None:
@@ -720,7 +731,7 @@ class RecommenderPyfunc(PythonModel):
                 missing.append("user_embeddings (or the sparse user_indptr, user_indices, user_values)")
             if missing:
                 raise ValueError(f"serving arrays are missing {missing}")
-            items = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)
+            items = _float32_table(arrays["item_embeddings"])
             if items.ndim != 2:
                 raise ValueError(f"item_embeddings must be 2-D, got shape {items.shape}")
             tables = _DenseTables(_UserTable.from_arrays(arrays, items.shape[1]), items)
@@ -1230,7 +1241,7 @@ def export_serving_arrays(
 
     if not isinstance(model, EmbeddingRecommender):
         raise TypeError(f"model must be an EmbeddingRecommender, got {type(model).__name__}")
-    items = np.ascontiguousarray(model.item_embeddings.detach().cpu().float().numpy(), dtype=np.float32)
+    items = _float32_table(model.item_embeddings.detach().cpu().float().numpy())
     if model.sparse_users:  # stored in CSR form: the user's history, as wide as the catalogue
         table = model.user_embeddings.detach().cpu()
         user_arrays = {
