@@ -292,9 +292,9 @@ def execute_with_progress(
         plan = None if force else plan_incremental(defs, job, instance, run_config)
         if plan is not None and plan.nothing_to_do:
             return None
-        return job_def.execute_in_process(
+        return execute_in_process_uncaptured(
+            job_def,
             instance=instance,
-            raise_on_error=False,
             tags={**admission, **(tags or {}), **force_tags(force)},
             run_config={**run_config, "loggers": loggers},
             asset_selection=None if plan is None else list(plan.to_materialize),
@@ -303,6 +303,43 @@ def execute_with_progress(
     with dg.DagsterInstance.get() as instance:
         result = admitted_run(instance, lambda admission: start(instance, admission))
     return result, progress, started
+
+
+def execute_in_process_uncaptured(job_def, instance, tags, run_config, asset_selection):
+    """``job_def.execute_in_process(...)`` (raise_on_error off) without keeping every step's output in memory.
+
+    ``execute_in_process`` holds each output it produced until the run ends, so that tests can read them
+    back (Dagster issue #9731): an Amazon Beauty demo peaked at 15 GB of RSS with every item-item matrix
+    and compressed variant alive at once. The outputs are already stored by the IO manager and the demo
+    reads only the events, so this runs the same steps as ``execute_in_process`` (its body, Dagster being
+    pinned) with output capture off."""
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.execution.execute_in_process import (
+        core_execute_in_process,
+        merge_run_tags,
+        type_check_and_normalize_args,
+    )
+
+    run_config, _, selection, _, _, _ = type_check_and_normalize_args(
+        run_config=run_config, asset_selection=asset_selection
+    )
+    ephemeral = job_def.as_ephemeral_job(resource_defs={}, input_values={}, asset_selection=selection)
+    return core_execute_in_process(
+        job=InMemoryJob(job_def=ephemeral),
+        run_config=run_config,
+        instance=instance,
+        output_capturing_enabled=False,
+        raise_on_error=False,
+        run_tags=merge_run_tags(
+            job_def=job_def,
+            partition_key=None,
+            tags=tags,
+            asset_selection=selection,
+            instance=instance,
+            run_config=run_config,
+        ),
+        asset_selection=frozenset(selection),
+    )
 
 
 def run_demo(

@@ -16,6 +16,11 @@ class TrainConfig:
     epochs: int = 150
     batch_size: int = 4096
     lr: float = 1e-2
+    # Steps per epoch at most. Every step propagates over the whole graph, so an epoch costs its steps: where
+    # the training interactions need more batches of batch_size, the batch grows to fill max_epoch_steps
+    # steps and the learning rate by the square root of that growth (Adam's usual rule). Data with fewer
+    # than max_epoch_steps * batch_size training interactions trains exactly as configured. 0: no limit.
+    max_epoch_steps: int = 64
     reg: float = 1e-4
     patience: int = 8
     eval_every: int = 1

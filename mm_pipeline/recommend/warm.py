@@ -52,6 +52,7 @@ NOT_THE_MODEL = (
     "patience",
     "eval_every",
     "validation_users",
+    "max_epoch_steps",
     "warm_start",
     "warm_init",
     "warm_epochs",
