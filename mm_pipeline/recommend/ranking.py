@@ -84,11 +84,13 @@ def _check_users(users, n_users: int) -> np.ndarray:
     return users
 
 
-def chunk_users(n_items: int, chunk_size: int | None = None) -> int:
+def chunk_users(n_items: int | None, chunk_size: int | None = None) -> int:
     """Users per chunk: ``chunk_size`` when given (checked), else as many as fit :data:`CHUNK_CELLS` scores
-    (64 to 2,048)."""
+    (64 to 2,048); with ``n_items`` None (ranked lists, not scores, are chunked) 2,048."""
     if chunk_size is not None:
         return _check_positive_int("chunk_size", chunk_size)
+    if n_items is None:
+        return 2048
     return int(min(2048, max(64, CHUNK_CELLS // max(int(n_items), 1))))
 
 
@@ -284,7 +286,7 @@ def per_user_metrics_from_top_k(
     truth = _check_truth(truth)
     n_users, n_items = truth.shape
     ks = _check_ks(ks)
-    chunk_size = chunk_users(n_items, chunk_size)
+    chunk_size = chunk_users(None, chunk_size)
     users = _check_users(users, n_users)
     max_k = ks[-1]
     top = _check_top(top, len(users), max_k, n_items)
