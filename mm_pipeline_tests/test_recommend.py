@@ -423,10 +423,11 @@ def test_an_epoch_takes_at_most_max_epoch_steps_steps_with_a_grown_batch_and_rat
     assert epoch_batches(config, 400) == (100, 0.01)  # fits: as configured
     batch, lr = epoch_batches(config, 1600)  # 16 batches of 100 -> 4 of 400, rate x sqrt(4)
     assert batch == 400 and lr == pytest.approx(0.02)
+    assert epoch_batches(config, 16000) == (4000, pytest.approx(0.02))  # 40x the batch: the rate at most 2x
     assert epoch_batches(TrainConfig(batch_size=100, lr=0.01, max_epoch_steps=0), 10**6) == (100, 0.01)
     # Training reads it: 420 training interactions in steps of at most ceil(420 / 2) = 210.
     frame, n_users, n_items = _toy_split()
     data = SplitData.from_frame(frame, n_users, n_items)
     model, _ = fit_lightgcn(data, TrainConfig(epochs=1, batch_size=16, dim=8, max_epoch_steps=2))
     assert model.info["trained_batch_size"] == -(-data.train.nnz // 2)
-    assert model.info["trained_lr"] == pytest.approx(0.01 * np.sqrt(model.info["trained_batch_size"] / 16))
+    assert model.info["trained_lr"] == pytest.approx(0.01 * min(2.0, np.sqrt(model.info["trained_batch_size"] / 16)))

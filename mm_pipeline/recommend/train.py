@@ -109,17 +109,21 @@ def sample_negatives(
     return neg
 
 
+MAX_LR_GROWTH = 2.0  # the largest learning-rate growth epoch_batches applies (the largest one measured)
+
+
 def epoch_batches(config: TrainConfig, n_train: int) -> tuple[int, float]:
     """The ``(batch size, learning rate)`` an epoch over ``n_train`` interactions trains with: ``config``'s,
     unless that takes more than ``config.max_epoch_steps`` steps; then the batch grows to
-    ``ceil(n_train / max_epoch_steps)`` and the rate by the square root of the growth (see TrainConfig)."""
+    ``ceil(n_train / max_epoch_steps)`` and the rate by the square root of the growth, at most
+    :data:`MAX_LR_GROWTH` times (see TrainConfig)."""
     batch, lr = int(config.batch_size), float(config.lr)
     if batch < 1:
         raise ValueError(f"batch_size must be a positive integer, got {config.batch_size!r}")
     limit = int(config.max_epoch_steps)
     if limit > 0 and n_train > limit * batch:
         grown = -(-n_train // limit)
-        return grown, lr * math.sqrt(grown / batch)
+        return grown, lr * min(math.sqrt(grown / batch), MAX_LR_GROWTH)
     return batch, lr
 
 
