@@ -374,7 +374,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         "ID-only matrix factorisation with BPR (LightGCN with no propagation layers); rate, "
         "regularisation and dimension searched on validation.",
         config=TrainConfig,
-        fixed={"num_layers": 0},
+        fixed={"num_layers": 0, "max_epoch_steps": 0},  # no propagation: a step is cheap, epochs as configured
         tuning=Tuning(40.0, 4),
         quick=_QUICK_BPR,
         code_version="2",
@@ -407,7 +407,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         "baseline); rate and regularisation searched on validation.\n\nSkipped, with the reason in "
         "metadata, when the dataset has no images at all.",
         config=TrainConfig,
-        fixed={"num_layers": 0},
+        fixed={"num_layers": 0, "max_epoch_steps": 0},  # no propagation: a step is cheap, epochs as configured
         tuning=Tuning(40.0, 4),
         needs=(IMAGE_FEATURES,),
         skip=no_images,
