@@ -735,7 +735,10 @@ def run_forget(
             record,
             f"the retrain (Dagster run {result.run_id}) failed; nothing made before it was deleted",
         )
-    promotion = result.output_for_node("model_promotion")
+    from mm_pipeline.storage import load_bundle
+
+    # As the run stored it: the in-process run keeps no outputs in memory (execute_in_process_uncaptured).
+    promotion = load_bundle(paths.assets / "model_promotion")
     version = str(promotion["challenger_version"])
     record["champion"] = {"name": model_name, "version": version, "decision": promotion["decision"]}
     record["rows_left_out_by_the_retrain"] = _materialization_value(
