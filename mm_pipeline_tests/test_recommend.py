@@ -431,3 +431,20 @@ def test_an_epoch_takes_at_most_max_epoch_steps_steps_with_a_grown_batch_and_rat
     model, _ = fit_lightgcn(data, TrainConfig(epochs=1, batch_size=16, dim=8, max_epoch_steps=2))
     assert model.info["trained_batch_size"] == -(-data.train.nnz // 2)
     assert model.info["trained_lr"] == pytest.approx(0.01 * min(2.0, np.sqrt(model.info["trained_batch_size"] / 16)))
+
+
+def test_a_sparse_user_tables_dense_tail_scores_as_the_whole_sparse_product():
+    from mm_pipeline.recommend.base import EmbeddingRecommender, sparse_from_scipy
+
+    rng = np.random.default_rng(0)
+    history = sp.random(30, 12, density=0.2, random_state=0, dtype=np.float32)
+    tail = rng.normal(size=(30, 4)).astype(np.float32)  # every user has every column: dense
+    users = sp.hstack([history, sp.csr_matrix(tail)], format="csr")
+    items = torch.from_numpy(rng.normal(size=(12, 16)).astype(np.float32))
+    model = EmbeddingRecommender("hybrid", sparse_from_scipy(users), items, parts={"history_width": 12})
+    expected = torch.from_numpy(users.toarray()) @ items.T
+    assert model._split_users() is not None  # scored as a sparse history plus one dense product
+    torch.testing.assert_close(model.score(torch.arange(30)), expected)
+    plain = EmbeddingRecommender("plain", sparse_from_scipy(users), items)  # no history width: one product
+    assert plain._split_users() is None
+    torch.testing.assert_close(plain.score(torch.tensor([3, 1])), expected[[3, 1]])
