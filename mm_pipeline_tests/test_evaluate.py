@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch_geometric.metrics import LinkPredNDCG, LinkPredRecall
 
+from mm_pipeline.data.types import SplitData
 from mm_pipeline.evaluate import (
     PAD,
     chronological_split,
@@ -30,6 +31,7 @@ from mm_pipeline.evaluate import (
     write_report,
 )
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.ranking import top_k_two_splits, without_items
 
 
 # ----------------------------------------------------------------------------------------- split
@@ -210,6 +212,32 @@ def test_top_k_matches_a_lexicographic_reference(kind):
     np.testing.assert_array_equal(top_k(model, np.arange(37), exclude, k=7, chunk_size=1).numpy(), expected)
     if kind == "few_eligible":
         assert (expected == PAD).any()
+
+
+@pytest.mark.parametrize("kind", ["ties", "continuous"])
+def test_one_pass_for_validation_and_test_matches_two_rankings(kind):
+    """Validation and test lists from one scoring pass are exactly two top_k calls (ties by index)."""
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(41, 60)) if kind == "continuous" else rng.integers(-2, 3, size=(41, 60))
+    model = _model(scores.astype(np.float32))
+    cells = sp.random(41, 60, density=0.3, random_state=2, format="csr", dtype=np.float32)
+    parts = [sp.csr_matrix(cells.multiply(sp.csr_matrix(rng.random((41, 60)) < p))) for p in (0.5, 0.7)]
+    train = parts[0]
+    valid = sp.csr_matrix((cells - train).multiply(parts[1]))
+    test = sp.csr_matrix(cells - train - valid)
+    # user 7 has test items only, user 8 validation items only
+    valid = sp.csr_matrix(sp.diags((np.arange(41) != 7).astype(np.float32)) @ (valid != 0).astype(np.float32))
+    test = sp.csr_matrix(sp.diags((np.arange(41) != 8).astype(np.float32)) @ (test != 0).astype(np.float32))
+    valid.eliminate_zeros(), test.eliminate_zeros()
+    data = SplitData(41, 60, train, valid, test, adj=torch.zeros(0))
+    users, valid_top, test_top = top_k_two_splits(model, data, 9)
+    assert 7 in users and 8 in users
+    np.testing.assert_array_equal(valid_top.numpy(), top_k(model, users, train, 9).numpy())
+    np.testing.assert_array_equal(test_top.numpy(), top_k(model, users, (train + valid).tocsr(), 9).numpy())
+    # fewer kept entries than slots: padded
+    lists = torch.tensor([[3, 1, 2, PAD]])
+    dropped = without_items(lists, np.array([0]), sp.csr_matrix(([1.0, 1.0], ([0, 0], [1, 3])), shape=(1, 5)), 3)
+    assert dropped.tolist() == [[2, PAD, PAD]]
 
 
 def test_top_k_leaves_the_model_untouched():

@@ -115,6 +115,32 @@ def test_grid_and_log_line_searches_choose_on_validation_within_the_budget():
         grid([])
 
 
+def test_ease_search_on_the_popular_sub_catalogue_fits_once_on_the_whole_one():
+    from mm_pipeline.data.types import SplitData
+    from mm_pipeline.recommend.tuning import Tuning, tune_ease
+
+    rng = np.random.default_rng(5)
+    cells = sp.csr_matrix((rng.random((60, 30)) < rng.random(30)[None, :] * 0.5).astype(np.float32))
+    which = rng.integers(0, 10, cells.nnz)
+    parts = [cells.copy() for _ in range(3)]
+    for part, keep in zip(parts, (which < 8, which == 8, which == 9), strict=True):
+        part.data = keep.astype(np.float32)
+        part.eliminate_zeros()
+    data = SplitData(60, 30, *parts, adj=torch.zeros(0))
+    trials = []
+    result = tune_ease(data, Tuning(1e9, 8), start=4.0, on_trial=trials.append, search_items=10)
+    table = result.trials
+    assert list(table["items"]) == [10] * (len(table) - 1) + [30] and table["chosen"].tolist()[-1]
+    assert table["chosen"].sum() == 1 and len(trials) == len(table)
+    l2 = result.params["l2"]
+    assert l2 == table.iloc[:-1].sort_values("valid_ndcg@20", ascending=False, kind="stable").iloc[0]["l2"]
+    # the chosen model is EASE on all 30 items at that L2
+    np.testing.assert_allclose(result.model.item_embeddings.numpy().T, ItemGram(data.train).ease(l2), atol=1e-6)
+    assert result.model.n_items == 30 and "most popular" in result.stopped
+    # a catalogue within search_items is searched as before
+    assert "items" not in tune_ease(data, Tuning(1e9, 2), start=4.0, search_items=30).trials
+
+
 def test_item_item_model_is_one_dot_product_over_the_history():
     x = _random_binary(n_users=8, n_items=6, seed=3)
     w = np.random.default_rng(0).normal(size=(6, 6)).astype(np.float32)

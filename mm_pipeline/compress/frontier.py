@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from mm_pipeline.compress.artifact import artifact_bytes, compact_serving_arrays, serving_recommender, table_arrays
-from mm_pipeline.evaluate.metrics import ranking_metrics
+from mm_pipeline.evaluate.metrics import ranking_metrics_from_top_k
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.ranking import top_k_two_splits
 from mm_pipeline.registry.pyfunc import COMPRESSIONS, RecommenderPyfunc, export_serving_arrays
 
 DEFAULT_MAX_RELATIVE_LOSS = 0.01
@@ -80,8 +81,9 @@ def request_latency_ms(
 
 def _quality(model: EmbeddingRecommender, data, popularity: np.ndarray) -> dict[str, float]:
     common = dict(ks=(K,), item_popularity=popularity, n_train_users=data.n_users)
-    valid = ranking_metrics(model, truth=data.valid, exclude=data.train, **common)
-    test = ranking_metrics(model, truth=data.test, exclude=(data.train + data.valid).tocsr(), **common)
+    users, valid_top, test_top = top_k_two_splits(model, data, K)  # one scoring pass for both splits
+    valid = ranking_metrics_from_top_k(valid_top, users, data.valid, **common)
+    test = ranking_metrics_from_top_k(test_top, users, data.test, **common)
     return {
         f"valid_ndcg@{K}": float(valid[f"ndcg@{K}"]),
         f"valid_recall@{K}": float(valid[f"recall@{K}"]),

@@ -53,7 +53,7 @@ from mm_pipeline.recommend.ranking import (  # noqa: F401 (PAD, top_k and per_us
     _evaluated_rows,
     _ideal_dcg,
     _rows_coo,
-    chunk_users,
+    chunk_lists,
     per_user_metrics,
     per_user_metrics_from_top_k,
     top_k,
@@ -131,7 +131,7 @@ def ranking_metrics_from_top_k(
     truth = _check_truth(truth)
     n_users, n_items = truth.shape
     ks = _check_ks(ks)
-    chunk_size = chunk_users(None, chunk_size)
+    chunk_size = chunk_lists(chunk_size)
     self_info = _self_information(item_popularity, n_train_users, n_items)
     features = _unit_features(item_features, n_items)
     tail = _check_item_mask("tail_items", tail_items, n_items)

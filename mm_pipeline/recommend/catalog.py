@@ -203,7 +203,14 @@ def train_popularity(inputs: ModelInputs, config: None, tuning: None, on_trial: 
 
 
 def train_ease(inputs: ModelInputs, config: EaseConfig, tuning: Tuning, on_trial: OnTrial) -> Trained:
-    result = tune_ease(inputs.data, tuning, start=config.l2, factor=config.l2_factor, on_trial=on_trial)
+    result = tune_ease(
+        inputs.data,
+        tuning,
+        start=config.l2,
+        factor=config.l2_factor,
+        on_trial=on_trial,
+        search_items=config.search_items,
+    )
     return Trained(result.model, {"l2": result.params["l2"]}, search=result)
 
 

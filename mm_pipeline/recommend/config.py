@@ -93,6 +93,14 @@ class EaseConfig:
     l2_factor: float = field(
         default=2.0, metadata={"description": "The search steps the L2 weight by this factor up or down."}
     )
+    search_items: int = field(
+        default=4000,
+        metadata={
+            "description": "Above this many items the L2 weight is searched on the sub-catalogue of the "
+            "most popular search_items items, and EASE is fitted once on the whole catalogue with the chosen "
+            "weight (a trial is a dense n x n inverse: n^3 work); 0 searches on the whole catalogue."
+        },
+    )
 
 
 @dataclass

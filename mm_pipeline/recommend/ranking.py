@@ -22,6 +22,7 @@ PAD = -1  # top-k slot with no eligible item left (fewer candidates than k)
 # reused by the allocator from chunk to chunk, where a larger one is a fresh mapping whose pages are
 # faulted in again every time (measured: 2,048 users x 12,101 items ran about twice as slow per user).
 CHUNK_CELLS = 1 << 22
+LIST_CHUNK = 2048  # users per chunk where ranked lists, not scores, are chunked
 _INELIGIBLE = torch.iinfo(torch.int64).min
 _TWO_32 = 2**32
 
@@ -84,14 +85,18 @@ def _check_users(users, n_users: int) -> np.ndarray:
     return users
 
 
-def chunk_users(n_items: int | None, chunk_size: int | None = None) -> int:
-    """Users per chunk: ``chunk_size`` when given (checked), else as many as fit :data:`CHUNK_CELLS` scores
-    (64 to 2,048); with ``n_items`` None (ranked lists, not scores, are chunked) 2,048."""
+def chunk_users(n_items: int, chunk_size: int | None = None) -> int:
+    """Users per chunk of scores: ``chunk_size`` when given (checked), else as many as fit
+    :data:`CHUNK_CELLS` scores (64 to 2,048)."""
     if chunk_size is not None:
         return _check_positive_int("chunk_size", chunk_size)
-    if n_items is None:
-        return 2048
-    return int(min(2048, max(64, CHUNK_CELLS // max(int(n_items), 1))))
+    return int(min(LIST_CHUNK, max(64, CHUNK_CELLS // max(int(n_items), 1))))
+
+
+def chunk_lists(chunk_size: int | None = None) -> int:
+    """Users per chunk of ranked lists (not scores): ``chunk_size`` when given (checked), else
+    :data:`LIST_CHUNK`."""
+    return LIST_CHUNK if chunk_size is None else _check_positive_int("chunk_size", chunk_size)
 
 
 def _rows_coo(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,6 +226,43 @@ def top_k(
     )
 
 
+def without_items(top: torch.Tensor, users: np.ndarray, removed: sp.csr_matrix, k: int) -> torch.Tensor:
+    r"""The first ``k`` entries of each ranked list ``top[j]`` (user ``users[j]``) that are not in row
+    ``users[j]`` of ``removed``, in their order; ``PAD`` where fewer are left.
+
+    With ``top`` from :func:`top_k` at ``k + m`` slots, ``m`` at least the largest row count of ``removed``
+    among ``users``, this is exactly :func:`top_k` with ``removed`` added to ``exclude`` (dropping items
+    keeps the order of the others, ties included), without scoring again: validation and test lists from
+    one pass (:func:`top_k_two_splits`).
+    """
+    n_items, step = removed.shape[1], chunk_users(removed.shape[1])
+    out = []
+    for start in range(0, len(users), step):
+        chunk = top[start : start + step]
+        rows, cols = _rows_coo(removed, users[start : start + len(chunk)])
+        dropped = torch.zeros((len(chunk), n_items + 1), dtype=torch.bool)  # column n_items: PAD's sink
+        dropped[rows, cols] = True
+        hit = dropped.gather(1, chunk.masked_fill(chunk == PAD, n_items))
+        order = torch.sort(hit.to(torch.uint8), dim=1, stable=True).indices[:, :k]  # kept entries first
+        kept = chunk.gather(1, order)
+        out.append(kept.masked_fill(hit.gather(1, order), PAD))
+    return torch.cat(out) if out else torch.empty((0, k), dtype=torch.long)
+
+
+def top_k_two_splits(
+    model: EmbeddingRecommender, data: SplitData, k: int
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """``(users, valid_top, test_top)``: for every user with a validation or test item, the top-``k``
+    list against validation (training items excluded) and against test (training and validation items
+    excluded), from one scoring pass of ``k`` + the most validation items any of them has (see
+    :func:`without_items`). Same lists as two :func:`top_k` calls."""
+    valid, test = _check_truth(data.valid), _check_truth(data.test)
+    users = np.flatnonzero((np.diff(valid.indptr) > 0) | (np.diff(test.indptr) > 0)).astype(np.int64)
+    extra = int(np.diff(valid.indptr)[users].max()) if users.size else 0
+    top = top_k(model, users, data.train, k + extra)
+    return users, top[:, :k], without_items(top, users, valid, k)
+
+
 def _check_truth(truth, shape: tuple[int, int] | None = None) -> sp.csr_matrix:
     if shape is None:
         if not sp.issparse(truth):
@@ -286,7 +328,7 @@ def per_user_metrics_from_top_k(
     truth = _check_truth(truth)
     n_users, n_items = truth.shape
     ks = _check_ks(ks)
-    chunk_size = chunk_users(None, chunk_size)
+    chunk_size = chunk_lists(chunk_size)
     users = _check_users(users, n_users)
     max_k = ks[-1]
     top = _check_top(top, len(users), max_k, n_items)

@@ -32,7 +32,12 @@ DEFAULT_SPLIT = "per-user chronological split (8:1:1)"
 
 def _recommenders(bundles: Sequence[dict], compressed_model: dict | None) -> dict[str, EmbeddingRecommender]:
     models = {b["name"]: EmbeddingRecommender.from_bundle(b) for b in bundles if "skipped" not in b}
+    # Only the served variant is ranked again with every metric: the compression step already measured
+    # each variant on validation and test, and its frontier table is in the report.
+    served = (compressed_model or {}).get("serving")
     for variant in (compressed_model or {}).get("variants", []):
+        if served is not None and variant != served:
+            continue
         name = f"{compressed_model['source_model']}[{variant}]"
         arrays = compressed_model[f"variant_{variant}"]
         # A served artifact's tables (format_version 2), decoded: the variant is evaluated as it is served.
