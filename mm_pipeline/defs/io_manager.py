@@ -32,6 +32,7 @@ import dagster as dg
 import pandas as pd
 
 from mm_pipeline.data.types import STORED_TYPES, from_stored_fields, stored_fields
+from mm_pipeline.memory import release_freed_memory
 from mm_pipeline.settings import project_paths
 from mm_pipeline.storage import (
     as_path,
@@ -159,6 +160,9 @@ class VersionedBundleIOManager(dg.UPathIOManager):
         prune_versions(path, self.keep_versions, in_use)
         if is_local(path):
             clean_leftovers(path)
+        # The step is done with everything but its output: in a run of many steps in one process the pages it
+        # freed would otherwise stay resident to the end (mm_pipeline.memory).
+        release_freed_memory()
 
     def load_from_path(self, context: dg.InputContext, path) -> Any:
         if not context.has_asset_key:
