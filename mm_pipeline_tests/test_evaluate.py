@@ -30,6 +30,7 @@ from mm_pipeline.evaluate import (
     training_curve_png,
     write_report,
 )
+from mm_pipeline.recommend import ranking
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.ranking import top_k_two_splits, without_items
 
@@ -215,7 +216,7 @@ def test_top_k_matches_a_lexicographic_reference(kind):
 
 
 @pytest.mark.parametrize("kind", ["ties", "continuous"])
-def test_one_pass_for_validation_and_test_matches_two_rankings(kind):
+def test_one_pass_for_validation_and_test_matches_two_rankings(kind, monkeypatch):
     """Validation and test lists from one scoring pass are exactly two top_k calls (ties by index)."""
     rng = np.random.default_rng(3)
     scores = rng.normal(size=(41, 60)) if kind == "continuous" else rng.integers(-2, 3, size=(41, 60))
@@ -234,6 +235,9 @@ def test_one_pass_for_validation_and_test_matches_two_rankings(kind):
     assert 7 in users and 8 in users
     np.testing.assert_array_equal(valid_top.numpy(), top_k(model, users, train, 9).numpy())
     np.testing.assert_array_equal(test_top.numpy(), top_k(model, users, (train + valid).tocsr(), 9).numpy())
+    monkeypatch.setattr(ranking, "MAX_EXTRA_SLOTS", 0)  # the two-pass fallback gives the same lists
+    _, valid_again, test_again = top_k_two_splits(model, data, 9)
+    assert torch.equal(valid_again, valid_top) and torch.equal(test_again, test_top)
     # fewer kept entries than slots: padded
     lists = torch.tensor([[3, 1, 2, PAD]])
     dropped = without_items(lists, np.array([0]), sp.csr_matrix(([1.0, 1.0], ([0, 0], [1, 3])), shape=(1, 5)), 3)

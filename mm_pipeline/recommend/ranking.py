@@ -23,6 +23,7 @@ PAD = -1  # top-k slot with no eligible item left (fewer candidates than k)
 # faulted in again every time (measured: 2,048 users x 12,101 items ran about twice as slow per user).
 CHUNK_CELLS = 1 << 22
 LIST_CHUNK = 2048  # users per chunk where ranked lists, not scores, are chunked
+MAX_EXTRA_SLOTS = 256  # top_k_two_splits: slots beyond k that one pass may rank
 _INELIGIBLE = torch.iinfo(torch.int64).min
 _TWO_32 = 2**32
 
@@ -255,10 +256,13 @@ def top_k_two_splits(
     """``(users, valid_top, test_top)``: for every user with a validation or test item, the top-``k``
     list against validation (training items excluded) and against test (training and validation items
     excluded), from one scoring pass of ``k`` + the most validation items any of them has (see
-    :func:`without_items`). Same lists as two :func:`top_k` calls."""
+    :func:`without_items`); two passes when that is over :data:`MAX_EXTRA_SLOTS` (the lists would outweigh
+    a second scoring). Same lists as two :func:`top_k` calls."""
     valid, test = _check_truth(data.valid), _check_truth(data.test)
     users = np.flatnonzero((np.diff(valid.indptr) > 0) | (np.diff(test.indptr) > 0)).astype(np.int64)
     extra = int(np.diff(valid.indptr)[users].max()) if users.size else 0
+    if extra > MAX_EXTRA_SLOTS:
+        return users, top_k(model, users, data.train, k), top_k(model, users, (data.train + valid).tocsr(), k)
     top = top_k(model, users, data.train, k + extra)
     return users, top[:, :k], without_items(top, users, valid, k)
 
