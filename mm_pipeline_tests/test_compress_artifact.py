@@ -322,7 +322,17 @@ def test_the_frontier_measures_every_variant_and_serves_the_smallest_within_the_
     assert (table["latency_median_ms"] > 0).all() and (table["bytes"] > 0).all()
     passing = table.loc[table["passes_gate"]]
     assert frontier.served == passing["bytes"].idxmin() and table.loc[frontier.served, "served"]
-    assert set(frontier.arrays) == set(COMPRESSIONS)
+    assert set(frontier.arrays) == {frontier.served}  # only what ships is kept
+    expected = table_arrays(
+        compact_serving_arrays(
+            export_serving_arrays(model, [f"user-{u}" for u in range(N_USERS)], ITEM_IDS, train, SECRET, max_rows=8),
+            frontier.served,
+        )
+    )
+    kept = frontier.arrays[frontier.served]
+    assert set(kept) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(kept[name], value, err_msg=name)
     forced = compression_frontier(model, data, ITEM_IDS, compressions=["int8"], serve="fp32", latency_requests=1)
     assert forced.served == "fp32" and list(forced.table["variant"]) == ["fp32", "int8"]
     strict = compression_frontier(

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from mm_pipeline.memory import release_freed_memory
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.ranking import validator
 
@@ -135,6 +136,8 @@ def search(
             on_trial(row)
         if best is None or score > best[0]:
             best = (score, params, model, len(rows) - 1)
+        del model  # only the best trial's model is kept: the others' tables go now, and their pages with them
+        release_freed_memory()
     assert best is not None  # the first trial always runs
     trials = pd.DataFrame(rows)
     trials["chosen"] = trials.index == best[3]

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from mm_pipeline.devices import resolve_device
+from mm_pipeline.memory import release_freed_memory
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.config import TrainConfig
 from mm_pipeline.recommend.parallel import (
@@ -214,6 +215,9 @@ def train_bpr(
             else:
                 bad += 1
         history.append(row)
+        # An epoch's freed temporaries stay resident otherwise: 7.7 of 9.6 GB after 60 mm_gcn epochs on
+        # builtin:large were freed heap pages (mm_pipeline.memory).
+        release_freed_memory()
         stop = 0.0
         if rank == 0:
             listener = _EPOCH_LISTENER.get()

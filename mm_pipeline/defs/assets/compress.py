@@ -56,6 +56,8 @@ def compressed_model(
     )
     stats = frontier.table
     served = stats.loc[stats["served"]].iloc[0]
+    # Only the served variant's tables are stored (the table has every variant's numbers; the registered
+    # model is compressed again from the selected one): a variant that does not ship is never read.
     variants = [name for name in frontier.arrays if name != "fp32"]
     return dg.Output(
         {
