@@ -31,7 +31,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -351,9 +351,10 @@ def clean_leftovers(root: Any, older_than_s: float = LEFTOVER_GRACE_S) -> list[P
     return removed
 
 
-def load_bundle(path: Any, version: str | None = None) -> dict[str, Any]:
+def load_bundle(path: Any, version: str | None = None, fields: Collection[str] | None = None) -> dict[str, Any]:
     """The bundle in the folder ``path``; for a slot of versions, ``version`` (or, when it is
-    ``None``, the published one)."""
+    ``None``, the published one). With ``fields``, only those of its keys are read (a model bundle's
+    metadata without its tables, say)."""
     path = as_path(path)
     if version is not None:
         folder = version_path(path, version)
@@ -372,14 +373,15 @@ def load_bundle(path: Any, version: str | None = None) -> dict[str, Any]:
             )
         folder = version_path(path, published)
     manifest = json.loads((folder / MANIFEST).read_text())
-    out: dict[str, Any] = dict(manifest["values"])
-    for key in manifest["tables"]:
+    wanted = (lambda key: True) if fields is None else set(fields).__contains__
+    out: dict[str, Any] = {k: v for k, v in manifest["values"].items() if wanted(k)}
+    for key in filter(wanted, manifest["tables"]):
         with (folder / f"{key}.parquet").open("rb") as f:
             out[key] = pd.read_parquet(f)
-    for key in manifest["arrays"]:
+    for key in filter(wanted, manifest["arrays"]):
         with (folder / f"{key}.npy").open("rb") as f:
             out[key] = np.load(f, allow_pickle=False)
-    for key in manifest["array_dicts"]:
+    for key in filter(wanted, manifest["array_dicts"]):
         with (folder / f"{key}.npz").open("rb") as f, np.load(f, allow_pickle=False) as npz:
             out[key] = {k: npz[k] for k in npz.files}
     return out

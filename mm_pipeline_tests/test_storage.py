@@ -27,6 +27,26 @@ def test_bundle_round_trip(tmp_path):
     assert out["meta"] == {"k": 1, "names": ["a"]} and out["n"] == 3
 
 
+def test_a_bundle_read_by_fields_loads_only_those(tmp_path):
+    import dagster as dg
+
+    from mm_pipeline.defs.io_manager import LOAD_FIELDS, BundleIOManager, fields_input
+
+    bundle = {"table": pd.DataFrame({"a": [1]}), "weights": np.ones((3, 3)), "state": {"w": np.zeros(2)}, "name": "m"}
+    path = save_bundle(tmp_path / "asset", bundle)
+    assert load_bundle(path, fields=["name", "table"]).keys() == {"name", "table"}
+    assert load_bundle(path, fields=["state", "missing"]).keys() == {"state"}
+    manager = BundleIOManager(base_dir=str(tmp_path)).create_io_manager(None)
+    key = dg.AssetKey("selected_model")
+    manager.handle_output(dg.build_output_context(asset_key=key, run_id="run_a"), bundle)
+    context = dg.build_input_context(
+        asset_key=key,
+        definition_metadata=fields_input("name").metadata,
+        upstream_output=dg.build_output_context(asset_key=key, run_id="run_a"),
+    )
+    assert manager.load_input(context) == {"name": "m"} and LOAD_FIELDS in fields_input("name").metadata
+
+
 def test_failed_write_leaves_previous_version(tmp_path):
     save_bundle(tmp_path / "asset", {"n": 1})
     with pytest.raises(TypeError, match="object arrays"):

@@ -8,6 +8,7 @@ import pandas as pd
 from mm_pipeline.compress.artifact import serving_recommender
 from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
+from mm_pipeline.defs.io_manager import fields_input
 from mm_pipeline.defs.resources import PipelineResource
 from mm_pipeline.evaluate.report import Explanations, build_comparison, png_markdown, write_report
 from mm_pipeline.recommend.base import EmbeddingRecommender
@@ -28,6 +29,18 @@ REPORT_INPUTS = (
     "recommendation_explanations",
 )
 DEFAULT_SPLIT = "per-user chronological split (8:1:1)"
+
+
+# What the reports read of selected_model: the selection, not the selected model (it is among the models).
+SELECTION_FIELDS = ("selected", "selection_reason", "selection")
+
+
+def report_inputs(model_assets) -> dict[str, dg.AssetIn]:
+    """The ins of a report asset: :data:`REPORT_INPUTS` (``selected_model``'s selection fields only) and the
+    model assets."""
+    ins = {name: dg.AssetIn() for name in [*REPORT_INPUTS, *model_assets]}
+    ins["selected_model"] = fields_input(*SELECTION_FIELDS)
+    return ins
 
 
 def _recommenders(bundles: Sequence[dict], compressed_model: dict | None) -> dict[str, EmbeddingRecommender]:
@@ -189,7 +202,7 @@ def comparison_report(
     kinds={"pandas", "mlflow"},
     code_version="6",
     required_resource_keys={"pipeline", "mlflow_tracking"},
-    ins={name: dg.AssetIn() for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE if s.role != "research")]},
+    ins=report_inputs(s.asset_name for s in MODEL_TABLE if s.role != "research"),
 )
 def evaluation_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[dict]:
     """Every model on the same test split: Recall/NDCG/Precision/F1/MAP/hit ratio at 10 and 20, coverage,

@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from mm_pipeline.data.types import InteractionSplit
-from mm_pipeline.defs.assets.evaluate import REPORT_INPUTS, comparison_report
+from mm_pipeline.defs.assets.evaluate import comparison_report, report_inputs
 from mm_pipeline.defs.assets.train import MODEL_ASSETS, HybridRunConfig, log_trials, split_data
 from mm_pipeline.defs.config import to_dataclass
 from mm_pipeline.defs.metadata import frame_table
@@ -202,10 +202,7 @@ def ablation_bundles(stored: dict) -> list[dict]:
     kinds={"pandas"},
     code_version="3",
     deps=["evaluation_report"],
-    ins={
-        name: dg.AssetIn()
-        for name in [*REPORT_INPUTS, *(s.asset_name for s in MODEL_TABLE), "mm_gcn_ablations", "mm_hybrid_ablations"]
-    },
+    ins=report_inputs([*(s.asset_name for s in MODEL_TABLE), "mm_gcn_ablations", "mm_hybrid_ablations"]),
     required_resource_keys={"pipeline", "mlflow_tracking"},
 )
 def research_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[dict]:
