@@ -350,7 +350,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(300.0, 8),
         skip=too_many_items_for("the dense inverse"),
         quick={"tuning_max_trials": 3},
-        code_version="2",
+        code_version="3",
     ),
     ModelSpec(
         "item_knn",

@@ -30,7 +30,7 @@ class CompressConfig(dg.Config):
     latency_requests: int = Field(default=20, description="Timed requests per variant (the median is reported).")
 
 
-@dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="3")
+@dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="4")
 def compressed_model(
     config: CompressConfig,
     selected_model: dict,

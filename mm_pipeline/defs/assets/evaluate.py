@@ -200,7 +200,7 @@ def comparison_report(
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas", "mlflow"},
-    code_version="6",
+    code_version="7",
     required_resource_keys={"pipeline", "mlflow_tracking"},
     ins=report_inputs(s.asset_name for s in MODEL_TABLE if s.role != "research"),
 )
