@@ -244,6 +244,15 @@ def test_one_pass_for_validation_and_test_matches_two_rankings(kind, monkeypatch
     assert dropped.tolist() == [[2, PAD, PAD]]
 
 
+def test_models_on_demand_are_built_when_read_and_compared_like_a_dict():
+    from mm_pipeline.evaluate.protocol import ModelsOnDemand
+
+    built = []
+    lazy = ModelsOnDemand({"toy": lambda: built.append("toy") or _model(name="toy")})
+    assert "toy" in lazy and "other" not in lazy and list(lazy) == ["toy"] and not built
+    assert lazy["toy"] is not lazy["toy"] and built == ["toy", "toy"]  # built on every read, never kept
+
+
 def test_top_k_leaves_the_model_untouched():
     class _ViewScores(_FixedScores):
         def score(self, users):  # a view of a cached matrix (valid for users == arange)

@@ -47,6 +47,25 @@ def test_a_bundle_read_by_fields_loads_only_those(tmp_path):
     assert manager.load_input(context) == {"name": "m"} and LOAD_FIELDS in fields_input("name").metadata
 
 
+def test_a_stored_bundle_reads_its_arrays_when_looked_up_and_keeps_none(tmp_path, monkeypatch):
+    from mm_pipeline import storage
+    from mm_pipeline.storage import StoredBundle
+
+    bundle = {"table": pd.DataFrame({"a": [1]}), "weights": np.arange(9.0).reshape(3, 3), "state": {"w": np.zeros(2)}}
+    path = save_bundle(tmp_path / "asset", {**bundle, "name": "m"})
+    reads = []
+    read_array = storage._read_array
+    monkeypatch.setattr(storage, "_read_array", lambda folder, key: reads.append(key) or read_array(folder, key))
+    lazy = StoredBundle(path)
+    assert set(lazy) == {"table", "weights", "state", "name"} and len(lazy) == 4
+    assert "weights" in lazy and "missing" not in lazy and lazy.get("missing") is None and not reads
+    np.testing.assert_array_equal(lazy["weights"], bundle["weights"])
+    np.testing.assert_array_equal(lazy["weights"], bundle["weights"])
+    assert reads == ["weights", "weights"]  # read on every lookup, never kept
+    pd.testing.assert_frame_equal(lazy["table"], bundle["table"]) and lazy["name"] == "m"
+    np.testing.assert_array_equal(lazy["state"]["w"], np.zeros(2))
+
+
 def test_failed_write_leaves_previous_version(tmp_path):
     save_bundle(tmp_path / "asset", {"n": 1})
     with pytest.raises(TypeError, match="object arrays"):

@@ -35,6 +35,7 @@ from mm_pipeline.data.types import STORED_TYPES, from_stored_fields, stored_fiel
 from mm_pipeline.memory import release_freed_memory
 from mm_pipeline.settings import project_paths
 from mm_pipeline.storage import (
+    StoredBundle,
     as_path,
     bundle_digest,
     clean_leftovers,
@@ -84,6 +85,15 @@ def value_digest(obj: Any) -> str:
 
 # AssetIn metadata key: the fields of a dict bundle an input reads (the rest is never loaded).
 LOAD_FIELDS = "mm_pipeline/load_fields"
+
+
+LOAD_LAZILY = "mm_pipeline/load_lazily"  # AssetIn metadata key: the input is a StoredBundle
+
+
+def lazy_input() -> dg.AssetIn:
+    """An ``AssetIn`` whose dict bundle is a :class:`~mm_pipeline.storage.StoredBundle`: its arrays are read
+    from disk when looked up and not kept (a report turns each model bundle into a model in turn)."""
+    return dg.AssetIn(metadata={LOAD_LAZILY: True})
 
 
 def fields_input(*fields: str) -> dg.AssetIn:
@@ -181,6 +191,8 @@ class VersionedBundleIOManager(dg.UPathIOManager):
         fields = (context.definition_metadata or {}).get(LOAD_FIELDS)
         if fields is not None:  # an input that reads a few fields of a dict bundle (see fields_input)
             return load_bundle(path, version=version, fields=fields)
+        if (context.definition_metadata or {}).get(LOAD_LAZILY):  # see lazy_input
+            return StoredBundle(path, version)
         if version is None:  # the published version: it may move, so it is read afresh
             return _typed_if_legacy(context.asset_key, _from_bundle(load_bundle(path, version=None)))
         key = (str(path), version)

@@ -11,6 +11,7 @@ numbers are comparable across rows.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mm_pipeline.evaluate.protocol import HEAD_SHARE, MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS, evaluate_models
+from mm_pipeline.evaluate.protocol import (
+    HEAD_SHARE,
+    MIN_SUBGROUP_INTERACTIONS,
+    MIN_SUBGROUP_USERS,
+    ModelsOnDemand,
+    evaluate_models,
+)
 from mm_pipeline.recommend.base import EmbeddingRecommender
 
 if TYPE_CHECKING:
@@ -211,7 +218,8 @@ def compare_models(
     baselines, ablations = list(baselines), list(ablations)
     roles = _roles(models, primary, baselines, ablations, components)
     aligned = _check_aligned(aligned, data.n_items)
-    ordered = {name: models[name] for name in roles}
+    # In report order, each model read when it is evaluated (a ModelsOnDemand is built one at a time).
+    ordered = ModelsOnDemand({name: functools.partial(models.__getitem__, name) for name in roles})
     results = evaluate_models(
         ordered,
         data,

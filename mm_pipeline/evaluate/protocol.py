@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -106,6 +106,26 @@ def _restrict(matrix: sp.spmatrix, items: np.ndarray) -> sp.csr_matrix:
     out = sp.csr_matrix(matrix.multiply(sp.csr_matrix(items.astype(np.float32)[None, :])))
     out.eliminate_zeros()
     return out
+
+
+class ModelsOnDemand(Mapping[str, EmbeddingRecommender]):
+    """Models built when they are read and not kept (``builders``: name -> a function returning the model):
+    evaluating them in turn holds one model's tables at a time instead of every model's."""
+
+    def __init__(self, builders: Mapping[str, Callable[[], EmbeddingRecommender]]):
+        self._builders = dict(builders)
+
+    def __getitem__(self, name: str) -> EmbeddingRecommender:
+        return self._builders[name]()
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would build the model
+        return name in self._builders
+
+    def __iter__(self):
+        return iter(self._builders)
+
+    def __len__(self) -> int:
+        return len(self._builders)
 
 
 def evaluate_models(

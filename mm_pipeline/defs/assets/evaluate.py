@@ -1,6 +1,7 @@
 """Evaluation report: every model on the same test split (full ranking, cold-start and long-tail items)."""
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 import pandas as pd
@@ -8,8 +9,9 @@ import pandas as pd
 from mm_pipeline.compress.artifact import serving_recommender
 from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
-from mm_pipeline.defs.io_manager import fields_input
+from mm_pipeline.defs.io_manager import fields_input, lazy_input
 from mm_pipeline.defs.resources import PipelineResource
+from mm_pipeline.evaluate.protocol import ModelsOnDemand
 from mm_pipeline.evaluate.report import Explanations, build_comparison, png_markdown, write_report
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.catalog import MODEL_TABLE, names_with_role
@@ -37,14 +39,16 @@ SELECTION_FIELDS = ("selected", "selection_reason", "selection")
 
 def report_inputs(model_assets) -> dict[str, dg.AssetIn]:
     """The ins of a report asset: :data:`REPORT_INPUTS` (``selected_model``'s selection fields only) and the
-    model assets."""
-    ins = {name: dg.AssetIn() for name in [*REPORT_INPUTS, *model_assets]}
+    model assets (``model_assets``, dict bundles read lazily)."""
+    ins = {name: dg.AssetIn() for name in REPORT_INPUTS}
     ins["selected_model"] = fields_input(*SELECTION_FIELDS)
-    return ins
+    # Model bundles are read lazily: the report builds, ranks and drops one model at a time.
+    return {**ins, **{name: lazy_input() for name in model_assets}}
 
 
-def _recommenders(bundles: Sequence[dict], compressed_model: dict | None) -> dict[str, EmbeddingRecommender]:
-    models = {b["name"]: EmbeddingRecommender.from_bundle(b) for b in bundles if "skipped" not in b}
+def _recommenders(bundles: Sequence[Mapping], compressed_model: dict | None) -> ModelsOnDemand:
+    """Every model of ``bundles`` and the served compressed variant, each built when it is read."""
+    models = {b["name"]: functools.partial(EmbeddingRecommender.from_bundle, b) for b in bundles if "skipped" not in b}
     # Only the served variant is ranked again with every metric: the compression step already measured
     # each variant on validation and test, and its frontier table is in the report.
     served = (compressed_model or {}).get("serving")
@@ -54,12 +58,11 @@ def _recommenders(bundles: Sequence[dict], compressed_model: dict | None) -> dic
         name = f"{compressed_model['source_model']}[{variant}]"
         arrays = compressed_model[f"variant_{variant}"]
         # A served artifact's tables (format_version 2), decoded: the variant is evaluated as it is served.
-        models[name] = (
-            serving_recommender(arrays, name)
-            if "format_version" in arrays
-            else EmbeddingRecommender.from_arrays(name, arrays)
-        )
-    return models
+        if "format_version" in arrays:
+            models[name] = functools.partial(serving_recommender, arrays, name)
+        else:
+            models[name] = functools.partial(EmbeddingRecommender.from_arrays, name, arrays)
+    return ModelsOnDemand(models)
 
 
 def selection_summary(selected_model: dict, bundles: Sequence[dict]) -> dict:
