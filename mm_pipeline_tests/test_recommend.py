@@ -9,6 +9,7 @@ from mm_pipeline.recommend import train as train_module
 from mm_pipeline.recommend.baselines import ease, most_popular
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal, standardized_features
 from mm_pipeline.recommend.graph import SymmetricLGConv, bipartite_edge_index, normalized_adjacency
+from mm_pipeline.recommend.models import squared_rows
 from mm_pipeline.recommend.train import TrainConfig, TrainingPairs, sample_negatives
 
 
@@ -69,6 +70,35 @@ def test_training_pairs_dense_table_and_binary_search_agree(monkeypatch):
     np.testing.assert_array_equal(sparse.contains(users, items), truth)
     draws = [sample_negatives(users, train, np.random.default_rng(0), pairs=p) for p in (dense, sparse)]
     np.testing.assert_array_equal(draws[0], draws[1])  # the same draws, whichever table answers
+
+
+@pytest.mark.parametrize("batch", [5, 400])  # fewer rows than the table (gathered), more (counted)
+def test_squared_rows_is_the_gathered_rows_penalty(batch):
+    table = torch.randn(50, 8, requires_grad=True)
+    index = torch.randint(0, 50, (batch,), generator=torch.Generator().manual_seed(batch))
+    ours = squared_rows(table, index)
+    (ours_grad,) = torch.autograd.grad(ours, table)
+    plain = table[index].pow(2).sum()
+    (plain_grad,) = torch.autograd.grad(plain, table)
+    assert torch.allclose(ours, plain, rtol=1e-5)
+    assert torch.allclose(ours_grad, plain_grad, atol=1e-5)
+
+
+def test_sample_negatives_checks_only_redrawn_entries_again(monkeypatch):
+    # 1,000 users with 99 of 100 items each: most first draws hit and are drawn again, possibly more than once.
+    dense = np.ones((1000, 100), dtype=np.float32)
+    dense[np.arange(1000), np.arange(1000) % 100] = 0
+    train = sp.csr_matrix(dense)
+    users = np.arange(1000)
+    monkeypatch.setattr(train_module, "DENSE_PAIRS_MAX", 0)  # the binary search, with its sorted queries
+    pairs = TrainingPairs(train)
+    checked = []
+    original = pairs.contains
+    monkeypatch.setattr(pairs, "contains", lambda u, i: checked.append(len(u)) or original(u, i))
+    neg = sample_negatives(users, train, np.random.default_rng(0), max_tries=50, pairs=pairs)
+    hit = dense[users, neg] != 0
+    assert checked[0] == 1000 and checked[1] < 1000 and all(b <= a for a, b in zip(checked, checked[1:]))
+    assert hit.sum() < 1000 * 0.99**50 * 3  # what is left after 50 tries, not silently more
 
 
 def test_ease_matches_closed_form():

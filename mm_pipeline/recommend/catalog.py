@@ -384,7 +384,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         fixed={"num_layers": 0, "max_epoch_steps": 0},  # no propagation: a step is cheap, epochs as configured
         tuning=Tuning(40.0, 4),
         quick=_QUICK_BPR,
-        code_version="2",
+        code_version="3",
         warm_start=True,
     ),
     ModelSpec(
@@ -396,7 +396,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         config=TrainConfig,
         tuning=Tuning(60.0, 4),
         quick={**_QUICK_BPR, "tuning_max_trials": 2},
-        code_version="2",
+        code_version="3",
         warm_start=True,
     ),
     ModelSpec(
@@ -433,7 +433,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(120.0, 3),
         needs=(RAW_FEATURES,),
         quick=_QUICK_BPR,
-        code_version="2",
+        code_version="3",
         warm_start=True,
     ),
     # mm_gcn is the dearest model to train (the content tower and the alignment loss run at every step): a
@@ -449,7 +449,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(30.0, 2),
         needs=(ALIGNED, RAW_FEATURES),
         quick=_QUICK_BPR,
-        code_version="6",
+        code_version="7",
         warm_start=True,
     ),
     ModelSpec(

