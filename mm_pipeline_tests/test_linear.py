@@ -1,5 +1,7 @@
 """Closed-form item-item models, recency-weighted histories, sparse user tables, validation search."""
 
+import weakref
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -113,6 +115,24 @@ def test_grid_and_log_line_searches_choose_on_validation_within_the_budget():
     assert len(fitted) == 1 and one.params == {"lr": 0.01} and "budget" in one.stopped
     with pytest.raises(ValueError, match="at least one"):
         grid([])
+
+
+def test_a_search_that_keeps_no_model_fits_the_best_setting_again():
+    alive = []
+
+    def fit(params):
+        model = EmbeddingRecommender("m", torch.ones(1, 1), torch.full((1, 1), params["l2"]), {"l2": params["l2"]})
+        alive.append(weakref.ref(model))
+        return model
+
+    peak = lambda model: {"ndcg@20": -abs(np.log(model.info["l2"] / 400.0))}  # noqa: E731
+    result = search(log_line("l2", 100.0, 2.0, 1.0, 1e5), fit, peak, budget_s=1e9, keep_best=False)
+    kept = search(log_line("l2", 100.0, 2.0, 1.0, 1e5), fit, peak, budget_s=1e9)
+    assert result.params == kept.params == {"l2": 400.0}
+    assert result.trials.drop(columns="seconds").equals(kept.trials.drop(columns="seconds"))
+    # Four trials and one more fit of the chosen setting; of the first search's models only that last one lives.
+    assert [ref() is not None for ref in alive[:5]] == [False] * 4 + [True]
+    assert result.model.item_embeddings.item() == 400.0 and result.model.info["valid_ndcg@20"] == 0.0
 
 
 def test_ease_search_on_the_popular_sub_catalogue_fits_once_on_the_whole_one():

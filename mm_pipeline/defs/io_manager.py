@@ -83,10 +83,6 @@ def value_digest(obj: Any) -> str:
     return bundle_digest(_to_bundle(obj))
 
 
-# AssetIn metadata key: the fields of a dict bundle an input reads (the rest is never loaded).
-LOAD_FIELDS = "mm_pipeline/load_fields"
-
-
 LOAD_LAZILY = "mm_pipeline/load_lazily"  # AssetIn metadata key: the input is a StoredBundle
 
 
@@ -94,12 +90,6 @@ def lazy_input() -> dg.AssetIn:
     """An ``AssetIn`` whose dict bundle is a :class:`~mm_pipeline.storage.StoredBundle`: its arrays are read
     from disk when looked up and not kept (a report turns each model bundle into a model in turn)."""
     return dg.AssetIn(metadata={LOAD_LAZILY: True})
-
-
-def fields_input(*fields: str) -> dg.AssetIn:
-    """An ``AssetIn`` that loads only ``fields`` of the upstream dict bundle: e.g. the selection summary of
-    ``selected_model`` without the selected model's tables (1.6 GB on a 20k-item catalogue)."""
-    return dg.AssetIn(metadata={LOAD_FIELDS: list(fields)})
 
 
 def _from_bundle(bundle: dict) -> Any:
@@ -188,9 +178,6 @@ class VersionedBundleIOManager(dg.UPathIOManager):
         if not context.has_asset_key:
             return _from_bundle(load_bundle(path))
         version = lineage_run_id(context)
-        fields = (context.definition_metadata or {}).get(LOAD_FIELDS)
-        if fields is not None:  # an input that reads a few fields of a dict bundle (see fields_input)
-            return load_bundle(path, version=version, fields=fields)
         if (context.definition_metadata or {}).get(LOAD_LAZILY):  # see lazy_input
             return StoredBundle(path, version)
         if version is None:  # the published version: it may move, so it is read afresh

@@ -187,6 +187,10 @@ class EmbeddingRecommender:
         return cls.from_arrays(bundle["name"], bundle, bundle.get("info", {}))
 
 
+# The array parts_to_arrays writes when a model's parts hold a content split (parts["content"]).
+CONTENT_PARTS = "parts_content_columns"
+
+
 def parts_to_arrays(parts: dict[str, Any]) -> dict[str, np.ndarray]:
     """:attr:`EmbeddingRecommender.parts` as flat arrays: ``parts_history_width``, ``parts_modalities``
     and one CSR triple ``parts_<modality>_{indptr,indices,values}`` per modality, with ``parts_shape``;
@@ -210,7 +214,7 @@ def parts_to_arrays(parts: dict[str, Any]) -> dict[str, np.ndarray]:
     content = parts.get("content")
     if content:
         names = sorted(content["attribution"])
-        out["parts_content_columns"] = np.asarray(content["columns"], dtype=np.int64)
+        out[CONTENT_PARTS] = np.asarray(content["columns"], dtype=np.int64)
         out["parts_content_modalities"] = np.asarray(names, dtype=str)
         for name in names:
             out[f"parts_content_{name}_attribution"] = np.asarray(content["attribution"][name], dtype=np.float32)
@@ -238,7 +242,7 @@ def parts_from_arrays(arrays: dict[str, Any]) -> dict[str, Any]:
             )
             for n in names
         }
-    if "parts_content_columns" in arrays:
+    if CONTENT_PARTS in arrays:
         names = [str(n) for n in np.asarray(arrays["parts_content_modalities"]).ravel().tolist()]
         out["content"] = {
             "columns": tuple(int(c) for c in np.asarray(arrays["parts_content_columns"])),

@@ -311,6 +311,7 @@ def fit_hybrid(
         config.budget_s,
         max_trials=10_000,
         on_trial=on_trial,
+        keep_best=False,  # a trial is one deterministic table build: the best is built again, not kept
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,18 +95,22 @@ def search(
     budget_s: float,
     max_trials: int = 20,
     on_trial: Callable[[dict], None] | None = None,
+    keep_best: bool = True,
 ) -> SearchResult:
     """Run trials from ``propose`` until it is done, ``max_trials`` ran, or the budget would be exceeded.
 
     ``fit(params)`` returns a trained model (a trained model's early stopping may read the validation
     split too: that is still choosing on validation); ``validate(model)`` returns its validation
-    metrics, of which ``ndcg@20`` decides (ties: the earlier trial). Only the best model is kept.
+    metrics, of which ``ndcg@20`` decides (ties: the earlier trial). Only the best model is kept; with
+    ``keep_best`` off not even that one: the best setting is fitted again at the end, for a ``fit`` that is
+    deterministic and cheap but whose model is big (the hybrid's item table, 1.6 GB at 20k items, would
+    otherwise sit beside every later trial's).
     """
     if budget_s < 0 or max_trials < 1:
         raise ValueError(f"budget_s must be >= 0 and max_trials >= 1, got {budget_s} and {max_trials}")
     tried: list[dict] = []
     rows: list[dict] = []
-    best: tuple[float, dict, EmbeddingRecommender, int] | None = None
+    best: tuple[float, dict, EmbeddingRecommender | None, int] | None = None
     started = time.perf_counter()
     stopped = "max_trials reached"
     while len(tried) < max_trials:
@@ -135,18 +139,20 @@ def search(
         if on_trial:
             on_trial(row)
         if best is None or score > best[0]:
-            best = (score, params, model, len(rows) - 1)
+            best = (score, params, model if keep_best else None, len(rows) - 1)
         del model  # only the best trial's model is kept: the others' tables go now, and their pages with them
         release_freed_memory()
     assert best is not None  # the first trial always runs
     trials = pd.DataFrame(rows)
     trials["chosen"] = trials.index == best[3]
-    model = best[2]
+    model = best[2] if keep_best else fit(dict(best[1]))
     model.info = {**model.info, f"valid_{MONITOR}": best[0]}
     return SearchResult(dict(best[1]), model, best[0], trials, stopped)
 
 
-def compare_on_validation(models: dict[str, EmbeddingRecommender], data, ks: tuple[int, ...] = (20,)) -> pd.DataFrame:
+def compare_on_validation(
+    models: Mapping[str, EmbeddingRecommender], data, ks: tuple[int, ...] = (20,)
+) -> pd.DataFrame:
     """Every model's validation recall and NDCG (all validation users, training items excluded), best
     NDCG first (ties: the order of ``models``): what choosing the model to ship reads. Never the test split."""
     validate = validator(data, ks)

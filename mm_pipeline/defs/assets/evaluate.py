@@ -9,7 +9,7 @@ import pandas as pd
 from mm_pipeline.compress.artifact import serving_recommender
 from mm_pipeline.data.types import InteractionSplit, as_interaction_split
 from mm_pipeline.defs.assets.train import split_data
-from mm_pipeline.defs.io_manager import fields_input, lazy_input
+from mm_pipeline.defs.io_manager import lazy_input
 from mm_pipeline.defs.resources import PipelineResource
 from mm_pipeline.evaluate.protocol import ModelsOnDemand
 from mm_pipeline.evaluate.report import Explanations, build_comparison, png_markdown, write_report
@@ -33,17 +33,13 @@ REPORT_INPUTS = (
 DEFAULT_SPLIT = "per-user chronological split (8:1:1)"
 
 
-# What the reports read of selected_model: the selection, not the selected model (it is among the models).
-SELECTION_FIELDS = ("selected", "selection_reason", "selection")
-
-
 def report_inputs(model_assets) -> dict[str, dg.AssetIn]:
-    """The ins of a report asset: :data:`REPORT_INPUTS` (``selected_model``'s selection fields only) and the
-    model assets (``model_assets``, dict bundles read lazily)."""
+    """The ins of a report asset: :data:`REPORT_INPUTS` and the model assets (``model_assets``). The model
+    bundles are read lazily (the report builds, ranks and drops one model at a time), and so is
+    ``selected_model``: the report reads its selection, never its tables (the selected model is among the
+    models)."""
     ins = {name: dg.AssetIn() for name in REPORT_INPUTS}
-    ins["selected_model"] = fields_input(*SELECTION_FIELDS)
-    # Model bundles are read lazily: the report builds, ranks and drops one model at a time.
-    return {**ins, **{name: lazy_input() for name in model_assets}}
+    return {**ins, **{name: lazy_input() for name in ("selected_model", *model_assets)}}
 
 
 def _recommenders(bundles: Sequence[Mapping], compressed_model: dict | None) -> ModelsOnDemand:
@@ -65,7 +61,7 @@ def _recommenders(bundles: Sequence[Mapping], compressed_model: dict | None) -> 
     return ModelsOnDemand(models)
 
 
-def selection_summary(selected_model: dict, bundles: Sequence[dict]) -> dict:
+def selection_summary(selected_model: Mapping, bundles: Sequence[dict]) -> dict:
     """What the report says about model selection: the validation table, the choice and why, and what each
     model's own validation search chose."""
     searches = []
@@ -114,7 +110,7 @@ def comparison_report(
     compressed_model: dict | None = None,
     ablation_bundles: Sequence[dict] = (),
     title: str = "Evaluation report",
-    selected_model: dict | None = None,
+    selected_model: Mapping | None = None,
     explanations: dict | None = None,
 ) -> dg.Output[dict]:
     """Evaluate model bundles (baselines + the primary), compressed variants and ablations; write the report.

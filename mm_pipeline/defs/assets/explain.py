@@ -1,13 +1,17 @@
 """Explanations of the primary model's recommendations, and the deletion test of their faithfulness."""
 
+import functools
+
 import dagster as dg
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from mm_pipeline.defs.assets.train import split_data
+from mm_pipeline.defs.io_manager import lazy_input
 from mm_pipeline.defs.metadata import frame_table
-from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.evaluate.protocol import ModelsOnDemand
+from mm_pipeline.recommend.base import CONTENT_PARTS, EmbeddingRecommender
 from mm_pipeline.recommend.catalog import MODEL_TABLE, names_with_role
 
 GROUP = "evaluate"
@@ -28,8 +32,9 @@ class ExplainConfig(dg.Config):
     code_version="2",
     required_resource_keys={"pipeline"},
     ins={
-        name: dg.AssetIn()
-        for name in ["interaction_split", "raw_items", "aligned_item_embeddings", *(s.asset_name for s in EXPLAINED)]
+        **{name: dg.AssetIn() for name in ["interaction_split", "raw_items", "aligned_item_embeddings"]},
+        # Read lazily and built one at a time: the item-item models are 1.6 GB each on a 20k-item catalogue.
+        **{s.asset_name: lazy_input() for s in EXPLAINED},
     },
 )
 def recommendation_explanations(context: dg.AssetExecutionContext, config: ExplainConfig, **stored) -> dg.Output[dict]:
@@ -61,11 +66,8 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     test_users = np.flatnonzero(np.diff(data.test.tocsr().indptr) > 0)
     rng = np.random.default_rng(pipeline.seed)
     users = np.sort(rng.choice(test_users, size=min(config.users, test_users.size), replace=False))
-    models = {
-        spec.name: EmbeddingRecommender.from_bundle(stored[spec.asset_name])
-        for spec in EXPLAINED
-        if "skipped" not in stored[spec.asset_name]
-    }
+    bundles = {spec.name: stored[spec.asset_name] for spec in EXPLAINED if "skipped" not in stored[spec.asset_name]}
+    models = ModelsOnDemand({n: functools.partial(EmbeddingRecommender.from_bundle, b) for n, b in bundles.items()})
     rows = []
     for name, tested in models.items():
         results = deletion_test(tested, data.train, users, seed=pipeline.seed)
@@ -101,9 +103,9 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     )
     # The embedding models whose score is not a sum of parts, split by integrated gradients over their content.
     others = [
-        explain_top_k(m, data.train, users, item_ids, secret, k=config.k, interest=space).assign(model=n)
-        for n, m in models.items()
-        if n != PRIMARY and m.parts.get("content")
+        explain_top_k(models[n], data.train, users, item_ids, secret, k=config.k, interest=space).assign(model=n)
+        for n, bundle in bundles.items()
+        if n != PRIMARY and CONTENT_PARTS in bundle  # the model's parts have a content split
     ]
     components = pd.concat(others, ignore_index=True) if others else pd.DataFrame({"model": []})
     titles = raw_items.set_index(raw_items["item_id"].astype(str))["title"] if "title" in raw_items else None

@@ -1,10 +1,14 @@
 """Which model ships: the best on the validation split among every trained model."""
 
+import functools
+
 import dagster as dg
 from pydantic import Field
 
 from mm_pipeline.defs.assets.train import split_data
+from mm_pipeline.defs.io_manager import lazy_input
 from mm_pipeline.defs.metadata import frame_table
+from mm_pipeline.evaluate.protocol import ModelsOnDemand
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.catalog import MODEL_TABLE
 from mm_pipeline.recommend.selection import MONITOR, compare_on_validation
@@ -27,7 +31,8 @@ CANDIDATES = tuple(spec for spec in MODEL_TABLE if spec.role != "research")
     group_name=GROUP,
     kinds={"pandas"},
     code_version="2",
-    ins={name: dg.AssetIn() for name in ["interaction_split", *(spec.asset_name for spec in CANDIDATES)]},
+    # The candidates are read lazily and built one at a time (an item-item model is 1.6 GB at 20k items).
+    ins={"interaction_split": dg.AssetIn(), **{spec.asset_name: lazy_input() for spec in CANDIDATES}},
 )
 def selected_model(context: dg.AssetExecutionContext, config: SelectionConfig, **stored) -> dg.Output[dict]:
     """The model to compress, register and serve: the best validation NDCG@20 among all trained models of
@@ -50,7 +55,8 @@ def selected_model(context: dg.AssetExecutionContext, config: SelectionConfig, *
                 f"{ {b['name']: b['skipped'] for b in bundles if 'skipped' in b} })"
             )
     data = split_data(interaction_split)
-    table = compare_on_validation({n: EmbeddingRecommender.from_bundle(b) for n, b in candidates.items()}, data)
+    builders = {n: functools.partial(EmbeddingRecommender.from_bundle, b) for n, b in candidates.items()}
+    table = compare_on_validation(ModelsOnDemand(builders), data)
     chosen = str(table.loc[0, "model"])
     score = f"valid_{MONITOR}"
     runner_up = f"; next best {table.loc[1, 'model']} {table.loc[1, score]:.4f}" if len(table) > 1 else ""
