@@ -4,7 +4,14 @@ import numpy as np
 import torch
 
 from mm_pipeline.align.losses import info_nce
-from mm_pipeline.align.model import AlignConfig, AttentionFusion, ModalityInput, embed_items, fit_aligner
+from mm_pipeline.align.model import (
+    AlignConfig,
+    AttentionFusion,
+    CoConsumedPairs,
+    ModalityInput,
+    embed_items,
+    fit_aligner,
+)
 
 
 def test_info_nce_known_answer():
@@ -60,3 +67,22 @@ def test_aligner_learns_shared_structure():
     assert (out["weights"][~present_image, 1] == 0).all()
     again, _ = fit_aligner(inputs, users, items, AlignConfig(epochs=15, batch_size=64, dim=16, hidden=32))
     np.testing.assert_allclose(embed_items(again, inputs)["fused"], out["fused"], atol=1e-6)
+
+
+def test_co_consumed_pairs_share_a_user():
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 50, 2000)
+    items = rng.integers(0, 300, 2000)
+    histories = {}
+    for u, i in zip(users, items):
+        histories.setdefault(int(u), set()).add(int(i))
+    pairs = CoConsumedPairs(users, items)
+    left, right = pairs.draw(5000, np.random.default_rng(0))
+    owners = {u for u in histories}
+    for i, j in zip(left, right):
+        assert any(i in histories[u] and j in histories[u] for u in owners)
+    # Seeded: the same draws again; the inputs are not reordered in place.
+    again = CoConsumedPairs(users, items).draw(5000, np.random.default_rng(0))
+    np.testing.assert_array_equal(left, again[0])
+    np.testing.assert_array_equal(right, again[1])
+    np.testing.assert_array_equal(users, np.random.default_rng(3).integers(0, 50, 2000))

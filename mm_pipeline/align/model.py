@@ -128,17 +128,24 @@ class ModalityAligner(nn.Module):
         return z, fused, weights
 
 
-def _co_consumed_pairs(
-    train_users: np.ndarray, train_items: np.ndarray, n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` pairs of items (i, j) consumed by the same user, drawn without a per-user loop."""
-    order = np.argsort(train_users, kind="stable")
-    users, items = train_users[order], train_items[order]
-    starts = np.searchsorted(users, users, side="left")
-    ends = np.searchsorted(users, users, side="right")
-    rows = rng.integers(0, len(users), size=n)
-    partner = starts[rows] + (rng.random(n) * (ends[rows] - starts[rows])).astype(np.int64)
-    return items[rows], items[partner]
+class CoConsumedPairs:
+    """Pairs of items (i, j) consumed by the same user in training, drawn without a per-user loop.
+
+    The interactions are sorted by user once: a draw is then two random numbers per pair (a row, and a
+    partner among its user's rows). Sorting at every draw instead cost 43 ms per batch on builtin:large
+    (1M training rows): 69 s of the aligner's 40 epochs."""
+
+    def __init__(self, train_users: np.ndarray, train_items: np.ndarray):
+        order = np.argsort(train_users, kind="stable")
+        users = train_users[order]
+        self.items = train_items[order]
+        self.starts = np.searchsorted(users, users, side="left")
+        self.sizes = np.searchsorted(users, users, side="right") - self.starts
+
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        rows = rng.integers(0, len(self.items), size=n)
+        partner = self.starts[rows] + (rng.random(n) * self.sizes[rows]).astype(np.int64)
+        return self.items[rows], self.items[partner]
 
 
 def fit_aligner(
@@ -175,6 +182,7 @@ def fit_aligner(
     n_items = present.shape[0]
     pairs = list(combinations(range(len(modalities)), 2))
     has_collab = len(train_items) > 1 and config.collaborative_weight > 0
+    co_consumed = CoConsumedPairs(np.asarray(train_users), np.asarray(train_items)) if has_collab else None
     history = []
 
     def batch_features(index: torch.Tensor) -> list[torch.Tensor]:
@@ -213,7 +221,7 @@ def fit_aligner(
             )
             loss = loss_cm
             if has_collab:
-                left, right = _co_consumed_pairs(train_users, train_items, len(index), rng)
+                left, right = co_consumed.draw(len(index), rng)
                 left_t, right_t = torch.from_numpy(left), torch.from_numpy(right)
                 _, f_left, _ = model(batch_features(left_t), drop_modalities(present[left_t]))
                 _, f_right, _ = model(batch_features(right_t), drop_modalities(present[right_t]))
