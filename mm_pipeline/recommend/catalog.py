@@ -449,7 +449,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(30.0, 2),
         needs=(ALIGNED, RAW_FEATURES),
         quick=_QUICK_BPR,
-        code_version="7",
+        code_version="8",
         warm_start=True,
     ),
     ModelSpec(
