@@ -276,3 +276,16 @@ def test_bundle_digest_is_the_content_of_what_is_stored(tmp_path):
     assert bundle_digest({**bundle, "array": np.arange(6).reshape(3, 2)}) != digest  # the shape counts
     assert bundle_digest({**bundle, "meta": {"k": 2, "names": ["a"]}}) != digest
     assert bundle_digest({**bundle, "state": {"w": np.zeros(3), "v": np.ones(1)}}) != digest
+
+
+def test_bundle_digest_of_a_transposed_array_is_its_values(monkeypatch):
+    """A non-contiguous array (an item-item table stored transposed) hashes block by block to the digest of
+    its C-ordered copy: the same data version, without a second copy of the table."""
+    from mm_pipeline import storage
+
+    table = np.random.default_rng(0).normal(size=(300, 70)).astype(np.float32)
+    expected = storage.bundle_digest({"w": np.ascontiguousarray(table.T)})
+    monkeypatch.setattr(storage, "DIGEST_BLOCK_BYTES", 1000)  # many blocks
+    assert storage.bundle_digest({"w": table.T}) == expected
+    assert storage.bundle_digest({"w": table.T[:, ::2]}) == storage.bundle_digest({"w": table.T[:, ::2].copy()})
+    assert storage.bundle_digest({"w": table}) != expected
