@@ -29,7 +29,7 @@ class ExplainConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas"},
-    code_version="2",
+    code_version="3",
     required_resource_keys={"pipeline"},
     ins={
         **{name: dg.AssetIn() for name in ["interaction_split", "raw_items", "aligned_item_embeddings"]},
