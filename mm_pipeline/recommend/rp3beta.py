@@ -127,4 +127,7 @@ def tune_rp3beta(data, tuning: Tuning, start: RP3betaConfig, on_trial=None) -> S
         weights = rp3beta_weights(*walks[alpha], params["beta"], int(params["k"]))
         return item_item("rp3beta", data.train, weights, {"kind": "RP3beta", **params})
 
-    return search(grid(candidates), fit, validator(data), tuning.budget_s, tuning.max_trials, on_trial=on_trial)
+    # A trial is a deterministic table build: the best is built again at the end, not kept beside the next trial's.
+    return search(
+        grid(candidates), fit, validator(data), tuning.budget_s, tuning.max_trials, on_trial=on_trial, keep_best=False
+    )

@@ -167,6 +167,7 @@ def tune_item_knn(data, tuning: Tuning, start: int = 100, shrink: float = 10.0, 
         tuning.budget_s,
         tuning.max_trials,
         on_trial=on_trial,
+        keep_best=False,  # a trial is a deterministic table build: the best is built again, not kept beside the next
     )
 
 
