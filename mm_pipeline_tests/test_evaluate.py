@@ -923,3 +923,26 @@ def test_small_subgroups_say_not_enough_data_instead_of_numbers():
         "enough": True,
         "reason": None,
     }
+
+
+def test_models_on_demand_are_held_one_at_a_time_by_evaluation_and_selection():
+    """Evaluation and model selection drop each model before the next is built: at most one is alive."""
+    import weakref
+
+    from mm_pipeline.evaluate.protocol import ModelsOnDemand, evaluate_models
+    from mm_pipeline.recommend.selection import compare_on_validation
+
+    data = _tiny_split()
+    built, most = [], []
+
+    def build(name):
+        most.append(sum(ref() is not None for ref in built))  # models still alive when the next one is built
+        model = _oracle(data, name)
+        built.append(weakref.ref(model))
+        return model
+
+    models = ModelsOnDemand({n: (lambda n=n: build(n)) for n in ("a", "b", "c")})
+    out = evaluate_models(models, data, ks=(10,), n_resamples=20, min_subgroup=(1, 1))
+    table = compare_on_validation(models, data)
+    assert sorted(out["models"]) == ["a", "b", "c"] and sorted(table["model"]) == ["a", "b", "c"]
+    assert len(most) >= 6 and max(most) == 0

@@ -110,7 +110,9 @@ def _restrict(matrix: sp.spmatrix, items: np.ndarray) -> sp.csr_matrix:
 
 class ModelsOnDemand(Mapping[str, EmbeddingRecommender]):
     """Models built when they are read and not kept (``builders``: name -> a function returning the model):
-    evaluating them in turn holds one model's tables at a time instead of every model's."""
+    evaluating them in turn holds one model's tables at a time instead of every model's, when the loop drops
+    each model before reading the next (``for name in models: model = models[name]; ...; del model``; a loop
+    over ``items()`` keeps the previous one bound while the next is built)."""
 
     def __init__(self, builders: Mapping[str, Callable[[], EmbeddingRecommender]]):
         self._builders = dict(builders)
@@ -190,7 +192,8 @@ def evaluate_models(
     }
     ci_metrics = (f"recall@{max_k}", f"ndcg@{max_k}")
     per_user = {}
-    for name, model in models.items():
+    for name in models:  # one model at a time when they are built on reading (ModelsOnDemand)
+        model = models[name]
         top = top_k(model, test_users, exclude, max_k)
         out["models"][name] = ranking_metrics_from_top_k(top, test_users, data.test, tail_items=tail, **common)
         per_user[name] = per_user_metrics_from_top_k(top, test_users, data.test, ks=(max_k,))
@@ -200,6 +203,7 @@ def evaluate_models(
             out["cold_start"][name] = ranking_metrics(
                 model, truth=cold_truth, exclude=exclude, candidates=cold, **common
             )
+        del model
 
     names = list(models)
     stacked = {metric: np.stack([per_user[name][metric] for name in names]) for metric in ci_metrics}

@@ -245,7 +245,7 @@ def parts_from_arrays(arrays: dict[str, Any]) -> dict[str, Any]:
     if CONTENT_PARTS in arrays:
         names = [str(n) for n in np.asarray(arrays["parts_content_modalities"]).ravel().tolist()]
         out["content"] = {
-            "columns": tuple(int(c) for c in np.asarray(arrays["parts_content_columns"])),
+            "columns": tuple(int(c) for c in np.asarray(arrays[CONTENT_PARTS])),
             "attribution": {n: np.asarray(arrays[f"parts_content_{n}_attribution"], dtype=np.float32) for n in names},
             "removal": {n: np.asarray(arrays[f"parts_content_{n}_removal"], dtype=np.float32) for n in names},
         }

@@ -156,10 +156,11 @@ def compare_on_validation(
     """Every model's validation recall and NDCG (all validation users, training items excluded), best
     NDCG first (ties: the order of ``models``): what choosing the model to ship reads. Never the test split."""
     validate = validator(data, ks)
-    rows = [
-        {"model": name, **{f"valid_{k}": float(v) for k, v in validate(model).items()}}
-        for name, model in models.items()
-    ]
+    rows = []
+    for name in models:  # one model at a time when they are built on reading (ModelsOnDemand)
+        model = models[name]
+        rows.append({"model": name, **{f"valid_{k}": float(v) for k, v in validate(model).items()}})
+        del model
     table = pd.DataFrame(rows)
     key = f"valid_ndcg@{ks[-1]}"
     return table.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)

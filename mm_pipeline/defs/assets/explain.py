@@ -69,10 +69,12 @@ def recommendation_explanations(context: dg.AssetExecutionContext, config: Expla
     bundles = {spec.name: stored[spec.asset_name] for spec in EXPLAINED if "skipped" not in stored[spec.asset_name]}
     models = ModelsOnDemand({n: functools.partial(EmbeddingRecommender.from_bundle, b) for n, b in bundles.items()})
     rows = []
-    for name, tested in models.items():
+    for name in models:
+        tested = models[name]
         results = deletion_test(tested, data.train, users, seed=pipeline.seed)
         if not results:
             rows.append({"model": name, "removed": f"n/a ({not_tested_reason(tested)})"})
+        del tested  # before the next model is built (a loop over items() would hold this one meanwhile)
         for kind, r in results.items():
             rows.append(
                 {
