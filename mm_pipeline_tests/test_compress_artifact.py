@@ -207,6 +207,24 @@ def test_the_compressed_artifact_ranks_nearly_as_fp32(hybrid, compression, min_o
     assert error.max() < bound * scale
 
 
+def test_fp32_compact_serves_the_fp32_tables_exactly(hybrid):
+    # What lets the frontier give fp32_compact fp32's quality without scoring it again.
+    model, _, plain = hybrid
+    decoded = serving_recommender(compact_serving_arrays(plain, "fp32_compact"), "decoded")
+    fp32 = serving_recommender(plain, "fp32")
+    assert torch.equal(decoded.item_embeddings, fp32.item_embeddings)
+    assert torch.equal(decoded.user_embeddings.to_dense(), fp32.user_embeddings.to_dense())
+    users = torch.arange(N_USERS)
+    assert torch.equal(decoded.score(users), fp32.score(users))
+
+
+@pytest.mark.parametrize("compression", ["fp32", "fp32_compact", "int4"])
+def test_artifact_bytes_is_the_size_of_the_written_npz(hybrid, tmp_path, compression):
+    arrays = compact_serving_arrays(hybrid[2], compression)
+    np.savez(tmp_path / "model.npz", **arrays)
+    assert artifact_bytes(arrays) == (tmp_path / "model.npz").stat().st_size
+
+
 def test_the_compact_format_round_trips_everything_but_the_rounding(hybrid):
     model, train, plain = hybrid
     arrays = compact_serving_arrays(plain, "int8")

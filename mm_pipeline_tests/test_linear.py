@@ -161,6 +161,34 @@ def test_ease_search_on_the_popular_sub_catalogue_fits_once_on_the_whole_one():
     assert "items" not in tune_ease(data, Tuning(1e9, 2), start=4.0, search_items=30).trials
 
 
+def test_a_search_scores_its_trials_on_a_seeded_sample_of_validation_users():
+    from mm_pipeline.data.types import SplitData
+    from mm_pipeline.recommend.ranking import validator
+    from mm_pipeline.recommend.tuning import Tuning, tune_item_knn
+
+    rng = np.random.default_rng(6)
+    cells = sp.csr_matrix((rng.random((80, 25)) < 0.3).astype(np.float32))
+    which = rng.integers(0, 10, cells.nnz)
+    parts = [cells.copy() for _ in range(3)]
+    for part, keep in zip(parts, (which < 8, which == 8, which == 9), strict=True):
+        part.data = keep.astype(np.float32)
+        part.eliminate_zeros()
+    data = SplitData(80, 25, *parts, adj=torch.zeros(0))
+    sampled = tune_item_knn(data, Tuning(1e9, 3, validation_users=20, seed=1), start=5)
+    whole = tune_item_knn(data, Tuning(1e9, 3, validation_users=0), start=5)
+    assert list(sampled.trials["k"]) == list(whole.trials["k"])
+    # each trial is scored on the same 20 users: the seeded validator's score, not the whole split's
+    for (_, row), model_k in zip(sampled.trials.iterrows(), sampled.trials["k"], strict=True):
+        model = tune_item_knn(data, Tuning(1e9, 1, validation_users=0), start=int(model_k)).model
+        assert row["valid_ndcg@20"] == pytest.approx(validator(data, max_users=20, seed=1)(model)["ndcg@20"])
+    assert not np.allclose(sampled.trials["valid_ndcg@20"], whole.trials["valid_ndcg@20"])
+    # a split with fewer validation users than the sample is scored whole, as before
+    assert np.array_equal(
+        tune_item_knn(data, Tuning(1e9, 3, validation_users=10_000), start=5).trials["valid_ndcg@20"],
+        whole.trials["valid_ndcg@20"],
+    )
+
+
 def test_item_item_model_is_one_dot_product_over_the_history():
     x = _random_binary(n_users=8, n_items=6, seed=3)
     w = np.random.default_rng(0).normal(size=(6, 6)).astype(np.float32)

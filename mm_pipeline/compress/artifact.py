@@ -334,11 +334,41 @@ def table_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in arrays.items() if k not in private}
 
 
+class _ByteCounter(io.RawIOBase):
+    """A seekable sink that keeps nothing: how many bytes a writer would have left in a file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.position = self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        self.position += n
+        self.size = max(self.size, self.position)
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = base + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+
 def artifact_bytes(arrays: Mapping[str, np.ndarray]) -> int:
-    """Bytes of the ``.npz`` the arrays are logged as (``np.savez``, as ``log_recommender`` writes it)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getbuffer().nbytes
+    """Bytes of the ``.npz`` the arrays are logged as (``np.savez``, as ``log_recommender`` writes it): the
+    archive is written to a counting sink, so the size is exact and no copy of it is held (a plain
+    artifact of a 20k-item item-item model is 1.7 GB)."""
+    counter = _ByteCounter()
+    np.savez(counter, **arrays)
+    return counter.size
 
 
 def component_bytes(arrays: Mapping[str, np.ndarray]) -> dict[str, int]:

@@ -8,7 +8,8 @@ For each compression (``fp32``, the plain artifact, then ``fp16``, ``int8``, ``i
 * **quality**: NDCG@20 and recall@20 of the model the arrays serve (decoded, see
   :func:`~mm_pipeline.compress.artifact.serving_recommender`) on the validation split (training items
   excluded) and on the test split (training and validation items excluded), and the relative NDCG@20
-  loss against fp32 on each;
+  loss against fp32 on each. ``fp32_compact`` stores the fp32 values themselves (lossless by construction,
+  tested): it serves fp32's scores, so its quality columns are fp32's, not measured again;
 * **latency**: milliseconds per request through :meth:`RecommenderPyfunc.predict` (the path ``mlflow
   models serve`` runs), a request being ``latency_batch`` known users with ``k = 20``; median and 90th
   percentile over ``latency_requests`` timed requests, each a seeded draw of users, after one untimed one.
@@ -122,21 +123,38 @@ def compression_frontier(
         model, labels, list(map(str, item_ids)), data.train, secret, max_rows=max(int(latency_batch), 1)
     )
     popularity = np.asarray(data.train.sum(axis=0)).ravel()
-    rows = []
+    rows: list[dict] = []
+    # The variant that would ship so far, (bytes, name, arrays): the gate's reference, fp32, is measured first,
+    # so the served one is known as the variants come, and only it is kept (never encoded twice).
+    kept: tuple[int, str, dict] | None = None
     for compression in compressions:
         arrays = compact_serving_arrays(plain, compression)
-        decoded = serving_recommender(arrays, f"{model.name}[{compression}]", info=dict(model.info))
+        if compression == "fp32_compact" and rows and rows[0]["variant"] == "fp32":
+            quality = {k: v for k, v in rows[0].items() if k.startswith(("valid_", "test_"))}  # the same scores
+        else:
+            decoded = serving_recommender(arrays, f"{model.name}[{compression}]", info=dict(model.info))
+            quality = _quality(decoded, data, popularity)
+            del decoded
         latency = request_latency_ms(arrays, labels, secret, batch=latency_batch, requests=latency_requests, seed=seed)
-        rows.append(
-            {
-                "variant": compression,
-                "bytes": artifact_bytes(arrays),
-                **_quality(decoded, data, popularity),
-                "latency_median_ms": latency["median_ms"],
-                "latency_p90_ms": latency["p90_ms"],
-            }
-        )
-        del arrays, decoded
+        row = {
+            "variant": compression,
+            "bytes": artifact_bytes(arrays),
+            **quality,
+            "latency_median_ms": latency["median_ms"],
+            "latency_p90_ms": latency["p90_ms"],
+        }
+        rows.append(row)
+        if serve == "auto":
+            reference = rows[0][f"valid_ndcg@{K}"]
+            loss = (reference - row[f"valid_ndcg@{K}"]) / reference if reference > 0 else 0.0
+            ships = loss <= float(max_relative_loss) + 1e-12 and (
+                kept is None or (row["bytes"], compression) < kept[:2]
+            )
+        else:
+            ships = compression == serve
+        if ships:
+            kept = (row["bytes"], compression, table_arrays(arrays))
+        del arrays
         release_freed_memory()
     table = pd.DataFrame(rows)
     base = table.iloc[0]
@@ -152,4 +170,5 @@ def compression_frontier(
     else:
         served = serve
     table["served"] = table["variant"] == served
-    return Frontier(table, {served: table_arrays(compact_serving_arrays(plain, served))}, served)
+    assert kept is not None and kept[1] == served  # the same rule, applied as the rows came
+    return Frontier(table, {served: kept[2]}, served)

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import Field, create_model
 
+from mm_pipeline.recommend.tuning import Tuning
+
 T = TypeVar("T")
 
 
@@ -27,8 +29,8 @@ def config_from_dataclass(dc: type, name: str) -> type[dg.Config]:
     return create_model(name, __base__=dg.Config, __doc__=f"Run config for {dc.__name__}.", **fields)
 
 
-def with_tuning(config: type[dg.Config], name: str, budget_s: float, max_trials: int) -> type[dg.Config]:
-    """``config`` plus the two fields of the model's validation search (``Tuning``)."""
+def with_tuning(config: type[dg.Config], name: str, tuning: Tuning) -> type[dg.Config]:
+    """``config`` plus the fields of the model's validation search (``Tuning``), its defaults from ``tuning``."""
     return create_model(
         name,
         __base__=config,
@@ -36,7 +38,7 @@ def with_tuning(config: type[dg.Config], name: str, budget_s: float, max_trials:
         tuning_budget_s=(
             float,
             Field(
-                budget_s,
+                tuning.budget_s,
                 description="Time budget of the validation search over this "
                 "model's settings (seconds); the given settings always train once.",
             ),
@@ -44,7 +46,17 @@ def with_tuning(config: type[dg.Config], name: str, budget_s: float, max_trials:
         tuning_max_trials=(
             int,
             Field(
-                max_trials, description="Most settings the validation search tries (1: train the given settings only)."
+                tuning.max_trials,
+                description="Most settings the validation search tries (1: train the given settings only).",
+            ),
+        ),
+        tuning_validation_users=(
+            int,
+            Field(
+                tuning.validation_users,
+                ge=0,
+                description="Validation users each trial of the search is scored on: a seeded sample when there "
+                "are more (0: all). Choosing the model to ship scores all of them.",
             ),
         ),
     )

@@ -162,7 +162,7 @@ def tuned_training(
         histories[key(cfg)] = history
         return model
 
-    result = tune_trained(name, fit_one, config, validator(data), tuning, on_trial=on_trial)
+    result = tune_trained(name, fit_one, config, tuning.validate(data), tuning, on_trial=on_trial)
     chosen = dataclasses.replace(config, **result.params)
     return Trained(result.model, chosen.__dict__, histories[key(chosen)], result)
 
@@ -350,7 +350,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(300.0, 8),
         skip=too_many_items_for("the dense inverse"),
         quick={"tuning_max_trials": 3},
-        code_version="3",
+        code_version="4",
     ),
     ModelSpec(
         "item_knn",
@@ -362,6 +362,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(120.0, 6),
         skip=too_many_items_for("the dense item x item matrix"),
         quick={"tuning_max_trials": 2},
+        code_version="2",  # 2: trials scored on Tuning.validation_users
     ),
     ModelSpec(
         "rp3beta",
@@ -373,6 +374,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(120.0, 6),
         skip=too_many_items_for("the dense item x item matrix"),
         quick={"tuning_max_trials": 2},
+        code_version="2",  # 2: trials scored on Tuning.validation_users
     ),
     ModelSpec(
         "bpr_mf",
@@ -384,7 +386,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         fixed={"num_layers": 0, "max_epoch_steps": 0},  # no propagation: a step is cheap, epochs as configured
         tuning=Tuning(40.0, 4),
         quick=_QUICK_BPR,
-        code_version="3",
+        code_version="4",
         warm_start=True,
     ),
     ModelSpec(
@@ -396,7 +398,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         config=TrainConfig,
         tuning=Tuning(60.0, 4),
         quick={**_QUICK_BPR, "tuning_max_trials": 2},
-        code_version="3",
+        code_version="4",
         warm_start=True,
     ),
     ModelSpec(
@@ -419,7 +421,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         needs=(IMAGE_FEATURES,),
         skip=no_images,
         quick=_QUICK_BPR,
-        code_version="4",
+        code_version="5",
         warm_start=True,
     ),
     ModelSpec(
@@ -433,7 +435,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(120.0, 3),
         needs=(RAW_FEATURES,),
         quick=_QUICK_BPR,
-        code_version="3",
+        code_version="4",
         warm_start=True,
     ),
     # mm_gcn is the dearest model to train (the content tower and the alignment loss run at every step): a
@@ -449,7 +451,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         tuning=Tuning(30.0, 2),
         needs=(ALIGNED, RAW_FEATURES),
         quick=_QUICK_BPR,
-        code_version="8",
+        code_version="9",
         warm_start=True,
     ),
     ModelSpec(

@@ -32,7 +32,6 @@ import torch
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.baselines import check_ease_size, item_item
 from mm_pipeline.recommend.linear import FLOAT64_MAX_ITEMS
-from mm_pipeline.recommend.ranking import validator
 from mm_pipeline.recommend.selection import SearchResult, grid, search
 from mm_pipeline.recommend.tuning import Tuning
 
@@ -129,5 +128,11 @@ def tune_rp3beta(data, tuning: Tuning, start: RP3betaConfig, on_trial=None) -> S
 
     # A trial is a deterministic table build: the best is built again at the end, not kept beside the next trial's.
     return search(
-        grid(candidates), fit, validator(data), tuning.budget_s, tuning.max_trials, on_trial=on_trial, keep_best=False
+        grid(candidates),
+        fit,
+        tuning.validate(data),
+        tuning.budget_s,
+        tuning.max_trials,
+        on_trial=on_trial,
+        keep_best=False,
     )

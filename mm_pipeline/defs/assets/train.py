@@ -54,11 +54,16 @@ def run_config_class(spec: ModelSpec) -> type[dg.Config] | None:
     config = config_from_dataclass(spec.config, f"{title}Settings" if spec.tuning else f"{title}RunConfig")
     if spec.tuning is None:
         return config
-    return with_tuning(config, f"{title}RunConfig", spec.tuning.budget_s, spec.tuning.max_trials)
+    return with_tuning(config, f"{title}RunConfig", spec.tuning)
 
 
-def tuning(config: dg.Config) -> Tuning:
-    return Tuning(budget_s=config.tuning_budget_s, max_trials=config.tuning_max_trials)
+def tuning(config: dg.Config, seed: int) -> Tuning:
+    return Tuning(
+        budget_s=config.tuning_budget_s,
+        max_trials=config.tuning_max_trials,
+        validation_users=config.tuning_validation_users,
+        seed=seed,
+    )
 
 
 def selection_metadata(result: SearchResult) -> dict:
@@ -301,7 +306,10 @@ def train_model(
     with context.resources.mlflow_tracking.start_run(context, run_name=spec.name) as run:
         with listening(epoch_progress(context)):
             trained = spec.train(
-                inputs, settings, tuning(config) if spec.tuning is not None else None, log_trials(context, spec.name)
+                inputs,
+                settings,
+                tuning(config, context.resources.pipeline.seed) if spec.tuning is not None else None,
+                log_trials(context, spec.name),
             )
         if trained.note:
             context.log.info(trained.note)
