@@ -216,6 +216,28 @@ def test_top_k_matches_a_lexicographic_reference(kind):
 
 
 @pytest.mark.parametrize("kind", ["ties", "continuous"])
+def test_one_pass_for_all_items_and_among_candidates_matches_two_rankings(kind, monkeypatch):
+    """The evaluation's full and cold-start lists from one scoring pass are exactly two top_k calls."""
+    rng = np.random.default_rng(4)
+    scores = rng.normal(size=(45, 70)) if kind == "continuous" else rng.integers(-2, 3, size=(45, 70))
+    model = _model(scores.astype(np.float32))
+    exclude = sp.random(45, 70, density=0.3, random_state=3, format="csr", dtype=np.float32)
+    candidates = rng.random(70) < 0.2
+    users = np.sort(rng.choice(45, size=40, replace=False))
+    among = np.sort(rng.choice(users, size=17, replace=False))
+    monkeypatch.setattr(ranking, "chunk_users", lambda n_items, chunk_size=None: 6)  # several chunks
+    calls = []
+    score = model.score
+    monkeypatch.setattr(model, "score", lambda rows: calls.append(len(rows)) or score(rows))
+    top, picked = ranking.top_k_and_among_candidates(model, users, exclude, 9, candidates, among)
+    assert sum(calls) == len(users)  # every user scored once
+    np.testing.assert_array_equal(top.numpy(), top_k(model, users, exclude, 9).numpy())
+    np.testing.assert_array_equal(picked.numpy(), top_k(model, among, exclude, 9, candidates=candidates).numpy())
+    with pytest.raises(ValueError, match="subset of users"):
+        ranking.top_k_and_among_candidates(model, users[1:], exclude, 9, candidates, users[:1])
+
+
+@pytest.mark.parametrize("kind", ["ties", "continuous"])
 def test_one_pass_for_validation_and_test_matches_two_rankings(kind, monkeypatch):
     """Validation and test lists from one scoring pass are exactly two top_k calls (ties by index)."""
     rng = np.random.default_rng(3)

@@ -42,7 +42,7 @@ def _hybrid(train, raw, graph_weight=0.8):
         {"ease": core},
         content_graph(raw, 5),
         {"gnn": gnn},
-        modality_graphs=content_graphs(raw, 5),
+        modality_graphs=content_graphs(raw, 5)[0],
         scale_users=N_USERS,
     )
     return parts.model(decay=0.0, content_weight=0.4, graph_weight=graph_weight, gnn="gnn", core="ease")
@@ -50,8 +50,12 @@ def _hybrid(train, raw, graph_weight=0.8):
 
 def test_the_modality_graphs_average_to_the_content_graph():
     _, raw = _data()
-    mean = sum(content_graphs(raw, 5).values()) / 2
-    np.testing.assert_allclose(mean.toarray(), content_graph(raw, 5).toarray(), atol=1e-6)
+    per_modality, together = content_graphs(raw, 5)
+    np.testing.assert_allclose((sum(per_modality.values()) / 2).toarray(), together.toarray(), atol=1e-6)
+    # the mean comes with them, the content graph exactly (the hybrid builds the modality graphs once)
+    alone = content_graph(raw, 5)
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(together, name), getattr(alone, name), err_msg=name)
 
 
 def test_an_item_item_score_splits_exactly_into_its_parts():

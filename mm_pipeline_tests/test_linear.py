@@ -135,18 +135,24 @@ def test_a_search_that_keeps_no_model_fits_the_best_setting_again():
     assert result.model.item_embeddings.item() == 400.0 and result.model.info["valid_ndcg@20"] == 0.0
 
 
-def test_ease_search_on_the_popular_sub_catalogue_fits_once_on_the_whole_one():
+def _split_80_10_10(cells: sp.csr_matrix, rng: np.random.Generator):
+    """``cells``' non-zeros split at random into train, validation and test (8:1:1) as a SplitData."""
     from mm_pipeline.data.types import SplitData
-    from mm_pipeline.recommend.tuning import Tuning, tune_ease
 
-    rng = np.random.default_rng(5)
-    cells = sp.csr_matrix((rng.random((60, 30)) < rng.random(30)[None, :] * 0.5).astype(np.float32))
+    cells = cells.astype(np.float32)
     which = rng.integers(0, 10, cells.nnz)
     parts = [cells.copy() for _ in range(3)]
     for part, keep in zip(parts, (which < 8, which == 8, which == 9), strict=True):
         part.data = keep.astype(np.float32)
         part.eliminate_zeros()
-    data = SplitData(60, 30, *parts, adj=torch.zeros(0))
+    return SplitData(*cells.shape, *parts, adj=torch.zeros(0))
+
+
+def test_ease_search_on_the_popular_sub_catalogue_fits_once_on_the_whole_one():
+    from mm_pipeline.recommend.tuning import Tuning, tune_ease
+
+    rng = np.random.default_rng(5)
+    data = _split_80_10_10(sp.csr_matrix(rng.random((60, 30)) < rng.random(30)[None, :] * 0.5), rng)
     trials = []
     result = tune_ease(data, Tuning(1e9, 8), start=4.0, on_trial=trials.append, search_items=10)
     table = result.trials
@@ -162,18 +168,11 @@ def test_ease_search_on_the_popular_sub_catalogue_fits_once_on_the_whole_one():
 
 
 def test_a_search_scores_its_trials_on_a_seeded_sample_of_validation_users():
-    from mm_pipeline.data.types import SplitData
     from mm_pipeline.recommend.ranking import validator
     from mm_pipeline.recommend.tuning import Tuning, tune_item_knn
 
     rng = np.random.default_rng(6)
-    cells = sp.csr_matrix((rng.random((80, 25)) < 0.3).astype(np.float32))
-    which = rng.integers(0, 10, cells.nnz)
-    parts = [cells.copy() for _ in range(3)]
-    for part, keep in zip(parts, (which < 8, which == 8, which == 9), strict=True):
-        part.data = keep.astype(np.float32)
-        part.eliminate_zeros()
-    data = SplitData(80, 25, *parts, adj=torch.zeros(0))
+    data = _split_80_10_10(sp.csr_matrix(rng.random((80, 25)) < 0.3), rng)
     sampled = tune_item_knn(data, Tuning(1e9, 3, validation_users=20, seed=1), start=5)
     whole = tune_item_knn(data, Tuning(1e9, 3, validation_users=0), start=5)
     assert list(sampled.trials["k"]) == list(whole.trials["k"])

@@ -11,11 +11,11 @@ import scipy.sparse as sp
 from mm_pipeline.evaluate.bootstrap import bootstrap_intervals, paired_bootstraps
 from mm_pipeline.evaluate.metrics import (
     per_user_metrics_from_top_k,
-    ranking_metrics,
     ranking_metrics_from_top_k,
     top_k,
 )
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.ranking import top_k_and_among_candidates
 
 if TYPE_CHECKING:
     from mm_pipeline.data.types import SplitData
@@ -165,6 +165,7 @@ def evaluate_models(
     cold = ~data.warm_items
     head, tail = popularity_groups(data.train, head_share)
     cold_truth, tail_truth = _restrict(data.test, cold), _restrict(data.test, tail)
+    cold_users = np.flatnonzero(cold_truth.getnnz(axis=1) > 0).astype(np.int64)
     cold_support = subgroup_support(cold_truth, cold, max_k, *min_subgroup)
     tail_support = subgroup_support(tail_truth, None, max_k, *min_subgroup)
     common = dict(ks=ks, item_popularity=popularity, n_train_users=data.n_users, item_features=item_features)
@@ -194,15 +195,16 @@ def evaluate_models(
     per_user = {}
     for name in models:  # one model at a time when they are built on reading (ModelsOnDemand)
         model = models[name]
-        top = top_k(model, test_users, exclude, max_k)
+        if cold_support["enough"]:  # the cold-start lists from the same scores (one scoring pass)
+            top, cold_top = top_k_and_among_candidates(model, test_users, exclude, max_k, cold, cold_users)
+        else:
+            top = top_k(model, test_users, exclude, max_k)
         out["models"][name] = ranking_metrics_from_top_k(top, test_users, data.test, tail_items=tail, **common)
         per_user[name] = per_user_metrics_from_top_k(top, test_users, data.test, ks=(max_k,))
         if tail_support["enough"]:
             out["long_tail"][name] = ranking_metrics_from_top_k(top, test_users, tail_truth, tail_items=tail, **common)
         if cold_support["enough"]:
-            out["cold_start"][name] = ranking_metrics(
-                model, truth=cold_truth, exclude=exclude, candidates=cold, **common
-            )
+            out["cold_start"][name] = ranking_metrics_from_top_k(cold_top, cold_users, cold_truth, **common)
         del model
 
     names = list(models)

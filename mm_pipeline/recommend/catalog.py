@@ -27,7 +27,6 @@ from mm_pipeline.recommend.baselines import EASE_MAX_ITEMS, content_knn, most_po
 from mm_pipeline.recommend.config import EaseConfig, FreedomConfig, ItemKnnConfig, MultimodalConfig, TrainConfig
 from mm_pipeline.recommend.fit import (
     RawFeatures,
-    content_graph,
     content_graphs,
     fit_freedom,
     fit_lightgcn,
@@ -184,16 +183,17 @@ def hybrid_parts(
         if "skipped" not in b
     }
     models = {name: EmbeddingRecommender.from_bundle(b) for name, b in gnns.items() if "skipped" not in b}
+    modality_graphs, graph = content_graphs(raw, hybrid.knn_k) if raw else (None, None)
     return HybridParts(
         data.train,
         training_age(as_interaction_split(interaction_split).table, data.train),
         weights,
-        content_graph(raw, hybrid.knn_k) if raw else None,
+        graph,
         models,
         content_aware=("mm_gcn",),
         scale_users=hybrid.scale_users,
         seed=hybrid.seed,
-        modality_graphs=content_graphs(raw, hybrid.knn_k) if raw else None,
+        modality_graphs=modality_graphs,
     )
 
 

@@ -141,14 +141,14 @@ def _top_k_chunk(
     k: int,
     candidates: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Exact (score desc, index asc) top-``k`` of the eligible items of ``users``.
+    """Exact (score desc, index asc) top-``k`` of the eligible items of ``users``: :func:`_select_top_k` of
+    the chunk's scores (:func:`_chunk_scores`)."""
+    return _select_top_k(_chunk_scores(model, users, exclude), users, exclude, k, candidates)
 
-    Fast path: with ineligible scores set to ``-inf``, a float ``topk`` of ``k + 1`` picks the
-    right *set* whenever its k-th value is finite and strictly above its (k+1)-th (so no left-out
-    item ties the cut, and no ineligible item is in it); only those ``k`` entries are then
-    re-ordered by their exact keys. The remaining rows (a cut inside a tie, or fewer than ``k``
-    finite eligible scores) are redone with keys over the whole row.
-    """
+
+def _chunk_scores(model: EmbeddingRecommender, users: np.ndarray, exclude: sp.csr_matrix | None) -> torch.Tensor:
+    """``model``'s float32 scores of ``users`` against every item, a tensor of our own, with the ``exclude``
+    entries at ``-inf``."""
     n_items = model.n_items
     with torch.no_grad():
         scores = model.score(torch.from_numpy(users)).detach()
@@ -164,6 +164,22 @@ def _top_k_chunk(
     if exclude is not None:
         ex_rows, ex_cols = _rows_coo(exclude, users)
         scores[ex_rows, ex_cols] = float("-inf")
+    return scores
+
+
+def _select_top_k(
+    scores: torch.Tensor, users: np.ndarray, exclude: sp.csr_matrix | None, k: int, candidates: torch.Tensor | None
+) -> torch.Tensor:
+    """The exact (score desc, index asc) top-``k`` of ``scores`` (:func:`_chunk_scores` of ``users``), the items
+    outside ``candidates`` left out (``scores`` is masked in place).
+
+    Fast path: with ineligible scores set to ``-inf``, a float ``topk`` of ``k + 1`` picks the
+    right *set* whenever its k-th value is finite and strictly above its (k+1)-th (so no left-out
+    item ties the cut, and no ineligible item is in it); only those ``k`` entries are then
+    re-ordered by their exact keys. The remaining rows (a cut inside a tie, or fewer than ``k``
+    finite eligible scores) are redone with keys over the whole row.
+    """
+    n_items = scores.shape[1]
     if candidates is not None:
         scores[:, ~candidates] = float("-inf")
 
@@ -225,6 +241,47 @@ def top_k(
             for start in range(0, len(users), chunk_size)
         ]
     )
+
+
+def top_k_and_among_candidates(
+    model: EmbeddingRecommender,
+    users: np.ndarray,
+    exclude: sp.csr_matrix | None,
+    k: int,
+    candidates: np.ndarray,
+    among: np.ndarray,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(top_k(model, users, exclude, k), top_k(model, among, exclude, k, candidates))`` from one scoring
+    pass: each chunk's scores rank the chunk's users over every item and, copied, those of them in ``among``
+    (a subset of ``users``) over ``candidates`` alone. The evaluation's full ranking and its cold-start
+    ranking (among cold items) scored every test user once each, then cold-start users again."""
+    n_users, n_items = _check_model(model)
+    users, among = _check_users(users, n_users), _check_users(among, n_users)
+    k = _check_positive_int("k", k)
+    exclude = _check_matrix("exclude", exclude, (n_users, n_items), optional=True)
+    cand = _check_candidates(candidates, n_items)
+    if np.unique(users).size != users.size or not np.isin(among, users).all():
+        raise ValueError("among must be a subset of users, and users must not repeat")
+    chunk_size = chunk_users(n_items)
+    wanted = np.isin(users, among)
+    tops, picked, picked_users = [], [], []
+    for start in range(0, len(users), chunk_size):
+        chunk = users[start : start + chunk_size]
+        scores = _chunk_scores(model, chunk, exclude)
+        rows = np.flatnonzero(wanted[start : start + chunk_size])
+        if rows.size:
+            picked.append(_select_top_k(scores[torch.from_numpy(rows)], chunk[rows], exclude, k, cand))
+            picked_users.append(chunk[rows])
+        tops.append(_select_top_k(scores, chunk, exclude, k, None))
+    empty = torch.empty((0, k), dtype=torch.long)
+    top = torch.cat(tops) if tops else empty
+    if not picked:
+        return top, empty
+    # Back into the order of ``among``: the rows came in the order of ``users``.
+    found = np.concatenate(picked_users)
+    order = np.argsort(found, kind="stable")
+    position = order[np.searchsorted(found, among, sorter=order)]
+    return top, torch.cat(picked)[torch.from_numpy(position)]
 
 
 def without_items(top: torch.Tensor, users: np.ndarray, removed: sp.csr_matrix, k: int) -> torch.Tensor:
