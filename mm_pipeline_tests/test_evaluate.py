@@ -215,12 +215,17 @@ def test_top_k_matches_a_lexicographic_reference(kind):
         assert (expected == PAD).any()
 
 
+def _random_scores_model(rng: np.random.Generator, kind: str, shape: tuple[int, int]) -> EmbeddingRecommender:
+    """A model scoring random values: ``continuous``, or small integers (cuts inside ties)."""
+    scores = rng.normal(size=shape) if kind == "continuous" else rng.integers(-2, 3, size=shape)
+    return _model(scores.astype(np.float32))
+
+
 @pytest.mark.parametrize("kind", ["ties", "continuous"])
 def test_one_pass_for_all_items_and_among_candidates_matches_two_rankings(kind, monkeypatch):
     """The evaluation's full and cold-start lists from one scoring pass are exactly two top_k calls."""
     rng = np.random.default_rng(4)
-    scores = rng.normal(size=(45, 70)) if kind == "continuous" else rng.integers(-2, 3, size=(45, 70))
-    model = _model(scores.astype(np.float32))
+    model = _random_scores_model(rng, kind, (45, 70))
     exclude = sp.random(45, 70, density=0.3, random_state=3, format="csr", dtype=np.float32)
     candidates = rng.random(70) < 0.2
     users = np.sort(rng.choice(45, size=40, replace=False))
@@ -241,8 +246,7 @@ def test_one_pass_for_all_items_and_among_candidates_matches_two_rankings(kind, 
 def test_one_pass_for_validation_and_test_matches_two_rankings(kind, monkeypatch):
     """Validation and test lists from one scoring pass are exactly two top_k calls (ties by index)."""
     rng = np.random.default_rng(3)
-    scores = rng.normal(size=(41, 60)) if kind == "continuous" else rng.integers(-2, 3, size=(41, 60))
-    model = _model(scores.astype(np.float32))
+    model = _random_scores_model(rng, kind, (41, 60))
     cells = sp.random(41, 60, density=0.3, random_state=2, format="csr", dtype=np.float32)
     parts = [sp.csr_matrix(cells.multiply(sp.csr_matrix(rng.random((41, 60)) < p))) for p in (0.5, 0.7)]
     train = parts[0]
