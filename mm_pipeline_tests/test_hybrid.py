@@ -7,7 +7,15 @@ import torch
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.fit import SplitData, content_graph
-from mm_pipeline.recommend.hybrid import ABLATIONS, HybridConfig, HybridParts, ablate, coordinate_ascent, fit_hybrid
+from mm_pipeline.recommend.hybrid import (
+    ABLATIONS,
+    HybridConfig,
+    HybridParts,
+    HybridTrial,
+    ablate,
+    coordinate_ascent,
+    fit_hybrid,
+)
 from mm_pipeline.recommend.linear import ItemGram, item_knn_weights, recency_profile, training_age
 from mm_pipeline.recommend.ranking import validator
 
@@ -130,3 +138,41 @@ def test_id_only_gnns_do_not_score_cold_items_and_ablations_remove_one_part():
         ablate(parts, config, "no_everything")
     with pytest.raises(ValueError, match="needs a GNN"):
         ablate(HybridParts(parts.train, parts.age, parts.cores, graph), config, "no_item_item")
+
+
+def test_a_search_trial_scores_what_the_built_model_scores():
+    """The search scores each setting from cached per-part blocks (HybridParts.trial) instead of building
+    its tables: the scores must be the built model's, for every part and every path (an ID-only GNN's cold
+    items, no core), user chunk by user chunk, whatever was cached by the trial before."""
+    data, parts, graph = _parts()
+    rng = torch.Generator().manual_seed(0)
+    gnns = {
+        name: EmbeddingRecommender(
+            name, torch.randn(data.n_users, 3, generator=rng), torch.randn(data.n_items, 3, generator=rng)
+        )
+        for name in ("mm_gcn", "lightgcn")
+    }
+    parts = HybridParts(parts.train, parts.age, parts.cores, graph, gnns, ("mm_gcn",), scale_users=50)
+    settings = [
+        dict(decay=0.0, content_weight=0.0, graph_weight=0.0, core="ease"),
+        dict(decay=2.0, content_weight=0.4, graph_weight=0.0, core="ease"),  # the same core, another decay
+        dict(decay=2.0, content_weight=0.4, graph_weight=0.8, gnn="mm_gcn", core="ease"),  # cached core block
+        dict(decay=1.0, content_weight=0.2, graph_weight=1.6, gnn="lightgcn", core="item_knn"),  # cold GNN
+    ]
+    chunks = [np.arange(0, 30), np.arange(30, data.n_users)]
+    for setting in settings:
+        model, trial = parts.model(**setting), parts.trial(**setting)
+        assert trial.info == model.info and (trial.n_users, trial.n_items) == (model.n_users, model.n_items)
+        for users in chunks * 2:  # the second pass reads the cached core block
+            users = torch.from_numpy(users)
+            np.testing.assert_allclose(trial.score(users).numpy(), model.score(users).numpy(), rtol=1e-5, atol=1e-6)
+    no_core, _ = ablate(parts, HybridConfig(), "no_item_item")
+    setting = dict(decay=0.0, content_weight=0.4, graph_weight=1.0, gnn="lightgcn")
+    users = torch.arange(data.n_users)
+    np.testing.assert_allclose(
+        no_core.trial(**setting).score(users).numpy(), no_core.model(**setting).score(users).numpy(), atol=1e-6
+    )
+    # The search validates trials and builds only the chosen setting: its tables are the built model's.
+    result = fit_hybrid(parts, validator(data), HybridConfig(budget_s=60))
+    assert not isinstance(result.model, HybridTrial) and result.model.sparse_users
+    assert result.model.info["core"] == result.params["core"]

@@ -386,7 +386,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         fixed={"num_layers": 0, "max_epoch_steps": 0},  # no propagation: a step is cheap, epochs as configured
         tuning=Tuning(40.0, 4),
         quick=_QUICK_BPR,
-        code_version="4",
+        code_version="5",  # 5: one gather per batch (gradients summed in another order)
         warm_start=True,
     ),
     ModelSpec(
@@ -398,7 +398,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         config=TrainConfig,
         tuning=Tuning(60.0, 4),
         quick={**_QUICK_BPR, "tuning_max_trials": 2},
-        code_version="4",
+        code_version="5",  # 5: one gather per batch (gradients summed in another order)
         warm_start=True,
     ),
     ModelSpec(
@@ -421,7 +421,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         needs=(IMAGE_FEATURES,),
         skip=no_images,
         quick=_QUICK_BPR,
-        code_version="5",
+        code_version="6",  # 6: one gather per table and batch (gradients summed in another order)
         warm_start=True,
     ),
     ModelSpec(

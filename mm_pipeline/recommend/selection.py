@@ -96,6 +96,7 @@ def search(
     max_trials: int = 20,
     on_trial: Callable[[dict], None] | None = None,
     keep_best: bool = True,
+    final: Callable[[dict], EmbeddingRecommender] | None = None,
 ) -> SearchResult:
     """Run trials from ``propose`` until it is done, ``max_trials`` ran, or the budget would be exceeded.
 
@@ -104,7 +105,8 @@ def search(
     metrics, of which ``ndcg@20`` decides (ties: the earlier trial). Only the best model is kept; with
     ``keep_best`` off not even that one: the best setting is fitted again at the end, for a ``fit`` that is
     deterministic and cheap but whose model is big (the hybrid's item table, 1.6 GB at 20k items, would
-    otherwise sit beside every later trial's).
+    otherwise sit beside every later trial's). ``final`` (with ``keep_best`` off) builds that model instead of
+    ``fit``: for trials that are scored without building the model (the hybrid's :meth:`HybridParts.trial`).
     """
     if budget_s < 0 or max_trials < 1:
         raise ValueError(f"budget_s must be >= 0 and max_trials >= 1, got {budget_s} and {max_trials}")
@@ -145,7 +147,7 @@ def search(
     assert best is not None  # the first trial always runs
     trials = pd.DataFrame(rows)
     trials["chosen"] = trials.index == best[3]
-    model = best[2] if keep_best else fit(dict(best[1]))
+    model = best[2] if keep_best else (final or fit)(dict(best[1]))
     model.info = {**model.info, f"valid_{MONITOR}": best[0]}
     return SearchResult(dict(best[1]), model, best[0], trials, stopped)
 
