@@ -258,6 +258,62 @@ def test_degree_sensitive_pruning_keeps_a_share_and_drops_popular_edges_first():
         DegreeSensitivePruning(edge_index, n_users + n_items, dropout=1.0)
 
 
+def test_bpr_losses_are_the_textbook_losses_from_one_gather_per_table():
+    """BPR-MF and VBPR read each table once per batch (positives and negatives together) and take the L2
+    penalty from the gathered rows: the loss and its gradients must be those of the per-term formulas."""
+    from mm_pipeline.recommend.models import VBPR, IDLightGCN
+
+    torch.manual_seed(0)
+    n_users, n_items, reg = 30, 20, 0.01
+    users, pos, neg = (
+        torch.randint(0, n_users, (64,)),
+        torch.randint(0, n_items, (64,)),
+        torch.randint(0, n_items, (64,)),
+    )
+    adj = normalized_adjacency(torch.tensor([[0, n_users], [n_users, 0]]), n_users + n_items)
+    mf = IDLightGCN(n_users, n_items, adj, TrainConfig(dim=4, num_layers=0, reg=reg))
+    table = mf.lightgcn.embedding.weight
+    u, i, j = table[users], table[n_users + pos], table[n_users + neg]
+    expected = -torch.nn.functional.logsigmoid((u * i).sum(1) - (u * j).sum(1)).mean()
+    expected = expected + reg * (u.pow(2).sum() + i.pow(2).sum() + j.pow(2).sum()) / len(users)
+    (expected_grad,) = torch.autograd.grad(expected, table)
+    loss, _ = mf.bpr_loss(users, pos, neg)
+    (grad,) = torch.autograd.grad(loss, table)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+    vbpr = VBPR(n_users, n_items, torch.randn(n_items, 6), TrainConfig(dim=4, reg=reg))
+    torch.nn.init.normal_(vbpr.item_bias.weight)
+
+    def score(items):
+        f = vbpr.visual[items]
+        return (
+            vbpr.item_bias.weight[items, 0]
+            + (vbpr.user_factors.weight[users] * vbpr.item_factors.weight[items]).sum(1)
+            + (vbpr.user_visual.weight[users] * vbpr.projection(f)).sum(1)
+            + vbpr.visual_bias(f)[:, 0]
+        )
+
+    penalty = sum(
+        t.pow(2).sum()
+        for t in (
+            vbpr.user_factors.weight[users],
+            vbpr.user_visual.weight[users],
+            vbpr.item_factors.weight[pos],
+            vbpr.item_factors.weight[neg],
+            vbpr.item_bias.weight[pos],
+            vbpr.item_bias.weight[neg],
+        )
+    )
+    expected = -torch.nn.functional.logsigmoid(score(pos) - score(neg)).mean() + reg * penalty / len(users)
+    params = list(vbpr.parameters())
+    expected_grads = torch.autograd.grad(expected, params)
+    loss, _ = vbpr.bpr_loss(users, pos, neg)
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(torch.autograd.grad(loss, params), expected_grads):
+        torch.testing.assert_close(got, want)
+
+
 def test_vbpr_scores_are_one_dot_product_and_use_visual_features():
     from mm_pipeline.recommend.fit import fit_vbpr
 

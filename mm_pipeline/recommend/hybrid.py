@@ -42,6 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mm_pipeline.memory import release_freed_memory
 from mm_pipeline.recommend.base import EmbeddingRecommender, sparse_from_scipy
 from mm_pipeline.recommend.linear import recency_profile
 from mm_pipeline.recommend.selection import Proposer, SearchResult, search
@@ -297,6 +298,7 @@ class HybridParts:
         if self._core_cache[0] != (core, decay):
             contiguous = self._core_cache[2] if self._core_cache[0] and self._core_cache[0][0] == core else None
             self._core_cache = ((core, decay), {}, None)  # the old blocks and copy go before the new copy is made
+            release_freed_memory()
             if contiguous is None:
                 contiguous = torch.from_numpy(np.ascontiguousarray(self.cores[core]))
             self._core_cache = ((core, decay), {}, contiguous)
@@ -426,8 +428,10 @@ def fit_hybrid(
 
 
 def _final_model(parts: HybridParts, name: str, params: dict) -> EmbeddingRecommender:
-    """The chosen setting's tables, built once after the search, its trials' cached blocks freed first."""
+    """The chosen setting's tables, built once after the search, its trials' cached blocks freed (and their
+    pages returned to the system) first."""
     parts._drop_trial_cache()
+    release_freed_memory()
     return parts.model(name=name, **params)
 
 
