@@ -54,6 +54,19 @@ def _parts(gnns=None, content_aware=("mm_gcn",)):
     return data, parts, graph
 
 
+def _parts_with_two_gnns():
+    """The toy parts with random stand-ins for the content-aware mm_gcn and the ID-only LightGCN."""
+    data, parts, graph = _parts()
+    rng = torch.Generator().manual_seed(0)
+    gnns = {
+        name: EmbeddingRecommender(
+            name, torch.randn(data.n_users, 3, generator=rng), torch.randn(data.n_items, 3, generator=rng)
+        )
+        for name in ("mm_gcn", "lightgcn")
+    }
+    return data, HybridParts(parts.train, parts.age, parts.cores, graph, gnns, ("mm_gcn",), scale_users=50)
+
+
 def test_coordinate_ascent_sweeps_one_parameter_at_a_time_from_the_start():
     score = {0: 0.0, 1: 1.0, 2: 0.5}  # a's best is 1, b only helps once a moved
     proposer = coordinate_ascent({"a": (0, 1, 2), "b": (0, 1)}, {"a": 0, "b": 0}, rounds=3)
@@ -102,15 +115,7 @@ def test_the_search_starts_at_ease_and_only_keeps_what_helps_on_validation():
 
 
 def test_id_only_gnns_do_not_score_cold_items_and_ablations_remove_one_part():
-    data, parts, graph = _parts()
-    rng = torch.Generator().manual_seed(0)
-    gnns = {
-        name: EmbeddingRecommender(
-            name, torch.randn(data.n_users, 3, generator=rng), torch.randn(data.n_items, 3, generator=rng)
-        )
-        for name in ("mm_gcn", "lightgcn")
-    }
-    parts = HybridParts(parts.train, parts.age, parts.cores, graph, gnns, ("mm_gcn",), scale_users=50)
+    data, parts = _parts_with_two_gnns()
     cold = ~data.warm_items
     assert np.all(parts.gnns["lightgcn"][1][cold] == 0) and np.any(parts.gnns["mm_gcn"][1][cold] != 0)
     # With the ID-only GNN chosen, cold items still get a GNN score: the content-aware GNN's, at its scale.
@@ -137,22 +142,14 @@ def test_id_only_gnns_do_not_score_cold_items_and_ablations_remove_one_part():
     with pytest.raises(ValueError, match="unknown ablation"):
         ablate(parts, config, "no_everything")
     with pytest.raises(ValueError, match="needs a GNN"):
-        ablate(HybridParts(parts.train, parts.age, parts.cores, graph), config, "no_item_item")
+        ablate(HybridParts(parts.train, parts.age, parts.cores, parts.content), config, "no_item_item")
 
 
 def test_a_search_trial_scores_what_the_built_model_scores():
     """The search scores each setting from cached per-part blocks (HybridParts.trial) instead of building
     its tables: the scores must be the built model's, for every part and every path (an ID-only GNN's cold
     items, no core), user chunk by user chunk, whatever was cached by the trial before."""
-    data, parts, graph = _parts()
-    rng = torch.Generator().manual_seed(0)
-    gnns = {
-        name: EmbeddingRecommender(
-            name, torch.randn(data.n_users, 3, generator=rng), torch.randn(data.n_items, 3, generator=rng)
-        )
-        for name in ("mm_gcn", "lightgcn")
-    }
-    parts = HybridParts(parts.train, parts.age, parts.cores, graph, gnns, ("mm_gcn",), scale_users=50)
+    data, parts = _parts_with_two_gnns()
     settings = [
         dict(decay=0.0, content_weight=0.0, graph_weight=0.0, core="ease"),
         dict(decay=2.0, content_weight=0.4, graph_weight=0.0, core="ease"),  # the same core, another decay
