@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -332,6 +331,8 @@ class HybridParts:
     ) -> EmbeddingRecommender:
         info = self._info(decay, content_weight, graph_weight, gnn, core)
         core_scale, content_scale = info["core_rms"], info["content_rms"]
+        self._drop_trial_cache()  # what the search's trials cached goes (and its pages) before the tables come
+        release_freed_memory()
         # The item table is built as its transpose, the layout scoring multiplies by (one row per user-table
         # column, one column per item): the core's W as it is stored, no n x n transposes per trial.
         blocks_u: list[sp.spmatrix] = []
@@ -423,16 +424,8 @@ def fit_hybrid(
         max_trials=10_000,
         on_trial=on_trial,
         keep_best=False,
-        final=functools.partial(_final_model, parts, name),
+        final=lambda params: parts.model(name=name, **params),  # the chosen setting's tables, built once
     )
-
-
-def _final_model(parts: HybridParts, name: str, params: dict) -> EmbeddingRecommender:
-    """The chosen setting's tables, built once after the search, its trials' cached blocks freed (and their
-    pages returned to the system) first."""
-    parts._drop_trial_cache()
-    release_freed_memory()
-    return parts.model(name=name, **params)
 
 
 # What each ablation of the hybrid takes away (its other weights are chosen on validation again).
