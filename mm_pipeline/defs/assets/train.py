@@ -13,6 +13,7 @@ import pandas as pd
 
 from mm_pipeline.data.types import InteractionSplit, SplitData, as_interaction_split
 from mm_pipeline.defs.config import config_from_dataclass, with_tuning
+from mm_pipeline.defs.io_manager import lazy_input
 from mm_pipeline.defs.metadata import frame_table, history_metadata
 from mm_pipeline.defs.tags import from_scratch_reason
 from mm_pipeline.recommend.base import EmbeddingRecommender
@@ -338,7 +339,13 @@ def train_model(
 
 def model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     """The training asset ``<name>_model`` of one model of the table."""
-    ins = {name: dg.AssetIn() for name in ["interaction_split", "raw_items", *input_asset_names(spec)]}
+    # Upstream models come as stored bundles read on use (the hybrid reads two 1.6 GB item-item cores at 20k
+    # items): what the trainer built from them is freed when it returns, before the model is logged and saved.
+    models = {f"{name}_model" for name in spec.model_needs}
+    ins = {
+        name: lazy_input() if name in models else dg.AssetIn()
+        for name in ["interaction_split", "raw_items", *input_asset_names(spec)]
+    }
     options = dict(
         name=spec.asset_name,
         ins=ins,
