@@ -236,3 +236,19 @@ def test_served_scorer_maps_a_changed_catalogue_onto_the_served_arrays(registere
     arrays["item_embeddings"] = arrays["item_embeddings"] * 2  # arrays that are not what is served
     with pytest.raises(RuntimeError, match="differ"):
         check_served_predictions(served, served_scorer(served, users, items), users, items, np.arange(3), k=5)
+
+
+def test_served_scorer_on_the_served_catalogue_reads_the_served_table_in_place(registered):
+    from mm_pipeline.registry.served import check_served_predictions, load_served_model, served_scorer
+
+    served = load_served_model(registered["model_uri"])
+    items = [str(i) for i in served.arrays["item_ids"]]  # the split's catalogue is the artifact's, in its order
+    users = [USER_IDS[1], USER_IDS[4]]
+    scorer = served_scorer(served, users, items)
+    # No copy of the item table (at 20k items it is 1.6 GB): the scorer reads the served array itself ...
+    assert np.shares_memory(scorer.item_embeddings.numpy(), served.arrays["item_embeddings"])
+    # ... and scores what a re-indexed copy scores: every item known, the served users' dot products.
+    assert bool(scorer.known_items.all())
+    expected = served.arrays["user_embeddings"][[1, 4]] @ served.arrays["item_embeddings"].T
+    np.testing.assert_allclose(scorer.score(torch.arange(2)).numpy(), expected, rtol=1e-5)
+    assert check_served_predictions(served, scorer, users, items, np.arange(2), k=5) == 10
