@@ -245,6 +245,22 @@ def test_the_compact_format_round_trips_everything_but_the_rounding(hybrid):
         compact_serving_arrays(plain, "int2")
 
 
+@pytest.mark.parametrize("compression", ["fp16", "int8", "int4_outliers", "int4"])
+def test_the_item_table_decoded_a_block_of_rows_at_a_time_is_the_whole_decoding(hybrid, monkeypatch, compression):
+    # dense_arrays decodes the item-item block in row blocks into the table (no whole-table temporaries);
+    # 7-row blocks over 400 rows (a short last block) must give the table of one whole-block decoding.
+    from mm_pipeline.registry import pyfunc
+
+    arrays = compact_serving_arrays(hybrid[2], compression)
+    whole = plain_serving_arrays(arrays)["item_embeddings"]
+    history = pyfunc._CompactTables(arrays).item_history
+    np.testing.assert_array_equal(whole[:, :N_ITEMS], history.rows().T)
+    monkeypatch.setattr(pyfunc, "DECODE_BLOCK_ROWS", 7)
+    blocks = plain_serving_arrays(arrays)["item_embeddings"]
+    np.testing.assert_array_equal(blocks, whole)
+    assert blocks.flags.f_contiguous  # still written in place, column-major
+
+
 def test_the_int4_artifact_is_at_least_four_times_smaller_when_its_tables_dominate(hybrid):
     _, _, plain = hybrid
     sizes = {c: artifact_bytes(compact_serving_arrays(plain, c)) for c in COMPRESSIONS}

@@ -252,3 +252,45 @@ def test_served_scorer_on_the_served_catalogue_reads_the_served_table_in_place(r
     expected = served.arrays["user_embeddings"][[1, 4]] @ served.arrays["item_embeddings"].T
     np.testing.assert_allclose(scorer.score(torch.arange(2)).numpy(), expected, rtol=1e-5)
     assert check_served_predictions(served, scorer, users, items, np.arange(2), k=5) == 10
+
+
+def test_a_served_model_holds_its_tables_once_and_reads_an_older_pyfunc_s_arrays_again(registered, monkeypatch):
+    import mlflow
+
+    from mm_pipeline.registry.served import load_served_model
+
+    served = load_served_model(registered["model_uri"])
+    request = pd.DataFrame({"user_id": [USER_IDS[0]], "k": [3]})
+    before = served.pyfunc.predict(request)
+    # The arrays are the ones the pyfunc scores with (one copy of the tables): scaling them scales its scores.
+    served.arrays["item_embeddings"] *= 2
+    np.testing.assert_allclose(served.pyfunc.predict(request)["score"], 2 * before["score"], rtol=1e-6)
+    served.arrays["item_embeddings"] /= 2
+
+    # A version logged before the pyfunc kept its arrays (its own logged code loads it): read from the artifact.
+    real_load = mlflow.pyfunc.load_model
+
+    class OlderModel:  # what an older logged RecommenderPyfunc offers: use_secret, no serving_arrays
+        def __init__(self, model):
+            self._model = model
+
+        def use_secret(self, secret):
+            self._model.use_secret(secret)
+            return self
+
+    class OlderPyfunc:
+        def __init__(self, pyfunc):
+            self._pyfunc, self._model = pyfunc, OlderModel(pyfunc.unwrap_python_model())
+
+        def unwrap_python_model(self):
+            return self._model
+
+        def predict(self, frame):
+            return self._pyfunc.predict(frame)
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda uri: OlderPyfunc(real_load(uri)))
+    older = load_served_model(registered["model_uri"])
+    assert isinstance(older.pyfunc, OlderPyfunc) and older.arrays.keys() == served.arrays.keys()
+    for name, values in served.arrays.items():
+        np.testing.assert_array_equal(older.arrays[name], values)
+    assert not np.shares_memory(older.arrays["item_embeddings"], served.arrays["item_embeddings"])

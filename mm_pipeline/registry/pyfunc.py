@@ -304,6 +304,7 @@ UNSCALED_CODECS = ("fp32", "fp16")  # values stored as they are, no scale
 BLOCK_CODEC = {"fp32_compact": "fp32", "int4_outliers": "int4"}  # a block's codec, unless it names its own
 QUANTIZED_LEVELS = {"int8": 127, "int4": 7}
 KEY_DIGEST_BYTES = 32
+DECODE_BLOCK_ROWS = 1024  # rows of an item-item block decoded at a time (CompactTables.dense_arrays)
 _COMPACT_REQUIRED = ("table_shape", "history_width", "compression", "item_ids", "user_key_digests", "key_check")
 
 
@@ -610,7 +611,13 @@ class _CompactTables:
         order = "F" if self.item_history is not None else "C"
         items = np.zeros((self.n_items, self.width), dtype=np.float32, order=order)
         if self.item_history is not None:
-            items[:, :h] = self.item_history.rows().T
+            # Decoded a block of rows at a time into place: decoding it whole held its codes, their float32
+            # values and the scaled values at once (3.2 GB beside the 1.6 GB table at 20k items).
+            history = items[:, :h].T  # the item-item matrix, C-ordered: a view of the table
+            for start in range(0, h, DECODE_BLOCK_ROWS):
+                history[start : start + DECODE_BLOCK_ROWS] = self.item_history.rows(
+                    np.arange(start, min(start + DECODE_BLOCK_ROWS, h))
+                )
         if self.item_dense is not None:
             items[:, h:] = self.item_dense.rows()
         if self.csr is None:
@@ -767,6 +774,7 @@ class RecommenderPyfunc(PythonModel):
         self._load_interest(arrays)
         self._key_to_user = {str(key): row for row, key in enumerate(self._user_keys.tolist())}
         self._key_check = str(np.asarray(arrays["key_check"]).item())
+        self._arrays = dict(arrays)  # references, no copies: see serving_arrays
         self._popular = popular
         self._seen_indptr, self._seen_indices = indptr, indices
         self.max_k = _cap_from_env(MAX_K_ENV, int(arrays["max_k"]) if "max_k" in arrays else DEFAULT_MAX_K)
@@ -774,6 +782,12 @@ class RecommenderPyfunc(PythonModel):
             MAX_ROWS_ENV, int(arrays["max_rows"]) if "max_rows" in arrays else DEFAULT_MAX_ROWS
         )
         return self.use_secret(secret if secret is not None else read_user_key_secret())
+
+    def serving_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays this model was loaded from, as read from its artifact (shared, not copied): a reader that
+        re-scores the served model from them (``mm_pipeline.registry.served``) needs no second copy of its
+        tables (1.6 GB for an item-item model at 20k items)."""
+        return dict(self._arrays)
 
     def use_secret(self, secret: bytes | None) -> RecommenderPyfunc:
         """Recognise users with ``secret``. Without it, or with a secret the model was not keyed with,

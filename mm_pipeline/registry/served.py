@@ -6,8 +6,9 @@ and the numbers come from the registered artifact itself, never from metrics log
 time.
 
 How: :func:`load_served_model` downloads the model version once, loads the pyfunc from that copy and
-reads the serving arrays (``artifacts/serving_arrays.npz``, see :mod:`mm_pipeline.registry.pyfunc`)
-from the *same* copy. :func:`served_scorer` maps them onto the current split's users and items:
+takes the serving arrays (``artifacts/serving_arrays.npz``, see :mod:`mm_pipeline.registry.pyfunc`) the
+pyfunc read from it, so its tables are held once (a version logged before the pyfunc kept them: read
+again from the *same* copy). :func:`served_scorer` maps them onto the current split's users and items:
 
 * a current user whose keyed hash is in the artifact gets its served embedding; any other user gets
   the served popularity fallback as its ranking (as the server would answer),
@@ -79,10 +80,13 @@ def _load_served_model(model_uri: str, dst: Path, secret: bytes) -> ServedModel:
             f"{model_uri} is not an mm_pipeline recommender: its MLmodel has no "
             f"'{ARTIFACT_KEY}' artifact (was it logged with log_recommender?)"
         )
-    with np.load(local / entry["path"], allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
     pyfunc = mlflow.pyfunc.load_model(str(local))
-    pyfunc.unwrap_python_model().use_secret(secret)
+    model = pyfunc.unwrap_python_model().use_secret(secret)
+    if hasattr(model, "serving_arrays"):  # the arrays the pyfunc read, not a second copy of its tables
+        arrays = model.serving_arrays()
+    else:  # a version logged before serving_arrays existed (its own code is what loads): read them again
+        with np.load(local / entry["path"], allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
     return ServedModel(model_uri, pyfunc, arrays, secret)
 
 
