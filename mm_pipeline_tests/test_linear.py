@@ -303,6 +303,25 @@ def test_rp3beta_matches_a_dense_reference_walk():
         rp3beta(sp.csr_matrix(x), beta=-1.0)
 
 
+@pytest.mark.parametrize("float32", [False, True])
+def test_the_random_walk_built_a_block_of_rows_at_a_time_is_the_whole_sparse_product(monkeypatch, float32):
+    from mm_pipeline.recommend import rp3beta as module
+
+    if float32:  # the large-catalogue path
+        monkeypatch.setattr(module, "FLOAT64_MAX_ITEMS", 10)
+    x = sp.random(40, 23, density=0.2, random_state=5, format="csr", dtype=np.float32)
+    x.data[:] = 1.0
+    whole, degrees = module.random_walk(x, 0.7, block=23)  # one block: the whole product
+    blocks, same_degrees = module.random_walk(x, 0.7, block=4)  # six blocks, the last of 3 rows
+    assert blocks.dtype == whole.dtype == (np.float32 if float32 else np.float64)
+    np.testing.assert_array_equal(blocks, whole)  # each row of a sparse product is computed on its own
+    np.testing.assert_array_equal(same_degrees, degrees)
+    d_user, d_item = np.asarray(x.sum(1)).ravel(), np.asarray(x.sum(0)).ravel()
+    dense = x.toarray()
+    reference = (dense / np.maximum(d_item, 1e-12)).T ** 0.7 @ (dense / np.maximum(d_user, 1e-12)[:, None]) ** 0.7
+    np.testing.assert_allclose(whole, reference, rtol=1e-5, atol=1e-7)
+
+
 def test_rp3beta_is_one_entry_of_the_model_table_and_tuned_on_validation():
     from mm_pipeline.data.types import SplitData
     from mm_pipeline.recommend.catalog import model_spec

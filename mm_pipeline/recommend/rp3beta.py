@@ -43,9 +43,10 @@ class RP3betaConfig:
     k: int = field(default=100, metadata={"description": "Neighbours kept per item (row of W)."})
 
 
-def random_walk(train: sp.spmatrix, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def random_walk(train: sp.spmatrix, alpha: float, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     r"""The dense item-to-item walk :math:`P_{iu} P_{ui}` (before the popularity penalty) and the item
-    degrees :math:`d_i`. Float64 up to ``FLOAT64_MAX_ITEMS`` items, float32 above (half the memory)."""
+    degrees :math:`d_i`, computed ``block`` rows at a time. Float64 up to ``FLOAT64_MAX_ITEMS`` items, float32
+    above (half the memory)."""
     if not alpha > 0:
         raise ValueError(f"RP3beta needs alpha > 0, got {alpha}")
     dtype = np.float64 if train.shape[1] <= FLOAT64_MAX_ITEMS else np.float32
@@ -57,7 +58,13 @@ def random_walk(train: sp.spmatrix, alpha: float) -> tuple[np.ndarray, np.ndarra
     item_to_user = sp.csr_matrix(sp.diags(1.0 / np.maximum(d_item, 1e-12)) @ x.T)
     user_to_item.data **= alpha
     item_to_user.data **= alpha
-    walk = (item_to_user.astype(dtype) @ user_to_item.astype(dtype)).toarray()
+    item_to_user, user_to_item = item_to_user.astype(dtype), user_to_item.astype(dtype)
+    # A block of rows at a time into the dense result: the whole sparse product (most item pairs share a user
+    # on dense data) held as much again as the result while it was densified. Each row of a sparse product
+    # is computed on its own: the same values as the whole product's.
+    walk = np.empty((x.shape[1], x.shape[1]), dtype=dtype)
+    for start in range(0, x.shape[1], block):
+        walk[start : start + block] = (item_to_user[start : start + block] @ user_to_item).toarray()
     return walk, d_item
 
 
