@@ -168,6 +168,15 @@ def test_augment_audio_shape_dtype_determinism(waves):
     assert not np.array_equal(a[:, 0], a[:, 1])
 
 
+@pytest.mark.parametrize("block", [1, 4, 6])
+def test_augment_audio_by_blocks_is_the_same_as_all_at_once(waves, block):
+    # Blocks of clips bound the temporary memory; the views (noise included) must not depend on them.
+    whole = augment_audio(waves, n_views=3, seed=7, block=len(waves))
+    np.testing.assert_array_equal(augment_audio(waves, n_views=3, seed=7, block=block), whole)
+    with pytest.raises(ValueError, match="block"):
+        augment_audio(waves, block=0)
+
+
 def test_augment_audio_silent_clips_stay_silent_without_nan(waves):
     x = waves.copy()
     x[2] = 0.0

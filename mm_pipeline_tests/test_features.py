@@ -43,13 +43,28 @@ def test_encode_texts_shape_norm_and_semantics():
         "how to change the oil in a diesel truck engine",
         "",
     ]
-    emb = encode_texts(texts, batch_size=2)
+    emb = encode_texts(texts, batch_size=2, precision="float32")
     assert emb.shape == (4, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     sim = emb @ emb.T
     assert sim[0, 1] > sim[0, 2] + 0.3
     assert sim[1, 0] > sim[1, 2] + 0.3
-    np.testing.assert_allclose(encode_texts(texts[:2]), emb[:2], atol=1e-5)  # batch size does not matter
+    # batch size does not matter
+    np.testing.assert_allclose(encode_texts(texts[:2], precision="float32"), emb[:2], atol=1e-5)
+
+
+def test_encode_texts_in_bfloat16_is_float32_up_to_rounding():
+    from mm_pipeline.features.text import text_precision
+
+    texts = ["a relaxing piano piece for falling asleep", "how to change the oil in a diesel truck engine", ""]
+    exact = encode_texts(texts, precision="float32")
+    bf16 = encode_texts(texts, precision="bfloat16")  # emulated where the CPU lacks it: slower, same values
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-5)
+    assert (exact * bf16).sum(1).min() > 0.999
+    assert text_precision("auto") in ("float32", "bfloat16") and text_precision("float32") == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        encode_texts(texts, precision="int8")
 
 
 def test_encode_texts_empty_and_bad_input(tmp_path):
@@ -315,10 +330,13 @@ def test_encode_texts_cached_matches_encode_texts(tmp_path):
     from mm_pipeline.features.text import encode_texts_cached, text_cache_folder
 
     texts = ["A red summer dress.", "Noise-cancelling headphones", ""]
-    fresh = encode_texts(texts)
-    first, hits = encode_texts_cached(texts, tmp_path)
-    assert hits == 0 and text_cache_folder(tmp_path).is_dir()
-    again, hits = encode_texts_cached(texts[::-1], tmp_path)
+    fresh = encode_texts(texts, precision="float32")
+    first, hits = encode_texts_cached(texts, tmp_path, precision="float32")
+    assert hits == 0 and text_cache_folder(tmp_path, precision="float32").is_dir()
+    again, hits = encode_texts_cached(texts[::-1], tmp_path, precision="float32")
     assert hits == 3
     np.testing.assert_allclose(first, fresh, atol=1e-5)
     np.testing.assert_allclose(again, fresh[::-1], atol=1e-5)
+    # Vectors of the other precision live apart: none of these is served for bfloat16.
+    assert text_cache_folder(tmp_path, precision="bfloat16") != text_cache_folder(tmp_path, precision="float32")
+    assert encode_texts_cached(texts, tmp_path, precision="bfloat16")[1] == 0

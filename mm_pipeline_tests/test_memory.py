@@ -34,3 +34,35 @@ def test_freed_heap_blocks_are_returned():
     out = subprocess.run([sys.executable, "-c", SCENARIO], capture_output=True, text=True, check=True).stdout
     before, after, _ = map(float, out.split())
     assert before - after > 200, (before, after)  # about 480 MB of freed 8 MB blocks
+
+
+def test_each_step_hands_back_freed_memory_before_reading_its_inputs(tmp_path, monkeypatch):
+    # The pages the steps before freed (their outputs and inputs, dropped after they were stored) are handed
+    # back once per step, when it reads its first input; storing an output hands back the step's own.
+    import inspect
+
+    import dagster as dg
+
+    from mm_pipeline.defs import io_manager
+
+    calls = []
+    monkeypatch.setattr(io_manager, "release_freed_memory", lambda: calls.append(inspect.stack()[1].function))
+
+    @dg.asset
+    def first() -> dict:
+        return {"x": 1}
+
+    @dg.asset
+    def second(first: dict) -> dict:
+        return {"x": first["x"] + 1}
+
+    @dg.asset
+    def third(first: dict, second: dict) -> dict:  # two inputs: one hand-back
+        return {"x": first["x"] + second["x"]}
+
+    result = dg.materialize(
+        [first, second, third], resources={"io_manager": io_manager.BundleIOManager(base_dir=str(tmp_path))}
+    )
+    assert result.success and result.output_for_node("third") == {"x": 3}
+    assert calls.count("load_from_path") == 2  # second and third, once each
+    assert calls.count("dump_to_path") == 3

@@ -10,7 +10,7 @@ from mm_pipeline.defs.mlflow_models import log_torch_module
 from mm_pipeline.defs.resources import MlflowResource, PipelineResource
 from mm_pipeline.features.audio import audio_features as pooled_audio_features
 from mm_pipeline.features.image import ImageEncoderConfig, embed_images, train_image_encoder
-from mm_pipeline.features.text import encode_texts_cached
+from mm_pipeline.features.text import encode_texts_cached, text_precision
 
 GROUP = "features"
 
@@ -20,11 +20,14 @@ ImageEncoderRunConfig = config_from_dataclass(ImageEncoderConfig, "ImageEncoderR
 class TextEncoderConfig(dg.Config):
     """``model_path``: a sentence-transformers folder to use instead of the bundled all-MiniLM-L6-v2.
     ``cache``: take the embedding of every text the same model encoded before from the feature cache
-    (``<home>/cache/features/text/``), so after items are added or edited only their texts are encoded."""
+    (``<home>/cache/features/text/``), so after items are added or edited only their texts are encoded.
+    ``precision``: ``auto`` (bfloat16 products where the CPU or GPU computes them natively, else float32),
+    ``float32`` or ``bfloat16`` (:func:`mm_pipeline.features.text.text_precision`)."""
 
     model_path: str = ""
     batch_size: int = 128
     cache: bool = True
+    precision: str = "auto"
 
 
 def _coverage_metadata(features: np.ndarray, present: np.ndarray) -> dict:
@@ -84,7 +87,7 @@ def precomputed_features(source_dataset: dict, raw_items: pd.DataFrame, modality
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"}, code_version="2")
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, code_version="3")  # 3: bfloat16 where native (precision)
 def text_features(
     config: TextEncoderConfig,
     raw_item_text: pd.DataFrame,
@@ -108,11 +111,17 @@ def text_features(
         feature_cache_root(pipeline) if config.cache else None,
         batch_size=config.batch_size,
         model_path=config.model_path or None,
+        precision=config.precision,
     )
     clean, augmented = both[: len(texts)], both[len(texts) :]
     return dg.Output(
         {"features": clean, "augmented": augmented[:, None, :], "present": present},
-        metadata={**_coverage_metadata(clean, present), "encoded": len(both) - hits, "from_cache": hits},
+        metadata={
+            **_coverage_metadata(clean, present),
+            "encoded": len(both) - hits,
+            "from_cache": hits,
+            "precision": text_precision(config.precision),
+        },
     )
 
 
