@@ -66,3 +66,32 @@ def test_each_step_hands_back_freed_memory_before_reading_its_inputs(tmp_path, m
     assert result.success and result.output_for_node("third") == {"x": 3}
     assert calls.count("load_from_path") == 2  # second and third, once each
     assert calls.count("dump_to_path") == 3
+
+
+def test_the_cycle_collector_frees_what_only_cycles_hold_and_waits_its_interval(monkeypatch):
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from mm_pipeline import memory
+
+    clock = [100.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    collector = memory.CycleCollector(min_interval_s=10.0)
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the collector collects here
+    try:
+        table = np.ones(1000)
+        holder: dict = {"table": table}
+        holder["self"] = holder  # a cycle: nothing else holds the table once the names are gone
+        alive = weakref.ref(table)
+        del table, holder
+        clock[0] += 5.0
+        assert not collector.maybe_collect() and alive() is not None  # within the interval: left as it is
+        clock[0] += 5.0
+        assert collector.maybe_collect() and alive() is None
+        assert not collector.maybe_collect()  # the interval starts again
+    finally:
+        if was_enabled:
+            gc.enable()

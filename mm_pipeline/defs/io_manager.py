@@ -32,7 +32,7 @@ import dagster as dg
 import pandas as pd
 
 from mm_pipeline.data.types import STORED_TYPES, from_stored_fields, stored_fields
-from mm_pipeline.memory import release_freed_memory
+from mm_pipeline.memory import CycleCollector, release_freed_memory
 from mm_pipeline.settings import project_paths
 from mm_pipeline.storage import (
     StoredBundle,
@@ -146,6 +146,7 @@ class VersionedBundleIOManager(dg.UPathIOManager):
         super().__init__(base_path=base_path)
         self.keep_versions = keep_versions
         self._loading_for: tuple[str, str] | None = None  # the (run, step) whose inputs are being loaded
+        self._cycles = CycleCollector()
 
     def get_op_output_relative_path(self, context):
         from upath import UPath
@@ -183,8 +184,10 @@ class VersionedBundleIOManager(dg.UPathIOManager):
         if step is not None and step != self._loading_for:
             # A new step: what the steps before it freed after storing their outputs (those outputs, their
             # inputs) is handed back before its own inputs are read. On builtin:large the pages a step left
-            # were 3-5 GB, under the next step's own peak.
+            # were 3-5 GB, under the next step's own peak. Outputs held only by reference cycles are freed
+            # first (mm_pipeline.memory.CycleCollector).
             self._loading_for = step
+            self._cycles.maybe_collect()
             release_freed_memory()
         if not context.has_asset_key:
             return _from_bundle(load_bundle(path))
