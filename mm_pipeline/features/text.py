@@ -60,7 +60,9 @@ def text_precision(precision: str = "auto") -> str:
     if resolve_device("auto").type == "cuda":
         native = torch.cuda.is_bf16_supported()
     else:
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        # torch's own CPU feature probes (private; absent in another torch: then float32, never an error).
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        native = any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
     return "bfloat16" if native else "float32"
 
 
