@@ -340,3 +340,14 @@ def test_encode_texts_cached_matches_encode_texts(tmp_path):
     # Vectors of the other precision live apart: none of these is served for bfloat16.
     assert text_cache_folder(tmp_path, precision="bfloat16") != text_cache_folder(tmp_path, precision="float32")
     assert encode_texts_cached(texts, tmp_path, precision="bfloat16")[1] == 0
+
+
+def test_text_benchmark_neighbour_overlap():
+    from benchmark_scripts import load_benchmark
+
+    overlap = load_benchmark("text_encoding").neighbour_overlap
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    assert overlap(x, x) == 1.0
+    assert overlap(x, rng.normal(size=(30, 8)).astype(np.float32)) < 0.7  # unrelated vectors share few neighbours
+    assert overlap(x[:1], x[:1]) == 1.0  # one text: nothing to compare
