@@ -22,6 +22,51 @@ def test_generator_is_deterministic(tmp_path, tiny):
     assert (tiny / "interactions.csv").read_bytes() != (other / "interactions.csv").read_bytes()
 
 
+def test_audio_clips_from_worker_threads_are_the_sequential_formula_with_the_same_draws(monkeypatch):
+    """_make_audio computes its tones by row blocks in threads while the noise is drawn: the clips and the
+    generator's state afterwards are those of computing everything in one thread, in draw order."""
+    monkeypatch.setattr(synthetic, "AUDIO_BLOCK", 3)  # several blocks for a handful of clips
+    tiny = synthetic.spec_for("tiny")
+    items = synthetic._item_latents(tiny, np.random.default_rng(0)).iloc[:10]
+    rng = np.random.default_rng(5)
+    clips = synthetic._make_audio(tiny, items, rng)
+    after = rng.random(3)
+
+    rng = np.random.default_rng(5)
+    t = np.arange(int(tiny.sample_rate * tiny.clip_seconds), dtype=np.float32) / tiny.sample_rate
+    f0 = 150.0 * 2 ** (items["category"].to_numpy() / tiny.n_categories * 3.0) * rng.uniform(0.98, 1.02, 10)
+    rhythm = items["rhythm"].to_numpy() % 6
+    rate, n_harm = np.array([1.5, 3.0, 5.0, 8.0, 12.0, 18.0])[rhythm], np.array([1, 3, 2, 4, 1, 5])[rhythm]
+    phase = rng.uniform(0, 2 * np.pi, 10)
+    wave = np.zeros((10, t.size), dtype=np.float32)
+    for h in range(1, 6):
+        wave += ((h <= n_harm).astype(np.float32) / h)[:, None] * np.sin(
+            2 * np.pi * f0[:, None] * h * t + phase[:, None] * h
+        )
+    wave = wave * 0.5 * (1 + np.sin(2 * np.pi * rate[:, None] * t + phase[:, None]))
+    wave = wave / (np.abs(wave).max(1, keepdims=True) + 1e-6) * 0.6
+    wave += rng.normal(0, 0.02, wave.shape).astype(np.float32)
+    assert clips.dtype == np.float32
+    np.testing.assert_array_equal(clips, np.clip(wave, -1, 1).astype(np.float32))
+    np.testing.assert_array_equal(after, rng.random(3))
+
+
+def test_interactions_ranked_in_worker_threads_do_not_depend_on_the_threads(monkeypatch):
+    spec = synthetic.spec_for("tiny")
+    monkeypatch.setattr(synthetic, "INTERACTION_CHUNK_CELLS", 20 * spec.n_items)  # 12 chunks of 20 users
+
+    def sample(cpus: int):
+        monkeypatch.setattr(synthetic.os, "cpu_count", lambda: cpus)
+        rng = np.random.default_rng(1)
+        items, prefs = synthetic._item_latents(spec, rng), synthetic._user_preferences(spec, rng)
+        frame = synthetic._sample_interactions(spec, items, prefs, rng)
+        return frame, rng.random(3)
+
+    (one, after_one), (two, after_two) = sample(1), sample(2)
+    pd.testing.assert_frame_equal(one, two)
+    np.testing.assert_array_equal(after_one, after_two)
+
+
 def test_generator_realism(tiny):
     data = load_folder(tiny)
     spec = synthetic.spec_for("tiny")

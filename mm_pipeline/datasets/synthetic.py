@@ -29,6 +29,8 @@ import json
 import os
 import shutil
 import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -202,6 +204,9 @@ def _user_preferences(spec: SyntheticSpec, rng: np.random.Generator) -> dict[str
     }
 
 
+INTERACTION_CHUNK_CELLS = 4_000_000  # user x item utilities ranked at once in _sample_interactions
+
+
 def _sample_interactions(
     spec: SyntheticSpec, items: pd.DataFrame, prefs: dict[str, np.ndarray], rng: np.random.Generator
 ) -> pd.DataFrame:
@@ -214,10 +219,9 @@ def _sample_interactions(
     w_c, w_s, w_p, w_r = spec.weights
     cols = {k: items[k].to_numpy() for k in ("category", "style", "pattern", "rhythm")}
     pop = items["popularity"].to_numpy()
-    users_out, items_out = [], []
-    chunk = max(1, 4_000_000 // n_items)  # bound memory: chunk users, vectorized within a chunk
-    for start in range(0, n_users, chunk):
-        stop = min(n_users, start + chunk)
+
+    def chosen(start: int, stop: int, uniform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Users start..stop-1's items: the top of utility plus Gumbel noise (from ``uniform``), best first."""
         utility = (
             w_c * prefs["category"][start:stop][:, cols["category"]]
             + w_s * prefs["style"][start:stop][:, cols["style"]]
@@ -225,16 +229,28 @@ def _sample_interactions(
             + w_r * prefs["rhythm"][start:stop][:, cols["rhythm"]]
             + pop[None, :]
         )
-        gumbel = -np.log(-np.log(rng.random(utility.shape) + 1e-12) + 1e-12)
+        gumbel = -np.log(-np.log(uniform + 1e-12) + 1e-12)
         keys = utility / spec.temperature + gumbel
         n_max = int(counts[start:stop].max())
         top = np.argpartition(-keys, n_max - 1, axis=1)[:, :n_max]
         order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
         top = np.take_along_axis(top, order, axis=1)
         keep = np.arange(n_max)[None, :] < counts[start:stop, None]
-        users_out.append(np.broadcast_to(np.arange(start, stop)[:, None], top.shape)[keep])
-        items_out.append(top[keep])
-    frame = pd.DataFrame({"user": np.concatenate(users_out), "item": np.concatenate(items_out)})
+        return np.broadcast_to(np.arange(start, stop)[:, None], top.shape)[keep], top[keep]
+
+    # Chunks of users bound memory (vectorized within a chunk). This thread draws each chunk's uniforms in
+    # order and worker threads rank them (NumPy releases the GIL): the same draws and items as one thread.
+    chunk = max(1, INTERACTION_CHUNK_CELLS // n_items)
+    workers = max(1, min(2, os.cpu_count() or 1))
+    parts, pending = [], deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, n_users, chunk):
+            stop = min(n_users, start + chunk)
+            pending.append(pool.submit(chosen, start, stop, rng.random((stop - start, n_items))))
+            if len(pending) > 2 * workers:  # at most a few chunks' uniforms alive at once
+                parts.append(pending.popleft().result())
+        parts += [future.result() for future in pending]
+    frame = pd.DataFrame({"user": np.concatenate([u for u, _ in parts]), "item": np.concatenate([i for _, i in parts])})
 
     # Timestamps: each user is active over a window; new-arrival items come after everything else.
     t0 = 1_700_000_000
@@ -441,7 +457,11 @@ def _make_images(spec: SyntheticSpec, items: pd.DataFrame, rng: np.random.Genera
 
 
 def _make_audio(spec: SyntheticSpec, items: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-    """[N, T] float32: pitch <- category, modulation rate and timbre <- rhythm, plus noise."""
+    """[N, T] float32: pitch <- category, modulation rate and timbre <- rhythm, plus noise.
+
+    The tones are a pure function of the drawn pitches and phases, so they are computed by row blocks in
+    worker threads (NumPy's ufuncs release the GIL) while this thread draws the noise from ``rng``: the same
+    draws in the same order, the same values (tested); on builtin:large 16.5 s -> ~7 s on 2 cores."""
     n, sr = len(items), spec.sample_rate
     t = np.arange(int(sr * spec.clip_seconds), dtype=np.float32) / sr
     cat = items["category"].to_numpy()
@@ -450,15 +470,32 @@ def _make_audio(spec: SyntheticSpec, items: pd.DataFrame, rng: np.random.Generat
     rate = np.array([1.5, 3.0, 5.0, 8.0, 12.0, 18.0])[rhy % 6]
     n_harm = np.array([1, 3, 2, 4, 1, 5])[rhy % 6]
     phase = rng.uniform(0, 2 * np.pi, n)
-    wave = np.zeros((n, t.size), dtype=np.float32)
+    wave = np.empty((n, t.size), dtype=np.float64)  # float64 until the noise is added, as the tones are
+    blocks = [slice(start, start + AUDIO_BLOCK) for start in range(0, n, AUDIO_BLOCK)]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(blocks), os.cpu_count() or 1))) as pool:
+        done = [pool.submit(_tones, f0[b], rate[b], n_harm[b], phase[b], t, wave[b]) for b in blocks]
+        noise = rng.normal(0, 0.02, wave.shape).astype(np.float32)
+        for future in done:
+            future.result()
+    wave += noise
+    return np.clip(wave, -1, 1).astype(np.float32)
+
+
+AUDIO_BLOCK = 256  # clips per worker task in _make_audio
+
+
+def _tones(
+    f0: np.ndarray, rate: np.ndarray, n_harm: np.ndarray, phase: np.ndarray, t: np.ndarray, out: np.ndarray
+) -> None:
+    """The noiseless clips of :func:`_make_audio` into ``out`` ([N, T] float64): harmonics, a slow amplitude
+    envelope, peak-normalised to 0.6."""
+    wave = np.zeros(out.shape, dtype=np.float32)
     for h in range(1, 6):  # loop over harmonics only (5 steps), vectorized over items and time
         amp = (h <= n_harm).astype(np.float32) / h
         wave += amp[:, None] * np.sin(2 * np.pi * f0[:, None] * h * t[None] + phase[:, None] * h)
     envelope = 0.5 * (1 + np.sin(2 * np.pi * rate[:, None] * t[None] + phase[:, None]))
     wave = wave * envelope
-    wave = wave / (np.abs(wave).max(1, keepdims=True) + 1e-6) * 0.6
-    wave += rng.normal(0, 0.02, wave.shape).astype(np.float32)
-    return np.clip(wave, -1, 1).astype(np.float32)
+    out[:] = wave / (np.abs(wave).max(1, keepdims=True) + 1e-6) * 0.6
 
 
 # ----------------------------------------------------------------------------------------------
