@@ -502,29 +502,6 @@ def test_training_step_reads_a_cached_content_taste_that_matches_the_full_propag
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-def test_alignment_items_come_first_from_the_items_whose_content_the_step_computes():
-    from mm_pipeline.recommend.models import ALIGN_MAX_ITEMS, MultimodalGCN
-
-    n_users, n_items = 2, 2 * ALIGN_MAX_ITEMS + 10
-    adj = normalized_adjacency(bipartite_edge_index(np.array([0, 1]), np.array([0, 1]), n_users), n_users + n_items)
-    warm = torch.ones(n_items, dtype=torch.bool)
-    warm[-10:] = False
-    model = MultimodalGCN(n_users, n_items, adj, torch.randn(n_items, 3), warm, MultimodalConfig(dim=4, hidden=8))
-    pos = torch.arange(n_items).repeat(2)  # repeated positives count once
-    torch.manual_seed(0)
-    many_cold = torch.arange(n_items) < ALIGN_MAX_ITEMS + 40
-    chosen = model._align_items(pos, many_cold)
-    assert len(chosen) == ALIGN_MAX_ITEMS and bool(many_cold[chosen].all()) and bool(warm[chosen].all())
-    few_cold = torch.arange(n_items) % 7 == 0
-    chosen = model._align_items(pos, few_cold)
-    # Every warm cold-form positive, then others drawn at random; never a cold item.
-    assert len(chosen) == ALIGN_MAX_ITEMS and bool(warm[chosen].all())
-    assert set((few_cold & warm).nonzero().squeeze(1).tolist()) <= set(chosen.tolist())
-    assert len(set(chosen.tolist())) == ALIGN_MAX_ITEMS
-    # Fewer warm positives than the cap: all of them.
-    assert sorted(model._align_items(torch.tensor([3, 1, 3, n_items - 1]), few_cold).tolist()) == [1, 3]
-
-
 def test_an_epoch_takes_at_most_max_epoch_steps_steps_with_a_grown_batch_and_rate():
     from mm_pipeline.recommend.train import epoch_batches
 

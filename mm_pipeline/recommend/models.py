@@ -255,7 +255,7 @@ class MultimodalGCN(nn.Module):
             collab = collab.view(-1).scatter(0, cold_at, neigh).view(2, n)
         # The content side, on the items this batch needs only: with content_mode "cold" those in their
         # cold form (a content score of 0 needs no content), plus the items of the alignment term.
-        align_items = self._align_items(pos, cold_item) if self.align_weight > 0 else pos[:0]
+        align_items = self._align_items(pos) if self.align_weight > 0 else pos[:0]
         scored = items[cold_at] if self.content_mode == "cold" else items
         needed = torch.unique(torch.cat([scored, align_items]))
         c_needed = self.content_tower(rows(self.content, needed))
@@ -291,17 +291,12 @@ class MultimodalGCN(nn.Module):
         )
         return loss + reg, parts
 
-    def _align_items(self, pos: torch.Tensor, cold_item: torch.Tensor) -> torch.Tensor:
-        """The warm positives of the batch, at most ``ALIGN_MAX_ITEMS`` (the logits are items x items), drawn
-        first from those the step shows in their cold form (``cold_item``): the content tower runs over those
-        anyway, so while there are enough of them the term adds no tower rows (on builtin:default it added
-        256 rows a step to ~400, before). The cold form is a uniform draw, independent of the term, so the
-        term still sees a uniform sample of the batch's warm positives."""
+    def _align_items(self, pos: torch.Tensor) -> torch.Tensor:
+        """The warm positives of the batch, at most ``ALIGN_MAX_ITEMS`` (the logits are items x items)."""
         items = torch.unique(pos)
         items = items[self.warm[items, 0] > 0]
         if len(items) > ALIGN_MAX_ITEMS:
-            order = (torch.rand(len(items), device=items.device) + (~cold_item[items]).float()).argsort()
-            items = items[order[:ALIGN_MAX_ITEMS]]
+            items = items[torch.randperm(len(items), device=items.device)[:ALIGN_MAX_ITEMS]]
         return items
 
     def _user_taste(self, users: torch.Tensor) -> torch.Tensor:
