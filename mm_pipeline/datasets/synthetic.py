@@ -461,7 +461,7 @@ def _make_audio(spec: SyntheticSpec, items: pd.DataFrame, rng: np.random.Generat
 
     The tones are a pure function of the drawn pitches and phases, so they are computed by row blocks in
     worker threads (NumPy's ufuncs release the GIL) while this thread draws the noise from ``rng``: the same
-    draws in the same order, the same values (tested); on builtin:large 16.5 s -> ~7 s on 2 cores."""
+    draws in the same order, the same values (tested); builtin:large's clips in 9-10 s instead of 16-17 s on 2 cores."""
     n, sr = len(items), spec.sample_rate
     t = np.arange(int(sr * spec.clip_seconds), dtype=np.float32) / sr
     cat = items["category"].to_numpy()
