@@ -241,7 +241,7 @@ def _sample_interactions(
     # Chunks of users bound memory (vectorized within a chunk). This thread draws each chunk's uniforms in
     # order and worker threads rank them (NumPy releases the GIL): the same draws and items as one thread.
     chunk = max(1, INTERACTION_CHUNK_CELLS // n_items)
-    workers = max(1, min(2, os.cpu_count() or 1))
+    workers = max(1, min(2, os.cpu_count() or 1))  # each ranks 4M utilities with ~150 MB of temporaries
     parts, pending = [], deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, n_users, chunk):
