@@ -341,3 +341,20 @@ def test_rp3beta_is_one_entry_of_the_model_table_and_tuned_on_validation():
     result = tune_rp3beta(SplitData.from_frame(frame, 30, 12), Tuning(budget_s=60, max_trials=6), RP3betaConfig(k=4))
     assert len(result.trials) == 6 and result.trials["chosen"].sum() == 1
     assert result.params == {k: result.model.info[k] for k in ("alpha", "beta", "k")}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_dense_product_by_blocks_in_threads_is_the_whole_sparse_product(threads):
+    from mm_pipeline.recommend.linear import dense_product
+
+    x = sp.random(60, 37, density=0.15, random_state=3, format="csr", dtype=np.float64)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        blocks = dense_product(x.T, x, np.float32, block=8)  # five blocks, the last of 5 rows
+    finally:
+        torch.set_num_threads(previous)
+    whole = (x.T.astype(np.float32) @ x.astype(np.float32)).toarray()
+    assert blocks.dtype == np.float32
+    np.testing.assert_array_equal(blocks, whole)
+    np.testing.assert_array_equal(ItemGram(x).gram, (x.T @ x).toarray())

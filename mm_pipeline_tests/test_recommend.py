@@ -9,7 +9,7 @@ from mm_pipeline.recommend import train as train_module
 from mm_pipeline.recommend.baselines import ease, most_popular
 from mm_pipeline.recommend.fit import MultimodalConfig, SplitData, fit_lightgcn, fit_multimodal, standardized_features
 from mm_pipeline.recommend.graph import SymmetricLGConv, bipartite_edge_index, normalized_adjacency
-from mm_pipeline.recommend.models import squared_rows
+from mm_pipeline.recommend.models import pair_dots, squared_rows
 from mm_pipeline.recommend.train import TrainConfig, TrainingPairs, sample_negatives
 
 
@@ -82,6 +82,19 @@ def test_squared_rows_is_the_gathered_rows_penalty(batch):
     (plain_grad,) = torch.autograd.grad(plain, table)
     assert torch.allclose(ours, plain, rtol=1e-5)
     assert torch.allclose(ours_grad, plain_grad, atol=1e-5)
+
+
+def test_pair_dots_is_the_broadcast_product_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    users = torch.randn(300, 16, generator=generator, requires_grad=True)
+    items = torch.randn(600, 16, generator=generator, requires_grad=True)
+    weights = torch.randn(2, 300, generator=generator)  # a gradient that differs per entry
+    ours = pair_dots(users, items)
+    ours_grads = torch.autograd.grad((ours * weights).sum(), (users, items))
+    broadcast = (users * items.view(2, 300, -1)).sum(-1)
+    broadcast_grads = torch.autograd.grad((broadcast * weights).sum(), (users, items))
+    assert ours.shape == (2, 300) and torch.equal(ours, broadcast)
+    assert all(torch.equal(a, b) for a, b in zip(ours_grads, broadcast_grads))
 
 
 def test_sample_negatives_checks_only_redrawn_entries_again(monkeypatch):

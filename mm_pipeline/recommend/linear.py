@@ -17,6 +17,8 @@ equal) gets the binary history whatever :math:`\tau`.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import scipy.linalg.lapack as lapack
@@ -114,6 +116,29 @@ def item_knn_weights(gram: np.ndarray, k: int, shrink: float = 10.0, block: int 
     return weights
 
 
+def dense_product(left: sp.spmatrix, right: sp.spmatrix, dtype, block: int = 1024) -> np.ndarray:
+    """``(left @ right).toarray()`` as ``dtype``, a ``block`` of rows at a time, the blocks computed in
+    ``torch.get_num_threads()`` threads (scipy's sparse product releases the GIL: the large Gram matrix in
+    2.5 s rather than 4.0 s on two cores). Each row of a sparse product is computed on its own, so the result
+    is the whole product's, bit for bit; no sparse product of the whole is held beside the dense result."""
+    # astype, not csr_matrix(..., dtype=...): its entries come in the order the products always summed them in.
+    left, right = sp.csr_matrix(left).astype(dtype), sp.csr_matrix(right).astype(dtype)
+    out = np.empty((left.shape[0], right.shape[1]), dtype=dtype)
+
+    def fill(start: int) -> None:
+        out[start : start + block] = (left[start : start + block] @ right).toarray()
+
+    starts = range(0, left.shape[0], block)
+    workers = min(max(1, torch.get_num_threads()), len(starts))
+    if workers == 1:
+        for start in starts:
+            fill(start)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, starts))  # list(): a block's error is raised here
+    return out
+
+
 class ItemGram:
     r"""The item-item Gram matrix :math:`G = X^\top X` of a training matrix, computed once and shared by
     every closed-form solve (EASE for several :math:`\lambda`)."""
@@ -122,7 +147,7 @@ class ItemGram:
         self.n_items = train.shape[1]
         self.dtype = np.float64 if self.n_items <= FLOAT64_MAX_ITEMS else np.float32
         x = train.astype(self.dtype)
-        self.gram = np.asarray((x.T @ x).toarray(), dtype=self.dtype)
+        self.gram = dense_product(x.T, x, self.dtype)
 
     def ease(self, l2: float) -> np.ndarray:
         r"""EASE (Steck, 2019): :math:`B = \arg\min \lVert X - XB\rVert_F^2 + \lambda\lVert B\rVert_F^2`

@@ -38,6 +38,14 @@ def squared_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return (counts * table.pow(2).sum(1)).sum()
 
 
+def pair_dots(user_rows: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
+    """``[2, n]``: the dot products of ``user_rows`` ``[n, d]`` with the positive, then the negative, ``item_rows``
+    ``[2n, d]``. Two ``[n, d]`` products rather than one broadcast over ``[2, n, d]``: the same values, bit for
+    bit, and its backward was the slowest elementwise op of a builtin:large mm_gcn step (3% of the step)."""
+    pos, neg = item_rows.view(2, len(user_rows), -1)
+    return torch.stack([(user_rows * pos).sum(-1), (user_rows * neg).sum(-1)])
+
+
 def bpr(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     r"""Bayesian personalised ranking: :math:`-\operatorname{mean}\log\sigma(s_{ui} - s_{uj})`."""
     return -F.logsigmoid(pos_scores - neg_scores).mean()
@@ -235,7 +243,7 @@ class MultimodalGCN(nn.Module):
         items = torch.cat([pos, neg])  # positives then negatives: every item-side gather done once
         n = len(users)
         h = rows(h_u, users)
-        collab = (h * rows(g_i, items).view(2, n, -1)).sum(-1)
+        collab = pair_dots(h, rows(g_i, items))
         # The item's cold form: its own ID embedding is gone; only its content neighbours speak for it.
         # Items without training interactions only have that form; warm ones take it with cold_prob.
         # The draw is per item and step (every pair of the item in this batch takes the same form): the content
@@ -248,7 +256,7 @@ class MultimodalGCN(nn.Module):
         # Pairs as positions in ``items``; a pair's user is its position modulo the batch size.
         cold_at = cold.view(-1).nonzero().squeeze(1)
         if self.graph_mode == "add":
-            neigh = (h * rows(n_i, items).view(2, n, -1)).sum(-1)
+            neigh = pair_dots(h, rows(n_i, items))
             collab = torch.where(cold, neigh, collab + neigh)
         else:  # the neighbours' score counts in the cold form only: computed for those pairs alone
             neigh = (rows(h, cold_at % n) * rows(n_i, items[cold_at])).sum(-1)
@@ -266,7 +274,7 @@ class MultimodalGCN(nn.Module):
             scores = (rows(taste, cold_at % n) * rows(c_needed, slot[scored])).sum(-1)
             content = torch.zeros_like(collab).view(-1).scatter(0, cold_at, scores).view(2, n)
         else:
-            content = (taste * rows(c_needed, slot[items]).view(2, n, -1)).sum(-1)
+            content = pair_dots(taste, rows(c_needed, slot[items]))
         rank = bpr(*(collab + content))
         loss = rank
         parts = {"bpr": rank.item()}
@@ -377,8 +385,8 @@ class VBPR(nn.Module):
         f = rows(self.visual, items)
         scores = (
             beta_i.view(2, n)
-            + (gamma_u * gamma_i.view(2, n, -1)).sum(-1)
-            + (theta_u * self.projection(f).view(2, n, -1)).sum(-1)
+            + pair_dots(gamma_u, gamma_i)
+            + pair_dots(theta_u, self.projection(f))
             + self.visual_bias(f).view(2, n)
         )
         rank = bpr(*scores)

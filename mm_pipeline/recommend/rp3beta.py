@@ -31,7 +31,7 @@ import torch
 
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.baselines import check_ease_size, item_item
-from mm_pipeline.recommend.linear import FLOAT64_MAX_ITEMS
+from mm_pipeline.recommend.linear import FLOAT64_MAX_ITEMS, dense_product
 from mm_pipeline.recommend.selection import SearchResult, grid, search
 from mm_pipeline.recommend.tuning import Tuning
 
@@ -58,14 +58,9 @@ def random_walk(train: sp.spmatrix, alpha: float, block: int = 1024) -> tuple[np
     item_to_user = sp.csr_matrix(sp.diags(1.0 / np.maximum(d_item, 1e-12)) @ x.T)
     user_to_item.data **= alpha
     item_to_user.data **= alpha
-    item_to_user, user_to_item = item_to_user.astype(dtype), user_to_item.astype(dtype)
     # A block of rows at a time into the dense result: the whole sparse product (most item pairs share a user
-    # on dense data) held as much again as the result while it was densified. Each row of a sparse product
-    # is computed on its own: the same values as the whole product's.
-    walk = np.empty((x.shape[1], x.shape[1]), dtype=dtype)
-    for start in range(0, x.shape[1], block):
-        walk[start : start + block] = (item_to_user[start : start + block] @ user_to_item).toarray()
-    return walk, d_item
+    # on dense data) held as much again as the result while it was densified.
+    return dense_product(item_to_user, user_to_item, dtype, block), d_item
 
 
 def rp3beta_weights(walk: np.ndarray, popularity: np.ndarray, beta: float, k: int, block: int = 1024) -> np.ndarray:
@@ -78,18 +73,25 @@ def rp3beta_weights(walk: np.ndarray, popularity: np.ndarray, beta: float, k: in
         raise ValueError(f"RP3beta needs beta >= 0 and k >= 1, got beta={beta}, k={k}")
     n = walk.shape[1]
     # Items without training interactions have an all-zero column already; the floor only avoids 0 ** -beta.
-    penalty = np.power(np.maximum(popularity, 1.0), beta)[None, :]
+    penalty = torch.from_numpy(np.power(np.maximum(popularity, 1.0), beta))
+    walk_rows = torch.from_numpy(walk)
     weights = np.zeros(walk.shape, dtype=np.float32)
+    out = torch.from_numpy(weights)
+    # Block buffers reused, in torch (both cores; numpy's division and put_along_axis ran on one): the same
+    # float64 division rounded to float32 as before, so the same weights, bit for bit.
+    rows = min(block, walk.shape[0])
+    quotient, w_buffer = torch.empty((rows, n), dtype=torch.float64), torch.empty((rows, n), dtype=torch.float32)
     for start in range(0, walk.shape[0], block):
         stop = min(walk.shape[0], start + block)
-        w = (walk[start:stop] / penalty).astype(np.float32)
-        local = np.arange(stop - start)
+        w = w_buffer[: stop - start]
+        w.copy_(quotient[: stop - start].copy_(walk_rows[start:stop]).div_(penalty))  # float64 throughout
+        local = torch.arange(stop - start)
         w[local, start + local] = 0.0
         if k < n:
-            values, keep = torch.topk(torch.from_numpy(w), k, dim=1, sorted=False)  # per row, its k largest
-            np.put_along_axis(weights[start:stop], keep.numpy(), values.numpy(), axis=1)
+            values, keep = torch.topk(w, k, dim=1, sorted=False)  # per row, its k largest
+            out[start:stop].scatter_(1, keep, values)
         else:
-            weights[start:stop] = w
+            out[start:stop] = w
     return weights
 
 
