@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -166,8 +167,12 @@ class VersionedBundleIOManager(dg.UPathIOManager):
             prune_run_folders(self._base_path / OPS_FOLDER, self.keep_versions, in_use)
             return
         run_id = context.run_id
-        set_content_version(context, bundle)
-        save_version(path, run_id, bundle)
+        # The content hash is computed while the bundle is written (both release the GIL): on builtin:large a
+        # 1.6 GB item-item table hashed in 2-3.5 s and written in 4.6-5 s, 4.2-4.4 s together.
+        with ThreadPoolExecutor(1) as pool:
+            hashing = pool.submit(bundle_digest, bundle)
+            save_version(path, run_id, bundle)
+            set_content_version(context, bundle, hashing.result())
         publish_version(path, run_id)
         prune_versions(path, self.keep_versions, in_use)
         if is_local(path):
@@ -223,17 +228,18 @@ class VersionedBundleIOManager(dg.UPathIOManager):
         return f"Writing a new version under {path}"
 
 
-def set_content_version(context: dg.OutputContext, bundle: dict) -> str | None:
+def set_content_version(context: dg.OutputContext, bundle: dict, digest: str | None = None) -> str | None:
     """Give the asset being stored the content hash of ``bundle`` as its data version. The materialization
     event is built after the IO manager has stored the value, from the step's data versions: so every asset
     value this IO manager writes carries a data version that changes exactly when what is stored changes,
     and Dagster marks the assets downstream of a changed value stale (and only those). A data version the
-    asset gives itself (``dg.Output(data_version=...)``) wins: the raw source's is the source's fingerprint."""
+    asset gives itself (``dg.Output(data_version=...)``) wins: the raw source's is the source's fingerprint.
+    ``digest``: ``bundle_digest(bundle)`` when the caller has it already."""
     try:
         step_context = context.step_context
     except dg.DagsterInvariantViolationError:  # an output context built outside a run
         return None
-    version = bundle_digest(bundle)
+    version = digest if digest is not None else bundle_digest(bundle)
     step_context.set_data_version(context.asset_key, dg.DataVersion(version))
     return version
 
