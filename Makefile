@@ -70,7 +70,8 @@ bench: install home
 
 # Epoch time (wall and CPU, one torch thread), evaluation time and peak memory of mm_gcn and LightGCN on default and large.
 bench-models: install
-	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large --epochs 5 --threads 1 \
+	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large --epochs 3 --rounds 4 \
+		--eval-repeats 1 --threads 1 \
 		--out $(MM_PIPELINE_HOME)/reports/bench/model_training.json
 
 # Text encoding in float32 against bfloat16 on 3,000 item texts: seconds and how far the vectors move.

@@ -20,8 +20,11 @@ Per model, ``--epochs`` epochs with early stopping off. Epoch time: the trainer'
 validation, ``ranking_metrics`` over every validation user with all items ranked and training items
 excluded. Peak RSS: the highest sample of ``pipeline_stages.MemorySampler`` (every 50 ms) while the
 model is built, trained and evaluated; the RSS just before is printed too, since models run one after
-another in one process and memory that the allocator kept is not returned. Medians are printed as a
-table and everything is written as JSON with ``--out``.
+another in one process and memory that the allocator kept is not returned. With ``--rounds R`` the models
+are benchmarked R times, in reversed order every other round, and the medians pool every round (the
+per-round medians are kept too): on a shared machine a ratio of two models measured once, one after the
+other, moves with the machine's drift. Medians are printed as a table and everything is written as JSON
+with ``--out``.
 """
 
 from __future__ import annotations
@@ -213,7 +216,27 @@ def bench_model(
     }
 
 
-def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, seed: int) -> dict:
+def merge_rounds(runs: list[dict]) -> dict:
+    """One model's :func:`bench_model` results of several rounds as one: every epoch and evaluation pooled
+    (medians over all of them), the highest peak, the per-round medians kept (``rounds``)."""
+    pooled = {key: [v for r in runs for v in r[key]] for key in ("epoch_seconds", "epoch_cpu_seconds", "eval_seconds")}
+    return {
+        **runs[-1],  # seeded: every round trains the same model to the same metrics
+        **pooled,
+        **{f"{key}_median": statistics.median(values) for key, values in pooled.items()},
+        "epochs": len(pooled["epoch_seconds"]),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "rss_before_mb": runs[0]["rss_before_mb"],
+        "rounds": [
+            {key: r[f"{key}_median"] for key in ("epoch_seconds", "epoch_cpu_seconds", "eval_seconds")} for r in runs
+        ],
+    }
+
+
+def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, seed: int, rounds: int = 1) -> dict:
+    """Each dataset's models benchmarked ``rounds`` times, in reversed order every other round (A B, B A, ...):
+    on a shared machine whose speed drifts, a ratio of models measured one after the other once leans with
+    the drift (on builtin:large one such run said 1.58x where the models' steps interleaved said 1.4x)."""
     import torch
 
     sampler = MemorySampler()
@@ -224,8 +247,11 @@ def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, 
             started = time.perf_counter()
             data, aligned, raw, about = build_inputs(spec, seed)
             entry = {"dataset": spec, **about, "prepare_seconds": time.perf_counter() - started, "models": {}}
-            for name in models:
-                entry["models"][name] = bench_model(name, data, aligned, raw, epochs, eval_repeats, seed, sampler)
+            runs: dict[str, list[dict]] = {name: [] for name in models}
+            for round_ in range(rounds):
+                for name in models if round_ % 2 == 0 else models[::-1]:
+                    runs[name].append(bench_model(name, data, aligned, raw, epochs, eval_repeats, seed, sampler))
+            entry["models"] = {name: merge_rounds(runs[name]) for name in models}
             results.append(entry)
             del data, aligned, raw
     finally:
@@ -233,6 +259,7 @@ def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, 
     return {
         "epochs": epochs,
         "eval_repeats": eval_repeats,
+        "rounds": rounds,
         "seed": seed,
         "torch_threads": torch.get_num_threads(),
         "results": results,
@@ -241,8 +268,8 @@ def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, 
 
 def print_table(report: dict) -> None:
     print(
-        f"\nmedian over {report['epochs']} epoch(s) / {report['eval_repeats']} evaluation(s), "
-        f"torch threads={report['torch_threads']}"
+        f"\nmedian over {report['epochs']} epoch(s) / {report['eval_repeats']} evaluation(s) per model and round, "
+        f"{report.get('rounds', 1)} round(s), torch threads={report['torch_threads']}"
     )
     for entry in report["results"]:
         print(
@@ -266,6 +293,9 @@ def print_table(report: dict) -> None:
                 f"  mm_gcn / lightgcn epoch: {mm['epoch_seconds_median'] / lg['epoch_seconds_median']:.2f}x wall, "
                 f"{mm['epoch_cpu_seconds_median'] / lg['epoch_cpu_seconds_median']:.2f}x CPU"
             )
+            if len(mm["rounds"]) > 1:
+                each = [a["epoch_seconds"] / b["epoch_seconds"] for a, b in zip(mm["rounds"], lg["rounds"])]
+                print(f"  per round (wall): {', '.join(f'{r:.2f}x' for r in each)}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -279,18 +309,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per model (early stopping off)")
     parser.add_argument("--eval-repeats", type=int, default=3, help="timed full-ranking validation passes")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="benchmark the models this many times, in alternating order"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.eval_repeats < 1:
-        parser.error("--epochs and --eval-repeats must be at least 1")
+    if args.epochs < 1 or args.eval_repeats < 1 or args.rounds < 1:
+        parser.error("--epochs, --eval-repeats and --rounds must be at least 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
-    report = run(args.dataset, args.models, args.epochs, args.eval_repeats, args.seed)
+    report = run(args.dataset, args.models, args.epochs, args.eval_repeats, args.seed, args.rounds)
     print_table(report)
     if args.out:
         from mm_pipeline.storage import atomic_write_text

@@ -16,21 +16,24 @@ def _load_benchmark():
 
 def test_benchmark_reports_epoch_eval_time_and_memory_for_both_models(tmp_path, capsys):
     out = tmp_path / "bench" / "models.json"
-    _load_benchmark().main(["--dataset", "builtin:tiny", "--epochs", "2", "--eval-repeats", "2", "--out", str(out)])
+    _load_benchmark().main(
+        ["--dataset", "builtin:tiny", "--epochs", "2", "--eval-repeats", "1", "--rounds", "2", "--out", str(out)]
+    )
     report = json.loads(out.read_text())
-    assert report["epochs"] == 2 and report["torch_threads"] >= 1
+    assert report["epochs"] == 2 and report["rounds"] == 2 and report["torch_threads"] >= 1
     (entry,) = report["results"]
     assert entry["dataset"] == "builtin:tiny" and (entry["users"], entry["items"]) == (240, 360)
     assert "generated in memory" in entry["inputs"] and "random" in entry["content"]
     assert entry["valid_users"] > 0 and entry["train_interactions"] > 0
     assert set(entry["models"]) == {"mm_gcn", "lightgcn"}
     for name, m in entry["models"].items():
-        assert len(m["epoch_seconds"]) == m["epochs"] == 2, name  # early stopping off
+        assert len(m["epoch_seconds"]) == m["epochs"] == 4, name  # two rounds of two epochs: early stopping off
         assert m["epoch_seconds_median"] > 0 and len(m["eval_seconds"]) == 2 and m["eval_seconds_median"] > 0, name
+        assert len(m["rounds"]) == 2 and all(r["epoch_seconds"] > 0 for r in m["rounds"]), name
         assert m["peak_rss_mb"] >= m["rss_before_mb"] > 0, name
         assert 0.0 <= m["valid_ndcg@20"] <= 1.0, name
     printed = capsys.readouterr().out
-    assert "mm_gcn" in printed and "lightgcn" in printed and "peak RSS MB" in printed
+    assert "mm_gcn" in printed and "lightgcn" in printed and "peak RSS MB" in printed and "per round" in printed
 
 
 def test_in_memory_builtin_interactions_match_the_generated_files(tmp_path):
