@@ -385,8 +385,8 @@ class VBPR(nn.Module):
         f = rows(self.visual, items)
         scores = (
             beta_i.view(2, n)
-            + pair_dots(gamma_u, gamma_i)
-            + pair_dots(theta_u, self.projection(f))
+            + (gamma_u * gamma_i.view(2, n, -1)).sum(-1)
+            + (theta_u * self.projection(f).view(2, n, -1)).sum(-1)
             + self.visual_bias(f).view(2, n)
         )
         rank = bpr(*scores)
