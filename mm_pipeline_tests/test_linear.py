@@ -358,3 +358,4 @@ def test_the_dense_product_by_blocks_in_threads_is_the_whole_sparse_product(thre
     assert blocks.dtype == np.float32
     np.testing.assert_array_equal(blocks, whole)
     np.testing.assert_array_equal(ItemGram(x).gram, (x.T @ x).toarray())
+    assert dense_product(x[:0], x.T, np.float32).shape == (0, 60)  # no rows: no blocks, an empty result

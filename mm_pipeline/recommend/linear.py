@@ -129,13 +129,8 @@ def dense_product(left: sp.spmatrix, right: sp.spmatrix, dtype, block: int = 102
         out[start : start + block] = (left[start : start + block] @ right).toarray()
 
     starts = range(0, left.shape[0], block)
-    workers = min(max(1, torch.get_num_threads()), len(starts))
-    if workers == 1:
-        for start in starts:
-            fill(start)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(fill, starts))  # list(): a block's error is raised here
+    with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), len(starts)))) as pool:
+        list(pool.map(fill, starts))  # list(): a block's error is raised here
     return out
 
 
