@@ -15,7 +15,7 @@ MLFLOW_PORT ?= 5000
 PIP_ARGS ?=
 
 .PHONY: install lint demo research test ui mlflow-ui bench bench-models validate materialize clean-home \
-	deploy-home run worker webserver daemon mlflow-server bench-shards bench-scaling bench-text
+	deploy-home run worker webserver daemon mlflow-server bench-shards bench-scaling bench-text bench-machine
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-models: install
 	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large --epochs 3 --rounds 4 \
 		--eval-repeats 1 --threads 1 \
 		--out $(MM_PIPELINE_HOME)/reports/bench/model_training.json
+
+# This machine's speed now, one thread (GEMM, copy, fresh memory, gather, spmm): the context of any timing.
+bench-machine: install
+	$(BIN)/python benchmarks/machine_probe.py
 
 # Text encoding in float32 against bfloat16 on 3,000 item texts: seconds and how far the vectors move.
 bench-text: install

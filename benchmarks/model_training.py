@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_probe import describe, probe  # noqa: E402
 from pipeline_stages import MemorySampler, _rss_mb  # noqa: E402  (the sampler shared with the stage benchmark)
 
 MODELS = ("mm_gcn", "lightgcn")
@@ -233,12 +234,22 @@ def merge_rounds(runs: list[dict]) -> dict:
     }
 
 
-def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, seed: int, rounds: int = 1) -> dict:
+def run(
+    datasets: list[str],
+    models: list[str],
+    epochs: int,
+    eval_repeats: int,
+    seed: int,
+    rounds: int = 1,
+    probe_scale: float = 1.0,
+) -> dict:
     """Each dataset's models benchmarked ``rounds`` times, in reversed order every other round (A B, B A, ...):
     on a shared machine whose speed drifts, a ratio of models measured one after the other once leans with
-    the drift (on builtin:large one such run said 1.58x where the models' steps interleaved said 1.4x)."""
+    the drift (on builtin:large one such run said 1.58x where the models' steps interleaved said 1.4x).
+    The machine's own speed (:mod:`machine_probe`, at ``probe_scale``) is measured before and after."""
     import torch
 
+    machine_before = probe(probe_scale)
     sampler = MemorySampler()
     sampler.start()
     results = []
@@ -262,6 +273,7 @@ def run(datasets: list[str], models: list[str], epochs: int, eval_repeats: int, 
         "rounds": rounds,
         "seed": seed,
         "torch_threads": torch.get_num_threads(),
+        "machine": {"before": machine_before, "after": probe(probe_scale)},
         "results": results,
     }
 
@@ -271,6 +283,8 @@ def print_table(report: dict) -> None:
         f"\nmedian over {report['epochs']} epoch(s) / {report['eval_repeats']} evaluation(s) per model and round, "
         f"{report.get('rounds', 1)} round(s), torch threads={report['torch_threads']}"
     )
+    for when, figures in report.get("machine", {}).items():
+        print(f"{describe(figures)} ({when})")
     for entry in report["results"]:
         print(
             f"\n{entry['dataset']}: {entry['users']} users, {entry['items']} items, "
@@ -315,6 +329,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--probe-scale", type=float, default=1.0, help="size of the machine probe's arrays (1: comparable figures)"
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.eval_repeats < 1 or args.rounds < 1:
         parser.error("--epochs, --eval-repeats and --rounds must be at least 1")
@@ -323,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    report = run(args.dataset, args.models, args.epochs, args.eval_repeats, args.seed, args.rounds)
+    report = run(args.dataset, args.models, args.epochs, args.eval_repeats, args.seed, args.rounds, args.probe_scale)
     print_table(report)
     if args.out:
         from mm_pipeline.storage import atomic_write_text

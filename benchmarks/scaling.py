@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_probe import describe, probe  # noqa: E402
 from pipeline_stages import MemorySampler, _rss_mb  # noqa: E402
 
 DATA_STAGES = ("generate", "read", "split")
@@ -554,6 +555,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     if skipped:
         lines += [""] + [f"* {s}" for s in skipped]
+    lines += [""] + [f"{describe(figures)} ({when})" for when, figures in report.get("machine", {}).items()]
     return "\n".join(lines)
 
 
@@ -614,6 +616,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--plot", type=Path, help="write the log-log plot (PNG) here")
     parser.add_argument("--in-process", action="store_true", help="run every dataset in this process")
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--probe-scale", type=float, default=1.0, help="size of the machine probe's arrays (1: comparable figures)"
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.valid_users < 1:
         parser.error("--epochs, --batch-size and --valid-users must be at least 1")
@@ -625,7 +630,11 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
+    # The machine's own speed around the run (machine_probe); not in the per-dataset child processes.
+    machine_before = None if args.quiet else probe(args.probe_scale)
     report = run(args)
+    if machine_before is not None:
+        report["machine"] = {"before": machine_before, "after": probe(args.probe_scale)}
     if not args.quiet:
         print()
         print(markdown(report))

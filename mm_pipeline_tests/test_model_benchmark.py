@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from benchmark_scripts import load_benchmark
 
 from mm_pipeline.datasets import load_source, resolve_source
@@ -18,9 +19,11 @@ def test_benchmark_reports_epoch_eval_time_and_memory_for_both_models(tmp_path, 
     out = tmp_path / "bench" / "models.json"
     _load_benchmark().main(
         ["--dataset", "builtin:tiny", "--epochs", "2", "--eval-repeats", "1", "--rounds", "2", "--out", str(out)]
+        + ["--probe-scale", "0.01"]
     )
     report = json.loads(out.read_text())
     assert report["epochs"] == 2 and report["rounds"] == 2 and report["torch_threads"] >= 1
+    assert set(report["machine"]) == {"before", "after"} and report["machine"]["after"]["scale"] == 0.01
     (entry,) = report["results"]
     assert entry["dataset"] == "builtin:tiny" and (entry["users"], entry["items"]) == (240, 360)
     assert "generated in memory" in entry["inputs"] and "random" in entry["content"]
@@ -34,6 +37,7 @@ def test_benchmark_reports_epoch_eval_time_and_memory_for_both_models(tmp_path, 
         assert 0.0 <= m["valid_ndcg@20"] <= 1.0, name
     printed = capsys.readouterr().out
     assert "mm_gcn" in printed and "lightgcn" in printed and "peak RSS MB" in printed and "per round" in printed
+    assert "machine (one thread): GEMM" in printed
 
 
 def test_in_memory_builtin_interactions_match_the_generated_files(tmp_path):
@@ -66,3 +70,17 @@ def test_config_compare_reports_validation_and_test_per_seed(capsys):
     assert freedom["model"] == "freedom" and freedom["epochs_run"] == 2
     (vbpr,) = module.main(["--inputs", "builtin:tiny", "--model", "vbpr", "--config", settings])
     assert vbpr["model"] == "vbpr" and vbpr["epochs_run"] == 2 and 0.0 <= vbpr["test_recall@20"] <= 1.0
+
+
+def test_machine_probe_measures_every_kernel_and_restores_the_thread_count():
+    import torch
+
+    machine_probe = load_benchmark("machine_probe")
+    threads = torch.get_num_threads()
+    figures = machine_probe.probe(scale=0.01, repeats=2)
+    assert torch.get_num_threads() == threads
+    assert set(figures) == {"gemm_gflops", "copy_gbps", "first_touch_gbps", "gather_ms", "spmm_ms", "scale"}
+    assert all(np.isfinite(v) and v > 0 for v in figures.values())
+    assert "GEMM" in machine_probe.describe(figures) and "spmm" in machine_probe.describe(figures)
+    with pytest.raises(ValueError, match="scale > 0"):
+        machine_probe.probe(scale=0)

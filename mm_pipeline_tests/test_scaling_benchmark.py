@@ -31,6 +31,8 @@ def test_scaling_benchmark_reports_every_stage_and_the_reason_for_a_skip(tmp_pat
         "100",
         "--max-eval-users",
         "150",
+        "--probe-scale",
+        "0.01",
     ]
     _load_benchmark().main(args + ["--out", str(out), "--plot", str(figure)])
     report = json.loads(out.read_text())
@@ -55,6 +57,7 @@ def test_scaling_benchmark_reports_every_stage_and_the_reason_for_a_skip(tmp_pat
     assert figure.stat().st_size > 0
     printed = capsys.readouterr().out
     assert "| stage | wall s" in printed and "ease on tiny: EASE inverts" in printed
+    assert set(report["machine"]) == {"before", "after"} and "machine (one thread): GEMM" in printed
 
 
 def test_chunked_split_matches_the_pipeline_rule():
