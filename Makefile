@@ -15,7 +15,8 @@ MLFLOW_PORT ?= 5000
 PIP_ARGS ?=
 
 .PHONY: install lint demo research test ui mlflow-ui bench bench-models validate materialize clean-home \
-	deploy-home run worker webserver daemon mlflow-server bench-shards bench-scaling bench-text bench-machine
+	deploy-home run worker webserver daemon mlflow-server bench-shards bench-scaling bench-text bench-machine \
+	bench-steps
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,11 @@ bench-models: install
 	$(BIN)/python benchmarks/model_training.py --dataset builtin:default builtin:large --epochs 3 --rounds 4 \
 		--eval-repeats 1 --threads 1 \
 		--out $(MM_PIPELINE_HOME)/reports/bench/model_training.json
+
+# Where an mm_gcn training step's time goes: the model with one part off at a time, against LightGCN (one thread).
+bench-steps: install
+	$(BIN)/python benchmarks/step_parts.py --dataset builtin:default builtin:large --rounds 3 --threads 1 \
+		--out $(MM_PIPELINE_HOME)/reports/bench/step_parts.json
 
 # This machine's speed now, one thread (GEMM, copy, fresh memory, gather, spmm): the context of any timing.
 bench-machine: install

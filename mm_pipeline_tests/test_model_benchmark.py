@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from benchmark_scripts import load_benchmark
 
 from mm_pipeline.datasets import load_source, resolve_source
@@ -84,3 +85,41 @@ def test_machine_probe_measures_every_kernel_and_restores_the_thread_count():
     assert "GEMM" in machine_probe.describe(figures) and "spmm" in machine_probe.describe(figures)
     with pytest.raises(ValueError, match="scale > 0"):
         machine_probe.probe(scale=0)
+
+
+def test_step_parts_times_every_variant_against_its_own_lightgcn(tmp_path, capsys):
+    module = load_benchmark("step_parts")
+    out = tmp_path / "steps.json"
+    report = module.main(["--dataset", "builtin:tiny", "--batches", "3", "--rounds", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report, sort_keys=True))
+    (entry,) = report["results"]
+    variants = set(module.VARIANTS)
+    assert set(entry["step_ms"]) == set(entry["ratio_to_lightgcn"]) == variants
+    # Two rounds of three batches, each model's first step a warm-up; one LightGCN per variant.
+    assert entry["timed_steps"] == {name: 5 for name in variants}
+    assert len(entry["lightgcn_step_ms"]) == len(variants)
+    assert all(ms > 0 for ms in [*entry["step_ms"].values(), *entry["lightgcn_step_ms"]])
+    assert set(entry["part_cost_ms"]) == variants - {"mm_gcn"}
+    base = float(np.median(entry["lightgcn_step_ms"]))
+    full = entry["ratio_to_lightgcn"]["mm_gcn"]
+    for name, cost in entry["part_cost_ms"].items():
+        assert cost == pytest.approx((full - entry["ratio_to_lightgcn"][name]) * base)
+    printed = capsys.readouterr().out
+    assert "without item graph" in printed and "lightgcn (median of pairs)" in printed
+
+
+def test_step_parts_switches_off_one_part_per_variant():
+    module = load_benchmark("step_parts")
+    data, aligned, raw, _ = module.build_inputs("builtin:tiny", 0)
+    maker = module.ModelMaker(data, aligned, raw, seed=0)
+    full = maker.variant("mm_gcn")
+    assert full.item_adj is not None and full.align_weight > 0 and full.cold_prob > 0
+    assert full.content_tower[2].p > 0
+    assert maker.variant("without item graph").item_adj is None
+    assert maker.variant("without alignment term").align_weight == 0
+    assert maker.variant("without tower dropout").content_tower[2].p == 0
+    assert maker.variant("without cold form").cold_prob == 0
+    # Built from the same seed: the variants start from the same ID embeddings, the LightGCNs from one another's.
+    for name in module.VARIANTS:
+        assert torch.equal(maker.variant(name).item_embedding.weight, full.item_embedding.weight), name
+    assert torch.equal(maker.lightgcn().lightgcn.embedding.weight, maker.lightgcn().lightgcn.embedding.weight)
