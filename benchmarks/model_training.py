@@ -335,19 +335,30 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.eval_repeats < 1 or args.rounds < 1:
         parser.error("--epochs, --eval-repeats and --rounds must be at least 1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    prepare(args.threads)
     report = run(args.dataset, args.models, args.epochs, args.eval_repeats, args.seed, args.rounds, args.probe_scale)
     print_table(report)
-    if args.out:
+    write_report(report, args.out)
+    return report
+
+
+def prepare(threads: int) -> None:
+    """What a model benchmark sets before it starts: no model downloads, ``threads`` torch threads (0: torch's
+    default)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def write_report(report: dict, out: Path | None) -> None:
+    """``report`` as JSON at ``out`` (atomically), when given."""
+    if out:
         from mm_pipeline.storage import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps(report, indent=2, sort_keys=True))
-        print(f"\nwrote {args.out}")
-    return report
+        atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True))
+        print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

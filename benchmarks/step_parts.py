@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import statistics
 import sys
 import time
@@ -32,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_training import build_inputs  # noqa: E402  (the benchmark's input loader)
+from model_training import build_inputs, prepare, write_report  # noqa: E402  (the model benchmark's helpers)
 
 # Variant -> MultimodalConfig overrides. "cold form off" still shows never-trained items in their cold form.
 VARIANTS = {
@@ -215,18 +213,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.batches < 2 or args.rounds < 1:
         parser.error("--batches must be at least 2 (one is a warm-up) and --rounds at least 1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    prepare(args.threads)
     report = run(args.dataset, args.batches, args.rounds, args.seed, args.variants)
     print_table(report)
-    if args.out:
-        from mm_pipeline.storage import atomic_write_text
-
-        atomic_write_text(args.out, json.dumps(report, indent=2, sort_keys=True))
-        print(f"\nwrote {args.out}")
+    write_report(report, args.out)
     return report
 
 
