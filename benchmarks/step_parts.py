@@ -32,7 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_training import build_inputs, prepare, write_report  # noqa: E402  (the model benchmark's helpers)
 
-# Variant -> MultimodalConfig overrides. "cold form off" still shows never-trained items in their cold form.
+# Variant -> MultimodalConfig overrides. "without cold form": only the warm items stop taking their cold form
+# (items without training interactions have no other).
 VARIANTS = {
     "mm_gcn": {},
     "without item graph": {"knn_k": 0},
@@ -189,14 +190,14 @@ def print_table(report: dict) -> None:
     for entry in report["results"]:
         print(
             f"\n{entry['dataset']}: {entry['users']} users, {entry['items']} items, batch {entry['batch_size']}"
-            f"\n  {'model':<24}{'step ms':>10}{'x LightGCN':>12}{'part costs ms':>15}"
+            f"\n  {'model':<28}{'step ms':>10}{'x LightGCN':>12}{'part costs ms':>15}"
         )
         lightgcn = entry["lightgcn_step_ms"]
-        print(f"  {'lightgcn (median of pairs)':<24}{statistics.median(lightgcn):>10.1f}{1.0:>12.2f}")
+        print(f"  {'lightgcn (median of pairs)':<28}{statistics.median(lightgcn):>10.1f}{1.0:>12.2f}")
         for name, ms in entry["step_ms"].items():
             cost = entry["part_cost_ms"].get(name)
             shown = "" if cost is None else f"{cost:.1f}"
-            print(f"  {name:<24}{ms:>10.1f}{entry['ratio_to_lightgcn'][name]:>12.2f}{shown:>15}")
+            print(f"  {name:<28}{ms:>10.1f}{entry['ratio_to_lightgcn'][name]:>12.2f}{shown:>15}")
 
 
 def main(argv: list[str] | None = None) -> dict:
