@@ -44,18 +44,11 @@ VARIANTS = {
 
 
 class ModelMaker:
-    """Builds LightGCN and the :data:`VARIANTS` of mm_gcn from the same inputs as the fit functions build them
-    (content matrix, raw-feature item graph), each from the same seed; item graphs are built once."""
+    """Builds LightGCN and the :data:`VARIANTS` of mm_gcn as ``fit_lightgcn`` / ``fit_multimodal`` build them
+    (``build_multimodal``: content matrix, raw-feature item graph), each from the same seed."""
 
     def __init__(self, data, aligned: dict, raw: dict, seed: int):
-        import torch
-
-        from mm_pipeline.recommend.fit import content_matrix
-
-        self.data, self.raw, self.seed = data, raw, seed
-        self.content = torch.from_numpy(np.asarray(content_matrix(aligned), dtype=np.float32))
-        self.warm = torch.from_numpy(data.warm_items)
-        self.graphs: dict = {}
+        self.data, self.aligned, self.raw, self.seed = data, aligned, raw, seed
 
     def lightgcn(self):
         import torch
@@ -70,23 +63,11 @@ class ModelMaker:
         import torch
 
         from mm_pipeline.recommend.config import MultimodalConfig
-        from mm_pipeline.recommend.fit import item_knn_graph, raw_graph_features
-        from mm_pipeline.recommend.models import MultimodalGCN
+        from mm_pipeline.recommend.fit import build_multimodal
 
         config = MultimodalConfig(**{**VARIANTS[name], "seed": self.seed})
-        if config.knn_k > 0 and config.knn_k not in self.graphs:
-            self.graphs[config.knn_k] = item_knn_graph(raw_graph_features(self.raw), config.knn_k)
         torch.manual_seed(self.seed)
-        data = self.data
-        return MultimodalGCN(
-            data.n_users,
-            data.n_items,
-            data.adj,
-            self.content,
-            self.warm,
-            config,
-            item_adj=self.graphs.get(config.knn_k),
-        )
+        return build_multimodal(self.data, self.aligned, config, raw_features=self.raw)
 
 
 def draw_batches(data, n_batches: int, seed: int) -> tuple[list[tuple], int, float]:

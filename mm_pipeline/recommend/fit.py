@@ -134,30 +134,21 @@ def content_graphs(raw_features: RawFeatures, k: int = 10) -> tuple[dict[str, sp
     return per_modality, _scipy_csr(_mean_graph(list(graphs.values())))
 
 
-def fit_multimodal(
+def build_multimodal(
     data: SplitData,
     aligned: dict[str, np.ndarray] | None,
     config: MultimodalConfig,
-    on_epoch=None,
-    name: str = "mm_gcn",
     content: np.ndarray | None = None,
     graph_features: list[np.ndarray] | None = None,
     raw_features: RawFeatures | None = None,
-    attribution: bool = True,
-    warm: WarmStart | None = None,
-) -> tuple[EmbeddingRecommender, pd.DataFrame]:
-    """The primary model on the aligned embeddings (``content_matrix(aligned)``) with the item-item graph
-    of ``config.graph_source``: over ``raw_features`` (``{modality: (features, present)}``) or the fused
-    aligned vectors. ``content`` / ``graph_features`` (a list of matrices, one k-NN graph each, averaged)
-    replace those inputs (the ablations do). With ``attribution`` and content from ``aligned``, the model
-    carries the modality split of its content (:mod:`mm_pipeline.explain.attribution`) in ``parts``."""
-    torch.manual_seed(config.seed)
-    attribution = attribution and content is None and aligned is not None and "weights" in aligned
+) -> MultimodalGCN:
+    """The untrained primary model as :func:`fit_multimodal` trains it: its content matrix and item-item graph
+    from the same arguments (the benchmarks build it through here too, so they time what training runs)."""
     if config.graph_source not in ("raw", "aligned"):
         raise ValueError(f"graph_source must be 'raw' or 'aligned', got {config.graph_source!r}")
     if content is None:
         if aligned is None:
-            raise ValueError("fit_multimodal needs aligned embeddings or explicit content")
+            raise ValueError("mm_gcn needs aligned embeddings or explicit content")
         content = content_matrix(aligned)
     if graph_features is None and config.knn_k > 0:
         if config.graph_source == "raw":
@@ -180,7 +171,7 @@ def fit_multimodal(
     item_adj = item_knn_graph(graph_features, config.knn_k) if config.knn_k > 0 else None
     # The user-item edge list is only needed to prune the graph at every step.
     coo = data.train.tocoo() if config.edge_dropout > 0 else None
-    model = MultimodalGCN(
+    return MultimodalGCN(
         data.n_users,
         data.n_items,
         data.adj,
@@ -190,6 +181,28 @@ def fit_multimodal(
         item_adj=item_adj,
         edge_index=None if coo is None else bipartite_edge_index(coo.row, coo.col, data.n_users),
     )
+
+
+def fit_multimodal(
+    data: SplitData,
+    aligned: dict[str, np.ndarray] | None,
+    config: MultimodalConfig,
+    on_epoch=None,
+    name: str = "mm_gcn",
+    content: np.ndarray | None = None,
+    graph_features: list[np.ndarray] | None = None,
+    raw_features: RawFeatures | None = None,
+    attribution: bool = True,
+    warm: WarmStart | None = None,
+) -> tuple[EmbeddingRecommender, pd.DataFrame]:
+    """The primary model on the aligned embeddings (``content_matrix(aligned)``) with the item-item graph
+    of ``config.graph_source``: over ``raw_features`` (``{modality: (features, present)}``) or the fused
+    aligned vectors. ``content`` / ``graph_features`` (a list of matrices, one k-NN graph each, averaged)
+    replace those inputs (the ablations do). With ``attribution`` and content from ``aligned``, the model
+    carries the modality split of its content (:mod:`mm_pipeline.explain.attribution`) in ``parts``."""
+    torch.manual_seed(config.seed)
+    attribution = attribution and content is None and aligned is not None and "weights" in aligned
+    model = build_multimodal(data, aligned, config, content, graph_features, raw_features)
     trained, history = _train(model, name, data, config, on_epoch, warm)
     if attribution:
         trained.parts = {"content": model.content_parts(*content_blocks(aligned))}
