@@ -87,6 +87,29 @@ def _stderr(line: str) -> None:
 NOT_EXECUTED = re.compile(r"^Dependencies for step .* Not executing\.$", re.DOTALL)
 
 
+def cpu_seconds() -> float:
+    """User plus system CPU seconds of this process so far, all its threads together."""
+    times = os.times()
+    return times.user + times.system
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform says, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def idle_core_seconds(steps: dict[str, tuple[float, float]], cores: int) -> tuple[float, float]:
+    """``(idle, available)`` core-seconds over ``steps`` (step -> ``(wall seconds, CPU seconds)``): what the
+    ``cores`` could have computed while the steps ran one after another, and how much of it they left unused.
+    The idle share is the most that running independent steps side by side could save (half of it in wall
+    time on two cores), before they slow each other down."""
+    available = cores * sum(wall for wall, _ in steps.values())
+    return max(available - sum(cpu for _, cpu in steps.values()), 0.0), available
+
+
 class ProgressHandler(logging.Handler):
     """One line per step start and finish, with the seconds since ``started``, plus the INFO (and
     louder) lines the assets log themselves; failed asset checks show their description. Fed by the
@@ -95,7 +118,10 @@ class ProgressHandler(logging.Handler):
     def __init__(self, started: float, write=_stderr):
         super().__init__(logging.DEBUG)
         self.started, self.write = started, write
-        self.step_started: dict[str, float] = {}
+        self.step_started: dict[str, tuple[float, float]] = {}  # step -> (perf_counter, CPU seconds) at its start
+        # step -> (wall seconds, CPU seconds of this process meanwhile): in-process runs only, where the steps
+        # run here one at a time.
+        self.step_cpu: dict[str, tuple[float, float]] = {}
         self.not_executed = 0
 
     def _line(self, text: str) -> None:
@@ -117,10 +143,12 @@ class ProgressHandler(logging.Handler):
                 return
             kind = event.event_type_value
             if kind == "STEP_START":
-                self.step_started[step] = time.perf_counter()
+                self.step_started[step] = (time.perf_counter(), cpu_seconds())
                 self._line(f"started  {step}")
             elif kind == "STEP_SUCCESS":
-                seconds = time.perf_counter() - self.step_started.pop(step, time.perf_counter())
+                start, cpu_start = self.step_started.pop(step, (time.perf_counter(), cpu_seconds()))
+                seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+                self.step_cpu[step] = (seconds, cpu)
                 self._line(f"finished {step} ({seconds:.1f}s)")
             elif kind == "STEP_FAILURE":
                 self.step_started.pop(step, None)
@@ -367,18 +395,28 @@ def run_demo(
         _stderr(f"{progress.not_executed} step(s) not executed: a step they depend on failed or was skipped")
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     reused = reused_assets(result)
-    print("\nStage timings (s):")
+    cores = available_cores()
+    # cores: the step's CPU seconds per second of wall time (threads add up), of the `cores` this process has.
+    print(f"\nStage timings (s; cores: CPU seconds per second of the step, of {cores}):")
     check_seconds, checks = 0.0, 0
     for event in result.all_events:
         if event.event_type_value == "STEP_SUCCESS":
             seconds = event.event_specific_data.duration_ms / 1000
             if event.step_key in assets:
-                print(f"  {event.step_key:<28}{seconds:8.1f}{'  reused' if event.step_key in reused else ''}")
+                wall, cpu = progress.step_cpu.get(event.step_key, (0.0, 0.0))
+                busy = f"{cpu / wall:8.2f}" if wall > 0 else f"{'':8}"
+                print(f"  {event.step_key:<28}{seconds:8.1f}{busy}{'  reused' if event.step_key in reused else ''}")
             else:
                 check_seconds, checks = check_seconds + seconds, checks + 1
     if checks:
         print(f"  {f'asset checks ({checks})':<28}{check_seconds:8.1f}")
     print(f"  {'total (incl. start-up)':<28}{elapsed:8.1f}")
+    idle, available = idle_core_seconds(progress.step_cpu, cores)
+    if available > 0:
+        print(
+            f"  (the steps used {available - idle:.0f} of {available:.0f} core-seconds; {idle:.0f} idle: the most that "
+            "running independent steps side by side could use)"
+        )
     if reused:
         print(
             f"  ({len(reused)} assets reused their stored value: their inputs had not changed; --force computes them)"

@@ -27,6 +27,8 @@ def test_demo_runs_the_full_job_and_prints_the_table(tmp_path, monkeypatch, caps
     # Progress while it runs: every step's start and finish with the elapsed time, and the assets' own lines.
     assert "started  raw_source" in captured.err and "finished batch_recommendations (" in captured.err
     assert "selected_model: selected model:" in captured.err
+    # Stage timings with each step's CPU use, and the idle core-seconds over the run's steps.
+    assert "cores: CPU seconds per second of the step" in out and "core-seconds;" in out and " idle: " in out
     assert (tmp_path / "batch" / "recommendations.parquet").exists() and "Batch:" in out
     metrics = json.loads((tmp_path / "reports" / "latest" / "metrics.json").read_text())
     assert metrics["dataset"]["spec"] == "builtin:tiny" and "MM_PIPELINE_DATASET" not in os.environ
@@ -56,3 +58,32 @@ def test_demo_runs_the_full_job_and_prints_the_table(tmp_path, monkeypatch, caps
         assert len(runs) == 2
         records = instance.fetch_materializations(dg.AssetRecordsFilter(dg.AssetKey("raw_items")), limit=10).records
         assert {r.event_log_entry.run_id for r in records} == {run.run_id for run in runs}
+
+
+def _step_record(kind: str, step: str):
+    import logging
+    from types import SimpleNamespace
+
+    record = logging.LogRecord("dagster", logging.DEBUG, __file__, 0, "", None, None)
+    record.dagster_meta = {"dagster_event": SimpleNamespace(event_type_value=kind), "step_key": step}
+    return record
+
+
+def test_progress_handler_records_each_steps_wall_and_cpu_seconds():
+    lines = []
+    handler = cli.ProgressHandler(0.0, write=lines.append)
+    handler.emit(_step_record("STEP_START", "busy"))
+    started = cli.cpu_seconds()
+    while cli.cpu_seconds() - started < 0.05:  # burn a little CPU inside the step
+        sum(range(1000))
+    handler.emit(_step_record("STEP_SUCCESS", "busy"))
+    wall, cpu = handler.step_cpu["busy"]
+    assert cpu >= 0.05 and wall > 0 and cpu <= wall * cli.available_cores() + 0.05
+    assert any(line.endswith(f"finished busy ({wall:.1f}s)") for line in lines)
+
+
+def test_idle_core_seconds_counts_what_the_cores_left_unused():
+    # Two steps on two cores: 10 s at one core and 5 s at both leave 10 of 30 core-seconds idle.
+    assert cli.idle_core_seconds({"a": (10.0, 10.0), "b": (5.0, 10.0)}, cores=2) == (10.0, 30.0)
+    assert cli.idle_core_seconds({}, cores=2) == (0.0, 0.0)
+    assert cli.idle_core_seconds({"a": (1.0, 1.2)}, cores=1) == (0.0, 1.0)  # clock granularity: never negative
