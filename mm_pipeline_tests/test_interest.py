@@ -7,8 +7,9 @@ import scipy.sparse as sp
 import torch
 
 from mm_pipeline.explain.interest import InterestSpace, dominant_modality, interest_profiles, item_match
-from mm_pipeline.explain.summary import accuracy_by_interest
+from mm_pipeline.explain.summary import accuracy_by_interest, accuracy_by_interest_from
 from mm_pipeline.recommend.base import EmbeddingRecommender
+from mm_pipeline.recommend.ranking import per_user_metrics_from_top_k, top_k
 from mm_pipeline.registry.pyfunc import RecommenderPyfunc, export_serving_arrays
 
 SECRET = b"interest-tests-secret-0123456789"
@@ -146,3 +147,13 @@ def test_accuracy_by_interest_groups_users_and_says_when_a_group_is_too_small():
     assert out["users"].sum() == tested.sum() and np.isclose(out["share"].sum(), 1.0)
     assert np.isnan(out.loc["image", "recall@5"]) and out.loc["image", "note"].startswith("not enough data")
     assert np.isfinite(out.loc["text", "recall@5"])
+    # From the per-user metrics of a test ranking already made (the report's): the same table.
+    users = np.flatnonzero(tested)
+    per_user = per_user_metrics_from_top_k(top_k(model, users, train, 5), users, test, ks=(5,))
+    pd.testing.assert_frame_equal(
+        accuracy_by_interest_from(per_user, dominant, k=5, min_users=10).set_index("dominant modality"), out
+    )
+    # Users of the ranking outside ``dominant`` are left out, as are groups nobody falls in.
+    few = accuracy_by_interest_from(per_user, dominant.iloc[:30], k=5, min_users=10)
+    assert set(few["dominant modality"]) == {"text"} and few["users"].sum() == tested[:30].sum()
+    assert accuracy_by_interest_from(per_user, dominant.iloc[:0], k=5).empty

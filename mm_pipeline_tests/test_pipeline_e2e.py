@@ -262,7 +262,7 @@ def test_first_run_promotes_the_challenger(pipeline_run):
 
 
 def test_explanations_are_faithful_and_name_no_user(pipeline_run):
-    result, _, _ = pipeline_run
+    result, home, _ = pipeline_run
     out = result.output_for_node("recommendation_explanations")
     faithfulness = out["faithfulness"].set_index(["model", "removed"])
     # Removing the top-attributed history item (or modality) hurts the recommended item more than a random one.
@@ -279,6 +279,12 @@ def test_explanations_are_faithful_and_name_no_user(pipeline_run):
     assert set(out["users_interest"]["dominant"]) <= modalities | {"mixed", "none"}
     by_interest = out["by_interest"]
     assert by_interest["users"].sum() > 0 and np.isclose(by_interest["share"].sum(), 1.0)
+    # The report gives the primary model's test accuracy per dominant modality, from its own test ranking.
+    metrics = json.loads((home / "reports" / "latest" / "metrics.json").read_text())
+    reported = pd.DataFrame(metrics["dominant_modality"]).set_index("dominant modality")
+    assert reported["users"].to_dict() == by_interest.set_index("dominant modality")["users"].to_dict()
+    enough = reported["note"] == ""
+    assert enough.any() and reported.loc[enough, "recall@20"].between(0, 1).all()
     assert set(explained["interest"]) <= modalities | {"mixed", "none"}
     # mm_gcn's score is split by modality (integrated gradients over its content) and deletion-tested.
     components = out["component_explanations"]

@@ -82,6 +82,9 @@ class ModelComparison:
     selection: SelectionResult | None = None
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     aligned: Mapping[str, Any] | None = None  # weights, present, modalities: the modality-weight figure
+    # The primary model's per-user test metrics at the largest k (user_idx, recall@k, ndcg@k): test accuracy
+    # per group of users (accuracy_by_interest_from) without ranking again.
+    primary_per_user: dict[str, np.ndarray] | None = None
 
     @property
     def max_k(self) -> int:
@@ -290,6 +293,7 @@ def compare_models(
         selection=chosen,
         histories={name: h for name, h in (histories or {}).items() if isinstance(h, pd.DataFrame) and len(h)},
         aligned=None if aligned is None else {k: aligned[k] for k in ("weights", "present", "modalities")},
+        primary_per_user=results["per_user"].get(primary),
     )
 
 

@@ -150,9 +150,11 @@ def evaluate_models(
     (``K = max(ks)``, keys ``"recall@K_ci"``). When ``baselines`` are given, every model is compared
     with the baseline of best recall@K by a paired bootstrap (``"significant_vs_best_baseline"``
     per model, the full tests in ``out["significance"]["models"]``; the primary model's tests also
-    at ``out["significance"][metric]``). ``item_features`` (``[n_items, d]``) adds intra-list
-    diversity. ``min_subgroup`` is ``(interactions, users)`` a cold-start or long-tail group needs to be
-    reported (:func:`subgroup_support`); ``out["support"]`` says what each group had.
+    at ``out["significance"][metric]``). ``out["per_user"][model]`` holds the per-user arrays at ``K``
+    (``user_idx``, ``recall@K``, ``ndcg@K``; :func:`per_user_metrics_from_top_k`). ``item_features``
+    (``[n_items, d]``) adds intra-list diversity. ``min_subgroup`` is ``(interactions, users)`` a cold-start
+    or long-tail group needs to be reported (:func:`subgroup_support`); ``out["support"]`` says what each
+    group had.
     """
     if not models:
         raise ValueError("models is empty: nothing to evaluate")
@@ -207,6 +209,9 @@ def evaluate_models(
             out["cold_start"][name] = ranking_metrics_from_top_k(cold_top, cold_users, cold_truth, **common)
         del model
 
+    # Each model's per-user test metrics at K (what the intervals resample): for reports that group the test
+    # users (say, by dominant modality) without ranking again. Not part of the metrics written out.
+    out["per_user"] = per_user
     names = list(models)
     stacked = {metric: np.stack([per_user[name][metric] for name in names]) for metric in ci_metrics}
     for metric, values in stacked.items():

@@ -12,6 +12,7 @@ switch, safe inside a Dagster worker; PNGs carry no timestamp, so equal inputs g
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -470,7 +471,14 @@ def build_comparison(
 ) -> Comparison:
     """:func:`~mm_pipeline.evaluate.comparison.compare_models` (``models``, ``data``, ``options``), rendered
     by :func:`render_comparison` under ``title`` (with the ``explanations`` section when given)."""
-    return render_comparison(compare_models(models, data, **options), title, explanations)
+    comparison = compare_models(models, data, **options)
+    if explanations is not None and explanations.dominant is not None and comparison.primary_per_user is not None:
+        from mm_pipeline.explain.summary import accuracy_by_interest_from
+
+        # The primary model's accuracy per dominant modality from the test ranking just made, not a second one.
+        by_interest = accuracy_by_interest_from(comparison.primary_per_user, explanations.dominant, comparison.max_k)
+        explanations = dataclasses.replace(explanations, by_interest=by_interest)
+    return render_comparison(comparison, title, explanations)
 
 
 @dataclass(frozen=True)
@@ -479,12 +487,14 @@ class Explanations:
     removed, users, top/random score and rank drops, gaps), users by dominant score part (``by_part``) and
     test users by dominant modality in the aligned space with the primary model's accuracy per group
     (``by_interest``: dominant modality, users, share, recall@20, ndcg@20, note; see
-    :func:`mm_pipeline.explain.summary.accuracy_by_interest`)."""
+    :func:`mm_pipeline.explain.summary.accuracy_by_interest`). With ``dominant`` (user index -> dominant
+    modality), :func:`build_comparison` fills ``by_interest`` from its own test ranking of the primary model."""
 
     faithfulness: pd.DataFrame
     by_part: pd.DataFrame
     users: int
     by_interest: pd.DataFrame | None = None
+    dominant: pd.Series | None = None
 
 
 def _finite(value: Any, digits: int = 4) -> str:

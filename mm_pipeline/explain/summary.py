@@ -106,14 +106,26 @@ def accuracy_by_interest(
     metrics (NaN) and says so in ``note``, as the report's other subgroups do."""
     users = dominant.index.to_numpy(dtype=np.int64)
     users = users[np.diff(test.tocsr().indptr)[users] > 0]
+    metrics = per_user_metrics_from_top_k(top_k(model, users, exclude, k), users, test, ks=(k,))
+    return accuracy_by_interest_from(metrics, dominant, k, min_users)
+
+
+def accuracy_by_interest_from(
+    per_user: dict[str, np.ndarray], dominant: pd.Series, k: int = 20, min_users: int = MIN_SUBGROUP_USERS
+) -> pd.DataFrame:
+    """:func:`accuracy_by_interest` from per-user test metrics already computed (``per_user``: ``user_idx``,
+    ``recall@k``, ``ndcg@k``, as :func:`~mm_pipeline.recommend.ranking.per_user_metrics_from_top_k` gives
+    them; the report's evaluation has them), for the users in both ``per_user`` and ``dominant``."""
+    users = np.asarray(per_user["user_idx"], dtype=np.int64)
+    keep = np.isin(users, dominant.index.to_numpy(dtype=np.int64))
+    users = users[keep]
     if users.size == 0:
         return pd.DataFrame(columns=["dominant modality", "users", "share", f"recall@{k}", f"ndcg@{k}", "note"])
-    metrics = per_user_metrics_from_top_k(top_k(model, users, exclude, k), users, test, ks=(k,))
     frame = pd.DataFrame(
         {
             "dominant modality": dominant.loc[users].to_numpy(),
-            f"recall@{k}": metrics[f"recall@{k}"],
-            f"ndcg@{k}": metrics[f"ndcg@{k}"],
+            f"recall@{k}": np.asarray(per_user[f"recall@{k}"])[keep],
+            f"ndcg@{k}": np.asarray(per_user[f"ndcg@{k}"])[keep],
         }
     )
     out = (

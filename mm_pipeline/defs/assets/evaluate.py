@@ -161,7 +161,8 @@ def comparison_report(
                 explanations["faithfulness"],
                 explanations["by_part"],
                 int(explanations["interest"]["user"].size),
-                explanations.get("by_interest"),
+                # The primary model's accuracy per dominant modality comes from this report's own test ranking.
+                dominant=explanations["users_interest"].set_index("user")["dominant"],
             )
             if explanations is not None
             else None
@@ -199,7 +200,7 @@ def comparison_report(
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas", "mlflow"},
-    code_version="7",
+    code_version="8",
     required_resource_keys={"pipeline", "mlflow_tracking"},
     ins=report_inputs(s.asset_name for s in MODEL_TABLE if s.role != "research"),
 )
