@@ -43,7 +43,7 @@ def test_demo_runs_the_full_job_and_prints_the_table(tmp_path, monkeypatch, caps
     assert cli.main(demo) == 0
     captured = capsys.readouterr()
     (summary,) = [line for line in captured.err.splitlines() if "assets up to date" in line]
-    assert summary.startswith("31 assets up to date, 0 to materialize (up to date: ") and "raw_items, " in summary
+    assert summary.startswith("32 assets up to date, 0 to materialize (up to date: ") and "raw_items, " in summary
     assert "started " not in captured.err and "Nothing to materialize" in captured.out and "mm_gcn" in captured.out
     assert (tmp_path / "reports" / "latest" / "metrics.json").read_text() == report
     with dg.DagsterInstance.get() as instance:

@@ -367,6 +367,12 @@ def test_the_frontier_measures_every_variant_and_serves_the_smallest_within_the_
     assert set(kept) == set(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(kept[name], value, err_msg=name)
+    # The served variant's lists (what the report reads instead of ranking it again) are those of its artifact.
+    from mm_pipeline.evaluate.protocol import rank_for_evaluation
+
+    again = rank_for_evaluation(serving_recommender(kept, "served"), data, 20)
+    for part in ("valid_top", "test_top", "among_top"):
+        assert torch.equal(getattr(frontier.rankings, part), getattr(again, part)), part
     forced = compression_frontier(model, data, ITEM_IDS, compressions=["int8"], serve="fp32", latency_requests=1)
     assert forced.served == "fp32" and list(forced.table["variant"]) == ["fp32", "int8"]
     strict = compression_frontier(

@@ -32,7 +32,7 @@ from mm_pipeline.evaluate import (
 )
 from mm_pipeline.recommend import ranking
 from mm_pipeline.recommend.base import EmbeddingRecommender
-from mm_pipeline.recommend.ranking import top_k_two_splits, without_items
+from mm_pipeline.recommend.ranking import rank_splits, without_items
 
 
 # ----------------------------------------------------------------------------------------- split
@@ -257,17 +257,82 @@ def test_one_pass_for_validation_and_test_matches_two_rankings(kind, monkeypatch
     test = sp.csr_matrix(sp.diags((np.arange(41) != 8).astype(np.float32)) @ (test != 0).astype(np.float32))
     valid.eliminate_zeros(), test.eliminate_zeros()
     data = SplitData(41, 60, train, valid, test, adj=torch.zeros(0))
-    users, valid_top, test_top = top_k_two_splits(model, data, 9)
+    ranked = rank_splits(model, data, 9)
+    users, valid_top, test_top = ranked.users, ranked.valid_top, ranked.test_top
     assert 7 in users and 8 in users
     np.testing.assert_array_equal(valid_top.numpy(), top_k(model, users, train, 9).numpy())
     np.testing.assert_array_equal(test_top.numpy(), top_k(model, users, (train + valid).tocsr(), 9).numpy())
     monkeypatch.setattr(ranking, "MAX_EXTRA_SLOTS", 0)  # the two-pass fallback gives the same lists
-    _, valid_again, test_again = top_k_two_splits(model, data, 9)
-    assert torch.equal(valid_again, valid_top) and torch.equal(test_again, test_top)
+    again = rank_splits(model, data, 9)
+    assert torch.equal(again.valid_top, valid_top) and torch.equal(again.test_top, test_top)
     # fewer kept entries than slots: padded
     lists = torch.tensor([[3, 1, 2, PAD]])
     dropped = without_items(lists, np.array([0]), sp.csr_matrix(([1.0, 1.0], ([0, 0], [1, 3])), shape=(1, 5)), 3)
     assert dropped.tolist() == [[2, PAD, PAD]]
+
+
+@pytest.mark.parametrize("max_extra", [256, 0])  # one pass; two passes (the fallback)
+def test_rank_splits_gives_the_lists_of_separate_rankings_with_candidate_lists(max_extra, monkeypatch):
+    """Validation, test and candidate-only test lists of one model are those of three top_k calls."""
+    rng = np.random.default_rng(5)
+    data = _tiny_split(seed=2, n_items=60, n_cold=12)
+    model = _random_scores_model(rng, "ties", (data.n_users, data.n_items))
+    monkeypatch.setattr(ranking, "chunk_users", lambda n_items, chunk_size=None: 7)  # several chunks
+    monkeypatch.setattr(ranking, "MAX_EXTRA_SLOTS", max_extra)
+    cold = ~data.warm_items
+    test_users = np.flatnonzero(data.test.getnnz(axis=1) > 0)
+    among = np.sort(rng.choice(test_users, size=9, replace=False))
+    calls = []
+    score = model.score
+    monkeypatch.setattr(model, "score", lambda rows: calls.append(len(rows)) or score(rows))
+    ranked = ranking.rank_splits(model, data, 8, candidates=cold, among=among)
+    held_out = (data.valid.getnnz(axis=1) > 0) | (data.test.getnnz(axis=1) > 0)
+    assert sum(calls) == held_out.sum() * (1 if max_extra else 2)
+    test_exclude = (data.train + data.valid).tocsr()
+    np.testing.assert_array_equal(ranked.valid_top.numpy(), top_k(model, ranked.users, data.train, 8).numpy())
+    np.testing.assert_array_equal(ranked.test_top.numpy(), top_k(model, ranked.users, test_exclude, 8).numpy())
+    expected = top_k(model, among, test_exclude, 8, candidates=cold).numpy()
+    np.testing.assert_array_equal(ranked.among_lists(among).numpy(), expected)
+    np.testing.assert_array_equal(ranked.among_lists(among[::-1]).numpy(), expected[::-1])
+    np.testing.assert_array_equal(
+        ranked.test_lists(test_users).numpy(), top_k(model, test_users, test_exclude, 8).numpy()
+    )
+    assert ranked.validation_metrics(data.valid) == pytest.approx(ranking.validator(data, (8,))(model), abs=1e-12)
+    with pytest.raises(ValueError, match="no candidate list"):
+        ranked.among_lists(np.setdiff1d(test_users, among)[:1])
+    # Stored as int32 arrays (the model_rankings asset) and read back: the same lists.
+    again = ranking.unpack_rankings(ranking.pack_rankings({"m": ranked, "n": ranked}))
+    for part in ("users", "valid_top", "test_top", "among", "among_top"):
+        assert np.array_equal(np.asarray(getattr(again["n"], part)), np.asarray(getattr(ranked, part))), part
+    other = ranking.rank_splits(model, data, 8)  # no candidate lists: other users in `among`
+    with pytest.raises(ValueError, match="other users"):
+        ranking.pack_rankings({"m": ranked, "other": other})
+    with pytest.raises(ValueError, match="among needs candidates"):
+        ranking.rank_splits(model, data, 8, among=among)
+
+
+def test_reports_and_selection_from_rankings_equal_those_from_the_models():
+    """Given each model's rank_for_evaluation, the report's metrics and the validation table are the same
+    numbers, and no model is built."""
+    from mm_pipeline.evaluate.protocol import ModelsOnDemand, rank_for_evaluation
+    from mm_pipeline.evaluate.report import build_comparison
+    from mm_pipeline.recommend.selection import compare_on_validation
+
+    data = _tiny_split(seed=1, n_items=70, n_cold=25)
+    models, options = _comparison_inputs(data)
+    rankings = {name: rank_for_evaluation(model, data, 20) for name, model in models.items() if "[" not in name}
+    built = []
+    lazy = ModelsOnDemand({n: (lambda n=n: built.append(n) or models[n]) for n in models})
+    direct = build_comparison(models, data, **options)
+    ranked = build_comparison(lazy, data, rankings=rankings, **options)
+    assert built == ["mm_gcn[int8]"]  # only the model without rankings (a compressed variant) is built
+    assert ranked.metrics == direct.metrics and ranked.metrics["cold_start"]
+    built.clear()
+    table = compare_on_validation(lazy, data, rankings=rankings)
+    pd.testing.assert_frame_equal(table, compare_on_validation(models, data))
+    assert built == ["mm_gcn[int8]"]
+    with pytest.raises(ValueError, match="hold 20 items a list"):
+        compare_on_validation(lazy, data, ks=(10,), rankings=rankings)
 
 
 def test_models_on_demand_are_built_when_read_and_compared_like_a_dict():

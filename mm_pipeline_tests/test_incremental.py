@@ -109,7 +109,7 @@ def materialized(result) -> set[str]:
 
 def test_every_asset_carries_a_content_hash_data_version(project):
     job_keys = {k.to_user_string() for k in project.defs.resolve_job_def(JOB).asset_layer.executable_asset_keys}
-    assert materialized(project.first) == job_keys and len(job_keys) == 31
+    assert materialized(project.first) == job_keys and len(job_keys) == 32
     # A stored value's data version is the hash of what was stored; the source's is its fingerprint.
     stored = project.stored("raw_items")
     assert project.data_version("raw_items") == bundle_digest(stored)
@@ -123,11 +123,11 @@ def test_every_asset_carries_a_content_hash_data_version(project):
 
 def test_a_second_run_with_nothing_changed_materializes_nothing(project):
     plan = project.plan()
-    assert plan.nothing_to_do and len(plan.up_to_date) == 31
-    assert plan.summary().startswith("31 assets up to date, 0 to materialize (up to date: ")
+    assert plan.nothing_to_do and len(plan.up_to_date) == 32
+    assert plan.summary().startswith("32 assets up to date, 0 to materialize (up to date: ")
     # --force's counterpart: any other run config than the last one (here: another dataset) is a change.
     other = project.plan({**FAST, "resources": {"pipeline": {"config": {"dataset": "builtin:tiny"}}}})
-    assert other.reasons == {K("source_dataset"): "the source changed"} and len(other.to_materialize) == 31
+    assert other.reasons == {K("source_dataset"): "the source changed"} and len(other.to_materialize) == 32
 
 
 def test_a_changed_run_config_recomputes_that_asset_and_what_is_downstream(project):
@@ -240,7 +240,7 @@ def test_a_scheduled_run_is_incremental_inside_its_steps(project, tmp_path, monk
     assert request.asset_selection is None and REUSE_TAG not in request.tags
     result = project.run(request.run_config, tags=request.tags)
     computed = {name for name, again in reuse(result).items() if not again}
-    assert not computed and len(reuse(result)) == 31 - 3 - 4
+    assert not computed and len(reuse(result)) == 32 - 3 - 4
     assert ALWAYS_COMPUTED & materialized(result) == {
         "evaluation_report",
         "registered_model",
@@ -265,7 +265,7 @@ def test_an_edited_source_file_recomputes_the_source_and_what_is_downstream(proj
     items.loc[5, "title"] = "An edited title"
     items.to_csv(project.shop / "items.csv", index=False)
     plan = project.plan()
-    assert plan.reasons == {K("source_dataset"): "the source changed"} and len(plan.to_materialize) == 31
+    assert plan.reasons == {K("source_dataset"): "the source changed"} and len(plan.to_materialize) == 32
 
     # Materialize the source alone: only the table that changed gets a new data version, and Dagster's
     # staleness (what the UI shows) names its children.
@@ -275,7 +275,7 @@ def test_an_edited_source_file_recomputes_the_source_and_what_is_downstream(proj
     plan = project.plan()
     assert plan.reasons[K("raw_item_text")] == "raw_items changed"
     assert K("raw_interactions") in plan.up_to_date and K("source_dataset") in plan.up_to_date
-    assert len(plan.to_materialize) == 28  # everything below the source
+    assert len(plan.to_materialize) == 29  # everything below the source
 
 
 def test_op_config_entry_treats_a_missing_and_an_empty_config_alike():

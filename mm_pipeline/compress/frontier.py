@@ -31,9 +31,10 @@ import pandas as pd
 
 from mm_pipeline.compress.artifact import artifact_bytes, compact_serving_arrays, serving_recommender, table_arrays
 from mm_pipeline.evaluate.metrics import ranking_metrics_from_top_k
+from mm_pipeline.evaluate.protocol import rank_for_evaluation
 from mm_pipeline.memory import release_freed_memory
 from mm_pipeline.recommend.base import EmbeddingRecommender
-from mm_pipeline.recommend.ranking import top_k_two_splits
+from mm_pipeline.recommend.ranking import SplitRankings
 from mm_pipeline.registry.pyfunc import COMPRESSIONS, RecommenderPyfunc, export_serving_arrays
 
 DEFAULT_MAX_RELATIVE_LOSS = 0.01
@@ -44,11 +45,13 @@ K = 20
 class Frontier:
     """``table``: one row per compression (see the module doc); ``served``: the chosen one; ``arrays``: its
     serving arrays without keys and ids (:func:`~mm_pipeline.compress.artifact.table_arrays`), the only
-    variant kept (on a 20k-item catalogue each variant's tables are up to 1.6 GB)."""
+    variant kept (on a 20k-item catalogue each variant's tables are up to 1.6 GB); ``rankings``: the served
+    variant's validation, test and cold-start lists at :data:`K` (:func:`rank_for_evaluation`)."""
 
     table: pd.DataFrame
     arrays: dict[str, dict[str, np.ndarray]]
     served: str
+    rankings: SplitRankings
 
 
 def request_latency_ms(
@@ -82,17 +85,20 @@ def request_latency_ms(
     return {"median_ms": float(np.median(timings)), "p90_ms": float(np.percentile(timings, 90))}
 
 
-def _quality(model: EmbeddingRecommender, data, popularity: np.ndarray) -> dict[str, float]:
+def _quality(model: EmbeddingRecommender, data, popularity: np.ndarray) -> tuple[dict[str, float], SplitRankings]:
+    """The variant's validation and test NDCG/recall@K, and its lists (the cold-start ones too: the report
+    reads the served variant's lists instead of ranking it again), from one scoring pass."""
     common = dict(ks=(K,), item_popularity=popularity, n_train_users=data.n_users)
-    users, valid_top, test_top = top_k_two_splits(model, data, K)  # one scoring pass for both splits
-    valid = ranking_metrics_from_top_k(valid_top, users, data.valid, **common)
-    test = ranking_metrics_from_top_k(test_top, users, data.test, **common)
-    return {
+    ranked = rank_for_evaluation(model, data, K)
+    valid = ranking_metrics_from_top_k(ranked.valid_top, ranked.users, data.valid, **common)
+    test = ranking_metrics_from_top_k(ranked.test_top, ranked.users, data.test, **common)
+    quality = {
         f"valid_ndcg@{K}": float(valid[f"ndcg@{K}"]),
         f"valid_recall@{K}": float(valid[f"recall@{K}"]),
         f"test_ndcg@{K}": float(test[f"ndcg@{K}"]),
         f"test_recall@{K}": float(test[f"recall@{K}"]),
     }
+    return quality, ranked
 
 
 def compression_frontier(
@@ -124,17 +130,20 @@ def compression_frontier(
     )
     popularity = np.asarray(data.train.sum(axis=0)).ravel()
     rows: list[dict] = []
-    # The variant that would ship so far, (bytes, name, arrays): the gate's reference, fp32, is measured first,
-    # so the served one is known as the variants come, and only it is kept (never encoded twice).
-    kept: tuple[int, str, dict] | None = None
+    # The variant that would ship so far, (bytes, name, arrays, lists): the gate's reference, fp32, is measured
+    # first, so the served one is known as the variants come, and only it is kept (never encoded twice).
+    kept: tuple[int, str, dict, SplitRankings] | None = None
+    first: SplitRankings | None = None
     for compression in compressions:
         arrays = compact_serving_arrays(plain, compression)
         if compression == "fp32_compact" and rows and rows[0]["variant"] == "fp32":
             quality = {k: v for k, v in rows[0].items() if k.startswith(("valid_", "test_"))}  # the same scores
+            ranked = first
         else:
             decoded = serving_recommender(arrays, f"{model.name}[{compression}]", info=dict(model.info))
-            quality = _quality(decoded, data, popularity)
+            quality, ranked = _quality(decoded, data, popularity)
             del decoded
+        first = first or ranked
         latency = request_latency_ms(arrays, labels, secret, batch=latency_batch, requests=latency_requests, seed=seed)
         row = {
             "variant": compression,
@@ -153,7 +162,7 @@ def compression_frontier(
         else:
             ships = compression == serve
         if ships:
-            kept = (row["bytes"], compression, table_arrays(arrays))
+            kept = (row["bytes"], compression, table_arrays(arrays), ranked)
         del arrays
         release_freed_memory()
     table = pd.DataFrame(rows)
@@ -171,4 +180,4 @@ def compression_frontier(
         served = serve
     table["served"] = table["variant"] == served
     assert kept is not None and kept[1] == served  # the same rule, applied as the rows came
-    return Frontier(table, {served: kept[2]}, served)
+    return Frontier(table, {served: kept[2]}, served, kept[3])

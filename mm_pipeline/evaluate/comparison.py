@@ -30,6 +30,7 @@ from mm_pipeline.recommend.base import EmbeddingRecommender
 
 if TYPE_CHECKING:
     from mm_pipeline.data.types import SplitData
+    from mm_pipeline.recommend.ranking import SplitRankings
 
 PLAIN_METRICS = ("precision", "f1", "map", "hit_ratio", "coverage", "novelty", "personalization")
 SUBGROUP_METRICS = ("recall", "ndcg", "precision", "hit_ratio")
@@ -198,6 +199,7 @@ def compare_models(
     head_share: float = HEAD_SHARE,
     min_subgroup: tuple[int, int] = (MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS),
     selection: Mapping[str, Any] | None = None,
+    rankings: Mapping[str, SplitRankings] | None = None,
 ) -> ModelComparison:
     """Evaluate ``models`` on ``data``'s test split.
 
@@ -209,7 +211,8 @@ def compare_models(
     per-epoch training history; ``compression`` is the compressed-model stats table; ``aligned`` is
     the ``aligned_item_embeddings`` value (``fused`` gives the item features of intra-list diversity;
     ``weights``/``present``/``modalities`` the modality-weight plot); ``dataset`` is copied into
-    ``metrics["dataset"]`` and completed with the split's counts.
+    ``metrics["dataset"]`` and completed with the split's counts. ``rankings`` (name -> the model's
+    :func:`~mm_pipeline.evaluate.protocol.rank_for_evaluation`) are read instead of ranking those models again.
 
     ``metrics`` always has ``primary_model``, ``baselines``, ``ablations``, ``variants``, ``models``
     (every model, each with ``recall@K_ci`` and ``ndcg@K_ci``, ``K = max(ks)``, and
@@ -235,6 +238,7 @@ def compare_models(
         head_share=head_share,
         min_subgroup=min_subgroup,
         item_features=None if aligned is None else np.asarray(aligned["fused"]),
+        rankings=rankings,
     )
     significance = results.get("significance")
     best = significance["best_baseline"] if significance else None

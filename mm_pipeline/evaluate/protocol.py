@@ -15,7 +15,7 @@ from mm_pipeline.evaluate.metrics import (
     top_k,
 )
 from mm_pipeline.recommend.base import EmbeddingRecommender
-from mm_pipeline.recommend.ranking import top_k_and_among_candidates
+from mm_pipeline.recommend.ranking import SplitRankings, rank_splits, top_k_and_among_candidates
 
 if TYPE_CHECKING:
     from mm_pipeline.data.types import SplitData
@@ -108,6 +108,23 @@ def _restrict(matrix: sp.spmatrix, items: np.ndarray) -> sp.csr_matrix:
     return out
 
 
+def _cold_test_users(data: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """``(cold, cold_users)``: the items without training interactions (bool) and the test users with a test
+    interaction on one of them."""
+    cold = ~data.warm_items
+    return cold, np.flatnonzero(_restrict(data.test, cold).getnnz(axis=1) > 0).astype(np.int64)
+
+
+def rank_for_evaluation(model: EmbeddingRecommender, data: SplitData, k: int = 20) -> SplitRankings:
+    """Every list model selection and :func:`evaluate_models` read of ``model``, from one scoring pass
+    (:func:`~mm_pipeline.recommend.ranking.rank_splits`): its validation lists, its test lists and its
+    cold-start test lists (among the cold items), at ``k``."""
+    cold, cold_users = _cold_test_users(data)
+    if not cold_users.size:
+        return rank_splits(model, data, k)
+    return rank_splits(model, data, k, candidates=cold, among=cold_users)
+
+
 class ModelsOnDemand(Mapping[str, EmbeddingRecommender]):
     """Models built when they are read and not kept (``builders``: name -> a function returning the model):
     evaluating them in turn holds one model's tables at a time instead of every model's, when the loop drops
@@ -142,6 +159,7 @@ def evaluate_models(
     item_features: np.ndarray | None = None,
     head_share: float = HEAD_SHARE,
     min_subgroup: tuple[int, int] = (MIN_SUBGROUP_INTERACTIONS, MIN_SUBGROUP_USERS),
+    rankings: Mapping[str, SplitRankings] | None = None,
 ) -> dict:
     """Test metrics for each model on all items, on cold-start items and on long-tail items.
 
@@ -154,7 +172,8 @@ def evaluate_models(
     (``user_idx``, ``recall@K``, ``ndcg@K``; :func:`per_user_metrics_from_top_k`). ``item_features``
     (``[n_items, d]``) adds intra-list diversity. ``min_subgroup`` is ``(interactions, users)`` a cold-start
     or long-tail group needs to be reported (:func:`subgroup_support`); ``out["support"]`` says what each
-    group had.
+    group had. ``rankings`` (name -> :func:`rank_for_evaluation` of the model, at ``k >= max(ks)``) are read
+    instead of ranking those models again: their models are never built.
     """
     if not models:
         raise ValueError("models is empty: nothing to evaluate")
@@ -164,10 +183,9 @@ def evaluate_models(
     test_users = np.flatnonzero(data.test.getnnz(axis=1) > 0).astype(np.int64)
     if test_users.size == 0:
         raise ValueError("the test split has no interactions: nothing to evaluate (check the interaction split)")
-    cold = ~data.warm_items
+    cold, cold_users = _cold_test_users(data)
     head, tail = popularity_groups(data.train, head_share)
     cold_truth, tail_truth = _restrict(data.test, cold), _restrict(data.test, tail)
-    cold_users = np.flatnonzero(cold_truth.getnnz(axis=1) > 0).astype(np.int64)
     cold_support = subgroup_support(cold_truth, cold, max_k, *min_subgroup)
     tail_support = subgroup_support(tail_truth, None, max_k, *min_subgroup)
     common = dict(ks=ks, item_popularity=popularity, n_train_users=data.n_users, item_features=item_features)
@@ -195,19 +213,28 @@ def evaluate_models(
     }
     ci_metrics = (f"recall@{max_k}", f"ndcg@{max_k}")
     per_user = {}
+    rankings = rankings or {}
     for name in models:  # one model at a time when they are built on reading (ModelsOnDemand)
-        model = models[name]
-        if cold_support["enough"]:  # the cold-start lists from the same scores (one scoring pass)
+        if name in rankings:
+            ranked = rankings[name]
+            if ranked.k < max_k:
+                raise ValueError(f"the rankings of {name!r} hold {ranked.k} items a list; the report needs {max_k}")
+            top = ranked.test_lists(test_users)[:, :max_k]
+            cold_top = ranked.among_lists(cold_users)[:, :max_k] if cold_support["enough"] else None
+        elif cold_support["enough"]:  # the cold-start lists from the same scores (one scoring pass)
+            model = models[name]
             top, cold_top = top_k_and_among_candidates(model, test_users, exclude, max_k, cold, cold_users)
+            del model
         else:
+            model = models[name]
             top = top_k(model, test_users, exclude, max_k)
+            del model
         out["models"][name] = ranking_metrics_from_top_k(top, test_users, data.test, tail_items=tail, **common)
         per_user[name] = per_user_metrics_from_top_k(top, test_users, data.test, ks=(max_k,))
         if tail_support["enough"]:
             out["long_tail"][name] = ranking_metrics_from_top_k(top, test_users, tail_truth, tail_items=tail, **common)
         if cold_support["enough"]:
             out["cold_start"][name] = ranking_metrics_from_top_k(cold_top, cold_users, cold_truth, **common)
-        del model
 
     # Each model's per-user test metrics at K (what the intervals resample): for reports that group the test
     # users (say, by dominant modality) without ranking again. Not part of the metrics written out.

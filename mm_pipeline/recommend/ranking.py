@@ -9,6 +9,7 @@ outside ``candidates`` are never recommended; ties break by the lower item index
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,7 +24,8 @@ PAD = -1  # top-k slot with no eligible item left (fewer candidates than k)
 # faulted in again every time (measured: 2,048 users x 12,101 items ran about twice as slow per user).
 CHUNK_CELLS = 1 << 22
 LIST_CHUNK = 2048  # users per chunk where ranked lists, not scores, are chunked
-MAX_EXTRA_SLOTS = 256  # top_k_two_splits: slots beyond k that one pass may rank
+MAX_EXTRA_SLOTS = 256  # rank_splits: slots beyond k that one pass may rank
+LIST_PARTS = ("valid_top", "test_top", "among_top")  # the ranked lists of a SplitRankings
 _INELIGIBLE = torch.iinfo(torch.int64).min
 _TWO_32 = 2**32
 
@@ -243,6 +245,17 @@ def top_k(
     )
 
 
+def _in_order(found: np.ndarray, lists: torch.Tensor, wanted: np.ndarray) -> torch.Tensor:
+    """The rows of ``lists`` (ranked lists of the users ``found``, in any order) in the order of ``wanted``."""
+    order = np.argsort(found, kind="stable")
+    return lists[torch.from_numpy(order[np.searchsorted(found, wanted, sorter=order)])]
+
+
+def _check_among(users: np.ndarray, among: np.ndarray) -> None:
+    if np.unique(users).size != users.size or not np.isin(among, users).all():
+        raise ValueError("among must be a subset of users, and users must not repeat")
+
+
 def top_k_and_among_candidates(
     model: EmbeddingRecommender,
     users: np.ndarray,
@@ -260,28 +273,44 @@ def top_k_and_among_candidates(
     k = _check_positive_int("k", k)
     exclude = _check_matrix("exclude", exclude, (n_users, n_items), optional=True)
     cand = _check_candidates(candidates, n_items)
-    if np.unique(users).size != users.size or not np.isin(among, users).all():
-        raise ValueError("among must be a subset of users, and users must not repeat")
-    chunk_size = chunk_users(n_items)
+    _check_among(users, among)
+    top, picked, found = _one_pass(model, users, exclude, k, among, exclude, None, cand, k)
+    return top, _in_order(found, picked, among)
+
+
+def _one_pass(
+    model: EmbeddingRecommender,
+    users: np.ndarray,
+    exclude: sp.csr_matrix | None,
+    slots: int,
+    among: np.ndarray,
+    among_exclude: sp.csr_matrix | None,
+    among_extra: sp.csr_matrix | None,
+    candidates: torch.Tensor | None,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """One scoring pass over ``users`` (``exclude`` masked): their top-``slots`` lists over every item, and
+    for the users of ``among`` (in the order met) the top-``k`` over ``candidates`` with ``among_exclude``
+    left out (``among_extra``: those entries not already in ``exclude``, masked on the copied rows)."""
     wanted = np.isin(users, among)
     tops, picked, picked_users = [], [], []
+    chunk_size = chunk_users(model.n_items)
     for start in range(0, len(users), chunk_size):
         chunk = users[start : start + chunk_size]
         scores = _chunk_scores(model, chunk, exclude)
         rows = np.flatnonzero(wanted[start : start + chunk_size])
         if rows.size:
-            picked.append(_select_top_k(scores[torch.from_numpy(rows)], chunk[rows], exclude, k, cand))
+            chosen = scores[torch.from_numpy(rows)]  # a copy: the full lists below read the unmasked scores
+            if among_extra is not None:
+                extra_rows, extra_cols = _rows_coo(among_extra, chunk[rows])
+                chosen[extra_rows, extra_cols] = float("-inf")
+            picked.append(_select_top_k(chosen, chunk[rows], among_exclude, k, candidates))
             picked_users.append(chunk[rows])
-        tops.append(_select_top_k(scores, chunk, exclude, k, None))
-    empty = torch.empty((0, k), dtype=torch.long)
-    top = torch.cat(tops) if tops else empty
+        tops.append(_select_top_k(scores, chunk, exclude, slots, None))
+    top = torch.cat(tops) if tops else torch.empty((0, slots), dtype=torch.long)
     if not picked:
-        return top, empty
-    # Back into the order of ``among``: the rows came in the order of ``users``.
-    found = np.concatenate(picked_users)
-    order = np.argsort(found, kind="stable")
-    position = order[np.searchsorted(found, among, sorter=order)]
-    return top, torch.cat(picked)[torch.from_numpy(position)]
+        return top, torch.empty((0, k), dtype=torch.long), np.zeros(0, dtype=np.int64)
+    return top, torch.cat(picked), np.concatenate(picked_users)
 
 
 def without_items(top: torch.Tensor, users: np.ndarray, removed: sp.csr_matrix, k: int) -> torch.Tensor:
@@ -291,7 +320,7 @@ def without_items(top: torch.Tensor, users: np.ndarray, removed: sp.csr_matrix, 
     With ``top`` from :func:`top_k` at ``k + m`` slots, ``m`` at least the largest row count of ``removed``
     among ``users``, this is exactly :func:`top_k` with ``removed`` added to ``exclude`` (dropping items
     keeps the order of the others, ties included), without scoring again: validation and test lists from
-    one pass (:func:`top_k_two_splits`).
+    one pass (:func:`rank_splits`).
     """
     n_items, step = removed.shape[1], chunk_users(removed.shape[1])
     out = []
@@ -307,21 +336,119 @@ def without_items(top: torch.Tensor, users: np.ndarray, removed: sp.csr_matrix, 
     return torch.cat(out) if out else torch.empty((0, k), dtype=torch.long)
 
 
-def top_k_two_splits(
-    model: EmbeddingRecommender, data: SplitData, k: int
-) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """``(users, valid_top, test_top)``: for every user with a validation or test item, the top-``k``
-    list against validation (training items excluded) and against test (training and validation items
-    excluded), from one scoring pass of ``k`` + the most validation items any of them has (see
-    :func:`without_items`); two passes when that is over :data:`MAX_EXTRA_SLOTS` (the lists would outweigh
-    a second scoring). Same lists as two :func:`top_k` calls."""
-    valid, test = _check_truth(data.valid), _check_truth(data.test)
+@dataclass(frozen=True)
+class SplitRankings:
+    """A model's ranked lists for both held-out splits, from one scoring pass (:func:`rank_splits`).
+
+    ``users``: every user with a validation or a test item (ascending); ``valid_top[j]``: user ``users[j]``'s
+    top-``k`` against validation (training items excluded); ``test_top[j]``: against test (training and
+    validation items excluded); ``among_top[j]``: user ``among[j]``'s top-``k`` against test among the
+    ``candidates`` items alone (say, cold items), empty when no ``among`` was asked for."""
+
+    users: np.ndarray
+    valid_top: torch.Tensor
+    test_top: torch.Tensor
+    among: np.ndarray
+    among_top: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return int(self.valid_top.shape[1])
+
+    def test_lists(self, users: np.ndarray) -> torch.Tensor:
+        """The test lists of ``users`` (each must have one), in their order."""
+        return self.test_top[torch.from_numpy(_positions(self.users, users, "test"))]
+
+    def among_lists(self, users: np.ndarray) -> torch.Tensor:
+        """The lists over the candidates of ``users`` (each must be in :attr:`among`), in their order."""
+        return self.among_top[torch.from_numpy(_positions(self.among, users, "candidate"))]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays (to store), the lists as int32 (item indices and ``PAD``); :meth:`from_arrays` reads them."""
+        lists = {part: getattr(self, part).numpy().astype(np.int32) for part in LIST_PARTS}
+        return {"users": self.users, "among": self.among, **lists}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> SplitRankings:
+        users, among = (np.asarray(arrays[part], np.int64) for part in ("users", "among"))
+        lists = {part: torch.from_numpy(np.asarray(arrays[part], np.int64)) for part in LIST_PARTS}
+        return cls(users=users, among=among, **lists)
+
+    def validation_metrics(self, valid: sp.csr_matrix) -> dict[str, float]:
+        """Mean validation ``recall@k`` and ``ndcg@k`` of the lists (``valid``: the validation split): what
+        :func:`validator` gives for the model, without scoring it."""
+        metrics = per_user_metrics_from_top_k(self.valid_top, self.users, valid, ks=(self.k,))
+        return {m: float(metrics[m].mean()) if metrics[m].size else 0.0 for m in (f"recall@{self.k}", f"ndcg@{self.k}")}
+
+
+def _positions(held: np.ndarray, users: np.ndarray, kind: str) -> np.ndarray:
+    users = np.asarray(users, dtype=np.int64)
+    position = np.searchsorted(held, users)
+    if users.size and (position.max() >= held.size or not (held[position] == users).all()):
+        raise ValueError(f"these rankings hold no {kind} list for some of the requested users; rank them again")
+    return position
+
+
+def pack_rankings(rankings: dict[str, SplitRankings]) -> dict:
+    """Several models' :class:`SplitRankings` of one split as plain arrays (to store): the users once, each
+    model's lists (:meth:`SplitRankings.to_arrays`) under ``valid_top`` / ``test_top`` / ``among_top``."""
+    first = next(iter(rankings.values()), None)
+    for name, ranked in rankings.items():
+        if not (np.array_equal(ranked.users, first.users) and np.array_equal(ranked.among, first.among)):
+            raise ValueError(f"the rankings of {name!r} are of other users than those of {next(iter(rankings))!r}")
+    arrays = {name: ranked.to_arrays() for name, ranked in rankings.items()}
+    empty = np.zeros(0, np.int64)
+    return {
+        "models": list(rankings),
+        "users": empty if first is None else first.users,
+        "among": empty if first is None else first.among,
+        **{part: {name: arrays[name][part] for name in rankings} for part in LIST_PARTS},
+    }
+
+
+def unpack_rankings(value: dict) -> dict[str, SplitRankings]:
+    """The :class:`SplitRankings` of each model of a :func:`pack_rankings` value."""
+    return {
+        name: SplitRankings.from_arrays(
+            {"users": value["users"], "among": value["among"], **{part: value[part][name] for part in LIST_PARTS}}
+        )
+        for name in value["models"]
+    }
+
+
+def rank_splits(
+    model: EmbeddingRecommender,
+    data: SplitData,
+    k: int,
+    candidates: np.ndarray | None = None,
+    among: np.ndarray | None = None,
+) -> SplitRankings:
+    """Every validation and test list ``model`` is evaluated on, from one scoring pass (see
+    :class:`SplitRankings`): the users' top ``k`` + the most validation items any of them has, against
+    validation, and the test lists the same lists with the validation items dropped (:func:`without_items`);
+    the lists over ``candidates`` for the users ``among`` (test users) from copies of the same scores. Two
+    passes when the extra slots exceed :data:`MAX_EXTRA_SLOTS` (the lists would outweigh a second scoring).
+    Exactly the lists of separate :func:`top_k` calls."""
+    n_users, n_items = _check_model(model)
+    k = _check_positive_int("k", k)
+    valid, test = _check_truth(data.valid, (n_users, n_items)), _check_truth(data.test, (n_users, n_items))
+    train = _check_matrix("train", data.train, (n_users, n_items))
     users = np.flatnonzero((np.diff(valid.indptr) > 0) | (np.diff(test.indptr) > 0)).astype(np.int64)
+    among = np.zeros(0, dtype=np.int64) if among is None else _check_users(among, n_users)
+    if among.size and candidates is None:
+        raise ValueError("among needs candidates: the items its lists are ranked over")
+    cand = _check_candidates(candidates, n_items)
+    _check_among(users, among)
+    test_exclude = (train + valid).tocsr()
     extra = int(np.diff(valid.indptr)[users].max()) if users.size else 0
     if extra > MAX_EXTRA_SLOTS:
-        return users, top_k(model, users, data.train, k), top_k(model, users, (data.train + valid).tocsr(), k)
-    top = top_k(model, users, data.train, k + extra)
-    return users, top[:, :k], without_items(top, users, valid, k)
+        valid_top = top_k(model, users, train, k)
+        test_top, picked, found = _one_pass(model, users, test_exclude, k, among, test_exclude, None, cand, k)
+    else:
+        top, picked, found = _one_pass(model, users, train, k + extra, among, test_exclude, valid, cand, k)
+        valid_top, test_top = top[:, :k], without_items(top, users, valid, k)
+    among_top = _in_order(found, picked, among) if among.size else torch.empty((0, k), dtype=torch.long)
+    return SplitRankings(users, valid_top, test_top, among, among_top)
 
 
 def _check_truth(truth, shape: tuple[int, int] | None = None) -> sp.csr_matrix:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mm_pipeline.memory import release_freed_memory
 from mm_pipeline.recommend.base import EmbeddingRecommender
-from mm_pipeline.recommend.ranking import validator
+from mm_pipeline.recommend.ranking import SplitRankings, validator
 
 Proposer = Callable[[list[dict]], dict | None]  # tried trials (params + score) -> next params, or None
 MONITOR = "ndcg@20"
@@ -153,16 +153,28 @@ def search(
 
 
 def compare_on_validation(
-    models: Mapping[str, EmbeddingRecommender], data, ks: tuple[int, ...] = (20,)
+    models: Mapping[str, EmbeddingRecommender],
+    data,
+    ks: tuple[int, ...] = (20,),
+    rankings: Mapping[str, SplitRankings] | None = None,
 ) -> pd.DataFrame:
     """Every model's validation recall and NDCG (all validation users, training items excluded), best
-    NDCG first (ties: the order of ``models``): what choosing the model to ship reads. Never the test split."""
+    NDCG first (ties: the order of ``models``): what choosing the model to ship reads. Never the test split.
+    A model with ``rankings`` (:func:`~mm_pipeline.recommend.ranking.rank_splits`, at ``ks[-1]``) is scored from
+    its validation lists and never built."""
     validate = validator(data, ks)
+    rankings = rankings or {}
     rows = []
     for name in models:  # one model at a time when they are built on reading (ModelsOnDemand)
-        model = models[name]
-        rows.append({"model": name, **{f"valid_{k}": float(v) for k, v in validate(model).items()}})
-        del model
+        if name in rankings:
+            if rankings[name].k != ks[-1]:
+                raise ValueError(f"the rankings of {name!r} hold {rankings[name].k} items a list, not {ks[-1]}")
+            metrics = rankings[name].validation_metrics(data.valid)
+        else:
+            model = models[name]
+            metrics = validate(model)
+            del model
+        rows.append({"model": name, **{f"valid_{k}": float(v) for k, v in metrics.items()}})
     table = pd.DataFrame(rows)
     key = f"valid_ndcg@{ks[-1]}"
     return table.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)

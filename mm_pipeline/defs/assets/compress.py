@@ -30,7 +30,7 @@ class CompressConfig(dg.Config):
     latency_requests: int = Field(default=20, description="Timed requests per variant (the median is reported).")
 
 
-@dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="4")
+@dg.asset(group_name=GROUP, kinds={"numpy"}, code_version="5")
 def compressed_model(
     config: CompressConfig,
     selected_model: dict,
@@ -67,6 +67,8 @@ def compressed_model(
             "serving": frontier.served,
             "max_relative_loss": config.max_relative_loss,
             **{f"variant_{name}": frontier.arrays[name] for name in variants},
+            # The served variant's lists as the report names it: it reads them instead of ranking it again.
+            **({"served_lists": frontier.rankings.to_arrays()} if variants else {}),
         },
         metadata={
             "compression": frame_table(stats),

@@ -15,6 +15,7 @@ from mm_pipeline.evaluate.protocol import ModelsOnDemand
 from mm_pipeline.evaluate.report import Explanations, build_comparison, png_markdown, write_report
 from mm_pipeline.recommend.base import EmbeddingRecommender
 from mm_pipeline.recommend.catalog import MODEL_TABLE, names_with_role
+from mm_pipeline.recommend.ranking import SplitRankings, unpack_rankings
 from mm_pipeline.storage import point_link
 
 GROUP = "evaluate"
@@ -29,6 +30,7 @@ REPORT_INPUTS = (
     "compressed_model",
     "aligned_item_embeddings",
     "recommendation_explanations",
+    "model_rankings",
 )
 DEFAULT_SPLIT = "per-user chronological split (8:1:1)"
 
@@ -51,7 +53,7 @@ def _recommenders(bundles: Sequence[Mapping], compressed_model: dict | None) -> 
     for variant in (compressed_model or {}).get("variants", []):
         if served is not None and variant != served:
             continue
-        name = f"{compressed_model['source_model']}[{variant}]"
+        name = served_name(compressed_model, variant)
         arrays = compressed_model[f"variant_{variant}"]
         # A served artifact's tables (format_version 2), decoded: the variant is evaluated as it is served.
         if "format_version" in arrays:
@@ -59,6 +61,11 @@ def _recommenders(bundles: Sequence[Mapping], compressed_model: dict | None) -> 
         else:
             models[name] = functools.partial(EmbeddingRecommender.from_arrays, name, arrays)
     return ModelsOnDemand(models)
+
+
+def served_name(compressed_model: Mapping, variant: str | None = None) -> str:
+    """A compressed variant's model name in the report (the served one by default), e.g. ``mm_hybrid[int8]``."""
+    return f"{compressed_model['source_model']}[{variant or compressed_model['serving']}]"
 
 
 def selection_summary(selected_model: Mapping, bundles: Sequence[dict]) -> dict:
@@ -112,6 +119,7 @@ def comparison_report(
     title: str = "Evaluation report",
     selected_model: Mapping | None = None,
     explanations: dict | None = None,
+    model_rankings: dict | None = None,
 ) -> dg.Output[dict]:
     """Evaluate model bundles (baselines + the primary), compressed variants and ablations; write the report.
 
@@ -119,6 +127,8 @@ def comparison_report(
     figures); ``reports/latest`` is then switched to that folder (``research_report`` calls this with the
     ablation bundles).
     The report (files and every model's test metrics) is also logged as an MLflow run of its own.
+    The models ranked in ``model_rankings`` (and the served variant, ranked by the compression step) are read
+    from there, not built and ranked again.
     """
     data = split_data(interaction_split)
     names = [b["name"] for b in [*bundles, *ablation_bundles] if "skipped" not in b]
@@ -167,6 +177,15 @@ def comparison_report(
             if explanations is not None
             else None
         ),
+        rankings={
+            **(unpack_rankings(model_rankings) if model_rankings is not None else {}),
+            # The served variant's lists, made when the compression step measured it.
+            **(
+                {served_name(compressed_model): SplitRankings.from_arrays(compressed_model["served_lists"])}
+                if "served_lists" in (compressed_model or {})
+                else {}
+            ),
+        },
     )
     metrics = {**comparison.metrics, "dagster_run_id": context.run_id}
     paths = pipeline.paths()
@@ -200,7 +219,7 @@ def comparison_report(
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas", "mlflow"},
-    code_version="8",
+    code_version="9",
     required_resource_keys={"pipeline", "mlflow_tracking"},
     ins=report_inputs(s.asset_name for s in MODEL_TABLE if s.role != "research"),
 )
@@ -224,4 +243,5 @@ def evaluation_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[
         compressed_model=stored["compressed_model"],
         selected_model=stored["selected_model"],
         explanations=stored["recommendation_explanations"],
+        model_rankings=stored["model_rankings"],
     )

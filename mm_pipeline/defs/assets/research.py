@@ -200,7 +200,7 @@ def ablation_bundles(stored: dict) -> list[dict]:
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas"},
-    code_version="4",
+    code_version="5",
     deps=["evaluation_report"],
     ins=report_inputs([*(s.asset_name for s in MODEL_TABLE), "mm_gcn_ablations", "mm_hybrid_ablations"]),
     required_resource_keys={"pipeline", "mlflow_tracking"},
@@ -224,4 +224,5 @@ def research_report(context: dg.AssetExecutionContext, **stored) -> dg.Output[di
         title="Research report (with ablations)",
         selected_model=stored["selected_model"],
         explanations=stored["recommendation_explanations"],
+        model_rankings=stored["model_rankings"],
     )
