@@ -143,7 +143,8 @@ def compression_frontier(
             decoded = serving_recommender(arrays, f"{model.name}[{compression}]", info=dict(model.info))
             quality, ranked = _quality(decoded, data, popularity)
             del decoded
-        first = first or ranked
+        if first is None:  # fp32's lists: fp32_compact serves the same scores
+            first = ranked
         latency = request_latency_ms(arrays, labels, secret, batch=latency_batch, requests=latency_requests, seed=seed)
         row = {
             "variant": compression,

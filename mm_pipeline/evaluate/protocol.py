@@ -108,18 +108,19 @@ def _restrict(matrix: sp.spmatrix, items: np.ndarray) -> sp.csr_matrix:
     return out
 
 
-def _cold_test_users(data: SplitData) -> tuple[np.ndarray, np.ndarray]:
-    """``(cold, cold_users)``: the items without training interactions (bool) and the test users with a test
-    interaction on one of them."""
+def _cold_test(data: SplitData) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray]:
+    """``(cold, cold_truth, cold_users)``: the items without training interactions (bool), the test
+    interactions on them, and the test users with at least one."""
     cold = ~data.warm_items
-    return cold, np.flatnonzero(_restrict(data.test, cold).getnnz(axis=1) > 0).astype(np.int64)
+    cold_truth = _restrict(data.test, cold)
+    return cold, cold_truth, np.flatnonzero(cold_truth.getnnz(axis=1) > 0).astype(np.int64)
 
 
 def rank_for_evaluation(model: EmbeddingRecommender, data: SplitData, k: int = 20) -> SplitRankings:
     """Every list model selection and :func:`evaluate_models` read of ``model``, from one scoring pass
     (:func:`~mm_pipeline.recommend.ranking.rank_splits`): its validation lists, its test lists and its
     cold-start test lists (among the cold items), at ``k``."""
-    cold, cold_users = _cold_test_users(data)
+    cold, _, cold_users = _cold_test(data)
     if not cold_users.size:
         return rank_splits(model, data, k)
     return rank_splits(model, data, k, candidates=cold, among=cold_users)
@@ -183,9 +184,9 @@ def evaluate_models(
     test_users = np.flatnonzero(data.test.getnnz(axis=1) > 0).astype(np.int64)
     if test_users.size == 0:
         raise ValueError("the test split has no interactions: nothing to evaluate (check the interaction split)")
-    cold, cold_users = _cold_test_users(data)
+    cold, cold_truth, cold_users = _cold_test(data)
     head, tail = popularity_groups(data.train, head_share)
-    cold_truth, tail_truth = _restrict(data.test, cold), _restrict(data.test, tail)
+    tail_truth = _restrict(data.test, tail)
     cold_support = subgroup_support(cold_truth, cold, max_k, *min_subgroup)
     tail_support = subgroup_support(tail_truth, None, max_k, *min_subgroup)
     common = dict(ks=ks, item_popularity=popularity, n_train_users=data.n_users, item_features=item_features)
